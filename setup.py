@@ -1,0 +1,12 @@
+"""Builds busd's Cython extensions; all other metadata lives in pyproject.toml."""
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True}
+
+extensions = [
+    Extension("busd._core", ["busd/_core.pyx"]),
+    Extension("busd._framing", ["busd/_framing.pyx"], libraries=["z"]),
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES))
