@@ -1,0 +1,218 @@
+"""The HTTP API of SPEC §3: turns requests into broker calls and outcomes into responses."""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import parse_qsl
+
+import orjson
+
+from busd import __version__
+from busd._core import Pattern, is_xid, new_xid, scan_body, validate_pattern
+from busd.broker import Broker, PublishError, Published
+from busd.config import INBOX_NAMESPACE, parse_duration
+from busd.consumer import AckPolicy, Consumer, InboxConsumer
+from busd.http import HttpConnection, Request, error_response, response, stream_head
+
+DEFAULT_REDELIVERY = 5.0
+DEFAULT_REDELIVERY_COUNT = 3
+
+
+class BadRequest(Exception):
+    """A request parameter that cannot be used; answered 400 with this reason."""
+
+
+def _query(url: bytes) -> dict[str, str]:
+    _, _, query = url.partition(b"?")
+    try:
+        return dict(parse_qsl(query.decode("utf-8"), keep_blank_values=True,
+                              strict_parsing=False, errors="strict"))
+    except UnicodeDecodeError:
+        raise BadRequest("query string is not valid UTF-8") from None
+
+
+def _valid_id(value: str, prefix: str) -> bool:
+    return len(value) == 22 and value.startswith(prefix) and is_xid(value[2:].encode())
+
+
+class Api:
+    """Routes one request: `POST /`, `GET /`, `PUT /`, `OPTIONS *`, `GET /healthz`."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.config = broker.config
+        self.started = time.monotonic()
+
+    def __call__(self, conn: HttpConnection, request: Request) -> None:
+        method = request.method
+        path = request.url.partition(b"?")[0]
+        close = not request.keep_alive
+        try:
+            if method == b"OPTIONS":
+                conn.reply(response(204, close=close), close)
+            elif path == b"/":
+                if method == b"POST":
+                    self.publish(conn, request)
+                elif method == b"GET":
+                    self.subscribe(conn, request)
+                elif method == b"PUT":
+                    self.ack(conn, request)
+                else:
+                    conn.reply(error_response(405, f"method {method.decode()} is not allowed on /; "
+                                                   "use GET, POST, PUT or OPTIONS", close), close)
+            elif path == b"/healthz" and method == b"GET":
+                conn.reply(response(200, orjson.dumps(self.health()), close=close,
+                                    content_type=b"application/json"), close)
+            else:
+                conn.reply(error_response(404, f"no such endpoint: {method.decode()} "
+                                               f"{path.decode(errors='replace')}", close), close)
+        except BadRequest as exc:
+            conn.reply(error_response(400, str(exc), close), close)
+
+    # -- POST / -----------------------------------------------------------------------------
+    def publish(self, conn: HttpConnection, request: Request) -> None:
+        body, close = request.body, not request.keep_alive
+        if not body.strip():
+            raise BadRequest("empty body: send one JSON event object, or an array of them")
+        limit = self.config.max_event_size
+        if body.lstrip()[:1] != b"[" and len(body) > limit:
+            conn.reply(error_response(413, f"event of {len(body)} bytes is larger than "
+                                           f"--max-event-size ({limit} bytes)", close), close)
+            return
+        try:
+            is_batch, events = scan_body(body)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        if is_batch:
+            for event in events:
+                if event.payload is not None and len(event.payload) > limit:
+                    conn.reply(error_response(413, f"an event's payload of {len(event.payload)} "
+                                                   f"bytes is larger than --max-event-size "
+                                                   f"({limit} bytes)", close), close)
+                    return
+        slot = conn.defer()
+
+        def done(outcome: Published | PublishError) -> None:
+            if isinstance(outcome, PublishError):
+                conn.fulfil(slot, error_response(outcome.status, outcome.reason, close), close)
+            elif is_batch:
+                body = orjson.dumps({"count": len(outcome.ids), "first_index": outcome.first_index,
+                                     "ids": [i.decode() for i in outcome.ids]})
+                conn.fulfil(slot, response(202, body, content_type=b"application/json",
+                                           close=close), close)
+            else:
+                conn.fulfil(slot, response(202, b"X-Bus-Event-Id: %s\r\nX-Bus-Event-Created-At: "
+                                                b"%s\r\nX-Bus-Event-Index: %d\r\n" % (
+                                                    outcome.ids[0], outcome.created_at[0],
+                                                    outcome.first_index), close=close), close)
+
+        try:
+            self.broker.publish(events, is_batch, done)
+        except PublishError as exc:
+            conn.fulfil(slot, error_response(exc.status, exc.reason, close), close)
+
+    # -- GET / --------------------------------------------------------------------------------
+    def subscribe(self, conn: HttpConnection, request: Request) -> None:
+        params = _query(request.url)
+        subject = params.get("subject", "")
+        if not subject:
+            raise BadRequest("missing subject: GET /?subject=<pattern> subscribes "
+                             "(e.g. subject=orders.>)")
+        subject_bytes = subject.encode()
+        try:
+            validate_pattern(subject_bytes)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        namespace = subject.split(".", 1)[0]
+        ack = self._ack_policy(params)
+        consumer_id = b"c_" + new_xid()
+        head = stream_head(b"X-Bus-Consumer-Id: " + consumer_id + b"\r\n")
+        broker = self.broker
+        if namespace == INBOX_NAMESPACE:
+            if b"*" in subject_bytes or b">" in subject_bytes:
+                raise BadRequest("inbox (_bus_) subscriptions cannot use wildcards")
+            inbox = InboxConsumer(broker, conn, consumer_id, subject_bytes)
+
+            def start_inbox() -> None:
+                broker.register(inbox)
+                inbox.start(head)
+
+            conn.start_stream(start_inbox)
+            return
+        if namespace not in broker.namespaces:
+            raise BadRequest(f"namespace {namespace!r} is not declared; declared namespaces: "
+                             f"{', '.join(sorted(broker.namespaces))}")
+        start = self._start(params, request)
+        consumer = Consumer(broker, conn, consumer_id, Pattern(subject_bytes), namespace, ack)
+
+        def start_consumer() -> None:
+            cursor = broker.resolve_start(namespace, start)
+            if isinstance(cursor, str):
+                conn.attach_stream(consumer, head)
+                consumer.fail(cursor)
+                return
+            broker.register(consumer)
+            consumer.start(cursor, head)
+
+        conn.start_stream(start_consumer)
+
+    @staticmethod
+    def _start(params: dict[str, str], request: Request) -> bytes:
+        start = params.get("start", "") or "newest"
+        last_event_id = request.headers.get(b"last-event-id", b"").decode(errors="replace")
+        if last_event_id.strip():
+            start = last_event_id.strip()
+        if start in ("oldest", "newest") or _valid_id(start, "e_"):
+            return start.encode()
+        raise BadRequest(f"invalid start {start!r}: use oldest, newest or an event id e_<xid>")
+
+    @staticmethod
+    def _ack_policy(params: dict[str, str]) -> AckPolicy | None:
+        mode = params.get("ack", "") or "none"
+        if mode not in ("none", "manual"):
+            raise BadRequest(f"invalid ack {mode!r}: use none or manual")
+        try:
+            redelivery = parse_duration(params.get("redelivery", "") or "0")
+        except ValueError as exc:
+            raise BadRequest(f"invalid redelivery: {exc}") from None
+        if redelivery < 0:
+            raise BadRequest("invalid redelivery: must not be negative")
+        try:
+            count = int(params.get("redelivery_count", "") or DEFAULT_REDELIVERY_COUNT)
+            inflight = int(params.get("max_inflight", "") or 1)
+        except ValueError:
+            raise BadRequest("redelivery_count and max_inflight must be integers") from None
+        if not 1 <= inflight <= 10000:
+            raise BadRequest("invalid max_inflight: must be between 1 and 10000")
+        if mode == "none":
+            return None
+        return AckPolicy(redelivery or DEFAULT_REDELIVERY, count, inflight)
+
+    # -- PUT / ----------------------------------------------------------------------------------
+    def ack(self, conn: HttpConnection, request: Request) -> None:
+        params = _query(request.url)
+        consumer_id, event_id = params.get("consumer_id", ""), params.get("event_id", "")
+        if not _valid_id(consumer_id, "c_"):
+            raise BadRequest(f"invalid or missing consumer_id {consumer_id!r}: expected c_<xid>")
+        if not _valid_id(event_id, "e_"):
+            raise BadRequest(f"invalid or missing event_id {event_id!r}: expected e_<xid>")
+        self.broker.ack(consumer_id.encode(), event_id.encode())
+        close = not request.keep_alive
+        conn.reply(response(202, close=close), close)
+
+    # -- GET /healthz ---------------------------------------------------------------------------
+    def health(self) -> dict:
+        store, metrics = self.broker.store, self.broker.metrics
+        sizes = store.stats()
+        return {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "consumers": len(self.broker.consumers),
+            "namespaces": {ns: {"events": store.next_index(ns) - store.first_index(ns),
+                                "first_index": store.first_index(ns),
+                                "next_index": store.next_index(ns),
+                                "bytes": sizes[ns]["bytes"],
+                                "published": metrics.events_in[ns]}
+                           for ns in self.config.namespaces},
+        }

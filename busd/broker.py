@@ -1,0 +1,362 @@
+"""The bus itself: validation of events, group commit to the store, fan-out, inbox routing.
+
+Publishes that arrive in one loop iteration form a *group*: per namespace their records
+go to the store in one append (one write(2)); only then are the new records pushed to
+live consumers and the publishers answered — after one shared fsync under
+`--fsync always`. Nothing here knows HTTP: results go back through callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import orjson
+
+from busd._core import (ParsedEvent, format_rfc3339, is_xid, make_record, new_xid,
+                        now_rfc3339, parse_rfc3339, sse_frame,
+                        sse_frame_matching, validate_subject)
+from busd.config import INBOX_NAMESPACE, Config
+from busd.consumer import Consumer, InboxConsumer
+from busd.dedup import DedupCache
+from busd.log import LogWriteError
+from busd.metrics import Metrics
+from busd.store import Store
+
+log = logging.getLogger("busd.broker")
+
+ZERO_TIME = b"0001-01-01T00:00:00Z"
+DEDUP_REBUILD_RECORDS = 100_000  # how much of each log's tail rebuilds the dedup cache
+
+
+class PublishError(Exception):
+    """A publish that is refused; `status` is the HTTP status that says why."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class Published:
+    """What a stored (or routed) publish answers: ids, timestamps, first index."""
+
+    __slots__ = ("ids", "created_at", "first_index")
+
+    def __init__(self, ids: list[bytes], created_at: list[bytes], first_index: int) -> None:
+        self.ids = ids
+        self.created_at = created_at
+        self.first_index = first_index
+
+
+PublishCallback = Callable[[Published | PublishError], None]
+
+
+class _Pending:
+    """One publish request waiting in the current group."""
+
+    __slots__ = ("records", "keys", "ids", "created_at", "done", "first_index")
+
+    def __init__(self, records, keys, ids, created_at, done: PublishCallback) -> None:
+        self.records = records
+        self.keys = keys
+        self.ids = ids
+        self.created_at = created_at
+        self.done = done
+        self.first_index = -1
+
+
+class Broker:
+    """Owns the namespaces' logs (through the store), consumers, inboxes and dedup state."""
+
+    def __init__(self, config: Config, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.store = store
+        self.loop = loop
+        self.namespaces = frozenset(config.namespaces)
+        self.dedup = DedupCache(config.dup_size, config.dup_ttl)
+        self.metrics = Metrics(config.namespaces)
+        self.consumers: dict[bytes, Consumer | InboxConsumer] = {}
+        self.live: dict[str, list[Consumer]] = {ns: [] for ns in config.namespaces}
+        self.waiting: dict[str, set[Consumer]] = {ns: set() for ns in config.namespaces}
+        self.inboxes: dict[bytes, set[InboxConsumer]] = {}
+        self._group: dict[str, list[_Pending]] = {}
+        self._flush_scheduled = False
+        self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busd-fsync")
+        self._sync_running = False
+        self._sync_waiting: list[Callable[[BaseException | None], None]] = []
+
+    # -- start-up -------------------------------------------------------------------------
+    def rebuild_dedup(self) -> int:
+        """Refill the dedup cache from each log's tail, so a restart lets no duplicate in."""
+        if not self.dedup.enabled:
+            return 0
+        seen = 0
+        for ns in self.config.namespaces:
+            index = max(self.store.first_index(ns),
+                        self.store.next_index(ns) - DEDUP_REBUILD_RECORDS)
+            while index < self.store.next_index(ns):
+                records = self.store.read(ns, index, 4 << 20)
+                if not records:
+                    break
+                index += len(records)
+                for record in records:
+                    if b'"key":' in record:
+                        event = orjson.loads(record)
+                        if event.get("key"):
+                            self.dedup.add(event["subject"].encode(), event["key"].encode())
+                            seen += 1
+        return seen
+
+    # -- publishing -------------------------------------------------------------------------
+    def publish(self, events: list[ParsedEvent], is_batch: bool, done: PublishCallback) -> None:
+        """Validate, then store (group commit) or route to an inbox; `done` gets the outcome.
+
+        Raises PublishError for a refused publish; `done` is then never called.
+        """
+        namespace = self._check(events, is_batch)
+        if namespace == INBOX_NAMESPACE:
+            done(self._route_inbox(events[0]))
+            return
+        keys, ids, stamps, records = [], [], [], []
+        try:
+            for event in events:
+                key = event.key_value
+                if key and self.dedup.enabled:
+                    if self.dedup.seen(event.subject, key):
+                        raise PublishError(409, "key was processed before")
+                    self.dedup.add(event.subject, key)
+                    keys.append((event.subject, key))
+                event_id, created_at = self._identity(event)
+                ids.append(event_id)
+                stamps.append(created_at)
+                records.append(make_record(event, event_id, created_at))
+        except PublishError:
+            self._release(keys)
+            raise
+        self._group.setdefault(namespace, []).append(_Pending(records, keys, ids, stamps, done))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _check(self, events: list[ParsedEvent], is_batch: bool) -> str:
+        """Subject, namespace and batch rules of SPEC §3.1; returns the namespace."""
+        namespace = None
+        for event in events:
+            try:
+                validate_subject(event.subject)
+            except ValueError as exc:
+                raise PublishError(400, str(exc)) from None
+            ns = event.subject.split(b".", 1)[0].decode()
+            if namespace is None:
+                namespace = ns
+            elif ns != namespace:
+                raise PublishError(400, f"a batch must stay in one namespace: found "
+                                        f"{namespace!r} and {ns!r}")
+            if event.response_subject:
+                if is_batch:
+                    raise PublishError(400, "events in a batch cannot have a response_subject")
+                try:
+                    validate_subject(event.response_subject)
+                except ValueError as exc:
+                    raise PublishError(400, f"response_subject: {exc}") from None
+        if namespace == INBOX_NAMESPACE:
+            if is_batch:
+                raise PublishError(400, "inbox (_bus_) subjects cannot be published in a batch")
+            return namespace
+        if namespace not in self.namespaces:
+            raise PublishError(400, f"namespace {namespace!r} is not declared; declared "
+                                    f"namespaces: {', '.join(sorted(self.namespaces))}")
+        return namespace
+
+    def _identity(self, event: ParsedEvent) -> tuple[bytes, bytes]:
+        """The event's id and created_at: the publisher's (restore) or freshly assigned."""
+        event_id = event.id
+        if event_id:
+            if not (event_id.startswith(b"e_") and is_xid(event_id[2:])):
+                raise PublishError(400, f"invalid id {event_id.decode(errors='replace')!r}: "
+                                        "expected e_ followed by a 20-character xid")
+        else:
+            event_id = b"e_" + new_xid()
+        created_at = event.created_at
+        if created_at and created_at != ZERO_TIME:
+            try:
+                created_at = format_rfc3339(parse_rfc3339(created_at))
+            except ValueError:
+                raise PublishError(400, f"invalid created_at "
+                                        f"{created_at.decode(errors='replace')!r}: expected "
+                                        "RFC 3339, e.g. 2026-11-27T13:20:58.365157351Z") from None
+        else:
+            created_at = now_rfc3339()
+        return event_id, created_at
+
+    def _release(self, keys: list[tuple[bytes, bytes]]) -> None:
+        for subject, key in keys:
+            self.dedup.discard(subject, key)
+
+    def _route_inbox(self, event: ParsedEvent) -> Published:
+        """Inbox events live only in memory: hand them to the consumers connected right now."""
+        event_id, created_at = self._identity(event)
+        record = make_record(event, event_id, created_at)
+        delivered = 0
+        for consumer in tuple(self.inboxes.get(event.subject, ())):
+            if consumer.deliver(record):
+                delivered += 1
+            else:
+                self.metrics.dropped += 1
+        self.metrics.delivered += delivered
+        return Published([event_id], [created_at], -1)
+
+    def _flush(self) -> None:
+        """Append this iteration's group: one write per namespace, fan out, then answer."""
+        self._flush_scheduled = False
+        group, self._group = self._group, {}
+        answered: list[_Pending] = []
+        for namespace, pendings in group.items():
+            records = pendings[0].records if len(pendings) == 1 else \
+                [record for pending in pendings for record in pending.records]
+            try:
+                first = self.store.append_batch(namespace, records)
+            except LogWriteError as exc:
+                self._fail_group(pendings, exc)
+                continue
+            index = first
+            for pending in pendings:
+                pending.first_index = index
+                index += len(pending.records)
+            self.metrics.published(namespace, len(records), sum(map(len, records)))
+            self._fan_out(namespace, records, index)
+            answered.extend(pendings)
+        if not answered:
+            return
+        if self.config.fsync == "always":
+            self.sync(lambda error: self._answer(answered, error))
+        else:
+            self._answer(answered, None)
+
+    def _fail_group(self, pendings: list[_Pending], exc: LogWriteError) -> None:
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        status = 507 if full else 500
+        reason = f"the event log cannot be written: {exc}"
+        log.error("append failed status=%d reason=%r", status, reason)
+        for pending in pendings:
+            self._release(pending.keys)
+            pending.done(PublishError(status, reason))
+
+    def _answer(self, pendings: list[_Pending], error: BaseException | None) -> None:
+        for pending in pendings:
+            if error is not None:
+                pending.done(PublishError(500, f"the event log could not be synced to disk: "
+                                               f"{error}"))
+            else:
+                pending.done(Published(pending.ids, pending.created_at, pending.first_index))
+
+    def _fan_out(self, namespace: str, records: list[bytes], next_index: int) -> None:
+        """Push new records to live consumers: framed once per distinct pattern."""
+        framed: dict[bytes, tuple[bytes, int]] = {}
+        for consumer in tuple(self.live[namespace]):
+            if consumer.paused or consumer.done:
+                continue
+            pattern = consumer.pattern
+            chunk = framed.get(pattern.pattern)
+            if chunk is None:
+                if pattern.matches_all:
+                    chunk = framed[pattern.pattern] = (sse_frame(records), len(records))
+                else:
+                    chunk = framed[pattern.pattern] = sse_frame_matching(records, pattern)
+            self.metrics.delivered += chunk[1]
+            consumer.push(chunk[0], next_index)
+        waiting = self.waiting[namespace]
+        if waiting:
+            self.waiting[namespace] = set()
+            for consumer in waiting:
+                consumer.wake()
+
+    # -- durability ---------------------------------------------------------------------
+    def sync(self, done: Callable[[BaseException | None], None]) -> None:
+        """fsync every dirty log in the worker thread; all callers waiting share one fsync."""
+        self._sync_waiting.append(done)
+        if not self._sync_running:
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        waiting, self._sync_waiting = self._sync_waiting, []
+        self._sync_running = True
+        started = time.perf_counter()
+        future = self.loop.run_in_executor(self._sync_executor, self.store.sync)
+
+        def finished(fut: asyncio.Future) -> None:
+            self._sync_running = False
+            self.metrics.fsync_seconds(time.perf_counter() - started)
+            error = fut.exception()
+            if error is not None:
+                log.error("fsync failed error=%r", error)
+            for callback in waiting:
+                callback(error)
+            if self._sync_waiting:
+                self._start_sync()
+
+        future.add_done_callback(finished)
+
+    def close(self) -> None:
+        self._sync_executor.shutdown(wait=True)
+
+    # -- subscriptions --------------------------------------------------------------------
+    def register(self, consumer: Consumer | InboxConsumer) -> None:
+        self.consumers[consumer.id] = consumer
+        if isinstance(consumer, InboxConsumer):
+            self.inboxes.setdefault(consumer.subject, set()).add(consumer)
+
+    def forget(self, consumer: Consumer | InboxConsumer) -> None:
+        """Drop every reference to a consumer whose stream has ended."""
+        self.consumers.pop(consumer.id, None)
+        if isinstance(consumer, InboxConsumer):
+            inbox = self.inboxes.get(consumer.subject)
+            if inbox is not None:
+                inbox.discard(consumer)
+                if not inbox:
+                    del self.inboxes[consumer.subject]
+            return
+        if consumer.live:
+            self.leave_live(consumer)
+        self.waiting[consumer.namespace].discard(consumer)
+
+    def join_live(self, consumer: Consumer) -> None:
+        """A consumer at the head starts receiving records straight from the append path."""
+        if not consumer.live:
+            consumer.live = True
+            self.live[consumer.namespace].append(consumer)
+
+    def leave_live(self, consumer: Consumer) -> None:
+        if consumer.live:
+            consumer.live = False
+            self.live[consumer.namespace].remove(consumer)
+
+    def wait_for_append(self, consumer: Consumer) -> None:
+        self.waiting[consumer.namespace].add(consumer)
+
+    def ack(self, consumer_id: bytes, event_id: bytes) -> None:
+        """Acks are idempotent: unknown consumers or events are fine (SPEC §3.3)."""
+        consumer = self.consumers.get(consumer_id)
+        if consumer is not None:
+            consumer.ack(event_id)
+
+    def resolve_start(self, namespace: str, start: bytes) -> int | str:
+        """The first index to deliver for `start`, or the reason it cannot be served."""
+        store = self.store
+        if start == b"oldest":
+            return store.first_index(namespace)
+        if start == b"newest":
+            return store.next_index(namespace)
+        index = store.find_id(namespace, start)
+        if index is not None:
+            return index + 1
+        oldest = store.first_id(namespace) if store.next_index(namespace) else None
+        if store.is_before_retained(namespace, start):
+            return (f"history truncated: event {start.decode()} was deleted by retention; the "
+                    f"oldest retained event is {oldest.decode() if oldest else 'none'}")
+        return f"event {start.decode()} not found in namespace {namespace}"

@@ -1,0 +1,266 @@
+"""Subscriptions: a cursor into one namespace's log, a pattern, and an ack policy.
+
+A consumer knows cursors and acks, not sockets: it writes SSE chunks to its connection
+and is told by the connection when the socket's buffer is full (`pause`), drained
+(`resume`) or gone (`closed`).
+
+Without acks a consumer is either *live* (at the head of the log: the broker pushes new
+records to it straight from the append path) or *catching up* (it reads the log in large
+chunks at its own pace). It joins the live set in the same synchronous step in which it
+sees that it reached the head, so nothing can be appended in between: no gap, no
+duplicate at the seam. A paused consumer leaves the live set, so a slow reader costs at
+most one socket buffer, never an unbounded queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from busd._core import (Pattern, record_id, record_subject, sse_chunk, sse_frame,
+                        sse_frame_matching)
+from busd.http import HttpConnection, Stream
+from busd.log import CorruptRecordError, HistoryTruncatedError
+
+if TYPE_CHECKING:
+    from busd.broker import Broker
+
+log = logging.getLogger("busd.consumer")
+
+CATCH_UP_BYTES = 256 << 10  # one log read and one socket write while catching up
+READ_AHEAD_BYTES = 64 << 10  # how far a manual-ack consumer reads ahead of its cursor
+STREAM_WRITE_HIGH_WATER = 512 << 10  # socket buffer per stream before the consumer pauses
+
+
+def sse_message(event: bytes, data: bytes) -> bytes:
+    """A non-`msg` SSE message (no `id:` field, so browsers' Last-Event-ID is untouched)."""
+    return sse_chunk(b"event: " + event + b"\ndata: " + data + b"\n\n")
+
+
+class AckPolicy:
+    """Manual-ack settings: how often and how many times to deliver, how many in flight."""
+
+    __slots__ = ("redelivery", "redelivery_count", "max_inflight")
+
+    def __init__(self, redelivery: float, redelivery_count: int, max_inflight: int) -> None:
+        self.redelivery = redelivery
+        self.redelivery_count = redelivery_count
+        self.max_inflight = max_inflight
+
+
+class Consumer(Stream):
+    """One SSE subscription on a stored namespace."""
+
+    def __init__(self, broker: "Broker", conn: HttpConnection, consumer_id: bytes,
+                 pattern: Pattern, namespace: str, ack: AckPolicy | None) -> None:
+        self.broker = broker
+        self.conn = conn
+        self.id = consumer_id
+        self.pattern = pattern
+        self.namespace = namespace
+        self.ack_policy = ack
+        self.cursor = 0
+        self.paused = False
+        self.done = False
+        self.live = False
+        self._scheduled = False
+        # manual ack: event id → [record, deliveries, deadline]; insertion order = index order
+        self.inflight: dict[bytes, list] = {}
+        self._ahead: list[bytes] = []
+        self._ahead_index = 0
+        self._timer = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self, cursor: int, head: bytes) -> None:
+        """Send the response head and greeting, then begin delivering from `cursor`."""
+        self.cursor = cursor
+        self.conn.attach_stream(self, head)
+        self.conn.transport.set_write_buffer_limits(high=STREAM_WRITE_HIGH_WATER)
+        self.conn.write(sse_chunk(b"retry: 2000\n\nevent: consumer\ndata: " + self.id + b"\n\n"))
+        self._step()
+
+    def fail(self, reason: str) -> None:
+        """Tell the client why the stream ends (an `error` event), then end it."""
+        log.warning("ending subscription consumer=%s reason=%r", self.id.decode(), reason)
+        self.done = True
+        self.broker.forget(self)
+        self.conn.end_stream(sse_message(b"error", reason.encode()))
+
+    def end(self) -> None:
+        """Server shutdown: finish the stream cleanly."""
+        self.done = True
+        self.conn.end_stream()
+
+    # -- Stream (told by the connection) --------------------------------------------------
+    def pause(self) -> None:
+        self.paused = True
+        if self.live:
+            self.broker.leave_live(self)
+
+    def resume(self) -> None:
+        self.paused = False
+        self._schedule()
+
+    def closed(self) -> None:
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        self.broker.forget(self)
+
+    # -- delivery -----------------------------------------------------------------------
+    def push(self, chunk: bytes, next_index: int) -> None:
+        """Live delivery from the append path: `chunk` holds the framed matching records."""
+        if chunk:
+            self.conn.write(chunk)
+        self.cursor = next_index
+
+    def wake(self) -> None:
+        """New records were appended (manual-ack consumers waiting at the head)."""
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled and not self.done:
+            self._scheduled = True
+            self.broker.loop.call_soon(self._step)
+
+    def _step(self) -> None:
+        self._scheduled = False
+        if self.done or self.paused:
+            return
+        try:
+            if self.ack_policy is None:
+                self._catch_up()
+            else:
+                self._pump()
+        except HistoryTruncatedError as exc:
+            self.fail(f"history truncated: event index {self.cursor} was deleted by retention; "
+                      f"the oldest retained index is {exc.args[0]}")
+        except CorruptRecordError as exc:
+            self.fail(f"corrupt record at index {exc.args[0]} in namespace {self.namespace}: "
+                      f"it cannot be served")
+
+    def _catch_up(self) -> None:
+        """Read one chunk of history; reschedule until at the head, then go live."""
+        store, ns = self.broker.store, self.namespace
+        if self.cursor < store.next_index(ns):
+            records = store.read(ns, self.cursor, CATCH_UP_BYTES)
+            self.cursor += len(records)
+            if self.pattern.matches_all:
+                chunk, matched = sse_frame(records), len(records)
+            else:
+                chunk, matched = sse_frame_matching(records, self.pattern)
+            if chunk:
+                self.broker.metrics.delivered += matched
+                self.conn.write(chunk)
+            if self.cursor < store.next_index(ns) or self.paused:
+                if not self.paused:
+                    self._schedule()
+                return
+        if not self.paused and not self.done:
+            self.broker.join_live(self)
+
+    # -- manual ack -----------------------------------------------------------------------
+    def _next_record(self) -> bytes | None:
+        """The record at the cursor (from a small read-ahead buffer), or None at the head."""
+        offset = self.cursor - self._ahead_index
+        if not 0 <= offset < len(self._ahead):
+            self._ahead = self.broker.store.read(self.namespace, self.cursor, READ_AHEAD_BYTES)
+            self._ahead_index = self.cursor
+            offset = 0
+            if not self._ahead:
+                return None
+        return self._ahead[offset]
+
+    def _pump(self) -> None:
+        policy = self.ack_policy
+        while len(self.inflight) < policy.max_inflight:
+            record = self._next_record()
+            if record is None:
+                self.broker.wait_for_append(self)
+                break
+            self.cursor += 1
+            if self.pattern.matches(record_subject(record)):
+                self._deliver(record, 1)
+        self._arm_timer()
+
+    def _deliver(self, record: bytes, deliveries: int) -> None:
+        deadline = time.monotonic() + self.ack_policy.redelivery
+        self.inflight[record_id(record)] = [record, deliveries, deadline]
+        self.broker.metrics.delivered += 1
+        self.conn.write(sse_frame([record]))
+
+    def ack(self, event_id: bytes) -> None:
+        if self.inflight.pop(event_id, None) is not None:
+            self._schedule()
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.inflight and not self.done:
+            first = min(entry[2] for entry in self.inflight.values())
+            loop = self.broker.loop
+            self._timer = loop.call_at(loop.time() + max(0.0, first - time.monotonic()),
+                                       self._redeliver)
+
+    def _redeliver(self) -> None:
+        self._timer = None
+        if self.done:
+            return
+        now, limit = time.monotonic(), self.ack_policy.redelivery_count
+        for event_id, (record, deliveries, deadline) in list(self.inflight.items()):
+            if deadline > now:
+                continue
+            if 0 < limit <= deliveries:
+                del self.inflight[event_id]
+                self.broker.metrics.dropped += 1
+                log.warning("giving up on event consumer=%s event=%s deliveries=%d",
+                            self.id.decode(), event_id.decode(), deliveries)
+            else:
+                self.broker.metrics.redelivered += 1
+                del self.inflight[event_id]
+                self._deliver(record, deliveries + 1)
+        self._schedule()
+        self._arm_timer()
+
+
+class InboxConsumer(Stream):
+    """A subscription to one `_bus_.<id>` inbox: in-memory delivery, nothing stored."""
+
+    def __init__(self, broker: "Broker", conn: HttpConnection, consumer_id: bytes,
+                 subject: bytes) -> None:
+        self.broker = broker
+        self.conn = conn
+        self.id = consumer_id
+        self.subject = subject
+        self.paused = False
+        self.done = False
+
+    def start(self, head: bytes) -> None:
+        self.conn.attach_stream(self, head)
+        self.conn.write(sse_chunk(b"retry: 2000\n\nevent: consumer\ndata: " + self.id + b"\n\n"))
+
+    def deliver(self, record: bytes) -> bool:
+        """Send one inbox event; a consumer that is not reading loses it (counted as dropped)."""
+        if self.paused or self.done:
+            return False
+        self.conn.write(sse_frame([record]))
+        return True
+
+    def ack(self, event_id: bytes) -> None:
+        """Inbox events are never redelivered, so an ack has nothing to do."""
+
+    def end(self) -> None:
+        self.done = True
+        self.conn.end_stream()
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def closed(self) -> None:
+        self.done = True
+        self.broker.forget(self)

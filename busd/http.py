@@ -1,0 +1,365 @@
+"""HTTP/1.1 on one connection: httptools parsing, keep-alive, pipelining, limits and flow control.
+
+The connection knows HTTP, not logs: every complete request goes to `handler(conn, request)`,
+which answers through `reply` (now) or `defer` + `fulfil` (later, e.g. after a group
+commit) or `start_stream` (SSE). Responses always leave in request order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from email.utils import formatdate
+from typing import Callable
+
+import httptools
+
+log = logging.getLogger("busd.http")
+
+CORS_HEADERS = (
+    b"Access-Control-Allow-Origin: *\r\n"
+    b"Access-Control-Allow-Methods: GET, POST, PUT, OPTIONS\r\n"
+    b"Access-Control-Allow-Headers: Content-Type, Last-Event-ID, X-BUS-EVENT-ID, "
+    b"X-BUS-EVENT-CREATED-AT, X-BUS-EVENT-INDEX, X-BUS-CONSUMER-ID\r\n"
+    b"Access-Control-Expose-Headers: X-BUS-EVENT-ID, X-BUS-EVENT-CREATED-AT, "
+    b"X-BUS-EVENT-INDEX, X-BUS-CONSUMER-ID\r\n"
+)
+
+REASONS = {
+    200: b"OK", 202: b"Accepted", 204: b"No Content", 400: b"Bad Request",
+    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 409: b"Conflict", 413: b"Content Too Large",
+    414: b"URI Too Long", 431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error", 503: b"Service Unavailable", 507: b"Insufficient Storage",
+}
+
+MAX_URL_BYTES = 16 << 10
+MAX_HEADER_BYTES = 64 << 10
+MAX_PIPELINED = 64  # pending responses per connection before we stop reading
+
+
+class _DateHeader:
+    """The `Date:` header line, formatted at most once per second."""
+
+    second = 0
+    line = b""
+
+    @classmethod
+    def get(cls) -> bytes:
+        now = int(time.time())
+        if now != cls.second:
+            cls.second = now
+            cls.line = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
+        return cls.line
+
+
+def response(status: int, body: bytes = b"", headers: bytes = b"",
+             content_type: bytes = b"text/plain; charset=utf-8", close: bool = False) -> bytes:
+    """One complete HTTP/1.1 response with the CORS headers every busd answer carries."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown")), CORS_HEADERS,
+             headers, _DateHeader.get()]
+    if body:
+        parts.append(b"Content-Type: " + content_type + b"\r\n")
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
+    parts.append(body)
+    return b"".join(parts)
+
+
+def error_response(status: int, reason: str, close: bool = False) -> bytes:
+    """A text/plain error: one human-readable line saying what was wrong."""
+    return response(status, reason.encode("utf-8", "replace") + b"\n", close=close)
+
+
+def stream_head(headers: bytes) -> bytes:
+    """The status line and headers of an SSE response (body follows, chunked)."""
+    return b"".join((b"HTTP/1.1 200 OK\r\n", CORS_HEADERS, headers, _DateHeader.get(),
+                     b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                     b"X-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n"))
+
+
+class Request:
+    """One parsed request; `headers` holds lower-cased names."""
+
+    __slots__ = ("method", "url", "headers", "body", "keep_alive")
+
+    def __init__(self, method: bytes, url: bytes, headers: dict[bytes, bytes], body: bytes,
+                 keep_alive: bool) -> None:
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+
+
+class Limits:
+    """Per-server request limits and timeouts (seconds)."""
+
+    __slots__ = ("max_body", "header_timeout", "body_timeout", "idle_timeout")
+
+    def __init__(self, max_body: int, header_timeout: float, body_timeout: float,
+                 idle_timeout: float) -> None:
+        self.max_body = max_body
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.idle_timeout = idle_timeout
+
+
+class Stream:
+    """What an SSE response talks to: told when the socket's buffer fills, drains or closes."""
+
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def closed(self) -> None: ...
+
+
+class Slot:
+    """A response position in the pipeline; filled now or later, written in order."""
+
+    __slots__ = ("data", "close")
+
+    def __init__(self) -> None:
+        self.data: bytes | Callable[[], None] | None = None
+        self.close = False
+
+
+_IDLE, _HEADERS, _BODY, _WAITING, _STREAM = range(5)
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection. Created by the server's protocol factory."""
+
+    def __init__(self, handler: Callable[["HttpConnection", Request], None], limits: Limits,
+                 connections: set["HttpConnection"]) -> None:
+        self.handler = handler
+        self.limits = limits
+        self.connections = connections
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.pending: deque[Slot] = deque()
+        self.stream: Stream | None = None
+        self.is_closed = False
+        self.write_paused = False
+        self.read_paused = False
+        self.state = _IDLE
+        self.since = time.monotonic()
+        self.last_write = self.since
+        self._url = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._reject: tuple[int, str] | None = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.is_closed = True
+        self.connections.discard(self)
+        self.pending.clear()
+        if self.stream is not None:
+            stream, self.stream = self.stream, None
+            stream.closed()
+
+    def data_received(self, data: bytes) -> None:
+        if self.stream is not None:
+            return  # a streaming connection does not take further requests
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(400, "protocol upgrades are not supported")
+            return
+        except httptools.HttpParserError as exc:
+            if self._reject is None:
+                self._reject = (400, f"malformed HTTP request: {exc}")
+        if self._reject is not None:
+            status, reason = self._reject
+            self._fail(status, reason)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.stream is not None:
+            self.stream.pause()
+        else:
+            self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.stream is not None:
+            self.stream.resume()
+        elif len(self.pending) < MAX_PIPELINED:
+            self._resume_reading()
+
+    # -- httptools callbacks ----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.state = _HEADERS
+        self.since = time.monotonic()
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > MAX_URL_BYTES and self._reject is None:
+            self._reject = (414, f"request target longer than {MAX_URL_BYTES} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > MAX_HEADER_BYTES:
+            if self._reject is None:
+                self._reject = (431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
+            return
+        self._headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        self.state = _BODY
+        self.since = time.monotonic()
+        if self._reject is not None:
+            return
+        length = self._headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limits.max_body:
+            self._reject = (413, f"request body of {int(length)} bytes is larger than the "
+                                 f"limit of {self.limits.max_body} bytes")
+            return
+        if self._headers.get(b"expect", b"").lower() == b"100-continue":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.since = time.monotonic()
+        if self._reject is not None:
+            return
+        self._body_size += len(body)
+        if self._body_size > self.limits.max_body:
+            self._reject = (413, f"request body larger than the limit of "
+                                 f"{self.limits.max_body} bytes")
+            self._body = []
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._reject is not None or self.stream is not None or self.is_closed:
+            return
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._body = []
+        self.state = _WAITING
+        request = Request(self.parser.get_method(), self._url, self._headers, body,
+                          self.parser.should_keep_alive())
+        self.handler(self, request)
+        if self.state == _WAITING and not self.pending and self.stream is None:
+            self._idle()
+
+    # -- answering ----------------------------------------------------------------------
+    def reply(self, data: bytes, close: bool = False) -> None:
+        """Answer the current request now (still in pipeline order)."""
+        if not self.pending:
+            self._write_response(data, close)
+        else:
+            slot = self.defer()
+            self.fulfil(slot, data, close)
+
+    def defer(self) -> Slot:
+        """Reserve the current request's place in the response order; `fulfil` it later."""
+        slot = Slot()
+        self.pending.append(slot)
+        if len(self.pending) >= MAX_PIPELINED:
+            self._pause_reading()
+        return slot
+
+    def fulfil(self, slot: Slot, data: bytes | Callable[[], None], close: bool = False) -> None:
+        slot.data = data
+        slot.close = close
+        pending = self.pending
+        while pending and pending[0].data is not None:
+            head = pending.popleft()
+            if self.is_closed:
+                return
+            if callable(head.data):
+                pending.clear()
+                head.data()  # starts a stream: nothing after it on this connection
+                return
+            self._write_response(head.data, head.close)
+        if not pending and not self.is_closed and self.stream is None:
+            if self.state == _WAITING:
+                self._idle()
+            if not self.write_paused:
+                self._resume_reading()
+
+    def start_stream(self, start: Callable[[], None]) -> None:
+        """Turn this connection into a response stream once earlier responses are out."""
+        if not self.pending:
+            start()
+        else:
+            self.fulfil(self.defer(), start)
+
+    def attach_stream(self, stream: Stream, head: bytes) -> None:
+        """Send the SSE response head; from now on `write` sends body chunks."""
+        self.stream = stream
+        self.state = _STREAM
+        self._pause_reading()
+        self.write(head)
+
+    def write(self, data: bytes) -> None:
+        if not self.is_closed:
+            self.last_write = time.monotonic()
+            self.transport.write(data)
+
+    def end_stream(self, last_chunk: bytes = b"") -> None:
+        """Finish a chunked stream and close the connection."""
+        self.stream = None
+        if not self.is_closed:
+            self.transport.write(last_chunk + b"0\r\n\r\n")
+            self.close()
+
+    def close(self) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            self.transport.close()
+
+    def check_timeouts(self, now: float) -> None:
+        """Called about once a second: cut slow requests (slowloris) and idle keep-alives."""
+        state, waited, limits = self.state, now - self.since, self.limits
+        if state == _IDLE and waited > limits.idle_timeout:
+            self.close()
+        elif state == _HEADERS and waited > limits.header_timeout:
+            self._fail(408, f"request headers not received within {limits.header_timeout:g}s")
+        elif state == _BODY and waited > limits.body_timeout:
+            self._fail(408, f"request body stalled for more than {limits.body_timeout:g}s")
+
+    # -- internals --------------------------------------------------------------------
+    def _write_response(self, data: bytes, close: bool) -> None:
+        if self.is_closed:
+            return
+        self.transport.write(data)
+        if close:
+            self.close()
+
+    def _idle(self) -> None:
+        self.state = _IDLE
+        self.since = time.monotonic()
+
+    def _fail(self, status: int, reason: str) -> None:
+        """Answer a request we cannot parse or accept, then drop the connection."""
+        if self.is_closed:
+            return
+        log.debug("rejecting request status=%d reason=%r", status, reason)
+        self.pending.clear()
+        self.transport.write(error_response(status, reason, close=True))
+        self.close()
+
+    def _pause_reading(self) -> None:
+        if not self.read_paused and not self.is_closed:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self.read_paused and not self.is_closed and self.stream is None:
+            self.read_paused = False
+            self.transport.resume_reading()

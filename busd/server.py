@@ -1,0 +1,161 @@
+"""Process lifecycle: open the store, listen, run the periodic duties, shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import uvloop
+
+from busd import __version__
+from busd._core import sse_chunk
+from busd.api import Api
+from busd.broker import Broker
+from busd.config import Config
+from busd.http import HttpConnection, Limits, error_response
+from busd.store import LocalStore
+from busd.systemd import notify, watchdog_interval
+
+log = logging.getLogger("busd.server")
+
+PING = sse_chunk(b": ping\n\n")
+RETENTION_CHECK_SECONDS = 10.0
+SHUTDOWN_GRACE_SECONDS = 3.0
+
+
+class Server:
+    """One bus: the store, the broker, the listening socket and every connection."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.loop = asyncio.get_running_loop()
+        self.store = LocalStore(config.path, list(config.namespaces),
+                                segment_bytes=config.segment_bytes,
+                                retention_age=config.retention_age,
+                                retention_bytes=config.retention_bytes)
+        self.broker = Broker(config, self.store, self.loop)
+        self.api = Api(self.broker)
+        self.limits = Limits(config.max_request_size, config.header_timeout,
+                             config.body_timeout, config.idle_timeout)
+        self.connections: set[HttpConnection] = set()
+        self.listener: asyncio.base_events.Server | None = None
+        self.stopping = asyncio.Event()
+        self._duties: list[list[asyncio.TimerHandle]] = []  # each: [next timer of one duty]
+
+    def _new_connection(self) -> asyncio.Protocol:
+        if len(self.connections) >= self.config.max_connections:
+            return _Refuse(self.config.max_connections)
+        return HttpConnection(self.api, self.limits, self.connections)
+
+    async def start(self) -> None:
+        reports = self.store.open()
+        for namespace, report in reports.items():
+            log.info("opened namespace ns=%s events=%d first_index=%d next_index=%d %s",
+                     namespace, self.store.next_index(namespace) - self.store.first_index(namespace),
+                     self.store.first_index(namespace), self.store.next_index(namespace), report)
+        keys = self.broker.rebuild_dedup()
+        log.info("dedup cache rebuilt keys=%d", keys)
+        self.listener = await self.loop.create_server(
+            self._new_connection, self.config.host, self.config.port, backlog=4096,
+            reuse_address=True)
+        address = self.listener.sockets[0].getsockname()
+        log.info("listening addr=%s:%d version=%s fsync=%s namespaces=%s", address[0],
+                 address[1], __version__, self.config.fsync, ",".join(self.config.namespaces))
+        self._every(1.0, self._tick)
+        if self.config.fsync == "interval":
+            self._every(self.config.fsync_interval, self._sync_if_dirty)
+        if self.config.retention_age or self.config.retention_bytes:
+            self._every(RETENTION_CHECK_SECONDS, self._retention)
+        watchdog = watchdog_interval()
+        if watchdog:
+            self._every(watchdog, lambda: notify("WATCHDOG=1"))
+        notify("READY=1")
+
+    def _every(self, seconds: float, duty) -> None:
+        """Run `duty` every `seconds` on the loop until shutdown."""
+
+        def run() -> None:
+            try:
+                duty()
+            except Exception:  # a failing duty must not stop the others
+                log.exception("periodic duty failed duty=%s", getattr(duty, "__name__", duty))
+            if not self.stopping.is_set():
+                timer[0] = self.loop.call_later(seconds, run)
+
+        timer = [self.loop.call_later(seconds, run)]
+        self._duties.append(timer)
+
+    def _tick(self) -> None:
+        """Once a second: time out slow or idle connections, ping idle streams."""
+        now = time.monotonic()
+        ping_before = now - self.config.ping_interval
+        for conn in tuple(self.connections):
+            if conn.stream is not None:
+                if conn.last_write < ping_before and not conn.write_paused:
+                    conn.write(PING)
+            else:
+                conn.check_timeouts(now)
+
+    def _sync_if_dirty(self) -> None:
+        if self.store.dirty:
+            self.broker.sync(lambda error: None)
+
+    def _retention(self) -> None:
+        deleted = self.store.apply_retention(time.time())
+        if deleted:
+            log.info("retention deleted segments=%d", deleted)
+
+    async def stop(self) -> None:
+        """Stop accepting, end streams, answer what is in flight, fsync, close."""
+        log.info("shutting down connections=%d", len(self.connections))
+        notify("STOPPING=1")
+        for timer in self._duties:
+            timer[0].cancel()
+        if self.listener is not None:
+            self.listener.close()
+        for conn in tuple(self.connections):
+            if conn.stream is not None:
+                conn.stream.end()
+        await asyncio.sleep(0)  # let a scheduled group commit run and answer
+        synced = self.loop.create_future()
+        self.broker.sync(lambda error: synced.done() or synced.set_result(error))
+        await asyncio.wait_for(synced, SHUTDOWN_GRACE_SECONDS)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        while any(c.pending for c in self.connections) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        for conn in tuple(self.connections):
+            conn.close()
+        await asyncio.sleep(0)
+        self.broker.close()
+        self.store.close()
+        log.info("stopped")
+
+
+class _Refuse(asyncio.Protocol):
+    """Answers 503 and hangs up: the server is at --max-connections."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(error_response(503, f"too many connections (limit {self.limit}); "
+                                            "try again later", close=True))
+        transport.close()
+
+
+async def serve(config: Config) -> None:
+    server = Server(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.stopping.set)
+    await server.stopping.wait()
+    await server.stop()
+
+
+def run(config: Config) -> int:
+    """Run the server until SIGTERM/SIGINT; the process exit code."""
+    uvloop.run(serve(config))
+    return 0
