@@ -33,9 +33,9 @@ CORS = (
     b"X-BUS-EVENT-INDEX, X-BUS-CONSUMER-ID\r\n"
 )
 FIXED = (
-    b"X-BUS-EVENT-ID: e_d4o7ehksdud4d8c68bg0\r\n"
-    b"X-BUS-EVENT-CREATED-AT: 2026-11-27T13:20:58.365157351Z\r\n"
-    b"X-BUS-EVENT-INDEX: 0\r\n"
+    b"X-Bus-Event-Id: e_d4o7ehksdud4d8c68bg0\r\n"
+    b"X-Bus-Event-Created-At: 2026-11-27T13:20:58.365157351Z\r\n"
+    b"X-Bus-Event-Index: 0\r\n"
 )
 
 
