@@ -146,13 +146,13 @@ class Api:
         consumer = Consumer(broker, conn, consumer_id, Pattern(subject_bytes), namespace, ack)
 
         def start_consumer() -> None:
+            consumer.open(head)
             cursor = broker.resolve_start(namespace, start)
             if isinstance(cursor, str):
-                conn.attach_stream(consumer, head)
                 consumer.fail(cursor)
                 return
             broker.register(consumer)
-            consumer.start(cursor, head)
+            consumer.deliver_from(cursor)
 
         conn.start_stream(start_consumer)
 

@@ -33,6 +33,11 @@ READ_AHEAD_BYTES = 64 << 10  # how far a manual-ack consumer reads ahead of its 
 STREAM_WRITE_HIGH_WATER = 512 << 10  # socket buffer per stream before the consumer pauses
 
 
+def greeting(consumer_id: bytes) -> bytes:
+    """The first chunk of every stream: reconnect delay, then the consumer id as an event."""
+    return sse_chunk(b"retry: 2000\n\nevent: consumer\ndata: " + consumer_id + b"\n\n")
+
+
 def sse_message(event: bytes, data: bytes) -> bytes:
     """A non-`msg` SSE message (no `id:` field, so browsers' Last-Event-ID is untouched)."""
     return sse_chunk(b"event: " + event + b"\ndata: " + data + b"\n\n")
@@ -72,12 +77,14 @@ class Consumer(Stream):
         self._timer = None
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self, cursor: int, head: bytes) -> None:
-        """Send the response head and greeting, then begin delivering from `cursor`."""
-        self.cursor = cursor
+    def open(self, head: bytes) -> None:
+        """Send the response head and the greeting that tells browsers their consumer id."""
         self.conn.attach_stream(self, head)
         self.conn.transport.set_write_buffer_limits(high=STREAM_WRITE_HIGH_WATER)
-        self.conn.write(sse_chunk(b"retry: 2000\n\nevent: consumer\ndata: " + self.id + b"\n\n"))
+        self.conn.write(greeting(self.id))
+
+    def deliver_from(self, cursor: int) -> None:
+        self.cursor = cursor
         self._step()
 
     def fail(self, reason: str) -> None:
@@ -239,7 +246,7 @@ class InboxConsumer(Stream):
 
     def start(self, head: bytes) -> None:
         self.conn.attach_stream(self, head)
-        self.conn.write(sse_chunk(b"retry: 2000\n\nevent: consumer\ndata: " + self.id + b"\n\n"))
+        self.conn.write(greeting(self.id))
 
     def deliver(self, record: bytes) -> bool:
         """Send one inbox event; a consumer that is not reading loses it (counted as dropped)."""

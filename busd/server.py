@@ -21,7 +21,6 @@ from busd.systemd import notify, watchdog_interval
 log = logging.getLogger("busd.server")
 
 PING = sse_chunk(b": ping\n\n")
-RETENTION_CHECK_SECONDS = 10.0
 SHUTDOWN_GRACE_SECONDS = 3.0
 
 
@@ -67,7 +66,7 @@ class Server:
         if self.config.fsync == "interval":
             self._every(self.config.fsync_interval, self._sync_if_dirty)
         if self.config.retention_age or self.config.retention_bytes:
-            self._every(RETENTION_CHECK_SECONDS, self._retention)
+            self._every(1.0, self._retention)
         watchdog = watchdog_interval()
         if watchdog:
             self._every(watchdog, lambda: notify("WATCHDOG=1"))

@@ -1,0 +1,226 @@
+"""GET / (SSE), PUT / (ack) and inbox subjects — SPEC §3.2–3.4 over real sockets."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from busclient import SSE, ack, publish, request
+
+
+def test_stream_head_greeting_and_framing(server):
+    with SSE(server.port, "subject=app.>") as sse:
+        assert sse.status == 200
+        assert sse.headers["content-type"] == "text/event-stream"
+        assert sse.headers["cache-control"] == "no-cache"
+        assert sse.headers["transfer-encoding"] == "chunked"
+        assert sse.headers["x-accel-buffering"] == "no"
+        assert sse.headers["access-control-allow-origin"] == "*"
+        assert sse.consumer_id.startswith("c_") and len(sse.consumer_id) == 22
+        assert sse.message() == {"retry": "2000"}
+        assert sse.message() == {"event": "consumer", "data": sse.consumer_id}
+        publish(server.port, "app.x", {"a": 1})
+        message = sse.message()
+        assert set(message) == {"id", "event", "data"} and message["event"] == "msg"
+
+
+def test_start_oldest_newest_and_resume_from_id(server):
+    ids = [publish(server.port, "app.h", n).headers["x-bus-event-id"] for n in range(5)]
+    with SSE(server.port, "subject=app.h&start=oldest") as sse:
+        assert [r["id"] for r in sse.events(5)] == ids
+    with SSE(server.port, f"subject=app.h&start={ids[1]}") as sse:
+        assert [r["payload"] for r in sse.events(3)] == [2, 3, 4]
+    with SSE(server.port, "subject=app.h&start=oldest",
+             headers={"Last-Event-ID": ids[3]}) as sse:
+        assert [r["payload"] for r in sse.events(1)] == [4]
+    with SSE(server.port, "subject=app.h") as sse:  # default: newest
+        sse.message(), sse.message()
+        publish(server.port, "app.h", 5)
+        assert [r["payload"] for r in sse.events(1)] == [5]
+
+
+def test_go_sdk_empty_parameters_mean_defaults(server):
+    publish(server.port, "app.d", 1)
+    with SSE(server.port, "ack=&redelivery=0s&start=&subject=app.%3E") as sse:
+        assert sse.status == 200
+        publish(server.port, "app.d", 2)
+        assert [r["payload"] for r in sse.events(1)] == [2]  # newest: history not replayed
+
+
+def test_unknown_start_id_is_an_error_event_then_end(server):
+    publish(server.port, "app.e", 1)
+    with SSE(server.port, "subject=app.e&start=e_d4o7ehksdud4d8c68bg0") as sse:
+        assert sse.status == 200
+        messages = [sse.message(), sse.message()]
+        error = sse.message()
+        assert error["event"] == "error" and "not found" in error["data"]
+        assert "id" not in error
+        assert sse.message() is None and sse.ended
+        assert messages[1]["event"] == "consumer"
+
+
+@pytest.mark.parametrize("pattern, subjects, expected", [
+    ("orders.*", ["orders.created", "orders.eu.created", "orders.paid"],
+     ["orders.created", "orders.paid"]),
+    ("orders.>", ["orders.created", "orders.eu.created"], ["orders.created", "orders.eu.created"]),
+    ("orders.*.created", ["orders.eu.created", "orders.eu.paid", "orders.us.created"],
+     ["orders.eu.created", "orders.us.created"]),
+    ("orders.created", ["orders.created", "orders.created.x"], ["orders.created"]),
+])
+def test_patterns_in_history_and_live(server, pattern, subjects, expected):
+    for subject in subjects:
+        publish(server.port, subject, "history")
+    with SSE(server.port, f"subject={pattern}&start=oldest") as sse:
+        assert [r["subject"] for r in sse.events(len(expected))] == expected
+        for subject in subjects:
+            publish(server.port, subject, "live")
+        live = sse.events(len(expected))
+        assert [(r["subject"], r["payload"]) for r in live] == [(s, "live") for s in expected]
+        assert sse.no_event(0.3)
+
+
+@pytest.mark.parametrize("query, reason", [
+    ("subject=", "missing subject"),
+    ("subject=*.x", "wildcard"),
+    ("subject=app.>.x", ">"),
+    ("subject=nope.x", "not declared"),
+    ("subject=app.x&start=yesterday", "invalid start"),
+    ("subject=app.x&ack=sometimes", "invalid ack"),
+    ("subject=app.x&ack=manual&redelivery=soon", "invalid redelivery"),
+    ("subject=app.x&ack=manual&redelivery_count=three", "integers"),
+    ("subject=app.x&max_inflight=0", "max_inflight"),
+    ("subject=_bus_.*", "wildcard"),
+])
+def test_invalid_subscription_is_400(server, query, reason):
+    response = request(server.port, "GET", "/?" + query)
+    assert response.status == 400, response
+    assert reason in response.body.decode(), response.body
+
+
+def test_history_to_live_seam_has_no_gap_and_no_duplicate(server):
+    """Subscribers join from `oldest` while a publisher is writing as fast as it can."""
+    total = 3000
+    stop = threading.Event()
+
+    def publisher() -> None:
+        from busclient import Http
+        import json
+        with Http(server.port) as http:
+            for n in range(total):
+                body = json.dumps({"subject": "app.seam", "payload": n}).encode()
+                assert http.request("POST", "/", body).status == 202
+        stop.set()
+
+    thread = threading.Thread(target=publisher)
+    thread.start()
+    streams = []
+    for _ in range(5):
+        time.sleep(0.05)
+        streams.append(SSE(server.port, "subject=app.>&start=oldest"))
+    thread.join(timeout=60)
+    for sse in streams:
+        payloads = [r["payload"] for r in sse.events(total, timeout=30)]
+        assert payloads == list(range(total))
+        assert sse.no_event(0.2)
+        sse.close()
+
+
+def test_ping_comments_on_idle_streams(make_server):
+    server = make_server("app", "--ping-interval", "1s")
+    with SSE(server.port, "subject=app.x") as sse:
+        sse.message(), sse.message()
+        assert sse.message(timeout=4) == {"comment": "ping"}
+
+
+def test_manual_ack_redelivers_until_count_then_skips(make_server):
+    server = make_server("app")
+    ids = [publish(server.port, "app.job", n).headers["x-bus-event-id"] for n in range(2)]
+    with SSE(server.port, "subject=app.job&start=oldest&ack=manual&redelivery=400ms"
+                          "&redelivery_count=3") as sse:
+        started = time.monotonic()
+        deliveries = sse.events(3, timeout=5)
+        took = time.monotonic() - started
+        assert [r["id"] for r in deliveries] == [ids[0]] * 3
+        assert 0.7 < took < 2.0, f"3 deliveries 400ms apart took {took:.2f}s"
+        # after the third delivery's redelivery period, event 0 is skipped and 1 arrives
+        following = sse.events(1, timeout=3)[0]
+        assert following["id"] == ids[1]
+        assert time.monotonic() - started > 1.1
+        assert ack(server.port, sse.consumer_id, ids[1]).status == 202
+        assert sse.no_event(0.8), "an acked event must not be redelivered"
+
+
+def test_manual_ack_sends_next_only_after_ack(server):
+    ids = [publish(server.port, "app.q", n).headers["x-bus-event-id"] for n in range(3)]
+    with SSE(server.port, "subject=app.q&start=oldest&ack=manual&redelivery=5s") as sse:
+        assert sse.events(1)[0]["id"] == ids[0]
+        time.sleep(0.3)
+        assert ack(server.port, sse.consumer_id, ids[0]).status == 202
+        assert ack(server.port, sse.consumer_id, ids[0]).status == 202  # idempotent
+        assert sse.events(1)[0]["id"] == ids[1]
+        ack(server.port, sse.consumer_id, ids[1])
+        assert sse.events(1)[0]["id"] == ids[2]
+        ack(server.port, sse.consumer_id, ids[2])
+        publish(server.port, "app.q", "live")
+        assert sse.events(1)[0]["payload"] == "live"
+
+
+def test_manual_ack_one_in_flight_by_default_and_max_inflight(server):
+    for n in range(4):
+        publish(server.port, "app.m", n)
+    with SSE(server.port, "subject=app.m&start=oldest&ack=manual&redelivery=5s") as sse:
+        assert [r["payload"] for r in sse.events(1)] == [0]
+        assert sse.no_event(0.4)
+    with SSE(server.port, "subject=app.m&start=oldest&ack=manual&redelivery=5s"
+                          "&max_inflight=3") as sse:
+        first = sse.events(3)
+        assert [r["payload"] for r in first] == [0, 1, 2]
+        ack(server.port, sse.consumer_id, first[1]["id"])
+        assert [r["payload"] for r in sse.events(1)] == [3]
+
+
+@pytest.mark.parametrize("target", [
+    "/?consumer_id=c_x&event_id=e_d4o7ehksdud4d8c68bg0",
+    "/?consumer_id=c_d4o7ehksdud4d8c68bg0",
+    "/?event_id=e_d4o7ehksdud4d8c68bg0",
+    "/?consumer_id=c_d4o7ehksdud4d8c68bg0&event_id=e_nope",
+])
+def test_malformed_ack_is_400(server, target):
+    assert request(server.port, "PUT", target).status == 400
+
+
+def test_ack_of_unknown_consumer_is_202(server):
+    assert ack(server.port, "c_d4o7ehksdud4d8c68bg0", "e_d4o7ehksdud4d8c68bg0").status == 202
+
+
+def test_inbox_routes_in_memory_and_is_never_stored(server):
+    inbox = "_bus_.d4o7ehksdud4d8c68bg0"
+    with SSE(server.port, f"subject={inbox}&start=oldest") as first, \
+            SSE(server.port, f"subject={inbox}") as second:
+        first.message(), first.message(), second.message(), second.message()
+        response = publish(server.port, inbox, {"result": 30})
+        assert response.status == 202 and response.headers["x-bus-event-index"] == "-1"
+        for sse in (first, second):
+            record = sse.events(1)[0]
+            assert record["subject"] == inbox and record["payload"] == {"result": 30}
+    health = request(server.port, "GET", "/healthz").json()
+    assert all(ns["events"] == 0 for ns in health["namespaces"].values())
+    with SSE(server.port, f"subject={inbox}&start=oldest") as late:
+        assert late.no_event(0.3), "inbox events are not kept for later subscribers"
+
+
+def test_request_reply_flow(server):
+    """The client-side flow of SPEC §3.4: inbox first, then publish, responder acks + replies."""
+    inbox = "_bus_.d4o7ehksdud4d8c68bg1"
+    with SSE(server.port, "subject=math.add&ack=manual") as responder, \
+            SSE(server.port, f"subject={inbox}") as requester:
+        responder.message(), responder.message(), requester.message(), requester.message()
+        publish(server.port, "math.add", {"A": 10, "B": 20}, response_subject=inbox)
+        request_event = responder.events(1)[0]
+        assert request_event["response_subject"] == inbox
+        assert ack(server.port, responder.consumer_id, request_event["id"]).status == 202
+        total = request_event["payload"]["A"] + request_event["payload"]["B"]
+        publish(server.port, inbox, {"result": total})
+        assert requester.events(1)[0]["payload"] == {"result": 30}
