@@ -1,0 +1,383 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Segment-file framing: frames and CRCs, frame scanning, xid seconds, the sparse index.
+
+These are the per-record loops of the log (busd/log.py), kept in C because they run once
+per stored or served event. Everything that is not a per-record loop stays in log.py.
+
+Frame layout (after the 16-byte segment header): u32 LE body length, u32 LE zlib crc32
+of the body, body. A length of 0 or above MAX_BODY is impossible (a zero-filled tail
+would otherwise parse as valid empty records, since crc32(b"") == 0).
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.list cimport PyList_New, PyList_SET_ITEM, PyList_GET_SIZE, PyList_GET_ITEM, PyList_Append
+from cpython.ref cimport Py_INCREF, PyObject
+from cpython cimport array
+from libc.string cimport memcpy, memcmp
+from libc.stdint cimport uint32_t
+
+import array as _array_mod
+
+cdef extern from "zlib.h":
+    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
+
+MAGIC = b"BUSDSEG1"
+HEADER_SIZE = 16
+FRAME_OVERHEAD = 8
+MAX_BODY = 1 << 28
+
+DEF C_MAX_BODY = 268435456
+DEF NO_SEC_LO = 0xFFFFFFFF
+
+# status codes of scan_frames / SegmentIndex.scan
+OK = 0
+TRUNCATED = 1
+CORRUPT = 2
+
+# base32hex decoding table (rs/xid alphabet "0123456789abcdefghijklmnopqrstuv"); 255 = invalid
+cdef unsigned char _DEC[256]
+cdef int _i
+for _i in range(256):
+    _DEC[_i] = 255
+for _i in range(10):
+    _DEC[48 + _i] = _i
+for _i in range(22):
+    _DEC[97 + _i] = 10 + _i
+
+
+cdef inline uint32_t _rd32(const unsigned char* p) noexcept nogil:
+    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline void _wr32(unsigned char* p, uint32_t v) noexcept nogil:
+    p[0] = v & 0xFF
+    p[1] = (v >> 8) & 0xFF
+    p[2] = (v >> 16) & 0xFF
+    p[3] = (v >> 24) & 0xFF
+
+
+cdef inline long long _xid_sec(const unsigned char* p) noexcept nogil:
+    """Unix seconds from the first 7 chars of a 20-char xid, or -1 if not base32hex."""
+    cdef uint32_t v0 = _DEC[p[0]], v1 = _DEC[p[1]], v2 = _DEC[p[2]], v3 = _DEC[p[3]]
+    cdef uint32_t v4 = _DEC[p[4]], v5 = _DEC[p[5]], v6 = _DEC[p[6]]
+    if (v0 | v1 | v2 | v3 | v4 | v5 | v6) & 0xE0:
+        return -1
+    return ((<long long>v0 << 27) | (v1 << 22) | (v2 << 17) | (v3 << 12) | (v4 << 7)
+            | (v5 << 2) | (v6 >> 3))
+
+
+def xid_seconds(xid) -> int:
+    """Unix seconds of a 20-char xid (bytes or str; only the first 7 chars are read); -1 if invalid."""
+    cdef bytes b = xid.encode("ascii", "replace") if isinstance(xid, str) else bytes(xid)
+    if PyBytes_GET_SIZE(b) < 7:
+        return -1
+    return _xid_sec(<const unsigned char*>PyBytes_AS_STRING(b))
+
+
+cdef inline long long _record_sec(const unsigned char* body, Py_ssize_t n) noexcept nogil:
+    """Seconds of a record's id (record[9:29] is the xid), -1 when the record has none."""
+    if n < 29:
+        return -1
+    return _xid_sec(body + 9)
+
+
+def frame_records(list records) -> bytes:
+    """All records framed (length, crc32, body) into one new bytes object."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, total = 0, size
+    cdef object r
+    for i in range(n):
+        r = <object>PyList_GET_ITEM(records, i)
+        if not PyBytes_Check(r):
+            raise TypeError(f"record {i} is {type(r).__name__}, not bytes")
+        size = PyBytes_GET_SIZE(r)
+        if size == 0 or size > C_MAX_BODY:
+            raise ValueError(f"record {i} has {size} bytes; a record has 1..{C_MAX_BODY} bytes")
+        total += 8 + size
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+    cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
+    cdef const unsigned char* src
+    for i in range(n):
+        r = <object>PyList_GET_ITEM(records, i)
+        size = PyBytes_GET_SIZE(r)
+        src = <const unsigned char*>PyBytes_AS_STRING(r)
+        _wr32(dst, <uint32_t>size)
+        _wr32(dst + 4, <uint32_t>crc32(0, src, <unsigned int>size))
+        memcpy(dst + 8, src, size)
+        dst += 8 + size
+    return out
+
+
+cdef inline int _frame_at(const unsigned char* buf, Py_ssize_t size, Py_ssize_t off,
+                          bint check_crc, Py_ssize_t* body_len) noexcept nogil:
+    """Status of the frame at off: OK (body_len set), TRUNCATED or CORRUPT."""
+    if size - off < 8:
+        return 1
+    cdef uint32_t length = _rd32(buf + off)
+    if length == 0 or length > C_MAX_BODY:
+        return 2
+    if <Py_ssize_t>length > size - off - 8:
+        return 1
+    if check_crc and <uint32_t>crc32(0, buf + off + 8, length) != _rd32(buf + off + 4):
+        return 2
+    body_len[0] = length
+    return 0
+
+
+def scan_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, bint want_records=True,
+                bint check_crc=True):
+    """Walk frames from offset: (records or None, end_offset, n_records, status).
+
+    status 0: stopped at the exact end of the buffer or after max_records (< 0: no limit);
+    1: an incomplete frame starts at end_offset; 2: the frame at end_offset is corrupt
+    (crc mismatch or impossible length). With check_crc=False only lengths are followed
+    (used to skip to a position inside an index block).
+    """
+    cdef Py_buffer view
+    PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+    cdef const unsigned char* buf = <const unsigned char*>view.buf
+    cdef Py_ssize_t size = view.len, off = offset, n = 0, blen = 0
+    cdef int status = 0
+    cdef list records = [] if want_records else None
+    cdef bytes rec
+    try:
+        if off < 0 or off > size:
+            raise ValueError(f"offset {offset} outside buffer of {size} bytes")
+        while max_records < 0 or n < max_records:
+            if off == size:
+                break
+            status = _frame_at(buf, size, off, check_crc, &blen)
+            if status:
+                break
+            if want_records:
+                rec = PyBytes_FromStringAndSize(<const char*>buf + off + 8, blen)
+                records.append(rec)
+            off += 8 + blen
+            n += 1
+    finally:
+        PyBuffer_Release(&view)
+    return records, off, n, status
+
+
+def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle, Py_ssize_t at):
+    """Ordinal (from offset) of the first whole, crc-valid frame whose body[at:] starts
+    with needle, or -1. Stops at the end, after max_records, or at a frame it cannot follow."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+    cdef const unsigned char* buf = <const unsigned char*>view.buf
+    cdef Py_ssize_t size = view.len, off = offset, n = 0, blen = 0, nlen = PyBytes_GET_SIZE(needle)
+    cdef const unsigned char* nd = <const unsigned char*>PyBytes_AS_STRING(needle)
+    cdef uint32_t length
+    try:
+        while (max_records < 0 or n < max_records) and size - off >= 8:
+            length = _rd32(buf + off)
+            if length == 0 or length > C_MAX_BODY or <Py_ssize_t>length > size - off - 8:
+                break
+            blen = length
+            if blen >= at + nlen and memcmp(buf + off + 8 + at, nd, nlen) == 0:
+                if <uint32_t>crc32(0, buf + off + 8, length) == _rd32(buf + off + 4):
+                    return n
+            off += 8 + blen
+            n += 1
+    finally:
+        PyBuffer_Release(&view)
+    return -1
+
+
+def frame_ok(buffer, Py_ssize_t offset) -> int:
+    """Body length of a whole, crc-valid frame at offset, else 0 (for corruption resync)."""
+    cdef Py_buffer view
+    PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+    cdef Py_ssize_t blen = 0
+    cdef int st
+    try:
+        if offset < 0 or offset > view.len:
+            return 0
+        st = _frame_at(<const unsigned char*>view.buf, view.len, offset, True, &blen)
+    finally:
+        PyBuffer_Release(&view)
+    return blen if st == 0 else 0
+
+
+cdef array.array _UINT_TEMPLATE = _array_mod.array("I")
+
+
+cdef inline void _push(array.array a, uint32_t v):
+    cdef Py_ssize_t n = len(a)
+    array.resize_smart(a, n + 1)
+    a.data.as_uints[n] = v
+
+
+cdef class SegmentIndex:
+    """Sparse index of one segment: an entry every `every_records` records or `every_bytes`
+    bytes, holding (relative index, byte offset, min and max xid-second of the block, running
+    max second). Five u32 arrays: 20 bytes per block, ~0.3 bytes per 200-byte event.
+
+    `run_max` is non-decreasing whatever the id order, so bisecting it skips every block
+    that cannot hold a given second; `monotonic` (no record older than any earlier block)
+    lets the search also stop at the first block that starts after that second.
+    """
+
+    cdef public array.array rel, off, lo, hi, run_max
+    cdef public Py_ssize_t n_records, end_offset, every_records, every_bytes
+    cdef public long long seg_min, seg_max
+    cdef public bint monotonic
+    cdef Py_ssize_t cur_n, cur_bytes
+    cdef bint force_new
+
+    def __init__(self, Py_ssize_t start_offset=16, Py_ssize_t every_records=64,
+                 Py_ssize_t every_bytes=65536):
+        self.rel = array.clone(_UINT_TEMPLATE, 0, False)
+        self.off = array.clone(_UINT_TEMPLATE, 0, False)
+        self.lo = array.clone(_UINT_TEMPLATE, 0, False)
+        self.hi = array.clone(_UINT_TEMPLATE, 0, False)
+        self.run_max = array.clone(_UINT_TEMPLATE, 0, False)
+        self.n_records = 0
+        self.end_offset = start_offset
+        self.every_records = every_records
+        self.every_bytes = every_bytes
+        self.seg_min = -1
+        self.seg_max = -1
+        self.monotonic = True
+        self.cur_n = 0
+        self.cur_bytes = 0
+        self.force_new = True
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.rel)
+
+    @property
+    def nbytes(self) -> int:
+        return 5 * 4 * len(self.rel)
+
+    cdef inline void _add(self, long long sec, Py_ssize_t frame_len):
+        cdef Py_ssize_t nb = len(self.rel), b
+        cdef uint32_t prev_max
+        if self.force_new or self.cur_n >= self.every_records or self.cur_bytes >= self.every_bytes:
+            prev_max = self.run_max.data.as_uints[nb - 1] if nb else 0
+            _push(self.rel, <uint32_t>self.n_records)
+            _push(self.off, <uint32_t>self.end_offset)
+            _push(self.lo, NO_SEC_LO)
+            _push(self.hi, 0)
+            _push(self.run_max, prev_max)
+            nb += 1
+            self.cur_n = 0
+            self.cur_bytes = 0
+            self.force_new = False
+        b = nb - 1
+        if sec >= 0:
+            if sec < self.lo.data.as_uints[b]:
+                self.lo.data.as_uints[b] = <uint32_t>sec
+            if sec > self.hi.data.as_uints[b]:
+                self.hi.data.as_uints[b] = <uint32_t>sec
+            if b > 0 and sec < self.run_max.data.as_uints[b - 1]:
+                self.monotonic = False
+            if sec > self.run_max.data.as_uints[b]:
+                self.run_max.data.as_uints[b] = <uint32_t>sec
+            if self.seg_min < 0 or sec < self.seg_min:
+                self.seg_min = sec
+            if sec > self.seg_max:
+                self.seg_max = sec
+        self.cur_n += 1
+        self.cur_bytes += frame_len
+        self.n_records += 1
+        self.end_offset += frame_len
+
+    def add_records(self, list records):
+        """Index a batch just appended at end_offset (records already framed and written)."""
+        cdef Py_ssize_t i, n = PyList_GET_SIZE(records), size
+        cdef object r
+        for i in range(n):
+            r = <object>PyList_GET_ITEM(records, i)
+            size = PyBytes_GET_SIZE(r)
+            self._add(_record_sec(<const unsigned char*>PyBytes_AS_STRING(r), size), size + 8)
+
+    def add_corrupt(self, Py_ssize_t span):
+        """Count a corrupt record of `span` bytes at end_offset: it gets a block of its own, so
+        positioning never has to step over it and find never reads it."""
+        self.force_new = True
+        self._add(-1, span)
+        self.force_new = True
+
+    def scan(self, buffer, Py_ssize_t max_records=-1):
+        """Index crc-valid frames from end_offset: (n_indexed, status) as in scan_frames."""
+        cdef Py_buffer view
+        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+        cdef const unsigned char* buf = <const unsigned char*>view.buf
+        cdef Py_ssize_t size = view.len, n = 0, blen = 0
+        cdef int status = 0
+        try:
+            if self.end_offset > size:
+                raise ValueError(f"index end {self.end_offset} beyond buffer of {size} bytes")
+            while max_records < 0 or n < max_records:
+                if self.end_offset == size:
+                    break
+                status = _frame_at(buf, size, self.end_offset, True, &blen)
+                if status:
+                    break
+                self._add(_record_sec(buf + self.end_offset + 8, blen), blen + 8)
+                n += 1
+        finally:
+            PyBuffer_Release(&view)
+        return n, status
+
+    def locate(self, Py_ssize_t rel):
+        """(block, block's first relative index, block's byte offset) of the block holding rel."""
+        cdef Py_ssize_t lo = 0, hi = len(self.rel), mid
+        cdef uint32_t* r = self.rel.data.as_uints
+        if hi == 0 or rel < 0 or rel >= self.n_records:
+            raise IndexError(rel)
+        while hi - lo > 1:
+            mid = (lo + hi) >> 1
+            if r[mid] <= rel:
+                lo = mid
+            else:
+                hi = mid
+        return lo, r[lo], self.off.data.as_uints[lo]
+
+    def block(self, Py_ssize_t b):
+        """(first rel index, end rel index, start offset, end offset) of block b."""
+        cdef Py_ssize_t nb = len(self.rel)
+        if b < 0 or b >= nb:
+            raise IndexError(b)
+        if b + 1 < nb:
+            return (self.rel.data.as_uints[b], self.rel.data.as_uints[b + 1],
+                    self.off.data.as_uints[b], self.off.data.as_uints[b + 1])
+        return self.rel.data.as_uints[b], self.n_records, self.off.data.as_uints[b], self.end_offset
+
+    def candidates(self, long long sec) -> list:
+        """Blocks whose [min, max] second range contains sec, oldest first."""
+        cdef list out = []
+        cdef Py_ssize_t nb = len(self.rel), lo = 0, hi = nb, mid, b
+        cdef uint32_t* rm = self.run_max.data.as_uints
+        cdef uint32_t* blo = self.lo.data.as_uints
+        cdef uint32_t* bhi = self.hi.data.as_uints
+        if sec < 0 or sec > 0xFFFFFFFF or nb == 0:
+            return out
+        while lo < hi:  # first block whose running max reaches sec
+            mid = (lo + hi) >> 1
+            if rm[mid] < sec:
+                lo = mid + 1
+            else:
+                hi = mid
+        for b in range(lo, nb):
+            if blo[b] <= sec <= bhi[b]:
+                out.append(b)
+            elif self.monotonic and blo[b] > sec and blo[b] != NO_SEC_LO:
+                break
+        return out
+
+    @staticmethod
+    def restore(rel, off, lo, hi, run_max, Py_ssize_t n_records, Py_ssize_t end_offset,
+                long long seg_min, long long seg_max, bint monotonic):
+        """An index rebuilt from saved arrays (a closed segment's .idx file); append-only after."""
+        cdef SegmentIndex ix = SegmentIndex()
+        ix.rel, ix.off, ix.lo, ix.hi, ix.run_max = rel, off, lo, hi, run_max
+        ix.n_records = n_records
+        ix.end_offset = end_offset
+        ix.seg_min = seg_min
+        ix.seg_max = seg_max
+        ix.monotonic = monotonic
+        ix.force_new = True
+        return ix
