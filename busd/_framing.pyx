@@ -184,6 +184,22 @@ def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle,
     return -1
 
 
+def find_in_records(list records, Py_ssize_t start, Py_ssize_t stop, bytes needle,
+                    Py_ssize_t at):
+    """Position (from start) of the first of records[start:stop] whose [at:] starts with
+    needle, or -1 (the in-memory twin of find_record)."""
+    cdef Py_ssize_t i, nlen = PyBytes_GET_SIZE(needle)
+    cdef const char* nd = PyBytes_AS_STRING(needle)
+    cdef object r
+    if stop > PyList_GET_SIZE(records):
+        stop = PyList_GET_SIZE(records)
+    for i in range(max(start, 0), stop):
+        r = <object>PyList_GET_ITEM(records, i)
+        if PyBytes_GET_SIZE(r) >= at + nlen and memcmp(PyBytes_AS_STRING(r) + at, nd, nlen) == 0:
+            return i - start
+    return -1
+
+
 def frame_ok(buffer, Py_ssize_t offset) -> int:
     """Body length of a whole, crc-valid frame at offset, else 0 (for corruption resync)."""
     cdef Py_buffer view
