@@ -1,0 +1,1048 @@
+"""One namespace's durable log: segment files, sparse index, recovery, retention, fsync.
+
+A namespace is a directory of segment files named by the index of their first record
+(`00000000000000000000.seg`). Each segment is a 16-byte header (b"BUSDSEG1", u32 flags,
+u32 reserved) followed by frames (u32 length, u32 crc32, body); see busd/_framing.pyx.
+Only the last segment is open for appends; a batch never spans two segments.
+
+Why it is shaped like this:
+
+- Restart is fast and honest: closed segments are trusted by size (their record count is
+  the next segment's first index minus their own) and indexed lazily; only the open
+  segment is scanned at open(), and a torn tail is truncated to the last whole record.
+  A bad frame that valid frames follow is mid-file corruption: it keeps its index (so
+  later indexes stay stable) and reads of it raise CorruptRecordError.
+- A closed segment's sparse index is saved beside it (`<first>.idx`, rebuildable, never
+  trusted unless its checksum and the segment size match), so finding an id after a
+  restart reads a few index headers, not the namespace.
+- The loop thread appends (one write(2) per batch, never under a lock); sync() runs in
+  a worker thread and only fsyncs. A small lock guards the fd bookkeeping they share:
+  a rolled segment's fd is retired, not closed, until a sync() has fsynced it.
+- The last few MiB appended stay in memory, so readers at the head never touch disk.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno as errno_mod
+import logging
+import mmap
+import os
+import struct
+import sys
+import threading
+import time
+import zlib
+from array import array
+from dataclasses import dataclass, field
+from itertools import accumulate, pairwise
+from pathlib import Path
+
+from busd._framing import (
+    HEADER_SIZE,
+    MAGIC,
+    MAX_BODY,
+    TRUNCATED,
+    SegmentIndex,
+    find_in_records,
+    find_record,
+    frame_ok,
+    frame_records,
+    scan_frames,
+    xid_seconds,
+)
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SUFFIX = ".seg"
+INDEX_SUFFIX = ".idx"
+INDEX_EVERY_RECORDS = 64
+INDEX_EVERY_BYTES = 64 << 10
+RECORD_PREFIX = b'{"id":"e_'  # every record the server stores starts like this
+ID_AT = 7  # record[7:29] is the event id (b"e_" + 20-char xid)
+ID_LEN = 22
+MAX_RETIRED_FDS = 8  # rolled-but-unsynced fds kept for sync(); beyond, a roll syncs inline
+READ_FDS = 16  # read fds kept open per namespace
+HINTS = 1024  # remembered (next index -> file position) of recent reads
+MAX_BATCH_BYTES = 1 << 31  # index offsets are u32
+FIND_RUN_BYTES = 1 << 20  # adjacent candidate blocks are read together up to this size
+
+_HEADER = struct.Struct("<8sII")
+_U32 = struct.Struct("<I")
+_IDX_MAGIC = b"BUSDIDX1"
+_IDX_VERSION = 1
+# magic, version, n_blocks, segment size, n_records, end offset, seg min s, seg max s,
+# monotonic, crc of the arrays, crc of the header before this field
+_IDX_HEAD = struct.Struct("<8sIIQQQqqIII")
+
+
+class LogError(Exception):
+    """Base of the log's errors."""
+
+
+class LogOpenError(LogError):
+    """The data on disk cannot be opened safely; the message says where and why."""
+
+
+class LogWriteError(LogError):
+    """An append or fsync failed; nothing half-written stays in the log."""
+
+    def __init__(self, reason: str, errno: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class HistoryTruncatedError(LogError):
+    """The requested index was deleted by retention; args[0] is the oldest retained index."""
+
+    def __init__(self, oldest_index: int) -> None:
+        super().__init__(oldest_index)
+        self.oldest_index = oldest_index
+
+    def __str__(self) -> str:
+        return f"history truncated: the oldest retained index is {self.oldest_index}"
+
+
+class CorruptRecordError(LogError):
+    """The record at args[0] fails its CRC (or cannot be framed) and cannot be served."""
+
+    def __init__(self, index: int, segment_path: Path | str, offset: int) -> None:
+        super().__init__(index, str(segment_path), offset)
+        self.index = index
+        self.segment_path = str(segment_path)
+        self.offset = offset
+
+    def __str__(self) -> str:
+        return (f"corrupt record index={self.index} segment={self.segment_path} "
+                f"offset={self.offset}")
+
+
+@dataclass
+class RecoveryReport:
+    """What open() found and did."""
+
+    segments: int = 0
+    records: int = 0
+    truncated_bytes: int = 0
+    corrupt_records: list[int] = field(default_factory=list)
+    reinitialized: bool = False
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return (f"segments={self.segments} records={self.records} "
+                f"truncated_bytes={self.truncated_bytes} corrupt={len(self.corrupt_records)} "
+                f"reinitialized={int(self.reinitialized)} seconds={self.seconds:.3f}")
+
+
+class _Segment:
+    """One segment file: where it starts, its size, and (once loaded) its sparse index."""
+
+    __slots__ = ("corrupt", "count", "first", "index", "path", "size", "summary")
+
+    def __init__(self, first: int, path: Path, size: int) -> None:
+        self.first = first
+        self.path = path
+        self.size = size  # bytes of whole records (the open segment: the write position)
+        self.count = 0  # trusted record count (the open one: its index's count)
+        self.index: SegmentIndex | None = None
+        self.corrupt: dict[int, int] = {}  # relative index -> offset of known corrupt records
+        self.summary: tuple[int, int] | None = None  # (min, max) xid seconds, -1 if none
+
+    @property
+    def idx_path(self) -> Path:
+        return self.path.with_suffix(INDEX_SUFFIX)
+
+
+class _WriteFile:
+    """A segment fd opened for appending, with its write/sync generations."""
+
+    __slots__ = ("fd", "path", "retired", "synced_seq", "write_seq")
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd = fd
+        self.path = path
+        self.write_seq = 0
+        self.synced_seq = 0
+        self.retired = False
+
+
+def _segment_name(first: int) -> str:
+    return f"{first:020d}{SEGMENT_SUFFIX}"
+
+
+def _header(flags: int) -> bytes:
+    return _HEADER.pack(MAGIC, flags, 0)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """One os.write, looping only on short writes."""
+    size = len(data)
+    written = os.write(fd, data)
+    if written < size:
+        view = memoryview(data)
+        while written < size:
+            n = os.write(fd, view[written:])
+            if n <= 0:
+                raise OSError(errno_mod.EIO, "write made no progress")
+            written += n
+
+
+def _pread_exact(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    while len(data) < size:  # only at end of file for regular files
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+class NamespaceLog:
+    """The append-only log of one namespace; all methods but sync() run on the loop thread."""
+
+    def __init__(self, root: Path, name: str, *, segment_bytes: int = 64 << 20,
+                 retention_age: float | None = None, retention_bytes: int | None = None,
+                 cache_bytes: int = 8 << 20, flags: int = 0, readonly: bool = False) -> None:
+        if not 0 < segment_bytes < (1 << 32) - MAX_BODY:
+            raise ValueError(f"segment_bytes must be in 1..{(1 << 32) - MAX_BODY - 1}")
+        self.root = Path(root)
+        self.name = name
+        self.dir = self.root / name
+        self.segment_bytes = segment_bytes
+        self.retention_age = retention_age
+        self.retention_bytes = retention_bytes
+        self.cache_bytes = cache_bytes
+        self.flags = flags
+        self.readonly = readonly
+        self.blocks_scanned = 0  # index blocks read by find_id (tests and metrics)
+        self._segments: list[_Segment] = []
+        self._firsts: list[int] = []
+        self._next = 0
+        self._bytes = 0
+        self._wfile: _WriteFile | None = None
+        self._files: list[_WriteFile] = []  # current + retired write fds (guarded by _lock)
+        self._lock = threading.Lock()  # fd bookkeeping shared with sync(); never held for I/O
+        self._sync_mutex = threading.Lock()  # one sync()/close() at a time
+        self._dir_dirty = False
+        self._pending_truncate: int | None = None
+        self._rfds: dict[int, int] = {}  # segment first index -> read fd (insertion = LRU)
+        self._hints: dict[int, tuple[_Segment, int]] = {}
+        self._first_id: bytes | None = None
+        self._opened = False
+        self._closed = False
+        # recent records: _cache[i] is index _cache_first + i; _cache_ends[i] its cumulative end
+        self._cache: list[bytes] = []
+        self._cache_first = 0
+        self._cache_ends = array("q")
+        self._cache_base = 0  # cumulative end before _cache[0]
+        self._cache_total = 0
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def first_index(self) -> int:
+        """The oldest retained index."""
+        return self._firsts[0] if self._firsts else self._next
+
+    @property
+    def next_index(self) -> int:
+        """The index the next appended record gets (the head)."""
+        return self._next
+
+    @property
+    def count(self) -> int:
+        return self._next - self.first_index
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of segment files on disk."""
+        return self._bytes
+
+    @property
+    def segments(self) -> int:
+        return len(self._segments)
+
+    @property
+    def dirty(self) -> bool:
+        """True when something written is not yet fsynced."""
+        with self._lock:
+            return self._dir_dirty or any(f.retired or f.write_seq != f.synced_seq
+                                          for f in self._files)
+
+    @property
+    def index_bytes(self) -> int:
+        """Memory held by loaded sparse indexes."""
+        return sum(s.index.nbytes for s in self._segments if s.index is not None)
+
+    # -- open and recovery -----------------------------------------------------------------
+    def open(self) -> RecoveryReport:
+        """Find the segments, recover the open one, and get ready to append."""
+        if self._opened:
+            raise LogError(f"namespace log {self.name} is already open")
+        started = time.monotonic()
+        report = RecoveryReport()
+        if not self.readonly:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        entries = sorted(self._list_segments(), key=lambda s: s.first)
+        if not entries:
+            if self.readonly:
+                self._opened = True
+                return report
+            entries = [self._create_segment(0)]
+        for seg, nxt in pairwise(entries):
+            seg.count = nxt.first - seg.first
+            self._check_header(seg)
+        while True:
+            last = entries[-1]
+            blank = self._recover_last(last, report)
+            if last.count or len(entries) == 1:
+                break
+            # A crash right after a roll: the new segment holds nothing, so the previous one
+            # is the open segment again (and its own unsynced tail gets recovered properly).
+            log.warning("removing empty last segment ns=%s segment=%s bytes=%d", self.name,
+                        last.path.name, last.size)
+            if not self.readonly:
+                last.path.unlink()
+                self._set_dir_dirty()
+            entries.pop()
+        if blank:
+            log.warning("reinitialising blank segment ns=%s segment=%s", self.name,
+                        last.path.name)
+        if blank and not self.readonly:
+            fd = os.open(last.path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, 0)
+                _write_all(fd, _header(self.flags))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if not self.readonly:  # the open segment's index lives in memory only
+            last.idx_path.unlink(missing_ok=True)
+        self._segments = entries
+        self._firsts = [s.first for s in entries]
+        self._next = last.first + last.count
+        self._bytes = sum(s.size for s in entries)
+        if not self.readonly:
+            self._open_writer(last)
+        report.segments = len(entries)
+        report.records = self.count
+        report.seconds = time.monotonic() - started
+        self._opened = True
+        return report
+
+    def _list_segments(self) -> list[_Segment]:
+        out = []
+        if not self.dir.is_dir():
+            return out
+        seg_names = set()
+        for entry in os.scandir(self.dir):
+            stem, dot, suffix = entry.name.partition(".")
+            if len(stem) != 20 or not stem.isdigit():
+                continue
+            if dot + suffix == SEGMENT_SUFFIX:
+                seg_names.add(stem)
+                out.append(_Segment(int(stem), Path(entry.path), entry.stat().st_size))
+        if not self.readonly:  # an index whose segment retention removed before a crash
+            for entry in os.scandir(self.dir):
+                stem, _, suffix = entry.name.partition(".")
+                if "." + suffix == INDEX_SUFFIX and stem not in seg_names:
+                    os.unlink(entry.path)
+        return out
+
+    def _check_header(self, seg: _Segment) -> None:
+        with open(seg.path, "rb") as fh:
+            head = fh.read(HEADER_SIZE)
+        problem = self._header_problem(head)
+        if problem:
+            raise LogOpenError(f"segment {seg.path}: {problem}")
+
+    def _header_problem(self, head: bytes) -> str | None:
+        if len(head) < HEADER_SIZE:
+            return f"missing segment header ({len(head)} of {HEADER_SIZE} bytes)"
+        magic, flags, _ = _HEADER.unpack(head)
+        if magic != MAGIC:
+            return f"bad segment header: magic {magic!r}, expected {MAGIC!r}"
+        if flags != self.flags:
+            if flags & 1 and not self.flags & 1:
+                return "the segment is encrypted and no key was given"
+            if self.flags & 1 and not flags & 1:
+                return "the segment is not encrypted but a key was given"
+            return f"segment flags {flags:#x}, expected {self.flags:#x}"
+        return None
+
+    def _recover_last(self, seg: _Segment, report: RecoveryReport) -> bool:
+        """Scan the open segment fully; truncate a torn tail, note mid-file corruption.
+        True if the segment is blank (its header must be rewritten)."""
+        with open(seg.path, "rb") as fh:
+            head = fh.read(HEADER_SIZE)
+            problem = self._header_problem(head)
+            if problem:
+                # A crash between creating a segment and writing its header leaves it short
+                # or zero-filled: then it holds nothing and is re-initialised.
+                blank = len(head) < HEADER_SIZE and _header(self.flags).startswith(head)
+                if not blank and not head.strip(b"\0"):
+                    blank = not any(chunk.strip(b"\0") for chunk in iter(
+                        lambda: fh.read(1 << 20), b""))
+                if not blank:
+                    raise LogOpenError(f"segment {seg.path}: {problem}")
+                report.reinitialized = True
+                report.truncated_bytes += seg.size
+                seg.size = HEADER_SIZE
+                seg.index = self._new_index()
+                seg.count = 0
+                return True
+            size = os.fstat(fh.fileno()).st_size
+            index = self._new_index()
+            if size > HEADER_SIZE:
+                with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
+                    end, corrupt, torn = self._index_segment(seg, mm, index, -1)
+                    self._prefill_cache(seg, mm, index)
+            else:
+                end, corrupt, torn = HEADER_SIZE, [], False
+        seg.index = index
+        seg.count = index.n_records
+        for rel, offset, span in corrupt:
+            report.corrupt_records.append(seg.first + rel)
+            log.error("corrupt record kept ns=%s segment=%s index=%d offset=%d bytes=%d",
+                      self.name, seg.path.name, seg.first + rel, offset, span)
+        if torn:
+            report.truncated_bytes += size - end
+            log.warning("recovered torn tail ns=%s segment=%s truncated_bytes=%d",
+                        self.name, seg.path.name, size - end)
+            if not self.readonly:
+                fd = os.open(seg.path, os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(fd, end)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        seg.size = end
+        return False
+
+    def _new_index(self) -> SegmentIndex:
+        return SegmentIndex(HEADER_SIZE, INDEX_EVERY_RECORDS, INDEX_EVERY_BYTES)
+
+    def _index_segment(self, seg: _Segment, buf, index: SegmentIndex,
+                       max_records: int) -> tuple[int, list[tuple[int, int, int]], bool]:
+        """Index every frame of buf: (end of whole records, corrupt (rel, offset, span), torn)."""
+        corrupt: list[tuple[int, int, int]] = []
+        size = len(buf)
+        while True:
+            left = -1 if max_records < 0 else max_records - index.n_records
+            if left == 0:
+                return index.end_offset, corrupt, False
+            _, status = index.scan(buf, left)
+            if status == 0:
+                return index.end_offset, corrupt, False
+            offset = index.end_offset
+            nxt = _next_valid_frame(buf, offset, size)
+            if nxt is None:
+                return offset, corrupt, True
+            corrupt.append((index.n_records, offset, nxt - offset))
+            seg.corrupt[index.n_records] = offset
+            index.add_corrupt(nxt - offset)
+
+    def _prefill_cache(self, seg: _Segment, buf, index: SegmentIndex) -> None:
+        """Load the open segment's last cache_bytes into the recent-records cache."""
+        if not index.n_records or self.cache_bytes <= 0:
+            return
+        after = max(seg.corrupt) + 1 if seg.corrupt else 0
+        b = bisect.bisect_left(index.off, index.end_offset - self.cache_bytes)
+        if b >= index.n_blocks:
+            b = index.n_blocks - 1
+        rel, _, offset, _ = index.block(b)
+        if rel < after:
+            if after >= index.n_records:
+                return
+            _, rel, offset = index.locate(after)
+            if rel != after:
+                return
+        records, end, _n, status = scan_frames(buf, offset, -1)
+        if status or end != index.end_offset:
+            return
+        self._cache = records
+        self._cache_first = seg.first + rel
+        self._cache_base = 0
+        self._cache_ends = array("q", accumulate(map(len, records)))
+        self._cache_total = self._cache_ends[-1] if records else 0
+
+    def _set_dir_dirty(self) -> None:
+        with self._lock:
+            self._dir_dirty = True
+
+    def _open_writer(self, seg: _Segment) -> None:
+        fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        wf = _WriteFile(fd, seg.path)
+        with self._lock:
+            self._files.append(wf)
+            self._wfile = wf
+
+    def _create_segment(self, first: int) -> _Segment:
+        """A new, empty segment file with its header (removed again if that fails)."""
+        path = self.dir / _segment_name(first)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            _write_all(fd, _header(self.flags))
+        except OSError:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        os.close(fd)
+        self._set_dir_dirty()
+        seg = _Segment(first, path, HEADER_SIZE)
+        seg.index = self._new_index()
+        return seg
+
+    # -- appending --------------------------------------------------------------------------
+    def append(self, records: list[bytes]) -> int:
+        """Append a batch with one write(2); returns the index of its first record."""
+        n = len(records)
+        if not n:
+            return self._next
+        if self._wfile is None:
+            raise LogWriteError(f"namespace log {self.name} is not open for writing")
+        data = frame_records(records)
+        size = len(data)
+        if size > MAX_BATCH_BYTES:
+            raise LogWriteError(f"batch of {size} bytes is larger than {MAX_BATCH_BYTES}")
+        seg = self._segments[-1]
+        if seg.index.n_records and seg.size + size > self.segment_bytes:
+            self._roll()
+            seg = self._segments[-1]
+        wf = self._wfile
+        if self._pending_truncate is not None:
+            self._retry_truncate(wf)
+        before = seg.size
+        try:
+            _write_all(wf.fd, data)
+        except OSError as exc:
+            self._undo_write(wf, before, exc)
+        seg.index.add_records(records)
+        seg.size = before + size
+        seg.count += n
+        wf.write_seq += 1
+        first = self._next
+        self._next = first + n
+        self._bytes += size
+        if self.cache_bytes > 0:
+            self._cache_add(first, records)
+        return first
+
+    def _undo_write(self, wf: _WriteFile, before: int, exc: OSError):
+        """Cut the file back to its size before the failed write, then raise LogWriteError."""
+        try:
+            os.ftruncate(wf.fd, before)
+        except OSError as again:
+            self._pending_truncate = before
+            log.error("cannot truncate after failed write ns=%s segment=%s error=%r",
+                      self.name, wf.path.name, again)
+        reason = (f"write to {wf.path} failed: {exc.strerror or exc}"
+                  f"{' (disk full)' if exc.errno == errno_mod.ENOSPC else ''}")
+        raise LogWriteError(reason, exc.errno) from exc
+
+    def _retry_truncate(self, wf: _WriteFile) -> None:
+        try:
+            os.ftruncate(wf.fd, self._pending_truncate)
+        except OSError as exc:
+            raise LogWriteError(f"cannot truncate {wf.path} after a failed write: "
+                                f"{exc.strerror}", exc.errno) from exc
+        self._pending_truncate = None
+
+    def _roll(self) -> None:
+        """Close the open segment for writing and start the next one."""
+        old = self._segments[-1]
+        try:
+            seg = self._create_segment(self._next)
+        except OSError as exc:
+            raise LogWriteError(f"cannot create segment {_segment_name(self._next)} in "
+                                f"{self.dir}: {exc.strerror}", exc.errno) from exc
+        try:
+            fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            seg.path.unlink()
+            raise LogWriteError(f"cannot open segment {seg.path}: {exc.strerror}",
+                                exc.errno) from exc
+        wf = _WriteFile(fd, seg.path)
+        old.count = old.index.n_records
+        self._segments.append(seg)
+        self._firsts.append(seg.first)
+        self._bytes += seg.size
+        with self._lock:
+            if self._wfile is not None:
+                self._wfile.retired = True
+            self._files.append(wf)
+            self._wfile = wf
+            retired = [f for f in self._files if f.retired]
+        if len(retired) > MAX_RETIRED_FDS and self._sync_mutex.acquire(blocking=False):
+            try:  # nobody is syncing (--fsync never): do not hoard fds
+                self._sync_files(retired[:-MAX_RETIRED_FDS])
+            except OSError as exc:
+                log.error("fsync of rolled segments failed ns=%s error=%r", self.name, exc)
+            finally:
+                self._sync_mutex.release()
+        self._write_index_file(old)
+
+    # -- recent-records cache -----------------------------------------------------------------
+    def _cache_add(self, first: int, records: list[bytes]) -> None:
+        if not self._cache:
+            self._cache_first = first
+            self._cache_base = self._cache_total
+        elif self._cache_first + len(self._cache) != first:  # not contiguous: start again
+            self._cache_clear()
+            self._cache_first = first
+        self._cache.extend(records)
+        ends = accumulate(map(len, records), initial=self._cache_total)
+        next(ends)
+        self._cache_ends.extend(ends)
+        self._cache_total = self._cache_ends[-1]
+        if self._cache_total - self._cache_base > self.cache_bytes + (self.cache_bytes >> 2):
+            k = bisect.bisect_right(self._cache_ends, self._cache_total - self.cache_bytes)
+            if k:
+                self._cache_base = self._cache_ends[k - 1]
+                del self._cache[:k]
+                del self._cache_ends[:k]
+                self._cache_first += k
+
+    def _cache_clear(self) -> None:
+        self._cache = []
+        self._cache_ends = array("q")
+        self._cache_base = self._cache_total
+        self._cache_first = self._next
+
+    def _cache_read(self, start: int, max_bytes: int, max_records: int) -> list[bytes]:
+        j = start - self._cache_first
+        base = self._cache_ends[j - 1] if j else self._cache_base
+        k = bisect.bisect_right(self._cache_ends, base + max_bytes, j)
+        k = max(k, j + 1)
+        if k - j > max_records:
+            k = j + max_records
+        return self._cache[j:k]
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(self, start_index: int, max_bytes: int = 1 << 20,
+             max_records: int = 65536) -> list[bytes]:
+        """Records from start_index on, in order; [] at the head. Returns at least one record
+        when there is one (even if larger than max_bytes), and stops before a corrupt record
+        unless that is the first one asked for (then CorruptRecordError)."""
+        if start_index < self.first_index:
+            raise HistoryTruncatedError(self.first_index)
+        if start_index >= self._next or max_records <= 0:
+            return []
+        if self._cache and start_index >= self._cache_first:
+            return self._cache_read(start_index, max_bytes, max_records)
+        return self._read_disk(start_index, max_bytes, max_records)
+
+    def _segment_of(self, index: int) -> _Segment:
+        return self._segments[bisect.bisect_right(self._firsts, index) - 1]
+
+    def _read_disk(self, start: int, max_bytes: int, max_records: int) -> list[bytes]:
+        seg = self._segment_of(start)
+        rel = start - seg.first
+        index = self._ensure_index(seg)
+        if rel in seg.corrupt:
+            raise CorruptRecordError(start, seg.path, seg.corrupt[rel])
+        if rel >= index.n_records:  # a closed segment that lost records
+            raise CorruptRecordError(start, seg.path, index.end_offset)
+        limit = min(max_records, index.n_records - rel)
+        fd = self._read_fd(seg)
+        hint = self._hints.pop(start, None)
+        if hint is not None and hint[0] is seg:
+            offset, skip_buf = hint[1], None
+        else:
+            b, block_rel, offset = index.locate(rel)
+            skip_buf = None
+            if rel != block_rel:  # step over the block's earlier records by their lengths
+                _, _, boff, bend = index.block(b)
+                skip_buf = _pread_exact(fd, bend - boff, boff)
+                _, pos, n, _ = scan_frames(skip_buf, 0, rel - block_rel, False, False)
+                if n != rel - block_rel:
+                    raise CorruptRecordError(start, seg.path, boff + pos)
+                offset = boff + pos
+        want = min(max_bytes, index.end_offset - offset)
+        buf = _pread_exact(fd, want, offset)
+        records, end, n, status = scan_frames(buf, 0, limit)
+        if n == 0:
+            if status == TRUNCATED:  # one record bigger than max_bytes
+                head = buf if len(buf) >= 8 else _pread_exact(fd, 8, offset)
+                length = _U32.unpack_from(head)[0] if len(head) >= 8 else 0
+                if 0 < length <= MAX_BODY and offset + 8 + length <= index.end_offset:
+                    buf = _pread_exact(fd, 8 + length, offset)
+                    records, end, n, status = scan_frames(buf, 0, 1)
+            if n == 0:
+                log.error("corrupt record ns=%s segment=%s index=%d offset=%d",
+                          self.name, seg.path.name, start, offset)
+                raise CorruptRecordError(start, seg.path, offset)
+        if len(self._hints) >= HINTS:
+            self._hints.clear()
+        if rel + n < index.n_records:
+            self._hints[start + n] = (seg, offset + end)
+        return records
+
+    def _read_fd(self, seg: _Segment) -> int:
+        fd = self._rfds.pop(seg.first, None)
+        if fd is None:
+            fd = os.open(seg.path, os.O_RDONLY | os.O_CLOEXEC)
+            if len(self._rfds) >= READ_FDS:
+                old = next(iter(self._rfds))
+                os.close(self._rfds.pop(old))
+        self._rfds[seg.first] = fd
+        return fd
+
+    def _close_read_fd(self, seg: _Segment) -> None:
+        fd = self._rfds.pop(seg.first, None)
+        if fd is not None:
+            os.close(fd)
+
+    # -- closed segments' indexes --------------------------------------------------------------
+    def _ensure_index(self, seg: _Segment) -> SegmentIndex:
+        """The segment's sparse index: in memory, from its .idx file, or by scanning it."""
+        if seg.index is not None:
+            return seg.index
+        index = self._load_index_file(seg)
+        seg.index = index if index is not None else self._build_index(seg)
+        if index is None:
+            self._write_index_file(seg)
+        index = seg.index
+        seg.summary = (index.seg_min, index.seg_max)
+        return index
+
+    def _build_index(self, seg: _Segment) -> SegmentIndex:
+        index = self._new_index()
+        with open(seg.path, "rb") as fh:
+            if seg.size > HEADER_SIZE:
+                with mmap.mmap(fh.fileno(), seg.size, access=mmap.ACCESS_READ) as mm:
+                    end, corrupt, _ = self._index_segment(seg, mm, index, seg.count)
+            else:
+                end, corrupt = HEADER_SIZE, []
+        for rel, offset, span in corrupt:
+            log.error("corrupt record ns=%s segment=%s index=%d offset=%d bytes=%d",
+                      self.name, seg.path.name, seg.first + rel, offset, span)
+        if index.n_records < seg.count:
+            log.error("segment lost records ns=%s segment=%s expected=%d found=%d "
+                      "unreadable_from=%d", self.name, seg.path.name, seg.count,
+                      index.n_records, seg.first + index.n_records)
+        elif end < seg.size:
+            log.error("segment has unexpected trailing bytes ns=%s segment=%s bytes=%d",
+                      self.name, seg.path.name, seg.size - end)
+        return index
+
+    def _write_index_file(self, seg: _Segment) -> None:
+        """Save a closed segment's index beside it (best effort: it can always be rebuilt)."""
+        if self.readonly or seg.index is None:
+            return
+        ix = seg.index
+        arrays = [ix.rel, ix.off, ix.lo, ix.hi, ix.run_max]
+        if sys.byteorder != "little":
+            arrays = [array("I", a) for a in arrays]
+            for a in arrays:
+                a.byteswap()
+        body = b"".join(a.tobytes() for a in arrays)
+        head = _IDX_HEAD.pack(_IDX_MAGIC, _IDX_VERSION, ix.n_blocks, seg.size, ix.n_records,
+                              ix.end_offset, ix.seg_min, ix.seg_max, int(ix.monotonic),
+                              zlib.crc32(body), 0)
+        head = head[:-4] + _U32.pack(zlib.crc32(head[:-4]))
+        path = seg.idx_path
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, head + body)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot save segment index ns=%s path=%s error=%r", self.name, path, exc)
+            try:
+                path.unlink()
+            except OSError:
+                pass
+
+    def _read_index_head(self, seg: _Segment, fh) -> tuple | None:
+        head = fh.read(_IDX_HEAD.size)
+        if len(head) != _IDX_HEAD.size:
+            return None
+        fields = _IDX_HEAD.unpack(head)
+        if (fields[0] != _IDX_MAGIC or fields[1] != _IDX_VERSION
+                or fields[10] != zlib.crc32(head[:-4]) or fields[3] != seg.size):
+            return None
+        return fields
+
+    def _load_index_file(self, seg: _Segment) -> SegmentIndex | None:
+        try:
+            with open(seg.idx_path, "rb") as fh:
+                fields = self._read_index_head(seg, fh)
+                if fields is None:
+                    return None
+                n_blocks = fields[2]
+                body = fh.read(n_blocks * 20)
+        except FileNotFoundError:
+            return None
+        if len(body) != n_blocks * 20 or zlib.crc32(body) != fields[9]:
+            return None
+        arrays = []
+        for k in range(5):
+            a = array("I")
+            a.frombytes(body[k * n_blocks * 4:(k + 1) * n_blocks * 4])
+            if sys.byteorder != "little":
+                a.byteswap()
+            arrays.append(a)
+        n_records, end_offset, seg_min, seg_max, mono = fields[4:9]
+        if n_records > seg.count or end_offset > seg.size:
+            return None
+        return SegmentIndex.restore(*arrays, n_records, end_offset, seg_min, seg_max, bool(mono))
+
+    def _summary(self, seg: _Segment) -> tuple[int, int]:
+        """(min, max) xid seconds of a segment, reading at most its index file's header."""
+        if seg.index is not None:
+            return seg.index.seg_min, seg.index.seg_max
+        if seg.summary is None:
+            try:
+                with open(seg.idx_path, "rb") as fh:
+                    fields = self._read_index_head(seg, fh)
+            except FileNotFoundError:
+                fields = None
+            if fields is not None:
+                seg.summary = (fields[6], fields[7])
+            else:
+                index = self._ensure_index(seg)
+                seg.summary = (index.seg_min, index.seg_max)
+        return seg.summary
+
+    # -- finding ids --------------------------------------------------------------------------
+    def find_id(self, event_id: bytes) -> int | None:
+        """Index of the record with this id (b"e_" + xid), or None. Only blocks whose
+        [min, max] second range holds the id's second are read, newest first."""
+        if len(event_id) != ID_LEN or not event_id.startswith(b"e_"):
+            return None
+        t = xid_seconds(event_id[2:])
+        if t < 0:
+            return None
+        for seg in reversed(self._segments):
+            lo, hi = self._summary(seg)
+            if lo < 0 or not lo <= t <= hi:
+                continue
+            index = self._ensure_index(seg)
+            for rel0, rel1, off0, off1 in self._runs(seg, index, index.candidates(t)):
+                found = self._find_in_run(seg, rel0, rel1, off0, off1, event_id)
+                if found is not None:
+                    return found
+        return None
+
+    def _runs(self, seg: _Segment, index: SegmentIndex, blocks: list[int]):
+        """Candidate blocks merged into contiguous runs (one pread each), newest first."""
+        run = None
+        for b in reversed(blocks):
+            rel0, rel1, off0, off1 = index.block(b)
+            if rel0 in seg.corrupt:
+                continue
+            self.blocks_scanned += 1
+            if run is not None and run[0] == rel1 and run[3] - off0 <= FIND_RUN_BYTES:
+                run = (rel0, run[1], off0, run[3])
+                continue
+            if run is not None:
+                yield run
+            run = (rel0, rel1, off0, off1)
+        if run is not None:
+            yield run
+
+    def _find_in_run(self, seg: _Segment, rel0: int, rel1: int, off0: int, off1: int,
+                     event_id: bytes) -> int | None:
+        first = seg.first + rel0
+        if self._cache and first >= self._cache_first:
+            j = first - self._cache_first
+            k = find_in_records(self._cache, j, j + rel1 - rel0, event_id, ID_AT)
+        else:
+            buf = _pread_exact(self._read_fd(seg), off1 - off0, off0)
+            k = find_record(buf, 0, rel1 - rel0, event_id, ID_AT)
+        return first + k if k >= 0 else None
+
+    def first_id(self) -> bytes | None:
+        """Id of the oldest retained record (None if empty or unreadable)."""
+        if self._first_id is None and self.count:
+            try:
+                records = self.read(self.first_index, 1 << 16, 1)
+            except CorruptRecordError:
+                return None
+            if records and records[0].startswith(RECORD_PREFIX):
+                self._first_id = records[0][ID_AT:ID_AT + ID_LEN]
+        return self._first_id
+
+    def is_before_retained(self, event_id: bytes) -> bool:
+        """True if retention has deleted records and this id's second is older than the
+        oldest retained record's: an id find_id did not find was then deleted by retention."""
+        if self.first_index == 0 or len(event_id) != ID_LEN:
+            return False
+        oldest = self.first_id()
+        t = xid_seconds(event_id[2:])
+        return oldest is not None and 0 <= t < xid_seconds(oldest[2:])
+
+    # -- retention ------------------------------------------------------------------------------
+    def apply_retention(self, now: float) -> int:
+        """Delete whole closed segments, oldest first, while the namespace is over
+        retention_bytes or the segment's newest record is older than retention_age."""
+        deleted = 0
+        while len(self._segments) > 1:
+            seg = self._segments[0]
+            expired = (self.retention_bytes is not None and self._bytes > self.retention_bytes)
+            if not expired and self.retention_age is not None:
+                newest = self._summary(seg)[1]
+                if newest < 0:  # no readable id: fall back to the file's time
+                    newest = seg.path.stat().st_mtime
+                expired = newest < now - self.retention_age
+            if not expired:
+                break
+            self._close_read_fd(seg)
+            try:
+                seg.path.unlink()
+            except OSError as exc:
+                log.error("retention cannot delete ns=%s segment=%s error=%r",
+                          self.name, seg.path, exc)
+                break
+            try:
+                seg.idx_path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("retention cannot delete index ns=%s path=%s error=%r",
+                            self.name, seg.idx_path, exc)
+            self._segments.pop(0)
+            self._firsts.pop(0)
+            self._bytes -= seg.size
+            self._first_id = None
+            deleted += 1
+            log.info("retention deleted segment ns=%s segment=%s records=%d bytes=%d",
+                     self.name, seg.path.name, seg.count, seg.size)
+        if deleted:
+            self._hints = {k: v for k, v in self._hints.items() if k >= self.first_index}
+            if self._cache and self._cache_first < self.first_index:
+                k = self.first_index - self._cache_first
+                self._cache_base = self._cache_ends[k - 1]
+                del self._cache[:k]
+                del self._cache_ends[:k]
+                self._cache_first += k
+        return deleted
+
+    # -- durability --------------------------------------------------------------------------------
+    def sync(self) -> None:
+        """fsync what was written since the last sync; safe from a worker thread while the
+        loop thread appends (it only fsyncs fds; a retired fd is closed here, once synced)."""
+        with self._sync_mutex:
+            with self._lock:
+                files = [f for f in self._files if f.retired or f.write_seq != f.synced_seq]
+                dir_dirty, self._dir_dirty = self._dir_dirty, False
+            try:
+                self._sync_files(files)
+                if dir_dirty:
+                    self._sync_dir()
+            except OSError as exc:
+                if dir_dirty:
+                    self._set_dir_dirty()
+                raise LogWriteError(f"fsync in {self.dir} failed: {exc.strerror}",
+                                    exc.errno) from exc
+
+    def _sync_files(self, files: list[_WriteFile]) -> None:
+        """fsync these fds, then close those retired and fully synced. Caller holds no lock."""
+        for f in files:
+            seq = f.write_seq
+            os.fsync(f.fd)
+            with self._lock:
+                f.synced_seq = max(f.synced_seq, seq)
+                if f.retired and f.synced_seq == f.write_seq and f in self._files:
+                    self._files.remove(f)
+                    os.close(f.fd)
+                    f.fd = -1
+
+    def _sync_dir(self) -> None:
+        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """fsync and close every fd. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._sync_mutex:
+            with self._lock:
+                files, self._files = self._files, []
+                self._wfile = None
+            for f in files:
+                try:
+                    if f.retired or f.synced_seq != f.write_seq:
+                        os.fsync(f.fd)
+                except OSError as exc:
+                    log.error("fsync at close failed ns=%s segment=%s error=%r",
+                              self.name, f.path.name, exc)
+                os.close(f.fd)
+            if self._dir_dirty and not self.readonly and self.dir.is_dir():
+                self._sync_dir()
+                self._dir_dirty = False
+        for fd in self._rfds.values():
+            os.close(fd)
+        self._rfds.clear()
+
+    # -- offline checking ------------------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """Check every CRC of every segment; one line per problem (empty: all good)."""
+        problems: list[str] = []
+        for i, seg in enumerate(self._segments):
+            closed = i + 1 < len(self._segments)
+            with open(seg.path, "rb") as fh:
+                problem = self._header_problem(fh.read(HEADER_SIZE))
+                if problem:
+                    problems.append(f"{seg.path}: {problem}")
+                    continue
+                size = seg.size
+                index = self._new_index()
+                if size > HEADER_SIZE:
+                    with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
+                        scratch = _Segment(seg.first, seg.path, size)
+                        end, corrupt, torn = self._index_segment(
+                            scratch, mm, index, seg.count if closed else -1)
+                else:
+                    end, corrupt, torn = HEADER_SIZE, [], False
+            for rel, offset, span in corrupt:
+                problems.append(f"{seg.path}: corrupt record index={seg.first + rel} "
+                                f"offset={offset} bytes={span}")
+            if torn:
+                problems.append(f"{seg.path}: torn tail offset={end} bytes={size - end}")
+            expected = seg.count if closed else seg.index.n_records
+            if index.n_records != expected:
+                problems.append(f"{seg.path}: {index.n_records} records found, {expected} "
+                                f"expected (indexes {seg.first + index.n_records}.."
+                                f"{seg.first + expected - 1} unreadable)")
+            elif closed and end != size:
+                problems.append(f"{seg.path}: {size - end} unexpected bytes after the last "
+                                f"record")
+        return problems
+
+
+def _next_valid_frame(buf, offset: int, size: int) -> int | None:
+    """Where valid data resumes after the bad frame at offset, or None (a torn tail).
+
+    If the bad frame's length is plausible and a crc-valid frame is reachable by following
+    lengths from its end, it is one corrupt record and the next frame starts right after it.
+    Otherwise its length itself is damaged: resync on the next whole frame whose body starts
+    like a record (then the damaged span counts as one record)."""
+    if size - offset >= 8:
+        length = _U32.unpack_from(buf, offset)[0]
+        if 0 < length <= MAX_BODY and offset + 8 + length <= size:
+            q = start = offset + 8 + length
+            while size - q >= 8:
+                n = _U32.unpack_from(buf, q)[0]
+                if not (0 < n <= MAX_BODY and q + 8 + n <= size):
+                    break
+                if frame_ok(buf, q):
+                    return start
+                q += 8 + n
+    pos = offset + 9
+    while True:
+        c = buf.find(RECORD_PREFIX, pos)
+        if c < 0:
+            return None
+        if frame_ok(buf, c - 8):
+            return c - 8
+        pos = c + 1
