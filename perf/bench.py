@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import platform
 import re
@@ -570,6 +571,8 @@ async def section_latency(args, port: int, p50: Row, p99: Row) -> None:
         tmpl = (b'{"id":"","subject":"bench.lat","created_at":"0001-01-01T00:00:00Z",'
                 b'"payload":{"t":%d,"pad":"0123456789abcdef"}}')
         interval = 1e9 / rate
+        gc.collect()
+        gc.disable()  # no collector pauses in the client while it stamps times
         t0 = time.perf_counter_ns()
         sent, max_lag = 0, 0
         write, pc = pub.transport.write, time.perf_counter_ns
@@ -593,9 +596,15 @@ async def section_latency(args, port: int, p50: Row, p99: Row) -> None:
             await asyncio.sleep(0.05)
         if pub.statuses.get(202, 0) != total + 1:
             notes.append(f"run {r + 1}: publish answers {pub.statuses} ({pub.first_error})")
+        gc.enable()
         cons.close()
         pub.close()
         cut = t0 + int(warm * 1e9)
+        per_s: dict[int, list[int]] = {}
+        for tx, rx in cons.samples:
+            per_s.setdefault((tx - t0) // 10**9, []).append(rx - tx)
+        log("    p99 per second (µs): " + " ".join(
+            f"{sorted(v)[int(len(v) * 0.99)] / 1e3:,.0f}" for _, v in sorted(per_s.items())))
         lat = sorted(rx - tx for tx, rx in cons.samples if tx >= cut)
         if len(lat) < 100:
             raise RuntimeError(f"latency: only {len(lat)} samples parsed ({cons.count} events seen)")
@@ -739,11 +748,13 @@ def main(argv=None) -> int:
     except (ImportError, ValueError, OSError):
         pass
     info = machine()
-    busd_cmd = args.busd_cmd if isinstance(args.busd_cmd, str) else shlex.join(args.busd_cmd)
+    busd_cmd = args.busd_cmd if isinstance(args.busd_cmd, str) else " ".join(args.busd_cmd)
+    busd_cmd = busd_cmd.replace("{python}", sys.executable)
+    ceiling_cmd = args.ceiling_cmd.replace("{python}", sys.executable)
     print("busd bench —", time.strftime("%Y-%m-%d %H:%M:%S"), flush=True)
     for line in info:
         print("  " + line)
-    print(f"  busd: {busd_cmd}\n  ceiling: {args.ceiling_cmd}\n  repeats: {args.repeat}, sections: "
+    print(f"  busd: {busd_cmd}\n  ceiling: {ceiling_cmd}\n  repeats: {args.repeat}, sections: "
           f"{','.join(args.only)}", flush=True)
 
     rows: list[Row] = []
@@ -813,7 +824,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     md = [f"# busd bench — {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
     md += [f"- {line}" for line in info]
-    md += [f"- busd: `{busd_cmd}`", f"- ceiling: `{args.ceiling_cmd}`",
+    md += [f"- busd: `{busd_cmd}`", f"- ceiling: `{ceiling_cmd}`",
            f"- repeats: {args.repeat} (medians; ratio = busd median / ceiling median, same run)", "",
            table_md(rows), ""]
     if failures:
