@@ -869,13 +869,14 @@ class NamespaceLog:
         return self._first_id
 
     def is_before_retained(self, event_id: bytes) -> bool:
-        """True if retention has deleted records and this id's second is older than the
-        oldest retained record's: an id find_id did not find was then deleted by retention."""
+        """For an id find_id did not find: True if retention has deleted records and the
+        id's second is not after the oldest retained record's (ids are only ordered by
+        second, so a missing id from that same second was deleted too, most likely)."""
         if self.first_index == 0 or len(event_id) != ID_LEN:
             return False
         oldest = self.first_id()
         t = xid_seconds(event_id[2:])
-        return oldest is not None and 0 <= t < xid_seconds(oldest[2:])
+        return oldest is not None and 0 <= t <= xid_seconds(oldest[2:])
 
     # -- retention ------------------------------------------------------------------------------
     def apply_retention(self, now: float) -> int:

@@ -207,11 +207,11 @@ def test_index_blocks_and_locate():
     ix.scan(framed)
     assert ix.n_blocks == 5  # 300 records, one entry per 64
     for rel in range(300):
-        b, first, off = ix.locate(rel)
+        _b, first, off = ix.locate(rel)
         assert first <= rel < first + 64
         assert F.scan_frames(framed, off, rel - first, False)[1] == \
             16 + len(F.frame_records(records[:rel]))
-    rel0, rel1, off0, off1 = ix.block(4)
+    rel0, rel1, _off0, off1 = ix.block(4)
     assert (rel0, rel1, off1) == (256, 300, len(framed))
     assert ix.nbytes == 5 * 20
     with pytest.raises(IndexError):
@@ -219,13 +219,13 @@ def test_index_blocks_and_locate():
 
 
 def test_index_every_bytes():
-    ix, records, framed = build_index([1000] * 40, payload=b"x" * 10000)
+    ix, _records, framed = build_index([1000] * 40, payload=b"x" * 10000)
     ix.scan(framed)
     assert ix.n_blocks == 6  # ~10 KB records: a block reaches 64 KiB after 7 of them
 
 
 def test_index_corrupt_record_gets_its_own_block():
-    ix, records, framed = build_index(list(range(1000, 1010)))
+    ix, records, _framed = build_index(list(range(1000, 1010)))
     ix.add_records(records[:3])
     ix.add_corrupt(100)
     ix.add_records(records[3:])
@@ -234,13 +234,21 @@ def test_index_corrupt_record_gets_its_own_block():
 
 
 def test_index_restore_roundtrip():
-    ix, records, framed = build_index([5, 3, 9, 7] * 50, every_records=8)
+    ix, _records, framed = build_index([5, 3, 9, 7] * 50, every_records=8)
     ix.scan(framed)
     copy = F.SegmentIndex.restore(ix.rel, ix.off, ix.lo, ix.hi, ix.run_max, ix.n_records,
                                   ix.end_offset, ix.seg_min, ix.seg_max, ix.monotonic)
     assert [copy.block(b) for b in range(copy.n_blocks)] == \
         [ix.block(b) for b in range(ix.n_blocks)]
     assert copy.candidates(7) == ix.candidates(7) and not copy.monotonic
+
+
+def test_find_in_records():
+    records = [make_record(1000 + i, i) for i in range(10)]
+    assert F.find_in_records(records, 0, 10, records[7][7:29], 7) == 7
+    assert F.find_in_records(records, 3, 10, records[7][7:29], 7) == 4
+    assert F.find_in_records(records, 0, 7, records[7][7:29], 7) == -1
+    assert F.find_in_records(records, 0, 99, b"nope", 7) == -1
 
 
 def test_find_record():

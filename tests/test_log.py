@@ -431,7 +431,9 @@ def test_retention_by_bytes(tmp_path):
     assert nslog.find_id(eid(records[0])) is None
     assert nslog.is_before_retained(eid(records[0]))
     assert not nslog.is_before_retained(eid(records[-1]))
-    assert not nslog.is_before_retained(eid(records[nslog.first_index]))
+    oldest_second = F.xid_seconds(records[first][9:29])
+    assert nslog.is_before_retained(b"e_" + xid(oldest_second, 999_999))  # same second
+    assert not nslog.is_before_retained(b"e_" + xid(oldest_second + 1, 999_999))
     assert not list((tmp_path / "orders").glob(f"{0:020d}.*"))
     nslog.close()
     nslog, _ = open_log(tmp_path, segment_bytes=4096)
