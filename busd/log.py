@@ -661,7 +661,7 @@ class NamespaceLog:
                 if n != rel - block_rel:
                     raise CorruptRecordError(start, seg.path, boff + pos)
                 offset = boff + pos
-        want = min(max_bytes, index.end_offset - offset)
+        want = min(max(max_bytes, 8), index.end_offset - offset)
         buf = _pread_exact(fd, want, offset)
         records, end, n, status = scan_frames(buf, 0, limit)
         if n == 0:

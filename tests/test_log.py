@@ -132,6 +132,7 @@ def test_read_record_larger_than_max_bytes(tmp_path):
     nslog.append(big)
     assert nslog.read(1, 1000) == [big[1]]
     assert nslog.read(0, 4) == [big[0]]
+    assert nslog.read(2, 0) == [big[2]]
     nslog.close()
 
 
