@@ -384,7 +384,7 @@ def table_text(rows: list[Row]) -> str:
 
 
 def table_md(rows: list[Row]) -> str:
-    out = ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+    out = ["| " + " | ".join(h.replace("|", "\\|") for h in HEAD) + " |", "|" + "---|" * len(HEAD)]
     out += ["| " + " | ".join(c.replace("|", "\\|") for c in r.cells()) + " |" for r in rows]
     return "\n".join(out)
 
@@ -611,6 +611,10 @@ async def section_latency(args, port: int, p50: Row, p99: Row) -> None:
         if len(cons.samples) != cons.count - 1:
             notes.append(f"run {r + 1}: parsed {len(cons.samples):,} timestamps of {cons.count - 1:,} events")
         q50, q99 = lat[len(lat) // 2] / 1e3, lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1e3
+        stall_ms = max_lag * 1e3 / rate
+        if stall_ms > 10:
+            notes.append(f"run {r + 1}: the bench client itself stalled ~{stall_ms:,.0f} ms "
+                         f"(max burst {max_lag}): machine busy, this run's tail is not busd's alone")
         p50.busd.append(q50)
         p99.busd.append(q99)
         log(f"  run {r + 1}/{args.repeat} p50 {q50:,.0f} µs  p99 {q99:,.0f} µs  max {lat[-1] / 1e3:,.0f} µs  "
@@ -770,7 +774,7 @@ def main(argv=None) -> int:
         ceiling = Server("ceiling", args.ceiling_cmd, None).start()
     try:
         for sec in args.only:
-            log(f"[{sec}]")
+            log(f"[{sec}]  loadavg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             try:
                 if sec == "publish":
                     row = Row(f"publish, 1 event/POST, {args.connections} conns", "req/s")
