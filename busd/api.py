@@ -101,10 +101,10 @@ class Api:
                 conn.fulfil(slot, response(202, body, content_type=b"application/json",
                                            close=close), close)
             else:
-                conn.fulfil(slot, response(202, b"X-Bus-Event-Id: %s\r\nX-Bus-Event-Created-At: "
-                                                b"%s\r\nX-Bus-Event-Index: %d\r\n" % (
-                                                    outcome.ids[0], outcome.created_at[0],
-                                                    outcome.first_index), close=close), close)
+                headers = b"X-Bus-Event-Id: %s\r\nX-Bus-Event-Created-At: %s\r\n" \
+                          b"X-Bus-Event-Index: %d\r\n" % (outcome.ids[0], outcome.created_at[0],
+                                                           outcome.first_index)
+                conn.fulfil(slot, response(202, headers=headers, close=close), close)
 
         try:
             self.broker.publish(events, is_batch, done)

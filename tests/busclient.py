@@ -173,10 +173,15 @@ class SSE:
     """A subscription: reads the response head, then chunked SSE messages."""
 
     def __init__(self, port: int, query: str = "", headers: dict[str, str] | None = None,
-                 timeout: float = 10.0, raw_request: bytes | None = None) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-        self.sock.sendall(raw_request or build_request(
-            "GET", "/?" + query, None, {"Accept": "text/event-stream", **(headers or {})}))
+                 timeout: float = 10.0, raw_request: bytes | None = None,
+                 sock: socket.socket | None = None) -> None:
+        """Subscribe with `query` (or the exact `raw_request`), or adopt a `sock` on which
+        the request was already sent."""
+        if sock is None:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            sock.sendall(raw_request or build_request(
+                "GET", "/?" + query, None, {"Accept": "text/event-stream", **(headers or {})}))
+        self.sock = sock
         self.file = self.sock.makefile("rb")
         self.status, self.headers = _read_head(self.file)
         self._buffer = b""
