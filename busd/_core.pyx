@@ -1,0 +1,1390 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Hot paths: subject validation/matching, event JSON scan, records, SSE framing, xid, RFC 3339.
+
+Everything here works on bytes with typed pointer access; tests/oracle.py holds a
+plain-Python reference implementation of every public function, and
+tests/test_core.py checks that both agree on random inputs.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.stdint cimport int64_t, uint32_t
+from libc.string cimport memchr, memcmp, memcpy
+from posix.time cimport CLOCK_REALTIME, clock_gettime, timespec
+
+import hashlib as _hashlib
+import os as _os
+import socket as _socket
+
+__all__ = [
+    "validate_subject", "validate_pattern", "Pattern", "match_subject",
+    "scan_body", "ParsedEvent", "make_record", "record_id", "record_subject",
+    "sse_chunk", "sse_frame", "sse_frame_matching",
+    "new_xid", "xid_time", "is_xid", "now_rfc3339", "parse_rfc3339", "format_rfc3339",
+    "MAX_DEPTH",
+]
+
+MAX_DEPTH = 512
+cdef enum:
+    C_MAX_DEPTH = 512
+
+cdef bytes EMPTY = b""
+
+# --------------------------------------------------------------------------- tables
+
+cdef unsigned char SEG_OK[256]        # [A-Za-z0-9_-]
+cdef unsigned char STR_SPECIAL[256]   # bytes a JSON string scan must stop at
+cdef unsigned char ESC_LEN[256]       # output length of a byte when JSON-escaped
+cdef unsigned char HEXVAL[256]        # hex digit value, 0xFF if not hex
+cdef unsigned char XID_DEC[256]       # base32hex value, 0xFF if not in the alphabet
+cdef const char* XID_ENC = b"0123456789abcdefghijklmnopqrstuv"
+cdef const char* HEXDIGITS = b"0123456789abcdef"
+
+
+cdef void _init_tables() noexcept:
+    cdef int i
+    for i in range(256):
+        SEG_OK[i] = 0
+        STR_SPECIAL[i] = 1 if (i < 0x20 or i >= 0x80 or i == c'"' or i == c'\\') else 0
+        ESC_LEN[i] = 1
+        HEXVAL[i] = 0xFF
+        XID_DEC[i] = 0xFF
+    for i in range(ord('a'), ord('z') + 1):
+        SEG_OK[i] = 1
+    for i in range(ord('A'), ord('Z') + 1):
+        SEG_OK[i] = 1
+    for i in range(ord('0'), ord('9') + 1):
+        SEG_OK[i] = 1
+        HEXVAL[i] = i - ord('0')
+    SEG_OK[c'_'] = 1
+    SEG_OK[c'-'] = 1
+    for i in range(6):
+        HEXVAL[ord('a') + i] = 10 + i
+        HEXVAL[ord('A') + i] = 10 + i
+    for i in range(0x20):
+        ESC_LEN[i] = 6
+    ESC_LEN[c'\n'] = 2
+    ESC_LEN[c'\r'] = 2
+    ESC_LEN[c'\t'] = 2
+    ESC_LEN[c'"'] = 2
+    ESC_LEN[c'\\'] = 2
+    for i in range(32):
+        XID_DEC[<unsigned char>XID_ENC[i]] = i
+
+
+_init_tables()
+
+
+# --------------------------------------------------------------------------- subjects
+
+def _show(bytes s):
+    """Printable, one-line rendering of untrusted bytes for error messages."""
+    cdef bint cut = len(s) > 100
+    if cut:
+        s = s[:100]
+    out = "".join([chr(b) if 0x20 <= b < 0x7F else "\\x%02x" % b for b in s])
+    return out + "..." if cut else out
+
+
+def _show_char(int b):
+    return chr(b) if 0x20 <= b < 0x7F else "\\x%02x" % b
+
+
+def validate_subject(bytes s):
+    """Check a publish subject; raise ValueError(reason) if it is not valid."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(s), i, seg_start = 0, segs = 1
+    cdef unsigned char c
+    if n == 0:
+        raise ValueError("subject is empty")
+    for i in range(n + 1):
+        if i == n or p[i] == c'.':
+            if i == seg_start:
+                raise ValueError(f"empty segment in subject '{_show(s)}'")
+            if i < n:
+                segs += 1
+            seg_start = i + 1
+            continue
+        c = p[i]
+        if SEG_OK[c]:
+            continue
+        if c == c'*' or c == c'>':
+            raise ValueError(f"subject contains a wildcard: '{_show(s)}'")
+        raise ValueError(f"invalid character '{_show_char(c)}' in subject '{_show(s)}'")
+    if segs < 2:
+        raise ValueError(f"subject must have at least two segments (namespace.topic): '{_show(s)}'")
+
+
+def validate_pattern(bytes s):
+    """Check a subscribe pattern; raise ValueError(reason) if it is not valid."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(s), i, seg_start = 0, segs = 1
+    cdef unsigned char c
+    if n == 0:
+        raise ValueError("pattern is empty")
+    for i in range(n + 1):
+        if i == n or p[i] == c'.':
+            if i == seg_start:
+                raise ValueError(f"empty segment in pattern '{_show(s)}'")
+            if i - seg_start == 1 and p[seg_start] == c'>' and i < n:
+                raise ValueError(f"'>' must be the last segment in pattern '{_show(s)}'")
+            if seg_start == 0 and i == 1 and (p[0] == c'*' or p[0] == c'>'):
+                raise ValueError(f"namespace may not be a wildcard: '{_show(s)}'")
+            if i < n:
+                segs += 1
+            seg_start = i + 1
+            continue
+        c = p[i]
+        if SEG_OK[c]:
+            continue
+        if c == c'*' or c == c'>':
+            if i != seg_start or (i + 1 < n and p[i + 1] != c'.'):
+                raise ValueError(
+                    f"wildcard '{chr(c)}' must be a whole segment in pattern '{_show(s)}'")
+            continue
+        raise ValueError(f"invalid character '{_show_char(c)}' in pattern '{_show(s)}'")
+    if segs < 2:
+        raise ValueError(f"pattern must have at least two segments (namespace.topic): '{_show(s)}'")
+
+
+cdef inline const unsigned char* _find_dot(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    return <const unsigned char*>memchr(p, c'.', <size_t>n)
+
+
+cdef class Pattern:
+    """A compiled subscribe pattern (assumed validated with validate_pattern)."""
+
+    def __cinit__(self, bytes pattern not None):
+        cdef Py_ssize_t dot
+        self.pattern = pattern
+        dot = pattern.find(b".")
+        self.namespace = pattern if dot < 0 else pattern[:dot]
+        toks = pattern.split(b".")
+        self.matches_all = (len(toks) == 2 and toks[1] == b">" and toks[0] != b"*")
+        self.is_literal = not (b"*" in toks or toks[len(toks) - 1] == b">")
+
+    def __repr__(self):
+        return f"Pattern({self.pattern!r})"
+
+    cdef bint _matches(self, const unsigned char* s, Py_ssize_t sn) noexcept:
+        cdef const unsigned char* pat = <const unsigned char*>PyBytes_AS_STRING(self.pattern)
+        cdef Py_ssize_t pn = PyBytes_GET_SIZE(self.pattern)
+        cdef Py_ssize_t nsl
+        cdef Py_ssize_t p = 0, si = 0, pe, se, plen
+        cdef const unsigned char* q
+        if self.is_literal:
+            return sn == pn and memcmp(s, pat, <size_t>sn) == 0
+        if self.matches_all:
+            nsl = pn - 2
+            return sn > nsl and s[nsl] == c'.' and memcmp(s, pat, <size_t>nsl) == 0
+        # General walk; si == sn + 1 means "the subject has no more segments".
+        while True:
+            q = _find_dot(pat + p, pn - p)
+            pe = pn if q == NULL else q - pat
+            plen = pe - p
+            if plen == 1 and pat[p] == c'>' and pe == pn:
+                return si <= sn
+            if si > sn:
+                return False
+            q = _find_dot(s + si, sn - si)
+            se = sn if q == NULL else q - s
+            if not (plen == 1 and pat[p] == c'*'):
+                if plen != se - si or memcmp(pat + p, s + si, <size_t>plen) != 0:
+                    return False
+            if pe == pn:
+                return se == sn
+            p = pe + 1
+            si = se + 1 if se < sn else sn + 1
+
+    def matches(self, bytes subject not None):
+        """True if the subject matches this pattern (NATS semantics)."""
+        return self._matches(<const unsigned char*>PyBytes_AS_STRING(subject),
+                             PyBytes_GET_SIZE(subject))
+
+
+def match_subject(bytes pattern, bytes subject):
+    """Convenience: Pattern(pattern).matches(subject)."""
+    return Pattern(pattern).matches(subject)
+
+
+# --------------------------------------------------------------------------- JSON scan
+
+# Field slots of an event object.
+cdef enum:
+    F_SUBJECT = 0
+    F_ID = 1
+    F_CREATED_AT = 2
+    F_RESPONSE_SUBJECT = 3
+    F_TRACE_ID = 4
+    F_KEY = 5
+    F_PAYLOAD = 6
+    N_FIELDS = 7
+
+_FIELD_NAMES = ("subject", "id", "created_at", "response_subject", "trace_id", "key", "payload")
+
+# Semantic (well-formed JSON, wrong shape) errors; reported only when the whole body is valid JSON.
+cdef enum:
+    SEM_NONE = 0
+    SEM_FIELD_TYPE = 1
+    SEM_MISSING_SUBJECT = 2
+    SEM_EMPTY_BATCH = 3
+    SEM_NOT_OBJECT = 4
+    SEM_ITEM_NOT_OBJECT = 5
+
+cdef struct Span:
+    Py_ssize_t start    # first byte of the value (the quote for strings); -1 when absent
+    Py_ssize_t end      # one past the last byte
+    bint esc            # string value contains backslash escapes
+
+cdef struct Scanner:
+    const unsigned char* buf
+    Py_ssize_t n
+    Py_ssize_t err_pos
+    const char* err_msg
+    bint str_esc        # did the last scanned string contain escapes
+    int sem_code
+    int sem_field
+    Py_ssize_t sem_item
+
+
+cdef inline Py_ssize_t _fail(Scanner* sc, Py_ssize_t pos, const char* msg) noexcept nogil:
+    sc.err_pos = pos
+    sc.err_msg = msg
+    return -1
+
+
+cdef inline Py_ssize_t _ws(const unsigned char* b, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
+    cdef unsigned char c
+    while pos < n:
+        c = b[pos]
+        if c == c' ' or c == c'\n' or c == c'\r' or c == c'\t':
+            pos += 1
+        else:
+            break
+    return pos
+
+
+cdef inline int _hex4(const unsigned char* b, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
+    """Value of 4 hex digits at b[pos:pos+4], or -1."""
+    cdef unsigned char h0, h1, h2, h3
+    if pos + 4 > n:
+        return -1
+    h0 = HEXVAL[b[pos]]
+    h1 = HEXVAL[b[pos + 1]]
+    h2 = HEXVAL[b[pos + 2]]
+    h3 = HEXVAL[b[pos + 3]]
+    if (h0 | h1 | h2 | h3) & 0xF0:
+        return -1
+    return (h0 << 12) | (h1 << 8) | (h2 << 4) | h3
+
+
+cdef inline int _utf8_len(const unsigned char* b, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
+    """Length of the valid UTF-8 sequence starting at b[pos] (a byte >= 0x80), or 0."""
+    cdef unsigned char c = b[pos], c1
+    cdef int need
+    cdef unsigned char lo = 0x80, hi = 0xBF
+    if 0xC2 <= c <= 0xDF:
+        need = 1
+    elif c == 0xE0:
+        need = 2
+        lo = 0xA0
+    elif 0xE1 <= c <= 0xEC or c == 0xEE or c == 0xEF:
+        need = 2
+    elif c == 0xED:
+        need = 2
+        hi = 0x9F
+    elif c == 0xF0:
+        need = 3
+        lo = 0x90
+    elif 0xF1 <= c <= 0xF3:
+        need = 3
+    elif c == 0xF4:
+        need = 3
+        hi = 0x8F
+    else:
+        return 0
+    if pos + need >= n:
+        return 0
+    c1 = b[pos + 1]
+    if c1 < lo or c1 > hi:
+        return 0
+    if need >= 2 and (b[pos + 2] & 0xC0) != 0x80:
+        return 0
+    if need == 3 and (b[pos + 3] & 0xC0) != 0x80:
+        return 0
+    return need + 1
+
+
+cdef Py_ssize_t _scan_string(Scanner* sc, Py_ssize_t pos) noexcept nogil:
+    """b[pos] is '"'. Return the position after the closing quote, or -1."""
+    cdef const unsigned char* b = sc.buf
+    cdef Py_ssize_t n = sc.n
+    cdef unsigned char c
+    cdef int u, u2, k
+    cdef bint esc = False
+    pos += 1
+    while True:
+        while pos < n and not STR_SPECIAL[b[pos]]:
+            pos += 1
+        if pos >= n:
+            return _fail(sc, n, "unterminated string")
+        c = b[pos]
+        if c == c'"':
+            sc.str_esc = esc
+            return pos + 1
+        if c == c'\\':
+            esc = True
+            if pos + 1 >= n:
+                return _fail(sc, n, "unterminated string")
+            c = b[pos + 1]
+            if (c == c'"' or c == c'\\' or c == c'/' or c == c'b' or c == c'f' or c == c'n'
+                    or c == c'r' or c == c't'):
+                pos += 2
+                continue
+            if c != c'u':
+                return _fail(sc, pos, "invalid escape in string")
+            u = _hex4(b, pos + 2, n)
+            if u < 0:
+                return _fail(sc, pos, "invalid \\u escape in string")
+            if 0xDC00 <= u <= 0xDFFF:
+                return _fail(sc, pos, "lone surrogate in \\u escape")
+            if 0xD800 <= u <= 0xDBFF:
+                if pos + 7 < n and b[pos + 6] == c'\\' and b[pos + 7] == c'u':
+                    u2 = _hex4(b, pos + 8, n)
+                    if u2 < 0:
+                        return _fail(sc, pos + 6, "invalid \\u escape in string")
+                    if not (0xDC00 <= u2 <= 0xDFFF):
+                        return _fail(sc, pos, "lone surrogate in \\u escape")
+                    pos += 12
+                    continue
+                return _fail(sc, pos, "lone surrogate in \\u escape")
+            pos += 6
+            continue
+        if c < 0x20:
+            return _fail(sc, pos, "control character in string")
+        k = _utf8_len(b, pos, n)
+        if k == 0:
+            return _fail(sc, pos, "invalid UTF-8 in string")
+        pos += k
+
+
+cdef Py_ssize_t _scan_number(Scanner* sc, Py_ssize_t pos) noexcept nogil:
+    cdef const unsigned char* b = sc.buf
+    cdef Py_ssize_t n = sc.n, start = pos
+    if b[pos] == c'-':
+        pos += 1
+    if pos >= n:
+        return _fail(sc, pos, "invalid number")
+    if b[pos] == c'0':
+        pos += 1
+    elif c'1' <= b[pos] <= c'9':
+        pos += 1
+        while pos < n and c'0' <= b[pos] <= c'9':
+            pos += 1
+    else:
+        return _fail(sc, pos, "invalid number")
+    if pos < n and b[pos] == c'.':
+        pos += 1
+        if pos >= n or not (c'0' <= b[pos] <= c'9'):
+            return _fail(sc, pos, "invalid number: expected a digit after '.'")
+        while pos < n and c'0' <= b[pos] <= c'9':
+            pos += 1
+    if pos < n and (b[pos] == c'e' or b[pos] == c'E'):
+        pos += 1
+        if pos < n and (b[pos] == c'+' or b[pos] == c'-'):
+            pos += 1
+        if pos >= n or not (c'0' <= b[pos] <= c'9'):
+            return _fail(sc, pos, "invalid number: expected a digit in the exponent")
+        while pos < n and c'0' <= b[pos] <= c'9':
+            pos += 1
+    return pos
+
+
+cdef inline Py_ssize_t _scan_literal(Scanner* sc, Py_ssize_t pos, const char* lit,
+                                     Py_ssize_t ln) noexcept nogil:
+    if pos + ln > sc.n or memcmp(sc.buf + pos, lit, <size_t>ln) != 0:
+        return _fail(sc, pos, "invalid literal")
+    return pos + ln
+
+
+cdef Py_ssize_t _scan_object(Scanner* sc, Py_ssize_t pos, int depth) noexcept nogil:
+    """b[pos] is '{'; depth is the depth of this object (top level = 1)."""
+    cdef const unsigned char* b = sc.buf
+    cdef Py_ssize_t n = sc.n
+    if depth > C_MAX_DEPTH:
+        return _fail(sc, pos, "nesting deeper than 512")
+    pos = _ws(b, pos + 1, n)
+    if pos < n and b[pos] == c'}':
+        return pos + 1
+    while True:
+        if pos >= n or b[pos] != c'"':
+            return _fail(sc, pos, "expected a string key")
+        pos = _scan_string(sc, pos)
+        if pos < 0:
+            return -1
+        pos = _ws(b, pos, n)
+        if pos >= n or b[pos] != c':':
+            return _fail(sc, pos, "expected ':'")
+        pos = _ws(b, pos + 1, n)
+        pos = _scan_value(sc, pos, depth)
+        if pos < 0:
+            return -1
+        pos = _ws(b, pos, n)
+        if pos < n and b[pos] == c',':
+            pos = _ws(b, pos + 1, n)
+            continue
+        if pos < n and b[pos] == c'}':
+            return pos + 1
+        return _fail(sc, pos, "expected ',' or '}'")
+
+
+cdef Py_ssize_t _scan_array(Scanner* sc, Py_ssize_t pos, int depth) noexcept nogil:
+    cdef const unsigned char* b = sc.buf
+    cdef Py_ssize_t n = sc.n
+    if depth > C_MAX_DEPTH:
+        return _fail(sc, pos, "nesting deeper than 512")
+    pos = _ws(b, pos + 1, n)
+    if pos < n and b[pos] == c']':
+        return pos + 1
+    while True:
+        pos = _scan_value(sc, pos, depth)
+        if pos < 0:
+            return -1
+        pos = _ws(b, pos, n)
+        if pos < n and b[pos] == c',':
+            pos = _ws(b, pos + 1, n)
+            continue
+        if pos < n and b[pos] == c']':
+            return pos + 1
+        return _fail(sc, pos, "expected ',' or ']'")
+
+
+cdef Py_ssize_t _scan_value(Scanner* sc, Py_ssize_t pos, int depth) noexcept nogil:
+    """Scan one JSON value at b[pos] (no leading whitespace) inside a container of depth."""
+    cdef unsigned char c
+    if pos >= sc.n:
+        return _fail(sc, pos, "unexpected end of input")
+    c = sc.buf[pos]
+    if c == c'"':
+        return _scan_string(sc, pos)
+    if c == c'{':
+        return _scan_object(sc, pos, depth + 1)
+    if c == c'[':
+        return _scan_array(sc, pos, depth + 1)
+    if c == c'-' or (c'0' <= c <= c'9'):
+        return _scan_number(sc, pos)
+    if c == c't':
+        return _scan_literal(sc, pos, b"true", 4)
+    if c == c'f':
+        return _scan_literal(sc, pos, b"false", 5)
+    if c == c'n':
+        return _scan_literal(sc, pos, b"null", 4)
+    return _fail(sc, pos, "expected a JSON value")
+
+
+cdef inline void _put_utf8(unsigned char* out, Py_ssize_t* k, unsigned int cp) noexcept nogil:
+    cdef Py_ssize_t j = k[0]
+    if cp < 0x80:
+        out[j] = cp
+        j += 1
+    elif cp < 0x800:
+        out[j] = 0xC0 | (cp >> 6)
+        out[j + 1] = 0x80 | (cp & 0x3F)
+        j += 2
+    elif cp < 0x10000:
+        out[j] = 0xE0 | (cp >> 12)
+        out[j + 1] = 0x80 | ((cp >> 6) & 0x3F)
+        out[j + 2] = 0x80 | (cp & 0x3F)
+        j += 3
+    else:
+        out[j] = 0xF0 | (cp >> 18)
+        out[j + 1] = 0x80 | ((cp >> 12) & 0x3F)
+        out[j + 2] = 0x80 | ((cp >> 6) & 0x3F)
+        out[j + 3] = 0x80 | (cp & 0x3F)
+        j += 4
+    k[0] = j
+
+
+cdef Py_ssize_t _unescape(const unsigned char* b, Py_ssize_t start, Py_ssize_t end,
+                          unsigned char* out) noexcept nogil:
+    """Decode the already-validated JSON string body b[start:end] into out; return its length."""
+    cdef Py_ssize_t i = start, k = 0
+    cdef unsigned char c
+    cdef unsigned int u, u2
+    while i < end:
+        c = b[i]
+        if c != c'\\':
+            out[k] = c
+            k += 1
+            i += 1
+            continue
+        c = b[i + 1]
+        i += 2
+        if c == c'u':
+            u = <unsigned int>_hex4(b, i, end)
+            i += 4
+            if 0xD800 <= u <= 0xDBFF:
+                u2 = <unsigned int>_hex4(b, i + 2, end)
+                i += 6
+                u = 0x10000 + ((u - 0xD800) << 10) + (u2 - 0xDC00)
+            _put_utf8(out, &k, u)
+            continue
+        if c == c'b':
+            c = 8
+        elif c == c'f':
+            c = 12
+        elif c == c'n':
+            c = 10
+        elif c == c'r':
+            c = 13
+        elif c == c't':
+            c = 9
+        out[k] = c
+        k += 1
+    return k
+
+
+cdef bytes _decoded(const unsigned char* b, Span* sp):
+    """The decoded value of a string span (b"" when absent)."""
+    cdef Py_ssize_t ln
+    cdef unsigned char* tmp
+    if sp.start < 0:
+        return EMPTY
+    ln = sp.end - sp.start - 2
+    if ln == 0:
+        return EMPTY
+    if not sp.esc:
+        return PyBytes_FromStringAndSize(<const char*>b + sp.start + 1, ln)
+    tmp = <unsigned char*>PyMem_Malloc(<size_t>ln)
+    if tmp == NULL:
+        raise MemoryError()
+    try:
+        ln = _unescape(b, sp.start + 1, sp.end - 1, tmp)
+        return PyBytes_FromStringAndSize(<const char*>tmp, ln)
+    finally:
+        PyMem_Free(tmp)
+
+
+cdef inline bytes _raw(const unsigned char* b, Span* sp):
+    """The raw token of a string span including quotes; b"" when absent or the empty string."""
+    if sp.start < 0 or sp.end - sp.start <= 2:
+        return EMPTY
+    return PyBytes_FromStringAndSize(<const char*>b + sp.start, sp.end - sp.start)
+
+
+cdef inline int _field_of(const unsigned char* k, Py_ssize_t ln) noexcept nogil:
+    """Known-field slot of an unescaped key k[:ln], or -1."""
+    if ln == 7:
+        if memcmp(k, b"subject", 7) == 0:
+            return F_SUBJECT
+        if memcmp(k, b"payload", 7) == 0:
+            return F_PAYLOAD
+    elif ln == 2:
+        if k[0] == c'i' and k[1] == c'd':
+            return F_ID
+    elif ln == 3:
+        if memcmp(k, b"key", 3) == 0:
+            return F_KEY
+    elif ln == 8:
+        if memcmp(k, b"trace_id", 8) == 0:
+            return F_TRACE_ID
+    elif ln == 10:
+        if memcmp(k, b"created_at", 10) == 0:
+            return F_CREATED_AT
+    elif ln == 16:
+        if memcmp(k, b"response_subject", 16) == 0:
+            return F_RESPONSE_SUBJECT
+    return -1
+
+
+cdef int _escaped_field_of(const unsigned char* b, Py_ssize_t start, Py_ssize_t end) except -2:
+    """Known-field slot of a key with escapes (rare slow path), or -1."""
+    cdef Py_ssize_t ln = end - start
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, ln)
+    ln = _unescape(b, start, end, <unsigned char*>PyBytes_AS_STRING(out))
+    return _field_of(<const unsigned char*>PyBytes_AS_STRING(out), ln)
+
+
+cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t item,
+                            list events) except -2:
+    """b[pos] is '{': scan one event object, append a ParsedEvent to events when it is sound.
+
+    Returns the position after '}', or -1 on a JSON syntax error (details in sc).
+    Shape errors are recorded in sc.sem_* (first one wins) and scanning continues.
+    """
+    cdef const unsigned char* b = sc.buf
+    cdef Py_ssize_t n = sc.n, kstart, kend
+    cdef Span spans[N_FIELDS]
+    cdef Span* sp
+    cdef int f, i
+    cdef unsigned char c
+    cdef ParsedEvent ev
+    for i in range(N_FIELDS):
+        spans[i].start = -1
+    if depth > C_MAX_DEPTH:
+        return _fail(sc, pos, "nesting deeper than 512")
+    pos = _ws(b, pos + 1, n)
+    if not (pos < n and b[pos] == c'}'):
+        while True:
+            if pos >= n or b[pos] != c'"':
+                return _fail(sc, pos, "expected a string key")
+            kstart = pos
+            pos = _scan_string(sc, pos)
+            if pos < 0:
+                return -1
+            kend = pos
+            if sc.str_esc:
+                f = _escaped_field_of(b, kstart + 1, kend - 1)
+            else:
+                f = _field_of(b + kstart + 1, kend - kstart - 2)
+            pos = _ws(b, pos, n)
+            if pos >= n or b[pos] != c':':
+                return _fail(sc, pos, "expected ':'")
+            pos = _ws(b, pos + 1, n)
+            if f < 0:
+                pos = _scan_value(sc, pos, depth)
+                if pos < 0:
+                    return -1
+            else:
+                if pos >= n:
+                    return _fail(sc, pos, "unexpected end of input")
+                sp = &spans[f]
+                c = b[pos]
+                if f == F_PAYLOAD:
+                    sp.start = pos
+                    pos = _scan_value(sc, pos, depth)
+                    if pos < 0:
+                        return -1
+                    sp.end = pos
+                elif c == c'"':
+                    sp.start = pos
+                    pos = _scan_string(sc, pos)
+                    if pos < 0:
+                        return -1
+                    sp.end = pos
+                    sp.esc = sc.str_esc
+                elif c == c'n':
+                    pos = _scan_literal(sc, pos, b"null", 4)
+                    if pos < 0:
+                        return -1
+                    sp.start = -1
+                else:
+                    pos = _scan_value(sc, pos, depth)
+                    if pos < 0:
+                        return -1
+                    if sc.sem_code == SEM_NONE:
+                        sc.sem_code = SEM_FIELD_TYPE
+                        sc.sem_field = f
+                        sc.sem_item = item
+            pos = _ws(b, pos, n)
+            if pos < n and b[pos] == c',':
+                pos = _ws(b, pos + 1, n)
+                continue
+            if pos < n and b[pos] == c'}':
+                break
+            return _fail(sc, pos, "expected ',' or '}'")
+    pos += 1
+    if sc.sem_code != SEM_NONE:
+        return pos
+    sp = &spans[F_SUBJECT]
+    if sp.start < 0 or sp.end - sp.start == 2:
+        sc.sem_code = SEM_MISSING_SUBJECT
+        sc.sem_item = item
+        return pos
+    ev = ParsedEvent.__new__(ParsedEvent)
+    ev.subject = _decoded(b, sp)
+    ev.id = _decoded(b, &spans[F_ID])
+    ev.created_at = _decoded(b, &spans[F_CREATED_AT])
+    ev.response_subject = _decoded(b, &spans[F_RESPONSE_SUBJECT])
+    ev.trace_id = _raw(b, &spans[F_TRACE_ID])
+    ev.key = _raw(b, &spans[F_KEY])
+    ev.key_value = _decoded(b, &spans[F_KEY])
+    sp = &spans[F_PAYLOAD]
+    if sp.start >= 0:
+        ev.payload = PyBytes_FromStringAndSize(<const char*>b + sp.start, sp.end - sp.start)
+    else:
+        ev.payload = None
+    events.append(ev)
+    return pos
+
+
+cdef class ParsedEvent:
+    """One event of a publish body (see scan_body)."""
+
+    def __cinit__(self):
+        self.subject = EMPTY
+        self.id = EMPTY
+        self.created_at = EMPTY
+        self.response_subject = EMPTY
+        self.trace_id = EMPTY
+        self.key = EMPTY
+        self.key_value = EMPTY
+        self.payload = None
+
+    def __repr__(self):
+        return (f"ParsedEvent(subject={self.subject!r}, id={self.id!r}, "
+                f"created_at={self.created_at!r}, response_subject={self.response_subject!r}, "
+                f"trace_id={self.trace_id!r}, key={self.key!r}, payload={self.payload!r})")
+
+
+def scan_body(bytes body not None):
+    """Validate a publish body and extract its events.
+
+    Returns (is_batch, [ParsedEvent, ...]). Raises ValueError with a one-line reason:
+    "invalid JSON at byte N: ..." for anything that is not strict RFC 8259 JSON, else
+    a shape error ("missing subject", "field key must be a string", "empty batch", ...;
+    prefixed with "batch item I: " inside a batch, I 0-based).
+    """
+    cdef Scanner sc
+    cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(body)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(body), pos, item = 0
+    cdef list events = []
+    cdef bint is_batch = False
+    sc.buf = b
+    sc.n = n
+    sc.err_pos = 0
+    sc.err_msg = NULL
+    sc.str_esc = False
+    sc.sem_code = SEM_NONE
+    sc.sem_field = 0
+    sc.sem_item = -1
+    pos = _ws(b, 0, n)
+    if pos >= n:
+        raise ValueError("empty body")
+    if b[pos] == c'{':
+        pos = _scan_event(&sc, pos, 1, -1, events)
+    elif b[pos] == c'[':
+        is_batch = True
+        pos = _ws(b, pos + 1, n)
+        if pos < n and b[pos] == c']':
+            pos += 1
+            sc.sem_code = SEM_EMPTY_BATCH
+        else:
+            while True:
+                if pos < n and b[pos] == c'{':
+                    pos = _scan_event(&sc, pos, 2, item, events)
+                else:
+                    pos = _scan_value(&sc, pos, 1)
+                    if pos >= 0 and sc.sem_code == SEM_NONE:
+                        sc.sem_code = SEM_ITEM_NOT_OBJECT
+                        sc.sem_item = item
+                if pos < 0:
+                    break
+                item += 1
+                pos = _ws(b, pos, n)
+                if pos < n and b[pos] == c',':
+                    pos = _ws(b, pos + 1, n)
+                    continue
+                if pos < n and b[pos] == c']':
+                    pos += 1
+                    break
+                pos = _fail(&sc, pos, "expected ',' or ']'")
+                break
+    else:
+        pos = _scan_value(&sc, pos, 0)
+        if pos >= 0:
+            sc.sem_code = SEM_NOT_OBJECT
+    if pos >= 0:
+        pos = _ws(b, pos, n)
+        if pos < n:
+            pos = _fail(&sc, pos, "unexpected data after the JSON value")
+    if pos < 0:
+        raise ValueError(f"invalid JSON at byte {sc.err_pos}: {sc.err_msg.decode('ascii')}")
+    if sc.sem_code != SEM_NONE:
+        raise ValueError(_sem_message(sc.sem_code, sc.sem_field, sc.sem_item))
+    return is_batch, events
+
+
+def _sem_message(int code, int field, Py_ssize_t item):
+    if code == SEM_EMPTY_BATCH:
+        return "empty batch"
+    if code == SEM_NOT_OBJECT:
+        return "body must be a JSON object or an array of objects"
+    if code == SEM_ITEM_NOT_OBJECT:
+        return f"batch item {item} must be a JSON object"
+    if code == SEM_FIELD_TYPE:
+        msg = f"field {_FIELD_NAMES[field]} must be a string"
+    else:
+        msg = "missing subject"
+    return msg if item < 0 else f"batch item {item}: {msg}"
+
+
+# --------------------------------------------------------------------------- records
+
+cdef inline Py_ssize_t _esc_size(bytes s) noexcept:
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(s), total = 0
+    for i in range(n):
+        total += ESC_LEN[p[i]]
+    return total
+
+
+cdef inline char* _put(char* out, const char* src, Py_ssize_t n) noexcept nogil:
+    memcpy(out, src, <size_t>n)
+    return out + n
+
+
+cdef char* _put_esc(char* out, bytes s, Py_ssize_t esc_size) noexcept:
+    """Write s as the body of a JSON string (escaping only where needed)."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t i, n = PyBytes_GET_SIZE(s)
+    cdef unsigned char c
+    if esc_size == n:
+        memcpy(out, p, <size_t>n)
+        return out + n
+    for i in range(n):
+        c = p[i]
+        if ESC_LEN[c] == 1:
+            out[0] = c
+            out += 1
+        elif c == c'"' or c == c'\\':
+            out[0] = c'\\'
+            out[1] = c
+            out += 2
+        elif c == c'\n':
+            out[0] = c'\\'
+            out[1] = c'n'
+            out += 2
+        elif c == c'\r':
+            out[0] = c'\\'
+            out[1] = c'r'
+            out += 2
+        elif c == c'\t':
+            out[0] = c'\\'
+            out[1] = c't'
+            out += 2
+        else:
+            memcpy(out, b"\\u00", 4)
+            out[4] = HEXDIGITS[c >> 4]
+            out[5] = HEXDIGITS[c & 15]
+            out += 6
+    return out
+
+
+def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_at not None):
+    """The stored record of an event: one JSON object on one line (no trailing newline).
+
+    Layout: {"id":"<event_id>","subject":"<subject>"[,"trace_id":<raw>][,"key":<raw>]
+    [,"response_subject":"<rs>"][,"created_at":"<created_at>"][,"payload":<raw>]}
+    event_id must be 22 bytes, so the id is rec[7:29] and the subject starts at byte 42.
+    Line breaks in the payload (only possible as JSON whitespace) become spaces.
+    """
+    cdef Py_ssize_t size, e_subj, e_rs = 0, e_ca = 0, pl_n = 0
+    cdef bytes trace_id = ev.trace_id, key = ev.key, rs = ev.response_subject
+    cdef bytes payload = None
+    cdef bytes out
+    cdef char* o
+    cdef char* pstart
+    cdef Py_ssize_t i
+    if PyBytes_GET_SIZE(event_id) != 22:
+        raise ValueError(f"event id must be 22 bytes, got {len(event_id)}")
+    e_subj = _esc_size(ev.subject)
+    size = 7 + 22 + 13 + e_subj + 1 + 1      # {"id":"…","subject":"…"}
+    if PyBytes_GET_SIZE(trace_id):
+        size += 12 + PyBytes_GET_SIZE(trace_id)          # ,"trace_id":
+    if PyBytes_GET_SIZE(key):
+        size += 7 + PyBytes_GET_SIZE(key)                # ,"key":
+    if PyBytes_GET_SIZE(rs):
+        e_rs = _esc_size(rs)
+        size += 21 + e_rs + 1                            # ,"response_subject":"…"
+    if PyBytes_GET_SIZE(created_at):
+        e_ca = _esc_size(created_at)
+        size += 15 + e_ca + 1                            # ,"created_at":"…"
+    if ev.payload is not None:
+        payload = <bytes>ev.payload
+        pl_n = PyBytes_GET_SIZE(payload)
+        size += 11 + pl_n                                # ,"payload":
+    out = PyBytes_FromStringAndSize(NULL, size)
+    o = PyBytes_AS_STRING(out)
+    o = _put(o, b'{"id":"', 7)
+    o = _put(o, PyBytes_AS_STRING(event_id), 22)
+    o = _put(o, b'","subject":"', 13)
+    o = _put_esc(o, ev.subject, e_subj)
+    o[0] = c'"'
+    o += 1
+    if PyBytes_GET_SIZE(trace_id):
+        o = _put(o, b',"trace_id":', 12)
+        o = _put(o, PyBytes_AS_STRING(trace_id), PyBytes_GET_SIZE(trace_id))
+    if PyBytes_GET_SIZE(key):
+        o = _put(o, b',"key":', 7)
+        o = _put(o, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+    if PyBytes_GET_SIZE(rs):
+        o = _put(o, b',"response_subject":"', 21)
+        o = _put_esc(o, rs, e_rs)
+        o[0] = c'"'
+        o += 1
+    if PyBytes_GET_SIZE(created_at):
+        o = _put(o, b',"created_at":"', 15)
+        o = _put_esc(o, created_at, e_ca)
+        o[0] = c'"'
+        o += 1
+    if payload is not None:
+        o = _put(o, b',"payload":', 11)
+        pstart = o
+        o = _put(o, PyBytes_AS_STRING(payload), pl_n)
+        if (memchr(pstart, c'\n', <size_t>pl_n) != NULL
+                or memchr(pstart, c'\r', <size_t>pl_n) != NULL):
+            for i in range(pl_n):
+                if pstart[i] == c'\n' or pstart[i] == c'\r':
+                    pstart[i] = c' '
+    o[0] = c'}'
+    return out
+
+
+def record_id(bytes rec not None):
+    """The event id of a record (rec[7:29])."""
+    if PyBytes_GET_SIZE(rec) < 29:
+        raise ValueError("record too short")
+    return rec[7:29]
+
+
+cdef inline Py_ssize_t _subject_end(const char* r, Py_ssize_t n) noexcept nogil:
+    """End offset of the subject of record r[:n] (starts at 42), or -1."""
+    cdef const char* q
+    if n < 43:
+        return -1
+    q = <const char*>memchr(r + 42, c'"', <size_t>(n - 42))
+    if q == NULL:
+        return -1
+    return q - r
+
+
+def record_subject(bytes rec not None):
+    """The subject of a record, read from the fixed layout (starts at byte 42)."""
+    cdef Py_ssize_t e = _subject_end(PyBytes_AS_STRING(rec), PyBytes_GET_SIZE(rec))
+    if e < 0:
+        raise ValueError("not a record: no subject at byte 42")
+    return rec[42:e]
+
+
+# --------------------------------------------------------------------------- SSE
+
+cdef inline int _hex_len(Py_ssize_t v) noexcept nogil:
+    cdef int k = 1
+    while v >= 16:
+        v >>= 4
+        k += 1
+    return k
+
+
+cdef inline char* _put_hex(char* o, Py_ssize_t v, int k) noexcept nogil:
+    cdef int i
+    for i in range(k - 1, -1, -1):
+        o[i] = HEXDIGITS[v & 15]
+        v >>= 4
+    return o + k
+
+
+def sse_chunk(bytes text not None):
+    """Wrap bytes as one HTTP/1.1 chunk ("%x\\r\\n" + text + "\\r\\n"); b"" for empty text."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(text)
+    cdef int hk
+    cdef bytes out
+    cdef char* o
+    if n == 0:
+        return EMPTY
+    hk = _hex_len(n)
+    out = PyBytes_FromStringAndSize(NULL, hk + 2 + n + 2)
+    o = PyBytes_AS_STRING(out)
+    o = _put_hex(o, n, hk)
+    o = _put(o, b"\r\n", 2)
+    o = _put(o, PyBytes_AS_STRING(text), n)
+    _put(o, b"\r\n", 2)
+    return out
+
+
+# "id: " + 22 + "\nevent: msg\ndata: " + rec + "\n\n"
+cdef enum:
+    SSE_OVERHEAD = 4 + 22 + 18 + 2
+
+
+cdef inline bytes _check_record(object r):
+    if type(r) is not bytes:
+        raise TypeError(f"record must be bytes, not {type(r).__name__}")
+    if PyBytes_GET_SIZE(<bytes>r) < 29:
+        raise ValueError("record too short")
+    return <bytes>r
+
+
+cdef inline char* _put_sse(char* o, bytes rec) noexcept:
+    cdef const char* r = PyBytes_AS_STRING(rec)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(rec)
+    o = _put(o, b"id: ", 4)
+    o = _put(o, r + 7, 22)
+    o = _put(o, b"\nevent: msg\ndata: ", 18)
+    o = _put(o, r, n)
+    o[0] = c'\n'
+    o[1] = c'\n'
+    return o + 2
+
+
+cdef bytes _frame(list records, Py_ssize_t start, Py_ssize_t end, const unsigned char* sel,
+                  Py_ssize_t text):
+    """One chunk holding the SSE messages of records[start:end] (only sel[i - start] if sel)."""
+    cdef int hk = _hex_len(text)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, hk + 2 + text + 2)
+    cdef char* o = PyBytes_AS_STRING(out)
+    cdef Py_ssize_t i
+    o = _put_hex(o, text, hk)
+    o = _put(o, b"\r\n", 2)
+    for i in range(start, end):
+        if sel == NULL or sel[i - start]:
+            o = _put_sse(o, <bytes>PyList_GET_ITEM(records, i))
+    _put(o, b"\r\n", 2)
+    return out
+
+
+def sse_frame(list records not None, Py_ssize_t start=0, Py_ssize_t end=-1):
+    """One chunk with an SSE "msg" message per record of records[start:end] (end < 0: to the end)."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, text = 0
+    if end < 0 or end > n:
+        end = n
+    if start < 0:
+        start = 0
+    if start >= end:
+        return EMPTY
+    for i in range(start, end):
+        text += SSE_OVERHEAD + PyBytes_GET_SIZE(_check_record(<object>PyList_GET_ITEM(records, i)))
+    return _frame(records, start, end, NULL, text)
+
+
+def sse_frame_matching(list records not None, Pattern pattern not None):
+    """Like sse_frame, for the records whose subject matches pattern: (chunk or b"", count)."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, text = 0, count = 0, e
+    cdef unsigned char* sel
+    cdef bytes rec
+    cdef const char* r
+    if n == 0:
+        return EMPTY, 0
+    sel = <unsigned char*>PyMem_Malloc(<size_t>n)
+    if sel == NULL:
+        raise MemoryError()
+    try:
+        for i in range(n):
+            rec = _check_record(<object>PyList_GET_ITEM(records, i))
+            r = PyBytes_AS_STRING(rec)
+            e = _subject_end(r, PyBytes_GET_SIZE(rec))
+            if e < 0:
+                raise ValueError("not a record: no subject at byte 42")
+            sel[i] = pattern._matches(<const unsigned char*>r + 42, e - 42)
+            if sel[i]:
+                count += 1
+                text += SSE_OVERHEAD + PyBytes_GET_SIZE(rec)
+        if count == 0:
+            return EMPTY, 0
+        return _frame(records, 0, n, sel, text), count
+    finally:
+        PyMem_Free(sel)
+
+
+# --------------------------------------------------------------------------- xid
+
+cdef unsigned char _machine[3]
+cdef unsigned int _pid = 0
+cdef uint32_t _counter = 0
+
+
+def _xid_reseed():
+    """(Re)initialise pid and counter; runs at import and in a forked child."""
+    global _pid, _counter
+    _pid = _os.getpid() & 0xFFFF
+    r = _os.urandom(3)
+    _counter = (r[0] << 16) | (r[1] << 8) | r[2]
+
+
+def _xid_machine_id():
+    try:
+        name = _socket.gethostname()
+        if not name:
+            raise OSError("no hostname")
+        return _hashlib.md5(name.encode()).digest()[:3]
+    except Exception:
+        return _os.urandom(3)
+
+
+_m = _xid_machine_id()
+_machine[0] = _m[0]
+_machine[1] = _m[1]
+_machine[2] = _m[2]
+_xid_reseed()
+_os.register_at_fork(after_in_child=_xid_reseed)
+
+
+cdef inline void _xid_encode(const unsigned char* i, char* d) noexcept nogil:
+    # Bit-for-bit the `encode` of github.com/rs/xid (unpadded base32hex, lowercase).
+    d[19] = XID_ENC[(i[11] << 4) & 0x1F]
+    d[18] = XID_ENC[(i[11] >> 1) & 0x1F]
+    d[17] = XID_ENC[(i[11] >> 6) | ((i[10] << 2) & 0x1F)]
+    d[16] = XID_ENC[i[10] >> 3]
+    d[15] = XID_ENC[i[9] & 0x1F]
+    d[14] = XID_ENC[(i[9] >> 5) | ((i[8] << 3) & 0x1F)]
+    d[13] = XID_ENC[(i[8] >> 2) & 0x1F]
+    d[12] = XID_ENC[(i[8] >> 7) | ((i[7] << 1) & 0x1F)]
+    d[11] = XID_ENC[(i[7] >> 4) | ((i[6] << 4) & 0x1F)]
+    d[10] = XID_ENC[(i[6] >> 1) & 0x1F]
+    d[9] = XID_ENC[(i[6] >> 6) | ((i[5] << 2) & 0x1F)]
+    d[8] = XID_ENC[i[5] >> 3]
+    d[7] = XID_ENC[i[4] & 0x1F]
+    d[6] = XID_ENC[(i[4] >> 5) | ((i[3] << 3) & 0x1F)]
+    d[5] = XID_ENC[(i[3] >> 2) & 0x1F]
+    d[4] = XID_ENC[(i[3] >> 7) | ((i[2] << 1) & 0x1F)]
+    d[3] = XID_ENC[(i[2] >> 4) | ((i[1] << 4) & 0x1F)]
+    d[2] = XID_ENC[(i[1] >> 1) & 0x1F]
+    d[1] = XID_ENC[(i[1] >> 6) | ((i[0] << 2) & 0x1F)]
+    d[0] = XID_ENC[i[0] >> 3]
+
+
+def _xid_encode_raw(bytes raw not None):
+    """The 20-char form of 12 raw id bytes (exposed for tests)."""
+    cdef bytes out
+    if PyBytes_GET_SIZE(raw) != 12:
+        raise ValueError("raw xid must be 12 bytes")
+    out = PyBytes_FromStringAndSize(NULL, 20)
+    _xid_encode(<const unsigned char*>PyBytes_AS_STRING(raw), PyBytes_AS_STRING(out))
+    return out
+
+
+def new_xid():
+    """A new 20-char xid (rs/xid layout and encoding)."""
+    global _counter
+    cdef unsigned char raw[12]
+    cdef timespec ts
+    cdef uint32_t secs, c
+    cdef bytes out
+    clock_gettime(CLOCK_REALTIME, &ts)
+    secs = <uint32_t>ts.tv_sec
+    _counter += 1
+    c = _counter
+    raw[0] = (secs >> 24) & 0xFF
+    raw[1] = (secs >> 16) & 0xFF
+    raw[2] = (secs >> 8) & 0xFF
+    raw[3] = secs & 0xFF
+    raw[4] = _machine[0]
+    raw[5] = _machine[1]
+    raw[6] = _machine[2]
+    raw[7] = (_pid >> 8) & 0xFF
+    raw[8] = _pid & 0xFF
+    raw[9] = (c >> 16) & 0xFF
+    raw[10] = (c >> 8) & 0xFF
+    raw[11] = c & 0xFF
+    out = PyBytes_FromStringAndSize(NULL, 20)
+    _xid_encode(raw, PyBytes_AS_STRING(out))
+    return out
+
+
+cdef inline bint _is_xid(const unsigned char* s, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    if n != 20:
+        return False
+    for i in range(20):
+        if XID_DEC[s[i]] == 0xFF:
+            return False
+    # rs/xid's decode re-encodes the last byte: the final char's 4 padding bits must be 0.
+    return (XID_DEC[s[19]] & 0x0F) == 0
+
+
+def is_xid(bytes s not None):
+    """True if s is a 20-char xid that github.com/rs/xid's FromString accepts."""
+    return _is_xid(<const unsigned char*>PyBytes_AS_STRING(s), PyBytes_GET_SIZE(s))
+
+
+def xid_time(bytes s not None):
+    """Unix seconds embedded in a 20-char xid; ValueError if it is not one."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(s)
+    cdef uint32_t b0, b1, b2, b3
+    if not _is_xid(p, PyBytes_GET_SIZE(s)):
+        raise ValueError(f"not an xid: '{_show(s)}'")
+    b0 = ((XID_DEC[p[0]] << 3) | (XID_DEC[p[1]] >> 2)) & 0xFF
+    b1 = ((XID_DEC[p[1]] << 6) | (XID_DEC[p[2]] << 1) | (XID_DEC[p[3]] >> 4)) & 0xFF
+    b2 = ((XID_DEC[p[3]] << 4) | (XID_DEC[p[4]] >> 1)) & 0xFF
+    b3 = ((XID_DEC[p[4]] << 7) | (XID_DEC[p[5]] << 2) | (XID_DEC[p[6]] >> 3)) & 0xFF
+    return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+
+
+# --------------------------------------------------------------------------- RFC 3339 time
+
+cdef inline int64_t _floordiv(int64_t a, int64_t b) noexcept nogil:
+    cdef int64_t q = a / b
+    if (a % b != 0) and ((a < 0) != (b < 0)):
+        q -= 1
+    return q
+
+
+cdef inline void _civil_from_days(int64_t z, int64_t* y, int* m, int* d) noexcept nogil:
+    # Howard Hinnant's algorithm (proleptic Gregorian).
+    cdef int64_t era, doe, yoe, doy, mp
+    z += 719468
+    era = (z if z >= 0 else z - 146096) / 146097
+    doe = z - era * 146097
+    yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365
+    doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+    mp = (5 * doy + 2) / 153
+    d[0] = <int>(doy - (153 * mp + 2) / 5 + 1)
+    m[0] = <int>(mp + 3 if mp < 10 else mp - 9)
+    y[0] = yoe + era * 400 + (1 if m[0] <= 2 else 0)
+
+
+cdef inline int64_t _days_from_civil(int64_t y, int m, int d) noexcept nogil:
+    cdef int64_t era, yoe, doy, doe
+    if m <= 2:
+        y -= 1
+    era = (y if y >= 0 else y - 399) / 400
+    yoe = y - era * 400
+    doy = (153 * (m - 3 if m > 2 else m + 9) + 2) / 5 + d - 1
+    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
+    return era * 146097 + doe - 719468
+
+
+cdef inline void _put2(char* o, int v) noexcept nogil:
+    o[0] = c'0' + v / 10
+    o[1] = c'0' + v % 10
+
+
+cdef int _fmt_seconds(int64_t secs, char* o) noexcept nogil:
+    """Write "YYYY-MM-DDTHH:MM:SS" (19 bytes); -1 if the year is outside 0000-9999."""
+    cdef int64_t days = _floordiv(secs, 86400), y
+    cdef int64_t sod = secs - days * 86400
+    cdef int m, d
+    _civil_from_days(days, &y, &m, &d)
+    if y < 0 or y > 9999:
+        return -1
+    _put2(o, <int>(y / 100))
+    _put2(o + 2, <int>(y % 100))
+    o[4] = c'-'
+    _put2(o + 5, m)
+    o[7] = c'-'
+    _put2(o + 8, d)
+    o[10] = c'T'
+    _put2(o + 11, <int>(sod / 3600))
+    o[13] = c':'
+    _put2(o + 14, <int>((sod / 60) % 60))
+    o[16] = c':'
+    _put2(o + 17, <int>(sod % 60))
+    return 0
+
+
+cdef int _fmt_frac(int64_t nsec, char* o) noexcept nogil:
+    """Write ".fffffffff" trimmed of trailing zeros, or nothing for 0; return bytes written."""
+    cdef int k = 9, i
+    if nsec == 0:
+        return 0
+    while nsec % 10 == 0:
+        nsec /= 10
+        k -= 1
+    o[0] = c'.'
+    for i in range(k, 0, -1):
+        o[i] = c'0' + <int>(nsec % 10)
+        nsec /= 10
+    return k + 1
+
+
+cdef int64_t _cached_sec = -1
+cdef char _cached_prefix[19]
+
+
+def now_rfc3339():
+    """Current UTC time in Go's time.RFC3339Nano form, e.g. b"2026-11-27T13:35:21.96607724Z"."""
+    global _cached_sec
+    cdef timespec ts
+    cdef char buf[32]
+    cdef int k
+    clock_gettime(CLOCK_REALTIME, &ts)
+    if ts.tv_sec != _cached_sec:
+        if _fmt_seconds(ts.tv_sec, _cached_prefix) < 0:
+            raise ValueError("clock outside years 0000-9999")
+        _cached_sec = ts.tv_sec
+    memcpy(buf, _cached_prefix, 19)
+    k = 19 + _fmt_frac(ts.tv_nsec, buf + 19)
+    buf[k] = c'Z'
+    return PyBytes_FromStringAndSize(buf, k + 1)
+
+
+def format_rfc3339(ns):
+    """Nanoseconds since the epoch -> RFC3339Nano UTC bytes (years 0000-9999)."""
+    cdef char buf[32]
+    cdef int k
+    secs, frac = divmod(int(ns), 1_000_000_000)
+    if not (-62167219200 <= secs <= 253402300799):
+        raise ValueError(f"time out of range for RFC 3339: {ns} ns")
+    _fmt_seconds(<int64_t>secs, buf)
+    k = 19 + _fmt_frac(<int64_t>frac, buf + 19)
+    buf[k] = c'Z'
+    return PyBytes_FromStringAndSize(buf, k + 1)
+
+
+cdef inline int _digits(const unsigned char* p, int n) noexcept nogil:
+    """Value of n ASCII digits, or -1."""
+    cdef int v = 0, i
+    for i in range(n):
+        if not (c'0' <= p[i] <= c'9'):
+            return -1
+        v = v * 10 + (p[i] - c'0')
+    return v
+
+
+cdef inline bint _leap(int64_t y) noexcept nogil:
+    return (y % 4 == 0 and y % 100 != 0) or y % 400 == 0
+
+
+def parse_rfc3339(bytes s not None):
+    """RFC 3339 timestamp -> nanoseconds since the epoch; ValueError if malformed.
+
+    Form: YYYY-MM-DDTHH:MM:SS[.f{1,9}](Z|+hh:mm|-hh:mm), upper-case T and Z (as Go).
+    """
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(s), pos = 19
+    cdef int y, mo, d, hh, mi, ss, oh, om, dim, k
+    cdef int64_t frac = 0, secs, off = 0
+    cdef int fd = 0
+    cdef unsigned char sign
+    if (n < 20 or p[4] != c'-' or p[7] != c'-' or p[10] != c'T' or p[13] != c':'
+            or p[16] != c':'):
+        raise ValueError(f"not an RFC 3339 time: '{_show(s)}'")
+    y = _digits(p, 4)
+    mo = _digits(p + 5, 2)
+    d = _digits(p + 8, 2)
+    hh = _digits(p + 11, 2)
+    mi = _digits(p + 14, 2)
+    ss = _digits(p + 17, 2)
+    if y < 0 or mo < 0 or d < 0 or hh < 0 or mi < 0 or ss < 0:
+        raise ValueError(f"not an RFC 3339 time: '{_show(s)}'")
+    if p[pos] == c'.':
+        pos += 1
+        while pos < n and c'0' <= p[pos] <= c'9':
+            if fd == 9:
+                raise ValueError(f"more than 9 fraction digits in time '{_show(s)}'")
+            frac = frac * 10 + (p[pos] - c'0')
+            fd += 1
+            pos += 1
+        if fd == 0:
+            raise ValueError(f"empty fraction in time '{_show(s)}'")
+        for k in range(fd, 9):
+            frac *= 10
+    if pos < n and p[pos] == c'Z' and pos + 1 == n:
+        off = 0
+    elif pos + 6 == n and (p[pos] == c'+' or p[pos] == c'-') and p[pos + 3] == c':':
+        sign = p[pos]
+        oh = _digits(p + pos + 1, 2)
+        om = _digits(p + pos + 4, 2)
+        if oh < 0 or om < 0 or oh > 23 or om > 59:
+            raise ValueError(f"invalid time zone offset in time '{_show(s)}'")
+        off = oh * 3600 + om * 60
+        if sign == c'-':
+            off = -off
+    else:
+        raise ValueError(f"not an RFC 3339 time: '{_show(s)}'")
+    if mo < 1 or mo > 12:
+        raise ValueError(f"month out of range in time '{_show(s)}'")
+    if mo == 2:
+        dim = 29 if _leap(y) else 28
+    elif mo == 4 or mo == 6 or mo == 9 or mo == 11:
+        dim = 30
+    else:
+        dim = 31
+    if d < 1 or d > dim:
+        raise ValueError(f"day out of range in time '{_show(s)}'")
+    if hh > 23 or mi > 59 or ss > 59:
+        raise ValueError(f"time of day out of range in time '{_show(s)}'")
+    secs = _days_from_civil(y, mo, d) * 86400 + hh * 3600 + mi * 60 + ss - off
+    return <object>secs * 1_000_000_000 + frac
