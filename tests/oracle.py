@@ -1,0 +1,462 @@
+"""Plain-Python reference implementations of busd._core, for property tests.
+
+Written for clarity, not speed: subjects via split(), JSON validity via the json
+module, records by concatenation. Public names mirror busd._core.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import datetime as _dt
+import json
+import re
+
+MAX_DEPTH = 512
+SEG_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+XID_ALPHABET = b"0123456789abcdefghijklmnopqrstuv"
+
+# --------------------------------------------------------------------------- subjects
+
+
+def show(s: bytes) -> str:
+    cut = len(s) > 100
+    out = "".join(chr(b) if 0x20 <= b < 0x7F else "\\x%02x" % b for b in s[:100])
+    return out + "..." if cut else out
+
+
+def show_char(b: int) -> str:
+    return chr(b) if 0x20 <= b < 0x7F else "\\x%02x" % b
+
+
+def validate_subject(s: bytes) -> None:
+    if not s:
+        raise ValueError("subject is empty")
+    segs = s.split(b".")
+    for seg in segs:
+        for ch in seg:
+            if ch in b"*>":
+                raise ValueError(f"subject contains a wildcard: '{show(s)}'")
+            if ch not in SEG_CHARS:
+                raise ValueError(f"invalid character '{show_char(ch)}' in subject '{show(s)}'")
+        if not seg:
+            raise ValueError(f"empty segment in subject '{show(s)}'")
+    if len(segs) < 2:
+        raise ValueError(f"subject must have at least two segments (namespace.topic): '{show(s)}'")
+
+
+def validate_pattern(s: bytes) -> None:
+    if not s:
+        raise ValueError("pattern is empty")
+    segs = s.split(b".")
+    for i, seg in enumerate(segs):
+        for ch in seg:
+            if ch in b"*>":
+                if len(seg) != 1:
+                    raise ValueError(
+                        f"wildcard '{chr(ch)}' must be a whole segment in pattern '{show(s)}'")
+            elif ch not in SEG_CHARS:
+                raise ValueError(f"invalid character '{show_char(ch)}' in pattern '{show(s)}'")
+        if not seg:
+            raise ValueError(f"empty segment in pattern '{show(s)}'")
+        if seg == b">" and i != len(segs) - 1:
+            raise ValueError(f"'>' must be the last segment in pattern '{show(s)}'")
+        if i == 0 and seg in (b"*", b">"):
+            raise ValueError(f"namespace may not be a wildcard: '{show(s)}'")
+    if len(segs) < 2:
+        raise ValueError(f"pattern must have at least two segments (namespace.topic): '{show(s)}'")
+
+
+def match_subject(pattern: bytes, subject: bytes) -> bool:
+    pt = pattern.split(b".")
+    st = subject.split(b".")
+    for i, tok in enumerate(pt):
+        if tok == b">" and i == len(pt) - 1:
+            return len(st) > i
+        if i >= len(st):
+            return False
+        if tok != b"*" and tok != st[i]:
+            return False
+    return len(st) == len(pt)
+
+
+class Pattern:
+    def __init__(self, pattern: bytes):
+        toks = pattern.split(b".")
+        self.pattern = pattern
+        self.namespace = toks[0]
+        self.matches_all = len(toks) == 2 and toks[1] == b">" and toks[0] != b"*"
+        self.is_literal = not (b"*" in toks or toks[-1] == b">")
+
+    def matches(self, subject: bytes) -> bool:
+        return match_subject(self.pattern, subject)
+
+
+# --------------------------------------------------------------------------- JSON scan
+
+STRING_FIELDS = ("subject", "id", "created_at", "response_subject", "trace_id", "key")
+KNOWN = STRING_FIELDS + ("payload",)
+
+
+class Event:
+    """What busd._core.ParsedEvent should hold."""
+
+    __slots__ = ("subject", "id", "created_at", "response_subject", "trace_id", "key",
+                 "key_value", "payload")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k, b"" if k != "payload" else None))
+
+    def astuple(self):
+        return tuple(getattr(self, k) for k in self.__slots__)
+
+    def __repr__(self):
+        return "Event(%s)" % ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+
+
+class JSONSyntaxError(ValueError):
+    """Not valid JSON (busd._core says "invalid JSON at byte N: ...")."""
+
+
+def _lexical_depth(body: bytes) -> int:
+    depth = best = 0
+    in_str = esc = False
+    for ch in body:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == 0x5C:
+                esc = True
+            elif ch == 0x22:
+                in_str = False
+        elif ch == 0x22:
+            in_str = True
+        elif ch in b"[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in b"]}":
+            depth -= 1
+    return best
+
+
+def _no_constants(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _check_strings(v):
+    """Lone surrogates (from \\u escapes) are refused, as I-JSON (RFC 7493) asks."""
+    if isinstance(v, str):
+        v.encode("utf-8")
+    elif isinstance(v, list):
+        for x in v:
+            if isinstance(x, tuple):  # an object's (key, value) pair
+                _check_strings(x[0])
+                _check_strings(x[1])
+            else:
+                _check_strings(x)
+
+
+class _Obj(list):
+    """An object as its list of (key, value) pairs, duplicates kept."""
+
+
+class _Num:
+    """A JSON number, kept as its text (no float rounding, no int digit limit)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text):
+        self.text = text
+
+
+def parse_json(body: bytes):
+    """Strict RFC 8259 parse; objects become _Obj pair lists. Raises JSONSyntaxError."""
+    if _lexical_depth(body) > MAX_DEPTH:
+        raise JSONSyntaxError("nesting deeper than 512")
+    try:
+        text = body.decode("utf-8")
+        value = json.loads(text, object_pairs_hook=_Obj, parse_constant=_no_constants,
+                           parse_int=_Num, parse_float=_Num)
+        _check_strings(value)
+    except (ValueError, UnicodeError, RecursionError) as e:
+        raise JSONSyntaxError(str(e)) from None
+    return value
+
+
+def _skip_ws(b: bytes, i: int) -> int:
+    while i < len(b) and b[i] in b" \t\r\n":
+        i += 1
+    return i
+
+
+def _skip_value(b: bytes, i: int) -> int:
+    """End of the (already validated) JSON value starting at b[i]."""
+    c = b[i]
+    if c == 0x22:
+        i += 1
+        while b[i] != 0x22:
+            i += 2 if b[i] == 0x5C else 1
+        return i + 1
+    if c in b"[{":
+        depth = 0
+        while True:
+            c = b[i]
+            if c == 0x22:
+                i = _skip_value(b, i)
+                continue
+            if c in b"[{":
+                depth += 1
+            elif c in b"]}":
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+    m = re.compile(rb"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?|true|false|null").match(b, i)
+    return m.end()
+
+
+def _object_raw_values(b: bytes, i: int):
+    """[(key_raw_span, (start, end))] of the object at b[i] (validated)."""
+    out = []
+    i = _skip_ws(b, i + 1)
+    if b[i] == 0x7D:
+        return out, i + 1
+    while True:
+        kend = _skip_value(b, i)
+        i = _skip_ws(b, kend)
+        assert b[i] == 0x3A
+        vstart = _skip_ws(b, i + 1)
+        vend = _skip_value(b, vstart)
+        out.append((vstart, vend))
+        i = _skip_ws(b, vend)
+        if b[i] == 0x2C:
+            i = _skip_ws(b, i + 1)
+            continue
+        return out, i + 1
+
+
+def _top_level_objects(b: bytes):
+    """Raw value spans of each top-level event object, in order."""
+    i = _skip_ws(b, 0)
+    if b[i] == 0x7B:
+        return [_object_raw_values(b, i)[0]]
+    spans = []
+    i = _skip_ws(b, i + 1)
+    while b[i] != 0x5D:
+        if b[i] == 0x7B:
+            vals, i = _object_raw_values(b, i)
+            spans.append(vals)
+        else:
+            spans.append(None)
+            i = _skip_value(b, i)
+        i = _skip_ws(b, i)
+        if b[i] == 0x2C:
+            i = _skip_ws(b, i + 1)
+    return spans
+
+
+def scan_body(body: bytes):
+    """Reference for busd._core.scan_body -> (is_batch, [Event])."""
+    if not body.strip(b" \t\r\n"):
+        raise ValueError("empty body")
+    doc = parse_json(body)
+    if isinstance(doc, _Obj):
+        is_batch, items = False, [doc]
+    elif isinstance(doc, list):
+        is_batch, items = True, doc
+        if not items:
+            raise ValueError("empty batch")
+    else:
+        raise ValueError("body must be a JSON object or an array of objects")
+    for n, item in enumerate(items):
+        prefix = f"batch item {n}: " if is_batch else ""
+        if not isinstance(item, _Obj):
+            raise ValueError(f"batch item {n} must be a JSON object")
+        seen = {}
+        for k, v in item:
+            if k in STRING_FIELDS and v is not None and not isinstance(v, str):
+                raise ValueError(f"{prefix}field {k} must be a string")
+            seen[k] = v
+        if not seen.get("subject"):
+            raise ValueError(f"{prefix}missing subject")
+    events = []
+    for item, spans in zip(items, _top_level_objects(body)):
+        last = {}
+        for (k, v), span in zip(item, spans):
+            last[k] = (v, span)
+        ev = Event()
+        for k in ("subject", "id", "created_at", "response_subject"):
+            v = last.get(k, (None, None))[0]
+            setattr(ev, k, v.encode("utf-8") if v else b"")
+        for k in ("trace_id", "key"):
+            v, span = last.get(k, (None, None))
+            setattr(ev, k, body[span[0]:span[1]] if v else b"")
+        v = last.get("key", (None, None))[0]
+        ev.key_value = v.encode("utf-8") if v else b""
+        if "payload" in last:
+            s, e = last["payload"][1]
+            ev.payload = body[s:e]
+        events.append(ev)
+    return is_batch, events
+
+
+# --------------------------------------------------------------------------- records
+
+
+def json_escape(s: bytes) -> bytes:
+    out = bytearray()
+    for ch in s:
+        if ch == 0x22:
+            out += b'\\"'
+        elif ch == 0x5C:
+            out += b"\\\\"
+        elif ch == 0x0A:
+            out += b"\\n"
+        elif ch == 0x0D:
+            out += b"\\r"
+        elif ch == 0x09:
+            out += b"\\t"
+        elif ch < 0x20:
+            out += b"\\u%04x" % ch
+        else:
+            out.append(ch)
+    return bytes(out)
+
+
+def make_record(ev, event_id: bytes, created_at: bytes) -> bytes:
+    if len(event_id) != 22:
+        raise ValueError("event id must be 22 bytes")
+    parts = [b'{"id":"', event_id, b'","subject":"', json_escape(ev.subject), b'"']
+    if ev.trace_id:
+        parts += [b',"trace_id":', ev.trace_id]
+    if ev.key:
+        parts += [b',"key":', ev.key]
+    if ev.response_subject:
+        parts += [b',"response_subject":"', json_escape(ev.response_subject), b'"']
+    if created_at:
+        parts += [b',"created_at":"', json_escape(created_at), b'"']
+    if ev.payload is not None:
+        parts += [b',"payload":', ev.payload.replace(b"\n", b" ").replace(b"\r", b" ")]
+    parts.append(b"}")
+    return b"".join(parts)
+
+
+def record_id(rec: bytes) -> bytes:
+    if len(rec) < 29:
+        raise ValueError("record too short")
+    return rec[7:29]
+
+
+def record_subject(rec: bytes) -> bytes:
+    end = rec.find(b'"', 42)
+    if len(rec) < 43 or end < 0:
+        raise ValueError("not a record")
+    return rec[42:end]
+
+
+# --------------------------------------------------------------------------- SSE
+
+
+def sse_chunk(text: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(text), text) if text else b""
+
+
+def sse_message(rec: bytes) -> bytes:
+    return b"id: " + rec[7:29] + b"\nevent: msg\ndata: " + rec + b"\n\n"
+
+
+def sse_frame(records, start=0, end=-1) -> bytes:
+    if end < 0:
+        end = len(records)
+    start = max(start, 0)
+    return sse_chunk(b"".join(sse_message(r) for r in records[start:end]))
+
+
+def sse_frame_matching(records, pattern):
+    pat = pattern.pattern if hasattr(pattern, "pattern") else pattern
+    picked = [r for r in records if match_subject(pat, record_subject(r))]
+    return sse_chunk(b"".join(sse_message(r) for r in picked)), len(picked)
+
+
+# --------------------------------------------------------------------------- xid
+
+
+def xid_encode(raw: bytes) -> bytes:
+    """rs/xid's string form is unpadded base32hex, lower case."""
+    assert len(raw) == 12
+    return base64.b32hexencode(raw)[:20].lower()
+
+
+def xid_decode(s: bytes) -> bytes:
+    return base64.b32hexdecode(s.upper() + b"====")[:12]
+
+
+def is_xid(s: bytes) -> bool:
+    if len(s) != 20 or any(ch not in XID_ALPHABET for ch in s):
+        return False
+    # rs/xid re-encodes the decoded id and compares the last char.
+    return xid_encode(xid_decode(s)) == s
+
+
+def xid_time(s: bytes) -> int:
+    if not is_xid(s):
+        raise ValueError("not an xid")
+    return int.from_bytes(xid_decode(s)[:4], "big")
+
+
+# --------------------------------------------------------------------------- RFC 3339
+
+_RFC3339 = re.compile(
+    rb"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(Z|[+-]\d{2}:\d{2})\Z",
+    re.ASCII)
+_ERA_DAYS = 146097  # days in 400 Gregorian years
+
+
+def _days(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 (year 0 handled by shifting 400 years)."""
+    shift = 0
+    if y == 0:
+        y, shift = 400, _ERA_DAYS
+    return _dt.date(y, m, d).toordinal() - _dt.date(1970, 1, 1).toordinal() - shift
+
+
+def parse_rfc3339(s: bytes) -> int:
+    m = _RFC3339.match(s)
+    if not m:
+        raise ValueError("not an RFC 3339 time")
+    y, mo, d, hh, mi, ss = (int(g) for g in m.groups()[:6])
+    frac = int((m.group(7) or b"").ljust(9, b"0"))
+    tz = m.group(8)
+    off = 0
+    if tz != b"Z":
+        oh, om = int(tz[1:3]), int(tz[4:6])
+        if oh > 23 or om > 59:
+            raise ValueError("bad offset")
+        off = (oh * 3600 + om * 60) * (-1 if tz[:1] == b"-" else 1)
+    if not 1 <= mo <= 12:
+        raise ValueError("bad month")
+    if not 1 <= d <= calendar.monthrange(y or 400, mo)[1]:
+        raise ValueError("bad day")
+    if hh > 23 or mi > 59 or ss > 59:
+        raise ValueError("bad time of day")
+    secs = _days(y, mo, d) * 86400 + hh * 3600 + mi * 60 + ss - off
+    return secs * 1_000_000_000 + frac
+
+
+def format_rfc3339(ns: int) -> bytes:
+    secs, frac = divmod(ns, 1_000_000_000)
+    days, sod = divmod(secs, 86400)
+    base = _dt.date(1970, 1, 1).toordinal()
+    shift = 0
+    if days + base < 1:  # year 0: compute in year 400 and print 0
+        days += _ERA_DAYS
+        shift = 400
+    if not (1 <= days + base <= _dt.date.max.toordinal()):
+        raise ValueError("out of range")
+    date = _dt.date.fromordinal(days + base)
+    out = "%04d-%02d-%02dT%02d:%02d:%02d" % (date.year - shift, date.month, date.day,
+                                           sod // 3600, sod // 60 % 60, sod % 60)
+    if frac:
+        out += ("." + "%09d" % frac).rstrip("0")
+    return (out + "Z").encode()
