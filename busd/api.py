@@ -12,6 +12,7 @@ from busd._core import Pattern, is_xid, new_xid, scan_body, validate_pattern
 from busd.broker import Broker, PublishError, Published
 from busd.config import INBOX_NAMESPACE, parse_duration
 from busd.consumer import AckPolicy, Consumer, InboxConsumer
+from busd.metrics import PROMETHEUS_TYPE, render_prometheus
 from busd.http import HttpConnection, Request, error_response, response, stream_head
 
 DEFAULT_REDELIVERY = 5.0
@@ -36,7 +37,7 @@ def _valid_id(value: str, prefix: str) -> bool:
 
 
 class Api:
-    """Routes one request: `POST /`, `GET /`, `PUT /`, `OPTIONS *`, `GET /healthz`."""
+    """Routes one request: `POST /`, `GET /`, `PUT /`, `OPTIONS *`, `GET /healthz`, `GET /metrics`."""
 
     def __init__(self, broker: Broker) -> None:
         self.broker = broker
@@ -60,6 +61,9 @@ class Api:
                 else:
                     conn.reply(error_response(405, f"method {method.decode()} is not allowed on /; "
                                                    "use GET, POST, PUT or OPTIONS", close), close)
+            elif path == b"/metrics" and method == b"GET":
+                conn.reply(response(200, render_prometheus(self.broker, self.started),
+                                    content_type=PROMETHEUS_TYPE, close=close), close)
             elif path == b"/healthz" and method == b"GET":
                 conn.reply(response(200, orjson.dumps(self.health()), close=close,
                                     content_type=b"application/json"), close)

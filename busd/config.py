@@ -67,7 +67,7 @@ def parse_size(text: str) -> int:
 def parse_addr(text: str) -> tuple[str, int]:
     """`:2021` (all interfaces), `127.0.0.1:2021`, `[::1]:2021` → (host, port)."""
     host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError(f"invalid address {text!r} (expected host:port or :port)")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)

@@ -40,33 +40,35 @@ MAX_HEADER_BYTES = 64 << 10
 MAX_PIPELINED = 64  # pending responses per connection before we stop reading
 
 
-class _DateHeader:
-    """The `Date:` header line, formatted at most once per second."""
+class _Heads:
+    """Status line + CORS + `Date:` per status, rebuilt at most once per second."""
 
     second = 0
-    line = b""
+    cache: dict[int, bytes] = {}
 
     @classmethod
-    def get(cls) -> bytes:
+    def get(cls, status: int) -> bytes:
         now = int(time.time())
         if now != cls.second:
             cls.second = now
-            cls.line = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-        return cls.line
+            cls.cache = {}
+        head = cls.cache.get(status)
+        if head is None:
+            head = cls.cache[status] = b"".join((
+                b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown")), CORS_HEADERS,
+                b"Date: ", formatdate(now, usegmt=True).encode(), b"\r\n"))
+        return head
 
 
 def response(status: int, body: bytes = b"", headers: bytes = b"",
              content_type: bytes = b"text/plain; charset=utf-8", close: bool = False) -> bytes:
     """One complete HTTP/1.1 response with the CORS headers every busd answer carries."""
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown")), CORS_HEADERS,
-             headers, _DateHeader.get()]
-    if body:
-        parts.append(b"Content-Type: " + content_type + b"\r\n")
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
-    parts.append(body)
-    return b"".join(parts)
+    if not body and not close:
+        return b"%s%sContent-Length: 0\r\n\r\n" % (_Heads.get(status), headers)
+    return b"".join((_Heads.get(status), headers,
+                     b"Content-Type: " + content_type + b"\r\n" if body else b"",
+                     b"Connection: close\r\n" if close else b"",
+                     b"Content-Length: %d\r\n\r\n" % len(body), body))
 
 
 def error_response(status: int, reason: str, close: bool = False) -> bytes:
@@ -76,7 +78,7 @@ def error_response(status: int, reason: str, close: bool = False) -> bytes:
 
 def stream_head(headers: bytes) -> bytes:
     """The status line and headers of an SSE response (body follows, chunked)."""
-    return b"".join((b"HTTP/1.1 200 OK\r\n", CORS_HEADERS, headers, _DateHeader.get(),
+    return b"".join((_Heads.get(200), headers,
                      b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                      b"X-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n"))
 
@@ -170,6 +172,9 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.stream is not None:
             return  # a streaming connection does not take further requests
+        if self.state == _IDLE:
+            self.state = _HEADERS
+            self.since = time.monotonic()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -197,15 +202,6 @@ class HttpConnection(asyncio.Protocol):
             self._resume_reading()
 
     # -- httptools callbacks ----------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.state = _HEADERS
-        self.since = time.monotonic()
-        self._url = b""
-        self._headers = {}
-        self._header_bytes = 0
-        self._body = []
-        self._body_size = 0
-
     def on_url(self, url: bytes) -> None:
         self._url += url
         if len(self._url) > MAX_URL_BYTES and self._reject is None:
@@ -248,10 +244,14 @@ class HttpConnection(asyncio.Protocol):
         if self._reject is not None or self.stream is not None or self.is_closed:
             return
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self._body = []
-        self.state = _WAITING
         request = Request(self.parser.get_method(), self._url, self._headers, body,
                           self.parser.should_keep_alive())
+        self.state = _WAITING
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body = []
+        self._body_size = 0
         self.handler(self, request)
         if self.state == _WAITING and not self.pending and self.stream is None:
             self._idle()

@@ -235,3 +235,14 @@ def test_oversized_request_body_is_413_without_reading_it(make_server):
     with Http(server.port) as http:
         http.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n")
         assert read_response(http.file).status == 413
+
+
+def test_metrics_in_prometheus_format(server):
+    publish(server.port, "app.m", 1)
+    publish(server.port, "app.m", 2)
+    response = request(server.port, "GET", "/metrics")
+    assert response.status == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.body.decode()
+    assert 'busd_events_published_total{namespace="app"} 2' in text
+    assert 'busd_log_events{namespace="app"} 2' in text
+    assert "# TYPE busd_consumers gauge" in text
