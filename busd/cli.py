@@ -1,4 +1,4 @@
-"""The `bus` command line (docopt).
+"""bus: run a busd message bus, and talk to one.
 
 Usage:
   bus server [options]
