@@ -617,7 +617,8 @@ async def section_latency(args, port: int, p50: Row, p99: Row) -> None:
                          f"(max burst {max_lag}): machine busy, this run's tail is not busd's alone")
         p50.busd.append(q50)
         p99.busd.append(q99)
-        log(f"  run {r + 1}/{args.repeat} p50 {q50:,.0f} µs  p99 {q99:,.0f} µs  max {lat[-1] / 1e3:,.0f} µs  "
+        log(f"  run {r + 1}/{args.repeat} p50 {q50:,.0f} µs  p90 {lat[int(len(lat) * 0.9)] / 1e3:,.0f} µs  "
+            f"p99 {q99:,.0f} µs  p99.9 {lat[int(len(lat) * 0.999)] / 1e3:,.0f} µs  max {lat[-1] / 1e3:,.0f} µs  "
             f"({len(lat):,} samples, sent {total:,} in {send_s:.2f}s = {total / send_s:,.0f}/s, "
             f"max burst {max_lag})")
         await asyncio.sleep(0.5)
