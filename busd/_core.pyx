@@ -19,7 +19,7 @@ import socket as _socket
 
 __all__ = [
     "validate_subject", "validate_pattern", "Pattern", "match_subject",
-    "scan_body", "ParsedEvent", "make_record", "record_id", "record_subject",
+    "scan_body", "ParsedEvent", "make_record", "stamp_events", "record_id", "record_subject",
     "sse_chunk", "sse_frame", "sse_frame_matching",
     "new_xid", "xid_time", "is_xid", "now_rfc3339", "parse_rfc3339", "format_rfc3339",
     "MAX_DEPTH",
@@ -1388,3 +1388,76 @@ def parse_rfc3339(bytes s not None):
         raise ValueError(f"time of day out of range in time '{_show(s)}'")
     secs = _days_from_civil(y, mo, d) * 86400 + hh * 3600 + mi * 60 + ss - off
     return <object>secs * 1_000_000_000 + frac
+
+
+# -- publish: validate a scanned body's events and turn them into records ------------------
+
+cdef bytes ZERO_TIME = b"0001-01-01T00:00:00Z"
+cdef bytes INBOX_NS = b"_bus_"
+
+
+cdef bytes _namespace_of(bytes subject):
+    cdef const char* p = PyBytes_AS_STRING(subject)
+    cdef const char* dot = <const char*>memchr(p, c'.', <size_t>PyBytes_GET_SIZE(subject))
+    return PyBytes_FromStringAndSize(p, dot - p)
+
+
+cdef tuple _identity(ParsedEvent ev):
+    """(event id, created_at): the publisher's (as restore sends them) or freshly assigned."""
+    cdef bytes event_id = ev.id, created_at = ev.created_at
+    if PyBytes_GET_SIZE(event_id):
+        if not (PyBytes_GET_SIZE(event_id) == 22 and event_id[:2] == b"e_"
+                and _is_xid(<const unsigned char*>PyBytes_AS_STRING(event_id) + 2, 20)):
+            raise ValueError(f"invalid id '{_show(event_id)}': expected e_ followed by a "
+                             "20-character xid")
+    else:
+        event_id = b"e_" + new_xid()
+    if PyBytes_GET_SIZE(created_at) == 0 or created_at == ZERO_TIME:
+        created_at = now_rfc3339()
+    else:
+        try:
+            created_at = format_rfc3339(parse_rfc3339(created_at))
+        except ValueError:
+            raise ValueError(f"invalid created_at '{_show(created_at)}': expected RFC 3339, "
+                             "e.g. 2026-11-27T13:20:58.365157351Z") from None
+    return event_id, created_at
+
+
+def stamp_events(list events not None, bint is_batch):
+    """Check a publish's events (SPEC §3.1) and build their stored records.
+
+    Returns (namespace, ids, created_ats, records, keyed) where keyed lists the
+    (subject, key) pairs of events that carry a dedup key. Raises ValueError with the
+    one-line reason of a 400: bad subject or response_subject, a batch spanning
+    namespaces, a batch with a response_subject or on the inbox namespace, a bad id or
+    created_at. Whether the namespace is declared is the caller's business.
+    """
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(events)
+    cdef ParsedEvent ev
+    cdef bytes namespace = None, ns
+    cdef list ids = [], stamps = [], records = [], keyed = []
+    for i in range(n):
+        ev = <ParsedEvent>PyList_GET_ITEM(events, i)
+        validate_subject(ev.subject)
+        ns = _namespace_of(ev.subject)
+        if namespace is None:
+            namespace = ns
+        elif ns != namespace:
+            raise ValueError(f"a batch must stay in one namespace: found '{_show(namespace)}' "
+                             f"and '{_show(ns)}'")
+        if PyBytes_GET_SIZE(ev.response_subject):
+            if is_batch:
+                raise ValueError("events in a batch cannot have a response_subject")
+            try:
+                validate_subject(ev.response_subject)
+            except ValueError as exc:
+                raise ValueError(f"response_subject: {exc}") from None
+        if PyBytes_GET_SIZE(ev.key_value):
+            keyed.append((ev.subject, ev.key_value))
+        event_id, created_at = _identity(ev)
+        ids.append(event_id)
+        stamps.append(created_at)
+        records.append(make_record(ev, event_id, created_at))
+    if is_batch and namespace == INBOX_NS:
+        raise ValueError("inbox (_bus_) subjects cannot be published in a batch")
+    return namespace, ids, stamps, records, keyed

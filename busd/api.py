@@ -76,18 +76,19 @@ class Api:
     # -- POST / -----------------------------------------------------------------------------
     def publish(self, conn: HttpConnection, request: Request) -> None:
         body, close = request.body, not request.keep_alive
-        if not body.strip():
-            raise BadRequest("empty body: send one JSON event object, or an array of them")
-        limit = self.config.max_event_size
-        if body.lstrip()[:1] != b"[" and len(body) > limit:
-            conn.reply(error_response(413, f"event of {len(body)} bytes is larger than "
-                                           f"--max-event-size ({limit} bytes)", close), close)
-            return
         try:
             is_batch, events = scan_body(body)
         except ValueError as exc:
+            if not body or body.isspace():
+                raise BadRequest("empty body: send one JSON event object, or an array of "
+                                 "them") from None
             raise BadRequest(str(exc)) from None
-        if is_batch:
+        limit = self.config.max_event_size
+        if len(body) > limit:
+            if not is_batch:
+                conn.reply(error_response(413, f"event of {len(body)} bytes is larger than "
+                                               f"--max-event-size ({limit} bytes)", close), close)
+                return
             for event in events:
                 if event.payload is not None and len(event.payload) > limit:
                     conn.reply(error_response(413, f"an event's payload of {len(event.payload)} "
@@ -100,8 +101,8 @@ class Api:
             if isinstance(outcome, PublishError):
                 conn.fulfil(slot, error_response(outcome.status, outcome.reason, close), close)
             elif is_batch:
-                body = orjson.dumps({"count": len(outcome.ids), "first_index": outcome.first_index,
-                                     "ids": [i.decode() for i in outcome.ids]})
+                body = b'{"count":%d,"first_index":%d,"ids":["%s"]}' % (
+                    len(outcome.ids), outcome.first_index, b'","'.join(outcome.ids))
                 conn.fulfil(slot, response(202, body, content_type=b"application/json",
                                            close=close), close)
             else:

@@ -17,9 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 
-from busd._core import (ParsedEvent, format_rfc3339, is_xid, make_record, new_xid,
-                        now_rfc3339, parse_rfc3339, sse_frame,
-                        sse_frame_matching, validate_subject)
+from busd._core import ParsedEvent, sse_frame, sse_frame_matching, stamp_events
 from busd.config import INBOX_NAMESPACE, Config
 from busd.consumer import Consumer, InboxConsumer
 from busd.dedup import DedupCache
@@ -29,7 +27,7 @@ from busd.store import Store
 
 log = logging.getLogger("busd.broker")
 
-ZERO_TIME = b"0001-01-01T00:00:00Z"
+INBOX = INBOX_NAMESPACE.encode()
 DEDUP_REBUILD_RECORDS = 100_000  # how much of each log's tail rebuilds the dedup cache
 
 
@@ -78,6 +76,7 @@ class Broker:
         self.store = store
         self.loop = loop
         self.namespaces = frozenset(config.namespaces)
+        self._declared = {ns.encode(): ns for ns in config.namespaces}
         self.dedup = DedupCache(config.dup_size, config.dup_ttl)
         self.metrics = Metrics(config.namespaces)
         self.consumers: dict[bytes, Consumer | InboxConsumer] = {}
@@ -118,98 +117,51 @@ class Broker:
 
         Raises PublishError for a refused publish; `done` is then never called.
         """
-        namespace = self._check(events, is_batch)
-        if namespace == INBOX_NAMESPACE:
-            done(self._route_inbox(events[0]))
-            return
-        keys, ids, stamps, records = [], [], [], []
         try:
-            for event in events:
-                key = event.key_value
-                if key and self.dedup.enabled:
-                    if self.dedup.seen(event.subject, key):
-                        raise PublishError(409, "key was processed before")
-                    self.dedup.add(event.subject, key)
-                    keys.append((event.subject, key))
-                event_id, created_at = self._identity(event)
-                ids.append(event_id)
-                stamps.append(created_at)
-                records.append(make_record(event, event_id, created_at))
-        except PublishError:
-            self._release(keys)
-            raise
-        self._group.setdefault(namespace, []).append(_Pending(records, keys, ids, stamps, done))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            namespace, ids, stamps, records, keyed = stamp_events(events, is_batch)
+        except ValueError as exc:
+            raise PublishError(400, str(exc)) from None
+        name = self._declared.get(namespace)
+        if name is None:
+            if namespace == INBOX:
+                done(self._route_inbox(events[0].subject, ids, stamps, records[0]))
+                return
+            raise PublishError(400, f"namespace {namespace.decode(errors='replace')!r} is not "
+                                    f"declared; declared namespaces: "
+                                    f"{', '.join(sorted(self.namespaces))}")
+        if keyed and self.dedup.enabled:
+            self._reserve_keys(keyed)
+        group = self._group.get(name)
+        if group is None:
+            group = self._group[name] = []
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self._flush)
+        group.append(_Pending(records, keyed, ids, stamps, done))
 
-    def _check(self, events: list[ParsedEvent], is_batch: bool) -> str:
-        """Subject, namespace and batch rules of SPEC §3.1; returns the namespace."""
-        namespace = None
-        for event in events:
-            try:
-                validate_subject(event.subject)
-            except ValueError as exc:
-                raise PublishError(400, str(exc)) from None
-            ns = event.subject.split(b".", 1)[0].decode()
-            if namespace is None:
-                namespace = ns
-            elif ns != namespace:
-                raise PublishError(400, f"a batch must stay in one namespace: found "
-                                        f"{namespace!r} and {ns!r}")
-            if event.response_subject:
-                if is_batch:
-                    raise PublishError(400, "events in a batch cannot have a response_subject")
-                try:
-                    validate_subject(event.response_subject)
-                except ValueError as exc:
-                    raise PublishError(400, f"response_subject: {exc}") from None
-        if namespace == INBOX_NAMESPACE:
-            if is_batch:
-                raise PublishError(400, "inbox (_bus_) subjects cannot be published in a batch")
-            return namespace
-        if namespace not in self.namespaces:
-            raise PublishError(400, f"namespace {namespace!r} is not declared; declared "
-                                    f"namespaces: {', '.join(sorted(self.namespaces))}")
-        return namespace
-
-    def _identity(self, event: ParsedEvent) -> tuple[bytes, bytes]:
-        """The event's id and created_at: the publisher's (restore) or freshly assigned."""
-        event_id = event.id
-        if event_id:
-            if not (event_id.startswith(b"e_") and is_xid(event_id[2:])):
-                raise PublishError(400, f"invalid id {event_id.decode(errors='replace')!r}: "
-                                        "expected e_ followed by a 20-character xid")
-        else:
-            event_id = b"e_" + new_xid()
-        created_at = event.created_at
-        if created_at and created_at != ZERO_TIME:
-            try:
-                created_at = format_rfc3339(parse_rfc3339(created_at))
-            except ValueError:
-                raise PublishError(400, f"invalid created_at "
-                                        f"{created_at.decode(errors='replace')!r}: expected "
-                                        "RFC 3339, e.g. 2026-11-27T13:20:58.365157351Z") from None
-        else:
-            created_at = now_rfc3339()
-        return event_id, created_at
+    def _reserve_keys(self, keyed: list[tuple[bytes, bytes]]) -> None:
+        """Refuse (409) a key seen before; else remember it, as the event is about to land."""
+        dedup, added = self.dedup, []
+        for subject, key in keyed:
+            if dedup.seen(subject, key):
+                self._release(added)
+                raise PublishError(409, "key was processed before")
+            dedup.add(subject, key)
+            added.append((subject, key))
 
     def _release(self, keys: list[tuple[bytes, bytes]]) -> None:
         for subject, key in keys:
             self.dedup.discard(subject, key)
 
-    def _route_inbox(self, event: ParsedEvent) -> Published:
+    def _route_inbox(self, subject: bytes, ids: list[bytes], stamps: list[bytes],
+                     record: bytes) -> Published:
         """Inbox events live only in memory: hand them to the consumers connected right now."""
-        event_id, created_at = self._identity(event)
-        record = make_record(event, event_id, created_at)
-        delivered = 0
-        for consumer in tuple(self.inboxes.get(event.subject, ())):
+        for consumer in tuple(self.inboxes.get(subject, ())):
             if consumer.deliver(record):
-                delivered += 1
+                self.metrics.events_out[INBOX_NAMESPACE] += 1
             else:
                 self.metrics.dropped += 1
-        self.metrics.delivered += delivered
-        return Published([event_id], [created_at], -1)
+        return Published(ids, stamps, -1)
 
     def _flush(self) -> None:
         """Append this iteration's group: one write per namespace, fan out, then answer."""
@@ -268,7 +220,7 @@ class Broker:
                     chunk = framed[pattern.pattern] = (sse_frame(records), len(records))
                 else:
                     chunk = framed[pattern.pattern] = sse_frame_matching(records, pattern)
-            self.metrics.delivered += chunk[1]
+            self.metrics.events_out[namespace] += chunk[1]
             consumer.push(chunk[0], next_index)
         waiting = self.waiting[namespace]
         if waiting:
@@ -341,6 +293,7 @@ class Broker:
 
     def ack(self, consumer_id: bytes, event_id: bytes) -> None:
         """Acks are idempotent: unknown consumers or events are fine (SPEC §3.3)."""
+        self.metrics.acks += 1
         consumer = self.consumers.get(consumer_id)
         if consumer is not None:
             consumer.ack(event_id)
