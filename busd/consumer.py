@@ -158,7 +158,7 @@ class Consumer(Stream):
             else:
                 chunk, matched = sse_frame_matching(records, self.pattern)
             if chunk:
-                self.broker.metrics.delivered += matched
+                self.broker.metrics.events_out[ns] += matched
                 self.conn.write(chunk)
             if self.cursor < store.next_index(ns) or self.paused:
                 if not self.paused:
@@ -194,7 +194,7 @@ class Consumer(Stream):
     def _deliver(self, record: bytes, deliveries: int) -> None:
         deadline = time.monotonic() + self.ack_policy.redelivery
         self.inflight[record_id(record)] = [record, deliveries, deadline]
-        self.broker.metrics.delivered += 1
+        self.broker.metrics.events_out[self.namespace] += 1
         self.conn.write(sse_frame([record]))
 
     def ack(self, event_id: bytes) -> None:

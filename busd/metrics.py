@@ -1,23 +1,52 @@
-"""Counters the server keeps about itself, and their Prometheus rendering for /metrics."""
+"""Counters the server keeps about itself, and their Prometheus rendering for /metrics.
+
+The counters are plain attributes bumped on the loop thread (one integer add on the hot
+path); everything else — gauges read from the store, process figures from /proc — is
+computed only when /metrics is scraped.
+"""
 
 from __future__ import annotations
 
+import os
+import resource
+import time
+from bisect import bisect_left
+
+from busd import __version__
+from busd.config import INBOX_NAMESPACE
+
+# Upper bounds (seconds) of the fsync latency histogram's buckets; +Inf is implied.
+FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
 
 class Metrics:
-    """Plain counters updated on the loop thread; cheap enough for the hot path."""
+    """Counters updated on the loop thread; cheap enough for the hot path.
 
-    __slots__ = ("events_in", "bytes_in", "delivered", "redelivered", "dropped",
-                 "fsyncs", "fsync_total_seconds", "fsync_max_seconds")
+    `events_out` is keyed by namespace, plus `_bus_` for inbox deliveries; `delivered`
+    counts deliveries a call site did not attribute to a namespace.
+    `connections` is the server's live connection set (set by the server, may be None).
+    """
+
+    __slots__ = ("events_in", "bytes_in", "events_out", "delivered", "redelivered", "dropped",
+                 "acks", "fsyncs", "fsync_total_seconds", "fsync_max_seconds", "fsync_buckets",
+                 "connections", "started_at")
 
     def __init__(self, namespaces: tuple[str, ...]) -> None:
         self.events_in = dict.fromkeys(namespaces, 0)
         self.bytes_in = dict.fromkeys(namespaces, 0)
-        self.delivered = 0
+        self.events_out = dict.fromkeys((*namespaces, INBOX_NAMESPACE), 0)
+        self.delivered = 0  # deliveries not attributed to a namespace (older call sites)
         self.redelivered = 0
         self.dropped = 0
+        self.acks = 0
         self.fsyncs = 0
         self.fsync_total_seconds = 0.0
         self.fsync_max_seconds = 0.0
+        self.fsync_buckets = [0] * (len(FSYNC_BUCKETS) + 1)  # per bucket, not cumulative
+        self.connections = None
+        self.started_at = time.time()
 
     def published(self, namespace: str, events: int, size: int) -> None:
         self.events_in[namespace] += events
@@ -26,51 +55,126 @@ class Metrics:
     def fsync_seconds(self, seconds: float) -> None:
         self.fsyncs += 1
         self.fsync_total_seconds += seconds
-        self.fsync_max_seconds = max(self.fsync_max_seconds, seconds)
+        if seconds > self.fsync_max_seconds:
+            self.fsync_max_seconds = seconds
+        self.fsync_buckets[bisect_left(FSYNC_BUCKETS, seconds)] += 1
 
 
-PROMETHEUS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+class _Exposition:
+    """Builds the text format: one HELP and TYPE line per family, then its samples."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str, samples) -> None:
+        """samples: a number, or an iterable of (labels dict, value)."""
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+        if isinstance(samples, (int, float)):
+            samples = [({}, samples)]
+        for labels, value in samples:
+            self.lines.append(f"{name}{_labels(labels)} {_number(value)}")
+
+    def histogram(self, name: str, help_text: str, bounds, counts, total: float) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} histogram")
+        cumulative = 0
+        for bound, count in zip((*bounds, float("inf")), counts):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            self.lines.append(f'{name}_bucket{{le="{le}"}} {cumulative}')
+        self.lines.append(f"{name}_sum {_number(total)}")
+        self.lines.append(f"{name}_count {cumulative}")
+
+    def render(self) -> bytes:
+        return ("\n".join(self.lines) + "\n").encode()
 
 
-def render_prometheus(broker, started: float) -> bytes:
-    """The Prometheus text exposition of the broker's counters and the store's sizes."""
+def _labels(labels: dict[str, str]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+    return "{" + inner + "}"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: int | float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+def _process_samples(out: _Exposition) -> None:
+    """The standard process_* families (what a Prometheus client library would export)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    out.family("process_cpu_seconds_total", "counter", "User and system CPU time spent.",
+               usage.ru_utime + usage.ru_stime)
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            resident_pages = int(fh.read().split()[1])
+        out.family("process_resident_memory_bytes", "gauge", "Resident memory size.",
+                   resident_pages * os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        out.family("process_open_fds", "gauge", "Open file descriptors.",
+                   len(os.listdir("/proc/self/fd")))
+    except OSError:
+        pass
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY:
+        out.family("process_max_fds", "gauge", "Limit on open file descriptors.", soft)
+
+
+def render_prometheus(broker, started: float | None = None) -> bytes:
+    """The Prometheus text exposition of the broker's counters and the store's sizes.
+
+    `started` (a time.monotonic() stamp) is accepted for the caller's convenience; the
+    start time reported is the wall-clock one recorded in Metrics."""
     metrics, store = broker.metrics, broker.store
     sizes = store.stats()
-    lines = [
-        "# HELP busd_events_published_total Events stored, per namespace.",
-        "# TYPE busd_events_published_total counter",
-        *(f'busd_events_published_total{{namespace="{ns}"}} {n}'
-          for ns, n in metrics.events_in.items()),
-        "# HELP busd_bytes_published_total Bytes of stored records, per namespace.",
-        "# TYPE busd_bytes_published_total counter",
-        *(f'busd_bytes_published_total{{namespace="{ns}"}} {n}'
-          for ns, n in metrics.bytes_in.items()),
-        "# HELP busd_log_events Events retained in the log, per namespace.",
-        "# TYPE busd_log_events gauge",
-        *(f'busd_log_events{{namespace="{ns}"}} {store.next_index(ns) - store.first_index(ns)}'
-          for ns in metrics.events_in),
-        "# HELP busd_log_bytes Bytes of segment files on disk, per namespace.",
-        "# TYPE busd_log_bytes gauge",
-        *(f'busd_log_bytes{{namespace="{ns}"}} {sizes[ns]["bytes"]}' for ns in metrics.events_in),
-        "# HELP busd_events_delivered_total Events written to subscribers.",
-        "# TYPE busd_events_delivered_total counter",
-        f"busd_events_delivered_total {metrics.delivered}",
-        "# HELP busd_redeliveries_total Unacked events sent again.",
-        "# TYPE busd_redeliveries_total counter",
-        f"busd_redeliveries_total {metrics.redelivered}",
-        "# HELP busd_events_dropped_total Events given up on (redelivery_count reached, or an "
-        "inbox consumer not reading).",
-        "# TYPE busd_events_dropped_total counter",
-        f"busd_events_dropped_total {metrics.dropped}",
-        "# HELP busd_consumers Subscriptions currently connected.",
-        "# TYPE busd_consumers gauge",
-        f"busd_consumers {len(broker.consumers)}",
-        "# HELP busd_fsyncs_total fsync calls and their total duration.",
-        "# TYPE busd_fsyncs_total counter",
-        f"busd_fsyncs_total {metrics.fsyncs}",
-        "# TYPE busd_fsync_seconds_total counter",
-        f"busd_fsync_seconds_total {metrics.fsync_total_seconds:.6f}",
-        "# TYPE busd_fsync_seconds_max gauge",
-        f"busd_fsync_seconds_max {metrics.fsync_max_seconds:.6f}",
-    ]
-    return ("\n".join(lines) + "\n").encode()
+    namespaces = list(metrics.events_in)
+    per_ns = lambda values: [({"namespace": ns}, value) for ns, value in values]  # noqa: E731
+    out = _Exposition()
+    out.family("busd_info", "gauge", "Build information; the value is always 1.",
+               [({"version": __version__}, 1)])
+    out.family("busd_start_time_seconds", "gauge", "Start time of the server, Unix seconds.",
+               round(metrics.started_at, 3))
+    out.family("busd_events_published_total", "counter", "Events stored, per namespace.",
+               per_ns(metrics.events_in.items()))
+    out.family("busd_bytes_published_total", "counter",
+               "Bytes of stored records, per namespace.", per_ns(metrics.bytes_in.items()))
+    out.family("busd_events_delivered_total", "counter",
+               "Events written to subscribers, per namespace (_bus_: inbox replies).",
+               per_ns(metrics.events_out.items()))
+    if metrics.delivered:
+        out.family("busd_events_delivered_unattributed_total", "counter",
+                   "Events written to subscribers not counted per namespace.",
+                   metrics.delivered)
+    out.family("busd_log_events", "gauge", "Events retained in the log, per namespace.",
+               per_ns((ns, sizes[ns]["next_index"] - sizes[ns]["first_index"])
+                      for ns in namespaces))
+    out.family("busd_log_bytes", "gauge", "Bytes of segment files on disk, per namespace.",
+               per_ns((ns, sizes[ns]["bytes"]) for ns in namespaces))
+    out.family("busd_log_segments", "gauge", "Segment files, per namespace.",
+               per_ns((ns, sizes[ns].get("segments", 0)) for ns in namespaces))
+    out.family("busd_log_next_index", "gauge", "Index the next event of the namespace gets.",
+               per_ns((ns, sizes[ns]["next_index"]) for ns in namespaces))
+    out.family("busd_consumers", "gauge", "Subscriptions currently connected.",
+               len(broker.consumers))
+    if metrics.connections is not None:
+        out.family("busd_connections", "gauge", "Open HTTP connections.",
+                   len(metrics.connections))
+    out.family("busd_acks_total", "counter", "Acknowledgements received (PUT /).", metrics.acks)
+    out.family("busd_redeliveries_total", "counter", "Unacked events sent again.",
+               metrics.redelivered)
+    out.family("busd_events_dropped_total", "counter",
+               "Events given up on (redelivery_count reached, or an inbox consumer not "
+               "reading).", metrics.dropped)
+    out.histogram("busd_fsync_seconds", "Duration of one group fsync of the logs.",
+                  FSYNC_BUCKETS, metrics.fsync_buckets, metrics.fsync_total_seconds)
+    out.family("busd_fsync_seconds_max", "gauge", "Longest fsync since start.",
+               metrics.fsync_max_seconds)
+    _process_samples(out)
+    return out.render()

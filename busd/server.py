@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 
@@ -15,6 +16,7 @@ from busd.api import Api
 from busd.broker import Broker
 from busd.config import Config
 from busd.http import HttpConnection, Limits, error_response
+from busd.logs import describe_config
 from busd.store import LocalStore
 from busd.systemd import notify, watchdog_interval
 
@@ -35,10 +37,11 @@ class Server:
                                 retention_age=config.retention_age,
                                 retention_bytes=config.retention_bytes)
         self.broker = Broker(config, self.store, self.loop)
+        self.connections: set[HttpConnection] = set()
+        self.broker.metrics.connections = self.connections
         self.api = Api(self.broker)
         self.limits = Limits(config.max_request_size, config.header_timeout,
                              config.body_timeout, config.idle_timeout)
-        self.connections: set[HttpConnection] = set()
         self.listener: asyncio.base_events.Server | None = None
         self.stopping = asyncio.Event()
         self._duties: list[list[asyncio.TimerHandle]] = []  # each: [next timer of one duty]
@@ -49,6 +52,8 @@ class Server:
         return HttpConnection(self.api, self.limits, self.connections)
 
     async def start(self) -> None:
+        log.info("starting version=%s pid=%d %s", __version__, os.getpid(),
+                 describe_config(self.config))
         reports = self.store.open()
         for namespace, report in reports.items():
             log.info("opened namespace ns=%s events=%d first_index=%d next_index=%d %s",
