@@ -460,3 +460,52 @@ def format_rfc3339(ns: int) -> bytes:
     if frac:
         out += ("." + "%09d" % frac).rstrip("0")
     return (out + "Z").encode()
+
+
+# --------------------------------------------------------------------------- publish
+
+ZERO_TIME = b"0001-01-01T00:00:00Z"
+
+
+def stamp_events(events, is_batch: bool, new_id, now):
+    """Reference for busd._core.stamp_events; `new_id()`/`now()` stand in for the clock."""
+    namespace, ids, stamps, records, keyed = None, [], [], [], []
+    for ev in events:
+        validate_subject(ev.subject)
+        ns = ev.subject.split(b".", 1)[0]
+        if namespace is None:
+            namespace = ns
+        elif ns != namespace:
+            raise ValueError(f"a batch must stay in one namespace: found '{show(namespace)}' "
+                             f"and '{show(ns)}'")
+        if ev.response_subject:
+            if is_batch:
+                raise ValueError("events in a batch cannot have a response_subject")
+            try:
+                validate_subject(ev.response_subject)
+            except ValueError as exc:
+                raise ValueError(f"response_subject: {exc}") from None
+        if ev.key_value:
+            keyed.append((ev.subject, ev.key_value))
+        event_id = ev.id
+        if event_id:
+            if not (len(event_id) == 22 and event_id[:2] == b"e_" and is_xid(event_id[2:])):
+                raise ValueError(f"invalid id '{show(event_id)}': expected e_ followed by a "
+                                 "20-character xid")
+        else:
+            event_id = new_id()
+        created_at = ev.created_at
+        if not created_at or created_at == ZERO_TIME:
+            created_at = now()
+        else:
+            try:
+                created_at = format_rfc3339(parse_rfc3339(created_at))
+            except ValueError:
+                raise ValueError(f"invalid created_at '{show(created_at)}': expected RFC 3339, "
+                                 "e.g. 2026-11-27T13:20:58.365157351Z") from None
+        ids.append(event_id)
+        stamps.append(created_at)
+        records.append(make_record(ev, event_id, created_at))
+    if is_batch and namespace == b"_bus_":
+        raise ValueError("inbox (_bus_) subjects cannot be published in a batch")
+    return namespace, ids, stamps, records, keyed

@@ -20,7 +20,7 @@ except ImportError:  # tests/ is not a package
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-WIRE = pathlib.Path("/work/shared/compat/go-sdk-wire.json")
+WIRE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "compat" / "go-sdk-wire.json"
 
 # --------------------------------------------------------------------------- helpers
 
@@ -819,3 +819,53 @@ def test_parse_rfc3339_matches_oracle(s):
     assert outcome(core.parse_rfc3339, s)[0] == outcome(oracle.parse_rfc3339, s)[0]
     if outcome(oracle.parse_rfc3339, s)[0] == "ok":
         assert core.parse_rfc3339(s) == oracle.parse_rfc3339(s)
+
+
+# --------------------------------------------------------------------------- stamp_events
+
+stamp_subjects = st.sampled_from([b"app.a", b"app.b.c", b"orders.x", b"_bus_.d4o7ehksdud4d8c68bg0",
+                                  b"app", b"app.*", b"app..b", b"app.#"])
+stamp_ids = st.sampled_from([b"", b"e_d4o7ehksdud4d8c68bg0", b"e_bad", b"c_d4o7ehksdud4d8c68bg0"])
+stamp_times = st.sampled_from([b"", b"0001-01-01T00:00:00Z", b"2026-11-27T13:20:58.365157351Z",
+                               b"2026-11-27T15:20:58+02:00", b"yesterday"])
+stamp_event = st.fixed_dictionaries({
+    "subject": stamp_subjects, "id": stamp_ids, "created_at": stamp_times,
+    "response_subject": st.sampled_from([b"", b"_bus_.d4o7ehksdud4d8c68bg0", b"a.*"]),
+    "key": st.sampled_from([b"", b"k1", b"k\\u00e9"]),
+    "payload": st.sampled_from([None, b"1", b'{"a": [1, 2]}']),
+})
+
+
+def _stamp_body(items, is_batch):
+    def one(item):
+        parts = [b'"subject":"%s"' % item["subject"]]
+        for name in ("id", "created_at", "response_subject", "key"):
+            if item[name]:
+                parts.append(b'"%s":"%s"' % (name.encode(), item[name]))
+        if item["payload"] is not None:
+            parts.append(b'"payload":' + item["payload"])
+        return b"{" + b",".join(parts) + b"}"
+    objects = [one(item) for item in items]
+    return b"[" + b",".join(objects) + b"]" if is_batch else objects[0]
+
+
+@FAST
+@given(st.lists(stamp_event, min_size=1, max_size=4), st.booleans())
+def test_stamp_events_matches_oracle(items, is_batch):
+    body = _stamp_body(items if is_batch else items[:1], is_batch)
+    scanned_batch, events = core.scan_body(body)
+    got = outcome(core.stamp_events, events, scanned_batch)
+    if got[0] == "ok":  # replay the assigned ids and times through the oracle
+        namespace, ids, stamps, records, keyed = got[1]
+        fresh_ids = iter([i for i, ev in zip(ids, events) if not ev.id])
+        fresh_times = iter([t for t, ev in zip(stamps, events)
+                            if ev.created_at in (b"", oracle.ZERO_TIME)])
+        want = outcome(oracle.stamp_events, events, scanned_batch,
+                       lambda: next(fresh_ids), lambda: next(fresh_times))
+        assert want == got
+        for event_id in ids:
+            assert event_id.startswith(b"e_") and core.is_xid(event_id[2:])
+    else:
+        want = outcome(oracle.stamp_events, events, scanned_batch,
+                       lambda: b"e_" + core.new_xid(), core.now_rfc3339)
+        assert want == got
