@@ -1,0 +1,90 @@
+"""Python cost of one publish request, no sockets: busd's whole path vs the ceiling's protocol.
+
+Feeds the same Go-SDK-shaped POST to 32 in-memory connections (a fake transport counts
+the responses) and reports µs per request for busd (HttpConnection → Api → Broker → group
+commit into a real log in a temp dir → answer) and for perf/ceiling.py's protocol, in the
+same process. What it leaves out — syscalls, the event loop's polling — costs both alike.
+
+    python perf/micro_publish.py [--requests-per-conn 2000] [--batch 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ceiling  # noqa: E402
+from busd.config import load_config  # noqa: E402
+from busd.server import Server  # noqa: E402
+
+EVENT = {"id": "", "subject": "bench.created", "created_at": "0001-01-01T00:00:00Z",
+         "payload": {"order": 12345, "customer": "c-42", "total": 99.5}}
+
+
+class CountingTransport:
+    """Just enough of a transport for a protocol to write responses into."""
+
+    def __init__(self) -> None:
+        self.responses = 0
+
+    def write(self, data: bytes) -> None:
+        self.responses += 1
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def close(self) -> None: ...
+
+
+async def drive(protocols: list, request: bytes, rounds: int) -> float:
+    transports = []
+    for protocol in protocols:
+        transport = CountingTransport()
+        protocol.connection_made(transport)
+        transports.append(transport)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        for protocol in protocols:
+            protocol.data_received(request)
+        await asyncio.sleep(0)  # one loop iteration: busd's group commit runs here
+    await asyncio.sleep(0)
+    elapsed = time.perf_counter() - started
+    answered = sum(t.responses for t in transports)
+    assert answered == rounds * len(protocols), f"only {answered} responses"
+    return elapsed / answered * 1e6
+
+
+async def main(args: argparse.Namespace) -> None:
+    body = json.dumps([EVENT] * args.batch if args.batch else EVENT,
+                      separators=(",", ":")).encode()
+    request = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+    with tempfile.TemporaryDirectory() as data:
+        config = load_config({"--namespaces": "bench", "--path": data,
+                              "--addr": "127.0.0.1:0"}, {})
+        server = Server(config)
+        server.store.open()
+        busd_us = await drive([server._new_connection() for _ in range(32)], request,
+                              args.requests_per_conn)
+        server.store.close()
+    ceiling_us = await drive([ceiling.CeilingProtocol() for _ in range(32)], request,
+                             args.requests_per_conn)
+    per = f"request of {args.batch} events" if args.batch else "request"
+    print(f"busd     {busd_us:6.2f} µs per {per}")
+    print(f"ceiling  {ceiling_us:6.2f} µs per {per}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests-per-conn", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=0, help="events per request (0 = single)")
+    uvloop.run(main(parser.parse_args()))
