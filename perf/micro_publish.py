@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ceiling  # noqa: E402
+
 from busd.config import load_config  # noqa: E402
 from busd.server import Server  # noqa: E402
 

@@ -34,7 +34,7 @@ class BusServer:
         self.proc: subprocess.Popen | None = None
         self.stderr_path = self.path.parent / f"server-{self.port}.log"
 
-    def start(self, timeout: float = 15.0) -> "BusServer":
+    def start(self, timeout: float = 15.0) -> BusServer:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
         env.update(self.env)
         cmd = [sys.executable, "-m", "busd", "server", "--addr", f"127.0.0.1:{self.port}",
@@ -70,7 +70,7 @@ class BusServer:
         self.proc.wait(timeout=10)
         self._stderr.close()
 
-    def restart(self) -> "BusServer":
+    def restart(self) -> BusServer:
         self.stop()
         return self.start()
 
@@ -137,7 +137,7 @@ class Http:
         self.file.close()
         self.sock.close()
 
-    def __enter__(self) -> "Http":
+    def __enter__(self) -> Http:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -239,7 +239,7 @@ class SSE:
         """True if no `msg` event arrives within `wait` seconds."""
         try:
             self.events(1, timeout=wait)
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return True
         return False
 
@@ -247,7 +247,7 @@ class SSE:
         self.file.close()
         self.sock.close()
 
-    def __enter__(self) -> "SSE":
+    def __enter__(self) -> SSE:
         return self
 
     def __exit__(self, *exc) -> None:

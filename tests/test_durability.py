@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from busclient import SSE, Http, publish, request
 
 
@@ -149,7 +148,7 @@ def test_retention_by_bytes_moves_oldest_and_says_history_truncated(make_server)
 
 def test_segment_files_are_named_by_first_index(make_server):
     server = make_server("app", "--segment-size", "4KiB")
-    for n in range(10):
+    for _ in range(10):
         request(server.port, "POST", "/", [{"subject": "app.s", "payload": "y" * 100}] * 10)
     names = sorted(p.name for p in (server.path / "app").glob("*.seg"))
     assert len(names) > 2 and names[0] == "00000000000000000000.seg"

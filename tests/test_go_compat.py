@@ -13,7 +13,6 @@ import socket
 from pathlib import Path
 
 import pytest
-
 from busclient import SSE, read_response
 
 TRANSCRIPT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "go-sdk-wire.json"
@@ -36,7 +35,7 @@ def test_go_sdk_transcript_replay(make_server):
     expected_records = 0
 
     def learn(go_data: bytes, ours: list[bytes]) -> None:
-        for go_id, our_id in zip(dict.fromkeys(IDS.findall(go_data)), ours):
+        for go_id, our_id in zip(dict.fromkeys(IDS.findall(go_data)), ours, strict=False):
             swap.setdefault(go_id, our_id)
 
     for entry in entries:
@@ -73,7 +72,7 @@ def test_go_sdk_transcript_replay(make_server):
                 if not go_records:
                     continue
                 ours = streams[conn].events(len(go_records), timeout=5)
-                for go_record, our_record in zip(go_records, ours):
+                for go_record, our_record in zip(go_records, ours, strict=True):
                     for field in RECORD_FIELDS:
                         assert go_record.get(field) == our_record.get(field), field
                     assert set(go_record) == set(our_record)

@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-
 from busclient import SSE, Http, build_request, publish, read_response, request
 
 CORS = {
@@ -201,8 +200,8 @@ def test_chunked_body_and_expect_continue(server):
     with Http(server.port) as http:
         http.send(chunked)
         assert read_response(http.file).status == 202
-        http.send(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n"
-                  % len(body))
+        http.send(b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body))
         assert http.file.readline().startswith(b"HTTP/1.1 100")
         http.file.readline()
         http.send(body)

@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-
 from busclient import SSE, ack, publish, request
 
 
@@ -105,8 +104,9 @@ def test_history_to_live_seam_has_no_gap_and_no_duplicate(server):
     stop = threading.Event()
 
     def publisher() -> None:
-        from busclient import Http
         import json
+
+        from busclient import Http
         with Http(server.port) as http:
             for n in range(total):
                 body = json.dumps({"subject": "app.seam", "payload": n}).encode()
