@@ -1145,13 +1145,12 @@ def _xid_encode_raw(bytes raw not None):
     return out
 
 
-def new_xid():
-    """A new 20-char xid (rs/xid layout and encoding)."""
+cdef void _new_xid_into(char* out) noexcept:
+    """Write a new 20-char xid (rs/xid layout and encoding) at out."""
     global _counter
     cdef unsigned char raw[12]
     cdef timespec ts
     cdef uint32_t secs, c
-    cdef bytes out
     clock_gettime(CLOCK_REALTIME, &ts)
     secs = <uint32_t>ts.tv_sec
     _counter += 1
@@ -1168,8 +1167,23 @@ def new_xid():
     raw[9] = (c >> 16) & 0xFF
     raw[10] = (c >> 8) & 0xFF
     raw[11] = c & 0xFF
-    out = PyBytes_FromStringAndSize(NULL, 20)
-    _xid_encode(raw, PyBytes_AS_STRING(out))
+    _xid_encode(raw, out)
+
+
+def new_xid():
+    """A new 20-char xid (rs/xid layout and encoding)."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 20)
+    _new_xid_into(PyBytes_AS_STRING(out))
+    return out
+
+
+cdef bytes _new_event_id():
+    """b"e_" + a new xid, built in place."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, 22)
+    cdef char* o = PyBytes_AS_STRING(out)
+    o[0] = c'e'
+    o[1] = c'_'
+    _new_xid_into(o + 2)
     return out
 
 
@@ -1396,10 +1410,10 @@ cdef bytes ZERO_TIME = b"0001-01-01T00:00:00Z"
 cdef bytes INBOX_NS = b"_bus_"
 
 
-cdef bytes _namespace_of(bytes subject):
+cdef inline Py_ssize_t _namespace_len(bytes subject) noexcept:
+    """Length of a validated subject's first segment."""
     cdef const char* p = PyBytes_AS_STRING(subject)
-    cdef const char* dot = <const char*>memchr(p, c'.', <size_t>PyBytes_GET_SIZE(subject))
-    return PyBytes_FromStringAndSize(p, dot - p)
+    return <const char*>memchr(p, c'.', <size_t>PyBytes_GET_SIZE(subject)) - p
 
 
 cdef tuple _identity(ParsedEvent ev):
@@ -1411,7 +1425,7 @@ cdef tuple _identity(ParsedEvent ev):
             raise ValueError(f"invalid id '{_show(event_id)}': expected e_ followed by a "
                              "20-character xid")
     else:
-        event_id = b"e_" + new_xid()
+        event_id = _new_event_id()
     if PyBytes_GET_SIZE(created_at) == 0 or created_at == ZERO_TIME:
         created_at = now_rfc3339()
     else:
@@ -1434,17 +1448,20 @@ def stamp_events(list events not None, bint is_batch):
     """
     cdef Py_ssize_t i, n = PyList_GET_SIZE(events)
     cdef ParsedEvent ev
-    cdef bytes namespace = None, ns
+    cdef bytes namespace = None
+    cdef Py_ssize_t ns_len = 0, m
     cdef list ids = [], stamps = [], records = [], keyed = []
     for i in range(n):
         ev = <ParsedEvent>PyList_GET_ITEM(events, i)
         validate_subject(ev.subject)
-        ns = _namespace_of(ev.subject)
+        m = _namespace_len(ev.subject)
         if namespace is None:
-            namespace = ns
-        elif ns != namespace:
+            namespace = ev.subject[:m]
+            ns_len = m
+        elif m != ns_len or memcmp(PyBytes_AS_STRING(ev.subject), PyBytes_AS_STRING(namespace),
+                                   <size_t>m) != 0:
             raise ValueError(f"a batch must stay in one namespace: found '{_show(namespace)}' "
-                             f"and '{_show(ns)}'")
+                             f"and '{_show(ev.subject[:m])}'")
         if PyBytes_GET_SIZE(ev.response_subject):
             if is_batch:
                 raise ValueError("events in a batch cannot have a response_subject")
