@@ -1,0 +1,105 @@
+"""What the SDK hands back: `Event` (a delivered event), `PutResult`, `BatchResult`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from busd.client._async import AsyncSubscription
+    from busd.client._sync import Subscription
+
+
+def parse_time(text: str) -> datetime:
+    """RFC 3339 (nanoseconds, `Z`) -> timezone-aware datetime (microsecond precision)."""
+    return datetime.fromisoformat(text)
+
+
+class PutResult:
+    """The answer to a publish: the stored event's `id`, `index` (-1 for inbox subjects)
+    and `created_at`; with `request_reply=True`, the reply's decoded `payload`."""
+
+    __slots__ = ("id", "index", "_created_at", "payload", "reply")
+
+    def __init__(self, event_id: str, index: int, created_at: str) -> None:
+        self.id = event_id
+        self.index = index
+        self._created_at = created_at
+        self.payload: Any = None
+        self.reply: Event | None = None
+
+    @property
+    def created_at(self) -> datetime:
+        return parse_time(self._created_at)
+
+    def __repr__(self) -> str:
+        return f"PutResult(id={self.id!r}, index={self.index}, created_at={self._created_at!r})"
+
+
+class BatchResult:
+    """The answer to a batch publish: how many events, the first one's index, and all ids."""
+
+    __slots__ = ("count", "first_index", "ids")
+
+    def __init__(self, count: int, first_index: int, ids: list[str]) -> None:
+        self.count = count
+        self.first_index = first_index
+        self.ids = ids
+
+    def __repr__(self) -> str:
+        return f"BatchResult(count={self.count}, first_index={self.first_index})"
+
+
+class Event:
+    """An event delivered by a subscription.
+
+    `payload` is the decoded JSON payload (None when the event has none), `created_at` a
+    timezone-aware datetime, `consumer_id` the server-side consumer that delivered it.
+    `ack()` acknowledges it (with `ack="manual"`) and, if it carries a `response_subject`
+    (a request, or a publish waiting for confirmations), sends the reply: `ack(data)`
+    replies with `data`, `ack()` with an empty confirmation.
+    """
+
+    __slots__ = ("id", "subject", "payload", "trace_id", "key", "response_subject",
+                 "_created_at", "consumer_id", "_sub")
+
+    def __init__(self, record: dict, consumer_id: str, sub: Any) -> None:
+        self.id: str = record["id"]
+        self.subject: str = record["subject"]
+        self.payload: Any = record.get("payload")
+        self.trace_id: str | None = record.get("trace_id")
+        self.key: str | None = record.get("key")
+        self.response_subject: str | None = record.get("response_subject")
+        self._created_at: str = record.get("created_at", "")
+        self.consumer_id = consumer_id
+        self._sub = sub
+
+    @classmethod
+    def decode(cls, data: bytes, consumer_id: str, sub: Any) -> Event:
+        return cls(orjson.loads(data), consumer_id, sub)
+
+    @property
+    def created_at(self) -> datetime:
+        return parse_time(self._created_at)
+
+    def ack(self, data: Any = None) -> None:
+        """Acknowledge; reply with `data` if this event asks for a reply."""
+        sub: Subscription = self._sub
+        sub._ack(self, data)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(id={self.id!r}, subject={self.subject!r}, "
+                f"payload={self.payload!r})")
+
+
+class AsyncEvent(Event):
+    """An `Event` from an `AsyncClient` subscription: `await ev.ack(...)`."""
+
+    __slots__ = ()
+
+    async def ack(self, data: Any = None) -> None:  # type: ignore[override]
+        """Acknowledge; reply with `data` if this event asks for a reply."""
+        sub: AsyncSubscription = self._sub
+        await sub._ack(self, data)

@@ -1,0 +1,84 @@
+"""The HTTP/1.1 the SDK speaks: request bytes out, httptools-parsed responses in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httptools
+
+from busd import __version__
+
+USER_AGENT = f"busd-python/{__version__}".encode()
+
+
+class Requests:
+    """Request bytes for one server: the fixed parts are built once per client."""
+
+    __slots__ = ("_post", "_tail")
+
+    def __init__(self, host_header: str) -> None:
+        self._tail = b" HTTP/1.1\r\nHost: " + host_header.encode("idna") + \
+            b"\r\nUser-Agent: " + USER_AGENT + b"\r\n"
+        self._post = b"POST /" + self._tail + \
+            b"Content-Type: application/json\r\nContent-Length: "
+
+    def post(self, body: bytes) -> bytes:
+        return b"%s%d\r\n\r\n%s" % (self._post, len(body), body)
+
+    def put(self, target: str) -> bytes:
+        return b"PUT " + target.encode() + self._tail + b"Content-Length: 0\r\n\r\n"
+
+    def get_stream(self, target: str, last_event_id: str | None) -> bytes:
+        extra = b"Last-Event-ID: " + last_event_id.encode() + b"\r\n" if last_event_id else b""
+        return (b"GET " + target.encode() + self._tail +
+                b"Accept: text/event-stream\r\nCache-Control: no-cache\r\n" + extra + b"\r\n")
+
+
+class Response:
+    """One response as httptools parses it. Without a `sink` the body is collected in
+    `body`; with one (an SSE stream) each piece of the de-chunked body goes to it."""
+
+    __slots__ = ("parser", "status", "headers", "_body", "sink", "head_done", "complete",
+                 "keep_alive")
+
+    def __init__(self, sink: Callable[[bytes], None] | None = None) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.status = 0
+        self.headers: dict[bytes, bytes] = {}
+        self._body: list[bytes] = []
+        self.sink = sink
+        self.head_done = False
+        self.complete = False
+        self.keep_alive = False  # may the connection carry another request after this one
+
+    def feed(self, data: bytes) -> None:
+        """Parse received bytes; ValueError if they are not HTTP."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise ValueError(f"malformed HTTP response from the server: {exc}") from None
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None and 200 <= self.status < 300:
+            self.sink(body)
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.keep_alive = self.parser.should_keep_alive()  # (httptools forgets it afterwards)
+        self.complete = True
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self._body)
+
+    def header(self, name: bytes) -> str:
+        return self.headers.get(name, b"").decode("latin-1")

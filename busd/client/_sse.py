@@ -1,0 +1,178 @@
+"""Reading a subscription: the SSE decoder, and where to resume after a dropped connection."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+
+from busd.client._events import Event
+from busd.client.errors import BusConnectionError, BusError, SubscriptionError
+
+# A message as the decoder hands it on: (event type, id or None, data).
+Message = tuple[bytes, "bytes | None", bytes]
+
+_MSG_HEAD = b"\nevent: msg\ndata: "
+_RECENT_ACKS = 4096
+
+
+class SSEDecoder:
+    """Incremental Server-Sent-Events decoder: `feed` de-chunked body bytes in any pieces,
+    complete messages collect in `messages`. Comments (`: ping`) and `retry:` are dropped."""
+
+    __slots__ = ("_buf", "messages")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self.messages: deque[Message] = deque()
+
+    def feed(self, data: bytes) -> None:
+        buf = self._buf + data if self._buf else data
+        if b"\r" in data:
+            buf = buf.replace(b"\r\n", b"\n")
+        blocks = buf.split(b"\n\n")
+        self._buf = blocks.pop()
+        out = self.messages
+        for block in blocks:
+            # fast path: busd's and Bus's framing of a stored record, on one data line
+            if block[:6] == b"id: e_" and block[26:44] == _MSG_HEAD and b"\n" not in block[44:]:
+                out.append((b"msg", block[4:26], block[44:]))
+            elif block:
+                message = _parse_block(block)
+                if message is not None:
+                    out.append(message)
+
+
+def _parse_block(block: bytes) -> Message | None:
+    event, event_id, data = b"message", None, []
+    for line in block.split(b"\n"):
+        if not line or line[:1] == b":":
+            continue
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            data.append(value)
+        elif name == b"event":
+            event = value
+        elif name == b"id":
+            event_id = value
+    if not data and event_id is None:
+        return None  # e.g. a lone `retry:` field
+    return event, event_id, b"\n".join(data)
+
+
+class Resume:
+    """Where a subscription picks up after a reconnect, and which deliveries to hide.
+
+    With `ack="none"` that is simply the last event handed to the caller. With
+    `ack="manual"` it is the last event of the longest delivered prefix that the caller
+    acked (or the server gave up redelivering), so an unacked event comes back after a
+    reconnect; events the caller acked out of order, or acked just before the server
+    redelivered them, are not handed out again (the SDK re-acks them itself).
+    """
+
+    def __init__(self, manual: bool, redelivery_count: int | None) -> None:
+        self.manual = manual
+        self.last_id: str | None = None
+        # server default is 3 deliveries; <= 0 means unlimited
+        self._limit = 3 if redelivery_count is None else redelivery_count
+        self._pending: dict[str, list] = {}  # in delivery order: id -> [deliveries, acked]
+        self._acked: dict[str, None] = {}    # recently acked ids (bounded), to hide redeliveries
+        self._lock = threading.Lock()
+
+    def delivered(self, event_id: str) -> bool:
+        """Note a delivery; False if the caller already acked this event (hide it)."""
+        if not self.manual:
+            self.last_id = event_id
+            return True
+        with self._lock:
+            if event_id in self._acked:
+                return False
+            state = self._pending.get(event_id)
+            if state is None:
+                state = self._pending[event_id] = [0, False]
+            state[0] += 1
+            if 0 < self._limit <= state[0]:
+                self._advance()
+            return True
+
+    def acked(self, event_id: str) -> None:
+        if not self.manual:
+            return
+        with self._lock:
+            self._acked[event_id] = None
+            if len(self._acked) > _RECENT_ACKS:
+                del self._acked[next(iter(self._acked))]
+            if event_id in self._pending:
+                self._pending[event_id][1] = True
+                self._advance()
+
+    def reconnecting(self) -> str | None:
+        """The id to resume after (`Last-Event-ID`); the new consumer redelivers everything
+        after it, so the delivery counts start again."""
+        with self._lock:
+            self._pending.clear()
+            return self.last_id
+
+    def _advance(self) -> None:
+        pending, limit = self._pending, self._limit
+        while pending:
+            event_id, (count, acked) = next(iter(pending.items()))
+            if not (acked or 0 < limit <= count):
+                break
+            del pending[event_id]
+            self.last_id = event_id
+
+
+class SubscriptionState:
+    """The I/O-free half of a subscription, shared by `Client` and `AsyncClient`: the
+    request target, the resume point, and turning SSE messages into events."""
+
+    def __init__(self, target: str, manual: bool, redelivery_count: int | None,
+                 reconnect: bool, reconnect_timeout: float | None,
+                 heartbeat_timeout: float | None) -> None:
+        self.target = target
+        self.manual = manual
+        self.resume = Resume(manual, redelivery_count)
+        self.reconnect = reconnect
+        self.reconnect_timeout = reconnect_timeout
+        self.heartbeat_timeout = heartbeat_timeout
+        self.consumer_id: str | None = None
+
+    def take(self, message: Message, event_cls: type[Event],
+             sub: object) -> tuple[Event | None, bool]:
+        """(event, visible) for a message: a `msg` becomes an event, visible unless the caller
+        already acked it (then it only needs acking on the current consumer); an `error`
+        raises SubscriptionError; anything else is (None, False)."""
+        kind, _, data = message
+        if kind == b"msg":
+            event = event_cls.decode(data, self.consumer_id or "", sub)
+            return event, self.resume.delivered(event.id)
+        if kind == b"error":
+            raise SubscriptionError(data.decode("utf-8", "replace") or "subscription ended")
+        if kind == b"consumer" and data:
+            self.consumer_id = data.decode()
+        return None, False
+
+
+class Backoff:
+    """Reconnect delays: 50 ms doubling to `ceiling` (the server's `retry: 2000`), and the
+    deadline after which a subscription gives up (None: never)."""
+
+    def __init__(self, give_up_after: float | None, ceiling: float = 2.0) -> None:
+        self.delay = 0.05
+        self.ceiling = ceiling
+        self.deadline = None if give_up_after is None else time.monotonic() + give_up_after
+
+    def next_delay(self, error: BaseException) -> float:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise BusConnectionError(f"gave up reconnecting the subscription: {error}") from error
+        delay, self.delay = self.delay, min(self.delay * 2, self.ceiling)
+        return delay
+
+
+def retryable(error: BusError) -> bool:
+    """Whether a failed (re)connect is worth another try: no answer, or a 5xx — not a 4xx,
+    which means the request itself is wrong (it will not get better)."""
+    return error.status is None or error.status >= 500

@@ -1,0 +1,168 @@
+"""The bus protocol on top of HTTP: event bodies (the Go SDK's data rules), queries,
+durations going out; results and errors coming back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import orjson
+
+from busd._core import new_xid
+from busd.client._events import BatchResult, PutResult
+from busd.client._http import Response
+from busd.client.errors import error_for
+from busd.config import parse_duration
+
+INBOX_PREFIX = "_bus_."
+_BATCH_FIELDS = frozenset(("subject", "data", "key", "trace_id"))
+
+
+def encode_data(data: Any) -> bytes | None:
+    """The JSON bytes of a payload, by the Go SDK's rules: bytes and str that are valid JSON
+    go as they are, other str (and other bytes, as UTF-8 text) become JSON strings, any
+    other value is JSON-encoded. None means no payload at all."""
+    if data is None:
+        return None
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+        try:
+            orjson.loads(raw)
+            return raw
+        except orjson.JSONDecodeError:
+            return orjson.dumps(raw.decode("utf-8"))
+    if isinstance(data, str):
+        try:
+            orjson.loads(data)
+            return data.encode()
+        except orjson.JSONDecodeError:
+            return orjson.dumps(data)
+    return orjson.dumps(data)
+
+
+def event_object(subject: str, data: Any = None, key: str | None = None,
+                 trace_id: str | None = None, response_subject: str | None = None) -> dict:
+    """One event as the dict that `orjson.dumps` turns into a publish body."""
+    if not isinstance(subject, str) or not subject:
+        raise ValueError("subject must be a non-empty string")
+    event: dict[str, Any] = {"subject": subject}
+    if key:
+        event["key"] = key
+    if trace_id:
+        event["trace_id"] = trace_id
+    if response_subject:
+        event["response_subject"] = response_subject
+    payload = encode_data(data)
+    if payload is not None:
+        event["payload"] = orjson.Fragment(payload)
+    return event
+
+
+def encode_event(subject: str, data: Any = None, key: str | None = None,
+                 trace_id: str | None = None, response_subject: str | None = None) -> bytes:
+    return orjson.dumps(event_object(subject, data, key, trace_id, response_subject))
+
+
+def encode_batch(items: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
+    """A batch body from dicts with `subject`, `data` and optional `key`, `trace_id`."""
+    events = []
+    for item in items:
+        unknown = set(item) - _BATCH_FIELDS
+        if unknown:
+            raise TypeError(f"unknown batch item field(s) {sorted(unknown)}; "
+                            f"use {sorted(_BATCH_FIELDS)}")
+        if "subject" not in item:
+            raise ValueError("every batch item needs a subject")
+        events.append(event_object(item["subject"], item.get("data"), item.get("key"),
+                                   item.get("trace_id")))
+    if not events:
+        raise ValueError("a batch needs at least one event")
+    return orjson.dumps(events), len(events)
+
+
+def new_inbox() -> str:
+    """A fresh inbox subject `_bus_.<xid>` for replies and confirmations."""
+    return INBOX_PREFIX + new_xid().decode()
+
+
+def seconds(value: float | int | timedelta | str) -> float:
+    """A duration given as seconds, a timedelta or a Go duration string (`500ms`, `1m30s`)."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, str):
+        return parse_duration(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"a duration must be seconds, a timedelta or a Go duration string, "
+                    f"not {type(value).__name__}")
+
+
+def go_duration(value: float | int | timedelta | str) -> str:
+    """A duration as Go's time.ParseDuration reads it (whole milliseconds)."""
+    secs = seconds(value)
+    if secs < 0:
+        raise ValueError("a duration must not be negative")
+    return f"{round(secs * 1000)}ms"
+
+
+def subscribe_target(subject: str, start: str = "newest", ack: str = "none",
+                     redelivery: float | int | timedelta | str | None = None,
+                     redelivery_count: int | None = None,
+                     max_inflight: int | None = None) -> str:
+    """The request target of `GET /?subject=…` (start is sent only on the first connect;
+    reconnects send `Last-Event-ID`, which the server lets override it)."""
+    if ack not in ("none", "manual"):
+        raise ValueError(f"ack must be 'none' or 'manual', not {ack!r}")
+    if not (start in ("oldest", "newest") or start.startswith("e_")):
+        raise ValueError(f"start must be 'oldest', 'newest' or an event id e_…, not {start!r}")
+    target = f"/?subject={quote(subject, safe='')}&start={quote(start, safe='')}&ack={ack}"
+    if redelivery is not None:
+        target += f"&redelivery={go_duration(redelivery)}"
+    if redelivery_count is not None:
+        target += f"&redelivery_count={int(redelivery_count)}"
+    if max_inflight is not None:
+        target += f"&max_inflight={int(max_inflight)}"
+    return target
+
+
+def ack_target(consumer_id: str, event_id: str) -> str:
+    return f"/?consumer_id={quote(consumer_id, safe='')}&event_id={quote(event_id, safe='')}"
+
+
+def split_url(url: str) -> tuple[str, int, str]:
+    """(host, port, Host header) of an `http://host[:port]` base URL."""
+    parts = urlsplit(url if "://" in url else "http://" + url)
+    if parts.scheme != "http":
+        raise ValueError(f"only http:// URLs are supported, not {url!r}")
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"the URL must be the server's root (http://host:port), not {url!r}")
+    host = parts.hostname or "localhost"
+    port = parts.port or 80
+    return host, port, parts.netloc or host
+
+
+def put_result(resp: Response) -> PutResult:
+    """The `PutResult` of a `202` to a single publish, or the server's error raised."""
+    if resp.status != 202:
+        raise error_for(resp.status, resp.body)
+    index = resp.header(b"x-bus-event-index")
+    return PutResult(resp.header(b"x-bus-event-id"), int(index) if index else -1,
+                     resp.header(b"x-bus-event-created-at"))
+
+
+def batch_result(resp: Response, count: int) -> BatchResult:
+    """The `BatchResult` of a `202` to a batch (Bus, in Go, answers with no body)."""
+    if resp.status != 202:
+        raise error_for(resp.status, resp.body)
+    body = resp.body
+    if not body:
+        return BatchResult(count, -1, [])
+    answer = orjson.loads(body)
+    return BatchResult(answer["count"], answer["first_index"], answer["ids"])
+
+
+def ack_result(resp: Response) -> None:
+    if resp.status != 202:
+        raise error_for(resp.status, resp.body)

@@ -1,0 +1,73 @@
+"""The SDK's exceptions: one per kind of failure, each carrying what the server said."""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Base of every error the SDK raises on purpose.
+
+    `status` is the HTTP status the server answered (None when no answer came), and
+    `reason` the server's one-line explanation (or what went wrong on the client side).
+    """
+
+    status: int | None
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(f"{status}: {reason}" if status is not None else reason)
+        self.reason = reason
+        self.status = status
+
+
+class BadRequestError(BusError):
+    """400: the server refused the request (bad JSON, subject, parameter, namespace...)."""
+
+
+class NotFoundError(BusError):
+    """404: no such endpoint (the URL does not point at a bus server's root)."""
+
+
+class ConflictError(BusError):
+    """409: an event with this `key` was already published on this subject."""
+
+
+class PayloadTooLargeError(BusError):
+    """413: the event is larger than the server's --max-event-size."""
+
+
+class ServerError(BusError):
+    """5xx: the server could not do what was asked."""
+
+
+class StorageError(ServerError):
+    """507 (or 500 on the publish path): the server could not write its log (disk full...)."""
+
+
+class BusConnectionError(BusError, ConnectionError):
+    """The server could not be reached, or the connection broke before an answer came."""
+
+
+class BusTimeoutError(BusError, TimeoutError):
+    """No answer (or not enough replies/confirmations) within the timeout."""
+
+
+class SubscriptionError(BusError):
+    """The server ended a subscription with an `error` event (e.g. start id not found,
+    history truncated by retention); the reason is the server's."""
+
+
+_BY_STATUS: dict[int, type[BusError]] = {
+    400: BadRequestError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    507: StorageError,
+}
+
+
+def error_for(status: int, body: bytes) -> BusError:
+    """The exception for a non-success answer: its class by status, the body as reason."""
+    reason = body.decode("utf-8", "replace").strip() or f"HTTP {status}"
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        cls = ServerError if status >= 500 else BusError
+    return cls(reason, status)

@@ -1,0 +1,138 @@
+"""The SDK's I/O-free parts: payload rules, durations, SSE decoding, resume bookkeeping,
+error mapping. (Everything that talks to a server is in the other test_sdk_* files.)"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import orjson
+import pytest
+
+from busd import (
+    BadRequestError,
+    BusError,
+    ConflictError,
+    PayloadTooLargeError,
+    ServerError,
+    StorageError,
+)
+from busd.client._sse import Resume, SSEDecoder
+from busd.client._wire import encode_batch, encode_data, encode_event, go_duration, split_url
+from busd.client.errors import error_for
+
+
+@pytest.mark.parametrize("data, wire", [
+    ({"user_id": "123"}, b'{"user_id":"123"}'),
+    ("important", b'"important"'),               # not JSON: a JSON string
+    ('{"a": 1}', b'{"a": 1}'),                   # valid JSON text: as it is, byte for byte
+    ("123", b"123"),                             # the Go SDK's rule, literally
+    (b'[1, 2]', b'[1, 2]'),
+    (b"plain bytes", b'"plain bytes"'),
+    (42, b"42"),
+    ([1, "x"], b'[1,"x"]'),
+    (True, b"true"),
+    (None, None),                                # no payload at all
+])
+def test_payload_rules_follow_the_go_sdk(data, wire):
+    assert encode_data(data) == wire
+
+
+def test_event_body_omits_empty_fields_and_never_reencodes_the_payload():
+    body = encode_event("app.x", '{"b":2, "a":1}', key="k", trace_id="t",
+                        response_subject="_bus_.x")
+    assert body == (b'{"subject":"app.x","key":"k","trace_id":"t",'
+                    b'"response_subject":"_bus_.x","payload":{"b":2, "a":1}}')
+    assert encode_event("app.x") == b'{"subject":"app.x"}'  # a confirmation: no payload
+
+
+def test_batch_body_and_item_checks():
+    body, n = encode_batch([{"subject": "app.b", "data": {"id": 1}},
+                            {"subject": "app.b", "data": 2, "key": "o-2"}])
+    assert n == 2
+    assert orjson.loads(body) == [{"subject": "app.b", "payload": {"id": 1}},
+                                  {"subject": "app.b", "key": "o-2", "payload": 2}]
+    with pytest.raises(TypeError, match="payload"):
+        encode_batch([{"subject": "app.b", "payload": 1}])
+    with pytest.raises(ValueError):
+        encode_batch([])
+
+
+@pytest.mark.parametrize("value, wire", [
+    (5, "5000ms"), (0.25, "250ms"), (timedelta(minutes=1, seconds=30), "90000ms"),
+    ("1m30s", "90000ms"), ("500ms", "500ms"),
+])
+def test_redelivery_accepts_seconds_timedelta_and_go_durations(value, wire):
+    assert go_duration(value) == wire
+
+
+def test_bad_durations_and_urls_are_refused():
+    with pytest.raises(ValueError):
+        go_duration("5 parsecs")
+    with pytest.raises(ValueError):
+        go_duration(-1)
+    with pytest.raises(ValueError):
+        split_url("https://example.org")
+    assert split_url("localhost:2021") == ("localhost", 2021, "localhost:2021")
+
+
+STREAM = (b"retry: 2000\n\nevent: consumer\ndata: c_dc4oe69ksdudh7j1p55g\n\n: ping\n\n"
+          b"id: e_dc4oe6hksdudh7j1p56g\nevent: msg\ndata: {\"id\":\"e_dc4oe6hksdudh7j1p56g\"}\n\n"
+          b"event: msg\ndata: {\"a\":\ndata: 1}\n\n"
+          b"event: error\ndata: event e_x not found\n\n")
+
+
+def test_sse_decoder_gives_the_same_messages_however_the_bytes_are_cut():
+    whole = SSEDecoder()
+    whole.feed(STREAM)
+    expected = list(whole.messages)
+    assert expected == [
+        (b"consumer", None, b"c_dc4oe69ksdudh7j1p55g"),
+        (b"msg", b"e_dc4oe6hksdudh7j1p56g", b'{"id":"e_dc4oe6hksdudh7j1p56g"}'),
+        (b"msg", None, b'{"a":\n1}'),
+        (b"error", None, b"event e_x not found"),
+    ]
+    for cut in range(1, len(STREAM)):
+        for stream in (STREAM, STREAM.replace(b"\n", b"\r\n")):
+            d = SSEDecoder()
+            d.feed(stream[:cut])
+            d.feed(stream[cut:])
+            assert list(d.messages) == expected, cut
+
+
+def test_resume_with_ack_none_is_the_last_event_handed_out():
+    r = Resume(manual=False, redelivery_count=None)
+    assert r.reconnecting() is None
+    assert r.delivered("e_1") and r.delivered("e_2")
+    assert r.reconnecting() == "e_2"
+
+
+def test_resume_with_manual_ack_is_the_end_of_the_acked_prefix():
+    r = Resume(manual=True, redelivery_count=None)
+    for event_id in ("e_1", "e_2", "e_3"):
+        assert r.delivered(event_id)
+    r.acked("e_1")
+    r.acked("e_3")                      # out of order
+    assert r.reconnecting() == "e_1"    # e_2 is not acked: it must come back
+    assert r.delivered("e_2")           # redelivered by the new consumer: shown
+    assert not r.delivered("e_3")       # acked before the reconnect: hidden
+    r.acked("e_2")
+    assert r.reconnecting() == "e_2"
+
+
+def test_resume_skips_an_event_the_server_gave_up_on():
+    r = Resume(manual=True, redelivery_count=2)
+    assert r.delivered("e_1") and r.delivered("e_1")   # 2 deliveries: the server skips it next
+    assert r.delivered("e_2")
+    r.acked("e_2")
+    assert r.reconnecting() == "e_2"
+
+
+@pytest.mark.parametrize("status, cls", [
+    (400, BadRequestError), (409, ConflictError), (413, PayloadTooLargeError),
+    (507, StorageError), (500, ServerError), (503, ServerError), (418, BusError),
+])
+def test_status_codes_map_to_error_classes_with_the_servers_reason(status, cls):
+    error = error_for(status, b"the reason\n")
+    assert type(error) is cls
+    assert error.status == status and error.reason == "the reason"
+    assert "the reason" in str(error)
