@@ -9,11 +9,12 @@ import orjson
 
 from busd import __version__
 from busd._core import Pattern, is_xid, new_xid, scan_body, validate_pattern
-from busd.broker import Broker, PublishError, Published
+from busd.auth import Auth, AuthError, Token
+from busd.broker import Broker, Published, PublishError
 from busd.config import INBOX_NAMESPACE, parse_duration
 from busd.consumer import AckPolicy, Consumer, InboxConsumer
-from busd.metrics import PROMETHEUS_TYPE, render_prometheus
 from busd.http import HttpConnection, Request, error_response, response, stream_head
+from busd.metrics import PROMETHEUS_TYPE, render_prometheus
 
 DEFAULT_REDELIVERY = 5.0
 DEFAULT_REDELIVERY_COUNT = 3
@@ -37,12 +38,13 @@ def _valid_id(value: str, prefix: str) -> bool:
 
 
 class Api:
-    """Routes one request: `POST /`, `GET /`, `PUT /`, `OPTIONS *`, `GET /healthz`, `GET /metrics`."""
+    """Routes one request: `POST /`, `GET /`, `PUT /`, `OPTIONS *`, `GET /healthz|/metrics`."""
 
-    def __init__(self, broker: Broker) -> None:
+    def __init__(self, broker: Broker, auth: Auth | None = None) -> None:
         self.broker = broker
         self.config = broker.config
         self.started = time.monotonic()
+        self.auth = auth  # None: open bus, and no auth work on any request
 
     def __call__(self, conn: HttpConnection, request: Request) -> None:
         method = request.method
@@ -52,12 +54,13 @@ class Api:
             if method == b"OPTIONS":
                 conn.reply(response(204, close=close), close)
             elif path == b"/":
+                token = None if self.auth is None else self._authenticate(request)
                 if method == b"POST":
-                    self.publish(conn, request)
+                    self.publish(conn, request, token)
                 elif method == b"GET":
-                    self.subscribe(conn, request)
+                    self.subscribe(conn, request, token)
                 elif method == b"PUT":
-                    self.ack(conn, request)
+                    self.ack(conn, request, token)
                 else:
                     conn.reply(error_response(405, f"method {method.decode()} is not allowed on /; "
                                                    "use GET, POST, PUT or OPTIONS", close), close)
@@ -72,9 +75,33 @@ class Api:
                                                f"{path.decode(errors='replace')}", close), close)
         except BadRequest as exc:
             conn.reply(error_response(400, str(exc), close), close)
+        except AuthError as exc:
+            conn.reply(self._refuse(exc, close), close)
+
+    # -- access control (only with --auth-file) ----------------------------------------------
+    def _authenticate(self, request: Request) -> Token:
+        """The request's token, from `Authorization: Bearer …` or `?token=…` (EventSource)."""
+        header = request.headers.get(b"authorization")
+        secret = None
+        if header is not None:
+            scheme, _, value = header.strip().partition(b" ")
+            if scheme.lower() != b"bearer":
+                raise AuthError(401, "unsupported Authorization scheme: use "
+                                     "'Authorization: Bearer <token>'")
+            secret = value.strip()
+        elif b"token=" in request.url:
+            secret = _query(request.url).get("token", "").encode()
+        return self.auth.authenticate(secret)
+
+    @staticmethod
+    def _refuse(exc: AuthError, close: bool) -> bytes:
+        body = exc.reason.encode() + b"\n"
+        headers = b'WWW-Authenticate: Bearer realm="busd"\r\n' if exc.status == 401 else b""
+        return response(exc.status, body, headers=headers, close=close)
 
     # -- POST / -----------------------------------------------------------------------------
-    def publish(self, conn: HttpConnection, request: Request) -> None:
+    def publish(self, conn: HttpConnection, request: Request,
+                   token: Token | None = None) -> None:
         body, close = request.body, not request.keep_alive
         try:
             is_batch, events = scan_body(body)
@@ -83,6 +110,11 @@ class Api:
                 raise BadRequest("empty body: send one JSON event object, or an array of "
                                  "them") from None
             raise BadRequest(str(exc)) from None
+        if token is not None:
+            for event in events:
+                if not token.may_publish(event.subject):
+                    raise AuthError(403, f"token {token.name!r} may not publish to "
+                                         f"{event.subject.decode(errors='replace')!r}")
         limit = self.config.max_event_size
         if len(body) > limit:
             if not is_batch:
@@ -117,7 +149,8 @@ class Api:
             conn.fulfil(slot, error_response(exc.status, exc.reason, close), close)
 
     # -- GET / --------------------------------------------------------------------------------
-    def subscribe(self, conn: HttpConnection, request: Request) -> None:
+    def subscribe(self, conn: HttpConnection, request: Request,
+                     token: Token | None = None) -> None:
         params = _query(request.url)
         subject = params.get("subject", "")
         if not subject:
@@ -128,6 +161,9 @@ class Api:
             validate_pattern(subject_bytes)
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
+        if token is not None and not token.may_subscribe(subject_bytes):
+            raise AuthError(403, f"token {token.name!r} may not subscribe to {subject!r}: "
+                                 "its subscribe patterns do not cover every subject it matches")
         namespace = subject.split(".", 1)[0]
         ack = self._ack_policy(params)
         consumer_id = b"c_" + new_xid()
@@ -137,6 +173,7 @@ class Api:
             if b"*" in subject_bytes or b">" in subject_bytes:
                 raise BadRequest("inbox (_bus_) subscriptions cannot use wildcards")
             inbox = InboxConsumer(broker, conn, consumer_id, subject_bytes)
+            inbox.owner = None if token is None else token.name
 
             def start_inbox() -> None:
                 broker.register(inbox)
@@ -149,6 +186,7 @@ class Api:
                              f"{', '.join(sorted(broker.namespaces))}")
         start = self._start(params, request)
         consumer = Consumer(broker, conn, consumer_id, Pattern(subject_bytes), namespace, ack)
+        consumer.owner = None if token is None else token.name
 
         def start_consumer() -> None:
             consumer.open(head)
@@ -194,13 +232,19 @@ class Api:
         return AckPolicy(redelivery or DEFAULT_REDELIVERY, count, inflight)
 
     # -- PUT / ----------------------------------------------------------------------------------
-    def ack(self, conn: HttpConnection, request: Request) -> None:
+    def ack(self, conn: HttpConnection, request: Request,
+               token: Token | None = None) -> None:
         params = _query(request.url)
         consumer_id, event_id = params.get("consumer_id", ""), params.get("event_id", "")
         if not _valid_id(consumer_id, "c_"):
             raise BadRequest(f"invalid or missing consumer_id {consumer_id!r}: expected c_<xid>")
         if not _valid_id(event_id, "e_"):
             raise BadRequest(f"invalid or missing event_id {event_id!r}: expected e_<xid>")
+        if token is not None:
+            consumer = self.broker.consumers.get(consumer_id.encode())
+            if consumer is not None and getattr(consumer, "owner", None) != token.name:
+                raise AuthError(403, f"token {token.name!r} may not ack for consumer "
+                                     f"{consumer_id}: only the token that subscribed may")
         self.broker.ack(consumer_id.encode(), event_id.encode())
         close = not request.keep_alive
         conn.reply(response(202, close=close), close)

@@ -98,6 +98,7 @@ class Config:
     idle_timeout: float = 120.0
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    auth_file: Path | None = None
 
 
 # option name → (environment variable, parser, Config field)
@@ -119,6 +120,9 @@ _OPTIONS: dict[str, tuple[str | None, object, str]] = {
     "--ping-interval": ("BUS_PING_INTERVAL", parse_duration, "ping_interval"),
     "--max-connections": ("BUS_MAX_CONNECTIONS", int, "max_connections"),
     "--idle-timeout": ("BUS_IDLE_TIMEOUT", parse_duration, "idle_timeout"),
+    "--header-timeout": ("BUS_HEADER_TIMEOUT", parse_duration, "header_timeout"),
+    "--body-timeout": ("BUS_BODY_TIMEOUT", parse_duration, "body_timeout"),
+    "--auth-file": ("BUS_AUTH_FILE", Path, "auth_file"),
 }
 
 
@@ -187,6 +191,9 @@ def load_config(flags: Mapping[str, object], env: Mapping[str, str]) -> Config:
         raise ConfigError("BUS_BLOCK_SIZE/--block-size: must be at least 64 bytes")
     if values.get("fsync_interval", 1.0) <= 0:  # type: ignore[operator]
         raise ConfigError("--fsync-interval: must be greater than zero")
+    for field in ("header_timeout", "body_timeout"):
+        if values.get(field, 1.0) <= 0:  # type: ignore[operator]
+            raise ConfigError(f"--{field.replace('_', '-')}: must be greater than zero")
     if values.get("retention_age") == 0:
         values["retention_age"] = None
     if values.get("retention_bytes") == 0:

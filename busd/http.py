@@ -11,8 +11,8 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from email.utils import formatdate
-from typing import Callable
 
 import httptools
 
@@ -21,7 +21,7 @@ log = logging.getLogger("busd.http")
 CORS_HEADERS = (
     b"Access-Control-Allow-Origin: *\r\n"
     b"Access-Control-Allow-Methods: GET, POST, PUT, OPTIONS\r\n"
-    b"Access-Control-Allow-Headers: Content-Type, Last-Event-ID, X-BUS-EVENT-ID, "
+    b"Access-Control-Allow-Headers: Content-Type, Authorization, Last-Event-ID, X-BUS-EVENT-ID, "
     b"X-BUS-EVENT-CREATED-AT, X-BUS-EVENT-INDEX, X-BUS-CONSUMER-ID\r\n"
     b"Access-Control-Expose-Headers: X-BUS-EVENT-ID, X-BUS-EVENT-CREATED-AT, "
     b"X-BUS-EVENT-INDEX, X-BUS-CONSUMER-ID\r\n"
@@ -134,8 +134,8 @@ _IDLE, _HEADERS, _BODY, _WAITING, _STREAM = range(5)
 class HttpConnection(asyncio.Protocol):
     """One client connection. Created by the server's protocol factory."""
 
-    def __init__(self, handler: Callable[["HttpConnection", Request], None], limits: Limits,
-                 connections: set["HttpConnection"]) -> None:
+    def __init__(self, handler: Callable[[HttpConnection, Request], None], limits: Limits,
+                 connections: set[HttpConnection]) -> None:
         self.handler = handler
         self.limits = limits
         self.connections = connections

@@ -13,6 +13,7 @@ import uvloop
 from busd import __version__
 from busd._core import sse_chunk
 from busd.api import Api
+from busd.auth import Auth
 from busd.broker import Broker
 from busd.config import Config
 from busd.http import HttpConnection, Limits, error_response
@@ -35,11 +36,12 @@ class Server:
         self.store = LocalStore(config.path, list(config.namespaces),
                                 segment_bytes=config.segment_bytes,
                                 retention_age=config.retention_age,
-                                retention_bytes=config.retention_bytes)
+                                retention_bytes=config.retention_bytes,
+                                secret_key=config.secret_key, block_size=config.block_size)
         self.broker = Broker(config, self.store, self.loop)
         self.connections: set[HttpConnection] = set()
         self.broker.metrics.connections = self.connections
-        self.api = Api(self.broker)
+        self.api = Api(self.broker, Auth(config.auth_file) if config.auth_file else None)
         self.limits = Limits(config.max_request_size, config.header_timeout,
                              config.body_timeout, config.idle_timeout)
         self.listener: asyncio.base_events.Server | None = None
@@ -75,6 +77,9 @@ class Server:
         watchdog = watchdog_interval()
         if watchdog:
             self._every(watchdog, lambda: notify("WATCHDOG=1"))
+        if self.api.auth is not None:
+            log.info("access control on auth_file=%s tokens=%d", self.api.auth.path,
+                     len(self.api.auth.tokens))
         notify("READY=1")
 
     def _every(self, seconds: float, duty) -> None:
@@ -101,6 +106,13 @@ class Server:
                     conn.write(PING)
             else:
                 conn.check_timeouts(now)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the auth file; connections and streams stay up."""
+        if self.api.auth is None:
+            log.info("SIGHUP: nothing to reload (no --auth-file)")
+        else:
+            self.api.auth.reload()
 
     def _sync_if_dirty(self) -> None:
         if self.store.dirty:
@@ -155,6 +167,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.stopping.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     await server.stopping.wait()
     await server.stop()
 
