@@ -7,6 +7,7 @@ DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False, "c
 extensions = [
     Extension("busd._core", ["busd/_core.pyx"]),
     Extension("busd._framing", ["busd/_framing.pyx"], libraries=["z"]),
+    Extension("busd._crypto", ["busd/_crypto.pyx"], libraries=["z"]),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES))

@@ -16,6 +16,9 @@ from cpython.ref cimport Py_INCREF, PyObject
 from cpython cimport array
 from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint32_t
+from libc.stdlib cimport malloc, free
+
+from busd._crypto cimport Codec
 
 import array as _array_mod
 
@@ -80,6 +83,24 @@ cdef inline long long _record_sec(const unsigned char* body, Py_ssize_t n) noexc
     if n < 29:
         return -1
     return _xid_sec(body + 9)
+
+
+cdef inline Py_ssize_t _sealed_size(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
+    """Frame body bytes of an n-byte record sealed in bs-byte blocks (busd/_crypto.pyx)."""
+    return n + 40 * ((n + bs - 1) // bs)
+
+
+cdef unsigned char* _scratch(Codec codec, Py_ssize_t block_size) except? NULL:
+    """A buffer for one opened block (NULL when there is no codec)."""
+    cdef unsigned char* p
+    if codec is None:
+        return NULL
+    if block_size < 1:
+        raise ValueError("a codec needs the segment's block size")
+    p = <unsigned char*>malloc(block_size)
+    if p == NULL:
+        raise MemoryError()
+    return p
 
 
 def frame_records(list records) -> bytes:
@@ -159,9 +180,13 @@ def scan_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, bint want_rec
     return records, off, n, status
 
 
-def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle, Py_ssize_t at):
+def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle, Py_ssize_t at,
+                Codec codec=None, Py_ssize_t block_size=0):
     """Ordinal (from offset) of the first whole, crc-valid frame whose body[at:] starts
-    with needle, or -1. Stops at the end, after max_records, or at a frame it cannot follow."""
+    with needle, or -1. Stops at the end, after max_records, or at a frame it cannot follow.
+    With a codec the bodies are sealed records: the first block of each is opened and
+    compared (so the needle must lie within the first block_size bytes)."""
+    cdef unsigned char* scratch = _scratch(codec, block_size)
     cdef Py_buffer view
     PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
     cdef const unsigned char* buf = <const unsigned char*>view.buf
@@ -174,13 +199,19 @@ def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle,
             if length == 0 or length > C_MAX_BODY or <Py_ssize_t>length > size - off - 8:
                 break
             blen = length
-            if blen >= at + nlen and memcmp(buf + off + 8 + at, nd, nlen) == 0:
+            if scratch != NULL:
+                if (codec.open_head(buf + off + 8, blen, block_size, scratch) >= at + nlen
+                        and memcmp(scratch + at, nd, nlen) == 0
+                        and <uint32_t>crc32(0, buf + off + 8, length) == _rd32(buf + off + 4)):
+                    return n
+            elif blen >= at + nlen and memcmp(buf + off + 8 + at, nd, nlen) == 0:
                 if <uint32_t>crc32(0, buf + off + 8, length) == _rd32(buf + off + 4):
                     return n
             off += 8 + blen
             n += 1
     finally:
         PyBuffer_Release(&view)
+        free(scratch)
     return -1
 
 
@@ -300,14 +331,17 @@ cdef class SegmentIndex:
         self.n_records += 1
         self.end_offset += frame_len
 
-    def add_records(self, list records):
-        """Index a batch just appended at end_offset (records already framed and written)."""
+    def add_records(self, list records, Py_ssize_t block_size=0):
+        """Index a batch just appended at end_offset (records already framed and written).
+        block_size > 0: the records are plaintexts that were written sealed in blocks of
+        that size (busd/_crypto.pyx), so their frames are larger than they are."""
         cdef Py_ssize_t i, n = PyList_GET_SIZE(records), size
         cdef object r
         for i in range(n):
             r = <object>PyList_GET_ITEM(records, i)
             size = PyBytes_GET_SIZE(r)
-            self._add(_record_sec(<const unsigned char*>PyBytes_AS_STRING(r), size), size + 8)
+            self._add(_record_sec(<const unsigned char*>PyBytes_AS_STRING(r), size),
+                      (_sealed_size(size, block_size) if block_size > 0 else size) + 8)
 
     def add_corrupt(self, Py_ssize_t span):
         """Count a corrupt record of `span` bytes at end_offset: it gets a block of its own, so
@@ -316,13 +350,17 @@ cdef class SegmentIndex:
         self._add(-1, span)
         self.force_new = True
 
-    def scan(self, buffer, Py_ssize_t max_records=-1):
-        """Index crc-valid frames from end_offset: (n_indexed, status) as in scan_frames."""
+    def scan(self, buffer, Py_ssize_t max_records=-1, Codec codec=None,
+             Py_ssize_t block_size=0):
+        """Index crc-valid frames from end_offset: (n_indexed, status) as in scan_frames.
+        With a codec, frames are sealed records: each one's first block is opened for its
+        id's second, and one that does not open is status 2 (corrupt)."""
+        cdef unsigned char* scratch = _scratch(codec, block_size)
         cdef Py_buffer view
         PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
         cdef const unsigned char* buf = <const unsigned char*>view.buf
         cdef Py_ssize_t size = view.len, n = 0, blen = 0
-        cdef int status = 0
+        cdef int status = 0, head
         try:
             if self.end_offset > size:
                 raise ValueError(f"index end {self.end_offset} beyond buffer of {size} bytes")
@@ -332,10 +370,18 @@ cdef class SegmentIndex:
                 status = _frame_at(buf, size, self.end_offset, True, &blen)
                 if status:
                     break
-                self._add(_record_sec(buf + self.end_offset + 8, blen), blen + 8)
+                if scratch != NULL:
+                    head = codec.open_head(buf + self.end_offset + 8, blen, block_size, scratch)
+                    if head < 0:
+                        status = 2
+                        break
+                    self._add(_record_sec(scratch, head), blen + 8)
+                else:
+                    self._add(_record_sec(buf + self.end_offset + 8, blen), blen + 8)
                 n += 1
         finally:
             PyBuffer_Release(&view)
+            free(scratch)
         return n, status
 
     def locate(self, Py_ssize_t rel):

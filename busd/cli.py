@@ -9,7 +9,7 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --addr ADDR              Listen address [env BUS_ADDR, default :2021].
   --path DIR               Data directory [env BUS_PATH, default ./data].
   --namespaces LIST        Comma-separated namespaces, required [env BUS_NAMESPACES].
-  --secret-key KEY         Encrypt logs at rest (not yet supported) [env BUS_SECRET_KEY].
+  --secret-key KEY         Encrypt logs at rest with this secret [env BUS_SECRET_KEY].
   --block-size SIZE        Encryption block size [env BUS_BLOCK_SIZE, default 4096].
   --log-level LEVEL        DEBUG, INFO, WARN or ERROR [env BUS_LOG_LEVEL, default INFO].
   --dup-size N             Keys remembered per subject for dedup, 0 = off [env BUS_DUP_SIZE,
@@ -63,11 +63,6 @@ def server(args: dict) -> int:
         print(f"bus server: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
-    if config.secret_key:
-        print("bus server: encryption at rest (--secret-key / BUS_SECRET_KEY) is not "
-              "available in this version yet; refusing to store events unencrypted",
-              file=sys.stderr)
-        return 2
     from busd.server import run  # imported late: the CLI's other commands don't need uvloop
 
     try:

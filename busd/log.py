@@ -19,6 +19,14 @@ Why it is shaped like this:
   a worker thread and only fsyncs. A small lock guards the fd bookkeeping they share:
   a rolled segment's fd is retired, not closed, until a sync() has fsynced it.
 - The last few MiB appended stay in memory, so readers at the head never touch disk.
+- Encryption at rest (SPEC §5, busd/crypto.py, busd/_crypto.pyx) sits between records and
+  frames: with a key, each frame body is the record sealed in blocks, so framing, CRCs,
+  recovery and the index are unchanged and verifiable without the key. Flag bit 0 of the
+  segment header marks an encrypted segment and its reserved u32 holds the block size it
+  was sealed with; `keycheck` in the namespace directory holds a sealed known value. Ids are
+  not kept in clear: indexing and find_id open each record's first block (only those
+  paths and catch-up reads decrypt; appends index the plaintext they were given, and the
+  recent-records cache holds plaintext). Closed segments' .idx files are sealed too.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from itertools import accumulate, pairwise
 from pathlib import Path
 
 from busd._framing import (
+    CORRUPT,
     HEADER_SIZE,
     MAGIC,
     MAX_BODY,
@@ -50,6 +59,14 @@ from busd._framing import (
     frame_records,
     scan_frames,
     xid_seconds,
+)
+from busd.crypto import (
+    KEYCHECK_NAME,
+    Codec,
+    SealError,
+    keycheck_matches,
+    make_codec,
+    seal_keycheck,
 )
 
 log = logging.getLogger(__name__)
@@ -70,6 +87,10 @@ FIND_RUN_BYTES = 1 << 20  # adjacent candidate blocks are read together up to th
 _HEADER = struct.Struct("<8sII")
 _U32 = struct.Struct("<I")
 _IDX_MAGIC = b"BUSDIDX1"
+_IDX_SEALED_MAGIC = b"BUSDIDXS"  # an encrypted log's .idx: this, then the whole file sealed
+FLAG_ENCRYPTED = 1  # segment header flag bit 0
+MIN_BLOCK_SIZE = 64  # an id (record[7:29]) must lie within the first block
+MAX_BLOCK_SIZE = 1 << 24
 _IDX_VERSION = 1
 # magic, version, n_blocks, segment size, n_records, end offset, seg min s, seg max s,
 # monotonic, crc of the arrays, crc of the header before this field
@@ -94,6 +115,22 @@ class LogWriteError(LogError):
 
     def __str__(self) -> str:
         return self.reason
+
+
+class EncryptionKeyError(LogOpenError):
+    """The secret key given does not fit the namespace's data (the subclass says how)."""
+
+
+class MissingKeyError(EncryptionKeyError):
+    """An encrypted namespace opened without a key."""
+
+
+class UnexpectedKeyError(EncryptionKeyError):
+    """A plain (unencrypted) namespace opened with a key."""
+
+
+class WrongKeyError(EncryptionKeyError):
+    """An encrypted namespace opened with a key other than the one it was sealed with."""
 
 
 class HistoryTruncatedError(LogError):
@@ -141,9 +178,10 @@ class RecoveryReport:
 class _Segment:
     """One segment file: where it starts, its size, and (once loaded) its sparse index."""
 
-    __slots__ = ("corrupt", "count", "first", "index", "path", "size", "summary")
+    __slots__ = ("block_size", "corrupt", "count", "first", "index", "path", "size", "summary")
 
-    def __init__(self, first: int, path: Path, size: int) -> None:
+    def __init__(self, first: int, path: Path, size: int, block_size: int = 0) -> None:
+        self.block_size = block_size  # encrypted: the block size its records are sealed in
         self.first = first
         self.path = path
         self.size = size  # bytes of whole records (the open segment: the write position)
@@ -174,8 +212,8 @@ def _segment_name(first: int) -> str:
     return f"{first:020d}{SEGMENT_SUFFIX}"
 
 
-def _header(flags: int) -> bytes:
-    return _HEADER.pack(MAGIC, flags, 0)
+def _header(flags: int, block_size: int = 0) -> bytes:
+    return _HEADER.pack(MAGIC, flags, block_size if flags & FLAG_ENCRYPTED else 0)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -206,9 +244,18 @@ class NamespaceLog:
 
     def __init__(self, root: Path, name: str, *, segment_bytes: int = 64 << 20,
                  retention_age: float | None = None, retention_bytes: int | None = None,
-                 cache_bytes: int = 8 << 20, flags: int = 0, readonly: bool = False) -> None:
+                 cache_bytes: int = 8 << 20, flags: int = 0, readonly: bool = False,
+                 secret_key: str | bytes | None = None, block_size: int = 4096) -> None:
         if not 0 < segment_bytes < (1 << 32) - MAX_BODY:
             raise ValueError(f"segment_bytes must be in 1..{(1 << 32) - MAX_BODY - 1}")
+        if not MIN_BLOCK_SIZE <= block_size <= MAX_BLOCK_SIZE:
+            raise ValueError(f"block size must be in {MIN_BLOCK_SIZE}..{MAX_BLOCK_SIZE} bytes")
+        self.codec: Codec | None = make_codec(secret_key) if secret_key else None
+        if flags & FLAG_ENCRYPTED and self.codec is None:
+            raise ValueError("flag bit 0 (encrypted) needs a secret_key")
+        if self.codec is not None:
+            flags |= FLAG_ENCRYPTED
+        self.block_size = block_size  # for new segments; each segment keeps its own
         self.root = Path(root)
         self.name = name
         self.dir = self.root / name
@@ -287,6 +334,7 @@ class NamespaceLog:
         if not self.readonly:
             self.dir.mkdir(parents=True, exist_ok=True)
         entries = sorted(self._list_segments(), key=lambda s: s.first)
+        self._check_key(entries)
         if not entries:
             if self.readonly:
                 self._opened = True
@@ -315,7 +363,7 @@ class NamespaceLog:
             fd = os.open(last.path, os.O_WRONLY | os.O_CLOEXEC)
             try:
                 os.ftruncate(fd, 0)
-                _write_all(fd, _header(self.flags))
+                _write_all(fd, self._new_header())
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -352,6 +400,85 @@ class NamespaceLog:
                     os.unlink(entry.path)
         return out
 
+    def _new_header(self) -> bytes:
+        return _header(self.flags, self.block_size)
+
+    def _check_key(self, entries: list[_Segment]) -> None:
+        """Refuse a key that does not fit the namespace, before anything is read or written:
+        an encrypted log without a key, a plain log with one, or a wrong key. Records each
+        segment's block size (from its header) on the way."""
+        encrypted, plain = [], []
+        for seg in entries:
+            with open(seg.path, "rb") as fh:
+                head = fh.read(HEADER_SIZE)
+            if len(head) == HEADER_SIZE and head.startswith(MAGIC):
+                _, flags, reserved = _HEADER.unpack(head)
+                if flags & FLAG_ENCRYPTED:
+                    seg.block_size = reserved
+                    encrypted.append(seg)
+                else:
+                    plain.append(seg)
+        kc_path = self.dir / KEYCHECK_NAME
+        try:
+            keycheck = kc_path.read_bytes()
+        except FileNotFoundError:
+            keycheck = None
+        where = f"namespace {self.name} ({self.dir})"
+        if self.codec is None:
+            if encrypted or keycheck is not None:
+                raise MissingKeyError(f"{where} is encrypted and no secret key was given "
+                                      "(set --secret-key / BUS_SECRET_KEY)")
+            return
+        if plain:
+            raise UnexpectedKeyError(
+                f"{where} is not encrypted but a secret key was given (start without "
+                "--secret-key / BUS_SECRET_KEY, or re-encrypt the data with `bus copy`)")
+        wrong = WrongKeyError(f"{where}: wrong secret key (the log was encrypted with a "
+                              "different key)")
+        if keycheck is not None:
+            ok = keycheck_matches(self.codec, keycheck)
+            if ok is False:
+                raise wrong
+            if ok:
+                return
+            log.warning("damaged key-check file ns=%s path=%s: checking a record instead",
+                        self.name, kc_path)
+        # No (intact) key check: a record decides, then one is recorded.
+        probed = self._probe_key(encrypted)
+        if probed is False:
+            raise wrong
+        if not self.readonly:
+            tmp = kc_path.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                _write_all(fd, seal_keycheck(self.codec))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, kc_path)
+            self._sync_dir()
+
+    def _probe_key(self, segments: list[_Segment]) -> bool | None:
+        """Whether the first crc-valid record found opens with the key (None: none found)."""
+        for seg in segments:
+            if not MIN_BLOCK_SIZE <= seg.block_size <= MAX_BLOCK_SIZE:
+                continue
+            with open(seg.path, "rb") as fh:
+                head = _pread_exact(fh.fileno(), 8, HEADER_SIZE)
+                if len(head) < 8:
+                    continue
+                length = _U32.unpack_from(head)[0]
+                if not 0 < length <= MAX_BODY:
+                    continue
+                frame = head + _pread_exact(fh.fileno(), length, HEADER_SIZE + 8)
+            if frame_ok(frame, 0):
+                try:
+                    self.codec.open(memoryview(frame)[8:], seg.block_size)
+                except SealError:
+                    return False
+                return True
+        return None
+
     def _check_header(self, seg: _Segment) -> None:
         with open(seg.path, "rb") as fh:
             head = fh.read(HEADER_SIZE)
@@ -362,7 +489,7 @@ class NamespaceLog:
     def _header_problem(self, head: bytes) -> str | None:
         if len(head) < HEADER_SIZE:
             return f"missing segment header ({len(head)} of {HEADER_SIZE} bytes)"
-        magic, flags, _ = _HEADER.unpack(head)
+        magic, flags, reserved = _HEADER.unpack(head)
         if magic != MAGIC:
             return f"bad segment header: magic {magic!r}, expected {MAGIC!r}"
         if flags != self.flags:
@@ -371,6 +498,8 @@ class NamespaceLog:
             if self.flags & 1 and not flags & 1:
                 return "the segment is not encrypted but a key was given"
             return f"segment flags {flags:#x}, expected {self.flags:#x}"
+        if flags & FLAG_ENCRYPTED and not MIN_BLOCK_SIZE <= reserved <= MAX_BLOCK_SIZE:
+            return f"bad block size {reserved} in an encrypted segment's header"
         return None
 
     def _recover_last(self, seg: _Segment, report: RecoveryReport) -> bool:
@@ -382,7 +511,7 @@ class NamespaceLog:
             if problem:
                 # A crash between creating a segment and writing its header leaves it short
                 # or zero-filled: then it holds nothing and is re-initialised.
-                blank = len(head) < HEADER_SIZE and _header(self.flags).startswith(head)
+                blank = len(head) < HEADER_SIZE and self._new_header().startswith(head)
                 if not blank and not head.strip(b"\0"):
                     blank = not any(chunk.strip(b"\0") for chunk in iter(
                         lambda: fh.read(1 << 20), b""))
@@ -391,6 +520,7 @@ class NamespaceLog:
                 report.reinitialized = True
                 report.truncated_bytes += seg.size
                 seg.size = HEADER_SIZE
+                seg.block_size = self.block_size
                 seg.index = self._new_index()
                 seg.count = 0
                 return True
@@ -434,11 +564,11 @@ class NamespaceLog:
             left = -1 if max_records < 0 else max_records - index.n_records
             if left == 0:
                 return index.end_offset, corrupt, False
-            _, status = index.scan(buf, left)
+            _, status = index.scan(buf, left, self.codec, seg.block_size)
             if status == 0:
                 return index.end_offset, corrupt, False
             offset = index.end_offset
-            nxt = _next_valid_frame(buf, offset, size)
+            nxt = _next_valid_frame(buf, offset, size, self.codec, seg.block_size)
             if nxt is None:
                 return offset, corrupt, True
             corrupt.append((index.n_records, offset, nxt - offset))
@@ -460,7 +590,7 @@ class NamespaceLog:
             _, rel, offset = index.locate(after)
             if rel != after:
                 return
-        records, end, _n, status = scan_frames(buf, offset, -1)
+        records, end, _n, status = self._scan(seg, buf, offset, -1)
         if status or end != index.end_offset:
             return
         self._cache = records
@@ -485,14 +615,14 @@ class NamespaceLog:
         path = self.dir / _segment_name(first)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            _write_all(fd, _header(self.flags))
+            _write_all(fd, self._new_header())
         except OSError:
             os.close(fd)
             os.unlink(path)
             raise
         os.close(fd)
         self._set_dir_dirty()
-        seg = _Segment(first, path, HEADER_SIZE)
+        seg = _Segment(first, path, HEADER_SIZE, self.block_size if self.codec else 0)
         seg.index = self._new_index()
         return seg
 
@@ -504,14 +634,18 @@ class NamespaceLog:
             return self._next
         if self._wfile is None:
             raise LogWriteError(f"namespace log {self.name} is not open for writing")
-        data = frame_records(records)
+        seg = self._segments[-1]
+        data = self._frame(seg, records)
         size = len(data)
         if size > MAX_BATCH_BYTES:
             raise LogWriteError(f"batch of {size} bytes is larger than {MAX_BATCH_BYTES}")
-        seg = self._segments[-1]
         if seg.index.n_records and seg.size + size > self.segment_bytes:
+            block_size = seg.block_size
             self._roll()
             seg = self._segments[-1]
+            if seg.block_size != block_size:  # --block-size changed: new segments use it
+                data = self._frame(seg, records)
+                size = len(data)
         wf = self._wfile
         if self._pending_truncate is not None:
             self._retry_truncate(wf)
@@ -520,7 +654,7 @@ class NamespaceLog:
             _write_all(wf.fd, data)
         except OSError as exc:
             self._undo_write(wf, before, exc)
-        seg.index.add_records(records)
+        seg.index.add_records(records, seg.block_size)
         seg.size = before + size
         seg.count += n
         wf.write_seq += 1
@@ -530,6 +664,18 @@ class NamespaceLog:
         if self.cache_bytes > 0:
             self._cache_add(first, records)
         return first
+
+    def _frame(self, seg: _Segment, records: list[bytes]) -> bytes:
+        """The batch as written to seg: framed, and sealed first if the log is encrypted."""
+        if self.codec is None:
+            return frame_records(records)
+        return self.codec.frame_records(records, seg.block_size)
+
+    def _scan(self, seg: _Segment, buf, offset: int, max_records: int):
+        """scan_frames, opening sealed records if the log is encrypted."""
+        if self.codec is None:
+            return scan_frames(buf, offset, max_records)
+        return self.codec.scan_frames(buf, offset, max_records, seg.block_size)
 
     def _undo_write(self, wf: _WriteFile, before: int, exc: OSError):
         """Cut the file back to its size before the failed write, then raise LogWriteError."""
@@ -663,14 +809,14 @@ class NamespaceLog:
                 offset = boff + pos
         want = min(max(max_bytes, 8), index.end_offset - offset)
         buf = _pread_exact(fd, want, offset)
-        records, end, n, status = scan_frames(buf, 0, limit)
+        records, end, n, status = self._scan(seg, buf, 0, limit)
         if n == 0:
             if status == TRUNCATED:  # one record bigger than max_bytes
                 head = buf if len(buf) >= 8 else _pread_exact(fd, 8, offset)
                 length = _U32.unpack_from(head)[0] if len(head) >= 8 else 0
                 if 0 < length <= MAX_BODY and offset + 8 + length <= index.end_offset:
                     buf = _pread_exact(fd, 8 + length, offset)
-                    records, end, n, status = scan_frames(buf, 0, 1)
+                    records, end, n, status = self._scan(seg, buf, 0, 1)
             if n == 0:
                 log.error("corrupt record ns=%s segment=%s index=%d offset=%d",
                           self.name, seg.path.name, start, offset)
@@ -744,11 +890,14 @@ class NamespaceLog:
                               ix.end_offset, ix.seg_min, ix.seg_max, int(ix.monotonic),
                               zlib.crc32(body), 0)
         head = head[:-4] + _U32.pack(zlib.crc32(head[:-4]))
+        data = head + body
+        if self.codec is not None:  # per-block time ranges are not left in clear either
+            data = _IDX_SEALED_MAGIC + self.codec.seal(data, len(data))
         path = seg.idx_path
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
             try:
-                _write_all(fd, head + body)
+                _write_all(fd, data)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -758,26 +907,43 @@ class NamespaceLog:
             except OSError:
                 pass
 
-    def _read_index_head(self, seg: _Segment, fh) -> tuple | None:
-        head = fh.read(_IDX_HEAD.size)
-        if len(head) != _IDX_HEAD.size:
-            return None
-        fields = _IDX_HEAD.unpack(head)
-        if (fields[0] != _IDX_MAGIC or fields[1] != _IDX_VERSION
-                or fields[10] != zlib.crc32(head[:-4]) or fields[3] != seg.size):
-            return None
-        return fields
-
-    def _load_index_file(self, seg: _Segment) -> SegmentIndex | None:
+    def _read_index_file(self, seg: _Segment, with_body: bool) -> tuple[tuple, bytes] | None:
+        """(header fields, body) of seg's .idx file (body b"" unless with_body), or None if
+        it is missing, damaged, stale, or not sealed as this log's are."""
         try:
             with open(seg.idx_path, "rb") as fh:
-                fields = self._read_index_head(seg, fh)
-                if fields is None:
+                if self.codec is None:
+                    head = fh.read(_IDX_HEAD.size)
+                    rest = None
+                else:
+                    data = fh.read()
+                    if not data.startswith(_IDX_SEALED_MAGIC):
+                        return None
+                    try:
+                        data = self.codec.open(memoryview(data)[len(_IDX_SEALED_MAGIC):],
+                                               max(len(data) - len(_IDX_SEALED_MAGIC) - 40, 1))
+                    except SealError:
+                        return None
+                    head, rest = data[:_IDX_HEAD.size], data[_IDX_HEAD.size:]
+                if len(head) != _IDX_HEAD.size:
                     return None
-                n_blocks = fields[2]
-                body = fh.read(n_blocks * 20)
+                fields = _IDX_HEAD.unpack(head)
+                if (fields[0] != _IDX_MAGIC or fields[1] != _IDX_VERSION
+                        or fields[10] != zlib.crc32(head[:-4]) or fields[3] != seg.size):
+                    return None
+                if not with_body:
+                    return fields, b""
+                body = fh.read(fields[2] * 20) if rest is None else rest
         except FileNotFoundError:
             return None
+        return fields, body
+
+    def _load_index_file(self, seg: _Segment) -> SegmentIndex | None:
+        found = self._read_index_file(seg, True)
+        if found is None:
+            return None
+        fields, body = found
+        n_blocks = fields[2]
         if len(body) != n_blocks * 20 or zlib.crc32(body) != fields[9]:
             return None
         arrays = []
@@ -797,13 +963,9 @@ class NamespaceLog:
         if seg.index is not None:
             return seg.index.seg_min, seg.index.seg_max
         if seg.summary is None:
-            try:
-                with open(seg.idx_path, "rb") as fh:
-                    fields = self._read_index_head(seg, fh)
-            except FileNotFoundError:
-                fields = None
-            if fields is not None:
-                seg.summary = (fields[6], fields[7])
+            found = self._read_index_file(seg, False)
+            if found is not None:
+                seg.summary = (found[0][6], found[0][7])
             else:
                 index = self._ensure_index(seg)
                 seg.summary = (index.seg_min, index.seg_max)
@@ -854,7 +1016,7 @@ class NamespaceLog:
             k = find_in_records(self._cache, j, j + rel1 - rel0, event_id, ID_AT)
         else:
             buf = _pread_exact(self._read_fd(seg), off1 - off0, off0)
-            k = find_record(buf, 0, rel1 - rel0, event_id, ID_AT)
+            k = find_record(buf, 0, rel1 - rel0, event_id, ID_AT, self.codec, seg.block_size)
         return first + k if k >= 0 else None
 
     def first_id(self) -> bytes | None:
@@ -987,7 +1149,8 @@ class NamespaceLog:
 
     # -- offline checking ------------------------------------------------------------------------
     def verify(self) -> list[str]:
-        """Check every CRC of every segment; one line per problem (empty: all good)."""
+        """Check every CRC of every segment (and, encrypted, that every block of every
+        record opens); one line per problem (empty: all good)."""
         problems: list[str] = []
         for i, seg in enumerate(self._segments):
             closed = i + 1 < len(self._segments)
@@ -1000,14 +1163,18 @@ class NamespaceLog:
                 index = self._new_index()
                 if size > HEADER_SIZE:
                     with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
-                        scratch = _Segment(seg.first, seg.path, size)
+                        scratch = _Segment(seg.first, seg.path, size, seg.block_size)
                         end, corrupt, torn = self._index_segment(
                             scratch, mm, index, seg.count if closed else -1)
+                        unopened = self._unopened(scratch, mm, index.n_records, corrupt)
                 else:
-                    end, corrupt, torn = HEADER_SIZE, [], False
+                    end, corrupt, torn, unopened = HEADER_SIZE, [], False, []
             for rel, offset, span in corrupt:
                 problems.append(f"{seg.path}: corrupt record index={seg.first + rel} "
                                 f"offset={offset} bytes={span}")
+            for rel, offset in unopened:
+                problems.append(f"{seg.path}: record index={seg.first + rel} offset={offset} "
+                                f"does not open (ciphertext damaged or tampered with)")
             if torn:
                 problems.append(f"{seg.path}: torn tail offset={end} bytes={size - end}")
             expected = seg.count if closed else seg.index.n_records
@@ -1020,18 +1187,50 @@ class NamespaceLog:
                                 f"record")
         return problems
 
+    def _unopened(self, seg: _Segment, buf, n_records: int,
+                  corrupt: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+        """(rel, offset) of crc-valid records of an encrypted segment that do not open in
+        full (indexing opens only first blocks); [] for a plain log."""
+        if self.codec is None:
+            return []
+        bad = {rel: offset + span for rel, offset, span in corrupt}
+        out: list[tuple[int, int]] = []
+        rel, off = 0, HEADER_SIZE
+        while rel < n_records:
+            if rel in bad:
+                off = bad[rel]
+                rel += 1
+                continue
+            stop = min((r for r in bad if r > rel), default=n_records)
+            while rel < stop:
+                want = min(stop - rel, 4096)
+                _, off, n, status = self.codec.scan_frames(buf, off, want, seg.block_size)
+                rel += n
+                if n < want:
+                    if status != CORRUPT:  # cannot happen: indexing followed these frames
+                        return out
+                    out.append((rel, off))
+                    off += 8 + _U32.unpack_from(buf, off)[0]
+                    rel += 1
+        return out
 
-def _next_valid_frame(buf, offset: int, size: int) -> int | None:
+
+def _next_valid_frame(buf, offset: int, size: int, codec: Codec | None = None,
+                      block_size: int = 0) -> int | None:
     """Where valid data resumes after the bad frame at offset, or None (a torn tail).
 
     If the bad frame's length is plausible and a crc-valid frame is reachable by following
     lengths from its end, it is one corrupt record and the next frame starts right after it.
     Otherwise its length itself is damaged: resync on the next whole frame whose body starts
-    like a record (then the damaged span counts as one record)."""
+    like a record (then the damaged span counts as one record). Encrypted bodies start with
+    a random nonce, so there the next frame is the next one whose first block opens.
+    A crc-valid frame that was bad (it did not open) is one corrupt record even at the end."""
     if size - offset >= 8:
         length = _U32.unpack_from(buf, offset)[0]
         if 0 < length <= MAX_BODY and offset + 8 + length <= size:
             q = start = offset + 8 + length
+            if codec is not None and frame_ok(buf, offset):
+                return start
             while size - q >= 8:
                 n = _U32.unpack_from(buf, q)[0]
                 if not (0 < n <= MAX_BODY and q + 8 + n <= size):
@@ -1039,6 +1238,9 @@ def _next_valid_frame(buf, offset: int, size: int) -> int | None:
                 if frame_ok(buf, q):
                     return start
                 q += 8 + n
+    if codec is not None:
+        q = codec.resync(buf, offset, block_size)
+        return q if q >= 0 else None
     pos = offset + 9
     while True:
         c = buf.find(RECORD_PREFIX, pos)

@@ -62,12 +62,15 @@ class LocalStore:
 
     def __init__(self, root: Path, namespaces: list[str], *, segment_bytes: int = 64 << 20,
                  retention_age: float | None = None, retention_bytes: int | None = None,
-                 flags: int = 0) -> None:
+                 flags: int = 0, secret_key: str | None = None, block_size: int = 4096) -> None:
+        """secret_key: encrypt at rest (SPEC §5; see busd/log.py), records sealed in blocks
+        of block_size bytes; opening refuses a key that does not fit the data."""
         self.root = Path(root)
         self.namespaces = list(namespaces)
         self._logs = {ns: NamespaceLog(self.root, ns, segment_bytes=segment_bytes,
                                        retention_age=retention_age,
-                                       retention_bytes=retention_bytes, flags=flags)
+                                       retention_bytes=retention_bytes, flags=flags,
+                                       secret_key=secret_key, block_size=block_size)
                       for ns in self.namespaces}
         self._lock_fd: int | None = None
 

@@ -341,7 +341,7 @@ def test_bad_headers_are_open_errors(tmp_path):
         open_log(tmp_path, segment_bytes=4096)
     segs[1].write_bytes(good)
     with pytest.raises(LogOpenError, match="encrypted"):
-        NamespaceLog(tmp_path, "orders", flags=1).open()
+        NamespaceLog(tmp_path, "orders", secret_key="k").open()
     last = segs[-1].read_bytes()
     segs[-1].write_bytes(b"GARBAGE!" + last[8:])
     with pytest.raises(LogOpenError, match=segs[-1].name):

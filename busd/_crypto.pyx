@@ -1,0 +1,341 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Encryption at rest: records sealed in blocks with NaCl secretbox (XSalsa20-Poly1305).
+
+A record of n plaintext bytes is cut into blocks of `block_size` bytes (the last one
+shorter) and each block is stored as its own random 24-byte nonce, the 16-byte Poly1305
+tag and the ciphertext, back to back:
+
+    [nonce | tag | ct(block 0)] [nonce | tag | ct(block 1)] ...
+
+so the sealed record has n + 40 * ceil(n / block_size) bytes, and its plaintext length
+(and block boundaries) follow from its length and the block size alone. The sealed record
+is the frame body of the segment file, so the framing (length, crc32 of the ciphertext),
+recovery and the sparse index work on encrypted logs without the key.
+
+The cipher is libsodium's, the one PyNaCl ships: the C entry points are taken from
+PyNaCl's cffi module (`nacl._sodium.lib`) once, so the per-block calls below are plain C
+calls with no Python object per block. Everything per-record or per-block (cutting,
+nonces, assembling, framing, reassembly) is here; key handling lives in busd/crypto.py.
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from libc.stdint cimport uint32_t, uintptr_t
+
+cdef extern from "zlib.h":
+    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
+
+NONCE_SIZE = 24
+TAG_SIZE = 16
+BLOCK_OVERHEAD = 40
+KEY_SIZE = 32
+
+DEF C_NONCE = 24
+DEF C_TAG = 16
+DEF C_OVER = 40
+DEF C_MAX_BODY = 268435456
+
+ctypedef int (*box_fn)(unsigned char* out, const unsigned char* data, unsigned long long size,
+                       const unsigned char* nonce, const unsigned char* key) noexcept nogil
+ctypedef void (*rand_fn)(unsigned char* buf, unsigned long long size) noexcept nogil
+
+cdef box_fn _seal_fn = NULL
+cdef box_fn _open_fn = NULL
+cdef rand_fn _rand_fn = NULL
+
+
+class SealError(ValueError):
+    """A sealed record does not open: wrong key, damaged ciphertext, or impossible length."""
+
+
+cdef int _load() except -1:
+    """Resolve libsodium's secretbox and randombytes from PyNaCl's bindings (once)."""
+    global _seal_fn, _open_fn, _rand_fn
+    if _seal_fn != NULL:
+        return 0
+    import nacl.bindings  # initialises libsodium (sodium_init)
+    from nacl._sodium import ffi, lib
+    if (lib.crypto_secretbox_noncebytes() != C_NONCE or lib.crypto_secretbox_macbytes() != C_TAG
+            or lib.crypto_secretbox_keybytes() != 32):
+        raise ImportError("unexpected libsodium secretbox sizes")
+    nacl.bindings.sodium_init()
+    _open_fn = <box_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "crypto_secretbox_open_easy")))
+    _rand_fn = <rand_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "randombytes")))
+    _seal_fn = <box_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "crypto_secretbox_easy")))
+    return 0
+
+
+cdef inline void _wr32(unsigned char* p, uint32_t v) noexcept nogil:
+    p[0] = v & 0xFF
+    p[1] = (v >> 8) & 0xFF
+    p[2] = (v >> 16) & 0xFF
+    p[3] = (v >> 24) & 0xFF
+
+
+cdef inline uint32_t _rd32(const unsigned char* p) noexcept nogil:
+    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline Py_ssize_t _blocks(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
+    return (n + bs - 1) // bs
+
+
+cdef inline Py_ssize_t _sealed_size(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
+    return n + C_OVER * _blocks(n, bs)
+
+
+cdef inline Py_ssize_t _plain_size(Py_ssize_t sealed, Py_ssize_t bs) noexcept nogil:
+    """Plaintext bytes of a sealed record of this length, or -1 if no record seals to it."""
+    cdef Py_ssize_t full = bs + C_OVER, k
+    if sealed <= C_OVER:
+        return -1
+    k = (sealed + full - 1) // full
+    if sealed - (k - 1) * full <= C_OVER:
+        return -1
+    return sealed - C_OVER * k
+
+
+cdef int _check_block_size(Py_ssize_t bs) except -1:
+    if bs < 1 or bs > C_MAX_BODY:
+        raise ValueError(f"block size {bs} outside 1..{C_MAX_BODY}")
+    return 0
+
+
+def sealed_size(Py_ssize_t n, Py_ssize_t block_size) -> int:
+    """Bytes of a record of n plaintext bytes once sealed."""
+    _check_block_size(block_size)
+    if n < 1:
+        raise ValueError("a record has at least one byte")
+    return _sealed_size(n, block_size)
+
+
+def plain_size(Py_ssize_t sealed, Py_ssize_t block_size) -> int:
+    """Plaintext bytes of a sealed record of `sealed` bytes; -1 if that length is impossible."""
+    _check_block_size(block_size)
+    return _plain_size(sealed, block_size)
+
+
+cdef class Codec:
+    """One 32-byte key. Methods take the block size: each segment records its own."""
+
+    def __cinit__(self, bytes key):
+        if PyBytes_GET_SIZE(key) != 32:
+            raise ValueError(f"key must be 32 bytes, not {PyBytes_GET_SIZE(key)}")
+        _load()
+        memcpy(self.key, PyBytes_AS_STRING(key), 32)
+
+    def __dealloc__(self):
+        memset(self.key, 0, 32)
+
+    def __repr__(self) -> str:
+        return "<busd._crypto.Codec>"  # never the key
+
+    # -- C level ---------------------------------------------------------------------------
+    cdef unsigned char* _seal_into(self, const unsigned char* m, Py_ssize_t n,
+                                          Py_ssize_t bs, unsigned char* out,
+                                          const unsigned char* nonces) noexcept nogil:
+        """Seal n bytes at m into out (which has _sealed_size(n, bs) bytes), taking one
+        nonce per block from nonces; returns the next unused nonce."""
+        cdef Py_ssize_t pos = 0, size
+        while pos < n:
+            size = n - pos if n - pos < bs else bs
+            memcpy(out, nonces, C_NONCE)
+            _seal_fn(out + C_NONCE, m + pos, size, out, self.key)
+            nonces += C_NONCE
+            out += C_OVER + size
+            pos += size
+        return <unsigned char*>nonces
+
+    cdef int _open_into(self, const unsigned char* c, Py_ssize_t sealed, Py_ssize_t bs,
+                               unsigned char* out) noexcept nogil:
+        """Open a sealed record (length already validated) into out; 0, or -1 if a block
+        does not authenticate."""
+        cdef Py_ssize_t full = bs + C_OVER, size
+        while sealed > 0:
+            size = sealed if sealed < full else full
+            if _open_fn(out, c + C_NONCE, size - C_NONCE, c, self.key) != 0:
+                return -1
+            c += size
+            out += size - C_OVER
+            sealed -= size
+        return 0
+
+    cdef int open_head(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t block_size,
+                       unsigned char* out) noexcept nogil:
+        """Open only the first block of a sealed record into out (block_size bytes of
+        room): its plaintext length, or -1 if the length is impossible or it does not
+        authenticate. Enough for the record's id: the index and find_id use this."""
+        cdef Py_ssize_t size
+        if _plain_size(n, block_size) < 0:
+            return -1
+        size = n if n < block_size + C_OVER else block_size + C_OVER
+        if _open_fn(out, body + C_NONCE, size - C_NONCE, body, self.key) != 0:
+            return -1
+        return <int>(size - C_OVER)
+
+    cdef bytes _nonces(self, Py_ssize_t count, object nonces):
+        """count * 24 random bytes in one call (or the caller's, for tests)."""
+        cdef bytes out
+        if nonces is not None:
+            out = bytes(nonces)
+            if PyBytes_GET_SIZE(out) < count * C_NONCE:
+                raise ValueError(f"{count} nonces needed, {PyBytes_GET_SIZE(out) // C_NONCE} given")
+            return out
+        out = PyBytes_FromStringAndSize(NULL, count * C_NONCE)
+        if count:
+            _rand_fn(<unsigned char*>PyBytes_AS_STRING(out), count * C_NONCE)
+        return out
+
+    # -- Python level ------------------------------------------------------------------------
+    def seal(self, data, Py_ssize_t block_size, nonces=None) -> bytes:
+        """One record sealed (nonces: optional bytes of 24 per block, for tests)."""
+        _check_block_size(block_size)
+        cdef bytes m = bytes(data)
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(m)
+        if n < 1:
+            raise ValueError("a record has at least one byte")
+        cdef bytes nb = self._nonces(_blocks(n, block_size), nonces)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, _sealed_size(n, block_size))
+        self._seal_into(<const unsigned char*>PyBytes_AS_STRING(m), n, block_size,
+                        <unsigned char*>PyBytes_AS_STRING(out),
+                        <const unsigned char*>PyBytes_AS_STRING(nb))
+        return out
+
+    def open(self, sealed, Py_ssize_t block_size) -> bytes:
+        """The plaintext of one sealed record; SealError if it does not open."""
+        _check_block_size(block_size)
+        cdef Py_buffer view
+        PyObject_GetBuffer(sealed, &view, PyBUF_SIMPLE)
+        cdef Py_ssize_t slen = view.len, n = _plain_size(view.len, block_size)
+        cdef bytes out = None
+        cdef int rc = -1
+        try:
+            if n > 0:
+                out = PyBytes_FromStringAndSize(NULL, n)
+                rc = self._open_into(<const unsigned char*>view.buf, view.len, block_size,
+                                     <unsigned char*>PyBytes_AS_STRING(out))
+        finally:
+            PyBuffer_Release(&view)
+        if n < 0:
+            raise SealError(f"{slen} bytes is not the length of a record sealed in "
+                            f"{block_size}-byte blocks")
+        if rc != 0:
+            raise SealError("sealed record does not authenticate (wrong key or damaged)")
+        return out
+
+    def frame_records(self, list records, Py_ssize_t block_size, nonces=None) -> bytes:
+        """All records sealed and framed (u32 length, u32 crc32 of the sealed body, sealed
+        body) into one new bytes object: the encrypted twin of _framing.frame_records."""
+        _check_block_size(block_size)
+        cdef Py_ssize_t n = PyList_GET_SIZE(records), i, total = 0, blocks = 0, size, sealed
+        cdef object r
+        for i in range(n):
+            r = <object>PyList_GET_ITEM(records, i)
+            if not PyBytes_Check(r):
+                raise TypeError(f"record {i} is {type(r).__name__}, not bytes")
+            size = PyBytes_GET_SIZE(r)
+            if size == 0 or _sealed_size(size, block_size) > C_MAX_BODY:
+                raise ValueError(f"record {i} has {size} bytes; out of range")
+            blocks += _blocks(size, block_size)
+            total += 8 + _sealed_size(size, block_size)
+        cdef bytes nb = self._nonces(blocks, nonces)
+        cdef const unsigned char* np = <const unsigned char*>PyBytes_AS_STRING(nb)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
+        cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
+        for i in range(n):
+            r = <object>PyList_GET_ITEM(records, i)
+            size = PyBytes_GET_SIZE(r)
+            sealed = _sealed_size(size, block_size)
+            np = self._seal_into(<const unsigned char*>PyBytes_AS_STRING(r), size, block_size,
+                                 dst + 8, np)
+            _wr32(dst, <uint32_t>sealed)
+            _wr32(dst + 4, <uint32_t>crc32(0, dst + 8, <unsigned int>sealed))
+            dst += 8 + sealed
+        return out
+
+    def scan_frames(self, buffer, Py_ssize_t offset, Py_ssize_t max_records,
+                    Py_ssize_t block_size):
+        """_framing.scan_frames over sealed frames, returning plaintexts:
+        (records, end_offset, n_records, status). A frame whose crc matches but which does
+        not open is status 2 (corrupt) at end_offset, like a crc mismatch."""
+        _check_block_size(block_size)
+        cdef Py_buffer view
+        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+        cdef const unsigned char* buf = <const unsigned char*>view.buf
+        cdef Py_ssize_t size = view.len, off = offset, n = 0, plain
+        cdef uint32_t length
+        cdef int status = 0
+        cdef list records = []
+        cdef bytes rec
+        try:
+            if off < 0 or off > size:
+                raise ValueError(f"offset {offset} outside buffer of {size} bytes")
+            while max_records < 0 or n < max_records:
+                if off == size:
+                    break
+                if size - off < 8:
+                    status = 1
+                    break
+                length = _rd32(buf + off)
+                if length == 0 or length > C_MAX_BODY:
+                    status = 2
+                    break
+                if <Py_ssize_t>length > size - off - 8:
+                    status = 1
+                    break
+                if <uint32_t>crc32(0, buf + off + 8, length) != _rd32(buf + off + 4):
+                    status = 2
+                    break
+                plain = _plain_size(length, block_size)
+                if plain < 0:
+                    status = 2
+                    break
+                rec = PyBytes_FromStringAndSize(NULL, plain)
+                if self._open_into(buf + off + 8, length, block_size,
+                                   <unsigned char*>PyBytes_AS_STRING(rec)) != 0:
+                    status = 2
+                    break
+                records.append(rec)
+                off += 8 + length
+                n += 1
+        finally:
+            PyBuffer_Release(&view)
+        return records, off, n, status
+
+    def resync(self, buffer, Py_ssize_t offset, Py_ssize_t block_size) -> int:
+        """Offset of the first whole frame after `offset` (exclusive) whose length is a
+        sealed length, whose first block authenticates and whose crc matches; -1 if none.
+
+        Recovery uses it when a frame's length field is damaged: the encrypted twin of
+        searching for the next `{"id":"e_` (a forged match needs a Poly1305 forgery)."""
+        _check_block_size(block_size)
+        cdef Py_buffer view
+        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+        cdef const unsigned char* buf = <const unsigned char*>view.buf
+        cdef Py_ssize_t size = view.len, q = offset + 1
+        cdef uint32_t length
+        cdef unsigned char* scratch = <unsigned char*>malloc(block_size)
+        cdef Py_ssize_t found = -1
+        if scratch == NULL:
+            PyBuffer_Release(&view)
+            raise MemoryError()
+        try:
+            with nogil:
+                if q < 0:
+                    q = 0
+                while size - q >= 8 + C_OVER + 1:
+                    length = _rd32(buf + q)
+                    if (length > C_OVER and length <= C_MAX_BODY
+                            and <Py_ssize_t>length <= size - q - 8
+                            and self.open_head(buf + q + 8, length, block_size, scratch) >= 0
+                            and <uint32_t>crc32(0, buf + q + 8, length) == _rd32(buf + q + 4)):
+                        found = q
+                        break
+                    q += 1
+        finally:
+            free(scratch)
+            PyBuffer_Release(&view)
+        return found
