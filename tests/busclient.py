@@ -34,7 +34,8 @@ class BusServer:
         self.proc: subprocess.Popen | None = None
         self.stderr_path = self.path.parent / f"server-{self.port}.log"
 
-    def start(self, timeout: float = 15.0) -> BusServer:
+    def spawn(self) -> subprocess.Popen:
+        """Start the process and return at once (start() also waits until it listens)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
         env.update(self.env)
         cmd = [sys.executable, "-m", "busd", "server", "--addr", f"127.0.0.1:{self.port}",
@@ -42,6 +43,10 @@ class BusServer:
         self._stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                      stderr=self._stderr)
+        return self.proc
+
+    def start(self, timeout: float = 15.0) -> BusServer:
+        self.spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,0 +1,231 @@
+"""Slow and idle clients: slowloris is cut off, idle streams are cheap, stalled readers are
+bounded, and --max-connections refuses the excess politely."""
+
+from __future__ import annotations
+
+import json
+import resource
+import socket
+import threading
+import time
+
+import pytest
+
+from busclient import SSE, Http, build_request, publish, read_response, request
+
+IDLE_STREAMS = 5000
+IDLE_STREAM_BUDGET_KIB = 16  # the core issue's bound per idle SSE connection
+STALLED_BUDGET_MIB = 1  # ... and per consumer that stops reading
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def publish_latency(port: int) -> float:
+    started = time.monotonic()
+    assert publish(port, "app.latency", 1).status == 202
+    return time.monotonic() - started
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return data
+
+
+def test_slowloris_headers_are_cut_off_and_never_delay_others(make_server):
+    server = make_server("app", "--header-timeout", "1s", "--body-timeout", "1s")
+    port = server.port
+    attackers = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    body_attacker = socket.create_connection(("127.0.0.1", port))
+    body_attacker.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+    request_bytes = build_request("GET", "/?subject=app.>")
+    started = time.monotonic()
+    latencies, cut = [], {}
+    for n in range(8):  # one byte a second on each attacking connection
+        for number, sock in enumerate(attackers):
+            if number in cut:
+                continue
+            try:
+                sock.sendall(request_bytes[n:n + 1])
+            except OSError:
+                cut[number] = time.monotonic() - started
+        latencies.append(publish_latency(port))
+        time.sleep(1)
+        if len(cut) == len(attackers):
+            break
+    answers = [read_until_closed(sock, 3) for sock in attackers]
+    for sock in attackers:
+        sock.close()
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), answers[:3]
+    assert b"request headers not received within 1s" in answers[0]
+    assert max(latencies) < 0.25, f"slow clients delayed a publish: {latencies}"
+    stalled_body = read_until_closed(body_attacker, 4)
+    body_attacker.close()
+    assert stalled_body.startswith(b"HTTP/1.1 408 ") and b"body stalled" in stalled_body
+    assert time.monotonic() - started < 12
+    assert publish_latency(port) < 0.25
+
+
+def test_idle_keep_alive_connections_are_closed_after_idle_timeout(make_server):
+    server = make_server("app", "--idle-timeout", "1s")
+    with Http(server.port) as http:
+        assert http.request("GET", "/healthz").status == 200
+        assert read_until_closed(http.sock, 4) == b"", "idle connection was not closed"
+    silent = socket.create_connection(("127.0.0.1", server.port))
+    assert read_until_closed(silent, 4) == b""  # never sent a byte: also idle
+    silent.close()
+
+
+@pytest.fixture
+def many_fds():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 3 * IDLE_STREAMS
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+        except (ValueError, PermissionError):
+            pytest.skip(f"cannot raise the open-file limit to {wanted} (hard limit {hard})")
+    else:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_5000_idle_streams_stay_within_memory_bounds(make_server, many_fds):
+    server = make_server("app", "--max-connections", str(IDLE_STREAMS + 100))
+    pid, port = server.proc.pid, server.port
+    subscribe = build_request("GET", "/?subject=app.>")
+    warm = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
+    for sock in warm:
+        sock.sendall(subscribe)
+    time.sleep(0.3)
+    before = rss_kib(pid)
+    streams = []
+    for _ in range(IDLE_STREAMS):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(subscribe)
+        streams.append(sock)
+    deadline = time.monotonic() + 30
+    while request(port, "GET", "/healthz").json()["consumers"] < IDLE_STREAMS + 50:
+        assert time.monotonic() < deadline, "the streams did not all open"
+        time.sleep(0.1)
+    after = rss_kib(pid)
+    per_stream = (after - before) / IDLE_STREAMS
+    print(f"rss {before} KiB -> {after} KiB with {IDLE_STREAMS} idle streams: "
+          f"{per_stream:.1f} KiB each")
+    assert per_stream <= IDLE_STREAM_BUDGET_KIB
+    # every one of them is really served: one event reaches a sample of them
+    assert publish(port, "app.idle", "hello").status == 202
+    for sock in streams[:: IDLE_STREAMS // 20]:
+        sock.settimeout(5)
+        data = b""
+        while b'"hello"' not in data:
+            chunk = sock.recv(65536)
+            assert chunk, "stream closed"
+            data += chunk
+    assert publish_latency(port) < 0.5
+    for sock in streams + warm:
+        sock.close()
+
+
+def _publish_load(port: int, pid: int, total: int = 40_000) -> float:
+    """Publish `total` ~300-byte events in batches; the server's RSS growth in MiB."""
+    before = rss_kib(pid)
+    pad = "x" * 200
+    with Http(port) as http:
+        for start in range(0, total, 500):
+            body = json.dumps([{"subject": "app.slow", "payload": {"n": n, "pad": pad}}
+                               for n in range(start, start + 500)]).encode()
+            assert http.request("POST", "/", body).status == 202
+    return (rss_kib(pid) - before) / 1024
+
+
+def test_stalled_consumers_are_bounded_while_publishing_goes_on(make_server):
+    """20 subscribers stop reading while ~12 MB are published: each costs at most 1 MiB
+    more than the same load costs a server with no subscriber at all."""
+    control = make_server("app")
+    baseline = _publish_load(control.port, control.proc.pid)
+    control.close()
+    server = make_server("app")
+    pid, port = server.proc.pid, server.port
+    stalled = []
+    for _ in range(20):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(build_request("GET", "/?subject=app.>&start=newest"))
+        stalled.append(sock)
+    deadline = time.monotonic() + 5
+    while request(port, "GET", "/healthz").json()["consumers"] < len(stalled):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    grown = _publish_load(port, pid)
+    extra = grown - baseline
+    print(f"rss growth {grown:.1f} MiB behind {len(stalled)} stalled consumers, "
+          f"{baseline:.1f} MiB with none: {extra / len(stalled) * 1024:.0f} KiB each")
+    assert extra <= len(stalled) * STALLED_BUDGET_MIB
+    assert publish_latency(port) < 0.25
+    # one of them wakes up and gets everything, in order
+    stream = SSE(port, sock=stalled[0])
+    assert [e["payload"]["n"] for e in stream.events(40_000, timeout=60)] == list(range(40_000))
+    for sock in stalled:
+        sock.close()
+
+
+def test_max_connections_refuses_the_excess_politely(make_server):
+    server = make_server("app", "--max-connections", "20")
+    held = [Http(server.port) for _ in range(20)]
+    assert held[0].request("GET", "/healthz").status == 200  # all 20 accepted
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
+        extra.sendall(build_request("POST", "/", b'{"subject":"app.x"}'))
+        answer = read_response(extra.makefile("rb"))
+    assert answer.status == 503 and b"too many connections (limit 20)" in answer.body
+    assert answer.headers["connection"] == "close"
+    for http in held[:5]:
+        http.close()
+    time.sleep(0.2)
+    assert publish(server.port, "app.after", 1).status == 202, "room again once some left"
+    for http in held[5:]:
+        assert http.request("POST", "/", b'{"subject":"app.held"}').status == 202
+        http.close()
+
+
+def test_a_flood_of_connections_while_publishing(make_server):
+    """Connect/close churn from several threads does not stall a steady publisher."""
+    server = make_server("app")
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=2).close()
+            except OSError:
+                pass
+
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        with Http(server.port) as http:
+            worst = 0.0
+            for n in range(300):
+                started = time.monotonic()
+                assert http.request("POST", "/", json.dumps(
+                    {"subject": "app.steady", "payload": n}).encode()).status == 202
+                worst = max(worst, time.monotonic() - started)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert worst < 0.5, f"a publish took {worst:.3f}s under connection churn"
