@@ -21,7 +21,7 @@ from busd._core import ParsedEvent, sse_frame, sse_frame_matching, stamp_events
 from busd.config import INBOX_NAMESPACE, Config
 from busd.consumer import Consumer, InboxConsumer
 from busd.dedup import DedupCache
-from busd.log import LogWriteError
+from busd.log import CorruptRecordError, LogWriteError
 from busd.metrics import Metrics
 from busd.store import Store
 
@@ -99,7 +99,12 @@ class Broker:
             index = max(self.store.first_index(ns),
                         self.store.next_index(ns) - DEDUP_REBUILD_RECORDS)
             while index < self.store.next_index(ns):
-                records = self.store.read(ns, index, 4 << 20)
+                try:
+                    records = self.store.read(ns, index, 4 << 20)
+                except CorruptRecordError:  # reported to readers; must not stop start-up
+                    log.warning("dedup rebuild skips a corrupt record ns=%s index=%d", ns, index)
+                    index += 1
+                    continue
                 if not records:
                     break
                 index += len(records)
