@@ -223,10 +223,14 @@ class AsyncSubscription:
             stream = self._stream
             if stream is None or self._closed:
                 raise StopAsyncIteration
-            try:
-                message = await stream.next(state.heartbeat_timeout)
-            except BusTimeoutError:
-                message = None  # a silent connection is a dead one: reconnect
+            messages = stream.decoder.messages
+            if messages:
+                message: Message | None = messages.popleft()
+            else:
+                try:
+                    message = await stream.next(state.heartbeat_timeout)
+                except BusTimeoutError:
+                    message = None  # a silent connection is a dead one: reconnect
             if message is None:
                 await self._reconnect()
                 continue
@@ -308,7 +312,10 @@ class AsyncSubscription:
     def __del__(self) -> None:
         stream = getattr(self, "_stream", None)
         if stream is not None:
-            stream.close()
+            try:
+                stream.close()
+            except RuntimeError:  # its event loop is already closed
+                pass
 
 
 class AsyncClient:

@@ -6,6 +6,8 @@ import threading
 import time
 from collections import deque
 
+import orjson
+
 from busd.client._events import Event
 from busd.client.errors import BusConnectionError, BusError, SubscriptionError
 
@@ -147,7 +149,10 @@ class SubscriptionState:
         raises SubscriptionError; anything else is (None, False)."""
         kind, _, data = message
         if kind == b"msg":
-            event = event_cls.decode(data, self.consumer_id or "", sub)
+            event = event_cls(orjson.loads(data), self.consumer_id or "", sub)
+            if not self.manual:
+                self.resume.last_id = event.id
+                return event, True
             return event, self.resume.delivered(event.id)
         if kind == b"error":
             raise SubscriptionError(data.decode("utf-8", "replace") or "subscription ended")

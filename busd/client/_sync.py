@@ -168,13 +168,17 @@ class Subscription:
             stream = self._stream
             if stream is None or self._closed.is_set():
                 raise StopIteration
-            try:
-                message = stream.next(state.heartbeat_timeout)
-            except BusTimeoutError:
-                message = None  # a silent connection is a dead one: reconnect
-            except BaseException:
-                self.close()
-                raise
+            messages = stream.decoder.messages
+            if messages:
+                message: Message | None = messages.popleft()
+            else:
+                try:
+                    message = stream.next(state.heartbeat_timeout)
+                except BusTimeoutError:
+                    message = None  # a silent connection is a dead one: reconnect
+                except BaseException:
+                    self.close()
+                    raise
             if message is None:
                 self._reconnect()
                 continue
