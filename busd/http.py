@@ -155,6 +155,7 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._reject: tuple[int, str] | None = None
+        self._failed = False
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -170,8 +171,8 @@ class HttpConnection(asyncio.Protocol):
             stream.closed()
 
     def data_received(self, data: bytes) -> None:
-        if self.stream is not None:
-            return  # a streaming connection does not take further requests
+        if self.stream is not None or self._failed:
+            return  # a streaming (or failed) connection does not take further requests
         if self.state == _IDLE:
             self.state = _HEADERS
             self.since = time.monotonic()
@@ -346,11 +347,19 @@ class HttpConnection(asyncio.Protocol):
         self.since = time.monotonic()
 
     def _fail(self, status: int, reason: str) -> None:
-        """Answer a request we cannot parse or accept, then drop the connection."""
-        if self.is_closed:
+        """Answer a request we cannot parse or accept, then drop the connection.
+
+        Requests pipelined before it keep their own answers, in order: the error goes
+        last, so a client never takes it for the answer to an earlier (stored) publish.
+        """
+        if self.is_closed or self._failed:
             return
+        self._failed = True
         log.debug("rejecting request status=%d reason=%r", status, reason)
-        self.pending.clear()
+        self._pause_reading()
+        if self.pending:
+            self.fulfil(self.defer(), error_response(status, reason, close=True), close=True)
+            return
         self.transport.write(error_response(status, reason, close=True))
         self.close()
 
