@@ -1,9 +1,20 @@
+cdef inline Py_ssize_t sealed_record_size(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
+    """Frame body bytes of an n-byte record sealed in bs-byte blocks: its 8-byte id tag,
+    then per block a 24-byte nonce, a 16-byte Poly1305 tag and the ciphertext."""
+    return 8 + n + 40 * ((n + bs - 1) // bs)
+
+
 cdef class Codec:
     cdef unsigned char key[32]
+    cdef unsigned char tag_key[16]
+    cdef void _id_tag(self, const unsigned char* record, Py_ssize_t n,
+                      unsigned char* out) noexcept nogil
     cdef unsigned char* _seal_into(self, const unsigned char* m, Py_ssize_t n, Py_ssize_t bs,
                                    unsigned char* out, const unsigned char* nonces) noexcept nogil
     cdef int _open_into(self, const unsigned char* c, Py_ssize_t sealed, Py_ssize_t bs,
                         unsigned char* out) noexcept nogil
+    cdef int _open_record(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t bs,
+                          unsigned char* out) noexcept nogil
     cdef int open_head(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t block_size,
                        unsigned char* out) noexcept nogil
     cdef bytes _nonces(self, Py_ssize_t count, object nonces)

@@ -3,14 +3,18 @@
 
 A record of n plaintext bytes is cut into blocks of `block_size` bytes (the last one
 shorter) and each block is stored as its own random 24-byte nonce, the 16-byte Poly1305
-tag and the ciphertext, back to back:
+tag and the ciphertext, back to back (a "blob", n + 40 * ceil(n / block_size) bytes; its
+plaintext length and block boundaries follow from its length and the block size alone):
 
-    [nonce | tag | ct(block 0)] [nonce | tag | ct(block 1)] ...
+    [nonce | mac | ct(block 0)] [nonce | mac | ct(block 1)] ...
 
-so the sealed record has n + 40 * ceil(n / block_size) bytes, and its plaintext length
-(and block boundaries) follow from its length and the block size alone. The sealed record
-is the frame body of the segment file, so the framing (length, crc32 of the ciphertext),
-recovery and the sparse index work on encrypted logs without the key.
+A stored record is an 8-byte id tag followed by its blob. The id tag is SipHash-2-4,
+under a key derived from the secret, of the record's event id (record[7:29]): find_id
+compares tags instead of opening a block per record, and a tag reveals nothing of the id
+(not even its timestamp) to whoever lacks the key. Opening a record checks its tag too.
+
+The sealed record is the frame body of the segment file, so the framing (length, crc32 of
+the ciphertext), recovery and the sparse index work on encrypted logs without the key.
 
 The cipher is libsodium's, the one PyNaCl ships: the C entry points are taken from
 PyNaCl's cffi module (`nacl._sodium.lib`) once, so the per-block calls below are plain C
@@ -22,29 +26,40 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint32_t, uintptr_t
 
 cdef extern from "zlib.h":
     unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
 
+import hashlib
+
 NONCE_SIZE = 24
-TAG_SIZE = 16
+MAC_SIZE = 16
 BLOCK_OVERHEAD = 40
+ID_TAG_SIZE = 8
 KEY_SIZE = 32
+ID_AT = 7  # a record's event id: record[7:29] (b"e_" + xid), as in busd/log.py
+ID_LEN = 22
 
 DEF C_NONCE = 24
-DEF C_TAG = 16
+DEF C_MAC = 16
 DEF C_OVER = 40
 DEF C_MAX_BODY = 268435456
+DEF C_TAG = 8
+DEF C_ID_AT = 7
+DEF C_ID_LEN = 22
 
 ctypedef int (*box_fn)(unsigned char* out, const unsigned char* data, unsigned long long size,
                        const unsigned char* nonce, const unsigned char* key) noexcept nogil
 ctypedef void (*rand_fn)(unsigned char* buf, unsigned long long size) noexcept nogil
+ctypedef int (*hash_fn)(unsigned char* out, const unsigned char* data, unsigned long long size,
+                        const unsigned char* key) noexcept nogil
 
 cdef box_fn _seal_fn = NULL
 cdef box_fn _open_fn = NULL
 cdef rand_fn _rand_fn = NULL
+cdef hash_fn _hash_fn = NULL
 
 
 class SealError(ValueError):
@@ -53,17 +68,19 @@ class SealError(ValueError):
 
 cdef int _load() except -1:
     """Resolve libsodium's secretbox and randombytes from PyNaCl's bindings (once)."""
-    global _seal_fn, _open_fn, _rand_fn
+    global _seal_fn, _open_fn, _rand_fn, _hash_fn
     if _seal_fn != NULL:
         return 0
     import nacl.bindings  # initialises libsodium (sodium_init)
     from nacl._sodium import ffi, lib
-    if (lib.crypto_secretbox_noncebytes() != C_NONCE or lib.crypto_secretbox_macbytes() != C_TAG
-            or lib.crypto_secretbox_keybytes() != 32):
-        raise ImportError("unexpected libsodium secretbox sizes")
+    if (lib.crypto_secretbox_noncebytes() != C_NONCE or lib.crypto_secretbox_macbytes() != C_MAC
+            or lib.crypto_secretbox_keybytes() != 32 or lib.crypto_shorthash_siphash24_bytes() != 8
+            or lib.crypto_shorthash_siphash24_keybytes() != 16):
+        raise ImportError("unexpected libsodium secretbox / siphash sizes")
     nacl.bindings.sodium_init()
     _open_fn = <box_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "crypto_secretbox_open_easy")))
     _rand_fn = <rand_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "randombytes")))
+    _hash_fn = <hash_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "crypto_shorthash_siphash24")))
     _seal_fn = <box_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "crypto_secretbox_easy")))
     return 0
 
@@ -113,9 +130,17 @@ def sealed_size(Py_ssize_t n, Py_ssize_t block_size) -> int:
 
 
 def plain_size(Py_ssize_t sealed, Py_ssize_t block_size) -> int:
-    """Plaintext bytes of a sealed record of `sealed` bytes; -1 if that length is impossible."""
+    """Plaintext bytes of a blob of `sealed` bytes; -1 if that length is impossible."""
     _check_block_size(block_size)
     return _plain_size(sealed, block_size)
+
+
+def record_size(Py_ssize_t n, Py_ssize_t block_size) -> int:
+    """Frame body bytes of a stored record of n bytes (id tag + blob)."""
+    _check_block_size(block_size)
+    if n < 1:
+        raise ValueError("a record has at least one byte")
+    return sealed_record_size(n, block_size)
 
 
 cdef class Codec:
@@ -126,14 +151,25 @@ cdef class Codec:
             raise ValueError(f"key must be 32 bytes, not {PyBytes_GET_SIZE(key)}")
         _load()
         memcpy(self.key, PyBytes_AS_STRING(key), 32)
+        cdef bytes tag_key = hashlib.sha256(b"busd id tag v1\0" + key).digest()
+        memcpy(self.tag_key, PyBytes_AS_STRING(tag_key), 16)
 
     def __dealloc__(self):
         memset(self.key, 0, 32)
+        memset(self.tag_key, 0, 16)
 
     def __repr__(self) -> str:
         return "<busd._crypto.Codec>"  # never the key
 
     # -- C level ---------------------------------------------------------------------------
+    cdef void _id_tag(self, const unsigned char* record, Py_ssize_t n,
+                      unsigned char* out) noexcept nogil:
+        """The id tag of a record: keyed SipHash-2-4 of record[7:29] (of b"" if shorter)."""
+        if n >= C_ID_AT + C_ID_LEN:
+            _hash_fn(out, record + C_ID_AT, C_ID_LEN, self.tag_key)
+        else:
+            _hash_fn(out, record, 0, self.tag_key)
+
     cdef unsigned char* _seal_into(self, const unsigned char* m, Py_ssize_t n,
                                           Py_ssize_t bs, unsigned char* out,
                                           const unsigned char* nonces) noexcept nogil:
@@ -163,14 +199,26 @@ cdef class Codec:
             sealed -= size
         return 0
 
+    cdef int _open_record(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t bs,
+                          unsigned char* out) noexcept nogil:
+        """Open a stored record (id tag + blob, length already validated) into out and
+        check its id tag: 0, or -1."""
+        cdef unsigned char tag[C_TAG]
+        if self._open_into(body + C_TAG, n - C_TAG, bs, out) != 0:
+            return -1
+        self._id_tag(out, _plain_size(n - C_TAG, bs), tag)
+        return 0 if memcmp(tag, body, C_TAG) == 0 else -1
+
     cdef int open_head(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t block_size,
                        unsigned char* out) noexcept nogil:
-        """Open only the first block of a sealed record into out (block_size bytes of
+        """Open only the first block of a stored record into out (block_size bytes of
         room): its plaintext length, or -1 if the length is impossible or it does not
         authenticate. Enough for the record's id: the index and find_id use this."""
         cdef Py_ssize_t size
-        if _plain_size(n, block_size) < 0:
+        n -= C_TAG
+        if n < 0 or _plain_size(n, block_size) < 0:
             return -1
+        body += C_TAG
         size = n if n < block_size + C_OVER else block_size + C_OVER
         if _open_fn(out, body + C_NONCE, size - C_NONCE, body, self.key) != 0:
             return -1
@@ -190,8 +238,20 @@ cdef class Codec:
         return out
 
     # -- Python level ------------------------------------------------------------------------
+    def id_tag(self, record) -> bytes:
+        """The id tag of a record; of an event id given alone (b"e_" + xid) too."""
+        cdef bytes r = bytes(record)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, C_TAG)
+        if PyBytes_GET_SIZE(r) == C_ID_LEN:
+            _hash_fn(<unsigned char*>PyBytes_AS_STRING(out), <const unsigned char*>PyBytes_AS_STRING(r),
+                     C_ID_LEN, self.tag_key)
+        else:
+            self._id_tag(<const unsigned char*>PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r),
+                         <unsigned char*>PyBytes_AS_STRING(out))
+        return out
+
     def seal(self, data, Py_ssize_t block_size, nonces=None) -> bytes:
-        """One record sealed (nonces: optional bytes of 24 per block, for tests)."""
+        """A blob: data sealed in blocks (nonces: optional bytes of 24 per block, for tests)."""
         _check_block_size(block_size)
         cdef bytes m = bytes(data)
         cdef Py_ssize_t n = PyBytes_GET_SIZE(m)
@@ -205,7 +265,7 @@ cdef class Codec:
         return out
 
     def open(self, sealed, Py_ssize_t block_size) -> bytes:
-        """The plaintext of one sealed record; SealError if it does not open."""
+        """The plaintext of a blob; SealError if it does not open."""
         _check_block_size(block_size)
         cdef Py_buffer view
         PyObject_GetBuffer(sealed, &view, PyBUF_SIMPLE)
@@ -226,9 +286,35 @@ cdef class Codec:
             raise SealError("sealed record does not authenticate (wrong key or damaged)")
         return out
 
+    def seal_record(self, record, Py_ssize_t block_size, nonces=None) -> bytes:
+        """A record as stored in a frame body: id tag + blob."""
+        cdef bytes r = bytes(record)
+        return self.id_tag(r) + self.seal(r, block_size, nonces)
+
+    def open_record(self, body, Py_ssize_t block_size) -> bytes:
+        """The record in a frame body (id tag + blob); SealError if it does not open or
+        its id tag does not match."""
+        _check_block_size(block_size)
+        cdef Py_buffer view
+        PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
+        cdef Py_ssize_t n = _plain_size(view.len - C_TAG, block_size) if view.len > C_TAG else -1
+        cdef bytes out = None
+        cdef int rc = -1
+        try:
+            if n > 0:
+                out = PyBytes_FromStringAndSize(NULL, n)
+                rc = self._open_record(<const unsigned char*>view.buf, view.len, block_size,
+                                       <unsigned char*>PyBytes_AS_STRING(out))
+        finally:
+            PyBuffer_Release(&view)
+        if rc != 0:
+            raise SealError("stored record does not open (wrong key, damaged, or impossible "
+                            "length)")
+        return out
+
     def frame_records(self, list records, Py_ssize_t block_size, nonces=None) -> bytes:
-        """All records sealed and framed (u32 length, u32 crc32 of the sealed body, sealed
-        body) into one new bytes object: the encrypted twin of _framing.frame_records."""
+        """All records sealed and framed (u32 length, u32 crc32 of the body, body = id tag
+        + blob) into one new bytes object: the encrypted twin of _framing.frame_records."""
         _check_block_size(block_size)
         cdef Py_ssize_t n = PyList_GET_SIZE(records), i, total = 0, blocks = 0, size, sealed
         cdef object r
@@ -237,10 +323,10 @@ cdef class Codec:
             if not PyBytes_Check(r):
                 raise TypeError(f"record {i} is {type(r).__name__}, not bytes")
             size = PyBytes_GET_SIZE(r)
-            if size == 0 or _sealed_size(size, block_size) > C_MAX_BODY:
+            if size == 0 or sealed_record_size(size, block_size) > C_MAX_BODY:
                 raise ValueError(f"record {i} has {size} bytes; out of range")
             blocks += _blocks(size, block_size)
-            total += 8 + _sealed_size(size, block_size)
+            total += 8 + sealed_record_size(size, block_size)
         cdef bytes nb = self._nonces(blocks, nonces)
         cdef const unsigned char* np = <const unsigned char*>PyBytes_AS_STRING(nb)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
@@ -248,9 +334,10 @@ cdef class Codec:
         for i in range(n):
             r = <object>PyList_GET_ITEM(records, i)
             size = PyBytes_GET_SIZE(r)
-            sealed = _sealed_size(size, block_size)
+            sealed = sealed_record_size(size, block_size)
+            self._id_tag(<const unsigned char*>PyBytes_AS_STRING(r), size, dst + 8)
             np = self._seal_into(<const unsigned char*>PyBytes_AS_STRING(r), size, block_size,
-                                 dst + 8, np)
+                                 dst + 8 + C_TAG, np)
             _wr32(dst, <uint32_t>sealed)
             _wr32(dst + 4, <uint32_t>crc32(0, dst + 8, <unsigned int>sealed))
             dst += 8 + sealed
@@ -260,7 +347,8 @@ cdef class Codec:
                     Py_ssize_t block_size):
         """_framing.scan_frames over sealed frames, returning plaintexts:
         (records, end_offset, n_records, status). A frame whose crc matches but which does
-        not open is status 2 (corrupt) at end_offset, like a crc mismatch."""
+        not open (or whose id tag does not match) is status 2 (corrupt) at end_offset, like
+        a crc mismatch."""
         _check_block_size(block_size)
         cdef Py_buffer view
         PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
@@ -289,13 +377,13 @@ cdef class Codec:
                 if <uint32_t>crc32(0, buf + off + 8, length) != _rd32(buf + off + 4):
                     status = 2
                     break
-                plain = _plain_size(length, block_size)
+                plain = _plain_size(<Py_ssize_t>length - C_TAG, block_size)
                 if plain < 0:
                     status = 2
                     break
                 rec = PyBytes_FromStringAndSize(NULL, plain)
-                if self._open_into(buf + off + 8, length, block_size,
-                                   <unsigned char*>PyBytes_AS_STRING(rec)) != 0:
+                if self._open_record(buf + off + 8, length, block_size,
+                                     <unsigned char*>PyBytes_AS_STRING(rec)) != 0:
                     status = 2
                     break
                 records.append(rec)
@@ -326,9 +414,9 @@ cdef class Codec:
             with nogil:
                 if q < 0:
                     q = 0
-                while size - q >= 8 + C_OVER + 1:
+                while size - q >= 8 + C_TAG + C_OVER + 1:
                     length = _rd32(buf + q)
-                    if (length > C_OVER and length <= C_MAX_BODY
+                    if (length > C_TAG + C_OVER and length <= C_MAX_BODY
                             and <Py_ssize_t>length <= size - q - 8
                             and self.open_head(buf + q + 8, length, block_size, scratch) >= 0
                             and <uint32_t>crc32(0, buf + q + 8, length) == _rd32(buf + q + 4)):

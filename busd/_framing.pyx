@@ -18,7 +18,7 @@ from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
 
-from busd._crypto cimport Codec
+from busd._crypto cimport Codec, sealed_record_size
 
 import array as _array_mod
 
@@ -83,11 +83,6 @@ cdef inline long long _record_sec(const unsigned char* body, Py_ssize_t n) noexc
     if n < 29:
         return -1
     return _xid_sec(body + 9)
-
-
-cdef inline Py_ssize_t _sealed_size(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
-    """Frame body bytes of an n-byte record sealed in bs-byte blocks (busd/_crypto.pyx)."""
-    return n + 40 * ((n + bs - 1) // bs)
 
 
 cdef unsigned char* _scratch(Codec codec, Py_ssize_t block_size) except? NULL:
@@ -184,8 +179,9 @@ def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle,
                 Codec codec=None, Py_ssize_t block_size=0):
     """Ordinal (from offset) of the first whole, crc-valid frame whose body[at:] starts
     with needle, or -1. Stops at the end, after max_records, or at a frame it cannot follow.
-    With a codec the bodies are sealed records: the first block of each is opened and
-    compared (so the needle must lie within the first block_size bytes)."""
+    With a codec the bodies are sealed records, and the needle an event id at ID_AT: their
+    id tags are compared, and a match is confirmed by opening its first block."""
+    cdef bytes tag = codec.id_tag(needle) if codec is not None else None
     cdef unsigned char* scratch = _scratch(codec, block_size)
     cdef Py_buffer view
     PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
@@ -200,7 +196,8 @@ def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle,
                 break
             blen = length
             if scratch != NULL:
-                if (codec.open_head(buf + off + 8, blen, block_size, scratch) >= at + nlen
+                if (blen > 8 and memcmp(buf + off + 8, PyBytes_AS_STRING(tag), 8) == 0
+                        and codec.open_head(buf + off + 8, blen, block_size, scratch) >= at + nlen
                         and memcmp(scratch + at, nd, nlen) == 0
                         and <uint32_t>crc32(0, buf + off + 8, length) == _rd32(buf + off + 4)):
                     return n
@@ -341,7 +338,7 @@ cdef class SegmentIndex:
             r = <object>PyList_GET_ITEM(records, i)
             size = PyBytes_GET_SIZE(r)
             self._add(_record_sec(<const unsigned char*>PyBytes_AS_STRING(r), size),
-                      (_sealed_size(size, block_size) if block_size > 0 else size) + 8)
+                      (sealed_record_size(size, block_size) if block_size > 0 else size) + 8)
 
     def add_corrupt(self, Py_ssize_t span):
         """Count a corrupt record of `span` bytes at end_offset: it gets a block of its own, so

@@ -23,10 +23,12 @@ Why it is shaped like this:
   frames: with a key, each frame body is the record sealed in blocks, so framing, CRCs,
   recovery and the index are unchanged and verifiable without the key. Flag bit 0 of the
   segment header marks an encrypted segment and its reserved u32 holds the block size it
-  was sealed with; `keycheck` in the namespace directory holds a sealed known value. Ids are
-  not kept in clear: indexing and find_id open each record's first block (only those
-  paths and catch-up reads decrypt; appends index the plaintext they were given, and the
-  recent-records cache holds plaintext). Closed segments' .idx files are sealed too.
+  was sealed with; `keycheck` in the namespace directory holds a sealed known value. Ids
+  and timestamps are not kept in clear: indexing opens each record's first block for its
+  id's second (recovery and lazy index builds only: appends index the plaintext they were
+  given), find_id compares keyed id tags (an 8-byte SipHash of the id in front of each
+  sealed record) and opens only a match, catch-up reads open what they serve, and the
+  recent-records cache holds plaintext. Closed segments' .idx files are sealed too.
 """
 
 from __future__ import annotations
@@ -473,7 +475,7 @@ class NamespaceLog:
                 frame = head + _pread_exact(fh.fileno(), length, HEADER_SIZE + 8)
             if frame_ok(frame, 0):
                 try:
-                    self.codec.open(memoryview(frame)[8:], seg.block_size)
+                    self.codec.open_record(memoryview(frame)[8:], seg.block_size)
                 except SealError:
                     return False
                 return True

@@ -15,7 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from busd._crypto import Codec, SealError, plain_size, sealed_size
+from busd import log as log_module
+from busd._crypto import ID_AT, ID_LEN, Codec, SealError, plain_size, record_size, sealed_size
 from busd.crypto import KEYCHECK_NAME, derive_key
 from busd.log import (
     CorruptRecordError,
@@ -65,12 +66,23 @@ def ref_open(key: bytes, sealed: bytes, block_size: int) -> bytes:
     return b"".join(out)
 
 
+def ref_tag(key: bytes, record: bytes) -> bytes:
+    """SipHash-2-4 of the record's id under a key derived from the secretbox key."""
+    tag_key = hashlib.sha256(b"busd id tag v1\0" + key).digest()[:16]
+    data = record[7:29] if len(record) >= 29 else b""
+    return nacl.bindings.crypto_shorthash_siphash24(data, tag_key)
+
+
 def ref_frames(bodies: list[bytes]) -> bytes:
     return b"".join(struct.pack("<II", len(b), zlib.crc32(b)) + b for b in bodies)
 
 
 KEY = derive_key(SECRET)
 CODEC = Codec(KEY)
+
+
+def test_id_position_agrees_with_the_log():
+    assert (ID_AT, ID_LEN) == (log_module.ID_AT, log_module.ID_LEN)
 
 
 def test_key_is_sha256_of_the_secret():
@@ -81,7 +93,10 @@ def test_key_is_sha256_of_the_secret():
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(records=st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=6),
+@given(records=st.lists(st.one_of(st.binary(min_size=1, max_size=3000),
+                                  st.builds(lambda n, size: rec(T0, n, size),
+                                            st.integers(0, 2**24), st.integers(60, 3000))),
+                        min_size=1, max_size=6),
        block_size=st.one_of(st.sampled_from([1, 64, 100, 4096]), st.integers(1, 5000)),
        seed=st.integers(0, 2**32))
 def test_cython_buffering_matches_the_python_reference(records, block_size, seed):
@@ -102,8 +117,11 @@ def test_cython_buffering_matches_the_python_reference(records, block_size, seed
         assert len(sealed) == sealed_size(len(r), block_size)
         assert plain_size(len(sealed), block_size) == len(r)
         assert CODEC.open(sealed, block_size) == r == ref_open(KEY, sealed, block_size)
+        assert CODEC.id_tag(r) == ref_tag(KEY, r)
+        assert CODEC.open_record(ref_tag(KEY, r) + sealed, block_size) == r
     framed = CODEC.frame_records(records, block_size, nonces)
-    assert framed == ref_frames(expected)
+    assert framed == ref_frames([ref_tag(KEY, r) + s for r, s in zip(records, expected)])
+    assert [len(r) + 8 for r in expected] == [record_size(len(r), block_size) for r in records]
     assert CODEC.scan_frames(framed, 0, -1, block_size) == (records, len(framed), len(records), 0)
     # random nonces: still opens, never repeats
     again = CODEC.frame_records(records, block_size)
@@ -123,6 +141,12 @@ def test_impossible_sealed_lengths_and_damage_do_not_open():
         Codec(derive_key("other")).open(sealed, 64)
     with pytest.raises(SealError):
         CODEC.open(sealed[:-1], 64)
+    record = rec(T0, 1, 300)
+    body = CODEC.seal_record(record, 64)
+    assert body[:8] == CODEC.id_tag(eid(record)) == CODEC.id_tag(record)
+    assert CODEC.open_record(body, 64) == record
+    with pytest.raises(SealError):  # a tag that is not the record's own
+        CODEC.open_record(CODEC.id_tag(rec(T0, 2)) + body[8:], 64)
 
 
 # -- through the log ---------------------------------------------------------------------------
@@ -170,7 +194,7 @@ def test_records_around_the_block_size_round_trip(tmp_path, block_size):
     assert read_all(nslog) == read_all(nslog, 100) == records * 2
     nslog.close()
     seg = next((tmp_path / "orders").glob("*.seg"))
-    assert [n for _, n in frames(seg)] == [sealed_size(s, block_size) for s in sizes] * 2
+    assert [n for _, n in frames(seg)] == [record_size(s, block_size) for s in sizes] * 2
     nslog, report = open_log(tmp_path, block_size=4096, cache_bytes=0)  # the header's size wins
     assert report.records == 12 and not report.corrupt_records
     assert read_all(nslog) == records * 2
@@ -275,7 +299,7 @@ def tamper(path, offset, fix_crc, block="last"):
     recompute the frame's crc if asked, as a deliberate tamperer would)."""
     data = bytearray(path.read_bytes())
     n = struct.unpack_from("<I", data, offset)[0]
-    data[offset + 8 + (45 if block == "first" else n - 3)] ^= 0x20
+    data[offset + 8 + (8 + 40 + 5 if block == "first" else n - 3)] ^= 0x20
     if fix_crc:
         struct.pack_into("<I", data, offset + 4, zlib.crc32(data[offset + 8:offset + 8 + n]))
     path.write_bytes(bytes(data))
