@@ -20,8 +20,10 @@ from busd import (
     Client,
     ConflictError,
     Event,
+    ForbiddenError,
     PayloadTooLargeError,
     SubscriptionError,
+    UnauthorizedError,
 )
 
 _n = itertools.count()
@@ -279,3 +281,38 @@ def test_client_close_ends_its_subscriptions(bus):
     assert list(sub) == [] and time.monotonic() - t0 < 2
     with pytest.raises(BusConnectionError, match="closed"):
         c.put("app.x", 1)
+
+
+TOKENS = """
+[[token]]
+name = "svc"
+secret = "svc-secret"
+publish = ["app.>"]
+subscribe = ["app.>"]
+"""
+
+
+def test_token_for_a_bus_with_an_auth_file(make_server, tmp_path):
+    path = tmp_path / "tokens.toml"
+    path.write_text(TOKENS)
+    server = make_server("app,orders", "--auth-file", str(path))
+    url = f"http://127.0.0.1:{server.port}"
+    with Client(url) as anonymous:
+        with pytest.raises(UnauthorizedError) as info:
+            anonymous.put("app.x", 1)
+        assert info.value.status == 401 and info.value.reason
+        with pytest.raises(UnauthorizedError):
+            anonymous.get("app.x")
+    with Client(url, token="svc-secret") as c:
+        with pytest.raises(ForbiddenError) as info:
+            c.put("orders.x", 1)
+        assert info.value.status == 403 and "orders.x" in info.value.reason
+        with pytest.raises(ForbiddenError):
+            c.get("orders.>")
+        ready = threading.Barrier(2, timeout=10)
+        thread = _responder(c, "app.add", "svc", ready, ack="manual")
+        ready.wait()  # acks, replies to the inbox and the inbox itself all carry the token
+        assert c.put("app.add", {"A": 1, "B": 2}, request_reply=True, timeout=5).payload == \
+            {"result": 3, "by": "svc"}
+        c.put("app.add", "stop")
+        thread.join(5)

@@ -12,9 +12,11 @@ from busd import (
     BadRequestError,
     BusError,
     ConflictError,
+    ForbiddenError,
     PayloadTooLargeError,
     ServerError,
     StorageError,
+    UnauthorizedError,
 )
 from busd.client._sse import Resume, SSEDecoder
 from busd.client._wire import encode_batch, encode_data, encode_event, go_duration, split_url
@@ -128,8 +130,9 @@ def test_resume_skips_an_event_the_server_gave_up_on():
 
 
 @pytest.mark.parametrize("status, cls", [
-    (400, BadRequestError), (409, ConflictError), (413, PayloadTooLargeError),
-    (507, StorageError), (500, ServerError), (503, ServerError), (418, BusError),
+    (400, BadRequestError), (401, UnauthorizedError), (403, ForbiddenError),
+    (409, ConflictError), (413, PayloadTooLargeError), (507, StorageError),
+    (500, ServerError), (503, ServerError), (418, BusError),
 ])
 def test_status_codes_map_to_error_classes_with_the_servers_reason(status, cls):
     error = error_for(status, b"the reason\n")

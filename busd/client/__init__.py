@@ -6,21 +6,23 @@ from busd.client._async import AsyncClient, AsyncSubscription
 from busd.client._events import AsyncEvent, BatchResult, Event, PutResult
 from busd.client._sync import Client, Subscription
 from busd.client.errors import (
-                                BadRequestError,
-                                BusConnectionError,
-                                BusError,
-                                BusTimeoutError,
-                                ConflictError,
-                                NotFoundError,
-                                PayloadTooLargeError,
-                                ServerError,
-                                StorageError,
-                                SubscriptionError,
+    BadRequestError,
+    BusConnectionError,
+    BusError,
+    BusTimeoutError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServerError,
+    StorageError,
+    SubscriptionError,
+    UnauthorizedError,
 )
 
 __all__ = [
     "AsyncClient", "AsyncEvent", "AsyncSubscription", "BadRequestError", "BatchResult",
     "BusConnectionError", "BusError", "BusTimeoutError", "Client", "ConflictError", "Event",
-    "NotFoundError", "PayloadTooLargeError", "PutResult", "ServerError", "StorageError",
-    "Subscription", "SubscriptionError",
+    "ForbiddenError", "NotFoundError", "PayloadTooLargeError", "PutResult", "ServerError",
+    "StorageError", "Subscription", "SubscriptionError", "UnauthorizedError",
 ]

@@ -322,14 +322,15 @@ class AsyncClient:
     """An asyncio client of a busd (or Bus) server; use it from one event loop.
 
     Keeps a pool of keep-alive connections (one per concurrent request). `timeout` bounds
-    connecting and each answer (and is the default for request/reply and confirmations).
+    connecting and each answer (and is the default for request/reply and confirmations);
+    `token` is sent as `Authorization: Bearer <token>` (a bus with --auth-file).
     """
 
     def __init__(self, url: str = "http://localhost:2021", *, timeout: float = 30.0,
-                 pool_size: int = 64) -> None:
+                 token: str | None = None, pool_size: int = 64) -> None:
         self.url = url
         self._host, self._port, host_header = split_url(url)
-        self._requests = Requests(host_header)
+        self._requests = Requests(host_header, token)
         self.timeout = timeout
         self._pool_size = pool_size
         self._idle: list[_Conn] = []

@@ -16,9 +16,13 @@ class Requests:
 
     __slots__ = ("_post", "_tail")
 
-    def __init__(self, host_header: str) -> None:
+    def __init__(self, host_header: str, token: str | None = None) -> None:
         self._tail = b" HTTP/1.1\r\nHost: " + host_header.encode("idna") + \
             b"\r\nUser-Agent: " + USER_AGENT + b"\r\n"
+        if token:
+            if any(c in token for c in "\r\n"):
+                raise ValueError("a token cannot contain line breaks")
+            self._tail += b"Authorization: Bearer " + token.encode() + b"\r\n"
         self._post = b"POST /" + self._tail + \
             b"Content-Type: application/json\r\nContent-Length: "
 

@@ -22,6 +22,14 @@ class BadRequestError(BusError):
     """400: the server refused the request (bad JSON, subject, parameter, namespace...)."""
 
 
+class UnauthorizedError(BusError):
+    """401: the server wants a token (`Client(url, token=...)`) and got none, or an unknown one."""
+
+
+class ForbiddenError(BusError):
+    """403: the token may not publish to / subscribe to this subject (or ack this consumer)."""
+
+
 class NotFoundError(BusError):
     """404: no such endpoint (the URL does not point at a bus server's root)."""
 
@@ -57,6 +65,8 @@ class SubscriptionError(BusError):
 
 _BY_STATUS: dict[int, type[BusError]] = {
     400: BadRequestError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
     413: PayloadTooLargeError,
