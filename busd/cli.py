@@ -31,9 +31,6 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --header-timeout DUR     Cut requests with slow headers [env BUS_HEADER_TIMEOUT, default 10s].
   --body-timeout DUR       Cut requests whose body stalls [env BUS_BODY_TIMEOUT, default 30s].
   --auth-file FILE         TOML file of tokens; without it the bus is open [env BUS_AUTH_FILE].
-  --header-timeout DUR     Cut requests with slow headers [env BUS_HEADER_TIMEOUT, default 10s].
-  --body-timeout DUR       Cut requests whose body stalls [env BUS_BODY_TIMEOUT, default 30s].
-  --auth-file FILE         TOML file of tokens; without it the bus is open [env BUS_AUTH_FILE].
 """
 
 from __future__ import annotations
