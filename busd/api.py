@@ -33,6 +33,13 @@ def _query(url: bytes) -> dict[str, str]:
         raise BadRequest("query string is not valid UTF-8") from None
 
 
+def _not_allowed(method: bytes, path: bytes, allow: bytes, close: bool) -> bytes:
+    """405 with the `Allow` header RFC 9110 requires."""
+    reason = (f"method {method.decode(errors='replace')} is not allowed on "
+              f"{path.decode(errors='replace')}; use {allow.decode()}\n")
+    return response(405, reason.encode(), headers=b"Allow: " + allow + b"\r\n", close=close)
+
+
 def _valid_id(value: str, prefix: str) -> bool:
     return len(value) == 22 and value.startswith(prefix) and is_xid(value[2:].encode())
 
@@ -62,14 +69,15 @@ class Api:
                 elif method == b"PUT":
                     self.ack(conn, request, token)
                 else:
-                    conn.reply(error_response(405, f"method {method.decode()} is not allowed on /; "
-                                                   "use GET, POST, PUT or OPTIONS", close), close)
+                    conn.reply(_not_allowed(method, path, b"GET, POST, PUT, OPTIONS", close), close)
             elif path == b"/metrics" and method == b"GET":
                 conn.reply(response(200, render_prometheus(self.broker, self.started),
                                     content_type=PROMETHEUS_TYPE, close=close), close)
             elif path == b"/healthz" and method == b"GET":
                 conn.reply(response(200, orjson.dumps(self.health()), close=close,
                                     content_type=b"application/json"), close)
+            elif path in (b"/metrics", b"/healthz"):
+                conn.reply(_not_allowed(method, path, b"GET, OPTIONS", close), close)
             else:
                 conn.reply(error_response(404, f"no such endpoint: {method.decode()} "
                                                f"{path.decode(errors='replace')}", close), close)
