@@ -1,9 +1,46 @@
 """bus: run a busd message bus, and talk to one.
 
 Usage:
-  bus server [options]
+  bus <command> [<args>...]
   bus (-h | --help)
   bus --version
+
+Commands:
+  server    Run the bus: HTTP API on --addr, event logs under --path.
+  put       Publish one event.
+  get       Subscribe and print events, one JSON line each.
+  ack       Acknowledge an event for a consumer.
+  debug     Read a data directory offline: events and totals, or --verify its CRCs.
+  dump      Write whole namespaces to JSON lines (offline with --path, online with --host).
+  restore   Put dumped events back with their ids and timestamps.
+  copy      Copy namespaces to another data directory, or one namespace into another.
+
+`bus <command> --help` describes each command and its flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from docopt import docopt
+
+from busd import __version__
+from busd._core import is_xid
+from busd import cli_copy, cli_debug, cli_dump, cli_pubsub, cli_restore
+from busd.cli_datadir import parse_namespace_list
+from busd.cli_http import BusHttp
+from busd.cli_output import EXIT_USAGE, CommandError, UsageError
+from busd.config import ConfigError, load_config, parse_duration
+from busd.logs import setup_logging
+
+SERVER_USAGE = """bus server: run the bus.
+
+Usage:
+  bus server [options]
+  bus server (-h | --help)
 
 Server options (BUS_* environment variables take precedence over flags, as in Bus):
   --addr ADDR              Listen address [env BUS_ADDR, default :2021].
@@ -33,24 +70,316 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --auth-file FILE         TOML file of tokens; without it the bus is open [env BUS_AUTH_FILE].
 """
 
-from __future__ import annotations
 
-import logging
-import os
-import sys
+PUT_USAGE = """bus put: publish one event.
 
-from docopt import docopt
+Usage:
+  bus put --subject SUBJECT --data DATA [--trace-id ID] [--key KEY] [--confirm N]
+          [--timeout DUR] [--host URL]
+  bus put (-h | --help)
 
-from busd import __version__
-from busd.config import ConfigError, load_config
-from busd.logs import setup_logging
+Prints the stored event's id, index and created_at on stderr; with --confirm, the
+payloads of the consumers' replies on stdout, one JSON value per line.
+
+Options:
+  --subject SUBJECT  Subject to publish to, e.g. app.orders.created.
+  --data DATA        Payload: used as JSON when it is JSON ('{"a":1}', 42, '"text"'),
+                     otherwise sent as a JSON string.
+  --trace-id ID      Trace id stored with the event.
+  --key KEY          Deduplication key: the same key on the same subject is refused (409).
+  --confirm N        Wait until N consumers have acked the event [default: 0].
+  --timeout DUR      How long --confirm waits [default: 30s].
+  --host URL         The bus [default: http://localhost:2021].
+"""
+
+GET_USAGE = """bus get: subscribe and print events.
+
+Usage:
+  bus get --subject PATTERN [--start START] [--ack MODE] [--redelivery DUR]
+          [--redelivery-count N] [--count N] [--host URL]
+  bus get (-h | --help)
+
+Prints each event as one JSON line on stdout and the consumer id on stderr, until
+interrupted (or --count events).
+
+Options:
+  --subject PATTERN       What to receive: app.orders.created, app.*, app.> …
+  --start START           oldest, newest, or an event id e_… to start right after it
+                          [default: newest].
+  --ack MODE              auto: ack each event after printing it; manual: print it and wait
+                          for `bus ack` (unacked events come again); none [default: none].
+  --redelivery DUR        With auto/manual: send an unacked event again after this long
+                          [default: 5s].
+  --redelivery-count N    With auto/manual: deliveries of one event before it is skipped,
+                          0 = unlimited [default: 3].
+  --count N               Exit after printing N events.
+  --host URL              The bus [default: http://localhost:2021].
+"""
+
+ACK_USAGE = """bus ack: acknowledge an event for a consumer (of `bus get --ack manual`).
+
+Usage:
+  bus ack --consumer-id ID --event-id ID [--host URL]
+  bus ack (-h | --help)
+
+Options:
+  --consumer-id ID   The consumer (c_…), printed by `bus get` on stderr.
+  --event-id ID      The event (e_…).
+  --host URL         The bus [default: http://localhost:2021].
+"""
+
+DEBUG_USAGE = """bus debug: read a data directory offline.
+
+Usage:
+  bus debug [--path DIR] [--namespace NS] [--verify] [--secret-key KEY]
+  bus debug (-h | --help)
+
+Prints every retained event as one JSON line on stdout, then totals (events, bytes,
+segments) per namespace on stderr. Changes nothing on disk, so it may run beside a
+server. With --verify it checks every record's CRC instead and exits 1 naming the first
+bad record's namespace, segment and offset.
+
+Options:
+  --path DIR          Data directory (the server's --path) [default: ./data].
+  --namespace NS      Only this namespace (default: every namespace in DIR).
+  --verify            Check every record instead of printing events.
+  --secret-key KEY    Key of an encrypted data directory.
+"""
+
+DUMP_USAGE = """bus dump: write whole namespaces to JSON lines, exactly as stored.
+
+Usage:
+  bus dump [--path DIR] [--namespaces LIST] (--output FILE | --output-dir OUT)
+           [--secret-key KEY]
+  bus dump --host URL [--namespaces LIST] (--output FILE | --output-dir OUT)
+  bus dump (-h | --help)
+
+Offline (--path) reads a data directory no server is using; online (--host) streams
+each namespace from a running bus. One line per event: its id, subject, trace_id, key,
+created_at and payload as stored. A single --output FILE holds every namespace (- is
+stdout); with --output-dir OUT each namespace gets its own OUT/<namespace>.jsonl.
+
+Options:
+  --path DIR          Data directory [default: ./data].
+  --host URL          A running bus, e.g. http://localhost:2021.
+  --namespaces LIST   Comma-separated namespaces (default: all).
+  --output FILE       One file for all namespaces.
+  --output-dir OUT    One file per namespace.
+  --secret-key KEY    Key of an encrypted data directory.
+"""
+
+RESTORE_USAGE = """bus restore: put dumped events back, keeping every id and timestamp.
+
+Usage:
+  bus restore [--path DIR] (--input FILE | --input-dir IN) [--secret-key KEY]
+  bus restore --host URL (--input FILE | --input-dir IN)
+  bus restore (-h | --help)
+
+Every line is checked before anything is written. Offline (--path) the events are
+appended to the data directory, which must not be in use by a server; events whose id
+is already there are skipped, so an interrupted restore can be run again. Online
+(--host) they are published to a running bus, in batches.
+
+Options:
+  --path DIR          Data directory [default: ./data].
+  --host URL          A running bus, e.g. http://localhost:2021.
+  --input FILE        A dump file (JSON lines).
+  --input-dir IN      Every *.jsonl file of a directory, by name.
+  --secret-key KEY    Encrypt what is written with this key (as the server will run).
+"""
+
+COPY_USAGE = """bus copy: copy events to another data directory, or to another namespace.
+
+Usage:
+  bus copy --from DIR --to DIR [--namespaces LIST] [--skip-ids IDS]
+           [--from-secret-key KEY] [--to-secret-key KEY]
+  bus copy --dir DIR --src NS --dst NS [--skip-ids IDS] [--secret-key KEY]
+  bus copy (-h | --help)
+
+The first form copies whole namespaces between data directories, decrypting with
+the --from-secret-key and encrypting with the --to-secret-key (different keys
+re-encrypt). The second appends the events of namespace --src to namespace --dst of
+the same directory, renaming each subject's first segment. Ids, timestamps and
+payloads are kept; ids the destination already holds are skipped. No server may be
+using either directory.
+
+Options:
+  --from DIR              Source data directory.
+  --to DIR                Destination data directory.
+  --namespaces LIST       Comma-separated namespaces (default: all).
+  --skip-ids IDS          Comma-separated event ids not to copy.
+  --from-secret-key KEY   Key of an encrypted source.
+  --to-secret-key KEY     Encrypt the copy with this key.
+  --dir DIR               Data directory holding both namespaces.
+  --src NS                Namespace to copy from.
+  --dst NS                Namespace to copy into.
+  --secret-key KEY        Key of an encrypted --dir.
+"""
+
+_TOOL_LOG_LEVEL = "WARN"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = docopt(__doc__, argv=argv, version=f"bus (busd) {__version__}")
-    if args["server"]:
-        return server(args)
-    return 2
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `bus get … | head`: the reader went away. Point stdout at /dev/null so the
+        # interpreter's last flush does not fail again (as the Python docs advise).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
+    args = docopt(__doc__, argv=argv, version=f"bus (busd) {__version__}", options_first=True)
+    command, rest = args["<command>"], args["<args>"]
+    if command == "server":
+        return server(docopt(SERVER_USAGE, argv=[command, *rest]))
+    handler = _COMMANDS.get(command)
+    if handler is None:
+        print(f"bus: unknown command {command!r}; the commands are "
+              f"server, {', '.join(_COMMANDS)} (bus --help)", file=sys.stderr)
+        return EXIT_USAGE
+    usage, run = handler
+    options = docopt(usage, argv=[command, *rest])
+    setup_logging(_log_level())
+    try:
+        return run(options)
+    except CommandError as exc:
+        print(f"bus {command}: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _log_level() -> str:
+    """Tools log warnings (e.g. a torn tail seen while reading) unless BUS_LOG_LEVEL says
+    otherwise; an invalid BUS_LOG_LEVEL is the server's business, not the tools'."""
+    level = os.environ.get("BUS_LOG_LEVEL", "").strip().upper()
+    return level if level in ("DEBUG", "INFO", "WARN", "ERROR") else _TOOL_LOG_LEVEL
+
+
+# -- flag values ------------------------------------------------------------------------------
+def _int(options: dict, flag: str, minimum: int = 0) -> int:
+    text = options[flag]
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise UsageError(f"{flag}: invalid number {text!r}") from None
+    if value < minimum:
+        raise UsageError(f"{flag}: must be at least {minimum}")
+    return value
+
+
+def _duration(options: dict, flag: str) -> float:
+    text = options[flag]
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def _choice(options: dict, flag: str, choices: tuple[str, ...]) -> str:
+    value = options[flag].strip().lower()
+    if value not in choices:
+        raise UsageError(f"{flag}: invalid value {options[flag]!r} (one of "
+                         f"{', '.join(choices)})")
+    return value
+
+
+def _start(options: dict) -> str:
+    start = options["--start"].strip()
+    if start in ("oldest", "newest") or (len(start) == 22 and start.startswith("e_")
+                                         and is_xid(start[2:].encode())):
+        return start
+    raise UsageError(f"--start: invalid value {start!r} (oldest, newest or an event id e_…)")
+
+
+def _event_id(options: dict, flag: str, prefix: str) -> str:
+    value = options[flag].strip()
+    if not (len(value) == 22 and value.startswith(prefix) and is_xid(value[2:].encode())):
+        raise UsageError(f"{flag}: invalid id {value!r} (expected {prefix}<20-character xid>)")
+    return value
+
+
+def _bus(options: dict) -> BusHttp:
+    return BusHttp(options["--host"])
+
+
+def _path(options: dict, flag: str = "--path") -> Path:
+    value = options[flag]
+    if not value or not value.strip():
+        raise UsageError(f"{flag}: empty path")
+    return Path(value)
+
+
+# -- commands ---------------------------------------------------------------------------------
+def _put(o: dict) -> int:
+    bus = _bus(o)
+    confirm = _int(o, "--confirm")
+    timeout = _duration(o, "--timeout")
+    return cli_pubsub.put(bus, o["--subject"], o["--data"], o["--trace-id"], o["--key"],
+                          confirm, timeout or 30.0)
+
+
+def _get(o: dict) -> int:
+    bus = _bus(o)
+    _duration(o, "--redelivery")
+    return cli_pubsub.get(bus, o["--subject"], _start(o),
+                          _choice(o, "--ack", ("auto", "manual", "none")), o["--redelivery"],
+                          _int(o, "--redelivery-count", minimum=-(1 << 31)),
+                          _int(o, "--count", 1) if o["--count"] is not None else 0)
+
+
+def _ack(o: dict) -> int:
+    return cli_pubsub.ack(_bus(o), _event_id(o, "--consumer-id", "c_"),
+                          _event_id(o, "--event-id", "e_"))
+
+
+def _debug(o: dict) -> int:
+    namespace = o["--namespace"]
+    if namespace is not None:
+        parse_namespace_list(namespace, "--namespace")
+    return cli_debug.debug(_path(o), namespace, o["--verify"], o["--secret-key"])
+
+
+def _dump(o: dict) -> int:
+    namespaces = parse_namespace_list(o["--namespaces"], "--namespaces")
+    if o["--host"] is not None:
+        return cli_dump.dump_online(_bus(o), namespaces, o["--output"], o["--output-dir"])
+    return cli_dump.dump(_path(o), namespaces, o["--output"], o["--output-dir"],
+                         o["--secret-key"])
+
+
+def _restore(o: dict) -> int:
+    files = cli_restore.input_files(o["--input"], o["--input-dir"])
+    if o["--host"] is not None:
+        return cli_restore.restore_online(_bus(o), files)
+    return cli_restore.restore(_path(o), files, o["--secret-key"])
+
+
+def _copy(o: dict) -> int:
+    skip_ids = cli_copy.parse_skip_ids(o["--skip-ids"])
+    if o["--dir"] is not None:
+        src = parse_namespace_list(o["--src"], "--src")
+        dst = parse_namespace_list(o["--dst"], "--dst")
+        if len(src) != 1 or len(dst) != 1:  # type: ignore[arg-type]
+            raise UsageError("--src/--dst: one namespace each")
+        return cli_copy.copy_namespace(_path(o, "--dir"), src[0], dst[0],  # type: ignore[index]
+                                       skip_ids, o["--secret-key"])
+    return cli_copy.copy_dirs(_path(o, "--from"), _path(o, "--to"),
+                              parse_namespace_list(o["--namespaces"], "--namespaces"),
+                              skip_ids, o["--from-secret-key"], o["--to-secret-key"])
+
+
+_COMMANDS = {
+    "put": (PUT_USAGE, _put),
+    "get": (GET_USAGE, _get),
+    "ack": (ACK_USAGE, _ack),
+    "debug": (DEBUG_USAGE, _debug),
+    "dump": (DUMP_USAGE, _dump),
+    "restore": (RESTORE_USAGE, _restore),
+    "copy": (COPY_USAGE, _copy),
+}
 
 
 def server(args: dict) -> int:
