@@ -68,6 +68,9 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --header-timeout DUR     Cut requests with slow headers [env BUS_HEADER_TIMEOUT, default 10s].
   --body-timeout DUR       Cut requests whose body stalls [env BUS_BODY_TIMEOUT, default 30s].
   --auth-file FILE         TOML file of tokens; without it the bus is open [env BUS_AUTH_FILE].
+  --tls-cert FILE          Serve HTTPS with this PEM certificate chain [env BUS_TLS_CERT].
+  --tls-key FILE           The certificate's PEM private key [env BUS_TLS_KEY].
+  --cors-origins LIST      Origins browsers may read answers from, or * [env BUS_CORS_ORIGINS].
 """
 
 

@@ -99,6 +99,9 @@ class Config:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     auth_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    cors_origins: tuple[str, ...] | None = None  # None: `*`, as Bus
 
 
 # option name → (environment variable, parser, Config field)
@@ -123,6 +126,9 @@ _OPTIONS: dict[str, tuple[str | None, object, str]] = {
     "--header-timeout": ("BUS_HEADER_TIMEOUT", parse_duration, "header_timeout"),
     "--body-timeout": ("BUS_BODY_TIMEOUT", parse_duration, "body_timeout"),
     "--auth-file": ("BUS_AUTH_FILE", Path, "auth_file"),
+    "--tls-cert": ("BUS_TLS_CERT", Path, "tls_cert"),
+    "--tls-key": ("BUS_TLS_KEY", Path, "tls_key"),
+    "--cors-origins": ("BUS_CORS_ORIGINS", None, "cors_origins"),
 }
 
 
@@ -152,7 +158,23 @@ def _parse_choice(choices: tuple[str, ...], upper: bool = False):
     return parse
 
 
+def _parse_origins(text: str) -> tuple[str, ...] | None:
+    origins = tuple(o.strip().rstrip("/") for o in text.split(",") if o.strip())
+    if not origins:
+        raise ValueError("no origins given (use * for any)")
+    if "*" in origins:
+        if len(origins) > 1:
+            raise ValueError("* allows every origin: list it alone")
+        return None
+    for origin in origins:
+        scheme, sep, host = origin.partition("://")
+        if scheme not in ("http", "https") or not sep or not host or "/" in host:
+            raise ValueError(f"invalid origin {origin!r} (e.g. https://app.example.com)")
+    return origins
+
+
 _SPECIAL_PARSERS = {
+    "cors_origins": _parse_origins,
     "namespaces": _parse_namespaces,
     "log_level": _parse_choice(("DEBUG", "INFO", "WARN", "ERROR"), upper=True),
     "fsync": _parse_choice(("never", "interval", "always")),
@@ -191,6 +213,8 @@ def load_config(flags: Mapping[str, object], env: Mapping[str, str]) -> Config:
         raise ConfigError("BUS_BLOCK_SIZE/--block-size: must be at least 64 bytes")
     if values.get("fsync_interval", 1.0) <= 0:  # type: ignore[operator]
         raise ConfigError("--fsync-interval: must be greater than zero")
+    if (values.get("tls_cert") is None) != (values.get("tls_key") is None):
+        raise ConfigError("--tls-cert and --tls-key: give both, or neither")
     for field in ("header_timeout", "body_timeout"):
         if values.get(field, 1.0) <= 0:  # type: ignore[operator]
             raise ConfigError(f"--{field.replace('_', '-')}: must be greater than zero")

@@ -40,6 +40,17 @@ MAX_HEADER_BYTES = 64 << 10
 MAX_PIPELINED = 64  # pending responses per connection before we stop reading
 
 
+def restrict_cors(origins: tuple[str, ...]) -> None:
+    """Answer browsers only from these origins (`--cors-origins`): heads lose the `*`, and
+    CorsHttpConnection echoes an allowed request `Origin` instead."""
+    global CORS_HEADERS
+    CORS_HEADERS = b"".join(line + b"\r\n" for line in CORS_HEADERS.split(b"\r\n")
+                            if line and not line.startswith(b"Access-Control-Allow-Origin:"))
+    CORS_HEADERS += b"Vary: Origin\r\n"
+    _Heads.second = 0
+    CorsHttpConnection.allowed = frozenset(origin.encode() for origin in origins)
+
+
 class _Heads:
     """Status line + CORS + `Date:` per status, rebuilt at most once per second."""
 
@@ -372,3 +383,35 @@ class HttpConnection(asyncio.Protocol):
         if self.read_paused and not self.is_closed and self.stream is None:
             self.read_paused = False
             self.transport.resume_reading()
+
+
+class CorsHttpConnection(HttpConnection):
+    """HttpConnection under `--cors-origins`: a response carries
+    `Access-Control-Allow-Origin: <origin>` when the connection's browser origin is allowed.
+
+    Separate class, so the default (`*`) path pays nothing for it. The origin is the last
+    allowed `Origin` seen on the connection: a mismatch can only make a browser refuse a
+    response, never expose one to an origin that is not allowed.
+    """
+
+    allowed: frozenset[bytes] = frozenset()
+    _allow_origin = b""
+
+    def on_message_complete(self) -> None:
+        origin = self._headers.get(b"origin")
+        if origin is not None:
+            self._allow_origin = (b"Access-Control-Allow-Origin: " + origin + b"\r\n"
+                                  if origin in self.allowed else b"")
+        super().on_message_complete()
+
+    def _with_origin(self, data: bytes) -> bytes:
+        if not self._allow_origin:
+            return data
+        end = data.find(b"\r\n") + 2
+        return data[:end] + self._allow_origin + data[end:]
+
+    def _write_response(self, data: bytes, close: bool) -> None:
+        super()._write_response(self._with_origin(data), close)
+
+    def attach_stream(self, stream: Stream, head: bytes) -> None:
+        super().attach_stream(stream, self._with_origin(head))

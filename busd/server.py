@@ -16,7 +16,7 @@ from busd.api import Api
 from busd.auth import Auth
 from busd.broker import Broker
 from busd.config import Config
-from busd.http import HttpConnection, Limits, error_response
+from busd.http import CorsHttpConnection, HttpConnection, Limits, error_response, restrict_cors
 from busd.logs import describe_config
 from busd.store import LocalStore
 from busd.systemd import notify, watchdog_interval
@@ -45,13 +45,18 @@ class Server:
         self.limits = Limits(config.max_request_size, config.header_timeout,
                              config.body_timeout, config.idle_timeout)
         self.listener: asyncio.base_events.Server | None = None
+        self._connection_class = HttpConnection
+        if config.cors_origins is not None:
+            restrict_cors(config.cors_origins)
+            self._connection_class = CorsHttpConnection
+        self.ssl = _ssl_context(config) if config.tls_cert else None
         self.stopping = asyncio.Event()
         self._duties: list[list[asyncio.TimerHandle]] = []  # each: [next timer of one duty]
 
     def _new_connection(self) -> asyncio.Protocol:
         if len(self.connections) >= self.config.max_connections:
             return _Refuse(self.config.max_connections)
-        return HttpConnection(self.api, self.limits, self.connections)
+        return self._connection_class(self.api, self.limits, self.connections)
 
     async def start(self) -> None:
         log.info("starting version=%s pid=%d %s", __version__, os.getpid(),
@@ -65,7 +70,7 @@ class Server:
         log.info("dedup cache rebuilt keys=%d", keys)
         self.listener = await self.loop.create_server(
             self._new_connection, self.config.host, self.config.port, backlog=4096,
-            reuse_address=True)
+            reuse_address=True, ssl=self.ssl)
         address = self.listener.sockets[0].getsockname()
         log.info("listening addr=%s:%d version=%s fsync=%s namespaces=%s", address[0],
                  address[1], __version__, self.config.fsync, ",".join(self.config.namespaces))
@@ -147,6 +152,20 @@ class Server:
         self.broker.close()
         self.store.close()
         log.info("stopped")
+
+
+def _ssl_context(config: Config):
+    """TLS for `--tls-cert`/`--tls-key` (PEM); TLS 1.2 or newer."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(config.tls_cert), str(config.tls_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--tls-cert/--tls-key: cannot load {config.tls_cert} and "
+                         f"{config.tls_key}: {exc}") from None
+    return context
 
 
 class _Refuse(asyncio.Protocol):

@@ -1,0 +1,104 @@
+"""Transport security: HTTPS with --tls-cert/--tls-key, and --cors-origins."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from busclient import SSE, build_request, publish, read_response, request
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A throwaway self-signed certificate for 127.0.0.1 / localhost."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def tls_socket(port: int, cert) -> ssl.SSLSocket:
+    context = ssl.create_default_context(cafile=str(cert))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return context.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def test_https_publish_and_subscribe(make_server, certificate):
+    cert, key = certificate
+    server = make_server("app", "--tls-cert", str(cert), "--tls-key", str(key))
+    with tls_socket(server.port, cert) as sock:
+        reader = sock.makefile("rb")
+        for n in range(3):  # keep-alive over TLS
+            sock.sendall(build_request("POST", "/", json.dumps(
+                [{"subject": "app.tls", "payload": [n, i, "t" * 100]} for i in range(1000)]
+            ).encode()))
+            assert read_response(reader).status == 202
+        assert sock.version() in ("TLSv1.2", "TLSv1.3")
+    stream_sock = tls_socket(server.port, cert)
+    stream_sock.sendall(build_request("GET", "/?subject=app.>&start=oldest"))
+    with SSE(server.port, sock=stream_sock) as stream:  # ~400 KB of history through TLS
+        events = stream.events(3000, timeout=30)
+        assert [e["payload"][:2] for e in events][:2] == [[0, 0], [0, 1]]
+        assert events[-1]["payload"][:2] == [2, 999]
+    # plain HTTP on the TLS port gets nowhere
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as plain:
+        plain.sendall(build_request("GET", "/healthz"))
+        try:
+            answer = plain.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        assert not answer.startswith(b"HTTP/1.1 200")
+
+
+def test_tls_needs_both_files(make_server, certificate):
+    cert, _ = certificate
+    with pytest.raises(RuntimeError, match="--tls-cert and --tls-key"):
+        make_server("app", "--tls-cert", str(cert))
+    with pytest.raises(RuntimeError, match="cannot load"):
+        make_server("app", "--tls-cert", str(cert), "--tls-key", str(cert))
+
+
+def test_cors_defaults_to_any_origin_and_allows_authorization(server):
+    answer = request(server.port, "GET", "/healthz", headers={"Origin": "https://x.example"})
+    assert answer.headers["access-control-allow-origin"] == "*"
+    assert "Authorization" in answer.headers["access-control-allow-headers"]
+
+
+def test_cors_origins_restrict_who_may_read(make_server):
+    server = make_server("app", "--cors-origins", "https://app.example, http://localhost:8080")
+    port = server.port
+    good = {"Origin": "https://app.example"}
+    answer = publish(port, "app.cors", 1)
+    assert "access-control-allow-origin" not in answer.headers
+    assert answer.headers["vary"] == "Origin"
+    answer = request(port, "POST", "/", {"subject": "app.cors"}, headers=good)
+    assert answer.status == 202
+    assert answer.headers["access-control-allow-origin"] == "https://app.example"
+    preflight = request(port, "OPTIONS", "/", headers={
+        "Origin": "http://localhost:8080", "Access-Control-Request-Method": "POST"})
+    assert preflight.status == 204
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:8080"
+    evil = request(port, "GET", "/healthz", headers={"Origin": "https://evil.example"})
+    assert evil.status == 200 and "access-control-allow-origin" not in evil.headers
+    with SSE(port, "subject=app.>&start=oldest", headers=good) as sse:
+        assert sse.headers["access-control-allow-origin"] == "https://app.example"
+        assert len(sse.events(2)) == 2
+    with SSE(port, "subject=app.>", headers={"Origin": "https://evil.example"}) as sse:
+        assert sse.status == 200 and "access-control-allow-origin" not in sse.headers
+
+
+@pytest.mark.parametrize("value", ["app.example", "https://a.example/path", "*,https://a.b"])
+def test_bad_cors_origins_stop_the_server(make_server, value):
+    with pytest.raises(RuntimeError, match="cors"):
+        make_server("app", "--cors-origins", value)
