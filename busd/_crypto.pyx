@@ -238,16 +238,22 @@ cdef class Codec:
         return out
 
     # -- Python level ------------------------------------------------------------------------
-    def id_tag(self, record) -> bytes:
-        """The id tag of a record; of an event id given alone (b"e_" + xid) too."""
+    def id_tag(self, event_id) -> bytes:
+        """The tag of an event id (b"e_" + xid, 22 bytes): what find_id looks for."""
+        cdef bytes r = bytes(event_id)
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, C_TAG)
+        if PyBytes_GET_SIZE(r) != C_ID_LEN:
+            raise ValueError(f"an event id has {C_ID_LEN} bytes, not {PyBytes_GET_SIZE(r)}")
+        _hash_fn(<unsigned char*>PyBytes_AS_STRING(out), <const unsigned char*>PyBytes_AS_STRING(r),
+                 C_ID_LEN, self.tag_key)
+        return out
+
+    def record_tag(self, record) -> bytes:
+        """The id tag stored in front of a record: of record[7:29], or of b"" if shorter."""
         cdef bytes r = bytes(record)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, C_TAG)
-        if PyBytes_GET_SIZE(r) == C_ID_LEN:
-            _hash_fn(<unsigned char*>PyBytes_AS_STRING(out), <const unsigned char*>PyBytes_AS_STRING(r),
-                     C_ID_LEN, self.tag_key)
-        else:
-            self._id_tag(<const unsigned char*>PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r),
-                         <unsigned char*>PyBytes_AS_STRING(out))
+        self._id_tag(<const unsigned char*>PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r),
+                     <unsigned char*>PyBytes_AS_STRING(out))
         return out
 
     def seal(self, data, Py_ssize_t block_size, nonces=None) -> bytes:
@@ -289,7 +295,7 @@ cdef class Codec:
     def seal_record(self, record, Py_ssize_t block_size, nonces=None) -> bytes:
         """A record as stored in a frame body: id tag + blob."""
         cdef bytes r = bytes(record)
-        return self.id_tag(r) + self.seal(r, block_size, nonces)
+        return self.record_tag(r) + self.seal(r, block_size, nonces)
 
     def open_record(self, body, Py_ssize_t block_size) -> bytes:
         """The record in a frame body (id tag + blob); SealError if it does not open or

@@ -181,7 +181,11 @@ def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle,
     with needle, or -1. Stops at the end, after max_records, or at a frame it cannot follow.
     With a codec the bodies are sealed records, and the needle an event id at ID_AT: their
     id tags are compared, and a match is confirmed by opening its first block."""
-    cdef bytes tag = codec.id_tag(needle) if codec is not None else None
+    cdef bytes tag = None
+    if codec is not None:
+        if PyBytes_GET_SIZE(needle) != 22 or at != 7:
+            raise ValueError("sealed records are found by event id (22 bytes at offset 7)")
+        tag = codec.id_tag(needle)
     cdef unsigned char* scratch = _scratch(codec, block_size)
     cdef Py_buffer view
     PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)

@@ -12,11 +12,11 @@ import zlib
 
 import nacl.bindings
 import pytest
+from busd._crypto import ID_AT, ID_LEN, Codec, SealError, plain_size, record_size, sealed_size
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from busd import log as log_module
-from busd._crypto import ID_AT, ID_LEN, Codec, SealError, plain_size, record_size, sealed_size
 from busd.crypto import KEYCHECK_NAME, derive_key
 from busd.log import (
     CorruptRecordError,
@@ -110,17 +110,18 @@ def test_cython_buffering_matches_the_python_reference(records, block_size, seed
         at += 24 * k
     # one record at a time, and a whole batch sealed and framed in one call
     at = 0
-    for r, sealed in zip(records, expected):
+    for r, sealed in zip(records, expected, strict=True):
         k = -(-len(r) // block_size)
         assert CODEC.seal(r, block_size, nonces[at:at + 24 * k]) == sealed
         at += 24 * k
         assert len(sealed) == sealed_size(len(r), block_size)
         assert plain_size(len(sealed), block_size) == len(r)
         assert CODEC.open(sealed, block_size) == r == ref_open(KEY, sealed, block_size)
-        assert CODEC.id_tag(r) == ref_tag(KEY, r)
+        assert CODEC.record_tag(r) == ref_tag(KEY, r)
         assert CODEC.open_record(ref_tag(KEY, r) + sealed, block_size) == r
     framed = CODEC.frame_records(records, block_size, nonces)
-    assert framed == ref_frames([ref_tag(KEY, r) + s for r, s in zip(records, expected)])
+    bodies = [ref_tag(KEY, r) + s for r, s in zip(records, expected, strict=True)]
+    assert framed == ref_frames(bodies)
     assert [len(r) + 8 for r in expected] == [record_size(len(r), block_size) for r in records]
     assert CODEC.scan_frames(framed, 0, -1, block_size) == (records, len(framed), len(records), 0)
     # random nonces: still opens, never repeats
@@ -141,12 +142,14 @@ def test_impossible_sealed_lengths_and_damage_do_not_open():
         Codec(derive_key("other")).open(sealed, 64)
     with pytest.raises(SealError):
         CODEC.open(sealed[:-1], 64)
+    for short in (b"x" * 22, b"y" * 28):  # no room for an id: the tag of b""
+        assert CODEC.record_tag(short) == ref_tag(KEY, short) == ref_tag(KEY, b"")
     record = rec(T0, 1, 300)
     body = CODEC.seal_record(record, 64)
-    assert body[:8] == CODEC.id_tag(eid(record)) == CODEC.id_tag(record)
+    assert body[:8] == CODEC.id_tag(eid(record)) == CODEC.record_tag(record)
     assert CODEC.open_record(body, 64) == record
     with pytest.raises(SealError):  # a tag that is not the record's own
-        CODEC.open_record(CODEC.id_tag(rec(T0, 2)) + body[8:], 64)
+        CODEC.open_record(CODEC.record_tag(rec(T0, 2)) + body[8:], 64)
 
 
 # -- through the log ---------------------------------------------------------------------------
