@@ -27,9 +27,13 @@ from pathlib import Path
 
 from docopt import docopt
 
+import busd.cli_copy as cli_copy
+import busd.cli_debug as cli_debug
+import busd.cli_dump as cli_dump
+import busd.cli_pubsub as cli_pubsub
+import busd.cli_restore as cli_restore
 from busd import __version__
 from busd._core import is_xid
-from busd import cli_copy, cli_debug, cli_dump, cli_pubsub, cli_restore
 from busd.cli_datadir import parse_namespace_list
 from busd.cli_http import BusHttp
 from busd.cli_output import EXIT_USAGE, CommandError, UsageError
@@ -78,7 +82,7 @@ PUT_USAGE = """bus put: publish one event.
 
 Usage:
   bus put --subject SUBJECT --data DATA [--trace-id ID] [--key KEY] [--confirm N]
-          [--timeout DUR] [--host URL]
+          [--timeout DUR] [--host URL] [--token TOKEN]
   bus put (-h | --help)
 
 Prints the stored event's id, index and created_at on stderr; with --confirm, the
@@ -93,13 +97,14 @@ Options:
   --confirm N        Wait until N consumers have acked the event [default: 0].
   --timeout DUR      How long --confirm waits [default: 30s].
   --host URL         The bus [default: http://localhost:2021].
+  --token TOKEN      Token of a bus run with --auth-file [env BUS_TOKEN].
 """
 
 GET_USAGE = """bus get: subscribe and print events.
 
 Usage:
   bus get --subject PATTERN [--start START] [--ack MODE] [--redelivery DUR]
-          [--redelivery-count N] [--count N] [--host URL]
+          [--redelivery-count N] [--count N] [--host URL] [--token TOKEN]
   bus get (-h | --help)
 
 Prints each event as one JSON line on stdout and the consumer id on stderr, until
@@ -117,18 +122,20 @@ Options:
                           0 = unlimited [default: 3].
   --count N               Exit after printing N events.
   --host URL              The bus [default: http://localhost:2021].
+  --token TOKEN           Token of a bus run with --auth-file [env BUS_TOKEN].
 """
 
 ACK_USAGE = """bus ack: acknowledge an event for a consumer (of `bus get --ack manual`).
 
 Usage:
-  bus ack --consumer-id ID --event-id ID [--host URL]
+  bus ack --consumer-id ID --event-id ID [--host URL] [--token TOKEN]
   bus ack (-h | --help)
 
 Options:
   --consumer-id ID   The consumer (c_…), printed by `bus get` on stderr.
   --event-id ID      The event (e_…).
   --host URL         The bus [default: http://localhost:2021].
+  --token TOKEN      Token of a bus run with --auth-file [env BUS_TOKEN].
 """
 
 DEBUG_USAGE = """bus debug: read a data directory offline.
@@ -155,6 +162,7 @@ Usage:
   bus dump [--path DIR] [--namespaces LIST] (--output FILE | --output-dir OUT)
            [--secret-key KEY]
   bus dump --host URL [--namespaces LIST] (--output FILE | --output-dir OUT)
+           [--token TOKEN]
   bus dump (-h | --help)
 
 Offline (--path) reads a data directory no server is using; online (--host) streams
@@ -169,13 +177,14 @@ Options:
   --output FILE       One file for all namespaces.
   --output-dir OUT    One file per namespace.
   --secret-key KEY    Key of an encrypted data directory.
+  --token TOKEN       Token of a bus run with --auth-file [env BUS_TOKEN].
 """
 
 RESTORE_USAGE = """bus restore: put dumped events back, keeping every id and timestamp.
 
 Usage:
   bus restore [--path DIR] (--input FILE | --input-dir IN) [--secret-key KEY]
-  bus restore --host URL (--input FILE | --input-dir IN)
+  bus restore --host URL (--input FILE | --input-dir IN) [--token TOKEN]
   bus restore (-h | --help)
 
 Every line is checked before anything is written. Offline (--path) the events are
@@ -189,6 +198,7 @@ Options:
   --input FILE        A dump file (JSON lines).
   --input-dir IN      Every *.jsonl file of a directory, by name.
   --secret-key KEY    Encrypt what is written with this key (as the server will run).
+  --token TOKEN       Token of a bus run with --auth-file [env BUS_TOKEN].
 """
 
 COPY_USAGE = """bus copy: copy events to another data directory, or to another namespace.
@@ -305,7 +315,9 @@ def _event_id(options: dict, flag: str, prefix: str) -> str:
 
 
 def _bus(options: dict) -> BusHttp:
-    return BusHttp(options["--host"])
+    """The bus of --host; the token of --token, else $BUS_TOKEN (the flag is explicit)."""
+    token = options.get("--token") or os.environ.get("BUS_TOKEN") or None
+    return BusHttp(options["--host"], token=token)
 
 
 def _path(options: dict, flag: str = "--path") -> Path:

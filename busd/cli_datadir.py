@@ -119,7 +119,7 @@ class Reader:
         self._lock = DirLock(self.path) if lock else None
         self.logs: dict[str, NamespaceLog] = {}
 
-    def __enter__(self) -> "Reader":
+    def __enter__(self) -> Reader:
         if self._lock is not None:
             self._lock.acquire()
         try:

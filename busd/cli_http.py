@@ -8,7 +8,6 @@ speaks the wire protocol of SPEC §3, so it works against busd and against Go Bu
 from __future__ import annotations
 
 import http.client
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -60,10 +59,13 @@ def parse_host(url: str, flag: str = "--host") -> tuple[str, str, int, str]:
 class BusHttp:
     """Requests to one bus over a keep-alive connection (reopened when the server closed it)."""
 
-    def __init__(self, url: str = DEFAULT_HOST, timeout: float | None = 30.0) -> None:
+    def __init__(self, url: str = DEFAULT_HOST, timeout: float | None = 30.0,
+                 token: str | None = None) -> None:
         self.url = url
         self.scheme, self.host, self.port, self.base = parse_host(url)
         self.timeout = timeout
+        self.token = token
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._conn: http.client.HTTPConnection | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -78,7 +80,7 @@ class BusHttp:
     def request(self, method: str, target: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> http.client.HTTPResponse:
         """Send a request and read the whole answer (the response's .data holds the body)."""
-        headers = dict(headers or {})
+        headers = {**self.auth, **(headers or {})}
         if body is not None:
             headers.setdefault("Content-Type", "application/json")
         for attempt in (0, 1):
@@ -147,14 +149,15 @@ class BusHttp:
 
     def subscribe(self, pattern: str, start: str = "", ack: str = "", redelivery: str = "",
                   redelivery_count: int | None = None,
-                  timeout: float | None = None) -> "Subscription":
+                  timeout: float | None = None) -> Subscription:
         query = [("subject", pattern), ("start", start), ("ack", ack),
                  ("redelivery", redelivery),
                  ("redelivery_count", "" if redelivery_count is None else str(redelivery_count))]
         target = "/?" + "&".join(f"{k}={quote(v, safe='')}" for k, v in query if v)
         conn = self.connect(timeout)
         try:
-            conn.request("GET", self.base + target, headers={"Accept": "text/event-stream"})
+            conn.request("GET", self.base + target,
+                         headers={"Accept": "text/event-stream", **self.auth})
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
@@ -185,7 +188,7 @@ class Subscription:
         while True:
             try:
                 line = readline()
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError("no message within the timeout") from None
             except (OSError, http.client.HTTPException) as exc:
                 raise CommandError(f"the stream broke: {exc}") from None
@@ -215,7 +218,7 @@ class Subscription:
         except OSError:
             pass
 
-    def __enter__(self) -> "Subscription":
+    def __enter__(self) -> Subscription:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -48,7 +48,7 @@ class _Quiet:
     def close(self) -> None:
         pass
 
-    def __enter__(self) -> "_Quiet":
+    def __enter__(self) -> _Quiet:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -80,7 +80,7 @@ def get(bus: BusHttp, pattern: str, start: str = "newest", ack: str = "none",
     stream = bus.subscribe(pattern, start, "manual" if manual else "none",
                            redelivery if manual else "",
                            redelivery_count if manual else None, timeout=None)
-    acker = BusHttp(bus.url) if ack == "auto" else None
+    acker = BusHttp(bus.url, token=bus.token) if ack == "auto" else None
     printed = 0
     with stream:
         if stream.consumer_id:

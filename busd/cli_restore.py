@@ -115,11 +115,14 @@ def restore_online(bus: BusHttp, files: list[Path]) -> int:
                 batch, batch_bytes = [], 0
 
         for ns, record in _records(files, NO_PROGRESS):
-            if ns != batch_ns or batch_bytes + len(record) > ONLINE_BATCH_BYTES:
+            alone = b'"response_subject":' in record  # the API takes these one at a time
+            if alone or ns != batch_ns or batch_bytes + len(record) > ONLINE_BATCH_BYTES:
                 send()
                 batch_ns = ns
             batch.append(record)
             batch_bytes += len(record)
+            if alone:
+                send()
         send()
     _summary(counts, stored, {})
     if refused:
@@ -128,9 +131,13 @@ def restore_online(bus: BusHttp, files: list[Path]) -> int:
 
 
 def _publish(bus: BusHttp, records: list[bytes], refused: list[str]) -> int:
-    """Publish a batch; if it is refused as a whole (a key the server has seen: 409, or an
+    """Publish a batch (a lone event as itself: events with a response_subject cannot be
+    batched); if it is refused as a whole (a key the server has seen: 409, or an
     event too large: 413), publish its events one by one and note the refused ones."""
     try:
+        if len(records) == 1:
+            bus.publish(records[0])
+            return 1
         answer = bus.publish_batch(records)
     except HttpError as exc:
         if exc.status not in (409, 413):

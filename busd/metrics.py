@@ -79,7 +79,7 @@ class _Exposition:
         self.lines.append(f"# HELP {name} {help_text}")
         self.lines.append(f"# TYPE {name} histogram")
         cumulative = 0
-        for bound, count in zip((*bounds, float("inf")), counts):
+        for bound, count in zip((*bounds, float("inf")), counts, strict=True):
             cumulative += count
             le = "+Inf" if bound == float("inf") else repr(bound)
             self.lines.append(f'{name}_bucket{{le="{le}"}} {cumulative}')
