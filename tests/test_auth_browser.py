@@ -1,0 +1,137 @@
+"""A real browser (headless Chromium) on another origin: EventSource with ?token= and CORS,
+publishes with fetch and a Bearer header, and resumes via Last-Event-ID across a restart."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from busclient import publish, request
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+TOKEN = "browser-secret-1"
+AUTH = f"""
+[[token]]
+name = "page"
+secret = "{TOKEN}"
+publish = ["app.>"]
+subscribe = ["app.>"]
+"""
+
+PAGE = b"""<!doctype html><meta charset="utf-8"><title>busd page</title>
+<script>
+window.received = []; window.consumers = []; window.opens = 0; window.errors = 0;
+function subscribe(bus, token) {
+  const source = new EventSource(bus + "/?subject=app.>&start=oldest&token=" + token);
+  source.onopen = () => { window.opens += 1; };
+  source.onerror = () => { window.errors += 1; };
+  source.addEventListener("consumer", (e) => window.consumers.push(e.data));
+  source.addEventListener("msg", (e) => {
+    window.received.push({id: e.lastEventId, payload: JSON.parse(e.data).payload});
+  });
+}
+async function publish(bus, token, payload) {
+  const answer = await fetch(bus + "/", {
+    method: "POST",
+    headers: {"Content-Type": "application/json", "Authorization": "Bearer " + token},
+    body: JSON.stringify({subject: "app.browser", payload: payload}),
+  });
+  return {status: answer.status, id: answer.headers.get("X-Bus-Event-Id"),
+          text: await answer.text()};
+}
+</script><p>busd test page</p>
+"""
+
+
+class _Page(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(PAGE)))
+        self.end_headers()
+        self.wfile.write(PAGE)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def page_origin():
+    """The test page, served from another origin (localhost:<port>, not 127.0.0.1:<bus>)."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://localhost:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's package)")
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM,
+                                              args=["--no-sandbox", "--headless=new"])
+        yield instance
+        instance.close()
+
+
+def wait_for(page, expression: str, timeout: float = 15.0):
+    page.wait_for_function(expression, timeout=timeout * 1000)
+    return page.evaluate(expression)
+
+
+def test_browser_eventsource_cors_fetch_and_resume_after_restart(make_server, tmp_path,
+                                                                 page_origin, browser):
+    auth = tmp_path / "tokens.toml"
+    auth.write_text(AUTH)
+    server = make_server("app", "--auth-file", str(auth))
+    bus = f"http://127.0.0.1:{server.port}"
+    page = browser.new_page()
+    problems: list[str] = []
+    expected = ("net::ERR", "status of 401")  # the restart; the wrong token on purpose
+    page.on("console", lambda message: problems.append(message.text)
+            if message.type == "error" and not any(e in message.text for e in expected)
+            else None)
+    page.goto(page_origin + "/")
+    page.evaluate("([bus, token]) => subscribe(bus, token)", [bus, TOKEN])
+    wait_for(page, "window.consumers.length === 1")
+
+    # fetch from another origin: preflight with Authorization, 202 headers readable
+    published = []
+    for n in range(3):
+        answer = page.evaluate("([bus, token, n]) => publish(bus, token, n)", [bus, TOKEN, n])
+        assert answer["status"] == 202 and answer["id"].startswith("e_"), answer
+        published.append(answer["id"])
+    refused = page.evaluate("([bus]) => publish(bus, 'wrong-token', 99)", [bus])
+    assert refused["status"] == 401 and "unknown token" in refused["text"]
+    wait_for(page, "window.received.length === 3")
+
+    # the server restarts mid-stream; events land while the browser is reconnecting
+    assert server.stop() == 0
+    server.start()
+    assert publish(server.port, "app.browser", "no token").status == 401
+    for n in range(3, 5):
+        answer = request(server.port, "POST", "/", {"subject": "app.browser", "payload": n},
+                         {"Authorization": f"Bearer {TOKEN}"})
+        assert answer.status == 202
+        published.append(answer.headers["x-bus-event-id"])
+    wait_for(page, "window.opens >= 2", timeout=20)  # EventSource reconnected by itself
+    for n in range(5, 7):
+        answer = page.evaluate("([bus, token, n]) => publish(bus, token, n)", [bus, TOKEN, n])
+        assert answer["status"] == 202
+        published.append(answer["id"])
+    wait_for(page, "window.received.length >= 7", timeout=20)
+    time.sleep(0.5)  # a duplicate would arrive now
+    received = page.evaluate("window.received")
+    assert [event["id"] for event in received] == published, "lost or duplicated on resume"
+    assert [event["payload"] for event in received] == list(range(7))
+    assert page.evaluate("window.consumers.length") == 2
+    assert not problems, problems
