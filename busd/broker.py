@@ -88,6 +88,11 @@ class Broker:
         self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busd-fsync")
         self._sync_running = False
         self._sync_waiting: list[Callable[[BaseException | None], None]] = []
+        self.remote = getattr(store, "remote", False)
+        if self.remote:  # a clustered store (busd/jetstream.py): bound once, local path intact
+            self.publish = self._publish_remote  # type: ignore[method-assign]
+            self.resolve_start = self._resolve_start_remote  # type: ignore[method-assign]
+            store.attach(self)
 
     # -- start-up -------------------------------------------------------------------------
     def rebuild_dedup(self) -> int:
@@ -233,6 +238,72 @@ class Broker:
             for consumer in waiting:
                 consumer.wake()
 
+    # -- a clustered store (JetStream) -----------------------------------------------------
+    def _publish_remote(self, events: list[ParsedEvent], is_batch: bool,
+                        done: PublishCallback) -> None:
+        """`publish` for a remote store: the store answers once the cluster acked and this
+        front-end's tail has the events; fan-out is driven by the tail (see jetstream.py)."""
+        from busd.jetstream import PublishRefused, msg_id
+
+        try:
+            namespace, ids, stamps, records, keyed = stamp_events(events, is_batch)
+        except ValueError as exc:
+            raise PublishError(400, str(exc)) from None
+        name = self._declared.get(namespace)
+        if name is None:
+            if namespace == INBOX:
+                subject = events[0].subject
+                done(self._route_inbox(subject, ids, stamps, records[0]))
+                self.store.publish_inbox(subject, records[0])
+                return
+            raise PublishError(400, f"namespace {namespace.decode(errors='replace')!r} is not "
+                                    f"declared; declared namespaces: "
+                                    f"{', '.join(sorted(self.namespaces))}")
+        msg_ids = None
+        reserved: list[tuple[bytes, bytes]] = []
+        if keyed and self.dedup.enabled:
+            self._reserve_keys(keyed)
+            reserved = keyed
+            msg_ids = [msg_id(ev.subject, ev.key_value) if ev.key_value else None
+                       for ev in events]
+
+        def finished(outcome: int | PublishRefused) -> None:
+            if isinstance(outcome, PublishRefused):
+                if outcome.status != 409:
+                    self._release(reserved)
+                done(PublishError(outcome.status, outcome.reason))
+                return
+            self.metrics.published(name, len(records), sum(map(len, records)))
+            done(Published(ids, stamps, outcome))
+
+        subjects = [ev.subject for ev in events]
+        try:
+            self.store.publish(name, subjects, records, msg_ids, is_batch, finished)
+        except PublishRefused as exc:
+            self._release(reserved)
+            raise PublishError(exc.status, exc.reason) from None
+
+    def ack_forwarded(self, consumer_id: bytes, event_id: bytes) -> None:
+        """An ack that another front-end received for a consumer of ours. It carries no
+        token, so it only applies to consumers of an open bus (no --auth-file owner)."""
+        consumer = self.consumers.get(consumer_id)
+        if consumer is not None and getattr(consumer, "owner", None) is None:
+            consumer.ack(event_id)
+
+    def route_inbox_remote(self, subject: bytes, record: bytes) -> None:
+        """An inbox event published through another front-end (core NATS)."""
+        self._route_inbox(subject, [], [], record)
+
+    def _resolve_start_remote(self, namespace: str, start: bytes):
+        """oldest/newest at once; an event id becomes a Lookup the consumer awaits."""
+        from busd.jetstream import Lookup
+
+        if start == b"oldest":
+            return self.store.first_index(namespace)
+        if start == b"newest":
+            return self.store.next_index(namespace)
+        return Lookup(start)
+
     # -- durability ---------------------------------------------------------------------
     def sync(self, done: Callable[[BaseException | None], None]) -> None:
         """fsync every dirty log in the worker thread; all callers waiting share one fsync."""
@@ -302,6 +373,8 @@ class Broker:
         consumer = self.consumers.get(consumer_id)
         if consumer is not None:
             consumer.ack(event_id)
+        elif self.remote:  # the stream may live on another front-end of the cluster
+            self.store.forward_ack(consumer_id, event_id)
 
     def resolve_start(self, namespace: str, start: bytes) -> int | str:
         """The first index to deliver for `start`, or the reason it cannot be served."""

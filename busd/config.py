@@ -102,6 +102,9 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     cors_origins: tuple[str, ...] | None = None  # None: `*`, as Bus
+    store: str = "local"
+    nats_url: str = "nats://127.0.0.1:4222"
+    replicas: int = 1
 
 
 # option name → (environment variable, parser, Config field)
@@ -129,6 +132,9 @@ _OPTIONS: dict[str, tuple[str | None, object, str]] = {
     "--tls-cert": ("BUS_TLS_CERT", Path, "tls_cert"),
     "--tls-key": ("BUS_TLS_KEY", Path, "tls_key"),
     "--cors-origins": ("BUS_CORS_ORIGINS", None, "cors_origins"),
+    "--store": ("BUS_STORE", None, "store"),
+    "--nats-url": ("BUS_NATS_URL", str, "nats_url"),
+    "--replicas": ("BUS_REPLICAS", int, "replicas"),
 }
 
 
@@ -175,6 +181,7 @@ def _parse_origins(text: str) -> tuple[str, ...] | None:
 
 _SPECIAL_PARSERS = {
     "cors_origins": _parse_origins,
+    "store": _parse_choice(("local", "jetstream")),
     "namespaces": _parse_namespaces,
     "log_level": _parse_choice(("DEBUG", "INFO", "WARN", "ERROR"), upper=True),
     "fsync": _parse_choice(("never", "interval", "always")),
@@ -218,6 +225,11 @@ def load_config(flags: Mapping[str, object], env: Mapping[str, str]) -> Config:
     for field in ("header_timeout", "body_timeout"):
         if values.get(field, 1.0) <= 0:  # type: ignore[operator]
             raise ConfigError(f"--{field.replace('_', '-')}: must be greater than zero")
+    if not 1 <= values.get("replicas", 1) <= 5:  # type: ignore[operator]
+        raise ConfigError("--replicas/BUS_REPLICAS: JetStream streams have 1 to 5 replicas")
+    if values.get("store") == "jetstream" and values.get("secret_key"):
+        raise ConfigError("--secret-key: encryption at rest is for --store local; JetStream "
+                          "encrypts at rest with its own server option (jetstream.cipher)")
     if values.get("retention_age") == 0:
         values["retention_age"] = None
     if values.get("retention_bytes") == 0:

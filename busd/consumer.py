@@ -75,6 +75,11 @@ class Consumer(Stream):
         self._ahead: list[bytes] = []
         self._ahead_index = 0
         self._timer = None
+        if getattr(broker, "remote", False):  # clustered store: reads may need a round trip
+            self._fetching = False
+            self.deliver_from = self._deliver_from_remote  # type: ignore[method-assign]
+            self._catch_up = self._catch_up_remote  # type: ignore[method-assign]
+            self._next_record = self._next_record_remote  # type: ignore[method-assign]
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self, head: bytes) -> None:
@@ -230,6 +235,105 @@ class Consumer(Stream):
                 self._deliver(record, deliveries + 1)
         self._schedule()
         self._arm_timer()
+
+
+    # -- a clustered store (busd/jetstream.py) ----------------------------------------------
+    # The store's `read` serves its in-memory tail synchronously and answers None for older
+    # records, which `fetch` reads from the cluster. The seam is unchanged: the last read
+    # from the tail, "cursor reached the head" and join_live happen in one synchronous step.
+    def _deliver_from_remote(self, cursor) -> None:
+        if isinstance(cursor, int):
+            self.cursor = cursor
+            self._step()
+            return
+        task = self.broker.loop.create_task(
+            self.broker.store.locate(self.namespace, cursor.event_id))
+        task.add_done_callback(self._located)
+
+    def _located(self, task) -> None:
+        if self.done:
+            return
+        error = None if task.cancelled() else task.exception()
+        if error is not None or task.cancelled():
+            self.fail(f"cannot look the start event up: {error or 'cancelled'}")
+            return
+        found = task.result()
+        if isinstance(found, str):
+            self.fail(found)
+            return
+        self.cursor = found + 1
+        self._step()
+
+    def _catch_up_remote(self) -> None:
+        store, ns = self.broker.store, self.namespace
+        if self.cursor < store.next_index(ns):
+            records = store.read(ns, self.cursor, CATCH_UP_BYTES)
+            if records is None:
+                self._fetch(CATCH_UP_BYTES)
+                return
+            self._write_records(records)
+            self.cursor += len(records)
+            if self.cursor < store.next_index(ns) or self.paused:
+                if not self.paused:
+                    self._schedule()
+                return
+        if not self.paused and not self.done:
+            self.broker.join_live(self)
+
+    def _write_records(self, records: list[bytes]) -> None:
+        if self.pattern.matches_all:
+            chunk, matched = sse_frame(records), len(records)
+        else:
+            chunk, matched = sse_frame_matching(records, self.pattern)
+        if chunk:
+            self.broker.metrics.events_out[self.namespace] += matched
+            self.conn.write(chunk)
+
+    def _fetch(self, max_bytes: int) -> None:
+        """Read older records from the cluster; the stream goes on when they are here."""
+        if self._fetching:
+            return
+        self._fetching = True
+        task = self.broker.loop.create_task(
+            self.broker.store.fetch(self.namespace, self.cursor, max_bytes))
+        task.add_done_callback(self._fetched)
+
+    def _fetched(self, task) -> None:
+        self._fetching = False
+        if self.done or task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, HistoryTruncatedError):
+            self.fail(f"history truncated: event index {self.cursor} was deleted by retention; "
+                      f"the oldest retained index is {error.args[0]}")
+            return
+        if error is not None:
+            log.warning("catch-up read failed consumer=%s error=%r", self.id.decode(), error)
+            self.broker.loop.call_later(0.5, self._schedule)
+            return
+        first, records = task.result()
+        if self.ack_policy is None:
+            if first >= self.cursor:
+                self._write_records(records)
+                self.cursor = first + len(records)
+        else:
+            self._ahead, self._ahead_index = records, first
+            self.cursor = max(self.cursor, first)
+        self._schedule()
+
+    def _next_record_remote(self) -> bytes | None:
+        offset = self.cursor - self._ahead_index
+        if not 0 <= offset < len(self._ahead):
+            records = self.broker.store.read(self.namespace, self.cursor, READ_AHEAD_BYTES)
+            if records is None:  # older than the tail: fetched, then _pump runs again
+                self._fetch(READ_AHEAD_BYTES)
+                return None
+            self._ahead = records
+            self._ahead_index = self.cursor
+            offset = 0
+            if not self._ahead:
+                return None
+        return self._ahead[offset]
 
 
 class InboxConsumer(Stream):

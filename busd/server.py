@@ -33,11 +33,16 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
-        self.store = LocalStore(config.path, list(config.namespaces),
-                                segment_bytes=config.segment_bytes,
-                                retention_age=config.retention_age,
-                                retention_bytes=config.retention_bytes,
-                                secret_key=config.secret_key, block_size=config.block_size)
+        if config.store == "jetstream":
+            from busd.jetstream import JetStreamStore
+
+            self.store = JetStreamStore(config, self.loop)
+        else:
+            self.store = LocalStore(config.path, list(config.namespaces),
+                                    segment_bytes=config.segment_bytes,
+                                    retention_age=config.retention_age,
+                                    retention_bytes=config.retention_bytes,
+                                    secret_key=config.secret_key, block_size=config.block_size)
         self.broker = Broker(config, self.store, self.loop)
         self.connections: set[HttpConnection] = set()
         self.broker.metrics.connections = self.connections
@@ -61,13 +66,15 @@ class Server:
     async def start(self) -> None:
         log.info("starting version=%s pid=%d %s", __version__, os.getpid(),
                  describe_config(self.config))
-        reports = self.store.open()
+        remote = self.broker.remote
+        reports = await self.store.open() if remote else self.store.open()
         for namespace, report in reports.items():
             log.info("opened namespace ns=%s events=%d first_index=%d next_index=%d %s",
                      namespace, self.store.next_index(namespace) - self.store.first_index(namespace),
                      self.store.first_index(namespace), self.store.next_index(namespace), report)
-        keys = self.broker.rebuild_dedup()
-        log.info("dedup cache rebuilt keys=%d", keys)
+        if not remote:  # JetStream dedups keyed events cluster-wide itself (Nats-Msg-Id)
+            keys = self.broker.rebuild_dedup()
+            log.info("dedup cache rebuilt keys=%d", keys)
         self.listener = await self.loop.create_server(
             self._new_connection, self.config.host, self.config.port, backlog=4096,
             reuse_address=True, ssl=self.ssl)
@@ -77,7 +84,7 @@ class Server:
         self._every(1.0, self._tick)
         if self.config.fsync == "interval":
             self._every(self.config.fsync_interval, self._sync_if_dirty)
-        if self.config.retention_age or self.config.retention_bytes:
+        if (self.config.retention_age or self.config.retention_bytes) and not remote:
             self._every(1.0, self._retention)
         watchdog = watchdog_interval()
         if watchdog:
@@ -151,6 +158,8 @@ class Server:
         await asyncio.sleep(0)
         self.broker.close()
         self.store.close()
+        if self.broker.remote:
+            await self.store.aclose()
         log.info("stopped")
 
 

