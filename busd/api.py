@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from urllib.parse import parse_qsl
 
@@ -15,6 +16,8 @@ from busd.config import INBOX_NAMESPACE, parse_duration
 from busd.consumer import AckPolicy, Consumer, InboxConsumer
 from busd.http import HttpConnection, Request, error_response, response, stream_head
 from busd.metrics import PROMETHEUS_TYPE, render_prometheus
+
+log = logging.getLogger("busd.api")
 
 DEFAULT_REDELIVERY = 5.0
 DEFAULT_REDELIVERY_COUNT = 3
@@ -84,6 +87,8 @@ class Api:
         except BadRequest as exc:
             conn.reply(error_response(400, str(exc), close), close)
         except AuthError as exc:
+            log.info("refused status=%d method=%s reason=%r", exc.status,
+                     method.decode(errors="replace"), exc.reason)  # names, never secrets
             conn.reply(self._refuse(exc, close), close)
 
     # -- access control (only with --auth-file) ----------------------------------------------

@@ -161,7 +161,8 @@ class Auth:
             log.error("auth file not reloaded, keeping the previous tokens reason=%r", str(exc))
             return False
         self.tokens = tokens
-        log.info("auth file reloaded path=%s tokens=%d", self.path, len(tokens))
+        log.info("auth file reloaded path=%s tokens=%d names=%s", self.path, len(tokens),
+                 ",".join(sorted(t.name for t in tokens.values())))
         return True
 
     def authenticate(self, secret: bytes | None) -> Token:

@@ -90,8 +90,9 @@ class Server:
         if watchdog:
             self._every(watchdog, lambda: notify("WATCHDOG=1"))
         if self.api.auth is not None:
-            log.info("access control on auth_file=%s tokens=%d", self.api.auth.path,
-                     len(self.api.auth.tokens))
+            log.info("access control on auth_file=%s tokens=%d names=%s", self.api.auth.path,
+                     len(self.api.auth.tokens),
+                     ",".join(sorted(t.name for t in self.api.auth.tokens.values())))
         notify("READY=1")
 
     def _every(self, seconds: float, duty) -> None:
