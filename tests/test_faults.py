@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from busclient import SSE, BusServer, Http, publish, request
 
 SEGMENT_HEADER = 16
@@ -136,7 +135,7 @@ def test_disk_full_answers_507_keeps_serving_and_recovers_without_restart(small_
 
 # -- kill -9 under load ----------------------------------------------------------------------
 
-@pytest.mark.parametrize("fsync", ["never", "always"])
+@pytest.mark.parametrize("fsync", ["never", "interval", "always"])
 def test_kill_9_under_load_keeps_every_202_and_no_half_batch(make_server, fsync):
     """16 connections publish singles and 5-event batches (small segments, so rolls happen)
     until SIGKILL; after restart every 202 is there once, at its index, and every batch that
@@ -228,8 +227,8 @@ def test_kill_during_recovery_then_start_up_succeeds(make_server):
     server = make_server("app")
     ids = []
     for n in range(40):
-        ids += request(server.port, "POST", "/", [{"subject": "app.big", "payload": [n, i, "y" * 200]}
-                                                  for i in range(500)]).json()["ids"]
+        batch = [{"subject": "app.big", "payload": [n, i, "y" * 200]} for i in range(500)]
+        ids += request(server.port, "POST", "/", batch).json()["ids"]
     assert server.stop() == 0
     segment = sorted((server.path / "app").glob("*.seg"))[-1]
     with open(segment, "ab") as fh:
@@ -239,7 +238,7 @@ def test_kill_during_recovery_then_start_up_succeeds(make_server):
     start_up = time.monotonic() - started
     server.kill()
     rng = random.Random(6)
-    for attempt in range(6):
+    for _attempt in range(6):
         proc = server.spawn()
         time.sleep(rng.uniform(0.0, start_up))
         proc.kill()
@@ -275,7 +274,7 @@ def test_kill_during_restore_then_rerun_is_exact(make_server, tmp_path):
         path.unlink() if path.is_file() else path.rmdir()
     server = BusServer(target, "app")
     rng = random.Random(7)
-    for attempt in range(3):
+    for _attempt in range(3):
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.3, 0.9) * full)
         proc.kill()
