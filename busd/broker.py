@@ -269,7 +269,7 @@ class Broker:
 
         def finished(outcome: int | PublishRefused) -> None:
             if isinstance(outcome, PublishRefused):
-                if outcome.status != 409:
+                if outcome.status != 409 or len(records) > 1:  # a refused batch keeps no key
                     self._release(reserved)
                 done(PublishError(outcome.status, outcome.reason))
                 return

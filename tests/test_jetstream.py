@@ -106,14 +106,33 @@ def test_two_frontends_share_events_order_and_dedup(frontends):
     assert request(b.port, "POST", "/", batch).status == 409
     assert request(a.port, "POST", "/", batch).status == 409
     assert publish(a.port, "app.pay", 2, key="fresh").status == 202, "refused batch kept a key"
+    b.restart()  # a front-end that never saw the key: JetStream itself refuses the batch
+    batch = [{"subject": "app.pay", "key": "fresh2"}, {"subject": "app.pay", "key": "once"}]
+    assert request(b.port, "POST", "/", batch).status == 409
+    assert publish(b.port, "app.pay", 3, key="fresh2").status == 202, "refused batch kept a key"
     after = request(b.port, "GET", "/healthz").json()["namespaces"]["app"]["events"]
-    assert after == before + 1
+    assert after == before + 2
     # indexes agree: the index A answers is where B's subscribers find the event
     response = publish(a.port, "app.idx", "x")
     index = int(response.headers["x-bus-event-index"])
     with SSE(b.port, f"subject=app.>&start={seen[0][-1]}") as sse:
         events = sse.events(index - total + 1, timeout=10)
     assert events[-1]["id"] == response.headers["x-bus-event-id"]
+
+
+def test_subscribers_cost_the_cluster_one_consumer_per_namespace_per_frontend(frontends,
+                                                                                cluster):
+    a, b = frontends(2)
+    streams = [SSE(server.port, f"subject=app.{pattern}&start={start}")
+               for server in (a, b) for pattern in ("*", "%3E", "x")
+               for start in ("oldest", "newest") for _ in range(5)]  # 60 subscribers
+    publish(a.port, "app.x", 1)
+    for sse in streams:
+        assert sse.events(1)[0]["payload"] == 1
+    assert cluster.stream_info("app")["state"]["consumer_count"] == 2
+    assert cluster.stream_info("orders")["state"]["consumer_count"] == 2
+    for sse in streams:
+        sse.close()
 
 
 def test_inbox_request_reply_across_frontends(frontends):
