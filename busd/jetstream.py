@@ -92,6 +92,46 @@ def msg_id(subject: bytes, key: bytes) -> str:
     return subject.decode() + " " + text
 
 
+def _fast_client():
+    """nats-py's client with busd's two per-message hot paths made cheap: header blocks are
+    parsed with one split (nats-py checks every character of every name), and a publish may
+    carry its header block prebuilt as bytes (busd builds them without a dict)."""
+    from nats.aio.client import Client
+    from nats.protocol.command import hpub_cmd
+
+    class FastClient(Client):
+        async def _process_headers(self, headers):
+            if not headers:
+                return None
+            lines = headers.split(b"\r\n")
+            hdr = {}
+            first = lines[0]
+            if len(first) > 9:  # b"NATS/1.0 100 Idle Heartbeat": an inline status
+                status, _, description = first[9:].partition(b" ")
+                if status.isdigit():
+                    hdr[STATUS] = status.decode()
+                if description:
+                    hdr["Description"] = description.decode("utf-8", "replace")
+            for line in lines[1:]:
+                name, sep, value = line.partition(b":")
+                if sep:
+                    hdr[name.strip().decode("ascii", "replace")] = \
+                        value.strip().decode("utf-8", "replace")
+            return hdr or None
+
+        async def _send_publish(self, subject, reply, payload, payload_size, headers):
+            if headers.__class__ is not bytes:
+                return await super()._send_publish(subject, reply, payload, payload_size,
+                                                   headers)
+            self.stats["out_msgs"] += 1
+            self.stats["out_bytes"] += payload_size
+            await self._send_command(hpub_cmd(subject, reply, headers, payload))
+            if self._flush_queue is not None and self._flush_queue.empty():
+                await self._flush_pending()
+
+    return FastClient
+
+
 class _Tail:
     """One namespace's recent records (index `first` + i) and the consumer feeding them."""
 
@@ -137,7 +177,7 @@ class JetStreamStore:
         self._deadlines: deque[tuple[float, str]] = deque()
         self._token = 0
         self._reply_prefix = ""
-        self._outbox: deque[tuple[str, bytes, str, dict | None]] = deque()
+        self._outbox: deque[tuple[str, bytes, str, bytes | None]] = deque()
         self._wake: asyncio.Event | None = None
         self._flush_scheduled = False
         self._tasks: list[asyncio.Task] = []
@@ -149,7 +189,6 @@ class JetStreamStore:
 
     async def open(self) -> dict[str, str]:
         """Connect, create or verify every stream, start the tails; a report per namespace."""
-        import nats
         from nats.errors import NoServersError
 
         async def on_error(exc: Exception) -> None:
@@ -165,8 +204,9 @@ class JetStreamStore:
             for tail in self._tails.values():  # its consumer may have lived on the lost node
                 self._spawn(self._reset_tail(tail, "reconnected to NATS"))
 
+        self.nc = _fast_client()()
         try:  # keeps reconnecting forever once up, so the first connect gets a deadline
-            self.nc = await asyncio.wait_for(nats.connect(
+            await asyncio.wait_for(self.nc.connect(
                 servers=self.servers, name="busd", no_echo=True, connect_timeout=2,
                 max_reconnect_attempts=-1, reconnect_time_wait=0.25, allow_reconnect=True,
                 skip_subject_validation=True, pending_size=64 << 20, error_cb=on_error,
@@ -651,11 +691,13 @@ class JetStreamStore:
         else:
             self._publish_each(namespace, subjects, records, msg_ids, done)
 
-    def _headers(self, record: bytes, msg_id: str | None) -> dict[str, str]:
-        headers = {EVENT_ID_HEADER: record_id(record).decode()}
+    @staticmethod
+    def _headers(record: bytes, msg_id: str | None, batch: bytes = b"") -> bytes:
+        """The message's header block: the event id, the dedup id, batch headers."""
+        block = b"NATS/1.0\r\nBus-Event-Id: " + record_id(record) + b"\r\n"
         if msg_id:
-            headers["Nats-Msg-Id"] = msg_id
-        return headers
+            block += b"Nats-Msg-Id: " + msg_id.encode() + b"\r\n"
+        return block + batch + b"\r\n"
 
     def _publish_atomic(self, ns, subjects, records, msg_ids, done) -> None:
         n = len(records)
@@ -674,13 +716,12 @@ class JetStreamStore:
             out.append((subjects[0].decode(), records[0], reply,
                         self._headers(records[0], msg_ids[0] if msg_ids else None)))
         else:
-            batch_id = new_xid().decode()
+            batch_id = b"Nats-Batch-Id: " + new_xid() + b"\r\nNats-Batch-Sequence: "
             for i in range(n):
-                headers = self._headers(records[i], msg_ids[i] if msg_ids else None)
-                headers["Nats-Batch-Id"] = batch_id
-                headers["Nats-Batch-Sequence"] = str(i + 1)
+                batch = b"%s%d\r\n" % (batch_id, i + 1)
                 if i == n - 1:
-                    headers["Nats-Batch-Commit"] = "1"
+                    batch += b"Nats-Batch-Commit: 1\r\n"
+                headers = self._headers(records[i], msg_ids[i] if msg_ids else None, batch)
                 out.append((subjects[i].decode(), records[i], reply if i == n - 1 else "",
                             headers))
         self._wake.set()
