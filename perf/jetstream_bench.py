@@ -5,7 +5,8 @@
 
 Configurations: `local` (one busd, --store local), `js×1` (one busd front-end over the
 cluster, R3 stream) and `js×2` (two front-ends over the same cluster; load split evenly
-across them). Sections:
+across them); `raw` drives the cluster from one nats-py client without busd, the
+reference for what the front-ends could reach on this machine. Sections:
 
   publish   wrk, 32 keep-alive connections, one ~40-byte event per POST (req/s)
   batch     wrk, 8 connections, 100 events per POST (events/s)
@@ -153,6 +154,61 @@ async def section_fanout(ports: list[int], args, meter: CpuMeter) -> tuple[list[
     return rates, cpus
 
 
+async def section_raw(cluster: NatsCluster, args, meter: CpuMeter) -> list[tuple[str, list,
+                                                                               list]]:
+    """The cluster's own capacity seen from one Python client (nats-py), no busd: acked
+    single publishes with 32 in flight, and atomic batches of 100 with 8 in flight."""
+    import json
+
+    import nats
+    nc = await nats.connect(cluster.urls.split(","))
+    await nc.request("$JS.API.STREAM.CREATE.raw", json.dumps(
+        {"name": "raw", "subjects": ["raw.>"], "allow_atomic": True, "storage": "file",
+         "num_replicas": 3}).encode(), timeout=15)
+    record = (b'{"id":"e_dc4pbsr8di16kliasov0","subject":"raw.x","created_at":'
+              b'"2026-11-27T14:38:43.808034323Z","payload":' + bench.PAYLOAD + b"}")
+    out = []
+    try:
+        for name, n, conc in (("raw client: acked publish, 1 event, 32 in flight (events/s)",
+                               1, 32),
+                              ("raw client: atomic batches of 100, 8 in flight (events/s)",
+                               100, 8)):
+            rates, cpus = [], []
+            for r in range(args.repeat):
+                done = [0]
+
+                async def worker(w: int, r=r, n=n, conc=conc, done=done) -> None:
+                    for b in range(max(1, 20_000 // n // conc)):
+                        inbox = nc.new_inbox()
+                        sub = await nc.subscribe(inbox, max_msgs=1)
+                        for i in range(n):
+                            h = {"Bus-Event-Id": "e_dc4pbsr8di16kliasov0"}
+                            if n > 1:
+                                h["Nats-Batch-Id"] = f"r{r}w{w}b{b}"
+                                h["Nats-Batch-Sequence"] = str(i + 1)
+                                if i == n - 1:
+                                    h["Nats-Batch-Commit"] = "1"
+                            await nc.publish("raw.x", record, reply=inbox if i == n - 1 else "",
+                                             headers=h)
+                        msg = await sub.next_msg(timeout=15)
+                        if b'"error"' in msg.data:
+                            raise RuntimeError(msg.data)
+                        done[0] += n
+
+                meter.start()
+                t0 = time.perf_counter()
+                await asyncio.gather(*(worker(w) for w in range(conc)))
+                rate = done[0] / (time.perf_counter() - t0)
+                cpu = meter.stop()
+                rates.append(rate)
+                cpus.append(cpu)
+                bench.log(f"    {name}: {rate:12,.0f}/s  cores: {show(cpu)}")
+            out.append((name, rates, cpus))
+    finally:
+        await nc.close()
+    return out
+
+
 def median_cpu(cpus: list[dict]) -> str:
     names = cpus[0].keys()
     return ", ".join(f"{n} {statistics.median(c[n] for c in cpus):.2f}" for n in names)
@@ -166,7 +222,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fanout-consumers", type=int, default=100)
     ap.add_argument("--fanout-events", type=int, default=10_000)
     ap.add_argument("--only", default="publish,batch,fanout")
-    ap.add_argument("--configs", default="local,js1,js2")
+    ap.add_argument("--configs", default="local,js1,js2,raw")
     ap.add_argument("--out", type=Path, default=PERF / "out" / "jetstream.md")
     args = ap.parse_args(argv)
     sections = args.only.split(",")
@@ -177,6 +233,12 @@ def main(argv=None) -> int:
     bench.log(f"nats cluster up: {cluster.urls}")
     try:
         for config in args.configs.split(","):
+            if config == "raw":
+                bench.log("[raw] the cluster from one nats-py client, no busd")
+                meter = CpuMeter({"nats×3": nats_pids})
+                for name, rates, cpus in asyncio.run(section_raw(cluster, args, meter)):
+                    rows.append((config, name, statistics.median(rates), median_cpu(cpus)))
+                continue
             frontends = 2 if config == "js2" else 1
             cluster.delete_streams([NS])
             servers = []
