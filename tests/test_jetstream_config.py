@@ -1,0 +1,36 @@
+"""`--store`, `--nats-url`, `--replicas` (and BUS_STORE, BUS_NATS_URL, BUS_REPLICAS)."""
+
+from __future__ import annotations
+
+import pytest
+
+from busd.config import ConfigError, load_config
+
+
+def test_local_store_is_the_default():
+    config = load_config({"--namespaces": "app"}, {})
+    assert (config.store, config.replicas) == ("local", 1)
+
+
+def test_jetstream_flags_and_environment():
+    config = load_config({"--namespaces": "app", "--store": "jetstream", "--replicas": "3",
+                          "--nats-url": "nats://h1:4222,nats://h2:4222"}, {})
+    assert (config.store, config.replicas) == ("jetstream", 3)
+    assert config.nats_url == "nats://h1:4222,nats://h2:4222"
+    config = load_config({"--namespaces": "app", "--store": "local"},
+                         {"BUS_STORE": "JetStream", "BUS_REPLICAS": "5",
+                          "BUS_NATS_URL": "nats://h3:4222"})
+    assert (config.store, config.replicas, config.nats_url) == ("jetstream", 5, "nats://h3:4222")
+
+
+@pytest.mark.parametrize("flags, env, reason", [
+    ({"--store": "kafka"}, {}, "--store: invalid value 'kafka' (one of local, jetstream)"),
+    ({}, {"BUS_STORE": "s3"}, "BUS_STORE: invalid value 's3'"),
+    ({"--store": "jetstream", "--replicas": "7"}, {}, "1 to 5 replicas"),
+    ({"--replicas": "three"}, {}, "--replicas: invalid literal"),
+    ({"--store": "jetstream", "--secret-key": "s"}, {}, "encryption at rest is for --store local"),
+])
+def test_bad_values_name_the_flag(flags, env, reason):
+    with pytest.raises(ConfigError) as error:
+        load_config({"--namespaces": "app", **flags}, env)
+    assert reason in str(error.value)
