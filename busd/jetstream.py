@@ -58,6 +58,7 @@ DEFAULT_DUP_WINDOW = 120.0  # JetStream's own default duplicate window, seconds
 ERR_STREAM_NOT_FOUND = 10059
 ERR_NO_PEERS = 10005
 ERR_BATCH_DUPLICATE_ID = 10201
+ERR_DUPLICATE_IN_PROCESS = 10158  # the same Nats-Msg-Id is being stored right now
 ERR_BATCH_TOO_LARGE = 10199
 
 
@@ -775,7 +776,7 @@ class JetStreamStore:
             return PublishRefused(502, f"unexpected answer from JetStream: {msg.data[:200]!r}")
         error = ack.get("error")
         if error:
-            if error.get("err_code") == ERR_BATCH_DUPLICATE_ID:
+            if error.get("err_code") in (ERR_BATCH_DUPLICATE_ID, ERR_DUPLICATE_IN_PROCESS):
                 return PublishRefused(409, "key was processed before")
             status = 503 if error.get("code") == 503 else 500
             return PublishRefused(status, f"JetStream refused the publish: "

@@ -304,3 +304,51 @@ async def _create_stream(urls: str, config: dict) -> None:
         assert "error" not in json.loads(msg.data), msg.data
     finally:
         await nc.close()
+
+
+def test_batches_without_atomic_publish_are_pipelined_in_order(cluster):
+    """Servers before 2.12 have no atomic batches: the store then pipelines the events on
+    one connection and answers with the first index once every one is acked (in process)."""
+    import asyncio
+
+    from busd.config import Config
+    from busd.jetstream import JetStreamStore, PublishRefused
+
+    cluster.delete_streams(["app"])
+
+    class Broker:
+        def __init__(self) -> None:
+            self.seen: list[bytes] = []
+
+        def _fan_out(self, namespace, records, next_index) -> None:
+            self.seen.extend(records)
+
+    async def scenario() -> tuple[list, list[bytes], list[bytes]]:
+        config = Config(namespaces=("app",), store="jetstream", nats_url=cluster.urls,
+                        replicas=3)
+        store = JetStreamStore(config, asyncio.get_running_loop())
+        broker = Broker()
+        store.attach(broker)
+        await store.open()
+        store.atomic = False
+        outcomes: list = []
+        records = [b'{"id":"e_d4o7ehksdud4d8c68bg%d","subject":"app.b","payload":%d}' % (i, i)
+                   for i in range(5)]
+        for _ in range(2):
+            done = asyncio.get_running_loop().create_future()
+            store.publish("app", [b"app.b"] * 5, records, None, True, done.set_result)
+            outcomes.append(await asyncio.wait_for(done, 10))
+        keyed = asyncio.get_running_loop().create_future()
+        store.publish("app", [b"app.b"] * 2, records[:2], ["app.b k", "app.b k"], True,
+                      keyed.set_result)
+        outcomes.append(await asyncio.wait_for(keyed, 10))
+        fetched = await store.fetch("app", 0, 1 << 20)
+        await store.aclose()
+        return outcomes, broker.seen, fetched[1]
+
+    outcomes, seen, fetched = asyncio.run(scenario())
+    assert outcomes[:2] == [0, 5]
+    refused = outcomes[2]
+    assert isinstance(refused, PublishRefused) and refused.status == 409
+    assert "1 of 2 events of the batch were stored" in refused.reason
+    assert len(fetched) == 11 and seen == fetched  # the tail saw exactly what is stored
