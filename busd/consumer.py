@@ -18,8 +18,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from busd._core import (Pattern, record_id, record_subject, sse_chunk, sse_frame,
-                        sse_frame_matching)
+from busd._core import Pattern, record_id, record_subject, sse_chunk, sse_frame, sse_frame_matching
 from busd.http import HttpConnection, Stream
 from busd.log import CorruptRecordError, HistoryTruncatedError
 
@@ -57,7 +56,7 @@ class AckPolicy:
 class Consumer(Stream):
     """One SSE subscription on a stored namespace."""
 
-    def __init__(self, broker: "Broker", conn: HttpConnection, consumer_id: bytes,
+    def __init__(self, broker: Broker, conn: HttpConnection, consumer_id: bytes,
                  pattern: Pattern, namespace: str, ack: AckPolicy | None) -> None:
         self.broker = broker
         self.conn = conn
@@ -339,7 +338,7 @@ class Consumer(Stream):
 class InboxConsumer(Stream):
     """A subscription to one `_bus_.<id>` inbox: in-memory delivery, nothing stored."""
 
-    def __init__(self, broker: "Broker", conn: HttpConnection, consumer_id: bytes,
+    def __init__(self, broker: Broker, conn: HttpConnection, consumer_id: bytes,
                  subject: bytes) -> None:
         self.broker = broker
         self.conn = conn
