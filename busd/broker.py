@@ -127,18 +127,10 @@ class Broker:
 
         Raises PublishError for a refused publish; `done` is then never called.
         """
-        try:
-            namespace, ids, stamps, records, keyed = stamp_events(events, is_batch)
-        except ValueError as exc:
-            raise PublishError(400, str(exc)) from None
-        name = self._declared.get(namespace)
+        name, ids, stamps, records, keyed = self._stamp(events, is_batch)
         if name is None:
-            if namespace == INBOX:
-                done(self._route_inbox(events[0].subject, ids, stamps, records[0]))
-                return
-            raise PublishError(400, f"namespace {namespace.decode(errors='replace')!r} is not "
-                                    f"declared; declared namespaces: "
-                                    f"{', '.join(sorted(self.namespaces))}")
+            done(self._route_inbox(events[0].subject, ids, stamps, records[0]))
+            return
         if keyed and self.dedup.enabled:
             self._reserve_keys(keyed)
         group = self._group.get(name)
@@ -148,6 +140,20 @@ class Broker:
                 self._flush_scheduled = True
                 self.loop.call_soon(self._flush)
         group.append(_Pending(records, keyed, ids, stamps, done))
+
+    def _stamp(self, events: list[ParsedEvent], is_batch: bool) -> tuple:
+        """Validate and build the records: (namespace name, or None for the inbox, ids,
+        created_ats, records, keyed). Raises PublishError (400) for anything refused."""
+        try:
+            namespace, ids, stamps, records, keyed = stamp_events(events, is_batch)
+        except ValueError as exc:
+            raise PublishError(400, str(exc)) from None
+        name = self._declared.get(namespace)
+        if name is None and namespace != INBOX:
+            raise PublishError(400, f"namespace {namespace.decode(errors='replace')!r} is not "
+                                    f"declared; declared namespaces: "
+                                    f"{', '.join(sorted(self.namespaces))}")
+        return name, ids, stamps, records, keyed
 
     def _reserve_keys(self, keyed: list[tuple[bytes, bytes]]) -> None:
         """Refuse (409) a key seen before; else remember it, as the event is about to land."""
@@ -245,20 +251,12 @@ class Broker:
         front-end's tail has the events; fan-out is driven by the tail (see jetstream.py)."""
         from busd.jetstream import PublishRefused, msg_id
 
-        try:
-            namespace, ids, stamps, records, keyed = stamp_events(events, is_batch)
-        except ValueError as exc:
-            raise PublishError(400, str(exc)) from None
-        name = self._declared.get(namespace)
+        name, ids, stamps, records, keyed = self._stamp(events, is_batch)
         if name is None:
-            if namespace == INBOX:
-                subject = events[0].subject
-                done(self._route_inbox(subject, ids, stamps, records[0]))
-                self.store.publish_inbox(subject, records[0])
-                return
-            raise PublishError(400, f"namespace {namespace.decode(errors='replace')!r} is not "
-                                    f"declared; declared namespaces: "
-                                    f"{', '.join(sorted(self.namespaces))}")
+            subject = events[0].subject
+            done(self._route_inbox(subject, ids, stamps, records[0]))
+            self.store.publish_inbox(subject, records[0])
+            return
         msg_ids = None
         reserved: list[tuple[bytes, bytes]] = []
         if keyed and self.dedup.enabled:
