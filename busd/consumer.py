@@ -30,6 +30,7 @@ log = logging.getLogger("busd.consumer")
 CATCH_UP_BYTES = 256 << 10  # one log read and one socket write while catching up
 READ_AHEAD_BYTES = 64 << 10  # how far a manual-ack consumer reads ahead of its cursor
 STREAM_WRITE_HIGH_WATER = 512 << 10  # socket buffer per stream before the consumer pauses
+RESUME_HINT_BYTES = 1  # a read returns at least one record: just the one before the cursor
 
 
 def greeting(consumer_id: bytes) -> bytes:
@@ -89,7 +90,28 @@ class Consumer(Stream):
 
     def deliver_from(self, cursor: int) -> None:
         self.cursor = cursor
+        self._resume_hint()
         self._step()
+
+    def _resume_hint(self) -> None:
+        """Tell the client where delivery starts, as an SSE comment (ignored by EventSource
+        and the Go SDK): `: resume-after e_<id>` names the record before the cursor,
+        `: resume-after oldest` says there is none. A client that has not received an event
+        yet resumes from there after a reconnect instead of from `newest`, so nothing
+        published while it was away is lost. Skipped when that record cannot be read at
+        once (deleted, corrupt, or older than a clustered store's in-memory tail)."""
+        store, ns, cursor = self.broker.store, self.namespace, self.cursor
+        if cursor <= store.first_index(ns):
+            point = b"oldest"
+        else:
+            try:
+                records = store.read(ns, cursor - 1, RESUME_HINT_BYTES)
+            except (HistoryTruncatedError, CorruptRecordError):
+                return
+            if not records:  # None: a JetStream read that would need a round trip
+                return
+            point = record_id(records[0])
+        self.conn.write(sse_chunk(b": resume-after " + point + b"\n\n"))
 
     def fail(self, reason: str) -> None:
         """Tell the client why the stream ends (an `error` event), then end it."""
@@ -243,6 +265,7 @@ class Consumer(Stream):
     def _deliver_from_remote(self, cursor) -> None:
         if isinstance(cursor, int):
             self.cursor = cursor
+            self._resume_hint()
             self._step()
             return
         task = self.broker.loop.create_task(
@@ -261,6 +284,7 @@ class Consumer(Stream):
             self.fail(found)
             return
         self.cursor = found + 1
+        self._resume_hint()
         self._step()
 
     def _catch_up_remote(self) -> None:

@@ -18,8 +18,16 @@ from busd import (
     StorageError,
     UnauthorizedError,
 )
-from busd.client._sse import Resume, SSEDecoder
-from busd.client._wire import encode_batch, encode_data, encode_event, go_duration, split_url
+from busd.client._events import Event
+from busd.client._sse import RESUME_AFTER, Resume, SSEDecoder, SubscriptionState
+from busd.client._wire import (
+    encode_batch,
+    encode_data,
+    encode_event,
+    go_duration,
+    split_url,
+    subscribe_target,
+)
 from busd.client.errors import error_for
 
 
@@ -127,6 +135,36 @@ def test_resume_skips_an_event_the_server_gave_up_on():
     assert r.delivered("e_2")
     r.acked("e_2")
     assert r.reconnecting() == "e_2"
+
+
+def test_resume_after_comment_is_decoded_and_other_comments_are_not():
+    d = SSEDecoder()
+    d.feed(b"retry: 2000\n\n: resume-after e_dc4oe6hksdudh7j1p56g\n\n: ping\n\n"
+           b": resume-after oldest\n\n")
+    assert list(d.messages) == [(RESUME_AFTER, None, b"e_dc4oe6hksdudh7j1p56g"),
+                                (RESUME_AFTER, None, b"oldest")]
+
+
+@pytest.mark.parametrize("manual", [False, True])
+def test_resume_after_hint_counts_only_until_an_event_is_delivered(manual):
+    state = SubscriptionState(subscribe_target("app.>", ack="manual" if manual else "none",
+                                               max_inflight=5),
+                              manual, None, True, None, None)
+    assert state.reconnect_request() == (state.target, None)   # no hint: as first asked
+    state.take((RESUME_AFTER, None, b"oldest"), object, None)
+    target, last_id = state.reconnect_request()
+    assert last_id is None and target == state.target.replace("start=newest", "start=oldest")
+    assert "ack=" in target and "max_inflight=5" in target
+    state.take((RESUME_AFTER, None, b"e_1"), object, None)     # the reconnected stream's
+    assert state.reconnect_request() == (state.target, "e_1")
+    state.take((b"msg", b"e_2", b'{"id": "e_2", "subject": "app.x"}'), Event, None)
+    state.take((RESUME_AFTER, None, b"e_9"), object, None)     # too late: ignored
+    # ack=none: after the event handed out; manual: e_2 is not acked, so after the hint
+    assert state.reconnect_request() == (state.target, "e_1" if manual else "e_2")
+    if manual:   # the new consumer redelivers e_2; once acked, it is the resume point
+        state.take((b"msg", b"e_2", b'{"id": "e_2", "subject": "app.x"}'), Event, None)
+        state.resume.acked("e_2")
+        assert state.reconnect_request() == (state.target, "e_2")
 
 
 @pytest.mark.parametrize("status, cls", [

@@ -20,6 +20,7 @@ def test_stream_head_greeting_and_framing(server):
         assert sse.consumer_id.startswith("c_") and len(sse.consumer_id) == 22
         assert sse.message() == {"retry": "2000"}
         assert sse.message() == {"event": "consumer", "data": sse.consumer_id}
+        assert sse.message() == {"comment": "resume-after oldest"}  # nothing before it
         publish(server.port, "app.x", {"a": 1})
         message = sse.message()
         assert set(message) == {"id", "event", "data"} and message["event"] == "msg"
@@ -38,6 +39,37 @@ def test_start_oldest_newest_and_resume_from_id(server):
         sse.message(), sse.message()
         publish(server.port, "app.h", 5)
         assert [r["payload"] for r in sse.events(1)] == [5]
+
+
+def greeting_and_hint(sse: SSE) -> str | None:
+    """Read the greeting; the `: resume-after` comment's point (None if it did not come)."""
+    assert sse.message() == {"retry": "2000"}
+    assert sse.message()["event"] == "consumer"
+    message = sse.message()
+    if "comment" in message and message["comment"].startswith("resume-after "):
+        return message["comment"].removeprefix("resume-after ")
+    return None
+
+
+def test_resume_after_comment_names_the_event_before_the_cursor(server):
+    with SSE(server.port, "subject=app.>") as sse:  # newest, empty namespace
+        assert greeting_and_hint(sse) == "oldest"
+    ids = [publish(server.port, subject, n).headers["x-bus-event-id"]
+           for n, subject in enumerate(["app.a", "app.b", "app.a", "app.b"])]
+    cases = [
+        ("subject=app.>", ids[3]),                        # newest: the last event
+        ("subject=app.a", ids[3]),                        # whatever subject it has
+        ("subject=app.>&start=oldest", "oldest"),
+        (f"subject=app.>&start={ids[1]}", ids[1]),
+        ("subject=app.a&ack=manual", ids[3]),
+        (f"subject=app.a&ack=manual&start={ids[0]}", ids[0]),
+    ]
+    for query, point in cases:
+        with SSE(server.port, query) as sse:
+            assert greeting_and_hint(sse) == point, query
+    with SSE(server.port, "subject=app.>", headers={"Last-Event-ID": ids[2]}) as sse:
+        assert greeting_and_hint(sse) == ids[2]
+        assert [r["id"] for r in sse.events(1)] == [ids[3]]  # and delivery goes on after it
 
 
 def test_go_sdk_empty_parameters_mean_defaults(server):
@@ -130,7 +162,7 @@ def test_history_to_live_seam_has_no_gap_and_no_duplicate(server):
 def test_ping_comments_on_idle_streams(make_server):
     server = make_server("app", "--ping-interval", "1s")
     with SSE(server.port, "subject=app.x") as sse:
-        sse.message(), sse.message()
+        sse.message(), sse.message(), sse.message()  # greeting, resume-after
         assert sse.message(timeout=4) == {"comment": "ping"}
 
 

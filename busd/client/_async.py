@@ -257,9 +257,9 @@ class AsyncSubscription:
         backoff = Backoff(state.reconnect_timeout)
         self._wakeup = asyncio.Event()
         while not self._closed:
-            last_id = state.resume.reconnecting()
+            target, last_id = state.reconnect_request()
             try:
-                stream = await _Stream.open(self._client, state.target, last_id,
+                stream = await _Stream.open(self._client, target, last_id,
                                             self._client.timeout)
             except BusError as exc:
                 if not retryable(exc):

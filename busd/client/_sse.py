@@ -15,12 +15,17 @@ from busd.client.errors import BusConnectionError, BusError, SubscriptionError
 Message = tuple[bytes, "bytes | None", bytes]
 
 _MSG_HEAD = b"\nevent: msg\ndata: "
+_RESUME_AFTER = b": resume-after "
+# The kind under which the decoder hands on the server's `: resume-after` comment (a
+# leading ':' cannot start a field name, so no real event type collides with it).
+RESUME_AFTER = b":resume-after"
 _RECENT_ACKS = 4096
 
 
 class SSEDecoder:
     """Incremental Server-Sent-Events decoder: `feed` de-chunked body bytes in any pieces,
-    complete messages collect in `messages`. Comments (`: ping`) and `retry:` are dropped."""
+    complete messages collect in `messages`. Comments (`: ping`) and `retry:` are dropped,
+    except busd's `: resume-after <point>`, handed on as (RESUME_AFTER, None, point)."""
 
     __slots__ = ("_buf", "messages")
 
@@ -39,6 +44,8 @@ class SSEDecoder:
             # fast path: busd's and Bus's framing of a stored record, on one data line
             if block[:6] == b"id: e_" and block[26:44] == _MSG_HEAD and b"\n" not in block[44:]:
                 out.append((b"msg", block[4:26], block[44:]))
+            elif block[:15] == _RESUME_AFTER and b"\n" not in block:
+                out.append((RESUME_AFTER, None, block[15:].strip()))
             elif block:
                 message = _parse_block(block)
                 if message is not None:
@@ -72,11 +79,18 @@ class Resume:
     acked (or the server gave up redelivering), so an unacked event comes back after a
     reconnect; events the caller acked out of order, or acked just before the server
     redelivered them, are not handed out again (the SDK re-acks them itself).
+
+    Until the first event is delivered there is no such event: the resume point is then
+    the server's `: resume-after` hint (the event before where the stream started, or
+    "oldest"), so a `start="newest"` subscription loses nothing published while it was
+    reconnecting. With `ack="manual"` it stays the base of the acked prefix.
     """
 
     def __init__(self, manual: bool, redelivery_count: int | None) -> None:
         self.manual = manual
         self.last_id: str | None = None
+        self.hint: str | None = None   # the server's resume-after point, until a delivery
+        self.started = False           # an event was delivered: hints no longer apply
         # server default is 3 deliveries; <= 0 means unlimited
         self._limit = 3 if redelivery_count is None else redelivery_count
         self._pending: dict[str, list] = {}  # in delivery order: id -> [deliveries, acked]
@@ -85,6 +99,7 @@ class Resume:
 
     def delivered(self, event_id: str) -> bool:
         """Note a delivery; False if the caller already acked this event (hide it)."""
+        self.started = True
         if not self.manual:
             self.last_id = event_id
             return True
@@ -110,12 +125,19 @@ class Resume:
                 self._pending[event_id][1] = True
                 self._advance()
 
+    def resume_after(self, point: str) -> None:
+        """The server's `: resume-after` hint for the stream just opened: `e_<id>` or
+        "oldest". It only counts while no event has been delivered."""
+        if not self.started and (point == "oldest" or point.startswith("e_")):
+            self.hint = point
+
     def reconnecting(self) -> str | None:
-        """The id to resume after (`Last-Event-ID`); the new consumer redelivers everything
-        after it, so the delivery counts start again."""
+        """The id to resume after (`Last-Event-ID`), "oldest", or None (resume as first
+        asked); the new consumer redelivers everything after it, so the delivery counts
+        start again."""
         with self._lock:
             self._pending.clear()
-            return self.last_id
+            return self.last_id or self.hint
 
     def _advance(self) -> None:
         pending, limit = self._pending, self._limit
@@ -150,15 +172,35 @@ class SubscriptionState:
         kind, _, data = message
         if kind == b"msg":
             event = event_cls(orjson.loads(data), self.consumer_id or "", sub)
+            resume = self.resume
             if not self.manual:
-                self.resume.last_id = event.id
+                resume.last_id = event.id
+                resume.started = True
                 return event, True
-            return event, self.resume.delivered(event.id)
+            return event, resume.delivered(event.id)
         if kind == b"error":
             raise SubscriptionError(data.decode("utf-8", "replace") or "subscription ended")
         if kind == b"consumer" and data:
             self.consumer_id = data.decode()
+        elif kind == RESUME_AFTER:
+            self.resume.resume_after(data.decode("ascii", "replace"))
         return None, False
+
+    def reconnect_request(self) -> tuple[str, str | None]:
+        """(request target, Last-Event-ID) for the next reconnect: after the resume point,
+        from the oldest retained event if the server said nothing came before the stream,
+        or as first asked when there is no resume point."""
+        point = self.resume.reconnecting()
+        if point == "oldest":
+            return _with_start(self.target, "oldest"), None
+        return self.target, point
+
+
+def _with_start(target: str, start: str) -> str:
+    """`target` (from subscribe_target) with its `start=` parameter replaced."""
+    path, _, query = target.partition("?")
+    params = [f"start={start}" if p.startswith("start=") else p for p in query.split("&")]
+    return path + "?" + "&".join(params)
 
 
 class Backoff:

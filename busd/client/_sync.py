@@ -204,9 +204,9 @@ class Subscription:
             raise BusConnectionError("the subscription's connection ended (reconnect=False)")
         backoff = Backoff(state.reconnect_timeout)
         while not self._closed.is_set():
-            last_id = state.resume.reconnecting()
+            target, last_id = state.reconnect_request()
             try:
-                stream = _Stream(self._client, state.target, last_id, self._client.timeout)
+                stream = _Stream(self._client, target, last_id, self._client.timeout)
             except BusError as exc:
                 if not retryable(exc):
                     self.close()
