@@ -101,7 +101,7 @@ class Server:
         self.logpath = OUT / f"{name}.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> "Server":
+    def start(self, timeout: float = 30.0) -> Server:
         logf = open(self.logpath, "ab")
         logf.write(f"\n=== {time.strftime('%H:%M:%S')} {shlex.join(self.cmd)}\n".encode())
         logf.flush()
@@ -142,7 +142,7 @@ class Server:
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -167,7 +167,7 @@ class HttpClient(asyncio.Protocol):
         self.lost: asyncio.Future = self.loop.create_future()
 
     @classmethod
-    async def connect(cls, port: int) -> "HttpClient":
+    async def connect(cls, port: int) -> HttpClient:
         _, proto = await asyncio.get_running_loop().create_connection(cls, "127.0.0.1", port)
         return proto
 
@@ -238,7 +238,7 @@ class SSECounter(asyncio.Protocol):
 
     @classmethod
     async def open(cls, port: int, start: str, subject: str = NS + ".%3E",
-                   timeout: float = 10.0) -> "SSECounter":
+                   timeout: float = 10.0) -> SSECounter:
         _, proto = await asyncio.get_running_loop().create_connection(
             lambda: cls(sse_request(start, subject)), "127.0.0.1", port)
         await asyncio.wait_for(proto.headers, timeout)
@@ -491,7 +491,7 @@ async def section_catchup(args, port: int, row: Row) -> None:
         ttfb = time.perf_counter() - t0
         try:
             t1 = await asyncio.wait_for(c.expect(n), max(30.0, n / 5000))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeError(f"catch-up timed out with {c.count:,}/{n:,} events received")
         await asyncio.sleep(0.2)
         if c.count != n:
@@ -534,7 +534,7 @@ async def section_fanout(args, port: int, row: Row) -> None:
             tpub = time.perf_counter() - t0
             try:
                 ends = await asyncio.wait_for(asyncio.gather(*waits), max(30.0, k * m / 20000))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 got = sorted(c.count - (base - m) for c in consumers)
                 raise RuntimeError(f"fan-out timed out: per-consumer received min {got[0]:,} "
                                    f"max {got[-1]:,} of {m:,}")
@@ -589,7 +589,7 @@ async def section_latency(args, port: int, p50: Row, p99: Row) -> None:
         send_s = (pc() - t0) / 1e9
         try:
             await asyncio.wait_for(cons.expect(total + 1), 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             notes.append(f"run {r + 1}: consumer received {cons.count - 1:,}/{total:,}")
         deadline = time.monotonic() + 10
         while pub.done < total + 1 and time.monotonic() < deadline:

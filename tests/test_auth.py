@@ -8,10 +8,10 @@ import signal
 import time
 
 import pytest
+from busclient import SSE, request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from busclient import SSE, Http, request
 from busd.auth import AuthFileError, covers, load_tokens, matches, parse_pattern
 
 BILLING = "billing-secret-1"

@@ -9,7 +9,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-
 from busclient import publish, request
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")

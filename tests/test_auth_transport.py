@@ -9,7 +9,6 @@ import ssl
 import subprocess
 
 import pytest
-
 from busclient import SSE, build_request, publish, read_response, request
 
 

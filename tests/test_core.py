@@ -212,9 +212,9 @@ def test_go_sse_frame_bytes():
     """Our framing of a record reproduces the Go server's chunk byte for byte."""
     rec = (b'{"id":"e_dc4oe6hksdudh7j1p570","subject":"_bus_.dc4oe6hksdudhifbp3ug",'
            b'"created_at":"2026-11-27T13:35:22.47129032Z","payload":{"result":30}}')
-    want = ('b9\r\nid: e_dc4oe6hksdudh7j1p570\nevent: msg\ndata: {"id":"e_dc4oe6hksdudh7j1p570",'
-            '"subject":"_bus_.dc4oe6hksdudhifbp3ug","created_at":"2026-11-27T13:35:22.47129032Z",'
-            '"payload":{"result":30}}\n\n\r\n').encode()
+    want = (b'b9\r\nid: e_dc4oe6hksdudh7j1p570\nevent: msg\ndata: {"id":"e_dc4oe6hksdudh7j1p570",'
+            b'"subject":"_bus_.dc4oe6hksdudhifbp3ug","created_at":"2026-11-27T13:35:22.47129032Z",'
+            b'"payload":{"result":30}}\n\n\r\n')
     assert core.sse_frame([rec]) == want
     assert core.sse_frame_matching([rec], core.Pattern(b"_bus_.dc4oe6hksdudhifbp3ug")) == (want, 1)
 

@@ -14,13 +14,20 @@ import time
 import zlib
 
 import pytest
+from busclient import Http, build_request, publish, request
+from busd._core import (
+    Pattern,
+    record_id,
+    record_subject,
+    scan_body,
+    stamp_events,
+    validate_pattern,
+    validate_subject,
+)
+from busd._framing import find_record, frame_ok, frame_records, scan_frames
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from busclient import Http, build_request, publish, request
-from busd._core import (Pattern, record_id, record_subject, scan_body, stamp_events,
-                        validate_pattern, validate_subject)
-from busd._framing import find_record, frame_ok, frame_records, scan_frames
 from busd.auth import matches as reference_matches
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from busclient import SSE, Http, build_request, publish, read_response, request
 
 IDLE_STREAMS = 5000
@@ -38,7 +37,7 @@ def read_until_closed(sock: socket.socket, timeout: float) -> bytes:
     try:
         while chunk := sock.recv(65536):
             data += chunk
-    except (socket.timeout, ConnectionResetError):
+    except (TimeoutError, ConnectionResetError):
         pass
     return data
 
