@@ -69,9 +69,9 @@ class Server:
         remote = self.broker.remote
         reports = await self.store.open() if remote else self.store.open()
         for namespace, report in reports.items():
+            first, head = self.store.first_index(namespace), self.store.next_index(namespace)
             log.info("opened namespace ns=%s events=%d first_index=%d next_index=%d %s",
-                     namespace, self.store.next_index(namespace) - self.store.first_index(namespace),
-                     self.store.first_index(namespace), self.store.next_index(namespace), report)
+                     namespace, head - first, first, head, report)
         if not remote:  # JetStream dedups keyed events cluster-wide itself (Nats-Msg-Id)
             keys = self.broker.rebuild_dedup()
             log.info("dedup cache rebuilt keys=%d", keys)
