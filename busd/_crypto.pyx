@@ -29,8 +29,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint32_t, uintptr_t
 
-cdef extern from "zlib.h":
-    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
+from busd._frame cimport FRAME_MAX_BODY, _frame_at, _rd32, _wr32, crc32
 
 import hashlib
 
@@ -45,7 +44,6 @@ ID_LEN = 22
 DEF C_NONCE = 24
 DEF C_MAC = 16
 DEF C_OVER = 40
-DEF C_MAX_BODY = 268435456
 DEF C_TAG = 8
 DEF C_ID_AT = 7
 DEF C_ID_LEN = 22
@@ -85,17 +83,6 @@ cdef int _load() except -1:
     return 0
 
 
-cdef inline void _wr32(unsigned char* p, uint32_t v) noexcept nogil:
-    p[0] = v & 0xFF
-    p[1] = (v >> 8) & 0xFF
-    p[2] = (v >> 16) & 0xFF
-    p[3] = (v >> 24) & 0xFF
-
-
-cdef inline uint32_t _rd32(const unsigned char* p) noexcept nogil:
-    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-
 cdef inline Py_ssize_t _blocks(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
     return (n + bs - 1) // bs
 
@@ -116,8 +103,8 @@ cdef inline Py_ssize_t _plain_size(Py_ssize_t sealed, Py_ssize_t bs) noexcept no
 
 
 cdef int _check_block_size(Py_ssize_t bs) except -1:
-    if bs < 1 or bs > C_MAX_BODY:
-        raise ValueError(f"block size {bs} outside 1..{C_MAX_BODY}")
+    if bs < 1 or bs > FRAME_MAX_BODY:
+        raise ValueError(f"block size {bs} outside 1..{FRAME_MAX_BODY}")
     return 0
 
 
@@ -329,7 +316,7 @@ cdef class Codec:
             if not PyBytes_Check(r):
                 raise TypeError(f"record {i} is {type(r).__name__}, not bytes")
             size = PyBytes_GET_SIZE(r)
-            if size == 0 or sealed_record_size(size, block_size) > C_MAX_BODY:
+            if size == 0 or sealed_record_size(size, block_size) > FRAME_MAX_BODY:
                 raise ValueError(f"record {i} has {size} bytes; out of range")
             blocks += _blocks(size, block_size)
             total += 8 + sealed_record_size(size, block_size)
@@ -359,8 +346,7 @@ cdef class Codec:
         cdef Py_buffer view
         PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
         cdef const unsigned char* buf = <const unsigned char*>view.buf
-        cdef Py_ssize_t size = view.len, off = offset, n = 0, plain
-        cdef uint32_t length
+        cdef Py_ssize_t size = view.len, off = offset, n = 0, plain, length = 0
         cdef int status = 0
         cdef list records = []
         cdef bytes rec
@@ -370,18 +356,8 @@ cdef class Codec:
             while max_records < 0 or n < max_records:
                 if off == size:
                     break
-                if size - off < 8:
-                    status = 1
-                    break
-                length = _rd32(buf + off)
-                if length == 0 or length > C_MAX_BODY:
-                    status = 2
-                    break
-                if <Py_ssize_t>length > size - off - 8:
-                    status = 1
-                    break
-                if <uint32_t>crc32(0, buf + off + 8, length) != _rd32(buf + off + 4):
-                    status = 2
+                status = _frame_at(buf, size, off, True, &length)
+                if status:
                     break
                 plain = _plain_size(<Py_ssize_t>length - C_TAG, block_size)
                 if plain < 0:
@@ -422,7 +398,7 @@ cdef class Codec:
                     q = 0
                 while size - q >= 8 + C_TAG + C_OVER + 1:
                     length = _rd32(buf + q)
-                    if (length > C_TAG + C_OVER and length <= C_MAX_BODY
+                    if (length > C_TAG + C_OVER and length <= FRAME_MAX_BODY
                             and <Py_ssize_t>length <= size - q - 8
                             and self.open_head(buf + q + 8, length, block_size, scratch) >= 0
                             and <uint32_t>crc32(0, buf + q + 8, length) == _rd32(buf + q + 4)):

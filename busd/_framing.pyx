@@ -22,15 +22,13 @@ from busd._crypto cimport Codec, sealed_record_size
 
 import array as _array_mod
 
-cdef extern from "zlib.h":
-    unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
+from busd._frame cimport FRAME_MAX_BODY, _frame_at, _rd32, _wr32, crc32
 
 MAGIC = b"BUSDSEG1"
 HEADER_SIZE = 16
 FRAME_OVERHEAD = 8
 MAX_BODY = 1 << 28
 
-DEF C_MAX_BODY = 268435456
 DEF NO_SEC_LO = 0xFFFFFFFF
 
 # status codes of scan_frames / SegmentIndex.scan
@@ -48,16 +46,6 @@ for _i in range(10):
 for _i in range(22):
     _DEC[97 + _i] = 10 + _i
 
-
-cdef inline uint32_t _rd32(const unsigned char* p) noexcept nogil:
-    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-
-cdef inline void _wr32(unsigned char* p, uint32_t v) noexcept nogil:
-    p[0] = v & 0xFF
-    p[1] = (v >> 8) & 0xFF
-    p[2] = (v >> 16) & 0xFF
-    p[3] = (v >> 24) & 0xFF
 
 
 cdef inline long long _xid_sec(const unsigned char* p) noexcept nogil:
@@ -107,8 +95,8 @@ def frame_records(list records) -> bytes:
         if not PyBytes_Check(r):
             raise TypeError(f"record {i} is {type(r).__name__}, not bytes")
         size = PyBytes_GET_SIZE(r)
-        if size == 0 or size > C_MAX_BODY:
-            raise ValueError(f"record {i} has {size} bytes; a record has 1..{C_MAX_BODY} bytes")
+        if size == 0 or size > FRAME_MAX_BODY:
+            raise ValueError(f"record {i} has {size} bytes; a record has 1..{FRAME_MAX_BODY} bytes")
         total += 8 + size
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
@@ -122,22 +110,6 @@ def frame_records(list records) -> bytes:
         memcpy(dst + 8, src, size)
         dst += 8 + size
     return out
-
-
-cdef inline int _frame_at(const unsigned char* buf, Py_ssize_t size, Py_ssize_t off,
-                          bint check_crc, Py_ssize_t* body_len) noexcept nogil:
-    """Status of the frame at off: OK (body_len set), TRUNCATED or CORRUPT."""
-    if size - off < 8:
-        return 1
-    cdef uint32_t length = _rd32(buf + off)
-    if length == 0 or length > C_MAX_BODY:
-        return 2
-    if <Py_ssize_t>length > size - off - 8:
-        return 1
-    if check_crc and <uint32_t>crc32(0, buf + off + 8, length) != _rd32(buf + off + 4):
-        return 2
-    body_len[0] = length
-    return 0
 
 
 def scan_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, bint want_records=True,
@@ -196,7 +168,7 @@ def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle,
     try:
         while (max_records < 0 or n < max_records) and size - off >= 8:
             length = _rd32(buf + off)
-            if length == 0 or length > C_MAX_BODY or <Py_ssize_t>length > size - off - 8:
+            if length == 0 or length > FRAME_MAX_BODY or <Py_ssize_t>length > size - off - 8:
                 break
             blen = length
             if scratch != NULL:
