@@ -368,11 +368,7 @@ class HttpConnection(asyncio.Protocol):
         self._failed = True
         log.debug("rejecting request status=%d reason=%r", status, reason)
         self._pause_reading()
-        if self.pending:
-            self.fulfil(self.defer(), error_response(status, reason, close=True), close=True)
-            return
-        self.transport.write(error_response(status, reason, close=True))
-        self.close()
+        self.reply(error_response(status, reason, close=True), close=True)
 
     def _pause_reading(self) -> None:
         if not self.read_paused and not self.is_closed:
