@@ -1,4 +1,4 @@
-"""Replays the Go Bus SDK's side of ../shared/compat/go-sdk-wire.json against busd.
+"""Replays the Go Bus SDK's side of tests/data/go-sdk-wire.json against busd.
 
 Every request the Go SDK sent is sent again, byte for byte (ids the Go server handed out
 are swapped for the ones busd hands out), and every answer the SDK depends on is checked:
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from busclient import SSE, read_response
 
-TRANSCRIPT = Path(__file__).resolve().parents[2] / "shared" / "compat" / "go-sdk-wire.json"
+TRANSCRIPT = Path(__file__).resolve().parent / "data" / "go-sdk-wire.json"
 IDS = re.compile(rb"[ce]_[0-9a-v]{20}")
 RECORD_FIELDS = ("subject", "trace_id", "key", "response_subject", "payload")
 
@@ -24,7 +24,6 @@ def sse_records(data: bytes) -> list[dict]:
     return [json.loads(line[6:]) for line in data.split(b"\n") if line.startswith(b"data: {")]
 
 
-@pytest.mark.skipif(not TRANSCRIPT.exists(), reason=f"{TRANSCRIPT} not beside the project")
 def test_go_sdk_transcript_replay(make_server):
     server = make_server("app,math")
     entries = json.loads(TRANSCRIPT.read_text())
