@@ -1,6 +1,6 @@
 """Publisher confirmation: put() returns once a consumer has acked the event.
 
-Needs a server with these namespaces:  bus server --namespaces app,notifications,math,critical
+Needs a server with these namespaces:  bus server --namespaces app,orders,notifications,math,critical
 Run:  python examples/confirm.py   (BUS_URL overrides http://localhost:2021)
 """
 
@@ -12,9 +12,14 @@ from busd import Client
 client = Client(os.environ.get("BUS_URL", "http://localhost:2021"))
 
 
+# The subscriber must be live before the publish for the publisher to get its confirmation;
+# "newest", so it does not replay every earlier run's events.
+events = client.get("critical.events", start="newest")
+
+
 def consume() -> None:
-    """The subscriber (must be running for the publisher to get its confirmation)."""
-    for event in client.get("critical.events", start="oldest"):
+    """Processes and acks each event."""
+    for event in events:
         print("processing", event.payload)
         event.ack()  # this unblocks the publisher
 

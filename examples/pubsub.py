@@ -1,6 +1,6 @@
 """Pub/sub: a subscriber that acks by hand, and a publisher.
 
-Needs a server with these namespaces:  bus server --namespaces app,notifications,math,critical
+Needs a server with these namespaces:  bus server --namespaces app,orders,notifications,math,critical
 Run:  python examples/pubsub.py   (BUS_URL overrides http://localhost:2021)
 """
 
@@ -11,7 +11,7 @@ from busd import Client
 client = Client(os.environ.get("BUS_URL", "http://localhost:2021"))
 
 # Subscriber (can be in a different service): live from the moment get() returns.
-# Manual ack: an event not acked within 5 s is delivered again, at most 3 times.
+# Manual ack: an event not acked within 5 s is delivered again; 3 deliveries in all.
 events = client.get("notifications.*", start="newest", ack="manual",
                     redelivery=5.0, redelivery_count=3)
 

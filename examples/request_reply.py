@@ -1,6 +1,6 @@
 """Request/reply: a service answering math.add requests, and a caller.
 
-Needs a server with these namespaces:  bus server --namespaces app,notifications,math,critical
+Needs a server with these namespaces:  bus server --namespaces app,orders,notifications,math,critical
 Run:  python examples/request_reply.py   (BUS_URL overrides http://localhost:2021)
 """
 
@@ -12,9 +12,14 @@ from busd import Client
 client = Client(os.environ.get("BUS_URL", "http://localhost:2021"))
 
 
+# The service (usually another process): live when get() returns, so it sees the request
+# below; "newest" rather than "oldest", so it does not answer every earlier run's requests.
+requests = client.get("math.add", start="newest")
+
+
 def serve() -> None:
-    """The service (handles math.add requests; usually another process)."""
-    for event in client.get("math.add", start="oldest"):
+    """Answers math.add requests."""
+    for event in requests:
         request = event.payload
         event.ack({"result": request["A"] + request["B"]})  # the reply
 
