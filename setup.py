@@ -6,8 +6,8 @@ DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False, "c
 
 extensions = [
     Extension("busd._core", ["busd/_core.pyx"]),
-    Extension("busd._framing", ["busd/_framing.pyx"], libraries=["z"]),
-    Extension("busd._crypto", ["busd/_crypto.pyx"], libraries=["z"]),
+    Extension("busd.store.local._framing", ["busd/store/local/_framing.pyx"], libraries=["z"]),
+    Extension("busd.store.local._crypto", ["busd/store/local/_crypto.pyx"], libraries=["z"]),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES))

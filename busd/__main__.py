@@ -2,6 +2,6 @@
 
 import sys
 
-from busd.cli import main
+from busd.cli.main import main
 
 sys.exit(main())

@@ -98,11 +98,11 @@ def record(i: int, size: int = 200) -> bytes:
 
 def in_process(block_size: int) -> list[tuple[str, str, str, str]]:
     """(what, plain, encrypted, cost) rows measured without HTTP."""
-    from busd._crypto import Codec
-    from busd._framing import frame_records, scan_frames
+    from busd.store.local._crypto import Codec
+    from busd.store.local._framing import frame_records, scan_frames
 
-    from busd.crypto import derive_key
-    from busd.log import NamespaceLog
+    from busd.store.local.crypto import derive_key
+    from busd.store.local.log import NamespaceLog
 
     codec = Codec(derive_key(SECRET))
     rows = []

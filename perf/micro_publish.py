@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ceiling  # noqa: E402
 
-from busd.config import load_config  # noqa: E402
-from busd.server import Server  # noqa: E402
+from busd.server.app import Server  # noqa: E402
+from busd.server.config import load_config  # noqa: E402
 
 EVENT = {"id": "", "subject": "bench.created", "created_at": "0001-01-01T00:00:00Z",
          "payload": {"order": 12345, "customer": "c-42", "total": 99.5}}

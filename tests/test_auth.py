@@ -12,7 +12,7 @@ from busclient import SSE, request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from busd.auth import AuthFileError, covers, load_tokens, matches, parse_pattern
+from busd.server.auth import AuthFileError, covers, load_tokens, matches, parse_pattern
 
 BILLING = "billing-secret-1"
 READER = "reader-secret-22"

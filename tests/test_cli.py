@@ -12,7 +12,7 @@ import time
 import pytest
 from busclient import free_port, publish, request
 
-from busd.cli import main
+from busd.cli.main import main
 
 ID = re.compile(r"id=(e_[0-9a-v]{20}) index=(\d+) created_at=(\S+)")
 

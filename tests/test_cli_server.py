@@ -8,8 +8,8 @@ import re
 
 from busclient import publish
 
-from busd.config import load_config
-from busd.logs import KeyValueFormatter, describe_config, split_message
+from busd.server.config import load_config
+from busd.server.logs import KeyValueFormatter, describe_config, split_message
 
 LINE = re.compile(r'^ts=\S+Z level=(DEBUG|INFO|WARN|ERROR) logger=\S+( msg="[^"]*")?( \S+=\S+)*$')
 

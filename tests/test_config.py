@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from busd.config import ConfigError, load_config, parse_duration, parse_size
+from busd.server.config import ConfigError, load_config, parse_size
+from busd.wire import parse_duration
 
 
 def test_env_takes_precedence_over_flags():

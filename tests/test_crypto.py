@@ -12,20 +12,28 @@ import zlib
 
 import nacl.bindings
 import pytest
-from busd._crypto import ID_AT, ID_LEN, Codec, SealError, plain_size, record_size, sealed_size
+from busd.store.local._crypto import (
+    ID_AT,
+    ID_LEN,
+    Codec,
+    SealError,
+    plain_size,
+    record_size,
+    sealed_size,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from busd import log as log_module
-from busd.crypto import KEYCHECK_NAME, derive_key
-from busd.log import (
+from busd.store.local import log as log_module
+from busd.store.local.crypto import KEYCHECK_NAME, derive_key
+from busd.store.local.log import (
     CorruptRecordError,
     MissingKeyError,
     NamespaceLog,
     UnexpectedKeyError,
     WrongKeyError,
 )
-from busd.store import LocalStore
+from busd.store.local.store import LocalStore
 
 ALPHABET = "0123456789abcdefghijklmnopqrstuv"
 T0 = 1_750_000_000

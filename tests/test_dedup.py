@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from busd.dedup import DedupCache
+from busd.bus.dedup import DedupCache
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""busd._framing against a pure-Python oracle: frames, scanning, xid seconds, sparse index."""
+"""busd.store.local._framing against a pure-Python oracle: frames, scanning, xid seconds, sparse index."""
 
 import mmap
 import struct
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from busd import _framing as F
+from busd.store.local import _framing as F
 
 # -- pure-Python oracle ---------------------------------------------------------------------
 XID_ALPHABET = "0123456789abcdefghijklmnopqrstuv"

@@ -24,11 +24,11 @@ from busd._core import (
     validate_pattern,
     validate_subject,
 )
-from busd._framing import find_record, frame_ok, frame_records, scan_frames
+from busd.store.local._framing import find_record, frame_ok, frame_records, scan_frames
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from busd.auth import matches as reference_matches
+from busd.server.auth import matches as reference_matches
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -12,7 +12,6 @@ import re
 import socket
 from pathlib import Path
 
-import pytest
 from busclient import SSE, read_response
 
 TRANSCRIPT = Path(__file__).resolve().parent / "data" / "go-sdk-wire.json"

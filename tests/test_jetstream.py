@@ -321,8 +321,8 @@ def test_batches_without_atomic_publish_are_pipelined_in_order(cluster):
     one connection and answers with the first index once every one is acked (in process)."""
     import asyncio
 
-    from busd.config import Config
-    from busd.jetstream import JetStreamStore, PublishRefused
+    from busd.server.config import Config
+    from busd.store.jetstream.store import JetStreamStore, PublishRefused
 
     cluster.delete_streams(["app"])
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from busd.config import ConfigError, load_config
+from busd.server.config import ConfigError, load_config
 
 
 def test_local_store_is_the_default():

@@ -12,15 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from busd import _framing as F
-from busd.log import (
+from busd.store.local import _framing as F
+from busd.store.local.log import (
     CorruptRecordError,
     HistoryTruncatedError,
     LogOpenError,
     LogWriteError,
     NamespaceLog,
 )
-from busd.store import LocalStore, StoreLockedError
+from busd.store.local.store import LocalStore, StoreLockedError
 
 ALPHABET = "0123456789abcdefghijklmnopqrstuv"
 T0 = 1_750_000_000
@@ -158,7 +158,7 @@ def test_torn_tail_at_every_offset_of_the_last_frame(tmp_path, caplog):
     for cut in range(last_start, len(data) + 1):
         path.write_bytes(data[:cut])
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="busd.log"):
+        with caplog.at_level(logging.WARNING, logger="busd.store.local.log"):
             nslog, report = open_log(tmp_path)
         whole = 5 if cut == len(data) else 4
         assert nslog.next_index == whole, cut
@@ -196,7 +196,7 @@ def test_mid_file_corruption_is_reported_and_kept(tmp_path, caplog):
     offset = 16 + len(F.frame_records(records[:100]))
     data[offset + 8 + 50] ^= 0x20  # one byte of record 100's body
     path.write_bytes(data)
-    with caplog.at_level(logging.ERROR, logger="busd.log"):
+    with caplog.at_level(logging.ERROR, logger="busd.store.local.log"):
         nslog, report = open_log(tmp_path, cache_bytes=0)
     assert report.corrupt_records == [100] and report.truncated_bytes == 0
     assert any("corrupt record" in r.getMessage() and "index=100" in r.getMessage()
@@ -291,7 +291,7 @@ def test_blank_new_segment_after_crash_is_removed(tmp_path, caplog, content):
     nslog.close()
     path = tmp_path / "orders" / f"{100:020d}.seg"
     path.write_bytes(content)  # the crash came between creating it and writing its header
-    with caplog.at_level(logging.WARNING, logger="busd.log"):
+    with caplog.at_level(logging.WARNING, logger="busd.store.local.log"):
         nslog, _report = open_log(tmp_path, segment_bytes=8192)
     assert not path.exists()
     assert any("removing empty last segment" in r.getMessage() for r in caplog.records)

@@ -9,7 +9,7 @@ import pytest
 from busclient import SSE, ack, publish, request
 
 from busd import __version__
-from busd.metrics import FSYNC_BUCKETS, Metrics
+from busd.server.metrics import FSYNC_BUCKETS, Metrics
 
 parser = pytest.importorskip("prometheus_client.parser")
 

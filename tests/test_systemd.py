@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from busd.config import _OPTIONS
-from busd.systemd import notify, watchdog_interval
+from busd.server.config import _OPTIONS
+from busd.server.systemd import notify, watchdog_interval
 
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 

@@ -380,7 +380,8 @@ class Client:
 
         `start`: "oldest", "newest" or an event id (resume after it). `ack="manual"`: each
         event must be `ack()`ed or it is delivered again every `redelivery` (seconds, timedelta
-        or "5s"), `redelivery_count` deliveries in all (the first included; <= 0 unlimited). The subscription is live when this returns.
+        or "5s"), `redelivery_count` deliveries in all (the first included; <= 0 unlimited).
+        The subscription is live when this returns.
         If the connection drops it reconnects (50 ms to 2 s apart; giving up after
         `reconnect_timeout` seconds if set) and resumes after the last event, so each event
         is seen once (`ack="none"`); a connection silent for `heartbeat_timeout` seconds

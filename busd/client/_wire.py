@@ -14,7 +14,7 @@ from busd._core import new_xid
 from busd.client._events import BatchResult, PutResult
 from busd.client._http import Response
 from busd.client.errors import error_for
-from busd.config import parse_duration
+from busd.wire import parse_duration
 
 INBOX_PREFIX = "_bus_."
 _BATCH_FIELDS = frozenset(("subject", "data", "key", "trace_id"))

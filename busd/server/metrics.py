@@ -13,7 +13,7 @@ import time
 from bisect import bisect_left
 
 from busd import __version__
-from busd.config import INBOX_NAMESPACE
+from busd.wire import INBOX_NAMESPACE
 
 # Upper bounds (seconds) of the fsync latency histogram's buckets; +Inf is implied.
 FSYNC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

@@ -10,14 +10,14 @@ import orjson
 
 from busd import __version__
 from busd._core import Pattern, is_xid, new_xid, scan_body, validate_pattern
-from busd.auth import Auth, AuthError, Token
-from busd.broker import Broker, Published, PublishError
-from busd.config import INBOX_NAMESPACE, parse_duration
-from busd.consumer import AckPolicy, Consumer, InboxConsumer
-from busd.http import HttpConnection, Request, error_response, response, stream_head
-from busd.metrics import PROMETHEUS_TYPE, render_prometheus
+from busd.bus.broker import Broker, Published, PublishError
+from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer
+from busd.server.auth import Auth, AuthError, Token
+from busd.server.http import HttpConnection, Request, error_response, response, stream_head
+from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
+from busd.wire import INBOX_NAMESPACE, parse_duration
 
-log = logging.getLogger("busd.api")
+log = logging.getLogger("busd.server.api")
 
 DEFAULT_REDELIVERY = 5.0
 DEFAULT_REDELIVERY_COUNT = 3

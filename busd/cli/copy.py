@@ -16,9 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from busd._core import is_xid
-from busd.cli_datadir import Appender, Reader, namespaces_in, open_store, select_namespaces
-from busd.cli_output import CommandError, UsageError, note, progress
-from busd.log import LogError
+from busd.cli.datadir import Appender, Reader, namespaces_in, open_store, select_namespaces
+from busd.cli.output import CommandError, UsageError, note, progress
+from busd.store.local.log import LogError
 
 SUBJECT_AT = 42  # a stored record's subject starts here (see busd._core.make_record)
 

@@ -16,7 +16,7 @@ from email.utils import formatdate
 
 import httptools
 
-log = logging.getLogger("busd.http")
+log = logging.getLogger("busd.server.http")
 
 CORS_HEADERS = (
     b"Access-Control-Allow-Origin: *\r\n"

@@ -11,11 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-INBOX_NAMESPACE = "_bus_"
+from busd.wire import INBOX_NAMESPACE, parse_duration
 
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
 _SIZE_RE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 _DAY = 86400.0
@@ -23,28 +22,6 @@ _DAY = 86400.0
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the flag/variable."""
-
-
-def parse_duration(text: str) -> float:
-    """Parse a Go-style duration (`500ms`, `5s`, `1m30s`, `0`) or plain seconds into seconds."""
-    text = text.strip()
-    if not text:
-        raise ValueError("empty duration")
-    if text == "0":
-        return 0.0
-    try:
-        return float(text)  # bare number: seconds
-    except ValueError:
-        pass
-    total, pos = 0.0, 0
-    for match in _DURATION_RE.finditer(text):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-        pos = match.end()
-    if pos != len(text):
-        raise ValueError(f"invalid duration {text!r} (examples: 500ms, 5s, 1m30s)")
-    return total
 
 
 def parse_age(text: str) -> float:

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from busd.cli_output import CommandError, UsageError
+from busd.cli.output import CommandError, UsageError
 
 DEFAULT_HOST = "http://localhost:2021"
 

@@ -19,7 +19,7 @@ the ciphertext), recovery and the sparse index work on encrypted logs without th
 The cipher is libsodium's, the one PyNaCl ships: the C entry points are taken from
 PyNaCl's cffi module (`nacl._sodium.lib`) once, so the per-block calls below are plain C
 calls with no Python object per block. Everything per-record or per-block (cutting,
-nonces, assembling, framing, reassembly) is here; key handling lives in busd/crypto.py.
+nonces, assembling, framing, reassembly) is here; key handling lives in busd/store/local/crypto.py.
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
@@ -29,7 +29,7 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint32_t, uintptr_t
 
-from busd._frame cimport FRAME_MAX_BODY, _frame_at, _rd32, _wr32, crc32
+from busd.store.local._frame cimport FRAME_MAX_BODY, _frame_at, _rd32, _wr32, crc32
 
 import hashlib
 
@@ -38,7 +38,7 @@ MAC_SIZE = 16
 BLOCK_OVERHEAD = 40
 ID_TAG_SIZE = 8
 KEY_SIZE = 32
-ID_AT = 7  # a record's event id: record[7:29] (b"e_" + xid), as in busd/log.py
+ID_AT = 7  # a record's event id: record[7:29] (b"e_" + xid), as in busd/store/local/log.py
 ID_LEN = 22
 
 DEF C_NONCE = 24
@@ -146,7 +146,7 @@ cdef class Codec:
         memset(self.tag_key, 0, 16)
 
     def __repr__(self) -> str:
-        return "<busd._crypto.Codec>"  # never the key
+        return "<busd.store.local._crypto.Codec>"  # never the key
 
     # -- C level ---------------------------------------------------------------------------
     cdef void _id_tag(self, const unsigned char* record, Py_ssize_t n,

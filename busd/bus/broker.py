@@ -18,14 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 import orjson
 
 from busd._core import ParsedEvent, sse_frame, sse_frame_matching, stamp_events
-from busd.config import INBOX_NAMESPACE, Config
-from busd.consumer import Consumer, InboxConsumer
-from busd.dedup import DedupCache
-from busd.log import CorruptRecordError, LogWriteError
-from busd.metrics import Metrics
-from busd.store import Store
+from busd.bus.consumer import Consumer, InboxConsumer
+from busd.bus.dedup import DedupCache
+from busd.server.config import Config
+from busd.server.metrics import Metrics
+from busd.store.local.log import CorruptRecordError, LogWriteError
+from busd.store.local.store import Store
+from busd.wire import INBOX_NAMESPACE
 
-log = logging.getLogger("busd.broker")
+log = logging.getLogger("busd.bus.broker")
 
 INBOX = INBOX_NAMESPACE.encode()
 DEDUP_REBUILD_RECORDS = 100_000  # how much of each log's tail rebuilds the dedup cache
@@ -89,7 +90,7 @@ class Broker:
         self._sync_running = False
         self._sync_waiting: list[Callable[[BaseException | None], None]] = []
         self.remote = getattr(store, "remote", False)
-        if self.remote:  # a clustered store (busd/jetstream.py): bound once, local path intact
+        if self.remote:  # a clustered store (busd/store/jetstream/): bound once, local path intact
             self.publish = self._publish_remote  # type: ignore[method-assign]
             self.resolve_start = self._resolve_start_remote  # type: ignore[method-assign]
             store.attach(self)
@@ -249,7 +250,7 @@ class Broker:
                         done: PublishCallback) -> None:
         """`publish` for a remote store: the store answers once the cluster acked and this
         front-end's tail has the events; fan-out is driven by the tail (see jetstream.py)."""
-        from busd.jetstream import PublishRefused, msg_id
+        from busd.store.jetstream.store import PublishRefused, msg_id
 
         name, ids, stamps, records, keyed = self._stamp(events, is_batch)
         if name is None:
@@ -294,7 +295,7 @@ class Broker:
 
     def _resolve_start_remote(self, namespace: str, start: bytes):
         """oldest/newest at once; an event id becomes a Lookup the consumer awaits."""
-        from busd.jetstream import Lookup
+        from busd.store.jetstream.store import Lookup
 
         if start == b"oldest":
             return self.store.first_index(namespace)

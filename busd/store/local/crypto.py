@@ -1,7 +1,7 @@
 """Encryption at rest (SPEC §5): the key, and the key check recorded with each namespace.
 
 The cipher work (cutting records into blocks, sealing each with its own nonce, framing,
-opening) is in busd/_crypto.pyx; this module only derives the key from the secret and
+opening) is in busd/store/local/_crypto.pyx; this module only derives the key from the secret and
 seals/opens the namespace's key-check file.
 
 Key = SHA-256 of the secret (UTF-8). Each encrypted namespace directory holds `keycheck`:
@@ -17,7 +17,7 @@ import hashlib
 import struct
 import zlib
 
-from busd._crypto import BLOCK_OVERHEAD, Codec, SealError, plain_size, sealed_size
+from busd.store.local._crypto import BLOCK_OVERHEAD, Codec, SealError, plain_size, sealed_size
 
 __all__ = ["BLOCK_OVERHEAD", "Codec", "SealError", "derive_key", "keycheck_matches",
            "make_codec", "plain_size", "seal_keycheck", "sealed_size", "KEYCHECK_NAME"]

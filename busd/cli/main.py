@@ -27,18 +27,19 @@ from pathlib import Path
 
 from docopt import docopt
 
-import busd.cli_copy as cli_copy
-import busd.cli_debug as cli_debug
-import busd.cli_dump as cli_dump
-import busd.cli_pubsub as cli_pubsub
-import busd.cli_restore as cli_restore
+import busd.cli.copy as cli_copy
+import busd.cli.debug as cli_debug
+import busd.cli.dump as cli_dump
+import busd.cli.pubsub as cli_pubsub
+import busd.cli.restore as cli_restore
 from busd import __version__
 from busd._core import is_xid
-from busd.cli_datadir import parse_namespace_list
-from busd.cli_http import BusHttp
-from busd.cli_output import EXIT_USAGE, CommandError, UsageError
-from busd.config import ConfigError, load_config, parse_duration
-from busd.logs import setup_logging
+from busd.cli.datadir import parse_namespace_list
+from busd.cli.http import BusHttp
+from busd.cli.output import EXIT_USAGE, CommandError, UsageError
+from busd.server.config import ConfigError, load_config
+from busd.server.logs import setup_logging
+from busd.wire import parse_duration
 
 SERVER_USAGE = """bus server: run the bus.
 
@@ -407,12 +408,12 @@ def server(args: dict) -> int:
         print(f"bus server: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_level)
-    from busd.server import run  # imported late: the CLI's other commands don't need uvloop
+    from busd.server.app import run  # imported late: the CLI's other commands don't need uvloop
 
     try:
         return run(config)
     except Exception as exc:
-        logging.getLogger("busd.server").error("cannot start reason=%r", str(exc))
+        logging.getLogger("busd.server.app").error("cannot start reason=%r", str(exc))
         print(f"bus server: {exc}", file=sys.stderr)
         return 1
 

@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """Segment-file framing: frames and CRCs, frame scanning, xid seconds, the sparse index.
 
-These are the per-record loops of the log (busd/log.py), kept in C because they run once
+These are the per-record loops of the log (busd/store/local/log.py), kept in C because they run once
 per stored or served event. Everything that is not a per-record loop stays in log.py.
 
 Frame layout (after the 16-byte segment header): u32 LE body length, u32 LE zlib crc32
@@ -18,11 +18,11 @@ from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
 
-from busd._crypto cimport Codec, sealed_record_size
+from busd.store.local._crypto cimport Codec, sealed_record_size
 
 import array as _array_mod
 
-from busd._frame cimport FRAME_MAX_BODY, _frame_at, _rd32, _wr32, crc32
+from busd.store.local._frame cimport FRAME_MAX_BODY, _frame_at, _rd32, _wr32, crc32
 
 MAGIC = b"BUSDSEG1"
 HEADER_SIZE = 16
@@ -307,7 +307,7 @@ cdef class SegmentIndex:
     def add_records(self, list records, Py_ssize_t block_size=0):
         """Index a batch just appended at end_offset (records already framed and written).
         block_size > 0: the records are plaintexts that were written sealed in blocks of
-        that size (busd/_crypto.pyx), so their frames are larger than they are."""
+        that size (busd/store/local/_crypto.pyx), so their frames are larger than they are."""
         cdef Py_ssize_t i, n = PyList_GET_SIZE(records), size
         cdef object r
         for i in range(n):

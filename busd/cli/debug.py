@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from busd.cli_datadir import Reader, select_namespaces
-from busd.cli_output import CommandError, note, progress
+from busd.cli.datadir import Reader, select_namespaces
+from busd.cli.output import CommandError, note, progress
 
 
 def debug(path: Path, namespace: str | None = None, verify: bool = False,

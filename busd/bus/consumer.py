@@ -19,13 +19,13 @@ import time
 from typing import TYPE_CHECKING
 
 from busd._core import Pattern, record_id, record_subject, sse_chunk, sse_frame, sse_frame_matching
-from busd.http import HttpConnection, Stream
-from busd.log import CorruptRecordError, HistoryTruncatedError
+from busd.server.http import HttpConnection, Stream
+from busd.store.local.log import CorruptRecordError, HistoryTruncatedError
 
 if TYPE_CHECKING:
-    from busd.broker import Broker
+    from busd.bus.broker import Broker
 
-log = logging.getLogger("busd.consumer")
+log = logging.getLogger("busd.bus.consumer")
 
 CATCH_UP_BYTES = 256 << 10  # one log read and one socket write while catching up
 READ_AHEAD_BYTES = 64 << 10  # how far a manual-ack consumer reads ahead of its cursor
@@ -258,7 +258,7 @@ class Consumer(Stream):
         self._arm_timer()
 
 
-    # -- a clustered store (busd/jetstream.py) ----------------------------------------------
+    # -- a clustered store (busd/store/jetstream/) ----------------------------------------
     # The store's `read` serves its in-memory tail synchronously and answers None for older
     # records, which `fetch` reads from the cluster. The seam is unchanged: the last read
     # from the tail, "cursor reached the head" and join_live happen in one synchronous step.

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from busd.log import LogOpenError, NamespaceLog, RecoveryReport
+from busd.store.local.log import LogOpenError, NamespaceLog, RecoveryReport
 
 LOCK_NAME = ".lock"
 
@@ -63,8 +63,8 @@ class LocalStore:
     def __init__(self, root: Path, namespaces: list[str], *, segment_bytes: int = 64 << 20,
                  retention_age: float | None = None, retention_bytes: int | None = None,
                  flags: int = 0, secret_key: str | None = None, block_size: int = 4096) -> None:
-        """secret_key: encrypt at rest (SPEC §5; see busd/log.py), records sealed in blocks
-        of block_size bytes; opening refuses a key that does not fit the data."""
+        """secret_key: encrypt at rest (SPEC §5; see log.py), records sealed in blocks of
+        block_size bytes; opening refuses a key that does not fit the data."""
         self.root = Path(root)
         self.namespaces = list(namespaces)
         self._logs = {ns: NamespaceLog(self.root, ns, segment_bytes=segment_bytes,

@@ -19,10 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from busd._core import record_id, scan_body, stamp_events
-from busd.cli_output import CommandError, UsageError
-from busd.config import INBOX_NAMESPACE, NAMESPACE_RE
-from busd.log import CorruptRecordError, LogError, NamespaceLog
-from busd.store import LOCK_NAME, LocalStore, StoreLockedError
+from busd.cli.output import CommandError, UsageError
+from busd.server.config import NAMESPACE_RE
+from busd.store.local.log import CorruptRecordError, LogError, NamespaceLog
+from busd.store.local.store import LOCK_NAME, LocalStore, StoreLockedError
+from busd.wire import INBOX_NAMESPACE
 
 READ_CHUNK_BYTES = 4 << 20
 APPEND_BATCH_RECORDS = 1000

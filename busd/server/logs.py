@@ -2,7 +2,7 @@
 
 Call sites log a short text followed by `key=value` pairs (`"opened namespace ns=%s
 events=%d"`); the formatter emits the text as `msg="…"` and the pairs as they are, so a
-line reads `ts=… level=INFO logger=busd.server msg="opened namespace" ns=app events=3`.
+line reads `ts=… level=INFO logger=busd.server.app msg="opened namespace" ns=app events=3`.
 """
 
 from __future__ import annotations

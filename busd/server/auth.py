@@ -25,7 +25,7 @@ import re
 import tomllib
 from pathlib import Path
 
-log = logging.getLogger("busd.auth")
+log = logging.getLogger("busd.server.auth")
 
 INBOX_PREFIX = b"_bus_."
 _SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")

@@ -2,7 +2,7 @@
 
 A namespace is a directory of segment files named by the index of their first record
 (`00000000000000000000.seg`). Each segment is a 16-byte header (b"BUSDSEG1", u32 flags,
-u32 reserved) followed by frames (u32 length, u32 crc32, body); see busd/_framing.pyx.
+u32 reserved) followed by frames (u32 length, u32 crc32, body); see busd/store/local/_framing.pyx.
 Only the last segment is open for appends; a batch never spans two segments.
 
 Why it is shaped like this:
@@ -19,8 +19,8 @@ Why it is shaped like this:
   a worker thread and only fsyncs. A small lock guards the fd bookkeeping they share:
   a rolled segment's fd is retired, not closed, until a sync() has fsynced it.
 - The last few MiB appended stay in memory, so readers at the head never touch disk.
-- Encryption at rest (SPEC §5, busd/crypto.py, busd/_crypto.pyx) sits between records and
-  frames: with a key, each frame body is the record sealed in blocks, so framing, CRCs,
+- Encryption at rest (SPEC §5, crypto.py and _crypto.pyx beside this file) sits between
+  records and frames: with a key, each frame body is the record sealed in blocks, so framing, CRCs,
   recovery and the index are unchanged and verifiable without the key. Flag bit 0 of the
   segment header marks an encrypted segment and its reserved u32 holds the block size it
   was sealed with; `keycheck` in the namespace directory holds a sealed known value. Ids
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 from pathlib import Path
 
-from busd._framing import (
+from busd.store.local._framing import (
     CORRUPT,
     HEADER_SIZE,
     MAGIC,
@@ -62,7 +62,7 @@ from busd._framing import (
     scan_frames,
     xid_seconds,
 )
-from busd.crypto import (
+from busd.store.local.crypto import (
     KEYCHECK_NAME,
     Codec,
     SealError,

@@ -13,8 +13,8 @@ import time
 import orjson
 
 from busd._core import new_xid
-from busd.cli_http import BusHttp
-from busd.cli_output import CommandError, note
+from busd.cli.http import BusHttp
+from busd.cli.output import CommandError, note
 
 
 def payload_bytes(data: str) -> bytes:

@@ -12,16 +12,22 @@ import uvloop
 
 from busd import __version__
 from busd._core import sse_chunk
-from busd.api import Api
-from busd.auth import Auth
-from busd.broker import Broker
-from busd.config import Config
-from busd.http import CorsHttpConnection, HttpConnection, Limits, error_response, restrict_cors
-from busd.logs import describe_config
-from busd.store import LocalStore
-from busd.systemd import notify, watchdog_interval
+from busd.bus.broker import Broker
+from busd.server.api import Api
+from busd.server.auth import Auth
+from busd.server.config import Config
+from busd.server.http import (
+    CorsHttpConnection,
+    HttpConnection,
+    Limits,
+    error_response,
+    restrict_cors,
+)
+from busd.server.logs import describe_config
+from busd.server.systemd import notify, watchdog_interval
+from busd.store.local.store import LocalStore
 
-log = logging.getLogger("busd.server")
+log = logging.getLogger("busd.server.app")
 
 PING = sse_chunk(b": ping\n\n")
 SHUTDOWN_GRACE_SECONDS = 3.0
@@ -34,7 +40,7 @@ class Server:
         self.config = config
         self.loop = asyncio.get_running_loop()
         if config.store == "jetstream":
-            from busd.jetstream import JetStreamStore
+            from busd.store.jetstream.store import JetStreamStore
 
             self.store = JetStreamStore(config, self.loop)
         else:

@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from busd.cli_datadir import Appender, namespaces_in, open_store, stored_record
-from busd.cli_dump import DUMP_SUFFIX
-from busd.cli_http import BusHttp, HttpError
-from busd.cli_output import NO_PROGRESS, CommandError, UsageError, note, progress
+from busd.cli.datadir import Appender, namespaces_in, open_store, stored_record
+from busd.cli.dump import DUMP_SUFFIX
+from busd.cli.http import BusHttp, HttpError
+from busd.cli.output import NO_PROGRESS, CommandError, UsageError, note, progress
 
 ONLINE_BATCH_BYTES = 4 << 20
 

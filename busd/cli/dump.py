@@ -20,9 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from busd.cli_datadir import Reader, select_namespaces
-from busd.cli_http import BusHttp
-from busd.cli_output import CommandError, UsageError, note, progress
+from busd.cli.datadir import Reader, select_namespaces
+from busd.cli.http import BusHttp
+from busd.cli.output import CommandError, UsageError, note, progress
 
 DUMP_SUFFIX = ".jsonl"
 IDLE_SECONDS = 2.0  # online, without /healthz: the stream is complete after this much quiet

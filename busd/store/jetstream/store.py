@@ -34,11 +34,12 @@ from typing import Any
 import orjson
 
 from busd._core import new_xid, record_id
-from busd._framing import xid_seconds
-from busd.config import INBOX_NAMESPACE, Config
-from busd.log import HistoryTruncatedError
+from busd.server.config import Config
+from busd.store.local._framing import xid_seconds
+from busd.store.local.log import HistoryTruncatedError
+from busd.wire import INBOX_NAMESPACE
 
-log = logging.getLogger("busd.jetstream")
+log = logging.getLogger("busd.store.jetstream.store")
 
 API = "$JS.API."
 EVENT_ID_HEADER = "Bus-Event-Id"

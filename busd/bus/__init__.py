@@ -1,0 +1,1 @@
+"""The bus itself: group commit and fan-out (broker), subscriptions (consumers), dedup."""

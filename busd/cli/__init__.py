@@ -1,0 +1,1 @@
+"""The `bus` command: `main` dispatches to one module per subcommand."""

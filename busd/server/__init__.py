@@ -1,0 +1,1 @@
+"""The server process: lifecycle, the HTTP/1.1 protocol, routes, auth, config, metrics, logs."""

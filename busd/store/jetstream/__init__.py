@@ -1,0 +1,1 @@
+"""The JetStream store: a stream per namespace on a NATS JetStream cluster."""
