@@ -49,9 +49,40 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
+class RepeatFilter(logging.Filter):
+    """At most one WARN/ERROR line per cause (logger and message template) per `interval`
+    seconds: a client reconnecting in a tight loop must not flood the log. The next line
+    let through for that cause says how many were held back (`suppressed=N`)."""
+
+    def __init__(self, interval: float = 10.0, max_causes: int = 1024) -> None:
+        super().__init__()
+        self.interval = interval
+        self.max_causes = max_causes  # bounded: templates are few, but never let it grow
+        self._causes: dict[tuple[str, object], list] = {}  # cause -> [last emitted, held]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        cause, now = (record.name, record.msg), record.created
+        seen = self._causes.get(cause)
+        if seen is not None and now - seen[0] < self.interval:
+            seen[1] += 1
+            return False
+        if seen is None:
+            if len(self._causes) >= self.max_causes:
+                self._causes.clear()
+            self._causes[cause] = [now, 0]
+        else:
+            if seen[1]:
+                record.msg = f"{record.msg} suppressed={seen[1]}"
+            seen[0], seen[1] = now, 0
+        return True
+
+
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
+    handler.addFilter(RepeatFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level, logging.INFO))
