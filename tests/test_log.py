@@ -494,6 +494,41 @@ def test_enospc_leaves_the_file_as_before_and_the_log_usable(tmp_path, monkeypat
     nslog.close()
 
 
+def test_a_cut_back_that_failed_is_settled_on_its_own_file_before_a_roll(tmp_path, monkeypatch):
+    """A failed write whose ftruncate also failed leaves junk past the segment's end; the
+    next append must cut that file back, not the new segment a roll just opened."""
+    nslog, _ = open_log(tmp_path, segment_bytes=4096, cache_bytes=0)
+    records = fill(nslog, 15)  # 15 x ~230 bytes: the next batch of 10 rolls
+    old = segment_files(tmp_path)[0]
+    old_size = old.stat().st_size
+    real_write, real_truncate = os.write, os.ftruncate
+
+    def half_then_full(fd, data):
+        real_write(fd, bytes(data[:len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def broken_truncate(fd, size):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "ftruncate", broken_truncate)
+    with pytest.raises(LogWriteError):
+        nslog.append([rec(T0 + 9, 100 + i) for i in range(2)])
+    monkeypatch.setattr(os, "write", real_write)
+    monkeypatch.setattr(os, "ftruncate", real_truncate)
+    assert old.stat().st_size > old_size  # the junk of the failed write is still there
+    more = [rec(T0 + 9, 200 + i) for i in range(10)]
+    assert nslog.append(more) == 15  # settles the cut-back, then rolls
+    assert old.stat().st_size == old_size
+    assert len(segment_files(tmp_path)) == 2
+    assert read_all(nslog) == records + more
+    nslog.close()
+    nslog, report = open_log(tmp_path)
+    assert (report.truncated_bytes, report.corrupt_records) == (0, [])
+    assert read_all(nslog) == records + more
+    nslog.close()
+
+
 def test_failed_roll_leaves_no_new_segment(tmp_path, monkeypatch):
     nslog, _ = open_log(tmp_path, segment_bytes=4096)
     records = fill(nslog, 15)

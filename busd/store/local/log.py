@@ -277,7 +277,8 @@ class NamespaceLog:
         self._lock = threading.Lock()  # fd bookkeeping shared with sync(); never held for I/O
         self._sync_mutex = threading.Lock()  # one sync()/close() at a time
         self._dir_dirty = False
-        self._pending_truncate: int | None = None
+        # a failed write whose cut-back also failed: (file, size to cut it back to)
+        self._pending_truncate: tuple[_WriteFile, int] | None = None
         self._rfds: dict[int, int] = {}  # segment first index -> read fd (insertion = LRU)
         self._hints: dict[int, tuple[_Segment, int]] = {}
         self._first_id: bytes | None = None
@@ -636,6 +637,8 @@ class NamespaceLog:
             return self._next
         if self._wfile is None:
             raise LogWriteError(f"namespace log {self.name} is not open for writing")
+        if self._pending_truncate is not None:  # before any roll: it belongs to its own file
+            self._settle_truncate()
         seg = self._segments[-1]
         data = self._frame(seg, records)
         size = len(data)
@@ -649,8 +652,6 @@ class NamespaceLog:
                 data = self._frame(seg, records)
                 size = len(data)
         wf = self._wfile
-        if self._pending_truncate is not None:
-            self._retry_truncate(wf)
         before = seg.size
         try:
             _write_all(wf.fd, data)
@@ -684,16 +685,18 @@ class NamespaceLog:
         try:
             os.ftruncate(wf.fd, before)
         except OSError as again:
-            self._pending_truncate = before
+            self._pending_truncate = (wf, before)
             log.error("cannot truncate after failed write ns=%s segment=%s error=%r",
                       self.name, wf.path.name, again)
         reason = (f"write to {wf.path} failed: {exc.strerror or exc}"
                   f"{' (disk full)' if exc.errno == errno_mod.ENOSPC else ''}")
         raise LogWriteError(reason, exc.errno) from exc
 
-    def _retry_truncate(self, wf: _WriteFile) -> None:
+    def _settle_truncate(self) -> None:
+        """Cut back the file of an earlier failed write; until that works, refuse writes."""
+        wf, size = self._pending_truncate
         try:
-            os.ftruncate(wf.fd, self._pending_truncate)
+            os.ftruncate(wf.fd, size)
         except OSError as exc:
             raise LogWriteError(f"cannot truncate {wf.path} after a failed write: "
                                 f"{exc.strerror}", exc.errno) from exc
