@@ -40,10 +40,6 @@ def bus_command(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
                           text=True, timeout=timeout)
 
 
-def has_command(name: str) -> bool:
-    return bus_command(name, "--help", timeout=30).returncode == 0
-
-
 def frames(segment: Path) -> list[tuple[int, int]]:
     """(offset, length) of each whole frame in a segment file (u32 length, u32 crc, body)."""
     data = segment.read_bytes()
@@ -125,9 +121,8 @@ def test_disk_full_answers_507_keeps_serving_and_recovers_without_restart(small_
     watcher.close()
     other.close()
     assert server.stop() == 0
-    if has_command("debug"):
-        verify = bus_command("debug", "--verify", "--path", str(server.path))
-        assert verify.returncode == 0, verify.stderr + verify.stdout
+    verify = bus_command("debug", "--verify", "--path", str(server.path))
+    assert verify.returncode == 0, verify.stderr + verify.stdout
     server.start()
     assert [e["id"] for e in all_events(port, "app.>", len(acknowledged))] == acknowledged
     assert "corrupt record" not in server.log().lower()
@@ -142,6 +137,7 @@ def test_kill_9_under_load_keeps_every_202_and_no_half_batch(make_server, fsync)
     got no answer is there whole or not at all."""
     server = make_server("app", "--fsync", fsync, "--segment-size", "32KiB")
     acknowledged: dict[str, int] = {}
+    refused: list[str] = []  # answers other than 202 before the kill: the test fails on any
     lock = threading.Lock()
 
     def publisher(worker: int) -> None:
@@ -155,7 +151,9 @@ def test_kill_9_under_load_keeps_every_202_and_no_half_batch(make_server, fsync)
                     else:
                         body = {"subject": f"app.w{worker}", "payload": [worker, n, 0]}
                     answer = http.request("POST", "/", json.dumps(body).encode())
-                    assert answer.status == 202
+                    if answer.status != 202:
+                        refused.append(f"worker {worker} request {n}: {answer}")
+                        return
                     with lock:
                         if batch:
                             result = answer.json()
@@ -174,6 +172,7 @@ def test_kill_9_under_load_keeps_every_202_and_no_half_batch(make_server, fsync)
     server.kill()
     for thread in threads:
         thread.join(timeout=10)
+    assert not refused, refused
     assert len(acknowledged) > 200, "the load did not get going"
     server.start()
     stored = stored_count(server.port, "app")
@@ -253,8 +252,6 @@ def test_kill_during_recovery_then_start_up_succeeds(make_server):
 
 
 def test_kill_during_restore_then_rerun_is_exact(make_server, tmp_path):
-    if not has_command("restore"):
-        pytest.skip("`bus restore` is not available in this build")
     source = make_server("app")
     for n in range(30):
         request(source.port, "POST", "/", [{"subject": f"app.s{i % 3}", "payload": [n, i],
@@ -329,8 +326,7 @@ def test_corrupt_byte_mid_segment_is_reported_not_served(make_server, segment_si
         assert [e["id"] for e in sse.events(39)] == ids[61:]
     assert publish(server.port, "app.c", "new").headers["x-bus-event-index"] == "100"
     assert request(server.port, "GET", "/healthz").status == 200
-    if has_command("debug"):
-        verify = bus_command("debug", "--verify", "--path", str(server.path))
-        assert verify.returncode == 1
-        assert "app" in verify.stdout + verify.stderr
-        assert segment.name in verify.stdout + verify.stderr
+    verify = bus_command("debug", "--verify", "--path", str(server.path))
+    assert verify.returncode == 1
+    assert "app" in verify.stdout + verify.stderr
+    assert segment.name in verify.stdout + verify.stderr
