@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from urllib.parse import parse_qsl
 
@@ -21,6 +22,10 @@ log = logging.getLogger("busd.api")
 
 DEFAULT_REDELIVERY = 5.0
 DEFAULT_REDELIVERY_COUNT = 3
+# Shorter redeliveries turn one unacked event into a flood of copies: a busy loop for the
+# server and, for a reader that stopped reading, a pile of them in its socket buffer.
+MIN_REDELIVERY = 0.1
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 class BadRequest(Exception):
@@ -41,6 +46,33 @@ def _not_allowed(method: bytes, path: bytes, allow: bytes, close: bool) -> bytes
     reason = (f"method {method.decode(errors='replace')} is not allowed on "
               f"{path.decode(errors='replace')}; use {allow.decode()}\n")
     return response(405, reason.encode(), headers=b"Allow: " + allow + b"\r\n", close=close)
+
+
+def _integer(params: dict[str, str], name: str, default: int) -> int:
+    """An integer option; empty means `default`. Matched whole, so `1%0d%0a` is refused
+    (int() would strip it), and so are `+1`, `1_0` and non-ASCII digits."""
+    text = params.get(name, "")
+    if not text:
+        return default
+    if _INTEGER.fullmatch(text) is None:
+        raise BadRequest(f"invalid {name} {text!r}: expected a whole number (at most 18 digits)")
+    return int(text)
+
+
+def _redelivery(text: str) -> float:
+    """Seconds between deliveries of an unacked event. Empty or zero mean the default (the
+    Go SDK sends `redelivery=0s` when unset); anything else must be at least 100ms."""
+    try:
+        seconds = parse_duration(text or "0")
+    except ValueError as exc:
+        raise BadRequest(f"invalid redelivery: {exc}") from None
+    if seconds == 0:
+        return DEFAULT_REDELIVERY
+    if seconds < MIN_REDELIVERY:
+        raise BadRequest(f"invalid redelivery {text!r}: must be at least "
+                         f"{MIN_REDELIVERY * 1000:g}ms (0 or empty: the default, "
+                         f"{DEFAULT_REDELIVERY:g}s)")
+    return seconds
 
 
 def _valid_id(value: str, prefix: str) -> bool:
@@ -227,22 +259,14 @@ class Api:
         mode = params.get("ack", "") or "none"
         if mode not in ("none", "manual"):
             raise BadRequest(f"invalid ack {mode!r}: use none or manual")
-        try:
-            redelivery = parse_duration(params.get("redelivery", "") or "0")
-        except ValueError as exc:
-            raise BadRequest(f"invalid redelivery: {exc}") from None
-        if redelivery < 0:
-            raise BadRequest("invalid redelivery: must not be negative")
-        try:
-            count = int(params.get("redelivery_count", "") or DEFAULT_REDELIVERY_COUNT)
-            inflight = int(params.get("max_inflight", "") or 1)
-        except ValueError:
-            raise BadRequest("redelivery_count and max_inflight must be integers") from None
+        redelivery = _redelivery(params.get("redelivery", ""))
+        count = _integer(params, "redelivery_count", DEFAULT_REDELIVERY_COUNT)
+        inflight = _integer(params, "max_inflight", 1)
         if not 1 <= inflight <= 10000:
             raise BadRequest("invalid max_inflight: must be between 1 and 10000")
         if mode == "none":
             return None
-        return AckPolicy(redelivery or DEFAULT_REDELIVERY, count, inflight)
+        return AckPolicy(redelivery, count, inflight)
 
     # -- PUT / ----------------------------------------------------------------------------------
     def ack(self, conn: HttpConnection, request: Request,

@@ -120,14 +120,51 @@ def test_patterns_in_history_and_live(server, pattern, subjects, expected):
     ("subject=app.x&start=yesterday", "invalid start"),
     ("subject=app.x&ack=sometimes", "invalid ack"),
     ("subject=app.x&ack=manual&redelivery=soon", "invalid redelivery"),
-    ("subject=app.x&ack=manual&redelivery_count=three", "integers"),
+    ("subject=app.x&ack=manual&redelivery_count=three", "invalid redelivery_count"),
     ("subject=app.x&max_inflight=0", "max_inflight"),
     ("subject=_bus_.*", "wildcard"),
+    # strict values: a floor, nothing non-finite, no trailing control characters
+    ("subject=app.x&ack=manual&redelivery=1ns", "at least 100ms"),
+    ("subject=app.x&ack=manual&redelivery=99ms", "at least 100ms"),
+    ("subject=app.x&ack=manual&redelivery=0.05", "at least 100ms"),
+    ("subject=app.x&redelivery=1ns", "at least 100ms"),  # ack=none too: the Go SDK's 0s only
+    ("subject=app.x&ack=manual&redelivery=nan", "invalid redelivery"),
+    ("subject=app.x&ack=manual&redelivery=inf", "invalid redelivery"),
+    ("subject=app.x&ack=manual&redelivery=1e9", "invalid redelivery"),
+    ("subject=app.x&ack=manual&redelivery=" + "9" * 400 + "s", "too large"),
+    ("subject=app.x&ack=manual&redelivery=-5s", "invalid redelivery"),
+    ("subject=app.x&ack=manual&redelivery=5s%0A", "invalid redelivery"),
+    ("subject=app.x&ack=manual&redelivery=%205s", "invalid redelivery"),
+    ("subject=app.x&ack=manual&max_inflight=1%0d%0a", "invalid max_inflight"),
+    ("subject=app.x&ack=manual&max_inflight=+2", "invalid max_inflight"),
+    ("subject=app.x&ack=manual&redelivery_count=3%0A", "invalid redelivery_count"),
+    ("subject=app.x&ack=manual&redelivery_count=1_0", "invalid redelivery_count"),
+    ("subject=app.x&ack=manual%0A", "invalid ack"),
+    ("subject=app.x&start=oldest%0D", "invalid start"),
 ])
-def test_invalid_subscription_is_400(server, query, reason):
-    response = request(server.port, "GET", "/?" + query)
+def test_invalid_subscription_is_400(shared_server, query, reason):
+    response = request(shared_server.port, "GET", "/?" + query)
     assert response.status == 400, response
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.body.count(b"\n") == 1 and response.body.endswith(b"\n"), response.body
     assert reason in response.body.decode(), response.body
+
+
+@pytest.mark.parametrize("redelivery", ["", "0", "0s", "100ms", "1m30s"])
+def test_zero_redelivery_is_the_default_and_the_floor_is_allowed(shared_server, redelivery):
+    with SSE(shared_server.port, f"subject=app.floor&ack=manual&redelivery={redelivery}") as sse:
+        assert sse.status == 200
+
+
+def test_zero_redelivery_means_five_seconds_not_zero(make_server):
+    """The Go SDK sends `redelivery=0s` for "unset": it must mean the default (5s)."""
+    server = make_server("app")
+    publish(server.port, "app.z", 1)
+    with SSE(server.port, "ack=manual&redelivery=0s&start=oldest&subject=app.z") as sse:
+        assert [r["payload"] for r in sse.events(1)] == [1]
+        assert sse.no_event(1.5), "redelivered long before the 5s default"
+    with SSE(server.port, "ack=manual&redelivery=100ms&start=oldest&subject=app.z") as sse:
+        assert len(sse.events(3, timeout=1.5)) == 3  # the floor itself works
 
 
 def test_history_to_live_seam_has_no_gap_and_no_duplicate(server):
