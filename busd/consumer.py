@@ -34,8 +34,10 @@ RESUME_HINT_BYTES = 1  # a read returns at least one record: just the one before
 
 
 def greeting(consumer_id: bytes) -> bytes:
-    """The first chunk of every stream: reconnect delay, then the consumer id as an event."""
-    return sse_chunk(b"retry: 2000\n\nevent: consumer\ndata: " + consumer_id + b"\n\n")
+    """The first chunk of every stream: the consumer id as an event, with the reconnect
+    delay in the same message (a `retry:`-only message is an empty event to some clients,
+    httpx-sse's among them)."""
+    return sse_chunk(b"retry: 2000\nevent: consumer\ndata: " + consumer_id + b"\n\n")
 
 
 def sse_message(event: bytes, data: bytes) -> bytes:
