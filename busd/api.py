@@ -299,6 +299,7 @@ class Api:
                                 "first_index": store.first_index(ns),
                                 "next_index": store.next_index(ns),
                                 "bytes": sizes[ns]["bytes"],
-                                "published": metrics.events_in[ns]}
+                                # this process's count, unlike `events` (the log's)
+                                "published_since_start": metrics.events_in[ns]}
                            for ns in self.config.namespaces},
         }
