@@ -229,30 +229,24 @@ class Api:
         if namespace not in broker.namespaces:
             raise BadRequest(f"namespace {namespace!r} is not declared; declared namespaces: "
                              f"{', '.join(sorted(broker.namespaces))}")
-        start = self._start(params, request)
+        start, resuming = self._start(params, request)
         consumer = Consumer(broker, conn, consumer_id, Pattern(subject_bytes), namespace, ack)
         consumer.owner = None if token is None else token.name
-
-        def start_consumer() -> None:
-            consumer.open(head)
-            cursor = broker.resolve_start(namespace, start)
-            if isinstance(cursor, str):
-                consumer.fail(cursor)
-                return
-            broker.register(consumer)
-            consumer.deliver_from(cursor)
-
-        conn.start_stream(start_consumer)
+        conn.start_stream(lambda: consumer.start(head, broker.resolve_start(namespace, start),
+                                                 resuming))
 
     @staticmethod
-    def _start(params: dict[str, str], request: Request) -> bytes:
+    def _start(params: dict[str, str], request: Request) -> tuple[bytes, bool]:
+        """Where to start, and whether it came from a `Last-Event-ID` header (a resume)."""
         start = params.get("start", "") or "newest"
         last_event_id = request.headers.get(b"last-event-id", b"").decode(errors="replace")
-        if last_event_id.strip():
+        resuming = bool(last_event_id.strip())
+        if resuming:
             start = last_event_id.strip()
         if start in ("oldest", "newest") or _valid_id(start, "e_"):
-            return start.encode()
-        raise BadRequest(f"invalid start {start!r}: use oldest, newest or an event id e_<xid>")
+            return start.encode(), resuming
+        name = "Last-Event-ID" if resuming else "start"
+        raise BadRequest(f"invalid {name} {start!r}: use oldest, newest or an event id e_<xid>")
 
     @staticmethod
     def _ack_policy(params: dict[str, str]) -> AckPolicy | None:

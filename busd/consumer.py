@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from busd._core import Pattern, record_id, record_subject, sse_chunk, sse_frame, sse_frame_matching
-from busd.http import HttpConnection, Stream
+from busd.http import HttpConnection, Stream, error_response
 from busd.log import CorruptRecordError, HistoryTruncatedError
 
 if TYPE_CHECKING:
@@ -79,18 +79,29 @@ class Consumer(Stream):
         self._timer = None
         if getattr(broker, "remote", False):  # clustered store: reads may need a round trip
             self._fetching = False
-            self.deliver_from = self._deliver_from_remote  # type: ignore[method-assign]
+            self.start = self._start_remote  # type: ignore[method-assign]
             self._catch_up = self._catch_up_remote  # type: ignore[method-assign]
             self._next_record = self._next_record_remote  # type: ignore[method-assign]
 
     # -- lifecycle ----------------------------------------------------------------------
-    def open(self, head: bytes) -> None:
-        """Send the response head and the greeting that tells browsers their consumer id."""
+    def start(self, head: bytes, cursor: int | str, resuming: bool) -> None:
+        """Open the stream at index `cursor`, or tell the client why not (`cursor` is then
+        the reason): in an `error` event, which the Go SDK reads, or — for a request resuming
+        with `Last-Event-ID` — as a 410 instead of a stream. After an `error` event
+        EventSource reconnects with the same id every 2 s, forever; after a non-200 answer
+        it stops for good."""
+        if isinstance(cursor, str) and resuming:
+            log.warning("refusing to resume consumer=%s reason=%r", self.id.decode(), cursor)
+            self.conn.reply(error_response(410, f"cannot resume from Last-Event-ID: {cursor}",
+                                           close=True), close=True)
+            return
         self.conn.attach_stream(self, head)
         self.conn.transport.set_write_buffer_limits(high=STREAM_WRITE_HIGH_WATER)
         self.conn.write(greeting(self.id))
-
-    def deliver_from(self, cursor: int) -> None:
+        if isinstance(cursor, str):
+            self.fail(cursor)
+            return
+        self.broker.register(self)
         self.cursor = cursor
         self._resume_hint()
         self._step()
@@ -264,30 +275,28 @@ class Consumer(Stream):
     # The store's `read` serves its in-memory tail synchronously and answers None for older
     # records, which `fetch` reads from the cluster. The seam is unchanged: the last read
     # from the tail, "cursor reached the head" and join_live happen in one synchronous step.
-    def _deliver_from_remote(self, cursor) -> None:
-        if isinstance(cursor, int):
-            self.cursor = cursor
-            self._resume_hint()
-            self._step()
+    def _start_remote(self, head: bytes, cursor, resuming: bool) -> None:
+        """As `start`; an event id (a Lookup) is searched for in the cluster first, the
+        answer keeping its place in the connection's response order meanwhile."""
+        if isinstance(cursor, (int, str)):
+            Consumer.start(self, head, cursor, resuming)
             return
+        slot = self.conn.defer()
+
+        def located(task) -> None:
+            error = None if task.cancelled() else task.exception()
+            if error is not None or task.cancelled():
+                # a failed search is no verdict on the id: an `error` event, which clients retry
+                found, definite = f"cannot look the start event up: {error or 'cancelled'}", False
+            else:
+                found, definite = task.result(), True
+            where = found if isinstance(found, str) else found + 1
+            self.conn.fulfil(slot, lambda: Consumer.start(self, head, where,
+                                                          resuming and definite))
+
         task = self.broker.loop.create_task(
             self.broker.store.locate(self.namespace, cursor.event_id))
-        task.add_done_callback(self._located)
-
-    def _located(self, task) -> None:
-        if self.done:
-            return
-        error = None if task.cancelled() else task.exception()
-        if error is not None or task.cancelled():
-            self.fail(f"cannot look the start event up: {error or 'cancelled'}")
-            return
-        found = task.result()
-        if isinstance(found, str):
-            self.fail(found)
-            return
-        self.cursor = found + 1
-        self._resume_hint()
-        self._step()
+        task.add_done_callback(located)
 
     def _catch_up_remote(self) -> None:
         store, ns = self.broker.store, self.namespace

@@ -94,6 +94,9 @@ def test_retention_by_bytes_moves_oldest_and_says_history_truncated(make_server)
         error = sse.message()
         assert error["event"] == "error" and "truncated" in error["data"]
         assert ids[first] in error["data"]
+    gone = request(server.port, "GET", "/?subject=app.>", headers={"Last-Event-ID": ids[0]})
+    assert gone.status == 410, gone  # a browser resuming there stops instead of looping
+    assert gone.body.startswith(b"cannot resume from Last-Event-ID: history truncated")
 
 
 def test_segment_files_are_named_by_first_index(make_server):

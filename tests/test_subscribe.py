@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from busclient import SSE, ack, publish, request
+from busclient import SSE, Http, ack, build_request, publish, read_response, request
 
 
 def test_stream_head_greeting_and_framing(server):
@@ -88,6 +88,29 @@ def test_unknown_start_id_is_an_error_event_then_end(server):
         assert error["event"] == "error" and "not found" in error["data"]
         assert "id" not in error
         assert sse.message() is None and sse.ended
+
+
+def test_last_event_id_that_cannot_be_honoured_is_410_not_a_stream(server):
+    """EventSource stops for good after a non-200 answer; after an `error` event it would
+    reconnect with the same Last-Event-ID every 2 s, forever."""
+    publish(server.port, "app.e", 1)
+    unknown = "e_d4o7ehksdud4d8c68bg0"
+    for query in ("subject=app.e", f"subject=app.e&start={unknown}", "subject=app.e&ack=manual"):
+        response = request(server.port, "GET", "/?" + query,
+                           headers={"Accept": "text/event-stream", "Last-Event-ID": unknown})
+        assert response.status == 410, (query, response)
+        assert response.headers["content-type"].startswith("text/plain")
+        assert response.body == (f"cannot resume from Last-Event-ID: event {unknown} not "
+                                 f"found in namespace app\n").encode()
+        assert "x-bus-consumer-id" not in response.headers
+    malformed = request(server.port, "GET", "/?subject=app.e", headers={"Last-Event-ID": "e_x"})
+    assert malformed.status == 400 and b"invalid Last-Event-ID 'e_x'" in malformed.body
+    # a pipelined request after the refused one is not answered before it (nor at all)
+    with Http(server.port) as http:
+        http.send(build_request("GET", "/?subject=app.e", None, {"Last-Event-ID": unknown})
+                  + build_request("GET", "/healthz"))
+        assert read_response(http.file).status == 410
+        assert http.file.read() == b""
 
 
 @pytest.mark.parametrize("pattern, subjects, expected", [
