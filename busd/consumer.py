@@ -220,7 +220,7 @@ class Consumer(Stream):
 
     def _pump(self) -> None:
         policy = self.ack_policy
-        while len(self.inflight) < policy.max_inflight:
+        while len(self.inflight) < policy.max_inflight and not self.paused:
             record = self._next_record()
             if record is None:
                 self.broker.wait_for_append(self)
@@ -241,10 +241,13 @@ class Consumer(Stream):
             self._schedule()
 
     def _arm_timer(self) -> None:
+        """Time the next redelivery. Not while paused: a reader that has not taken the copies
+        already sent gets no more (they would pile up in its socket buffer, ~100 MiB/s at
+        max_inflight=10000 and 100ms); resume() re-arms it, overdue ones go out at once."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.inflight and not self.done:
+        if self.inflight and not self.done and not self.paused:
             first = min(entry[2] for entry in self.inflight.values())
             loop = self.broker.loop
             self._timer = loop.call_at(loop.time() + max(0.0, first - time.monotonic()),
@@ -256,6 +259,8 @@ class Consumer(Stream):
             return
         now, limit = time.monotonic(), self.ack_policy.redelivery_count
         for event_id, (record, deliveries, deadline) in list(self.inflight.items()):
+            if self.paused:
+                break  # the rest wait for resume(), see _arm_timer
             if deadline > now:
                 continue
             if 0 < limit <= deliveries:
