@@ -22,8 +22,8 @@ log = logging.getLogger("busd.api")
 
 DEFAULT_REDELIVERY = 5.0
 DEFAULT_REDELIVERY_COUNT = 3
-# Shorter redeliveries turn one unacked event into a flood of copies: a busy loop for the
-# server and, for a reader that stopped reading, a pile of them in its socket buffer.
+# Shorter redeliveries (`1ns`) turn unacked events into a flood of copies: the server busy
+# resending up to max_inflight events, the reader's bandwidth spent on duplicates.
 MIN_REDELIVERY = 0.1
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
