@@ -1,8 +1,10 @@
 """A real browser (headless Chromium) on another origin: EventSource with ?token= and CORS,
-publishes with fetch and a Bearer header, and resumes via Last-Event-ID across a restart."""
+publishes with fetch and a Bearer header, resumes via Last-Event-ID across a restart, and
+stops for good when the server cannot resume it."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -28,6 +30,7 @@ PAGE = b"""<!doctype html><meta charset="utf-8"><title>busd page</title>
 window.received = []; window.consumers = []; window.opens = 0; window.errors = 0;
 function subscribe(bus, token) {
   const source = new EventSource(bus + "/?subject=app.>&start=oldest&token=" + token);
+  window.source = source;
   source.onopen = () => { window.opens += 1; };
   source.onerror = () => { window.errors += 1; };
   source.addEventListener("consumer", (e) => window.consumers.push(e.data));
@@ -134,3 +137,29 @@ def test_browser_eventsource_cors_fetch_and_resume_after_restart(make_server, tm
     assert [event["payload"] for event in received] == list(range(7))
     assert page.evaluate("window.consumers.length") == 2
     assert not problems, problems
+
+
+def test_browser_stops_reconnecting_when_its_last_event_id_is_unknown(make_server, tmp_path,
+                                                                      page_origin, browser):
+    """The data directory is wiped under a connected page: EventSource reconnects with a
+    Last-Event-ID the server has never seen, gets a 410, and gives up (readyState CLOSED)
+    instead of asking again every 2 s."""
+    server = make_server("app")
+    bus = f"http://127.0.0.1:{server.port}"
+    page = browser.new_page()
+    page.goto(page_origin + "/")
+    page.evaluate("([bus]) => subscribe(bus, '')", [bus])
+    wait_for(page, "window.consumers.length === 1")
+    last = publish(server.port, "app.browser", 1).headers["x-bus-event-id"]
+    wait_for(page, "window.received.length === 1")
+
+    assert server.stop() == 0
+    shutil.rmtree(server.path)
+    server.start()
+    wait_for(page, "window.source.readyState === EventSource.CLOSED", timeout=20)
+    time.sleep(5)  # two and a half reconnect delays (retry: 2000)
+    assert page.evaluate("window.source.readyState") == 2
+    assert page.evaluate("[window.opens, window.consumers.length]") == [1, 1]
+    refusals = re.findall(r"refusing to resume.*", server.log())
+    assert len(refusals) == 1, refusals  # asked once, then never again
+    assert last in refusals[0]

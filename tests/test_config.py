@@ -49,6 +49,15 @@ def test_go_durations(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
 
+@pytest.mark.parametrize("text", [
+    "", "nan", "inf", "infinity", "1e3", "-5s", "+5s", "5s\n", " 5s", "5s ", "1_000ms",
+    "\u0663s", "9" * 400, "9" * 400 + "h",
+])
+def test_durations_are_strict(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
 @pytest.mark.parametrize("text, size", [
     ("4096", 4096), ("64KiB", 65536), ("1MiB", 1 << 20), ("10MB", 10 << 20), ("2g", 2 << 30),
 ])

@@ -22,11 +22,11 @@ def test_events_survive_a_clean_restart(make_server):
     ids = [publish(server.port, "app.keep", n, trace_id=f"t{n}").headers["x-bus-event-id"]
            for n in range(20)]
     with SSE(server.port, "subject=app.>") as stream:
-        stream.message()
+        assert stream.message()["event"] == "consumer"
         started = time.monotonic()
         assert server.stop() == 0, "SIGTERM must exit 0"
         assert time.monotonic() - started < 5
-        assert stream.message() in (None, {"event": "consumer", "data": stream.consumer_id})
+        assert stream.message() in (None, {"comment": f"resume-after {ids[-1]}"})
     server.start()
     events = all_events(server.port, "app.>", 20)
     assert [e["id"] for e in events] == ids
@@ -90,10 +90,13 @@ def test_retention_by_bytes_moves_oldest_and_says_history_truncated(make_server)
     events = all_events(server.port, "app.>", 400 - first)
     assert events[0]["id"] == ids[first] and events[-1]["id"] == ids[-1]
     with SSE(server.port, f"subject=app.>&start={ids[0]}") as sse:
-        sse.message(), sse.message()
+        assert sse.message()["event"] == "consumer"
         error = sse.message()
         assert error["event"] == "error" and "truncated" in error["data"]
         assert ids[first] in error["data"]
+    gone = request(server.port, "GET", "/?subject=app.>", headers={"Last-Event-ID": ids[0]})
+    assert gone.status == 410, gone  # a browser resuming there stops instead of looping
+    assert gone.body.startswith(b"cannot resume from Last-Event-ID: history truncated")
 
 
 def test_segment_files_are_named_by_first_index(make_server):

@@ -140,8 +140,8 @@ def test_inbox_request_reply_across_frontends(frontends):
     inbox = "_bus_.d4o7ehksdud4d8c68bg1"
     with SSE(a.port, "subject=app.add&ack=manual") as responder, \
             SSE(b.port, f"subject={inbox}") as requester:
-        for sse in (responder, requester):
-            sse.message(), sse.message()
+        responder.message(), responder.message()  # greeting, resume-after
+        requester.message()  # greeting (an inbox has no history to resume in)
         time.sleep(0.2)
         publish(b.port, "app.add", {"A": 10, "B": 20}, response_subject=inbox)
         request_event = responder.events(1, timeout=10)[0]
@@ -173,7 +173,7 @@ def test_history_older_than_the_tail_and_id_lookup_after_restart(frontends):
         assert [e["payload"] for e in sse.events(total // 3, timeout=30)] == \
             list(range(1, total, 3))
     with SSE(a.port, "subject=app.>", headers={"Last-Event-ID": ids[1234]}) as sse:
-        assert sse.message()["retry"] and sse.message()["event"] == "consumer"
+        assert sse.message()["event"] == "consumer"
         # ids[1234] is older than the tail: no `: resume-after` hint (reading it would
         # take a round trip), the events come straight after the greeting
         assert sse.message(timeout=10)["id"] == ids[1235]

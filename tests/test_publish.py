@@ -188,8 +188,13 @@ def test_healthz(server):
     publish(server.port, "app.x", 1)
     health = request(server.port, "GET", "/healthz").json()
     assert health["status"] == "ok" and health["uptime_s"] >= 0 and health["version"]
-    assert health["namespaces"]["app"]["events"] == 1
-    assert health["namespaces"]["app"]["bytes"] > 0
+    app = health["namespaces"]["app"]
+    assert app["events"] == 1 and app["published_since_start"] == 1 and app["bytes"] > 0
+    assert "published" not in app  # the old name: "published: 0" next to "events: N" misled
+    server.restart()
+    publish(server.port, "app.x", 2)
+    app = request(server.port, "GET", "/healthz").json()["namespaces"]["app"]
+    assert (app["events"], app["published_since_start"]) == (2, 1)
 
 
 def test_chunked_body_and_expect_continue(server):

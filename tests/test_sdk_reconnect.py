@@ -8,6 +8,7 @@ fails the publishes after the restart."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
 
@@ -15,7 +16,7 @@ import pytest
 import uvloop
 from busclient import publish
 
-from busd import AsyncClient, BusConnectionError, Client
+from busd import AsyncClient, BusConnectionError, Client, SubscriptionError
 
 STORED = 2000      # events in the log before the subscriber starts
 BEFORE = 100       # events the subscriber reads before the server goes away
@@ -188,5 +189,54 @@ def test_async_newest_subscription_without_events_loses_nothing_across_a_restart
             await client.put("app.r", "end")
             assert (await sub.__anext__()).payload == "end"
             await sub.aclose()
+
+    uvloop.run(asyncio.wait_for(scenario(), 20))
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_resume_point_gone_after_a_restart_is_a_subscription_error(make_server, flavour):
+    """The server answers 410 to a Last-Event-ID it cannot honour (here: its data
+    directory was wiped): the subscription ends with that reason instead of reconnecting."""
+    server = make_server("app")
+    url = f"http://127.0.0.1:{server.port}"
+
+    def wipe() -> None:
+        server.stop()
+        shutil.rmtree(server.path)
+        server.start()
+
+    def check(info, took: float) -> None:
+        assert info.value.status == 410
+        assert "cannot resume from Last-Event-ID" in info.value.reason
+        assert "not found in namespace app" in info.value.reason
+        assert took < 5
+        assert server.log().count("refusing to resume") == 1  # asked once, no loop
+
+    if flavour == "sync":
+        with Client(url, timeout=5) as client:
+            client.put("app.w", 1)
+            sub = client.get("app.>", start="oldest")
+            assert next(sub).payload == 1
+            wipe()
+            started = time.monotonic()
+            with pytest.raises(SubscriptionError) as info:
+                next(sub)
+            check(info, time.monotonic() - started)
+            with pytest.raises(StopIteration):
+                next(sub)
+        return
+
+    async def scenario():
+        async with AsyncClient(url, timeout=5) as client:
+            await client.put("app.w", 1)
+            sub = await client.get("app.>", start="oldest")
+            assert (await sub.__anext__()).payload == 1
+            await asyncio.to_thread(wipe)
+            started = time.monotonic()
+            with pytest.raises(SubscriptionError) as info:
+                await sub.__anext__()
+            check(info, time.monotonic() - started)
+            with pytest.raises(StopAsyncIteration):
+                await sub.__anext__()
 
     uvloop.run(asyncio.wait_for(scenario(), 20))

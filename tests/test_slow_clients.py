@@ -184,6 +184,32 @@ def test_stalled_consumers_are_bounded_while_publishing_goes_on(make_server):
         sock.close()
 
 
+def test_a_stalled_manual_ack_reader_gets_no_redeliveries_until_it_reads(make_server):
+    """max_inflight=10000, redelivery at the 100ms floor, unlimited redeliveries: a reader
+    that stops reading costs under 1 MiB, where the copies piled up in its socket buffer
+    at ~100 MiB/s. When it reads again it gets every event, then the overdue copies."""
+    server = make_server("app")
+    pid, port = server.proc.pid, server.port
+    with Http(port) as http:
+        for start in range(0, 10_000, 500):
+            body = json.dumps([{"subject": "app.s", "payload": {"n": n, "pad": "x" * 1000}}
+                               for n in range(start, start + 500)]).encode()
+            assert http.request("POST", "/", body).status == 202
+    before = rss_kib(pid)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(build_request("GET", "/?subject=app.>&start=oldest&ack=manual&redelivery=100ms"
+                                      "&redelivery_count=0&max_inflight=10000"))
+    time.sleep(3)
+    grown = (rss_kib(pid) - before) / 1024
+    assert grown <= STALLED_BUDGET_MIB, f"grew {grown:.1f} MiB behind one stalled reader"
+    stream = SSE(port, sock=sock)
+    assert [e["payload"]["n"] for e in stream.events(10_000, timeout=60)] == list(range(10_000))
+    assert stream.events(1, timeout=5)[0]["payload"]["n"] == 0  # then the redeliveries
+    stream.close()
+
+
 def test_max_connections_refuses_the_excess_politely(make_server):
     server = make_server("app", "--max-connections", "20")
     held = [Http(server.port) for _ in range(20)]

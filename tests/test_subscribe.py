@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from busclient import SSE, ack, publish, request
+from busclient import SSE, Http, ack, build_request, publish, read_response, request
 
 
 def test_stream_head_greeting_and_framing(server):
@@ -18,8 +18,8 @@ def test_stream_head_greeting_and_framing(server):
         assert sse.headers["x-accel-buffering"] == "no"
         assert sse.headers["access-control-allow-origin"] == "*"
         assert sse.consumer_id.startswith("c_") and len(sse.consumer_id) == 22
-        assert sse.message() == {"retry": "2000"}
-        assert sse.message() == {"event": "consumer", "data": sse.consumer_id}
+        # one message: a lone `retry:` block would be an empty event to httpx-sse
+        assert sse.message() == {"retry": "2000", "event": "consumer", "data": sse.consumer_id}
         assert sse.message() == {"comment": "resume-after oldest"}  # nothing before it
         publish(server.port, "app.x", {"a": 1})
         message = sse.message()
@@ -43,8 +43,7 @@ def test_start_oldest_newest_and_resume_from_id(server):
 
 def greeting_and_hint(sse: SSE) -> str | None:
     """Read the greeting; the `: resume-after` comment's point (None if it did not come)."""
-    assert sse.message() == {"retry": "2000"}
-    assert sse.message()["event"] == "consumer"
+    assert sse.message() == {"retry": "2000", "event": "consumer", "data": sse.consumer_id}
     message = sse.message()
     if "comment" in message and message["comment"].startswith("resume-after "):
         return message["comment"].removeprefix("resume-after ")
@@ -84,12 +83,34 @@ def test_unknown_start_id_is_an_error_event_then_end(server):
     publish(server.port, "app.e", 1)
     with SSE(server.port, "subject=app.e&start=e_d4o7ehksdud4d8c68bg0") as sse:
         assert sse.status == 200
-        messages = [sse.message(), sse.message()]
+        assert sse.message()["event"] == "consumer"
         error = sse.message()
         assert error["event"] == "error" and "not found" in error["data"]
         assert "id" not in error
         assert sse.message() is None and sse.ended
-        assert messages[1]["event"] == "consumer"
+
+
+def test_last_event_id_that_cannot_be_honoured_is_410_not_a_stream(server):
+    """EventSource stops for good after a non-200 answer; after an `error` event it would
+    reconnect with the same Last-Event-ID every 2 s, forever."""
+    publish(server.port, "app.e", 1)
+    unknown = "e_d4o7ehksdud4d8c68bg0"
+    for query in ("subject=app.e", f"subject=app.e&start={unknown}", "subject=app.e&ack=manual"):
+        response = request(server.port, "GET", "/?" + query,
+                           headers={"Accept": "text/event-stream", "Last-Event-ID": unknown})
+        assert response.status == 410, (query, response)
+        assert response.headers["content-type"].startswith("text/plain")
+        assert response.body == (f"cannot resume from Last-Event-ID: event {unknown} not "
+                                 f"found in namespace app\n").encode()
+        assert "x-bus-consumer-id" not in response.headers
+    malformed = request(server.port, "GET", "/?subject=app.e", headers={"Last-Event-ID": "e_x"})
+    assert malformed.status == 400 and b"invalid Last-Event-ID 'e_x'" in malformed.body
+    # a pipelined request after the refused one is not answered before it (nor at all)
+    with Http(server.port) as http:
+        http.send(build_request("GET", "/?subject=app.e", None, {"Last-Event-ID": unknown})
+                  + build_request("GET", "/healthz"))
+        assert read_response(http.file).status == 410
+        assert http.file.read() == b""
 
 
 @pytest.mark.parametrize("pattern, subjects, expected", [
@@ -120,7 +141,7 @@ def test_patterns_in_history_and_live(server, pattern, subjects, expected):
     ("subject=app.x&start=yesterday", "invalid start"),
     ("subject=app.x&ack=sometimes", "invalid ack"),
     ("subject=app.x&ack=manual&redelivery=soon", "invalid redelivery"),
-    ("subject=app.x&ack=manual&redelivery_count=three", "integers"),
+    ("subject=app.x&ack=manual&redelivery_count=three", "invalid redelivery_count"),
     ("subject=app.x&max_inflight=0", "max_inflight"),
     ("subject=_bus_.*", "wildcard"),
 ])
@@ -128,6 +149,54 @@ def test_invalid_subscription_is_400(server, query, reason):
     response = request(server.port, "GET", "/?" + query)
     assert response.status == 400, response
     assert reason in response.body.decode(), response.body
+
+
+STRICT = [
+    ("redelivery=1ns", "at least 100ms"),
+    ("redelivery=99ms", "at least 100ms"),
+    ("redelivery=0.05", "at least 100ms"),
+    ("redelivery=nan", "invalid redelivery"),
+    ("redelivery=inf", "invalid redelivery"),
+    ("redelivery=1e9", "invalid redelivery"),
+    ("redelivery=" + "9" * 400 + "s", "too large"),
+    ("redelivery=-5s", "invalid redelivery"),
+    ("redelivery=5s%0A", "invalid redelivery"),
+    ("redelivery=%205s", "invalid redelivery"),
+    ("max_inflight=1%0d%0a", "invalid max_inflight"),
+    ("max_inflight=+2", "invalid max_inflight"),
+    ("redelivery_count=3%0A", "invalid redelivery_count"),
+    ("redelivery_count=1_0", "invalid redelivery_count"),
+    ("ack=manual%0A", "invalid ack"),
+    ("start=oldest%0D", "invalid start"),
+]
+
+
+def test_parameters_are_strict(server):
+    """A floor for redelivery, nothing non-finite, no trailing control characters: each a
+    400 with a one-line reason, with ack=manual or not. Zero means the default (the Go SDK
+    sends redelivery=0s when unset)."""
+    for ack_mode in ("manual", "none"):
+        for option, reason in STRICT:
+            query = f"subject=app.x&ack={ack_mode}&{option}"
+            response = request(server.port, "GET", "/?" + query)
+            assert response.status == 400, (query, response)
+            assert response.headers["content-type"].startswith("text/plain")
+            assert response.body.count(b"\n") == 1 and response.body.endswith(b"\n"), query
+            assert reason in response.body.decode(), (query, response.body)
+    for redelivery in ("", "0", "0s", "100ms", "0.1", "1m30s"):
+        with SSE(server.port, f"subject=app.x&ack=manual&redelivery={redelivery}") as sse:
+            assert sse.status == 200, redelivery
+
+
+def test_zero_redelivery_means_five_seconds_not_zero(make_server):
+    """The Go SDK sends `redelivery=0s` for "unset": it must mean the default (5s)."""
+    server = make_server("app")
+    publish(server.port, "app.z", 1)
+    with SSE(server.port, "ack=manual&redelivery=0s&start=oldest&subject=app.z") as sse:
+        assert [r["payload"] for r in sse.events(1)] == [1]
+        assert sse.no_event(1.5), "redelivered long before the 5s default"
+    with SSE(server.port, "ack=manual&redelivery=100ms&start=oldest&subject=app.z") as sse:
+        assert len(sse.events(3, timeout=1.5)) == 3  # the floor itself works
 
 
 def test_history_to_live_seam_has_no_gap_and_no_duplicate(server):
@@ -179,7 +248,7 @@ def test_history_to_live_seam_has_no_gap_and_no_duplicate(server):
 def test_ping_comments_on_idle_streams(make_server):
     server = make_server("app", "--ping-interval", "1s")
     with SSE(server.port, "subject=app.x") as sse:
-        sse.message(), sse.message(), sse.message()  # greeting, resume-after
+        sse.message(), sse.message()  # greeting, resume-after
         assert sse.message(timeout=4) == {"comment": "ping"}
 
 
@@ -248,7 +317,7 @@ def test_inbox_routes_in_memory_and_is_never_stored(server):
     inbox = "_bus_.d4o7ehksdud4d8c68bg0"
     with SSE(server.port, f"subject={inbox}&start=oldest") as first, \
             SSE(server.port, f"subject={inbox}") as second:
-        first.message(), first.message(), second.message(), second.message()
+        first.message(), second.message()  # the greeting: both are registered
         response = publish(server.port, inbox, {"result": 30})
         assert response.status == 202 and response.headers["x-bus-event-index"] == "-1"
         for sse in (first, second):
@@ -265,7 +334,7 @@ def test_request_reply_flow(server):
     inbox = "_bus_.d4o7ehksdud4d8c68bg1"
     with SSE(server.port, "subject=math.add&ack=manual") as responder, \
             SSE(server.port, f"subject={inbox}") as requester:
-        responder.message(), responder.message(), requester.message(), requester.message()
+        responder.message(), responder.message(), requester.message()
         publish(server.port, "math.add", {"A": 10, "B": 20}, response_subject=inbox)
         request_event = responder.events(1)[0]
         assert request_event["response_subject"] == inbox

@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING
 
 from busd._core import Pattern, record_id, record_subject, sse_chunk, sse_frame, sse_frame_matching
-from busd.server.http import HttpConnection, Stream
+from busd.server.http import HttpConnection, Stream, error_response
 from busd.store.local.log import CorruptRecordError, HistoryTruncatedError
 
 if TYPE_CHECKING:
@@ -34,8 +34,10 @@ RESUME_HINT_BYTES = 1  # a read returns at least one record: just the one before
 
 
 def greeting(consumer_id: bytes) -> bytes:
-    """The first chunk of every stream: reconnect delay, then the consumer id as an event."""
-    return sse_chunk(b"retry: 2000\n\nevent: consumer\ndata: " + consumer_id + b"\n\n")
+    """The first chunk of every stream: the consumer id as an event, with the reconnect
+    delay in the same message (a `retry:`-only message is an empty event to some clients,
+    httpx-sse's among them)."""
+    return sse_chunk(b"retry: 2000\nevent: consumer\ndata: " + consumer_id + b"\n\n")
 
 
 def sse_message(event: bytes, data: bytes) -> bytes:
@@ -77,18 +79,29 @@ class Consumer(Stream):
         self._timer = None
         if getattr(broker, "remote", False):  # clustered store: reads may need a round trip
             self._fetching = False
-            self.deliver_from = self._deliver_from_remote  # type: ignore[method-assign]
+            self.start = self._start_remote  # type: ignore[method-assign]
             self._catch_up = self._catch_up_remote  # type: ignore[method-assign]
             self._next_record = self._next_record_remote  # type: ignore[method-assign]
 
     # -- lifecycle ----------------------------------------------------------------------
-    def open(self, head: bytes) -> None:
-        """Send the response head and the greeting that tells browsers their consumer id."""
+    def start(self, head: bytes, cursor: int | str, resuming: bool) -> None:
+        """Open the stream at index `cursor`, or tell the client why not (`cursor` is then
+        the reason): in an `error` event, which the Go SDK reads, or — for a request resuming
+        with `Last-Event-ID` — as a 410 instead of a stream. After an `error` event
+        EventSource reconnects with the same id every 2 s, forever; after a non-200 answer
+        it stops for good."""
+        if isinstance(cursor, str) and resuming:
+            log.warning("refusing to resume consumer=%s reason=%r", self.id.decode(), cursor)
+            self.conn.reply(error_response(410, f"cannot resume from Last-Event-ID: {cursor}",
+                                           close=True), close=True)
+            return
         self.conn.attach_stream(self, head)
         self.conn.transport.set_write_buffer_limits(high=STREAM_WRITE_HIGH_WATER)
         self.conn.write(greeting(self.id))
-
-    def deliver_from(self, cursor: int) -> None:
+        if isinstance(cursor, str):
+            self.fail(cursor)
+            return
+        self.broker.register(self)
         self.cursor = cursor
         self._resume_hint()
         self._step()
@@ -207,7 +220,7 @@ class Consumer(Stream):
 
     def _pump(self) -> None:
         policy = self.ack_policy
-        while len(self.inflight) < policy.max_inflight:
+        while len(self.inflight) < policy.max_inflight and not self.paused:
             record = self._next_record()
             if record is None:
                 self.broker.wait_for_append(self)
@@ -228,10 +241,13 @@ class Consumer(Stream):
             self._schedule()
 
     def _arm_timer(self) -> None:
+        """Time the next redelivery. Not while paused: a reader that has not taken the copies
+        already sent gets no more (they would pile up in its socket buffer, ~100 MiB/s at
+        max_inflight=10000 and 100ms); resume() re-arms it, overdue ones go out at once."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self.inflight and not self.done:
+        if self.inflight and not self.done and not self.paused:
             first = min(entry[2] for entry in self.inflight.values())
             loop = self.broker.loop
             self._timer = loop.call_at(loop.time() + max(0.0, first - time.monotonic()),
@@ -243,6 +259,8 @@ class Consumer(Stream):
             return
         now, limit = time.monotonic(), self.ack_policy.redelivery_count
         for event_id, (record, deliveries, deadline) in list(self.inflight.items()):
+            if self.paused:
+                break  # the rest wait for resume(), see _arm_timer
             if deadline > now:
                 continue
             if 0 < limit <= deliveries:
@@ -262,30 +280,28 @@ class Consumer(Stream):
     # The store's `read` serves its in-memory tail synchronously and answers None for older
     # records, which `fetch` reads from the cluster. The seam is unchanged: the last read
     # from the tail, "cursor reached the head" and join_live happen in one synchronous step.
-    def _deliver_from_remote(self, cursor) -> None:
-        if isinstance(cursor, int):
-            self.cursor = cursor
-            self._resume_hint()
-            self._step()
+    def _start_remote(self, head: bytes, cursor, resuming: bool) -> None:
+        """As `start`; an event id (a Lookup) is searched for in the cluster first, the
+        answer keeping its place in the connection's response order meanwhile."""
+        if isinstance(cursor, (int, str)):
+            Consumer.start(self, head, cursor, resuming)
             return
+        slot = self.conn.defer()
+
+        def located(task) -> None:
+            error = None if task.cancelled() else task.exception()
+            if error is not None or task.cancelled():
+                # a failed search is no verdict on the id: an `error` event, which clients retry
+                found, definite = f"cannot look the start event up: {error or 'cancelled'}", False
+            else:
+                found, definite = task.result(), True
+            where = found if isinstance(found, str) else found + 1
+            self.conn.fulfil(slot, lambda: Consumer.start(self, head, where,
+                                                          resuming and definite))
+
         task = self.broker.loop.create_task(
             self.broker.store.locate(self.namespace, cursor.event_id))
-        task.add_done_callback(self._located)
-
-    def _located(self, task) -> None:
-        if self.done:
-            return
-        error = None if task.cancelled() else task.exception()
-        if error is not None or task.cancelled():
-            self.fail(f"cannot look the start event up: {error or 'cancelled'}")
-            return
-        found = task.result()
-        if isinstance(found, str):
-            self.fail(found)
-            return
-        self.cursor = found + 1
-        self._resume_hint()
-        self._step()
+        task.add_done_callback(located)
 
     def _catch_up_remote(self) -> None:
         store, ns = self.broker.store, self.namespace

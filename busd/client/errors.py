@@ -60,7 +60,8 @@ class BusTimeoutError(BusError, TimeoutError):
 
 class SubscriptionError(BusError):
     """The server ended a subscription with an `error` event (e.g. start id not found,
-    history truncated by retention); the reason is the server's."""
+    history truncated by retention), or refused to resume it after a reconnect (410: the
+    last event seen is no longer, or never was, in the log); the reason is the server's."""
 
 
 _BY_STATUS: dict[int, type[BusError]] = {
@@ -69,6 +70,7 @@ _BY_STATUS: dict[int, type[BusError]] = {
     403: ForbiddenError,
     404: NotFoundError,
     409: ConflictError,
+    410: SubscriptionError,
     413: PayloadTooLargeError,
     507: StorageError,
 }

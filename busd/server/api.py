@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from urllib.parse import parse_qsl
 
@@ -21,6 +22,10 @@ log = logging.getLogger("busd.server.api")
 
 DEFAULT_REDELIVERY = 5.0
 DEFAULT_REDELIVERY_COUNT = 3
+# Shorter redeliveries (`1ns`) turn unacked events into a flood of copies: the server busy
+# resending up to max_inflight events, the reader's bandwidth spent on duplicates.
+MIN_REDELIVERY = 0.1
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
 class BadRequest(Exception):
@@ -41,6 +46,33 @@ def _not_allowed(method: bytes, path: bytes, allow: bytes, close: bool) -> bytes
     reason = (f"method {method.decode(errors='replace')} is not allowed on "
               f"{path.decode(errors='replace')}; use {allow.decode()}\n")
     return response(405, reason.encode(), headers=b"Allow: " + allow + b"\r\n", close=close)
+
+
+def _integer(params: dict[str, str], name: str, default: int) -> int:
+    """An integer option; empty means `default`. Matched whole, so `1%0d%0a` is refused
+    (int() would strip it), and so are `+1`, `1_0` and non-ASCII digits."""
+    text = params.get(name, "")
+    if not text:
+        return default
+    if _INTEGER.fullmatch(text) is None:
+        raise BadRequest(f"invalid {name} {text!r}: expected a whole number (at most 18 digits)")
+    return int(text)
+
+
+def _redelivery(text: str) -> float:
+    """Seconds between deliveries of an unacked event. Empty or zero mean the default (the
+    Go SDK sends `redelivery=0s` when unset); anything else must be at least 100ms."""
+    try:
+        seconds = parse_duration(text or "0")
+    except ValueError as exc:
+        raise BadRequest(f"invalid redelivery: {exc}") from None
+    if seconds == 0:
+        return DEFAULT_REDELIVERY
+    if seconds < MIN_REDELIVERY:
+        raise BadRequest(f"invalid redelivery {text!r}: must be at least "
+                         f"{MIN_REDELIVERY * 1000:g}ms (0 or empty: the default, "
+                         f"{DEFAULT_REDELIVERY:g}s)")
+    return seconds
 
 
 def _valid_id(value: str, prefix: str) -> bool:
@@ -197,52 +229,38 @@ class Api:
         if namespace not in broker.namespaces:
             raise BadRequest(f"namespace {namespace!r} is not declared; declared namespaces: "
                              f"{', '.join(sorted(broker.namespaces))}")
-        start = self._start(params, request)
+        start, resuming = self._start(params, request)
         consumer = Consumer(broker, conn, consumer_id, Pattern(subject_bytes), namespace, ack)
         consumer.owner = None if token is None else token.name
-
-        def start_consumer() -> None:
-            consumer.open(head)
-            cursor = broker.resolve_start(namespace, start)
-            if isinstance(cursor, str):
-                consumer.fail(cursor)
-                return
-            broker.register(consumer)
-            consumer.deliver_from(cursor)
-
-        conn.start_stream(start_consumer)
+        conn.start_stream(lambda: consumer.start(head, broker.resolve_start(namespace, start),
+                                                 resuming))
 
     @staticmethod
-    def _start(params: dict[str, str], request: Request) -> bytes:
+    def _start(params: dict[str, str], request: Request) -> tuple[bytes, bool]:
+        """Where to start, and whether it came from a `Last-Event-ID` header (a resume)."""
         start = params.get("start", "") or "newest"
         last_event_id = request.headers.get(b"last-event-id", b"").decode(errors="replace")
-        if last_event_id.strip():
+        resuming = bool(last_event_id.strip())
+        if resuming:
             start = last_event_id.strip()
         if start in ("oldest", "newest") or _valid_id(start, "e_"):
-            return start.encode()
-        raise BadRequest(f"invalid start {start!r}: use oldest, newest or an event id e_<xid>")
+            return start.encode(), resuming
+        name = "Last-Event-ID" if resuming else "start"
+        raise BadRequest(f"invalid {name} {start!r}: use oldest, newest or an event id e_<xid>")
 
     @staticmethod
     def _ack_policy(params: dict[str, str]) -> AckPolicy | None:
         mode = params.get("ack", "") or "none"
         if mode not in ("none", "manual"):
             raise BadRequest(f"invalid ack {mode!r}: use none or manual")
-        try:
-            redelivery = parse_duration(params.get("redelivery", "") or "0")
-        except ValueError as exc:
-            raise BadRequest(f"invalid redelivery: {exc}") from None
-        if redelivery < 0:
-            raise BadRequest("invalid redelivery: must not be negative")
-        try:
-            count = int(params.get("redelivery_count", "") or DEFAULT_REDELIVERY_COUNT)
-            inflight = int(params.get("max_inflight", "") or 1)
-        except ValueError:
-            raise BadRequest("redelivery_count and max_inflight must be integers") from None
+        redelivery = _redelivery(params.get("redelivery", ""))
+        count = _integer(params, "redelivery_count", DEFAULT_REDELIVERY_COUNT)
+        inflight = _integer(params, "max_inflight", 1)
         if not 1 <= inflight <= 10000:
             raise BadRequest("invalid max_inflight: must be between 1 and 10000")
         if mode == "none":
             return None
-        return AckPolicy(redelivery or DEFAULT_REDELIVERY, count, inflight)
+        return AckPolicy(redelivery, count, inflight)
 
     # -- PUT / ----------------------------------------------------------------------------------
     def ack(self, conn: HttpConnection, request: Request,
@@ -275,6 +293,7 @@ class Api:
                                 "first_index": store.first_index(ns),
                                 "next_index": store.next_index(ns),
                                 "bytes": sizes[ns]["bytes"],
-                                "published": metrics.events_in[ns]}
+                                # this process's count, unlike `events` (the log's)
+                                "published_since_start": metrics.events_in[ns]}
                            for ns in self.config.namespaces},
         }
