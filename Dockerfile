@@ -33,8 +33,7 @@ COPY pyproject.toml setup.py README.md ./
 COPY busd ./busd
 # busd's wheel (built in an isolated environment with Cython and setuptools) and one wheel
 # for each dependency, all in /wheels; then the wheels with compiled code lose their debug
-# symbols (uvloop's extension is 13 MB with them, under 2 MB without) and busd's loses the C
-# files Cython generated, which setuptools packs beside the extensions
+# symbols (uvloop's extension is 13 MB with them, under 2 MB without)
 RUN set -eux; \
     /opt/build/bin/pip wheel --wheel-dir /wheels .; \
     /opt/build/bin/pip install 'wheel>=0.40'; \
@@ -42,7 +41,6 @@ RUN set -eux; \
         case "$whl" in *-none-any.whl) continue ;; esac; \
         /opt/build/bin/python -m wheel unpack --dest /tmp/unpacked "$whl"; \
         find /tmp/unpacked -name '*.so' -exec strip --strip-unneeded {} +; \
-        case "$whl" in /wheels/busd-*) find /tmp/unpacked -name '*.c' -delete ;; esac; \
         rm "$whl"; \
         /opt/build/bin/python -m wheel pack --dest-dir /wheels /tmp/unpacked/*; \
         rm -rf /tmp/unpacked; \
