@@ -37,7 +37,6 @@ Everything runs on loopback; every run is bounded in time and stops by itself.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -52,21 +51,20 @@ sys.path.insert(0, str(PERF))
 sys.path.insert(0, str(REPO / "tests"))
 
 import bench  # noqa: E402
-from bench import EVENT, NS, HttpClient, Server, SSECounter, batch_body, post_request, run_wrk  # noqa: E402
+from bench import (  # noqa: E402
+    EVENT,
+    NS,
+    HttpClient,
+    Server,
+    SSECounter,
+    batch_body,
+    children_cpu,
+    cpu_seconds,
+    post_request,
+    run_wrk,
+)
 from natscluster import NatsCluster  # noqa: E402
 from opts import parse  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its waited-for children, in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields[11:15]) / TICK
-    except OSError:
-        return 0.0
 
 
 class CpuMeter:
@@ -95,13 +93,6 @@ def show(cpu: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.2f}" for name, value in cpu.items())
 
 
-def wrk_cpu() -> float:
-    """CPU seconds of finished wrk children (RUSAGE_CHILDREN)."""
-    import resource
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def section_wrk(ports: list[int], body: bytes, conns: int, args, meter: CpuMeter,
                 per_request: int) -> tuple[list[float], list[dict]]:
     """wrk against every front-end at once (conns split evenly); summed rate per repeat."""
@@ -117,14 +108,14 @@ def section_wrk(ports: list[int], body: bytes, conns: int, args, meter: CpuMeter
             if problem:
                 problems.append(problem)
 
-        children = wrk_cpu()
+        children = children_cpu()
         meter.start()
         threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(ports)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        cpu = meter.stop(extra_client=wrk_cpu() - children)
+        cpu = meter.stop(extra_client=children_cpu() - children)
         cpu["wrk"] = cpu.pop("client")
         total = sum(results) * per_request
         rates.append(total)
