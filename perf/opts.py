@@ -1,8 +1,9 @@
 """Command-line options of the perf tools: docopt, like `bus`, with the values typed here.
 
 Each tool's module docstring is its usage text; `parse` turns docopt's dict into
-attributes (``--fanout-events`` → ``args.fanout_events``) and converts the options named
-in ``types``, so the tools read typed values as they did under argparse.
+attributes (``--fanout-events`` → ``args.fanout_events``, ``<json>`` → ``args.json``) and
+converts the values named in ``types``, so the tools read typed values as they did under
+argparse.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def parse(doc: str, argv: list[str] | None = None,
     a value the converter refuses exits with `usage_error`."""
     values = {}
     for key, value in docopt(doc, argv).items():
-        name = key.lstrip("-").replace("-", "_")
+        name = key.lstrip("-").strip("<>").replace("-", "_")
         convert = types.get(name)
         if convert is not None and value is not None:
             try:
