@@ -1,8 +1,48 @@
 """busd benchmark harness: one command, starts the servers itself, prints a table.
 
-    /work/venv/bin/python perf/bench.py                       # everything, 3 repeats
-    /work/venv/bin/python perf/bench.py --only publish,catchup --repeat 5
-    /work/venv/bin/python perf/bench.py --busd-cmd "{python} perf/ceiling.py --port {port}" --only publish
+Usage:
+  bench.py [options]
+
+Options:
+  -h, --help              Show this help.
+  --only LIST             Comma-separated sections to run
+                          [default: publish,batch,catchup,fanout,latency,memory].
+  -R N, --repeat N        Repeats per measurement, the median is reported [default: 3].
+  --duration D            wrk duration per run (publish, batch) [default: 5s].
+  --threads N             wrk threads [default: 1].
+  --connections N         publish: wrk connections [default: 32].
+  --batch-connections N   batch: wrk connections [default: 8].
+  --batch-size N          batch: events per request [default: 100].
+  --catchup-events N      catchup: N events stored, then read [default: 500000].
+  --fanout-consumers N    fanout: live SSE consumers [default: 100].
+  --fanout-events N       fanout: M events per run, a multiple of 100 [default: 20000].
+  --latency-rate N        latency: events/s [default: 10000].
+  --latency-duration S    latency: seconds per run [default: 5].
+  --idle-conns N          memory: idle SSE connections [default: 1000].
+  --stall-events N        memory: events published past a stalled consumer [default: 200000].
+  --server-cpus LIST      CPUs of the servers under test, as `taskset -c` takes them
+                          [default: 0].
+  --client-cpus LIST      CPUs of this process (its SSE clients and publishers) and of wrk
+                          [default: 1].
+  --busd-cmd CMD          Server under test; placeholders {python} {port} {addr} {path}
+                          (default: {python} -m busd server on {addr} and {path}, namespace
+                          bench, fsync interval).
+  --ceiling-cmd CMD       The bare-stack server publish and batch compare with
+                          [default: {python} perf/ceiling.py --port {port}].
+  --peer-cmd CMD          Another server (e.g. a Go Bus) measured beside busd in publish,
+                          batch, catchup and latency, started like --busd-cmd.
+  --peer-name NAME        The peer's column in the table and the JSON [default: peer].
+  --data-dir DIR          Where the per-section --path temp dirs go (default: system temp).
+  --out FILE              The table as Markdown (default: perf/out/latest.md).
+  --json FILE             Every run, the machine and the pinning (default: perf/out/latest.json),
+                          for perf/plot.py.
+
+Examples:
+  .venv/bin/python perf/bench.py                       # everything, 3 repeats
+  .venv/bin/python perf/bench.py --only publish,catchup --repeat 5
+  .venv/bin/python perf/bench.py --only publish --busd-cmd "{python} perf/ceiling.py --port {port}"
+  PEER="/path/to/bus server --addr {addr} --path {path} --namespaces bench"
+  .venv/bin/python perf/bench.py --peer-cmd "$PEER" --peer-name bus-go
 
 Sections (see perf/README.md for what each one measures):
   publish   wrk, 32 keep-alive connections, one ~40-byte event per POST: busd vs ceiling
@@ -12,17 +52,20 @@ Sections (see perf/README.md for what each one measures):
   latency   one publisher at a fixed rate, one SSE consumer: publish->receive p50/p99
   memory    RSS per idle SSE connection; RSS growth under a consumer that never reads
 
-busd is started fresh (new empty --path) for every section; every load is loopback only
-with fixed counts/durations and per-step timeouts, so the run always ends by itself.
-The clients are raw asyncio (uvloop) protocols that count ``\\nevent: msg\\n`` markers
-with bytes.count, so the client is as cheap as possible.
+The servers run on --server-cpus (taskset), this process and wrk on --client-cpus, so the
+load generator never takes the server's core; each run prints how busy both sets of CPUs
+were (anyone's work counts, a neighbour's too). busd (and the peer) start fresh, on a new
+empty --path, for every section; every load is loopback only with fixed counts/durations
+and per-step timeouts, so the run always ends by itself. The clients are raw asyncio
+(uvloop) protocols that count ``\\nevent: msg\\n`` markers with bytes.count, so the
+client is as cheap as possible.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
+import json
 import os
 import platform
 import re
@@ -35,16 +78,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httptools
 import uvloop
+from opts import parse, usage_error
 
 PERF = Path(__file__).resolve().parent
 REPO = PERF.parent
 OUT = PERF / "out"
 SECTIONS = ("publish", "batch", "catchup", "fanout", "latency", "memory")
+PEER_SECTIONS = ("publish", "batch", "catchup", "latency")
+SATURATED = 0.9  # the harness and wrk this busy on their CPUs: the load may be their limit
+CROWDED = 0.1  # other work taking this much of the server CPUs during a run is worth a note
+METERED = 1.0  # seconds: shorter runs are too short for /proc's 10 ms ticks to say much
+TICK = os.sysconf("SC_CLK_TCK")
 
 MARK = b"\nevent: msg\n"
 ML = len(MARK) - 1
@@ -84,10 +134,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Server:
-    """A server subprocess we started ourselves; stopped by its own pid only."""
+def cpu_list(text: str) -> list[int]:
+    """CPU numbers from `taskset -c` syntax: ``0``, ``0,2``, ``1-3``."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    if not cpus:
+        raise ValueError("no CPU in it")
+    return sorted(cpus)
 
-    def __init__(self, name: str, template: list[str] | str, data_root: Path | None) -> None:
+
+def cpus_allowed(pid: int | str = "self") -> list[int]:
+    """The CPUs the kernel lets a process run on (its Cpus_allowed_list)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Cpus_allowed_list:"):
+                return cpu_list(line.split(":", 1)[1].strip())
+    raise RuntimeError(f"no Cpus_allowed_list for pid {pid}")
+
+
+class Server:
+    """A server subprocess we started ourselves; stopped by its own pid only. With ``cpus``
+    it runs under `taskset -c`, checked once it accepts connections."""
+
+    def __init__(self, name: str, template: list[str] | str, data_root: Path | None,
+                 cpus: list[int] | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.tmp = tempfile.mkdtemp(prefix=f"busd-bench-{name}-", dir=data_root) if data_root else None
@@ -97,6 +169,9 @@ class Server:
             self.cmd = [a.format(**subst) for a in shlex.split(template)]
         else:
             self.cmd = [a.format(**subst) for a in template]
+        self.cpus = cpus
+        if cpus:
+            self.cmd = ["taskset", "-c", ",".join(map(str, cpus)), *self.cmd]
         OUT.mkdir(parents=True, exist_ok=True)
         self.logpath = OUT / f"{name}.log"
         self.proc: subprocess.Popen | None = None
@@ -116,12 +191,18 @@ class Server:
                                    f"accepting connections:\n{tail}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
             except OSError:
                 if time.monotonic() > deadline:
                     self.stop()
                     raise RuntimeError(f"{self.name} did not accept connections within {timeout}s")
                 time.sleep(0.05)
+                continue
+            got = cpus_allowed(self.proc.pid)
+            if self.cpus and got != self.cpus:
+                self.stop()
+                raise RuntimeError(f"{self.name} runs on CPUs {got}, not {self.cpus}")
+            log(f"  {self.name} pid {self.proc.pid} on CPUs {got}, port {self.port}")
+            return self
 
     def rss_kib(self, key: str = "VmRSS") -> int:
         with open(f"/proc/{self.proc.pid}/status") as f:
@@ -343,50 +424,92 @@ async def bulk_publish(port: int, total: int, batch: int = 1000, conns: int = 4)
 
 @dataclass
 class Row:
+    """One benchmark: every run's value per column (busd, ceiling, the peer) and how busy the
+    server's and the client's CPUs were over each run."""
+
+    group: str  # perf/plot.py draws one chart per group; a group's rows share a unit
     name: str
     unit: str
-    busd: list[float] = field(default_factory=list)
-    ceiling: list[float] = field(default_factory=list)
-    note: str = ""
+    runs: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[CpuUse]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
     digits: int = 0
 
-    @staticmethod
-    def med(v: list[float]) -> float | None:
+    def add(self, column: str, value: float, cpu: CpuUse | None = None) -> None:
+        self.runs.setdefault(column, []).append(value)
+        if cpu is not None:
+            self.cpu.setdefault(column, []).append(cpu)
+
+    def median(self, column: str) -> float | None:
+        v = self.runs.get(column)
         return statistics.median(v) if v else None
 
+    def ratios(self, columns: list[str]) -> dict[str, float | None]:
+        """busd's median over each other column's (same run)."""
+        b = self.median("busd")
+        return {f"busd/{c}": (b / m if b is not None and (m := self.median(c)) else None)
+                for c in columns[1:]}
+
+    def note(self) -> str:
+        flags = []
+        for c, all_uses in self.cpu.items():
+            uses = [u for u in all_uses if u.seconds >= METERED]
+            if k := sum(u.client >= SATURATED for u in uses):
+                flags.append(f"{c}: the harness and wrk kept their CPUs ≥ {SATURATED:.0%} busy "
+                             f"in {k} of {len(uses)} runs")
+            if k := sum(u.server_cpus - u.server >= CROWDED for u in uses):
+                flags.append(f"{c}: other work took ≥ {CROWDED:.0%} of the server CPUs in {k} of "
+                             f"{len(uses)} runs")
+        return "; ".join(self.notes + flags)
+
     def fmt(self, v: float | None) -> str:
-        if v is None:
-            return "–"
-        return f"{v:,.{self.digits}f}"
+        return "–" if v is None else f"{v:,.{self.digits}f}"
 
-    def cells(self) -> list[str]:
-        b, c = self.med(self.busd), self.med(self.ceiling)
-        ratio = f"{b / c:.2f}" if b is not None and c else "–"
-        runs = " ".join(self.fmt(x) for x in self.busd)
-        if self.ceiling:
-            runs += " | " + " ".join(self.fmt(x) for x in self.ceiling)
-        return [f"{self.name} ({self.unit})", self.fmt(b), self.fmt(c), ratio, runs, self.note]
+    def cells(self, columns: list[str]) -> list[str]:
+        ratios = self.ratios(columns)
+        out = [f"{self.name} ({self.unit})", self.fmt(self.median("busd"))]
+        for c in columns[1:]:
+            r = ratios[f"busd/{c}"]
+            out += [self.fmt(self.median(c)), "–" if r is None else f"{r:.2f}"]
+        shown = columns[:max(i + 1 for i, c in enumerate(columns) if c in self.runs or i == 0)]
+        runs = " | ".join(" ".join(map(self.fmt, self.runs[c])) if c in self.runs else "–"
+                          for c in shown)
+        return out + [runs, self.note()]
+
+    def as_json(self, columns: list[str]) -> dict:
+        return {"group": self.group, "name": self.name, "unit": self.unit,
+                "median": {c: self.median(c) for c in columns if c in self.runs},
+                "ratios": {k: v for k, v in self.ratios(columns).items() if v is not None},
+                "runs": self.runs, "note": self.note(),
+                "cpu": {c: [asdict(u) for u in uses] for c, uses in self.cpu.items()}}
 
 
-HEAD = ["benchmark", "busd (median)", "ceiling (median)", "busd/ceiling", "runs busd | ceiling", "notes"]
+def head(columns: list[str]) -> list[str]:
+    out = ["benchmark", "busd (median)"]
+    for c in columns[1:]:
+        out += [f"{c} (median)", f"busd/{c}"]
+    return out + ["runs " + " | ".join(columns), "notes"]
 
 
-def table_text(rows: list[Row]) -> str:
-    data = [HEAD] + [r.cells() for r in rows]
-    w = [max(len(r[i]) for r in data) for i in range(len(HEAD))]
+def table_text(rows: list[Row], columns: list[str]) -> str:
+    data = [head(columns)] + [r.cells(columns) for r in rows]
+    n = len(data[0])
+    w = [max(len(r[i]) for r in data) for i in range(n)]
     lines = []
     for k, r in enumerate(data):
-        lines.append("  ".join(c.ljust(w[i]) if i == 0 or i >= 4 else c.rjust(w[i])
+        lines.append("  ".join(c.ljust(w[i]) if i == 0 or i >= n - 2 else c.rjust(w[i])
                                for i, c in enumerate(r)).rstrip())
         if k == 0:
             lines.append("  ".join("-" * x for x in w))
     return "\n".join(lines)
 
 
-def table_md(rows: list[Row]) -> str:
-    out = ["| " + " | ".join(h.replace("|", "\\|") for h in HEAD) + " |", "|" + "---|" * len(HEAD)]
-    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r.cells()) + " |" for r in rows]
-    return "\n".join(out)
+def table_md(rows: list[Row], columns: list[str]) -> str:
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(head(columns)), "|" + "---|" * len(head(columns))]
+                     + [line(r.cells(columns)) for r in rows])
 
 
 def machine() -> list[str]:
@@ -402,7 +525,7 @@ def machine() -> list[str]:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
         affinity = os.cpu_count()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load = show_load(loadavg())
     wrk = shutil.which("wrk")
     wrkv = subprocess.run([wrk, "--version"], capture_output=True, text=True).stdout.split("[")[0].strip() if wrk else "missing"
     return [
@@ -411,6 +534,77 @@ def machine() -> list[str]:
         f"httptools {httptools.__version__}, {wrkv}",
         f"kernel {platform.release()}, loadavg at start {load}",
     ]
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def show_load(load: list[float]) -> str:
+    return " ".join(f"{x:.2f}" for x in load)
+
+
+def cpu_ticks() -> dict[int, tuple[int, int]]:
+    """(busy, total) clock ticks of every CPU since boot, from /proc/stat; busy is all but
+    idle and iowait, so steal (the hypervisor running someone else) counts as busy."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                name, *fields = line.split()
+                t = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+                out[int(name[3:])] = (sum(t) - t[3] - t[4], sum(t))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process and its waited-for children, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return sum(int(x) for x in fields[11:15]) / TICK
+    except OSError:
+        return 0.0
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children (wrk runs)."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class CpuUse:
+    """One run, in fractions of the CPUs' capacity: how busy the server CPUs and the client
+    CPUs were with anyone's work, and how much of it was the server process, and this
+    process with wrk. Busy minus ours is the neighbours (and interrupts)."""
+
+    seconds: float
+    server_cpus: float
+    server: float
+    client_cpus: float
+    client: float
+
+
+def meter(args, pid: int):
+    """Starts measuring CPU use; the function it returns gives the `CpuUse` since."""
+    ticks, t0 = cpu_ticks(), time.perf_counter()
+    server0, client0 = cpu_seconds(pid), time.process_time() + children_cpu()
+
+    def stop() -> CpuUse:
+        now, wall = cpu_ticks(), time.perf_counter() - t0
+
+        def busy(cpus: list[int]) -> float:
+            total = sum(now[c][1] - ticks[c][1] for c in cpus)
+            return sum(now[c][0] - ticks[c][0] for c in cpus) / total if total else 0.0
+
+        client = time.process_time() + children_cpu() - client0
+        return CpuUse(wall, busy(args.server_cpus),
+                      (cpu_seconds(pid) - server0) / wall / len(args.server_cpus),
+                      busy(args.client_cpus), client / wall / len(args.client_cpus))
+
+    return stop
 
 
 # --------------------------------------------------------------------------- sections
@@ -460,53 +654,79 @@ def check_one_post(port: int, body: bytes) -> None:
         raise RuntimeError(f"POST answered {data[:300]!r}, expected 202")
 
 
-def section_wrk(args, ceiling: Server, body: bytes, conns: int, row: Row, mult: int) -> None:
-    notes = set()
-    with Server("busd", args.busd_cmd, args.data_dir) as busd:
-        for srv in (busd, ceiling):
-            check_one_post(srv.port, body)
-        for r in range(args.repeat):
-            for srv, dest in ((busd, row.busd), (ceiling, row.ceiling)):
-                rps, problems = run_wrk(f"http://127.0.0.1:{srv.port}/", body, conns,
-                                        min(args.threads, conns), args.duration)
-                if problems:
-                    notes.add(f"{srv.name}: {problems}")
-                dest.append(rps * mult)
-                log(f"  run {r + 1}/{args.repeat} {srv.name:8s} {rps * mult:12,.0f} {row.unit}"
-                    + (f"  [{problems}]" if problems else ""))
-                time.sleep(0.5)
-    row.note = "; ".join(sorted(notes))
+Target = tuple[str, Server]  # (column, server)
 
 
-async def section_catchup(args, port: int, row: Row) -> None:
-    n = args.catchup_events
-    log(f"  storing {n:,} events (batches of 1000, 4 connections) ...")
-    rate = await bulk_publish(port, n)
-    log(f"  stored at {rate:,.0f} events/s")
-    await asyncio.sleep(1.0)
-    extra = []
+async def rounds(args, targets: list[Target], rows: list[Row], measure) -> None:
+    """Each repeat measures every target once, in turn, so all of them see the same minutes
+    of the machine. ``await measure(column, server, run)`` gives one value per row."""
     for r in range(args.repeat):
+        for column, srv in targets:
+            stop = meter(args, srv.proc.pid)
+            values = await measure(column, srv, r)
+            cpu = stop()
+            for row, v in zip(rows, values, strict=True):
+                row.add(column, v, cpu)
+            log(f"  run {r + 1}/{args.repeat} {column:8s} "
+                + "  ".join(f"{row.fmt(v):>12s} {row.unit}"
+                            for row, v in zip(rows, values, strict=True))
+                + f"  ({cpu.seconds:.1f}s: server CPUs {cpu.server_cpus:.0%} busy, "
+                  f"{column} {cpu.server:.0%}; client CPUs {cpu.client_cpus:.0%} busy, "
+                  f"harness+wrk {cpu.client:.0%})")
+            await asyncio.sleep(0.5)
+
+
+async def section_wrk(args, targets: list[Target], body: bytes, conns: int, row: Row,
+                      mult: int) -> None:
+    problems = set()
+    for _, srv in targets:
+        check_one_post(srv.port, body)
+
+    async def measure(column: str, srv: Server, _: int) -> tuple[float]:
+        rps, problem = await asyncio.to_thread(run_wrk, f"http://127.0.0.1:{srv.port}/", body,
+                                               conns, min(args.threads, conns), args.duration)
+        if problem:
+            problems.add(f"{column}: {problem}")
+            log(f"    [{problem}]")
+        return (rps * mult,)
+
+    await rounds(args, targets, [row], measure)
+    row.notes += sorted(problems)
+
+
+async def section_catchup(args, targets: list[Target], row: Row) -> None:
+    n = args.catchup_events
+    for column, srv in targets:
+        log(f"  {column}: storing {n:,} events (batches of 1000, 4 connections) ...")
+        rate = await bulk_publish(srv.port, n)
+        log(f"  {column}: stored at {rate:,.0f} events/s")
+        row.notes.append(f"{column} stored at {rate:,.0f} ev/s")
+    row.notes.insert(0, f"N={n:,}")
+    await asyncio.sleep(1.0)
+
+    async def measure(column: str, srv: Server, r: int) -> tuple[float]:
         t0 = time.perf_counter()
-        c = await SSECounter.open(port, "oldest")
+        c = await SSECounter.open(srv.port, "oldest")
         ttfb = time.perf_counter() - t0
         try:
             t1 = await asyncio.wait_for(c.expect(n), max(30.0, n / 5000))
+            await asyncio.sleep(0.2)  # duplicates, if any, arrive and are counted
         except TimeoutError:
-            raise RuntimeError(f"catch-up timed out with {c.count:,}/{n:,} events received")
-        await asyncio.sleep(0.2)
+            raise RuntimeError(f"{column}: catch-up timed out with {c.count:,}/{n:,} events "
+                               "received") from None
+        finally:
+            c.close()
         if c.count != n:
-            extra.append(f"run {r + 1}: received {c.count:,} events, expected {n:,}")
-        c.close()
-        eps = n / (t1 - t0)
-        row.busd.append(eps)
-        log(f"  run {r + 1}/{args.repeat} {eps:12,.0f} events/s  ({c.nbytes / (t1 - t0) / 2**20:,.0f} MiB/s,"
-            f" headers after {ttfb * 1e3:.1f} ms)")
-    row.note = "; ".join([f"N={n:,}, stored at {rate:,.0f} ev/s"] + extra)
+            row.notes.append(f"{column} run {r + 1}: received {c.count:,} events, expected {n:,}")
+        log(f"    {c.nbytes / (t1 - t0) / 2**20:,.0f} MiB/s, headers after {ttfb * 1e3:.1f} ms")
+        return (n / (t1 - t0),)
+
+    await rounds(args, targets, [row], measure)
 
 
-async def section_fanout(args, port: int, row: Row) -> None:
+async def section_fanout(args, targets: list[Target], row: Row) -> None:
     k, m, batch = args.fanout_consumers, args.fanout_events, 100
-    consumers = []
+    port = targets[0][1].port
     sem = asyncio.Semaphore(50)
 
     async def one() -> SSECounter:
@@ -515,15 +735,18 @@ async def section_fanout(args, port: int, row: Row) -> None:
 
     consumers = await asyncio.gather(*(one() for _ in range(k)))
     pub = await HttpClient.connect(port)
+    base = 1
+    row.notes.append(f"{k} consumers, M={m:,} events in batches of {batch}")
     try:
         # Warm-up: one event every consumer must see, so every subscription is live.
         status, body = await pub.request(post_request(EVENT))
         if status != 202:
             raise RuntimeError(f"publish answered {status}: {body[:200]!r}")
         await asyncio.wait_for(asyncio.gather(*(c.expect(1) for c in consumers)), 10)
-        base = 1
         req = post_request(batch_body(batch))
-        for r in range(args.repeat):
+
+        async def measure(column: str, srv: Server, r: int) -> tuple[float]:
+            nonlocal base
             base += m
             waits = [c.expect(base) for c in consumers]
             t0 = time.perf_counter()
@@ -537,68 +760,73 @@ async def section_fanout(args, port: int, row: Row) -> None:
             except TimeoutError:
                 got = sorted(c.count - (base - m) for c in consumers)
                 raise RuntimeError(f"fan-out timed out: per-consumer received min {got[0]:,} "
-                                   f"max {got[-1]:,} of {m:,}")
-            el = max(ends) - t0
-            row.busd.append(k * m / el)
-            log(f"  run {r + 1}/{args.repeat} {k * m / el:12,.0f} deliveries/s  (publish took "
-                f"{tpub:.2f}s, last consumer done after {el:.2f}s, first after {min(ends) - t0:.2f}s)")
-            await asyncio.sleep(0.5)
+                                   f"max {got[-1]:,} of {m:,}") from None
+            log(f"    publish took {tpub:.2f}s, last consumer done after {max(ends) - t0:.2f}s, "
+                f"first after {min(ends) - t0:.2f}s")
+            return (k * m / (max(ends) - t0),)
+
+        await rounds(args, targets, [row], measure)
         over = [c.count - base for c in consumers if c.count != base]
         if over:
-            row.note = f"{len(over)} consumers got an unexpected count ({over[:5]}…)"
+            row.notes.append(f"{len(over)} consumers got an unexpected count ({over[:5]}…)")
     finally:
         pub.close()
         for c in consumers:
             c.close()
-    row.note = f"{k} consumers, M={m:,} events in batches of {batch}" + (f"; {row.note}" if row.note else "")
 
 
-async def section_latency(args, port: int, p50: Row, p99: Row) -> None:
+async def section_latency(args, targets: list[Target], p50: Row, p99: Row) -> None:
     rate, dur, warm = args.latency_rate, args.latency_duration, 0.5
     total = int(rate * dur)
-    notes = []
-    for r in range(args.repeat):
+    request_head = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n")
+    tmpl = (b'{"id":"","subject":"bench.lat","created_at":"0001-01-01T00:00:00Z",'
+            b'"payload":{"t":%d,"pad":"0123456789abcdef"}}')
+    interval = 1e9 / rate
+    p50.notes.append(f"{rate:,}/s for {dur:g}s, first {warm}s dropped, single-event POSTs "
+                     "pipelined on 1 conn")
+
+    async def measure(column: str, srv: Server, r: int) -> tuple[float, float]:
+        run = f"{column} run {r + 1}"
         _, cons = await asyncio.get_running_loop().create_connection(
-            lambda: SSELatency(sse_request("newest")), "127.0.0.1", port)
+            lambda: SSELatency(sse_request("newest")), "127.0.0.1", srv.port)
         await asyncio.wait_for(cons.headers, 10)
-        pub = await HttpClient.connect(port)
+        pub = await HttpClient.connect(srv.port)
         # warm-up event, also proves the subscription is live before timing starts
-        await pub.request(post_request(b'{"id":"","subject":"bench.lat","created_at":"0001-01-01T00:00:00Z",'
-                                       b'"payload":{"t":0,"pad":"warm"}}'))
+        await pub.request(post_request(b'{"id":"","subject":"bench.lat","created_at":'
+                                       b'"0001-01-01T00:00:00Z","payload":{"t":0,"pad":"warm"}}'))
         await asyncio.wait_for(cons.expect(1), 10)
         cons.samples.clear()
-        head = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-        tmpl = (b'{"id":"","subject":"bench.lat","created_at":"0001-01-01T00:00:00Z",'
-                b'"payload":{"t":%d,"pad":"0123456789abcdef"}}')
-        interval = 1e9 / rate
         gc.collect()
         gc.disable()  # no collector pauses in the client while it stamps times
-        t0 = time.perf_counter_ns()
-        sent, max_lag = 0, 0
-        write, pc = pub.transport.write, time.perf_counter_ns
-        while sent < total:
-            now = pc()
-            due = min(total, int((now - t0) / interval) + 1)
-            max_lag = max(max_lag, due - sent)
-            while sent < due:
-                body = tmpl % pc()
-                pub.waiters.append(None)
-                write(head % len(body) + body)
-                sent += 1
-            await asyncio.sleep(0.0002)
-        send_s = (pc() - t0) / 1e9
         try:
-            await asyncio.wait_for(cons.expect(total + 1), 10)
-        except TimeoutError:
-            notes.append(f"run {r + 1}: consumer received {cons.count - 1:,}/{total:,}")
-        deadline = time.monotonic() + 10
-        while pub.done < total + 1 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if pub.statuses.get(202, 0) != total + 1:
-            notes.append(f"run {r + 1}: publish answers {pub.statuses} ({pub.first_error})")
-        gc.enable()
-        cons.close()
-        pub.close()
+            t0 = time.perf_counter_ns()
+            sent, max_lag = 0, 0
+            write, pc = pub.transport.write, time.perf_counter_ns
+            while sent < total:
+                now = pc()
+                due = min(total, int((now - t0) / interval) + 1)
+                max_lag = max(max_lag, due - sent)
+                while sent < due:
+                    body = tmpl % pc()
+                    pub.waiters.append(None)
+                    write(request_head % len(body) + body)
+                    sent += 1
+                await asyncio.sleep(0.0002)
+            send_s = (pc() - t0) / 1e9
+            try:
+                await asyncio.wait_for(cons.expect(total + 1), 10)
+            except TimeoutError:
+                p99.notes.append(f"{run}: consumer received {cons.count - 1:,}/{total:,}")
+            deadline = time.monotonic() + 10
+            while pub.done < total + 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if pub.statuses.get(202, 0) != total + 1:
+                p99.notes.append(f"{run}: publish answers {pub.statuses} ({pub.first_error})")
+        finally:
+            gc.enable()
+            cons.close()
+            pub.close()
         cut = t0 + int(warm * 1e9)
         per_s: dict[int, list[int]] = {}
         for tx, rx in cons.samples:
@@ -607,23 +835,24 @@ async def section_latency(args, port: int, p50: Row, p99: Row) -> None:
             f"{sorted(v)[int(len(v) * 0.99)] / 1e3:,.0f}" for _, v in sorted(per_s.items())))
         lat = sorted(rx - tx for tx, rx in cons.samples if tx >= cut)
         if len(lat) < 100:
-            raise RuntimeError(f"latency: only {len(lat)} samples parsed ({cons.count} events seen)")
+            raise RuntimeError(f"{run}: latency: only {len(lat)} samples parsed "
+                               f"({cons.count} events seen)")
         if len(cons.samples) != cons.count - 1:
-            notes.append(f"run {r + 1}: parsed {len(cons.samples):,} timestamps of {cons.count - 1:,} events")
+            p99.notes.append(f"{run}: parsed {len(cons.samples):,} timestamps of "
+                             f"{cons.count - 1:,} events")
         q50, q99 = lat[len(lat) // 2] / 1e3, lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1e3
         stall_ms = max_lag * 1e3 / rate
         if stall_ms > 10:
-            notes.append(f"run {r + 1}: the bench client itself stalled ~{stall_ms:,.0f} ms "
-                         f"(max burst {max_lag}): machine busy, this run's tail is not busd's alone")
-        p50.busd.append(q50)
-        p99.busd.append(q99)
-        log(f"  run {r + 1}/{args.repeat} p50 {q50:,.0f} µs  p90 {lat[int(len(lat) * 0.9)] / 1e3:,.0f} µs  "
-            f"p99 {q99:,.0f} µs  p99.9 {lat[int(len(lat) * 0.999)] / 1e3:,.0f} µs  max {lat[-1] / 1e3:,.0f} µs  "
+            p99.notes.append(f"{run}: the bench client itself stalled ~{stall_ms:,.0f} ms (max "
+                             f"burst {max_lag}): machine busy, this run's tail is not the "
+                             "server's alone")
+        log(f"    p90 {lat[int(len(lat) * 0.9)] / 1e3:,.0f} µs  "
+            f"p99.9 {lat[int(len(lat) * 0.999)] / 1e3:,.0f} µs  max {lat[-1] / 1e3:,.0f} µs  "
             f"({len(lat):,} samples, sent {total:,} in {send_s:.2f}s = {total / send_s:,.0f}/s, "
             f"max burst {max_lag})")
-        await asyncio.sleep(0.5)
-    p50.note = f"{rate:,}/s for {dur:g}s, first {warm}s dropped, single-event POSTs pipelined on 1 conn"
-    p99.note = "; ".join(notes)
+        return q50, q99
+
+    await rounds(args, targets, [p50, p99], measure)
 
 
 def stalled_consumer(port: int) -> socket.socket:
@@ -658,10 +887,11 @@ async def section_memory(args, srv: Server, per_conn: Row, stall: Row, control: 
     idle = await asyncio.gather(*(one() for _ in range(idle_n)))
     await asyncio.sleep(1.0)
     rss1 = srv.rss_kib()
-    per_conn.busd.append((rss1 - rss0) / idle_n)
+    per_conn.add("busd", (rss1 - rss0) / idle_n)
     log(f"  RSS {rss0 / 1024:,.1f} MiB idle -> {rss1 / 1024:,.1f} MiB with {idle_n:,} idle SSE "
         f"connections = {(rss1 - rss0) / idle_n:,.1f} KiB each")
-    per_conn.note = f"{idle_n:,} idle SSE conns; RSS {rss0 / 1024:,.1f} → {rss1 / 1024:,.1f} MiB"
+    per_conn.notes.append(f"{idle_n:,} idle SSE conns; RSS {rss0 / 1024:,.1f} → "
+                          f"{rss1 / 1024:,.1f} MiB")
     for c in idle:
         c.close()
     await asyncio.sleep(1.5)
@@ -685,10 +915,10 @@ async def section_memory(args, srv: Server, per_conn: Row, stall: Row, control: 
         return before, max(peak[0], after), after
 
     b, pk, a = await publish_and_watch()
-    control.busd.append((a - b) / 1024)
+    control.add("busd", (a - b) / 1024)
     log(f"  control (no consumer): {events:,} events, RSS {b / 1024:,.1f} → {a / 1024:,.1f} MiB "
         f"(peak {pk / 1024:,.1f})")
-    control.note = f"{events:,} events, no consumer; peak +{(pk - b) / 1024:,.1f} MiB"
+    control.notes.append(f"{events:,} events, no consumer; peak +{(pk - b) / 1024:,.1f} MiB")
     sock = stalled_consumer(port)
     try:
         await asyncio.sleep(0.5)
@@ -696,51 +926,94 @@ async def section_memory(args, srv: Server, per_conn: Row, stall: Row, control: 
         anon = srv.rss_kib("RssAnon")
     finally:
         sock.close()
-    stall.busd.append((a - b) / 1024)
+    stall.add("busd", (a - b) / 1024)
     log(f"  stalled consumer: {events:,} events, RSS {b / 1024:,.1f} → {a / 1024:,.1f} MiB "
         f"(peak {pk / 1024:,.1f}, RssAnon {anon / 1024:,.1f})")
-    stall.note = (f"{events:,} events, 1 consumer never reading (SO_RCVBUF 4 KiB); "
-                  f"peak +{(pk - b) / 1024:,.1f} MiB")
+    stall.notes.append(f"{events:,} events, 1 consumer never reading (SO_RCVBUF 4 KiB); "
+                       f"peak +{(pk - b) / 1024:,.1f} MiB")
 
 
 # --------------------------------------------------------------------------- main
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(SECTIONS),
-                    help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
-    ap.add_argument("--repeat", "-R", type=int, default=3, help="repeats per measurement (median reported)")
-    ap.add_argument("--duration", default="5s", help="wrk duration per run (publish, batch)")
-    ap.add_argument("--threads", type=int, default=2, help="wrk threads")
-    ap.add_argument("--connections", type=int, default=32, help="publish: wrk connections")
-    ap.add_argument("--batch-connections", type=int, default=8, help="batch: wrk connections")
-    ap.add_argument("--batch-size", type=int, default=100, help="batch: events per request")
-    ap.add_argument("--catchup-events", type=int, default=500_000, help="catchup: N events stored then read")
-    ap.add_argument("--fanout-consumers", type=int, default=100)
-    ap.add_argument("--fanout-events", type=int, default=20_000, help="fanout: M events per run (multiple of 100)")
-    ap.add_argument("--latency-rate", type=int, default=10_000, help="latency: events/s")
-    ap.add_argument("--latency-duration", type=float, default=5.0, help="latency: seconds per run")
-    ap.add_argument("--idle-conns", type=int, default=1000, help="memory: idle SSE connections")
-    ap.add_argument("--stall-events", type=int, default=200_000, help="memory: events published past a stalled consumer")
-    ap.add_argument("--busd-cmd", default=None,
-                    help='server under test; placeholders {python} {port} {addr} {path}, e.g. '
-                         '"{python} perf/ceiling.py --port {port}" (default: python -m busd server ...)')
-    ap.add_argument("--ceiling-cmd", default="{python} perf/ceiling.py --port {port}")
-    ap.add_argument("--data-dir", type=Path, default=None,
-                    help="where the per-section busd --path temp dirs go (default: system temp)")
-    ap.add_argument("--out", type=Path, default=OUT / "latest.md")
-    args = ap.parse_args(argv)
+    args = parse(__doc__, argv, repeat=int, threads=int, connections=int, batch_connections=int,
+                 batch_size=int, catchup_events=int, fanout_consumers=int, fanout_events=int,
+                 latency_rate=int, latency_duration=float, idle_conns=int, stall_events=int,
+                 server_cpus=cpu_list, client_cpus=cpu_list, data_dir=Path, out=Path, json=Path)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     bad = [s for s in args.only if s not in SECTIONS]
     if bad:
-        ap.error(f"unknown section(s) {bad}; choose from {SECTIONS}")
+        usage_error(f"--only: unknown section(s) {bad}; choose from {SECTIONS}")
+    shared = sorted(set(args.server_cpus) & set(args.client_cpus))
+    if shared:
+        usage_error(f"--server-cpus and --client-cpus share CPUs {shared}: the load generator "
+                    "would compete with the server it measures")
+    allowed = os.sched_getaffinity(0)
+    for flag, cpus in (("--server-cpus", args.server_cpus), ("--client-cpus", args.client_cpus)):
+        if not set(cpus) <= allowed:
+            usage_error(f"{flag}: CPUs {cpus} are not all among this process's {sorted(allowed)}")
+    if not re.fullmatch(r"[\w.-]+", args.peer_name) or args.peer_name in ("busd", "ceiling"):
+        usage_error(f"--peer-name: {args.peer_name!r} must be letters, digits, '.', '_' or '-', "
+                    "and neither busd nor ceiling")
     if args.busd_cmd is None:
         args.busd_cmd = ["{python}", "-m", "busd", "server", "--addr", "{addr}", "--path", "{path}",
                          "--namespaces", NS, "--fsync", "interval"]
-    if args.data_dir is None:
-        args.data_dir = Path(tempfile.gettempdir())
+    args.data_dir = args.data_dir or Path(tempfile.gettempdir())
+    args.out = args.out or OUT / "latest.md"
+    args.json = args.json or OUT / "latest.json"
     args.fanout_events -= args.fanout_events % 100
     return args
+
+
+def shown(template: list[str] | str) -> str:
+    """A server command as it will run, for the header."""
+    text = template if isinstance(template, str) else " ".join(template)
+    return text.replace("{python}", sys.executable)
+
+
+def run_section(sec: str, args, ceiling: Server | None, rows: list[Row]) -> None:
+    """Starts the section's own servers (a fresh busd, and the peer where it has a column)
+    and adds the section's rows to ``rows`` before measuring, so a failed section shows."""
+    specs = [("busd", args.busd_cmd)]
+    if args.peer_cmd and sec in PEER_SECTIONS:
+        specs.append((args.peer_name, args.peer_cmd))
+    with ExitStack() as stack:
+        targets = [(column, stack.enter_context(Server(column, cmd, args.data_dir,
+                                                       args.server_cpus)))
+                   for column, cmd in specs]
+        if sec in ("publish", "batch"):
+            targets.insert(1, ("ceiling", ceiling))
+        if sec == "publish":
+            row = Row("publish", f"publish, 1 event/POST, {args.connections} conns", "req/s")
+            rows.append(row)
+            asyncio.run(section_wrk(args, targets, EVENT, args.connections, row, 1))
+        elif sec == "batch":
+            row = Row("batch", f"batch publish, {args.batch_size} events/POST, "
+                               f"{args.batch_connections} conns", "events/s")
+            rows.append(row)
+            asyncio.run(section_wrk(args, targets, batch_body(args.batch_size),
+                                    args.batch_connections, row, args.batch_size))
+        elif sec == "catchup":
+            row = Row("catchup", "catch-up SSE, 1 consumer from oldest", "events/s")
+            rows.append(row)
+            asyncio.run(section_catchup(args, targets, row))
+        elif sec == "fanout":
+            row = Row("fanout", f"live fan-out, {args.fanout_consumers} SSE consumers",
+                      "deliveries/s")
+            rows.append(row)
+            asyncio.run(section_fanout(args, targets, row))
+        elif sec == "latency":
+            p50 = Row("latency", f"publish→receive p50 @ {args.latency_rate:,}/s", "µs")
+            p99 = Row("latency", f"publish→receive p99 @ {args.latency_rate:,}/s", "µs")
+            rows += [p50, p99]
+            asyncio.run(section_latency(args, targets, p50, p99))
+        elif sec == "memory":
+            per = Row("memory-connection", "RSS per idle SSE connection", "KiB", digits=1)
+            ctl = Row("memory-growth", "RSS growth, publish with no consumer", "MiB", digits=1)
+            st = Row("memory-growth", "RSS growth, publish past a stalled consumer", "MiB",
+                     digits=1)
+            rows += [per, ctl, st]
+            asyncio.run(section_memory(args, targets[0][1], per, st, ctl))
 
 
 def main(argv=None) -> int:
@@ -752,18 +1025,27 @@ def main(argv=None) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
     except (ImportError, ValueError, OSError):
         pass
-    info = machine()
-    busd_cmd = args.busd_cmd if isinstance(args.busd_cmd, str) else " ".join(args.busd_cmd)
-    busd_cmd = busd_cmd.replace("{python}", sys.executable)
-    ceiling_cmd = args.ceiling_cmd.replace("{python}", sys.executable)
-    print("busd bench —", time.strftime("%Y-%m-%d %H:%M:%S"), flush=True)
+    info = machine()  # before pinning: its nproc is the machine's, not the client CPUs'
+    os.sched_setaffinity(0, args.client_cpus)  # wrk and every thread started later inherit it
+    info.append(f"pinning: servers on CPUs {args.server_cpus} (taskset -c), this process and "
+                f"wrk on CPUs {cpus_allowed()}, wrk -t{args.threads}")
+    start_load, started = loadavg(), time.strftime("%Y-%m-%d %H:%M:%S")
+    columns = ["busd", "ceiling"] + ([args.peer_name] if args.peer_cmd else [])
+    commands = {"busd": shown(args.busd_cmd), "ceiling": shown(args.ceiling_cmd)}
+    if args.peer_cmd:
+        commands[args.peer_name] = shown(args.peer_cmd)
+    command = shlex.join([sys.executable, "perf/bench.py",
+                          *(sys.argv[1:] if argv is None else argv)])
+    print("busd bench —", started, flush=True)
     for line in info:
         print("  " + line)
-    print(f"  busd: {busd_cmd}\n  ceiling: {ceiling_cmd}\n  repeats: {args.repeat}, sections: "
-          f"{','.join(args.only)}", flush=True)
+    for column, cmd in commands.items():
+        print(f"  {column}: {cmd}")
+    print(f"  repeats: {args.repeat}, sections: {','.join(args.only)}", flush=True)
 
     rows: list[Row] = []
     failures: list[str] = []
+    sections: list[dict] = []
     need_wrk = {"publish", "batch"} & set(args.only)
     if need_wrk and not shutil.which("wrk"):
         print("wrk not found (apt-get install -y wrk); skipping publish and batch", flush=True)
@@ -772,70 +1054,53 @@ def main(argv=None) -> int:
 
     ceiling = None
     if {"publish", "batch"} & set(args.only):
-        ceiling = Server("ceiling", args.ceiling_cmd, None).start()
+        ceiling = Server("ceiling", args.ceiling_cmd, None, args.server_cpus).start()
     try:
         for sec in args.only:
-            log(f"[{sec}]  loadavg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            before, t0, error = loadavg(), time.monotonic(), None
+            log(f"[{sec}]  loadavg before {show_load(before)}")
             try:
-                if sec == "publish":
-                    row = Row(f"publish, 1 event/POST, {args.connections} conns", "req/s")
-                    rows.append(row)
-                    section_wrk(args, ceiling, EVENT, args.connections, row, 1)
-                elif sec == "batch":
-                    row = Row(f"batch publish, {args.batch_size} events/POST, {args.batch_connections} conns",
-                              "events/s")
-                    rows.append(row)
-                    section_wrk(args, ceiling, batch_body(args.batch_size), args.batch_connections, row,
-                                args.batch_size)
-                elif sec == "catchup":
-                    row = Row("catch-up SSE, 1 consumer from oldest", "events/s")
-                    rows.append(row)
-                    with Server("busd", args.busd_cmd, args.data_dir) as srv:
-                        asyncio.run(section_catchup(args, srv.port, row))
-                elif sec == "fanout":
-                    row = Row(f"live fan-out, {args.fanout_consumers} SSE consumers", "deliveries/s")
-                    rows.append(row)
-                    with Server("busd", args.busd_cmd, args.data_dir) as srv:
-                        asyncio.run(section_fanout(args, srv.port, row))
-                elif sec == "latency":
-                    p50 = Row(f"publish→receive p50 @ {args.latency_rate:,}/s", "µs")
-                    p99 = Row(f"publish→receive p99 @ {args.latency_rate:,}/s", "µs")
-                    rows += [p50, p99]
-                    with Server("busd", args.busd_cmd, args.data_dir) as srv:
-                        asyncio.run(section_latency(args, srv.port, p50, p99))
-                elif sec == "memory":
-                    per = Row("RSS per idle SSE connection", "KiB", digits=1)
-                    ctl = Row("RSS growth, publish with no consumer", "MiB", digits=1)
-                    st = Row("RSS growth, publish past a stalled consumer", "MiB", digits=1)
-                    rows += [per, ctl, st]
-                    with Server("busd", args.busd_cmd, args.data_dir) as srv:
-                        asyncio.run(section_memory(args, srv, per, st, ctl))
+                run_section(sec, args, ceiling, rows)
             except Exception as e:  # one broken section must not hide the others
-                msg = f"{sec}: {type(e).__name__}: {e}"
-                failures.append(msg)
-                log("  FAILED " + msg)
+                error = f"{type(e).__name__}: {e}"
+                failures.append(f"{sec}: {error}")
+                log(f"  FAILED {sec}: {error}")
+            after = loadavg()
+            log(f"  loadavg after {show_load(after)}")
+            sections.append({"name": sec, "loadavg_before": before,
+                             "loadavg_after": after,
+                             "seconds": round(time.monotonic() - t0, 1), "error": error})
     finally:
         if ceiling:
             ceiling.stop()
 
-    text = table_text(rows)
     print()
-    print(text)
+    print(table_text(rows, columns))
     if failures:
         print("\nFAILED sections:")
         for f in failures:
             print("  " + f.splitlines()[0][:300])
-    print(f"  loadavg at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    end_load = loadavg()
+    print(f"  loadavg at start {show_load(start_load)}, at end {show_load(end_load)}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    md = [f"# busd bench — {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
+    md = [f"# busd bench — {started}", "", f"- command: `{command}`"]
     md += [f"- {line}" for line in info]
-    md += [f"- busd: `{busd_cmd}`", f"- ceiling: `{ceiling_cmd}`",
-           f"- repeats: {args.repeat} (medians; ratio = busd median / ceiling median, same run)", "",
-           table_md(rows), ""]
+    md += [f"- {column}: `{cmd}`" for column, cmd in commands.items()]
+    md += [f"- repeats: {args.repeat} (medians; ratio = busd median / other median, same run)",
+           f"- loadavg at end {show_load(end_load)}", "", table_md(rows, columns), ""]
     if failures:
         md += ["## Failed sections", ""] + [f"- {f.splitlines()[0][:300]}" for f in failures] + [""]
     args.out.write_text("\n".join(md))
-    print(f"\nwritten {args.out}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "command": command,
+        "machine": info, "servers": commands, "columns": columns, "repeat": args.repeat,
+        "pinning": {"server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
+                    "wrk_threads": args.threads},
+        "loadavg": {"start": start_load, "end": end_load}, "sections": sections,
+        "rows": [r.as_json(columns) for r in rows], "failures": failures,
+    }, indent=1, ensure_ascii=False) + "\n")
+    print(f"\nwritten {args.out} and {args.json}")
     return 1 if failures else 0
 
 

@@ -10,12 +10,17 @@ It stores nothing, validates nothing and never streams.
 busd's publish rate divided by this server's, measured in the same run on the same
 machine, is the fraction of the stack's ceiling that busd achieves.
 
-    python perf/ceiling.py --port 2099 [--host 127.0.0.1]
+Usage:
+  ceiling.py [options]
+
+Options:
+  -h, --help    Show this help.
+  --host HOST   Address to listen on [default: 127.0.0.1].
+  --port PORT   Port to listen on [default: 2099].
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import email.utils
 import signal
@@ -23,6 +28,7 @@ import time
 
 import httptools
 import uvloop
+from opts import parse
 
 CORS = (
     b"Access-Control-Allow-Origin: *\r\n"
@@ -111,10 +117,7 @@ async def serve(host: str, port: int) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=2099)
-    args = ap.parse_args()
+    args = parse(__doc__, port=int)
     uvloop.install()
     asyncio.run(serve(args.host, args.port))
 

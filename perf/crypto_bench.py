@@ -1,7 +1,20 @@
 """Encryption at rest: what it costs, with encryption off and on in the same run.
 
-    /work/venv/bin/python perf/crypto_bench.py                 # ~3 min
-    /work/venv/bin/python perf/crypto_bench.py --repeat 5 --catchup-events 300000
+Usage:
+  crypto_bench.py [options]
+
+Options:
+  -h, --help              Show this help.
+  -R N, --repeat N        Runs per measurement, alternating plain and encrypted [default: 3].
+  --duration D            wrk duration per run [default: 5s].
+  --block-size N          Encryption block size of the encrypted server [default: 4096].
+  --catchup-events N      catchup: events stored, then read from oldest [default: 500000].
+  --only LIST             Comma-separated parts to run [default: publish,batch,catchup,inproc].
+  --out FILE              Markdown table (default: perf/out/crypto-latest.md).
+
+Examples:
+  /work/venv/bin/python perf/crypto_bench.py                 # ~3 min
+  /work/venv/bin/python perf/crypto_bench.py --repeat 5 --catchup-events 300000
 
 Two busd servers run side by side, one plain and one with --secret-key (--block-size
 4096 unless --block-size says otherwise), each on its own fresh data directory; every
@@ -23,7 +36,6 @@ Prints a Markdown table and writes it to perf/out/crypto-latest.md.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
@@ -39,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench  # noqa: E402  (perf/bench.py)
+from opts import parse  # noqa: E402
 
 SECRET = "crypto-bench-secret"
 
@@ -171,15 +184,8 @@ def in_process(block_size: int) -> list[tuple[str, str, str, str]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--repeat", "-R", type=int, default=3)
-    ap.add_argument("--duration", default="5s", help="wrk duration per run")
-    ap.add_argument("--block-size", type=int, default=4096)
-    ap.add_argument("--catchup-events", type=int, default=500_000)
-    ap.add_argument("--only", default="publish,batch,catchup,inproc")
-    ap.add_argument("--out", type=Path, default=bench.OUT / "crypto-latest.md")
-    args = ap.parse_args(argv)
+    args = parse(__doc__, argv, repeat=int, block_size=int, catchup_events=int, out=Path)
+    args.out = args.out or bench.OUT / "crypto-latest.md"
     only = set(args.only.split(","))
     uvloop.install()
     lines = [f"# busd encryption bench — {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]

@@ -1,7 +1,22 @@
 """busd over a 3-node JetStream cluster vs the local store, same run: publish and fan-out.
 
-    /work/venv/bin/python perf/jetstream_bench.py                 # 3 repeats, 5 s wrk runs
-    /work/venv/bin/python perf/jetstream_bench.py --repeat 1 --duration 3s
+Usage:
+  jetstream_bench.py [options]
+
+Options:
+  -h, --help            Show this help.
+  --repeat N            Runs per measurement [default: 3].
+  --duration D          wrk duration per run [default: 5s].
+  --threads N           wrk threads, split across the front-ends [default: 2].
+  --fanout-consumers N  fanout: SSE consumers, split across the front-ends [default: 100].
+  --fanout-events N     fanout: events per run, in batches of 100 [default: 10000].
+  --only LIST           Comma-separated sections [default: publish,batch,fanout].
+  --configs LIST        Comma-separated configurations [default: local,js1,js2,raw].
+  --out FILE            Markdown table (default: perf/out/jetstream.md).
+
+Examples:
+  /work/venv/bin/python perf/jetstream_bench.py                 # 3 repeats, 5 s wrk runs
+  /work/venv/bin/python perf/jetstream_bench.py --repeat 1 --duration 3s
 
 Configurations: `local` (one busd, --store local), `js×1` (one busd front-end over the
 cluster, R3 stream) and `js×2` (two front-ends over the same cluster; load split evenly
@@ -21,9 +36,7 @@ Everything runs on loopback; every run is bounded in time and stops by itself.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
 import statistics
 import subprocess
 import sys
@@ -38,20 +51,20 @@ sys.path.insert(0, str(PERF))
 sys.path.insert(0, str(REPO / "tests"))
 
 import bench  # noqa: E402
-from bench import EVENT, NS, HttpClient, Server, SSECounter, batch_body, post_request, run_wrk  # noqa: E402
+from bench import (  # noqa: E402
+    EVENT,
+    NS,
+    HttpClient,
+    Server,
+    SSECounter,
+    batch_body,
+    children_cpu,
+    cpu_seconds,
+    post_request,
+    run_wrk,
+)
 from natscluster import NatsCluster  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its waited-for children, in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields[11:15]) / TICK
-    except OSError:
-        return 0.0
+from opts import parse  # noqa: E402
 
 
 class CpuMeter:
@@ -80,13 +93,6 @@ def show(cpu: dict[str, float]) -> str:
     return ", ".join(f"{name} {value:.2f}" for name, value in cpu.items())
 
 
-def wrk_cpu() -> float:
-    """CPU seconds of finished wrk children (RUSAGE_CHILDREN)."""
-    import resource
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def section_wrk(ports: list[int], body: bytes, conns: int, args, meter: CpuMeter,
                 per_request: int) -> tuple[list[float], list[dict]]:
     """wrk against every front-end at once (conns split evenly); summed rate per repeat."""
@@ -102,14 +108,14 @@ def section_wrk(ports: list[int], body: bytes, conns: int, args, meter: CpuMeter
             if problem:
                 problems.append(problem)
 
-        children = wrk_cpu()
+        children = children_cpu()
         meter.start()
         threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(ports)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        cpu = meter.stop(extra_client=wrk_cpu() - children)
+        cpu = meter.stop(extra_client=children_cpu() - children)
         cpu["wrk"] = cpu.pop("client")
         total = sum(results) * per_request
         rates.append(total)
@@ -215,16 +221,9 @@ def median_cpu(cpus: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--duration", default="5s", help="wrk duration per run")
-    ap.add_argument("--threads", type=int, default=2, help="wrk threads (split across front-ends)")
-    ap.add_argument("--fanout-consumers", type=int, default=100)
-    ap.add_argument("--fanout-events", type=int, default=10_000)
-    ap.add_argument("--only", default="publish,batch,fanout")
-    ap.add_argument("--configs", default="local,js1,js2,raw")
-    ap.add_argument("--out", type=Path, default=PERF / "out" / "jetstream.md")
-    args = ap.parse_args(argv)
+    args = parse(__doc__, argv, repeat=int, threads=int, fanout_consumers=int,
+                 fanout_events=int, out=Path)
+    args.out = args.out or PERF / "out" / "jetstream.md"
     sections = args.only.split(",")
     rows: list[tuple[str, str, float, str]] = []
     root = Path(tempfile.mkdtemp(prefix="busd-jsbench-"))

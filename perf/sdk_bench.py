@@ -1,7 +1,20 @@
 """Python SDK benchmark: busd.Client / AsyncClient against raw sockets, in the same run.
 
-    /work/venv/bin/python perf/sdk_bench.py                    # all sections, 3 repeats
-    /work/venv/bin/python perf/sdk_bench.py --only sync,consume --repeat 5
+Usage:
+  sdk_bench.py [options]
+
+Options:
+  -h, --help        Show this help.
+  --only LIST       Comma-separated sections [default: sync,threads,async,consume].
+  --repeat N        Runs per measurement [default: 3].
+  --puts N          Puts per sequential run [default: 5000].
+  --events N        consume: stored events read from oldest [default: 200000].
+  --busd-cmd CMD    Server under test; placeholders {python} {port} {addr} {path}
+                    (default: {python} -m busd server ... --fsync interval).
+
+Examples:
+  /work/venv/bin/python perf/sdk_bench.py                    # all sections, 3 repeats
+  /work/venv/bin/python perf/sdk_bench.py --only sync,consume --repeat 5
 
 Sections (one fresh busd per section, loopback only, fixed counts, a timeout on each run):
   sync      one thread, sequential single-event puts over one keep-alive connection:
@@ -21,7 +34,6 @@ median of per-run ratios, each run paired with the baseline run just before it).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import http.client
 import os
@@ -40,6 +52,7 @@ sys.path.insert(0, str(PERF))
 sys.path.insert(0, str(PERF.parent))
 
 import bench  # noqa: E402  (perf/bench.py: Server, raw clients, bulk publishing, machine info)
+from opts import parse, usage_error  # noqa: E402
 
 from busd import AsyncClient, Client  # noqa: E402
 from busd.client._events import Event  # noqa: E402
@@ -344,18 +357,12 @@ RUNNERS = {"sync": section_sync, "threads": section_threads, "async": section_as
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--puts", type=int, default=5000, help="puts per sequential run")
-    p.add_argument("--events", type=int, default=200_000, help="stored events to consume")
-    p.add_argument("--busd-cmd", default=BUSD_CMD)
-    args = p.parse_args(argv)
+    args = parse(__doc__, argv, repeat=int, puts=int, events=int)
+    args.busd_cmd = args.busd_cmd or BUSD_CMD
     only = [s for s in args.only.split(",") if s]
     for s in only:
         if s not in RUNNERS:
-            p.error(f"unknown section {s!r}; choose from {', '.join(SECTIONS)}")
+            usage_error(f"--only: unknown section {s!r}; choose from {', '.join(SECTIONS)}")
     info = bench.machine()[:1] + [
         f"Python {sys.version.split()[0]}, uvloop {uvloop.__version__}, orjson "
         f"{orjson.__version__}, httpx {httpx.__version__ if httpx else 'not installed'}",
