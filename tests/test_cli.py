@@ -80,6 +80,33 @@ def test_bad_flag_values_exit_2_with_one_line_naming_the_flag(argv, flag, capsys
     assert err.startswith(f"bus {argv[0]}: {flag}"), err
 
 
+@pytest.mark.parametrize("argv, line", [
+    (["put", "--subjct", "app.a", "--data", "1"],
+     "bus put: unknown flag --subjct (did you mean --subject?)"),
+    (["server", "--bogus"], "bus server: unknown flag --bogus"),
+    (["--bogus"], "bus: unknown flag --bogus"),
+    ([], "bus: give a command (bus --help describes them)"),
+    (["put", "--subject", "app.a"], "bus put: missing --data"),
+    (["get", "--subject"], "bus get: --subject needs a value"),
+    (["debug", "--verify=yes"], "bus debug: --verify takes no value"),
+    (["put", "--subject", "app.a", "--data", "1", "2"],
+     "bus put: unexpected argument '2' (a value goes right after its flag)"),
+    (["get", "--subject", "app.a", "--subject", "app.b"], "bus get: --subject is given twice"),
+    (["dump", "--output", "a", "--output-dir", "b"],
+     "bus dump: --output and --output-dir cannot be used together"),
+    (["dump", "--host", ":1", "--secret-key", "k", "--output", "-"],
+     "bus dump: --secret-key cannot be used with --host"),
+])
+def test_command_line_errors_name_the_flag_then_show_the_usage(argv, line):
+    result = bus(*argv)
+    assert result.returncode == 2, result.stderr
+    first, rest = result.stderr.split("\n", 1)
+    assert first == line
+    command = f"bus {argv[0]}" if argv and not argv[0].startswith("-") else "bus"
+    assert rest.startswith(f"Usage:\n  {command} "), rest
+    assert "Option(" not in rest and "Argument(" not in rest and result.stdout == ""
+
+
 def test_bad_server_variable_exits_2_naming_it():
     result = bus("server", "--namespaces", "app", env={"BUS_FSYNC": "sometimes"})
     assert result.returncode == 2

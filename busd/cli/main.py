@@ -25,8 +25,6 @@ import os
 import sys
 from pathlib import Path
 
-from docopt import docopt
-
 import busd.cli.copy as cli_copy
 import busd.cli.debug as cli_debug
 import busd.cli.dump as cli_dump
@@ -34,6 +32,7 @@ import busd.cli.pubsub as cli_pubsub
 import busd.cli.restore as cli_restore
 from busd import __version__
 from busd._core import is_xid
+from busd.cli.args import ArgvError, parse, usage
 from busd.cli.datadir import parse_namespace_list
 from busd.cli.http import BusHttp
 from busd.cli.output import EXIT_USAGE, CommandError, UsageError
@@ -247,17 +246,26 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = docopt(__doc__, argv=argv, version=f"bus (busd) {__version__}", options_first=True)
-    command, rest = args["<command>"], args["<args>"]
+    argv = sys.argv[1:] if argv is None else argv
+    name = "bus"
+    try:
+        if not argv:
+            raise ArgvError("give a command (bus --help describes them)", usage(__doc__))
+        args = parse(__doc__, argv, argv, version=f"bus (busd) {__version__}",
+                     options_first=True)
+        command, rest = args["<command>"], args["<args>"]
+        if command != "server" and command not in _COMMANDS:
+            print(f"bus: unknown command {command!r}; the commands are "
+                  f"server, {', '.join(_COMMANDS)} (bus --help)", file=sys.stderr)
+            return EXIT_USAGE
+        name = f"bus {command}"
+        doc, run = (SERVER_USAGE, server) if command == "server" else _COMMANDS[command]
+        options = parse(doc, [command, *rest], rest)
+    except ArgvError as exc:
+        print(f"{name}: {exc}\n{exc.usage}", file=sys.stderr)
+        return exc.code
     if command == "server":
-        return server(docopt(SERVER_USAGE, argv=[command, *rest]))
-    handler = _COMMANDS.get(command)
-    if handler is None:
-        print(f"bus: unknown command {command!r}; the commands are "
-              f"server, {', '.join(_COMMANDS)} (bus --help)", file=sys.stderr)
-        return EXIT_USAGE
-    usage, run = handler
-    options = docopt(usage, argv=[command, *rest])
+        return run(options)
     setup_logging(_log_level())
     try:
         return run(options)
