@@ -71,3 +71,21 @@ def test_server_without_namespaces_exits_with_a_hint(tmp_path):
                             env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
     assert "BUS_NAMESPACES" in result.stderr and "--namespaces" in result.stderr
+
+
+def _bus(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "busd", *args], capture_output=True,
+                          text=True, timeout=30, env={"PATH": "/usr/bin:/bin", **(env or {})})
+
+
+@pytest.mark.parametrize("namespaces", ["a,,b", "a,b,"])
+def test_an_empty_namespace_entry_is_refused_naming_the_flag(tmp_path, namespaces):
+    data = tmp_path / "data"
+    reason = f"empty namespace in {namespaces!r} (remove the extra comma)\n"
+    result = _bus("server", "--path", str(data), "--namespaces", namespaces)
+    assert (result.returncode, result.stderr) == (2, f"bus server: --namespaces: {reason}")
+    result = _bus("server", "--path", str(data), env={"BUS_NAMESPACES": namespaces})
+    assert (result.returncode, result.stderr) == (2, f"bus server: BUS_NAMESPACES: {reason}")
+    result = _bus("dump", "--path", str(tmp_path), "--namespaces", namespaces, "--output", "-")
+    assert (result.returncode, result.stderr) == (2, f"bus dump: --namespaces: {reason}")
+    assert not data.exists()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from busd._core import record_id, scan_body, stamp_events
 from busd.cli.output import CommandError, UsageError
-from busd.server.config import NAMESPACE_RE
+from busd.server.config import NAMESPACE_RE, parse_namespaces
 from busd.store.local.log import CorruptRecordError, LogError, NamespaceLog
 from busd.store.local.store import LOCK_NAME, LocalStore, StoreLockedError
 from busd.wire import INBOX_NAMESPACE
@@ -50,16 +50,13 @@ def namespaces_in(path: Path) -> list[str]:
 
 
 def parse_namespace_list(text: str | None, flag: str) -> list[str] | None:
-    """`a,b,c` → ["a", "b", "c"] (None when the flag was not given)."""
+    """`a,b,c` → ["a", "b", "c"] as the server reads it (None when the flag was not given)."""
     if text is None:
         return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise UsageError(f"{flag}: no namespace given (expected a,b,c)")
-    for name in names:
-        if not NAMESPACE_RE.match(name) or name == INBOX_NAMESPACE:
-            raise UsageError(f"{flag}: invalid namespace {name!r}")
-    return list(dict.fromkeys(names))
+    try:
+        return list(parse_namespaces(text))
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 def select_namespaces(path: Path, wanted: list[str] | None, flag: str,

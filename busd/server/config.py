@@ -115,17 +115,22 @@ _OPTIONS: dict[str, tuple[str | None, object, str]] = {
 }
 
 
-def _parse_namespaces(text: str) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise ValueError("no namespaces given")
+def parse_namespaces(text: str) -> tuple[str, ...]:
+    """`a,b,c` → ("a", "b", "c"), for the server and the tools alike. An empty entry
+    (`a,,b`, a trailing comma) is refused like a bad name: it is a typo, not a wish."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not any(names):
+        raise ValueError("no namespaces given (expected a,b,c)")
     for name in names:
+        if not name:
+            raise ValueError(f"empty namespace in {text!r} (remove the extra comma)")
         if name == INBOX_NAMESPACE:
             raise ValueError(f"{INBOX_NAMESPACE!r} is reserved for inbox subjects")
         if not NAMESPACE_RE.match(name):
             raise ValueError(f"invalid namespace {name!r} (letters, digits, '_' and '-' only)")
-    if len(set(names)) != len(names):
-        raise ValueError("a namespace is listed twice")
+    twice = [name for name in names if names.count(name) > 1]
+    if twice:
+        raise ValueError(f"namespace {twice[0]!r} is listed twice")
     return names
 
 
@@ -159,7 +164,7 @@ def _parse_origins(text: str) -> tuple[str, ...] | None:
 _SPECIAL_PARSERS = {
     "cors_origins": _parse_origins,
     "store": _parse_choice(("local", "jetstream")),
-    "namespaces": _parse_namespaces,
+    "namespaces": parse_namespaces,
     "log_level": _parse_choice(("DEBUG", "INFO", "WARN", "ERROR"), upper=True),
     "fsync": _parse_choice(("never", "interval", "always")),
 }
