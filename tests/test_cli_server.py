@@ -1,12 +1,17 @@
 """`bus server`: environment over flags, start-up logs (config with secrets masked,
-namespaces and their event counts), key=value log lines."""
+namespaces and their event counts), key=value log lines, and the one line naming the flag
+when it cannot start."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import subprocess
+import sys
 
-from busclient import publish
+import pytest
+from busclient import free_port, publish
 
 from busd.server.config import load_config
 from busd.server.logs import KeyValueFormatter, describe_config, split_message
@@ -61,3 +66,57 @@ def test_describe_config_masks_the_key():
     text = describe_config(config)
     assert "secret_key=***" in text and "s3cret" not in text
     assert "namespaces=a,b" in text
+
+
+def refused(*args: str, env: dict | None = None) -> str:
+    """Run a `bus server` that must refuse to start: exit 2 and its one `bus server:` line."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
+    result = subprocess.run([sys.executable, "-m", "busd", "server", *args], capture_output=True,
+                            text=True, timeout=20, env={**full_env, **(env or {})})
+    lines = [line for line in result.stderr.splitlines() if line.startswith("bus server:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_a_taken_port_names_addr_and_creates_nothing(make_server, tmp_path):
+    running = make_server("app")
+    taken = f"127.0.0.1:{running.port}"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    line = refused("--addr", taken, "--path", str(empty), "--namespaces", "app")
+    assert line.startswith(f"bus server: --addr/BUS_ADDR: {taken} is already in use")
+    fresh = tmp_path / "fresh"
+    line = refused("--path", str(fresh), "--namespaces", "app", env={"BUS_ADDR": taken})
+    assert line.startswith(f"bus server: --addr/BUS_ADDR: {taken} is already in use")
+    assert list(empty.iterdir()) == [] and not fresh.exists()
+
+
+def test_the_same_data_dir_twice_names_the_holders_pid(make_server):
+    running = make_server("app")
+    line = refused("--addr", f"127.0.0.1:{free_port()}", "--path", str(running.path),
+                   "--namespaces", "app")
+    assert line.startswith(f"bus server: --path/BUS_PATH: data directory {running.path} is in "
+                           f"use by another process (pid {running.proc.pid}, ")
+
+
+@pytest.mark.parametrize("where, reason", [
+    ("file", "{path} is not a directory"),
+    ("file/data", "cannot use {path}: Not a directory"),
+    ("/sys/busd-test-data", "cannot use {path}: "),  # EPERM, EACCES or EROFS: never writable
+])
+def test_an_unusable_path_names_the_flag(tmp_path, where, reason):
+    (tmp_path / "file").write_text("not a directory")
+    path = tmp_path / where
+    line = refused("--addr", f"127.0.0.1:{free_port()}", "--path", str(path),
+                   "--namespaces", "app")
+    assert line.startswith("bus server: --path/BUS_PATH: " + reason.format(path=path)), line
+
+
+def test_a_namespace_too_long_for_the_filesystem_names_the_flag(tmp_path):
+    path = tmp_path / "data"
+    line = refused("--addr", f"127.0.0.1:{free_port()}", "--path", str(path),
+                   "--namespaces", "app," + "n" * 300)
+    assert line.startswith("bus server: --namespaces/BUS_NAMESPACES: namespace nnnn")
+    assert "is 300 characters long" in line and "at most 255" in line
+    assert not path.exists()

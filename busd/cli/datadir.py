@@ -22,7 +22,7 @@ from busd._core import record_id, scan_body, stamp_events
 from busd.cli.output import CommandError, UsageError
 from busd.server.config import NAMESPACE_RE, parse_namespaces
 from busd.store.local.log import CorruptRecordError, LogError, NamespaceLog
-from busd.store.local.store import LOCK_NAME, LocalStore, StoreLockedError
+from busd.store.local.store import LOCK_NAME, LocalStore, StoreLockedError, lock_holder
 from busd.wire import INBOX_NAMESPACE
 
 READ_CHUNK_BYTES = 4 << 20
@@ -92,7 +92,7 @@ class DirLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            pid = lock_holder(fd)
             os.close(fd)
             raise CommandError(
                 f"data directory {self.path.parent} is in use by a running server"

@@ -410,16 +410,17 @@ _COMMANDS = {
 
 
 def server(args: dict) -> int:
+    """Run the bus; a value it cannot start with (a bad flag, a taken --addr, an unusable
+    --path) is one line naming the flag and exit 2."""
     try:
         config = load_config(args, os.environ)
+        setup_logging(config.log_level)
+        from busd.server.app import run  # imported late: the CLI's other commands don't need uvloop
+
+        return run(config)
     except ConfigError as exc:
         print(f"bus server: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(config.log_level)
-    from busd.server.app import run  # imported late: the CLI's other commands don't need uvloop
-
-    try:
-        return run(config)
+        return EXIT_USAGE
     except Exception as exc:
         logging.getLogger("busd.server.app").error("cannot start reason=%r", str(exc))
         print(f"bus server: {exc}", file=sys.stderr)

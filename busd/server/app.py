@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import signal
+import socket
 import time
 
 import uvloop
@@ -15,7 +17,7 @@ from busd._core import sse_chunk
 from busd.bus.broker import Broker
 from busd.server.api import Api
 from busd.server.auth import Auth
-from busd.server.config import Config
+from busd.server.config import Config, ConfigError
 from busd.server.http import (
     CorsHttpConnection,
     HttpConnection,
@@ -25,12 +27,16 @@ from busd.server.http import (
 )
 from busd.server.logs import describe_config
 from busd.server.systemd import notify, watchdog_interval
-from busd.store.local.store import LocalStore
+from busd.store.local.store import LocalStore, StoreLockedError
 
 log = logging.getLogger("busd.server.app")
 
 PING = sse_chunk(b": ping\n\n")
 SHUTDOWN_GRACE_SECONDS = 3.0
+BACKLOG = 4096
+# what opening a --path fails with when the path itself cannot be used
+_UNUSABLE_PATH = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
+                            errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP})
 
 
 class Server:
@@ -55,7 +61,7 @@ class Server:
         self.api = Api(self.broker, Auth(config.auth_file) if config.auth_file else None)
         self.limits = Limits(config.max_request_size, config.header_timeout,
                              config.body_timeout, config.idle_timeout)
-        self.listener: asyncio.base_events.Server | None = None
+        self.listeners: list[asyncio.base_events.Server] = []
         self._connection_class = HttpConnection
         if config.cors_origins is not None:
             restrict_cors(config.cors_origins)
@@ -70,10 +76,20 @@ class Server:
         return self._connection_class(self.api, self.limits, self.connections)
 
     async def start(self) -> None:
+        """Raises ConfigError (the one line to print names the flag) when --addr, --path or
+        --namespaces cannot be used; nothing is created under --path before --addr is bound."""
         log.info("starting version=%s pid=%d %s", __version__, os.getpid(),
                  describe_config(self.config))
         remote = self.broker.remote
-        reports = await self.store.open() if remote else self.store.open()
+        if not remote:
+            _check_namespace_names(self.config)
+        sockets = _bind(self.config.host, self.config.port)
+        try:
+            reports = await self.store.open() if remote else self._open_local()
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
         for namespace, report in reports.items():
             first, head = self.store.first_index(namespace), self.store.next_index(namespace)
             log.info("opened namespace ns=%s events=%d first_index=%d next_index=%d %s",
@@ -81,10 +97,14 @@ class Server:
         if not remote:  # JetStream dedups keyed events cluster-wide itself (Nats-Msg-Id)
             keys = self.broker.rebuild_dedup()
             log.info("dedup cache rebuilt keys=%d", keys)
-        self.listener = await self.loop.create_server(
-            self._new_connection, self.config.host, self.config.port, backlog=4096,
-            reuse_address=True, ssl=self.ssl)
-        address = self.listener.sockets[0].getsockname()
+        for sock in sockets:
+            try:
+                sock.listen(BACKLOG)  # only now do connections get in
+            except OSError as exc:  # a server that bound the port meanwhile listens first
+                raise _addr_error(self.config.host, self.config.port, exc) from None
+            self.listeners.append(await self.loop.create_server(
+                self._new_connection, sock=sock, backlog=BACKLOG, ssl=self.ssl))
+        address = sockets[0].getsockname()
         log.info("listening addr=%s:%d version=%s fsync=%s namespaces=%s", address[0],
                  address[1], __version__, self.config.fsync, ",".join(self.config.namespaces))
         self._every(1.0, self._tick)
@@ -100,6 +120,24 @@ class Server:
                      len(self.api.auth.tokens),
                      ",".join(sorted(t.name for t in self.api.auth.tokens.values())))
         notify("READY=1")
+
+    def _open_local(self) -> dict:
+        """Open the data directory; a directory that cannot be used, or that another process
+        holds, is the --path's fault (a key that does not fit, the --secret-key's)."""
+        try:
+            return self.store.open()
+        except StoreLockedError as exc:
+            raise ConfigError(f"--path/BUS_PATH: {exc}; stop it, or give another --path"
+                              ) from None
+        except OSError as exc:
+            if exc.errno not in _UNUSABLE_PATH:
+                raise
+            path = self.config.path
+            if path.exists() and not path.is_dir():
+                raise ConfigError(f"--path/BUS_PATH: {path} is not a directory") from None
+            where = f" ({exc.filename})" if exc.filename and exc.filename != str(path) else ""
+            raise ConfigError(f"--path/BUS_PATH: cannot use {path}: {exc.strerror}{where}"
+                              ) from None
 
     def _every(self, seconds: float, duty) -> None:
         """Run `duty` every `seconds` on the loop until shutdown."""
@@ -148,8 +186,8 @@ class Server:
         notify("STOPPING=1")
         for timer in self._duties:
             timer[0].cancel()
-        if self.listener is not None:
-            self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         for conn in tuple(self.connections):
             if conn.stream is not None:
                 conn.stream.end()
@@ -168,6 +206,51 @@ class Server:
         if self.broker.remote:
             await self.store.aclose()
         log.info("stopped")
+
+
+def _check_namespace_names(config: Config) -> None:
+    """Each namespace is a directory under --path: refuse a name longer than that filesystem
+    takes before anything is made (ENAMETOOLONG would come after the others' directories)."""
+    existing = config.path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):  # no limit to tell: opening the store will say
+        return
+    for name in config.namespaces:
+        if len(name) > limit:  # names are ASCII: one byte a character
+            raise ConfigError(f"--namespaces/BUS_NAMESPACES: namespace {name[:20]}… is "
+                              f"{len(name)} characters long; the filesystem of {existing} "
+                              f"takes names of at most {limit}")
+
+
+def _bind(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to --addr, not yet listening: a taken port is found before the store
+    is opened, and no client connects to a server that may still refuse to start."""
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio does: v4 gets its own socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise _addr_error(host, port, exc) from None
+    return sockets
+
+
+def _addr_error(host: str, port: int, exc: OSError) -> ConfigError:
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(f"--addr/BUS_ADDR: {host}:{port} is already in use (is another "
+                           "server running?); stop it, or give another --addr")
+    return ConfigError(f"--addr/BUS_ADDR: cannot listen on {host}:{port}: "
+                       f"{exc.strerror or exc}")
 
 
 def _ssl_context(config: Config):

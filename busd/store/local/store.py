@@ -21,6 +21,11 @@ class StoreLockedError(LogOpenError):
     """Another process owns the data directory."""
 
 
+def lock_holder(fd: int) -> str:
+    """The pid the holder of a data directory's `.lock` wrote into it ('' before it did)."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip()
+
+
 class Store(Protocol):
     """What the broker and consumers need from storage; indexes are per namespace."""
 
@@ -82,9 +87,11 @@ class LocalStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            pid = lock_holder(fd)
             os.close(fd)
             raise StoreLockedError(f"data directory {self.root} is in use by another process "
-                                   f"(lock {path} is held)") from None
+                                   f"({f'pid {pid}, ' if pid else ''}lock {path} is held)"
+                                   ) from None
         self._lock_fd = fd
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
