@@ -263,7 +263,14 @@ def test_copy_re_encrypts(make_server, tmp_path):
         publish(source.port, "app.secret", {"n": n, "text": "plaintext-marker"})
     records = raw_stream(source, "app", 20)
     assert source.stop() == 0
-    assert bus("debug", "--path", source.path).returncode == 1  # encrypted, no key
+    no_key = bus("debug", "--path", source.path)
+    assert no_key.returncode == 2 and no_key.stderr.endswith(
+        b"is encrypted and no secret key was given (give its key with --secret-key)\n")
+    # each tool names its own key flag: copy's source key is --from-secret-key
+    no_key = bus("copy", "--from", source.path, "--to", tmp_path / "never")
+    assert no_key.returncode == 2 and no_key.stderr.endswith(
+        b"is encrypted and no secret key was given (give its key with --from-secret-key)\n")
+    assert not (tmp_path / "never").exists()
 
     other = tmp_path / "other-key"
     ok(bus("copy", "--from", source.path, "--to", other, "--from-secret-key", SECRET,
@@ -273,7 +280,10 @@ def test_copy_re_encrypts(make_server, tmp_path):
     assert ok(bus("debug", "--path", other, "--secret-key", "another-secret")
               ).stdout.splitlines() == records
     wrong = bus("debug", "--path", other, "--secret-key", SECRET)
-    assert wrong.returncode == 1 and wrong.stdout == b""
+    assert wrong.returncode == 2 and wrong.stdout == b""
+    assert wrong.stderr.endswith(b"(--secret-key is not the key it was encrypted with)\n")
+    into = bus("copy", "--from", source.path, "--to", other, "--from-secret-key", SECRET)
+    assert into.returncode == 2 and into.stderr.endswith(b"(give its key with --to-secret-key)\n")
 
     plain = tmp_path / "plain"
     ok(bus("copy", "--from", other, "--to", plain, "--from-secret-key", "another-secret"))

@@ -42,9 +42,9 @@ def copy_dirs(source: Path, target: Path, namespaces: list[str] | None,
         raise UsageError("--to: must differ from --from (to copy one namespace into another "
                          "of the same directory use --dir, --src and --dst)")
     names = select_namespaces(source, namespaces, "--namespaces", "--from")
-    with Reader(source, names, from_secret_key, lock=True) as reader:
+    with Reader(source, names, from_secret_key, key_flag="--from-secret-key") as reader:
         store = open_store(target, sorted(set(namespaces_in(target)) | set(names)),
-                           to_secret_key, flag="--to")
+                           to_secret_key, flag="--to", key_flag="--to-secret-key")
         try:
             appenders = {ns: Appender(store, ns, skip_ids) for ns in names}
             with progress(sum(reader.count(ns) for ns in names), "copy") as bar:

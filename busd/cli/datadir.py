@@ -21,7 +21,7 @@ from pathlib import Path
 from busd._core import record_id, scan_body, stamp_events
 from busd.cli.output import CommandError, UsageError
 from busd.server.config import NAMESPACE_RE, parse_namespaces
-from busd.store.local.log import CorruptRecordError, LogError, NamespaceLog
+from busd.store.local.log import CorruptRecordError, EncryptionKeyError, LogError, NamespaceLog
 from busd.store.local.store import LOCK_NAME, LocalStore, StoreLockedError, lock_holder
 from busd.wire import INBOX_NAMESPACE
 
@@ -107,13 +107,15 @@ class DirLock:
 
 
 class Reader:
-    """Read-only namespace logs of one data directory (optionally holding its lock)."""
+    """Read-only namespace logs of one data directory (optionally holding its lock);
+    `key_flag` is the flag a missing or wrong key is given with."""
 
     def __init__(self, path: Path, namespaces: list[str], secret_key: str | None = None,
-                 lock: bool = True) -> None:
+                 lock: bool = True, key_flag: str = "--secret-key") -> None:
         self.path = Path(path)
         self.namespaces = namespaces
         self.secret_key = secret_key
+        self.key_flag = key_flag
         self._lock = DirLock(self.path) if lock else None
         self.logs: dict[str, NamespaceLog] = {}
 
@@ -126,6 +128,9 @@ class Reader:
                                      **log_options(self.secret_key))
                 nslog.open()
                 self.logs[ns] = nslog
+        except EncryptionKeyError as exc:
+            self.close()
+            raise UsageError(exc.advice(self.key_flag)) from None
         except LogError as exc:
             self.close()
             raise CommandError(f"cannot open namespace {ns}: {exc}") from None
@@ -173,7 +178,7 @@ class Reader:
 
 
 def open_store(path: Path, namespaces: list[str], secret_key: str | None = None,
-               flag: str = "--path") -> LocalStore:
+               flag: str = "--path", key_flag: str = "--secret-key") -> LocalStore:
     """A writable LocalStore; refuses a directory that a running server holds."""
     store = LocalStore(Path(path), namespaces, **log_options(secret_key))
     try:
@@ -181,6 +186,8 @@ def open_store(path: Path, namespaces: list[str], secret_key: str | None = None,
     except StoreLockedError as exc:
         raise CommandError(f"refusing to write: {exc}; stop the server first, or use the "
                            "online form with --host") from None
+    except EncryptionKeyError as exc:
+        raise UsageError(exc.advice(key_flag)) from None
     except LogError as exc:
         raise CommandError(f"{flag}: cannot open {path}: {exc}") from None
     except OSError as exc:

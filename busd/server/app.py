@@ -27,6 +27,7 @@ from busd.server.http import (
 )
 from busd.server.logs import describe_config
 from busd.server.systemd import notify, watchdog_interval
+from busd.store.local.log import EncryptionKeyError
 from busd.store.local.store import LocalStore, StoreLockedError
 
 log = logging.getLogger("busd.server.app")
@@ -129,6 +130,8 @@ class Server:
         except StoreLockedError as exc:
             raise ConfigError(f"--path/BUS_PATH: {exc}; stop it, or give another --path"
                               ) from None
+        except EncryptionKeyError as exc:
+            raise ConfigError(exc.advice("--secret-key/BUS_SECRET_KEY")) from None
         except OSError as exc:
             if exc.errno not in _UNUSABLE_PATH:
                 raise

@@ -120,19 +120,32 @@ class LogWriteError(LogError):
 
 
 class EncryptionKeyError(LogOpenError):
-    """The secret key given does not fit the namespace's data (the subclass says how)."""
+    """The secret key given does not fit the namespace's data (the subclass says how).
+    The message names no flag: the server and each tool take the key from their own."""
+
+    todo = "{flag}"  # what to do, {flag} being the flag the key is given with
+
+    def advice(self, flag: str) -> str:
+        """The message and what to do, for a front-end whose key is given by `flag`."""
+        return f"{self} ({self.todo.format(flag=flag)})"
 
 
 class MissingKeyError(EncryptionKeyError):
     """An encrypted namespace opened without a key."""
 
+    todo = "give its key with {flag}"
+
 
 class UnexpectedKeyError(EncryptionKeyError):
     """A plain (unencrypted) namespace opened with a key."""
 
+    todo = "leave out {flag}, or re-encrypt the data with `bus copy`"
+
 
 class WrongKeyError(EncryptionKeyError):
     """An encrypted namespace opened with a key other than the one it was sealed with."""
+
+    todo = "{flag} is not the key it was encrypted with"
 
 
 class HistoryTruncatedError(LogError):
@@ -429,15 +442,11 @@ class NamespaceLog:
         where = f"namespace {self.name} ({self.dir})"
         if self.codec is None:
             if encrypted or keycheck is not None:
-                raise MissingKeyError(f"{where} is encrypted and no secret key was given "
-                                      "(set --secret-key / BUS_SECRET_KEY)")
+                raise MissingKeyError(f"{where} is encrypted and no secret key was given")
             return
         if plain:
-            raise UnexpectedKeyError(
-                f"{where} is not encrypted but a secret key was given (start without "
-                "--secret-key / BUS_SECRET_KEY, or re-encrypt the data with `bus copy`)")
-        wrong = WrongKeyError(f"{where}: wrong secret key (the log was encrypted with a "
-                              "different key)")
+            raise UnexpectedKeyError(f"{where} is not encrypted but a secret key was given")
+        wrong = WrongKeyError(f"{where}: wrong secret key")
         if keycheck is not None:
             ok = keycheck_matches(self.codec, keycheck)
             if ok is False:
