@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 
-from busd._core import ParsedEvent, sse_frame, sse_frame_matching, stamp_events
+from busd._core import ParsedEvent, sse_frame, sse_frame_matching, stamp_events, supplied_ids
 from busd.bus.consumer import Consumer, InboxConsumer
 from busd.bus.dedup import DedupCache
 from busd.server.config import Config
@@ -85,6 +85,7 @@ class Broker:
         self.waiting: dict[str, set[Consumer]] = {ns: set() for ns in config.namespaces}
         self.inboxes: dict[bytes, set[InboxConsumer]] = {}
         self._group: dict[str, list[_Pending]] = {}
+        self._group_ids: dict[str, set[bytes]] = {}  # supplied ids the group will store
         self._flush_scheduled = False
         self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busd-fsync")
         self._sync_running = False
@@ -132,8 +133,13 @@ class Broker:
         if name is None:
             done(self._route_inbox(events[0].subject, ids, stamps, records[0]))
             return
+        supplied = supplied_ids(events)
+        if supplied:
+            self._refuse_present(name, supplied)
         if keyed and self.dedup.enabled:
             self._reserve_keys(keyed)
+        if supplied:
+            self._group_ids.setdefault(name, set()).update(supplied)
         group = self._group.get(name)
         if group is None:
             group = self._group[name] = []
@@ -155,6 +161,21 @@ class Broker:
                                     f"declared; declared namespaces: "
                                     f"{', '.join(sorted(self.namespaces))}")
         return name, ids, stamps, records, keyed
+
+    def _refuse_present(self, namespace: str, ids: list[bytes]) -> None:
+        """Refuse (409) an id the namespace holds, or that a publish of this group is about
+        to store: an id names one event, so a restore run twice stores nothing twice. The
+        reason lists every such id, so that a batch can be sent again without them."""
+        if len(set(ids)) != len(ids):
+            twice = next(i for i in ids if ids.count(i) > 1)
+            raise PublishError(400, f"id {twice.decode()} appears twice in the batch")
+        waiting = self._group_ids.get(namespace, set())
+        present = self.store.find_ids(namespace, ids) | waiting.intersection(ids)
+        if present:
+            listed = " ".join(i.decode() for i in ids if i in present)
+            raise PublishError(409, f"namespace {namespace} already holds "
+                                    f"{'this id' if len(present) == 1 else 'these ids'}: "
+                                    f"{listed}")
 
     def _reserve_keys(self, keyed: list[tuple[bytes, bytes]]) -> None:
         """Refuse (409) a key seen before; else remember it, as the event is about to land."""
@@ -184,6 +205,8 @@ class Broker:
         """Append this iteration's group: one write per namespace, fan out, then answer."""
         self._flush_scheduled = False
         group, self._group = self._group, {}
+        if self._group_ids:  # from here on the store itself knows them
+            self._group_ids = {}
         answered: list[_Pending] = []
         for namespace, pendings in group.items():
             records = pendings[0].records if len(pendings) == 1 else \

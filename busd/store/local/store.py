@@ -40,6 +40,10 @@ class Store(Protocol):
 
     def find_id(self, namespace: str, event_id: bytes) -> int | None: ...
 
+    def find_ids(self, namespace: str, event_ids: list[bytes]) -> set[bytes]:
+        """Those of event_ids the namespace holds (a publish with supplied ids)."""
+        ...
+
     def first_index(self, namespace: str) -> int: ...
 
     def next_index(self, namespace: str) -> int: ...
@@ -115,6 +119,9 @@ class LocalStore:
 
     def find_id(self, namespace: str, event_id: bytes) -> int | None:
         return self._logs[namespace].find_id(event_id)
+
+    def find_ids(self, namespace: str, event_ids: list[bytes]) -> set[bytes]:
+        return self._logs[namespace].find_ids(event_ids)
 
     def first_index(self, namespace: str) -> int:
         return self._logs[namespace].first_index
