@@ -148,6 +148,36 @@ def test_online_dump_and_restore_match_the_offline_form(make_server, tmp_path):
         assert (offline / name).read_bytes() == (online / name).read_bytes()
 
 
+def test_online_restore_skips_the_ids_the_bus_holds(make_server, tmp_path):
+    source = make_server("app,orders")
+    fill(source)
+    host = f"127.0.0.1:{source.port}"
+    dump = tmp_path / "all.jsonl"
+    ok(bus("dump", "--host", host, "--namespaces", "app,orders", "--output", dump))
+    # into the bus it came from, twice (each id used to be stored again every time)
+    for _ in range(2):
+        again = ok(bus("restore", "--host", host, "--input", dump))
+        assert again.stderr.endswith(b"0 restored, 12 already present\n"), again.stderr
+    target = make_server("app,orders")
+    target_host = f"127.0.0.1:{target.port}"
+    first = ok(bus("restore", "--host", target_host, "--input", dump))
+    assert first.stderr.endswith(b"12 restored, 0 already present\n"), first.stderr
+    # a later dump overlaps: its batch mixes held ids with new ones, which must all land;
+    # an input that repeats a line stores it once
+    assert request(source.port, "POST", "/", [{"subject": "orders.later", "payload": n}
+                                              for n in range(3)]).status == 202
+    later = tmp_path / "later.jsonl"
+    ok(bus("dump", "--host", host, "--namespaces", "app,orders", "--output", later))
+    later.write_bytes(later.read_bytes() + lines(later)[-1] + b"\n")
+    third = ok(bus("restore", "--host", target_host, "--input", later))
+    assert third.stderr.endswith(b"3 restored, 13 already present\n"), third.stderr
+    assert b"restored namespace=orders events=3 already_present=8 in_input=11" in third.stderr
+    health = request(target.port, "GET", "/healthz").json()["namespaces"]
+    assert (health["app"]["events"], health["orders"]["events"]) == (5, 10)
+    assert raw_stream(target, "orders", 10) == raw_stream(source, "orders", 10)
+    assert request(source.port, "GET", "/healthz").json()["namespaces"]["orders"]["events"] == 10
+
+
 def test_restore_and_dump_refuse_a_directory_a_server_holds(filled, make_server, tmp_path):
     server, records = filled
     dump = tmp_path / "all.jsonl"

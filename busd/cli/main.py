@@ -191,9 +191,10 @@ Usage:
   bus restore (-h | --help)
 
 Every line is checked before anything is written. Offline (--path) the events are
-appended to the data directory, which must not be in use by a server; events whose id
-is already there are skipped, so an interrupted restore can be run again. Online
-(--host) they are published to a running bus, in batches.
+appended to the data directory, which must not be in use by a server. Online (--host)
+they are published to a running bus, in batches. Either way events whose id is already
+there are skipped, so a restore can be run again; it ends with "N restored, M already
+present" on stderr.
 
 Options:
   --path DIR          Data directory [default: ./data].

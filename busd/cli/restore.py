@@ -6,20 +6,25 @@ stops the restore before anything is written). Offline (`--path`) the events are
 appended to the data directory — which a running server must not hold: its lock is
 refused — and events whose id the namespace already holds are skipped, so an
 interrupted restore can simply be run again. Online (`--host`) they are published in
-batches that carry their ids and created_at.
+batches that carry their ids and created_at; busd refuses an id the namespace holds
+(409, listing them), and those events are counted as already present, so running it
+again stores nothing twice either.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from busd._core import record_id
 from busd.cli.datadir import Appender, namespaces_in, open_store, stored_record
 from busd.cli.dump import DUMP_SUFFIX
 from busd.cli.http import BusHttp, HttpError
 from busd.cli.output import NO_PROGRESS, CommandError, UsageError, note, progress
 
 ONLINE_BATCH_BYTES = 4 << 20
+_EVENT_ID = re.compile(r"e_[0-9a-v]{20}")
 
 
 def input_files(input_file: str | None, input_dir: str | None) -> list[Path]:
@@ -87,7 +92,8 @@ def restore(path: Path, files: list[Path], secret_key: str | None = None) -> int
 
 
 def restore_online(bus: BusHttp, files: list[Path]) -> int:
-    """Online: publish in batches (one namespace per batch, as the API requires)."""
+    """Online: publish in batches (one namespace per batch, as the API requires). Events
+    whose id the bus already holds are skipped: busd refuses them (409, naming the ids)."""
     counts = _check(files)
     health = bus.health()
     known = (health or {}).get("namespaces")
@@ -100,50 +106,73 @@ def restore_online(bus: BusHttp, files: list[Path]) -> int:
         for ns in counts:
             if known[ns].get("events"):
                 note(f"warning: namespace {ns} on {bus.url} already holds "
-                     f"{known[ns]['events']} events; restored events are added after them")
+                     f"{known[ns]['events']} events; restored events are added after them "
+                     "(those whose id it holds are skipped)")
     stored = {ns: 0 for ns in counts}
+    present = {ns: 0 for ns in counts}
     refused: list[str] = []
     batch: list[bytes] = []
+    batch_ids: set[bytes] = set()
     batch_ns, batch_bytes = None, 0
     with progress(sum(counts.values()), "restore") as bar:
 
         def send() -> None:
             nonlocal batch, batch_bytes
             if batch:
-                stored[batch_ns] += _publish(bus, batch, refused)
+                sent, held = _publish(bus, batch, refused)
+                stored[batch_ns] += sent
+                present[batch_ns] += held
                 bar.update(len(batch))
                 batch, batch_bytes = [], 0
+                batch_ids.clear()
 
         for ns, record in _records(files, NO_PROGRESS):
             alone = b'"response_subject":' in record  # the API takes these one at a time
             if alone or ns != batch_ns or batch_bytes + len(record) > ONLINE_BATCH_BYTES:
                 send()
                 batch_ns = ns
+            event_id = record_id(record)
+            if event_id in batch_ids:  # the input repeats it: the first copy is the event
+                present[ns] += 1
+                bar.update()
+                continue
             batch.append(record)
+            batch_ids.add(event_id)
             batch_bytes += len(record)
             if alone:
                 send()
         send()
-    _summary(counts, stored, {})
+    _summary(counts, stored, present)
     if refused:
         raise CommandError(f"{len(refused)} events were refused, the first: {refused[0]}")
     return 0
 
 
-def _publish(bus: BusHttp, records: list[bytes], refused: list[str]) -> int:
+def _publish(bus: BusHttp, records: list[bytes], refused: list[str]) -> tuple[int, int]:
     """Publish a batch (a lone event as itself: events with a response_subject cannot be
-    batched); if it is refused as a whole (a key the server has seen: 409, or an
-    event too large: 413), publish its events one by one and note the refused ones."""
-    try:
-        if len(records) == 1:
-            bus.publish(records[0])
-            return 1
-        answer = bus.publish_batch(records)
-    except HttpError as exc:
-        if exc.status not in (409, 413):
-            raise
-    else:
-        return answer.get("count", len(records))
+    batched); (events stored, events the bus already held). Those the bus holds are left
+    out and the rest sent again; a batch refused for another reason (a key the server has
+    seen: 409, an event too large: 413) is published one by one, noting the refused."""
+    held = 0
+    while True:
+        try:
+            if len(records) == 1:
+                bus.publish(records[0])
+                return 1, held
+            return bus.publish_batch(records).get("count", len(records)), held
+        except HttpError as exc:
+            if exc.status not in (409, 413):
+                raise
+            ids = _held_ids(exc, records)
+            if not ids and len(records) == 1:
+                refused.append(_refusal(records[0], exc))
+                return 0, held
+        if not ids:
+            break
+        records = [record for record in records if record_id(record) not in ids]
+        held += len(ids)
+        if not records:
+            return 0, held
     stored = 0
     for record in records:
         try:
@@ -152,15 +181,30 @@ def _publish(bus: BusHttp, records: list[bytes], refused: list[str]) -> int:
         except HttpError as exc:
             if exc.status not in (409, 413):
                 raise
-            hint = " (restart the target with --dup-size 0 while restoring)" \
-                if exc.status == 409 else ""
-            refused.append(f"{record[7:29].decode()}: {exc.reason}{hint}")
-    return stored
+            if _held_ids(exc, [record]):
+                held += 1
+            else:
+                refused.append(_refusal(record, exc))
+    return stored, held
+
+
+def _refusal(record: bytes, exc: HttpError) -> str:
+    hint = " (restart the target with --dup-size 0 while restoring)" \
+        if exc.status == 409 else ""
+    return f"{record_id(record).decode()}: {exc.reason}{hint}"
+
+
+def _held_ids(exc: HttpError, records: list[bytes]) -> set[bytes]:
+    """The ids of `records` that a 409 says the namespace already holds (busd lists them;
+    a 409 for a dedup key lists none)."""
+    if exc.status != 409:
+        return set()
+    named = {match.encode() for match in _EVENT_ID.findall(exc.reason)}
+    return named.intersection(map(record_id, records))
 
 
 def _summary(counts: dict[str, int], stored: dict[str, int], skipped: dict[str, int]) -> None:
     for ns in counts:
         note(f"restored namespace={ns} events={stored.get(ns, 0)} "
              f"already_present={skipped.get(ns, 0)} in_input={counts[ns]}")
-
-
+    note(f"{sum(stored.values())} restored, {sum(skipped.values())} already present")
