@@ -126,6 +126,18 @@ def test_offline_dump_restore_round_trip_is_exact(filled, make_server, tmp_path)
     assert redump.read_bytes() == dump.read_bytes()
 
 
+def test_offline_restore_stores_an_id_repeated_in_the_input_once(filled, tmp_path):
+    server, records = filled
+    dump = tmp_path / "all.jsonl"
+    ok(bus("dump", "--path", server.path, "--output", dump))
+    dump.write_bytes(dump.read_bytes() + lines(dump)[0] + b"\n" + lines(dump)[-1] + b"\n")
+    target = tmp_path / "restored"
+    result = ok(bus("restore", "--path", target, "--input", dump))
+    assert result.stderr.endswith(b"12 restored, 2 already present\n"), result.stderr
+    restored = ok(bus("debug", "--path", target)).stdout.splitlines()
+    assert restored == records["app"] + records["orders"]
+
+
 def test_online_dump_and_restore_match_the_offline_form(make_server, tmp_path):
     source = make_server("app,orders")
     fill(source)

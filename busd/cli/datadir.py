@@ -218,36 +218,47 @@ def stored_record(line: bytes, where: str) -> tuple[str, bytes]:
 
 class Appender:
     """Appends records to one namespace of a LocalStore in batches, skipping events whose
-    id the namespace already holds (so an interrupted restore or copy can be run again)."""
+    id the namespace already holds, the input already gave, or skip_ids lists (so an
+    interrupted restore or copy can be run again, and a repeated id is stored once)."""
 
     def __init__(self, store: LocalStore, namespace: str,
                  skip_ids: frozenset[bytes] = frozenset()) -> None:
         self.store = store
         self.namespace = namespace
         self.skip_ids = skip_ids
-        self.check_existing = store.next_index(namespace) > store.first_index(namespace)
+        self.held_before = store.next_index(namespace) > store.first_index(namespace)
         self.appended = 0
         self.skipped = 0
-        self._batch: list[bytes] = []
+        self._batch: dict[bytes, bytes] = {}  # id → record
         self._batch_bytes = 0
+        self._max_id = b""  # the highest id appended so far (ids sort as bytes, by time)
 
-    def add(self, record: bytes) -> bool:
+    def add(self, record: bytes) -> None:
         event_id = record_id(record)
-        if event_id in self.skip_ids or (
-                self.check_existing and self.store.find_id(self.namespace, event_id) is not None):
+        if event_id in self.skip_ids or event_id in self._batch:
             self.skipped += 1
-            return False
-        self._batch.append(record)
+            return
+        self._batch[event_id] = record
         self._batch_bytes += len(record)
         if len(self._batch) >= APPEND_BATCH_RECORDS or self._batch_bytes >= APPEND_BATCH_BYTES:
             self.flush()
-        return True
 
     def flush(self) -> None:
+        """Append the batch but the ids the namespace holds: looked up for the whole batch
+        at once, and, in a namespace that held nothing before, only for ids not above the
+        highest appended (in-order input, the usual, needs no lookup at all)."""
+        if not self._batch:
+            return
+        doubtful = list(self._batch) if self.held_before else \
+            [i for i in self._batch if i <= self._max_id]
+        for event_id in self.store.find_ids(self.namespace, doubtful) if doubtful else ():
+            del self._batch[event_id]
+            self.skipped += 1
         if self._batch:
             try:
-                self.store.append_batch(self.namespace, self._batch)
+                self.store.append_batch(self.namespace, list(self._batch.values()))
             except LogError as exc:
                 raise CommandError(f"cannot write namespace {self.namespace}: {exc}") from None
             self.appended += len(self._batch)
-            self._batch, self._batch_bytes = [], 0
+            self._max_id = max(self._max_id, max(self._batch))
+        self._batch, self._batch_bytes = {}, 0
