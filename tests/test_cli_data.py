@@ -14,7 +14,7 @@ import termios
 from pathlib import Path
 
 import pytest
-from busclient import SSE, BusServer, publish, request
+from busclient import SSE, BusServer, Http, build_request, publish, read_response, request
 
 SECRET = "cli-test-secret"
 
@@ -188,6 +188,40 @@ def test_online_restore_skips_the_ids_the_bus_holds(make_server, tmp_path):
     assert (health["app"]["events"], health["orders"]["events"]) == (5, 10)
     assert raw_stream(target, "orders", 10) == raw_stream(source, "orders", 10)
     assert request(source.port, "GET", "/healthz").json()["namespaces"]["orders"]["events"] == 10
+
+
+def test_the_bus_refuses_an_id_it_holds_409_listing_it(make_server):
+    """The server's half of an online restore that stores nothing twice (local store: with
+    --store jetstream ids are not checked yet, so this is not in the shared contract)."""
+    server = make_server("app,orders", "--dup-size", "0")
+    ids = [f"e_d4o7ehksdud4d8c68{c}g0" for c in "abcd"]
+    stored = [{"subject": "app.r", "id": ids[0]}, {"subject": "app.r", "id": ids[1]}]
+    assert request(server.port, "POST", "/", stored).status == 202
+    again = request(server.port, "POST", "/", {"subject": "app.r", "id": ids[0], "payload": 2})
+    assert again.status == 409
+    assert again.body == f"namespace app already holds this id: {ids[0]}\n".encode()
+    # a batch holding some of them is refused whole, naming exactly those
+    batch = [{"subject": "app.r", "id": i} for i in (ids[2], ids[1], ids[3], ids[0])]
+    refused = request(server.port, "POST", "/", batch)
+    assert refused.status == 409
+    assert refused.body == f"namespace app already holds these ids: {ids[1]} {ids[0]}\n".encode()
+    rest = [{"subject": "app.r", "id": i} for i in (ids[2], ids[3])]
+    assert request(server.port, "POST", "/", rest).json()["ids"] == ids[2:]
+    # two publishes of one id in the same group commit: the second is refused
+    twice = b"".join(build_request("POST", "/", json.dumps(
+        {"subject": "orders.r", "id": ids[0], "payload": n}).encode()) for n in range(2))
+    with Http(server.port) as http:
+        http.send(twice)
+        assert [read_response(http.file).status for _ in range(2)] == [202, 409]
+    fresh = {"subject": "app.r", "id": "e_d4o7ehksdud4d8c68eg0"}
+    repeat = request(server.port, "POST", "/", [fresh, fresh])
+    assert repeat.status == 400 and b"appears twice in the batch" in repeat.body
+    server.restart()  # what is on disk counts as much as what was just appended
+    assert publish(server.port, "app.r", 3, id=ids[3]).status == 409
+    with SSE(server.port, "subject=app.>&start=oldest") as stream:
+        assert [e["id"] for e in stream.events(4)] == ids[:4] and stream.no_event()
+    health = request(server.port, "GET", "/healthz").json()["namespaces"]
+    assert (health["app"]["events"], health["orders"]["events"]) == (4, 1)
 
 
 def test_restore_and_dump_refuse_a_directory_a_server_holds(filled, make_server, tmp_path):

@@ -167,38 +167,6 @@ def test_supplied_id_and_created_at_are_kept(server):
     assert response.headers["x-bus-event-created-at"] == "2026-11-27T13:20:58.365157351Z"
 
 
-def test_a_supplied_id_the_namespace_holds_is_409_listing_it(make_server):
-    server = make_server("app,orders", "--dup-size", "0")
-    ids = [f"e_d4o7ehksdud4d8c68{c}g0" for c in "abcd"]
-    stored = [{"subject": "app.r", "id": ids[0]}, {"subject": "app.r", "id": ids[1]}]
-    assert request(server.port, "POST", "/", stored).status == 202
-    again = request(server.port, "POST", "/", {"subject": "app.r", "id": ids[0], "payload": 2})
-    assert again.status == 409
-    assert again.body == f"namespace app already holds this id: {ids[0]}\n".encode()
-    # a batch holding some of them is refused whole, naming exactly those
-    batch = [{"subject": "app.r", "id": i} for i in (ids[2], ids[1], ids[3], ids[0])]
-    refused = request(server.port, "POST", "/", batch)
-    assert refused.status == 409
-    assert refused.body == f"namespace app already holds these ids: {ids[1]} {ids[0]}\n".encode()
-    rest = [{"subject": "app.r", "id": i} for i in (ids[2], ids[3])]
-    assert request(server.port, "POST", "/", rest).json()["ids"] == ids[2:]
-    # two publishes of one id in the same group commit: the second is refused
-    twice = b"".join(build_request("POST", "/", json.dumps(
-        {"subject": "orders.r", "id": ids[0], "payload": n}).encode()) for n in range(2))
-    with Http(server.port) as http:
-        http.send(twice)
-        assert [read_response(http.file).status for _ in range(2)] == [202, 409]
-    fresh = {"subject": "app.r", "id": "e_d4o7ehksdud4d8c68eg0"}
-    repeat = request(server.port, "POST", "/", [fresh, fresh])
-    assert repeat.status == 400 and b"appears twice in the batch" in repeat.body
-    server.restart()  # what is on disk counts as much as what was just appended
-    assert publish(server.port, "app.r", 3, id=ids[3]).status == 409
-    with SSE(server.port, "subject=app.>&start=oldest") as stream:
-        assert [e["id"] for e in stream.events(4)] == ids[:4] and stream.no_event()
-    health = request(server.port, "GET", "/healthz").json()["namespaces"]
-    assert (health["app"]["events"], health["orders"]["events"]) == (4, 1)
-
-
 def test_options_and_cors(server):
     response = request(server.port, "OPTIONS", "/anything")
     assert response.status == 204

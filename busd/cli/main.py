@@ -193,8 +193,8 @@ Usage:
 Every line is checked before anything is written. Offline (--path) the events are
 appended to the data directory, which must not be in use by a server. Online (--host)
 they are published to a running bus, in batches. Either way events whose id is already
-there are skipped, so a restore can be run again; it ends with "N restored, M already
-present" on stderr.
+there are skipped (online: those a bus on --store local refuses), so a restore can be
+run again; it ends with "N restored, M already present" on stderr.
 
 Options:
   --path DIR          Data directory [default: ./data].

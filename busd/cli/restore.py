@@ -6,9 +6,9 @@ stops the restore before anything is written). Offline (`--path`) the events are
 appended to the data directory — which a running server must not hold: its lock is
 refused — and events whose id the namespace already holds are skipped, so an
 interrupted restore can simply be run again. Online (`--host`) they are published in
-batches that carry their ids and created_at; busd refuses an id the namespace holds
-(409, listing them), and those events are counted as already present, so running it
-again stores nothing twice either.
+batches that carry their ids and created_at; busd on its local store refuses an id the
+namespace holds (409, listing them), and those events are counted as already present,
+so running it again stores nothing twice either.
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def restore(path: Path, files: list[Path], secret_key: str | None = None) -> int
 
 def restore_online(bus: BusHttp, files: list[Path]) -> int:
     """Online: publish in batches (one namespace per batch, as the API requires). Events
-    whose id the bus already holds are skipped: busd refuses them (409, naming the ids)."""
+    whose id the bus already holds are skipped: busd (local store) refuses them with a
+    409 naming the ids."""
     counts = _check(files)
     health = bus.health()
     known = (health or {}).get("namespaces")
@@ -107,7 +108,7 @@ def restore_online(bus: BusHttp, files: list[Path]) -> int:
             if known[ns].get("events"):
                 note(f"warning: namespace {ns} on {bus.url} already holds "
                      f"{known[ns]['events']} events; restored events are added after them "
-                     "(those whose id it holds are skipped)")
+                     "(a bus on --store local refuses ids it holds: those are skipped)")
     stored = {ns: 0 for ns in counts}
     present = {ns: 0 for ns in counts}
     refused: list[str] = []
