@@ -41,7 +41,8 @@ class Store(Protocol):
     def find_id(self, namespace: str, event_id: bytes) -> int | None: ...
 
     def find_ids(self, namespace: str, event_ids: list[bytes]) -> set[bytes]:
-        """Those of event_ids the namespace holds (a publish with supplied ids)."""
+        """Those of event_ids the namespace holds: a publish's supplied ids, refused if held
+        (asked of the local store only; JetStream's `locate` is a search per id)."""
         ...
 
     def first_index(self, namespace: str) -> int: ...
