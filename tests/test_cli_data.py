@@ -19,8 +19,9 @@ from busclient import SSE, BusServer, Http, build_request, publish, read_respons
 SECRET = "cli-test-secret"
 
 
-def bus(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
+def bus(*args: str, timeout: float = 60, env: dict[str, str] | None = None
+        ) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")} | (env or {})
     return subprocess.run([sys.executable, "-m", "busd", *map(str, args)], capture_output=True,
                           timeout=timeout, env=env)
 
@@ -355,6 +356,8 @@ def test_copy_re_encrypts(make_server, tmp_path):
     assert b"plaintext-marker" not in segments
     assert ok(bus("debug", "--path", other, "--secret-key", "another-secret")
               ).stdout.splitlines() == records
+    assert ok(bus("debug", "--path", other, env={"BUS_SECRET_KEY": "another-secret"})
+              ).stdout.splitlines() == records  # the variable, as `bus server` reads it
     wrong = bus("debug", "--path", other, "--secret-key", SECRET)
     assert wrong.returncode == 2 and wrong.stdout == b""
     assert wrong.stderr.endswith(b"(--secret-key is not the key it was encrypted with)\n")

@@ -156,7 +156,7 @@ Options:
   --path DIR          Data directory (the server's --path) [default: ./data].
   --namespace NS      Only this namespace (default: every namespace in DIR).
   --verify            Check every record instead of printing events.
-  --secret-key KEY    Key of an encrypted data directory.
+  --secret-key KEY    Key of an encrypted data directory [env BUS_SECRET_KEY].
 """
 
 DUMP_USAGE = """bus dump: write whole namespaces to JSON lines, exactly as stored.
@@ -179,7 +179,7 @@ Options:
   --namespaces LIST   Comma-separated namespaces (default: all).
   --output FILE       One file for all namespaces.
   --output-dir OUT    One file per namespace.
-  --secret-key KEY    Key of an encrypted data directory.
+  --secret-key KEY    Key of an encrypted data directory [env BUS_SECRET_KEY].
   --token TOKEN       Token of a bus run with --auth-file [env BUS_TOKEN].
 """
 
@@ -201,7 +201,8 @@ Options:
   --host URL          A running bus, e.g. http://localhost:2021.
   --input FILE        A dump file (JSON lines).
   --input-dir IN      Every *.jsonl file of a directory, by name.
-  --secret-key KEY    Encrypt what is written with this key (as the server will run).
+  --secret-key KEY    Encrypt what is written with this key, as the server will run
+                      [env BUS_SECRET_KEY].
   --token TOKEN       Token of a bus run with --auth-file [env BUS_TOKEN].
 """
 
@@ -230,7 +231,7 @@ Options:
   --dir DIR               Data directory holding both namespaces.
   --src NS                Namespace to copy from.
   --dst NS                Namespace to copy into.
-  --secret-key KEY        Key of an encrypted --dir.
+  --secret-key KEY        Key of an encrypted --dir [env BUS_SECRET_KEY].
 """
 
 _TOOL_LOG_LEVEL = "WARN"
@@ -327,6 +328,11 @@ def _event_id(options: dict, flag: str, prefix: str) -> str:
     return value
 
 
+def _secret_key(options: dict) -> str | None:
+    """--secret-key, else $BUS_SECRET_KEY, as `bus server` reads it (the flag is explicit)."""
+    return options.get("--secret-key") or os.environ.get("BUS_SECRET_KEY") or None
+
+
 def _bus(options: dict) -> BusHttp:
     """The bus of --host; the token of --token, else $BUS_TOKEN (the flag is explicit)."""
     token = options.get("--token") or os.environ.get("BUS_TOKEN") or None
@@ -367,7 +373,7 @@ def _debug(o: dict) -> int:
     namespace = o["--namespace"]
     if namespace is not None:
         parse_namespace_list(namespace, "--namespace")
-    return cli_debug.debug(_path(o), namespace, o["--verify"], o["--secret-key"])
+    return cli_debug.debug(_path(o), namespace, o["--verify"], _secret_key(o))
 
 
 def _dump(o: dict) -> int:
@@ -375,14 +381,14 @@ def _dump(o: dict) -> int:
     if o["--host"] is not None:
         return cli_dump.dump_online(_bus(o), namespaces, o["--output"], o["--output-dir"])
     return cli_dump.dump(_path(o), namespaces, o["--output"], o["--output-dir"],
-                         o["--secret-key"])
+                         _secret_key(o))
 
 
 def _restore(o: dict) -> int:
     files = cli_restore.input_files(o["--input"], o["--input-dir"])
     if o["--host"] is not None:
         return cli_restore.restore_online(_bus(o), files)
-    return cli_restore.restore(_path(o), files, o["--secret-key"])
+    return cli_restore.restore(_path(o), files, _secret_key(o))
 
 
 def _copy(o: dict) -> int:
@@ -393,7 +399,7 @@ def _copy(o: dict) -> int:
         if len(src) != 1 or len(dst) != 1:  # type: ignore[arg-type]
             raise UsageError("--src/--dst: one namespace each")
         return cli_copy.copy_namespace(_path(o, "--dir"), src[0], dst[0],  # type: ignore[index]
-                                       skip_ids, o["--secret-key"])
+                                       skip_ids, _secret_key(o))
     return cli_copy.copy_dirs(_path(o, "--from"), _path(o, "--to"),
                               parse_namespace_list(o["--namespaces"], "--namespaces"),
                               skip_ids, o["--from-secret-key"], o["--to-secret-key"])
