@@ -3,6 +3,7 @@ error mapping. (Everything that talks to a server is in the other test_sdk_* fil
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import orjson
@@ -25,6 +26,7 @@ from busd.client._wire import (
     encode_data,
     encode_event,
     go_duration,
+    new_inbox,
     split_url,
     subscribe_target,
 )
@@ -177,3 +179,16 @@ def test_status_codes_map_to_error_classes_with_the_servers_reason(status, cls):
     assert type(error) is cls
     assert error.status == status and error.reason == "the reason"
     assert "the reason" in str(error)
+
+
+def test_inbox_ids_are_128_random_bits_the_server_takes_as_subjects():
+    from busd._core import validate_pattern, validate_subject
+
+    inboxes = {new_inbox() for _ in range(1000)}
+    assert len(inboxes) == 1000
+    for inbox in inboxes:
+        assert re.fullmatch(r"_bus_\.[0-9a-v]{26}", inbox), inbox
+        validate_subject(inbox.encode())
+        validate_pattern(inbox.encode())
+    # every character of the alphabet turns up: it is the whole of base32hex
+    assert set("".join(i[6:] for i in inboxes)) == set("0123456789abcdefghijklmnopqrstuv")

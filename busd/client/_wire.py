@@ -3,6 +3,8 @@ durations going out; results and errors coming back."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -10,13 +12,11 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from busd._core import new_xid
 from busd.client._events import BatchResult, PutResult
 from busd.client._http import Response
 from busd.client.errors import error_for
-from busd.wire import parse_duration
+from busd.wire import INBOX_PREFIX, parse_duration
 
-INBOX_PREFIX = "_bus_."
 _BATCH_FIELDS = frozenset(("subject", "data", "key", "trace_id"))
 
 
@@ -83,8 +83,11 @@ def encode_batch(items: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
 
 
 def new_inbox() -> str:
-    """A fresh inbox subject `_bus_.<xid>` for replies and confirmations."""
-    return INBOX_PREFIX + new_xid().decode()
+    """A fresh inbox subject `_bus_.<id>` for replies and confirmations: 128 random bits,
+    so nobody can guess it and answer in the responder's place, in lowercase base32hex
+    (0-9a-v), which subjects accept."""
+    token = base64.b32hexencode(secrets.token_bytes(16)).decode().rstrip("=")
+    return INBOX_PREFIX + token.lower()
 
 
 def seconds(value: float | int | timedelta | str) -> float:
