@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "BadRequestError", "BusConnectionError", "BusError", "BusTimeoutError", "ConflictError",
+    "ForbiddenError", "NotFoundError", "PayloadTooLargeError", "ServerError", "StorageError",
+    "SubscriptionError", "UnauthorizedError",
+]
+
 
 class BusError(Exception):
     """Base of every error the SDK raises on purpose.
