@@ -121,7 +121,7 @@ def test_32_concurrent_puts(bus):
         assert len({r.id for r in results}) == 320
         indexes = sorted(r.index for r in results)
         assert indexes == list(range(indexes[0], indexes[0] + 320))
-        assert len(ac._idle) <= 320
+        assert len(ac._pool.idle) <= 320
         seen = []
         async for event in ac.get(subject, start="oldest"):
             seen.append(event.payload)
@@ -178,4 +178,20 @@ def test_aclose_and_cancel_end_a_waiting_iteration_promptly(bus):
         with pytest.raises(asyncio.CancelledError):
             await task
         await other.aclose()
+    run(scenario, bus)
+
+
+def test_a_cancelled_wait_leaves_the_subscription_as_it_was(bus):
+    async def scenario(ac: AsyncClient):
+        subject = topic()
+        sub = await ac.get(subject)
+        consumer = sub.consumer_id
+        for _ in range(3):   # a receive with a timeout, the asyncio way
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sub.__anext__(), 0.1)
+        assert not sub.closed
+        await ac.put(subject, "after")
+        assert (await asyncio.wait_for(sub.__anext__(), 5)).payload == "after"
+        assert sub.consumer_id == consumer   # the same stream: no reconnect
+        await sub.aclose()
     run(scenario, bus)

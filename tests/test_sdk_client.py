@@ -248,7 +248,7 @@ def test_eight_threads_publish_through_one_client(bus, client):
     assert len({r.id for _, _, r in results}) == total
     indexes = sorted(r.index for _, _, r in results)
     assert indexes == list(range(indexes[0], indexes[0] + total))
-    assert len(client._idle) <= 8  # one pooled connection per concurrent thread at most
+    assert len(client._pool.idle) <= 8  # one pooled connection per concurrent thread at most
     with client.get(subject, start="oldest") as sub:
         seen = [(e.payload["t"], e.payload["n"], e.id) for e in itertools.islice(sub, total)]
     assert sorted(seen) == sorted((t, n, r.id) for t, n, r in results)
@@ -259,10 +259,10 @@ def test_eight_threads_publish_through_one_client(bus, client):
 def test_keep_alive_connection_is_reused(client):
     subject = topic()
     client.put(subject, 0)
-    (conn,) = client._idle
+    (conn,) = client._pool.idle
     for n in range(20):
         client.put(subject, n)
-    assert client._idle == [conn]
+    assert client._pool.idle == [conn]
 
 
 def test_close_from_another_thread_ends_iteration_promptly(client):

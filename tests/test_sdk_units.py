@@ -20,7 +20,9 @@ from busd import (
     UnauthorizedError,
 )
 from busd.client._events import Event
-from busd.client._sse import RESUME_AFTER, Resume, SSEDecoder, SubscriptionState
+from busd.client._protocol import Run
+from busd.client._sse import RESUME_AFTER, Resume, SSEDecoder
+from busd.client._subscription import SubscriptionState
 from busd.client._wire import (
     encode_batch,
     encode_data,
@@ -192,3 +194,25 @@ def test_inbox_ids_are_128_random_bits_the_server_takes_as_subjects():
         validate_pattern(inbox.encode())
     # every character of the alphabet turns up: it is the whole of base32hex
     assert set("".join(i[6:] for i in inboxes)) == set("0123456789abcdefghijklmnopqrstuv")
+
+
+def _flow(log):
+    """A flow as the clients run them: ops out, outcomes (values or BusErrors) back in."""
+    try:
+        value = yield (log.append, "first")
+    except BusError as exc:
+        value = f"caught {exc.reason}"
+    yield value                         # handed out
+    got = yield (log.append, "second")
+    return f"done {got}"
+
+
+def test_run_hands_ops_out_and_outcomes_in():
+    log = []
+    run = Run(_flow(log))
+    op = run.send(None)
+    assert op == (log.append, "first") and run.op == op
+    assert run.send(BusError("refused")) == "caught refused"  # a BusError is thrown in
+    op = run.send(None)
+    assert op == (log.append, "second")
+    assert run.send(7) == "done 7" and run.op is None and run.ended

@@ -65,7 +65,8 @@ class Event:
     __slots__ = ("id", "subject", "payload", "trace_id", "key", "response_subject",
                  "_created_at", "consumer_id", "_sub")
 
-    def __init__(self, record: dict, consumer_id: str, sub: Any) -> None:
+    def __init__(self, raw: bytes, consumer_id: str, sub: Any) -> None:
+        record = orjson.loads(raw)
         self.id: str = record["id"]
         self.subject: str = record["subject"]
         self.payload: Any = record.get("payload")
@@ -75,10 +76,6 @@ class Event:
         self._created_at: str = record.get("created_at", "")
         self.consumer_id = consumer_id
         self._sub = sub
-
-    @classmethod
-    def decode(cls, data: bytes, consumer_id: str, sub: Any) -> Event:
-        return cls(orjson.loads(data), consumer_id, sub)
 
     @property
     def created_at(self) -> datetime:
