@@ -195,3 +195,19 @@ def test_a_cancelled_wait_leaves_the_subscription_as_it_was(bus):
         assert sub.consumer_id == consumer   # the same stream: no reconnect
         await sub.aclose()
     run(scenario, bus)
+
+
+def test_raw_publishing_health_and_idle_timeout(bus):
+    async def scenario(ac: AsyncClient):
+        subject = topic()
+        await ac.put_batch([{"subject": subject, "data": n, "key": f"k{n}"} for n in range(3)])
+        events = [e async for e in ac.get(subject, start="oldest", idle_timeout=0.3)]
+        assert [e.payload for e in events] == [0, 1, 2]
+        # the same records again, as they are (keys included): refused as seen before
+        with pytest.raises(ConflictError):
+            await ac.put_raw(events[0].raw)
+        with pytest.raises(ConflictError):
+            await ac.put_batch_raw([e.raw for e in events])
+        assert (await ac.health())["namespaces"]["app"]["events"] >= 3
+    run(scenario, bus)
+

@@ -27,6 +27,7 @@ from busd.client._wire import (
     encode_batch,
     encode_data,
     encode_event,
+    encode_raw_batch,
     go_duration,
     new_inbox,
     split_url,
@@ -196,6 +197,38 @@ def test_inbox_ids_are_128_random_bits_the_server_takes_as_subjects():
     assert set("".join(i[6:] for i in inboxes)) == set("0123456789abcdefghijklmnopqrstuv")
 
 
+@pytest.mark.parametrize("url, parts", [
+    ("http://127.0.0.1:2021", ("127.0.0.1", 2021, "127.0.0.1:2021")),
+    ("bus.internal:8080/", ("bus.internal", 8080, "bus.internal:8080")),
+    (":2021", ("localhost", 2021, "localhost:2021")),
+    ("http://localhost", ("localhost", 80, "localhost")),
+    ("http://[::1]:2021", ("::1", 2021, "[::1]:2021")),
+])
+def test_urls_as_bus_host_takes_them(url, parts):
+    assert split_url(url) == parts
+
+
+@pytest.mark.parametrize("url", ["https://bus.internal", "http://h:2021/api", "h:port",
+                                 "http://h:2021?x=1"])
+def test_urls_that_are_not_a_bus_root_are_refused(url):
+    with pytest.raises(ValueError):
+        split_url(url)
+
+
+def test_raw_batches_go_as_they_are():
+    records = [b'{"id":"e_1","subject":"app.x","created_at":"2026-01-01T00:00:00Z"}',
+               b'{"subject":"app.x","payload":1}']
+    assert encode_raw_batch(records) == (b"[" + b",".join(records) + b"]", 2)
+    with pytest.raises(ValueError):
+        encode_raw_batch([])
+
+
+def test_an_event_keeps_the_record_bytes_it_came_from():
+    raw = b'{"id":"e_1","subject":"app.x","payload":{"a":1},"created_at":"2026-01-01T00:00:00Z"}'
+    event = Event(raw, "c_1", None)
+    assert event.raw is raw and event.payload == {"a": 1} and event.consumer_id == "c_1"
+
+
 def _flow(log):
     """A flow as the clients run them: ops out, outcomes (values or BusErrors) back in."""
     try:
@@ -216,3 +249,4 @@ def test_run_hands_ops_out_and_outcomes_in():
     op = run.send(None)
     assert op == (log.append, "second")
     assert run.send(7) == "done 7" and run.op is None and run.ended
+

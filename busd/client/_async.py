@@ -209,13 +209,25 @@ class AsyncClient(ClientBase[AsyncSubscription]):
         return await _call(self._put(subject, data, key, trace_id, request_reply, confirm,
                                      timeout))
 
+    async def put_raw(self, event: bytes) -> PutResult:
+        """Publish one event's JSON object as it is; see `Client.put_raw`."""
+        return await _call(self._put_raw(event))
+
     async def put_batch(self, items: Iterable[Mapping[str, Any]]) -> BatchResult:
         """Publish events atomically; the same rules as `Client.put_batch`."""
         return await _call(self._put_batch(items))
 
+    async def put_batch_raw(self, events: Iterable[bytes]) -> BatchResult:
+        """Publish events' JSON objects as they are, atomically; see `Client.put_batch_raw`."""
+        return await _call(self._put_batch_raw(events))
+
     async def ack(self, consumer_id: str, event_id: str) -> None:
         """Acknowledge an event by ids (what `AsyncEvent.ack()` does first)."""
         await _call(self._ack(consumer_id, event_id))
+
+    async def health(self) -> dict | None:
+        """busd's `/healthz` report, or None from a server without one; see `Client.health`."""
+        return await _call(self._health())
 
     async def aclose(self) -> None:
         """Close pooled connections and end every subscription of this client."""

@@ -29,6 +29,8 @@ from busd.client._wire import (
     batch_result,
     encode_batch,
     encode_event,
+    encode_raw_batch,
+    health_result,
     new_inbox,
     put_result,
     split_url,
@@ -188,8 +190,8 @@ class ClientBase(Generic[S]):
 
     def __init__(self, url: str = "http://localhost:2021", *, timeout: float = 30.0,
                  token: str | None = None, pool_size: int = 64) -> None:
-        """`url`: the server's root, `http://host:port` (or `host:port`); see the class
-        for `timeout` and `token`; `pool_size` caps the idle connections kept."""
+        """`url`: the server's root, `http://host:port` (or `host:port`, `:port`); see the
+        class for `timeout` and `token`; `pool_size` caps the idle connections kept."""
         self.url = url
         self._host, self._port, host_header = split_url(url)
         self._requests = Requests(host_header, token)
@@ -291,6 +293,7 @@ class ClientBase(Generic[S]):
         finally:
             if stream is not None:
                 stream.close()
+        result.replies = replies
         if request_reply:
             result.reply = replies[0]
             result.payload = result.reply.payload
@@ -303,16 +306,23 @@ class ClientBase(Generic[S]):
         body, count = encode_batch(items)
         return self._request(self._requests.post(body), partial(batch_result, count=count))
 
+    def _put_batch_raw(self, events: Iterable[bytes]) -> Flow:
+        body, count = encode_raw_batch(events)
+        return self._request(self._requests.post(body), partial(batch_result, count=count))
+
     def _ack(self, consumer_id: str, event_id: str) -> Flow:
         return self._request(self._requests.put(ack_target(consumer_id, event_id)), ack_result,
                              idempotent=True)
+
+    def _health(self) -> Flow:
+        return self._request(self._requests.get("/healthz"), health_result, idempotent=True)
 
     # -- subscriptions ---------------------------------------------------------------------
     def get(self, subject: str, *, start: str = "newest", ack: str = "none",
             redelivery: float | timedelta | str | None = None,
             redelivery_count: int | None = None, max_inflight: int | None = None,
             reconnect: bool = True, reconnect_timeout: float | None = None,
-            heartbeat_timeout: float | None = 75.0) -> S:
+            heartbeat_timeout: float | None = 75.0, idle_timeout: float | None = None) -> S:
         """Subscribe to `subject` (wildcards `*`, `>`) and iterate over its events: `for`
         with `Client` (live when this returns), `async for` with `AsyncClient` (live once
         `sub = await ac.get(...)` returns).
@@ -323,11 +333,14 @@ class ClientBase(Generic[S]):
         If the connection drops it reconnects (50 ms to 2 s apart; giving up after
         `reconnect_timeout` seconds if set) and resumes after the last event, so each event
         is seen once (`ack="none"`); a connection silent for `heartbeat_timeout` seconds
-        (the server pings every 30 s) counts as dropped.
+        (the server pings every 30 s) counts as dropped. With `idle_timeout` the iteration
+        ends (the subscription closes) once no event has come for that many seconds: to
+        read what is there and stop.
         """
         state = SubscriptionState(
             subscribe_target(subject, start, ack, redelivery, redelivery_count, max_inflight),
-            ack == "manual", redelivery_count, reconnect, reconnect_timeout, heartbeat_timeout)
+            ack == "manual", redelivery_count, reconnect, reconnect_timeout, heartbeat_timeout,
+            idle_timeout)
         sub = self._Subscription(self, state)
         self._subs.add(sub)
         return sub

@@ -26,16 +26,18 @@ class SubscriptionState:
 
     def __init__(self, target: str, manual: bool, redelivery_count: int | None,
                  reconnect: bool, reconnect_timeout: float | None,
-                 heartbeat_timeout: float | None) -> None:
+                 heartbeat_timeout: float | None, idle_timeout: float | None = None) -> None:
         self.target = target
         self.manual = manual
         self.resume = Resume(manual, redelivery_count)
         self.reconnect = reconnect
         self.reconnect_timeout = reconnect_timeout
         self.heartbeat_timeout = heartbeat_timeout
+        self.idle_timeout = idle_timeout
         self.consumer_id: str | None = None
         self.stream: Any = None    # the open `Stream`; None while reconnecting
         self.closed = False
+        self._idle_end: float | None = None
 
     # -- the flows -------------------------------------------------------------------------
     def connect(self, client: Any) -> Flow:
@@ -44,16 +46,23 @@ class SubscriptionState:
 
     def events(self, client: Any, sub: Any) -> Flow:
         """Hands out each event the caller is to see, reconnecting (and resuming) when the
-        connection drops; ends once closed."""
-        event_cls = client._Event
+        connection drops; ends once closed, or idle for `idle_timeout` (from the first
+        call on, and after each event)."""
+        event_cls, idle = client._Event, self.idle_timeout
+        if idle is not None:
+            self._idle_end = time.monotonic() + idle
         while not self.closed:
             messages = self.stream.messages
             if messages:
                 message: Message | None = messages.popleft()
+            elif self._idle():
+                break
             else:
                 try:
-                    message = yield from self.stream.next(self.heartbeat_timeout)
+                    message = yield from self.stream.next(self._cut(self.heartbeat_timeout))
                 except BusTimeoutError:
+                    if self._idle():
+                        break
                     message = None  # a silent connection is a dead one: reconnect
             if message is None:
                 if not (yield from self._reconnect(client, sub)):
@@ -61,6 +70,8 @@ class SubscriptionState:
                 continue
             event, visible = self.take(message, event_cls, sub)
             if visible:
+                if idle is not None:
+                    self._idle_end = time.monotonic() + idle
                 yield event
             elif event is not None and self.manual:
                 try:
@@ -80,8 +91,8 @@ class SubscriptionState:
             yield from client._put_raw(encode_event(event.response_subject, data))
 
     def _reconnect(self, client: Any, sub: Any) -> Flow:
-        """Replace the dropped stream: True once reconnected, False if closed first;
-        raises if it may not (reconnect=False), cannot (a 4xx) or gave up."""
+        """Replace the dropped stream: True once reconnected, False if closed (or idle)
+        first; raises if it may not (reconnect=False), cannot (a 4xx) or gave up."""
         self.stream.close()
         self.stream = None
         if self.closed:
@@ -89,16 +100,16 @@ class SubscriptionState:
         if not self.reconnect:
             raise BusConnectionError("the subscription's connection ended (reconnect=False)")
         backoff = Backoff(self.reconnect_timeout)
-        while not self.closed:
+        while not (self.closed or self._idle()):
             target, last_id = self.reconnect_request()
             try:
-                stream = yield from client._subscribe(target, last_id, client.timeout)
+                stream = yield from client._subscribe(target, last_id, self._cut(client.timeout))
             except BusError as exc:
                 if not retryable(exc):
                     raise
                 delay = backoff.next_delay(exc)
                 log.info("busd subscription: reconnecting in %.2fs (%s)", delay, exc)
-                yield sub._sleep, delay
+                yield sub._sleep, self._cut(delay)
                 continue
             self._install(stream)
             log.info("busd subscription: reconnected after %s, consumer %s", last_id,
@@ -149,6 +160,16 @@ class SubscriptionState:
         self.consumer_id = stream.consumer_id
         if self.closed:  # closed while connecting: close() may not have seen this stream
             stream.close()
+
+    def _idle(self) -> bool:
+        return self._idle_end is not None and time.monotonic() >= self._idle_end
+
+    def _cut(self, limit: float | None) -> float | None:
+        """A wait of `limit` seconds (None: unbounded) cut to the idle time left."""
+        if self._idle_end is None:
+            return limit
+        left = max(self._idle_end - time.monotonic(), 0.001)
+        return left if limit is None else min(limit, left)
 
 
 class SubscriptionBase:

@@ -165,19 +165,34 @@ class Client(ClientBase[Subscription]):
         strings, other values JSON-encoded, None as no payload. `key` makes the server refuse
         a second event with the same key on this subject (ConflictError). With
         `request_reply=True` wait for one reply (its payload is in `.payload`); with
-        `confirm=N` wait for N consumers to ack; both raise BusTimeoutError after `timeout`
-        seconds (default: the client's timeout).
+        `confirm=N` wait for N consumers to ack (every reply is in `.replies`); both raise
+        BusTimeoutError after `timeout` seconds (default: the client's timeout).
         """
         return _call(self._put(subject, data, key, trace_id, request_reply, confirm, timeout))
+
+    def put_raw(self, event: bytes) -> PutResult:
+        """Publish one event given as its JSON object, sent as it is: a record from
+        `bus dump` (or `Event.raw`) keeps its own id and created_at."""
+        return _call(self._put_raw(event))
 
     def put_batch(self, items: Iterable[Mapping[str, Any]]) -> BatchResult:
         """Publish events atomically (all land or none): dicts with `subject`, `data` and
         optional `key`, `trace_id`; all in one namespace."""
         return _call(self._put_batch(items))
 
+    def put_batch_raw(self, events: Iterable[bytes]) -> BatchResult:
+        """`put_batch` of events given as their JSON objects, sent as they are (dumped
+        records keep their ids and created_at)."""
+        return _call(self._put_batch_raw(events))
+
     def ack(self, consumer_id: str, event_id: str) -> None:
         """Acknowledge an event by ids (what `Event.ack()` does first)."""
         _call(self._ack(consumer_id, event_id))
+
+    def health(self) -> dict | None:
+        """busd's `/healthz` report (version, namespaces with their event counts...), or
+        None from a server that has none (Bus, in Go)."""
+        return _call(self._health())
 
     def close(self) -> None:
         """Close pooled connections and end every subscription of this client."""
