@@ -19,25 +19,27 @@ def parse_time(text: str) -> datetime:
 
 class PutResult:
     """The answer to a publish: the stored event's `id`, `index` (-1 for inbox subjects)
-    and `created_at`; with `request_reply=True`, the `reply` and its decoded `payload`;
-    with `request_reply` or `confirm`, every reply or confirmation in `replies`."""
+    and `created_at` (`created_at_text`: as the server wrote it, to the nanosecond); with
+    `request_reply=True`, the `reply` and its decoded `payload`; with `request_reply` or
+    `confirm`, every reply or confirmation in `replies`."""
 
-    __slots__ = ("id", "index", "_created_at", "payload", "reply", "replies")
+    __slots__ = ("id", "index", "created_at_text", "payload", "reply", "replies")
 
     def __init__(self, event_id: str, index: int, created_at: str) -> None:
         self.id = event_id
         self.index = index
-        self._created_at = created_at
+        self.created_at_text = created_at
         self.payload: Any = None
         self.reply: Event | None = None
         self.replies: list[Event] = []
 
     @property
     def created_at(self) -> datetime:
-        return parse_time(self._created_at)
+        return parse_time(self.created_at_text)
 
     def __repr__(self) -> str:
-        return f"PutResult(id={self.id!r}, index={self.index}, created_at={self._created_at!r})"
+        return (f"PutResult(id={self.id!r}, index={self.index}, "
+                f"created_at={self.created_at_text!r})")
 
 
 class BatchResult:
