@@ -1,4 +1,37 @@
-"""busd: a persistent, high-performance message bus wire-compatible with Bus (ella.to/bus)."""
+"""busd: a persistent, high-performance message bus wire-compatible with Bus (ella.to/bus).
+
+`import busd` loads the Python SDK only (the server is `busd.server`, started by `bus server`).
+"""
 
 __version__ = "0.1.0"
-def __getattr__(name: str): return getattr(__import__("busd.client", fromlist=["__all__"]), name)  # noqa: E501,E704 — the SDK (Client, AsyncClient, Event, BusError, …), imported on first use
+
+# after __version__, which the SDK's User-Agent reads
+from busd.client import (  # noqa: E402
+    AsyncClient,
+    AsyncEvent,
+    AsyncSubscription,
+    BadRequestError,
+    BatchResult,
+    BusConnectionError,
+    BusError,
+    BusTimeoutError,
+    Client,
+    ConflictError,
+    Event,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PutResult,
+    ServerError,
+    StorageError,
+    Subscription,
+    SubscriptionError,
+    UnauthorizedError,
+)
+
+__all__ = [
+    "AsyncClient", "AsyncEvent", "AsyncSubscription", "BadRequestError", "BatchResult",
+    "BusConnectionError", "BusError", "BusTimeoutError", "Client", "ConflictError", "Event",
+    "ForbiddenError", "NotFoundError", "PayloadTooLargeError", "PutResult", "ServerError",
+    "StorageError", "Subscription", "SubscriptionError", "UnauthorizedError", "__version__",
+]

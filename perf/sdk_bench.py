@@ -258,7 +258,7 @@ def httpx_consume(url: str, count: int) -> float:
                 while decoder.messages:
                     kind, _, data = decoder.messages.popleft()
                     if kind == b"msg":
-                        Event.decode(data, "", None).payload  # noqa: B018
+                        Event(data, "", None).payload  # noqa: B018
                         n += 1
                 if n >= count:
                     break

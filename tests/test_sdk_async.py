@@ -121,7 +121,7 @@ def test_32_concurrent_puts(bus):
         assert len({r.id for r in results}) == 320
         indexes = sorted(r.index for r in results)
         assert indexes == list(range(indexes[0], indexes[0] + 320))
-        assert len(ac._idle) <= 320
+        assert len(ac._pool.idle) <= 320
         seen = []
         async for event in ac.get(subject, start="oldest"):
             seen.append(event.payload)
@@ -179,3 +179,35 @@ def test_aclose_and_cancel_end_a_waiting_iteration_promptly(bus):
             await task
         await other.aclose()
     run(scenario, bus)
+
+
+def test_a_cancelled_wait_leaves_the_subscription_as_it_was(bus):
+    async def scenario(ac: AsyncClient):
+        subject = topic()
+        sub = await ac.get(subject)
+        consumer = sub.consumer_id
+        for _ in range(3):   # a receive with a timeout, the asyncio way
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sub.__anext__(), 0.1)
+        assert not sub.closed
+        await ac.put(subject, "after")
+        assert (await asyncio.wait_for(sub.__anext__(), 5)).payload == "after"
+        assert sub.consumer_id == consumer   # the same stream: no reconnect
+        await sub.aclose()
+    run(scenario, bus)
+
+
+def test_raw_publishing_health_and_idle_timeout(bus):
+    async def scenario(ac: AsyncClient):
+        subject = topic()
+        await ac.put_batch([{"subject": subject, "data": n, "key": f"k{n}"} for n in range(3)])
+        events = [e async for e in ac.get(subject, start="oldest", idle_timeout=0.3)]
+        assert [e.payload for e in events] == [0, 1, 2]
+        # the same records again, as they are (keys included): refused as seen before
+        with pytest.raises(ConflictError):
+            await ac.put_raw(events[0].raw)
+        with pytest.raises(ConflictError):
+            await ac.put_batch_raw([e.raw for e in events])
+        assert (await ac.health())["namespaces"]["app"]["events"] >= 3
+    run(scenario, bus)
+

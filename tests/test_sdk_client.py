@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from datetime import UTC, datetime
+from operator import itemgetter
 
 import pytest
 from busclient import SSE, BusServer, free_port
@@ -177,6 +178,7 @@ def test_confirm_with_two_responders(client):
     t0 = time.monotonic()
     result = client.put(subject, "important", confirm=2, timeout=5)
     assert result.id.startswith("e_") and time.monotonic() - t0 < 4
+    assert len(result.replies) == 2 and result.payload is None  # confirmations: no payload
     t0 = time.monotonic()
     with pytest.raises(BusTimeoutError, match="2 of 3 confirmations") as info:
         client.put(subject, "needs three", confirm=3, timeout=1)
@@ -248,7 +250,7 @@ def test_eight_threads_publish_through_one_client(bus, client):
     assert len({r.id for _, _, r in results}) == total
     indexes = sorted(r.index for _, _, r in results)
     assert indexes == list(range(indexes[0], indexes[0] + total))
-    assert len(client._idle) <= 8  # one pooled connection per concurrent thread at most
+    assert len(client._pool.idle) <= 8  # one pooled connection per concurrent thread at most
     with client.get(subject, start="oldest") as sub:
         seen = [(e.payload["t"], e.payload["n"], e.id) for e in itertools.islice(sub, total)]
     assert sorted(seen) == sorted((t, n, r.id) for t, n, r in results)
@@ -259,10 +261,10 @@ def test_eight_threads_publish_through_one_client(bus, client):
 def test_keep_alive_connection_is_reused(client):
     subject = topic()
     client.put(subject, 0)
-    (conn,) = client._idle
+    (conn,) = client._pool.idle
     for n in range(20):
         client.put(subject, n)
-    assert client._idle == [conn]
+    assert client._pool.idle == [conn]
 
 
 def test_close_from_another_thread_ends_iteration_promptly(client):
@@ -316,3 +318,36 @@ def test_token_for_a_bus_with_an_auth_file(make_server, tmp_path):
             {"result": 3, "by": "svc"}
         c.put("app.add", "stop")
         thread.join(5)
+
+
+def test_a_dump_restored_with_put_raw_keeps_every_record_as_it_was(make_server):
+    """What `bus dump` / `bus restore` do online: records read as `Event.raw`, published
+    again as they are (single and batched) to another server."""
+    source, target = make_server("app"), make_server("app")
+    with Client(f"http://127.0.0.1:{source.port}") as a, \
+            Client(f":{target.port}") as b:                  # `bus --host :port` form
+        a.put_batch([{"subject": "app.d", "data": n, "key": f"k{n}"} for n in range(5)])
+        a.put("app.d", "last", trace_id="t-1")
+        dumped = [event.raw for event in a.get("app.>", start="oldest", idle_timeout=0.5)]
+        assert len(dumped) == 6
+        assert b.put_batch_raw(dumped[:5]).ids == [json.loads(r)["id"] for r in dumped[:5]]
+        one = b.put_raw(dumped[5])
+        assert (one.id, one.created_at_text) == itemgetter("id", "created_at")(
+            json.loads(dumped[5]))
+        assert [e.raw for e in b.get("app.>", start="oldest", idle_timeout=0.5)] == dumped
+        assert b.health()["namespaces"]["app"]["events"] == 6
+
+
+def test_idle_timeout_ends_the_iteration_after_a_quiet_spell(client):
+    subject = topic()
+    client.put_batch([{"subject": subject, "data": n} for n in range(3)])
+    sub = client.get(subject, start="oldest", idle_timeout=0.3)
+    t0 = time.monotonic()
+    assert [e.payload for e in sub] == [0, 1, 2]
+    assert 0.3 <= time.monotonic() - t0 < 2 and sub.closed
+
+
+def test_health_is_the_servers_report(bus, client):
+    report = client.health()
+    assert report["status"] == "ok" and set(report["namespaces"]) == {"app", "orders", "math"}
+

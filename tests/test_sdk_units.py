@@ -3,6 +3,7 @@ error mapping. (Everything that talks to a server is in the other test_sdk_* fil
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import orjson
@@ -19,12 +20,16 @@ from busd import (
     UnauthorizedError,
 )
 from busd.client._events import Event
-from busd.client._sse import RESUME_AFTER, Resume, SSEDecoder, SubscriptionState
+from busd.client._protocol import Run
+from busd.client._sse import RESUME_AFTER, Resume, SSEDecoder
+from busd.client._subscription import SubscriptionState
 from busd.client._wire import (
     encode_batch,
     encode_data,
     encode_event,
+    encode_raw_batch,
     go_duration,
+    new_inbox,
     split_url,
     subscribe_target,
 )
@@ -177,3 +182,71 @@ def test_status_codes_map_to_error_classes_with_the_servers_reason(status, cls):
     assert type(error) is cls
     assert error.status == status and error.reason == "the reason"
     assert "the reason" in str(error)
+
+
+def test_inbox_ids_are_128_random_bits_the_server_takes_as_subjects():
+    from busd._core import validate_pattern, validate_subject
+
+    inboxes = {new_inbox() for _ in range(1000)}
+    assert len(inboxes) == 1000
+    for inbox in inboxes:
+        assert re.fullmatch(r"_bus_\.[0-9a-v]{26}", inbox), inbox
+        validate_subject(inbox.encode())
+        validate_pattern(inbox.encode())
+    # every character of the alphabet turns up: it is the whole of base32hex
+    assert set("".join(i[6:] for i in inboxes)) == set("0123456789abcdefghijklmnopqrstuv")
+
+
+@pytest.mark.parametrize("url, parts", [
+    ("http://127.0.0.1:2021", ("127.0.0.1", 2021, "127.0.0.1:2021")),
+    ("bus.internal:8080/", ("bus.internal", 8080, "bus.internal:8080")),
+    (":2021", ("localhost", 2021, "localhost:2021")),
+    ("http://localhost", ("localhost", 80, "localhost")),
+    ("http://[::1]:2021", ("::1", 2021, "[::1]:2021")),
+])
+def test_urls_as_bus_host_takes_them(url, parts):
+    assert split_url(url) == parts
+
+
+@pytest.mark.parametrize("url", ["https://bus.internal", "http://h:2021/api", "h:port",
+                                 "http://h:2021?x=1"])
+def test_urls_that_are_not_a_bus_root_are_refused(url):
+    with pytest.raises(ValueError):
+        split_url(url)
+
+
+def test_raw_batches_go_as_they_are():
+    records = [b'{"id":"e_1","subject":"app.x","created_at":"2026-01-01T00:00:00Z"}',
+               b'{"subject":"app.x","payload":1}']
+    assert encode_raw_batch(records) == (b"[" + b",".join(records) + b"]", 2)
+    with pytest.raises(ValueError):
+        encode_raw_batch([])
+
+
+def test_an_event_keeps_the_record_bytes_it_came_from():
+    raw = b'{"id":"e_1","subject":"app.x","payload":{"a":1},"created_at":"2026-01-01T00:00:00Z"}'
+    event = Event(raw, "c_1", None)
+    assert event.raw is raw and event.payload == {"a": 1} and event.consumer_id == "c_1"
+
+
+def _flow(log):
+    """A flow as the clients run them: ops out, outcomes (values or BusErrors) back in."""
+    try:
+        value = yield (log.append, "first")
+    except BusError as exc:
+        value = f"caught {exc.reason}"
+    yield value                         # handed out
+    got = yield (log.append, "second")
+    return f"done {got}"
+
+
+def test_run_hands_ops_out_and_outcomes_in():
+    log = []
+    run = Run(_flow(log))
+    op = run.send(None)
+    assert op == (log.append, "first") and run.op == op
+    assert run.send(BusError("refused")) == "caught refused"  # a BusError is thrown in
+    op = run.send(None)
+    assert op == (log.append, "second")
+    assert run.send(7) == "done 7" and run.op is None and run.ended
+

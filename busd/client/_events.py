@@ -19,23 +19,27 @@ def parse_time(text: str) -> datetime:
 
 class PutResult:
     """The answer to a publish: the stored event's `id`, `index` (-1 for inbox subjects)
-    and `created_at`; with `request_reply=True`, the reply's decoded `payload`."""
+    and `created_at` (`created_at_text`: as the server wrote it, to the nanosecond); with
+    `request_reply=True`, the `reply` and its decoded `payload`; with `request_reply` or
+    `confirm`, every reply or confirmation in `replies`."""
 
-    __slots__ = ("id", "index", "_created_at", "payload", "reply")
+    __slots__ = ("id", "index", "created_at_text", "payload", "reply", "replies")
 
     def __init__(self, event_id: str, index: int, created_at: str) -> None:
         self.id = event_id
         self.index = index
-        self._created_at = created_at
+        self.created_at_text = created_at
         self.payload: Any = None
         self.reply: Event | None = None
+        self.replies: list[Event] = []
 
     @property
     def created_at(self) -> datetime:
-        return parse_time(self._created_at)
+        return parse_time(self.created_at_text)
 
     def __repr__(self) -> str:
-        return f"PutResult(id={self.id!r}, index={self.index}, created_at={self._created_at!r})"
+        return (f"PutResult(id={self.id!r}, index={self.index}, "
+                f"created_at={self.created_at_text!r})")
 
 
 class BatchResult:
@@ -56,16 +60,19 @@ class Event:
     """An event delivered by a subscription.
 
     `payload` is the decoded JSON payload (None when the event has none), `created_at` a
-    timezone-aware datetime, `consumer_id` the server-side consumer that delivered it.
-    `ack()` acknowledges it (with `ack="manual"`) and, if it carries a `response_subject`
-    (a request, or a publish waiting for confirmations), sends the reply: `ack(data)`
-    replies with `data`, `ack()` with an empty confirmation.
+    timezone-aware datetime, `consumer_id` the server-side consumer that delivered it, and
+    `raw` the record's JSON bytes as the server sent them (what `bus dump` writes and
+    `put_raw` takes back). `ack()` acknowledges it (with `ack="manual"`) and, if it carries
+    a `response_subject` (a request, or a publish waiting for confirmations), sends the
+    reply: `ack(data)` replies with `data`, `ack()` with an empty confirmation.
     """
 
     __slots__ = ("id", "subject", "payload", "trace_id", "key", "response_subject",
-                 "_created_at", "consumer_id", "_sub")
+                 "_created_at", "consumer_id", "raw", "_sub")
 
-    def __init__(self, record: dict, consumer_id: str, sub: Any) -> None:
+    def __init__(self, raw: bytes, consumer_id: str, sub: Any) -> None:
+        record = orjson.loads(raw)
+        self.raw = raw
         self.id: str = record["id"]
         self.subject: str = record["subject"]
         self.payload: Any = record.get("payload")
@@ -75,10 +82,6 @@ class Event:
         self._created_at: str = record.get("created_at", "")
         self.consumer_id = consumer_id
         self._sub = sub
-
-    @classmethod
-    def decode(cls, data: bytes, consumer_id: str, sub: Any) -> Event:
-        return cls(orjson.loads(data), consumer_id, sub)
 
     @property
     def created_at(self) -> datetime:

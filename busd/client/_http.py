@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import httptools
 
 from busd import __version__
+from busd.client.errors import BusConnectionError
+
+if TYPE_CHECKING:
+    from busd.client._sse import SSEDecoder
 
 USER_AGENT = f"busd-python/{__version__}".encode()
 
@@ -32,6 +36,9 @@ class Requests:
     def put(self, target: str) -> bytes:
         return b"PUT " + target.encode() + self._tail + b"Content-Length: 0\r\n\r\n"
 
+    def get(self, target: str) -> bytes:
+        return b"GET " + target.encode() + self._tail + b"\r\n"
+
     def get_stream(self, target: str, last_event_id: str | None) -> bytes:
         extra = b"Last-Event-ID: " + last_event_id.encode() + b"\r\n" if last_event_id else b""
         return (b"GET " + target.encode() + self._tail +
@@ -40,12 +47,12 @@ class Requests:
 
 class Response:
     """One response as httptools parses it. Without a `sink` the body is collected in
-    `body`; with one (an SSE stream) each piece of the de-chunked body goes to it."""
+    `body`; with one (an SSE stream) each piece of a 2xx de-chunked body is fed to it."""
 
     __slots__ = ("parser", "status", "headers", "_body", "sink", "head_done", "complete",
                  "keep_alive")
 
-    def __init__(self, sink: Callable[[bytes], None] | None = None) -> None:
+    def __init__(self, sink: SSEDecoder | None = None) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.status = 0
         self.headers: dict[bytes, bytes] = {}
@@ -56,11 +63,11 @@ class Response:
         self.keep_alive = False  # may the connection carry another request after this one
 
     def feed(self, data: bytes) -> None:
-        """Parse received bytes; ValueError if they are not HTTP."""
+        """Parse received bytes; BusConnectionError if they are not HTTP."""
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            raise ValueError(f"malformed HTTP response from the server: {exc}") from None
+            raise BusConnectionError(f"malformed HTTP response from the server: {exc}") from None
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -72,7 +79,7 @@ class Response:
 
     def on_body(self, body: bytes) -> None:
         if self.sink is not None and 200 <= self.status < 300:
-            self.sink(body)
+            self.sink.feed(body)
         else:
             self._body.append(body)
 

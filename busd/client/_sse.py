@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
-
-import orjson
-
-from busd.client._events import Event
-from busd.client.errors import BusConnectionError, BusError, SubscriptionError
 
 # A message as the decoder hands it on: (event type, id or None, data).
 Message = tuple[bytes, "bytes | None", bytes]
@@ -147,79 +141,3 @@ class Resume:
                 break
             del pending[event_id]
             self.last_id = event_id
-
-
-class SubscriptionState:
-    """The I/O-free half of a subscription, shared by `Client` and `AsyncClient`: the
-    request target, the resume point, and turning SSE messages into events."""
-
-    def __init__(self, target: str, manual: bool, redelivery_count: int | None,
-                 reconnect: bool, reconnect_timeout: float | None,
-                 heartbeat_timeout: float | None) -> None:
-        self.target = target
-        self.manual = manual
-        self.resume = Resume(manual, redelivery_count)
-        self.reconnect = reconnect
-        self.reconnect_timeout = reconnect_timeout
-        self.heartbeat_timeout = heartbeat_timeout
-        self.consumer_id: str | None = None
-
-    def take(self, message: Message, event_cls: type[Event],
-             sub: object) -> tuple[Event | None, bool]:
-        """(event, visible) for a message: a `msg` becomes an event, visible unless the caller
-        already acked it (then it only needs acking on the current consumer); an `error`
-        raises SubscriptionError; anything else is (None, False)."""
-        kind, _, data = message
-        if kind == b"msg":
-            event = event_cls(orjson.loads(data), self.consumer_id or "", sub)
-            resume = self.resume
-            if not self.manual:
-                resume.last_id = event.id
-                resume.started = True
-                return event, True
-            return event, resume.delivered(event.id)
-        if kind == b"error":
-            raise SubscriptionError(data.decode("utf-8", "replace") or "subscription ended")
-        if kind == b"consumer" and data:
-            self.consumer_id = data.decode()
-        elif kind == RESUME_AFTER:
-            self.resume.resume_after(data.decode("ascii", "replace"))
-        return None, False
-
-    def reconnect_request(self) -> tuple[str, str | None]:
-        """(request target, Last-Event-ID) for the next reconnect: after the resume point,
-        from the oldest retained event if the server said nothing came before the stream,
-        or as first asked when there is no resume point."""
-        point = self.resume.reconnecting()
-        if point == "oldest":
-            return _with_start(self.target, "oldest"), None
-        return self.target, point
-
-
-def _with_start(target: str, start: str) -> str:
-    """`target` (from subscribe_target) with its `start=` parameter replaced."""
-    path, _, query = target.partition("?")
-    params = [f"start={start}" if p.startswith("start=") else p for p in query.split("&")]
-    return path + "?" + "&".join(params)
-
-
-class Backoff:
-    """Reconnect delays: 50 ms doubling to `ceiling` (the server's `retry: 2000`), and the
-    deadline after which a subscription gives up (None: never)."""
-
-    def __init__(self, give_up_after: float | None, ceiling: float = 2.0) -> None:
-        self.delay = 0.05
-        self.ceiling = ceiling
-        self.deadline = None if give_up_after is None else time.monotonic() + give_up_after
-
-    def next_delay(self, error: BaseException) -> float:
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise BusConnectionError(f"gave up reconnecting the subscription: {error}") from error
-        delay, self.delay = self.delay, min(self.delay * 2, self.ceiling)
-        return delay
-
-
-def retryable(error: BusError) -> bool:
-    """Whether a failed (re)connect is worth another try: no answer, or a 5xx — not a 4xx,
-    which means the request itself is wrong (it will not get better)."""
-    return error.status is None or error.status >= 500

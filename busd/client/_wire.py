@@ -3,6 +3,8 @@ durations going out; results and errors coming back."""
 
 from __future__ import annotations
 
+import base64
+import secrets
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any
@@ -10,13 +12,11 @@ from urllib.parse import quote, urlsplit
 
 import orjson
 
-from busd._core import new_xid
 from busd.client._events import BatchResult, PutResult
 from busd.client._http import Response
 from busd.client.errors import error_for
-from busd.wire import parse_duration
+from busd.wire import INBOX_PREFIX, parse_duration
 
-INBOX_PREFIX = "_bus_."
 _BATCH_FIELDS = frozenset(("subject", "data", "key", "trace_id"))
 
 
@@ -82,9 +82,20 @@ def encode_batch(items: Iterable[Mapping[str, Any]]) -> tuple[bytes, int]:
     return orjson.dumps(events), len(events)
 
 
+def encode_raw_batch(events: Iterable[bytes]) -> tuple[bytes, int]:
+    """A batch body from events already encoded as JSON objects (e.g. dumped records)."""
+    records = list(events)
+    if not records:
+        raise ValueError("a batch needs at least one event")
+    return b"[" + b",".join(records) + b"]", len(records)
+
+
 def new_inbox() -> str:
-    """A fresh inbox subject `_bus_.<xid>` for replies and confirmations."""
-    return INBOX_PREFIX + new_xid().decode()
+    """A fresh inbox subject `_bus_.<id>` for replies and confirmations: 128 random bits,
+    so nobody can guess it and answer in the responder's place, in lowercase base32hex
+    (0-9a-v), which subjects accept."""
+    token = base64.b32hexencode(secrets.token_bytes(16)).decode().rstrip("=")
+    return INBOX_PREFIX + token.lower()
 
 
 def seconds(value: float | int | timedelta | str) -> float:
@@ -132,14 +143,21 @@ def ack_target(consumer_id: str, event_id: str) -> str:
 
 
 def split_url(url: str) -> tuple[str, int, str]:
-    """(host, port, Host header) of an `http://host[:port]` base URL."""
-    parts = urlsplit(url if "://" in url else "http://" + url)
+    """(host, port, Host header) of the server's root: `http://host[:port]`, `host[:port]`
+    or `:port` (on localhost), as `bus --host` takes it too."""
+    text = url.strip()
+    if text.startswith(":"):
+        text = "localhost" + text
+    parts = urlsplit(text if "://" in text else "http://" + text)
     if parts.scheme != "http":
         raise ValueError(f"only http:// URLs are supported, not {url!r}")
-    if parts.path not in ("", "/") or parts.query:
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ValueError(f"the URL must be the server's root (http://host:port), not {url!r}")
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise ValueError(f"invalid URL {url!r}: {exc}") from None
     host = parts.hostname or "localhost"
-    port = parts.port or 80
     return host, port, parts.netloc or host
 
 
@@ -166,3 +184,16 @@ def batch_result(resp: Response, count: int) -> BatchResult:
 def ack_result(resp: Response) -> None:
     if resp.status != 202:
         raise error_for(resp.status, resp.body)
+
+
+def health_result(resp: Response) -> dict | None:
+    """busd's `/healthz` report, or None from a server that has none (Bus, in Go)."""
+    if resp.status == 404:
+        return None
+    if resp.status != 200:
+        raise error_for(resp.status, resp.body)
+    try:
+        report = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        return None
+    return report if isinstance(report, dict) else None

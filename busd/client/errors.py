@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+__all__ = [
+    "BadRequestError", "BusConnectionError", "BusError", "BusTimeoutError", "ConflictError",
+    "ForbiddenError", "NotFoundError", "PayloadTooLargeError", "ServerError", "StorageError",
+    "SubscriptionError", "UnauthorizedError",
+]
+
 
 class BusError(Exception):
     """Base of every error the SDK raises on purpose.
@@ -83,3 +89,11 @@ def error_for(status: int, body: bytes) -> BusError:
     if cls is None:
         cls = ServerError if status >= 500 else BusError
     return cls(reason, status)
+
+
+def connect_error(host: str, port: int, exc: OSError) -> BusError:
+    """The exception for a connection that could not be opened."""
+    if isinstance(exc, TimeoutError):
+        return BusTimeoutError(f"connecting to {host}:{port} timed out")
+    return BusConnectionError(f"cannot connect to the bus at {host}:{port}: "
+                              f"{exc.strerror or exc}")
