@@ -13,8 +13,6 @@ import zlib
 import nacl.bindings
 import pytest
 from busd.store.local._crypto import (
-    ID_AT,
-    ID_LEN,
     Codec,
     SealError,
     plain_size,
@@ -24,7 +22,6 @@ from busd.store.local._crypto import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from busd.store.local import log as log_module
 from busd.store.local.crypto import KEYCHECK_NAME, derive_key
 from busd.store.local.log import (
     CorruptRecordError,
@@ -87,10 +84,6 @@ def ref_frames(bodies: list[bytes]) -> bytes:
 
 KEY = derive_key(SECRET)
 CODEC = Codec(KEY)
-
-
-def test_id_position_agrees_with_the_log():
-    assert (ID_AT, ID_LEN) == (log_module.ID_AT, log_module.ID_LEN)
 
 
 def test_key_is_sha256_of_the_secret():

@@ -18,6 +18,7 @@ from busd.cli.datadir import Appender, namespaces_in, open_store, stored_record
 from busd.cli.dump import DUMP_SUFFIX
 from busd.cli.http import BusHttp, HttpError
 from busd.cli.output import NO_PROGRESS, CommandError, UsageError, note, progress
+from busd.wire import ID_AT, ID_END
 
 ONLINE_BATCH_BYTES = 4 << 20
 
@@ -154,7 +155,7 @@ def _publish(bus: BusHttp, records: list[bytes], refused: list[str]) -> int:
                 raise
             hint = " (restart the target with --dup-size 0 while restoring)" \
                 if exc.status == 409 else ""
-            refused.append(f"{record[7:29].decode()}: {exc.reason}{hint}")
+            refused.append(f"{record[ID_AT:ID_END].decode()}: {exc.reason}{hint}")
     return stored
 
 

@@ -1,7 +1,16 @@
+# The sealed record format (see _crypto.pyx): an id tag, then per block a nonce, a Poly1305
+# tag and the ciphertext. C_ names: _crypto's Python constants carry the plain ones.
+cdef enum:
+    C_TAG = 8      # the id tag: keyed SipHash-2-4 of the record's event id
+    C_NONCE = 24
+    C_MAC = 16
+    C_OVER = C_NONCE + C_MAC  # per block
+
+
 cdef inline Py_ssize_t sealed_record_size(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
-    """Frame body bytes of an n-byte record sealed in bs-byte blocks: its 8-byte id tag,
-    then per block a 24-byte nonce, a 16-byte Poly1305 tag and the ciphertext."""
-    return 8 + n + 40 * ((n + bs - 1) // bs)
+    """Frame body bytes of an n-byte record sealed in bs-byte blocks: its id tag, then per
+    block a nonce, a Poly1305 tag and the ciphertext."""
+    return C_TAG + n + C_OVER * ((n + bs - 1) // bs)
 
 
 cdef class Codec:

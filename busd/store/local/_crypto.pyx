@@ -9,7 +9,7 @@ plaintext length and block boundaries follow from its length and the block size 
     [nonce | mac | ct(block 0)] [nonce | mac | ct(block 1)] ...
 
 A stored record is an 8-byte id tag followed by its blob. The id tag is SipHash-2-4,
-under a key derived from the secret, of the record's event id (record[7:29]): find_id
+under a key derived from the secret, of the record's event id (at ID_AT): find_id
 compares tags instead of opening a block per record, and a tag reveals nothing of the id
 (not even its timestamp) to whoever lacks the key. Opening a record checks its tag too.
 
@@ -29,24 +29,24 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint32_t, uintptr_t
 
-from busd.store.local._frame cimport FRAME_MAX_BODY, _frame_at, _rd32, _wr32, crc32
+from busd._core cimport ID_AT, ID_END, ID_LEN
+from busd.store.local._frame cimport (
+    FRAME_CORRUPT,
+    FRAME_HEAD,
+    FRAME_MAX_BODY,
+    _frame_at,
+    _rd32,
+    _wr32,
+    crc32,
+)
 
 import hashlib
 
-NONCE_SIZE = 24
-MAC_SIZE = 16
-BLOCK_OVERHEAD = 40
-ID_TAG_SIZE = 8
+NONCE_SIZE = C_NONCE
+MAC_SIZE = C_MAC
+BLOCK_OVERHEAD = C_OVER
+ID_TAG_SIZE = C_TAG
 KEY_SIZE = 32
-ID_AT = 7  # a record's event id: record[7:29] (b"e_" + xid), as in busd/store/local/log.py
-ID_LEN = 22
-
-DEF C_NONCE = 24
-DEF C_MAC = 16
-DEF C_OVER = 40
-DEF C_TAG = 8
-DEF C_ID_AT = 7
-DEF C_ID_LEN = 22
 
 ctypedef int (*box_fn)(unsigned char* out, const unsigned char* data, unsigned long long size,
                        const unsigned char* nonce, const unsigned char* key) noexcept nogil
@@ -72,7 +72,8 @@ cdef int _load() except -1:
     import nacl.bindings  # initialises libsodium (sodium_init)
     from nacl._sodium import ffi, lib
     if (lib.crypto_secretbox_noncebytes() != C_NONCE or lib.crypto_secretbox_macbytes() != C_MAC
-            or lib.crypto_secretbox_keybytes() != 32 or lib.crypto_shorthash_siphash24_bytes() != 8
+            or lib.crypto_secretbox_keybytes() != 32
+            or lib.crypto_shorthash_siphash24_bytes() != C_TAG
             or lib.crypto_shorthash_siphash24_keybytes() != 16):
         raise ImportError("unexpected libsodium secretbox / siphash sizes")
     nacl.bindings.sodium_init()
@@ -151,9 +152,9 @@ cdef class Codec:
     # -- C level ---------------------------------------------------------------------------
     cdef void _id_tag(self, const unsigned char* record, Py_ssize_t n,
                       unsigned char* out) noexcept nogil:
-        """The id tag of a record: keyed SipHash-2-4 of record[7:29] (of b"" if shorter)."""
-        if n >= C_ID_AT + C_ID_LEN:
-            _hash_fn(out, record + C_ID_AT, C_ID_LEN, self.tag_key)
+        """The id tag of a record: keyed SipHash-2-4 of its event id (of b"" if too short)."""
+        if n >= ID_END:
+            _hash_fn(out, record + ID_AT, ID_LEN, self.tag_key)
         else:
             _hash_fn(out, record, 0, self.tag_key)
 
@@ -229,14 +230,14 @@ cdef class Codec:
         """The tag of an event id (b"e_" + xid, 22 bytes): what find_id looks for."""
         cdef bytes r = bytes(event_id)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, C_TAG)
-        if PyBytes_GET_SIZE(r) != C_ID_LEN:
-            raise ValueError(f"an event id has {C_ID_LEN} bytes, not {PyBytes_GET_SIZE(r)}")
+        if PyBytes_GET_SIZE(r) != ID_LEN:
+            raise ValueError(f"an event id has {ID_LEN} bytes, not {PyBytes_GET_SIZE(r)}")
         _hash_fn(<unsigned char*>PyBytes_AS_STRING(out), <const unsigned char*>PyBytes_AS_STRING(r),
-                 C_ID_LEN, self.tag_key)
+                 ID_LEN, self.tag_key)
         return out
 
     def record_tag(self, record) -> bytes:
-        """The id tag stored in front of a record: of record[7:29], or of b"" if shorter."""
+        """The id tag stored in front of a record: of its event id, or of b"" if too short."""
         cdef bytes r = bytes(record)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, C_TAG)
         self._id_tag(<const unsigned char*>PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r),
@@ -319,7 +320,7 @@ cdef class Codec:
             if size == 0 or sealed_record_size(size, block_size) > FRAME_MAX_BODY:
                 raise ValueError(f"record {i} has {size} bytes; out of range")
             blocks += _blocks(size, block_size)
-            total += 8 + sealed_record_size(size, block_size)
+            total += FRAME_HEAD + sealed_record_size(size, block_size)
         cdef bytes nb = self._nonces(blocks, nonces)
         cdef const unsigned char* np = <const unsigned char*>PyBytes_AS_STRING(nb)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
@@ -328,12 +329,12 @@ cdef class Codec:
             r = <object>PyList_GET_ITEM(records, i)
             size = PyBytes_GET_SIZE(r)
             sealed = sealed_record_size(size, block_size)
-            self._id_tag(<const unsigned char*>PyBytes_AS_STRING(r), size, dst + 8)
+            self._id_tag(<const unsigned char*>PyBytes_AS_STRING(r), size, dst + FRAME_HEAD)
             np = self._seal_into(<const unsigned char*>PyBytes_AS_STRING(r), size, block_size,
-                                 dst + 8 + C_TAG, np)
+                                 dst + FRAME_HEAD + C_TAG, np)
             _wr32(dst, <uint32_t>sealed)
-            _wr32(dst + 4, <uint32_t>crc32(0, dst + 8, <unsigned int>sealed))
-            dst += 8 + sealed
+            _wr32(dst + 4, <uint32_t>crc32(0, dst + FRAME_HEAD, <unsigned int>sealed))
+            dst += FRAME_HEAD + sealed
         return out
 
     def scan_frames(self, buffer, Py_ssize_t offset, Py_ssize_t max_records,
@@ -361,15 +362,15 @@ cdef class Codec:
                     break
                 plain = _plain_size(<Py_ssize_t>length - C_TAG, block_size)
                 if plain < 0:
-                    status = 2
+                    status = FRAME_CORRUPT
                     break
                 rec = PyBytes_FromStringAndSize(NULL, plain)
-                if self._open_record(buf + off + 8, length, block_size,
+                if self._open_record(buf + off + FRAME_HEAD, length, block_size,
                                      <unsigned char*>PyBytes_AS_STRING(rec)) != 0:
-                    status = 2
+                    status = FRAME_CORRUPT
                     break
                 records.append(rec)
-                off += 8 + length
+                off += FRAME_HEAD + length
                 n += 1
         finally:
             PyBuffer_Release(&view)
@@ -385,6 +386,7 @@ cdef class Codec:
         cdef Py_buffer view
         PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
         cdef const unsigned char* buf = <const unsigned char*>view.buf
+        cdef const unsigned char* body
         cdef Py_ssize_t size = view.len, q = offset + 1
         cdef uint32_t length
         cdef unsigned char* scratch = <unsigned char*>malloc(block_size)
@@ -396,12 +398,13 @@ cdef class Codec:
             with nogil:
                 if q < 0:
                     q = 0
-                while size - q >= 8 + C_TAG + C_OVER + 1:
+                while size - q >= FRAME_HEAD + C_TAG + C_OVER + 1:
                     length = _rd32(buf + q)
+                    body = buf + q + FRAME_HEAD
                     if (length > C_TAG + C_OVER and length <= FRAME_MAX_BODY
-                            and <Py_ssize_t>length <= size - q - 8
-                            and self.open_head(buf + q + 8, length, block_size, scratch) >= 0
-                            and <uint32_t>crc32(0, buf + q + 8, length) == _rd32(buf + q + 4)):
+                            and <Py_ssize_t>length <= size - q - FRAME_HEAD
+                            and self.open_head(body, length, block_size, scratch) >= 0
+                            and <uint32_t>crc32(0, body, length) == _rd32(buf + q + 4)):
                         found = q
                         break
                     q += 1
