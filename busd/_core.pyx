@@ -410,56 +410,82 @@ cdef inline Py_ssize_t _scan_literal(Scanner* sc, Py_ssize_t pos, const char* li
     return pos + ln
 
 
+# The grammar shared by objects, arrays, events and batches: what comes after an opening
+# byte, a member's key and a container's item.
+
+cdef inline Py_ssize_t _open(Scanner* sc, const unsigned char* b, Py_ssize_t n, Py_ssize_t pos,
+                             int depth, unsigned char close, bint* more) noexcept nogil:
+    """b[pos] opens a container of this depth that `close` ends: the position of its first
+    item (more set), or after `close` if it is empty; -1 if nested too deep."""
+    more[0] = False
+    if depth > C_MAX_DEPTH:
+        return _fail(sc, pos, "nesting deeper than 512")
+    pos = _ws(b, pos + 1, n)
+    if pos < n and b[pos] == close:
+        return pos + 1
+    more[0] = True
+    return pos
+
+
+cdef inline Py_ssize_t _key(Scanner* sc, const unsigned char* b, Py_ssize_t n,
+                            Py_ssize_t pos) noexcept nogil:
+    """b[pos] starts an object member: the position after its key string, or -1."""
+    if pos >= n or b[pos] != c'"':
+        return _fail(sc, pos, "expected a string key")
+    return _scan_string(sc, pos)
+
+
+cdef inline Py_ssize_t _colon(Scanner* sc, const unsigned char* b, Py_ssize_t n,
+                              Py_ssize_t pos) noexcept nogil:
+    """pos is after a member's key: the position of its value (past ':'), or -1."""
+    pos = _ws(b, pos, n)
+    if pos >= n or b[pos] != c':':
+        return _fail(sc, pos, "expected ':'")
+    return _ws(b, pos + 1, n)
+
+
+cdef inline Py_ssize_t _next(Scanner* sc, const unsigned char* b, Py_ssize_t n, Py_ssize_t pos,
+                             unsigned char close, bint* more) noexcept nogil:
+    """pos is after an item of a container that `close` ends: the position of the next item
+    (more set) or after `close`; -1 if neither follows."""
+    pos = _ws(b, pos, n)
+    more[0] = pos < n and b[pos] == c','
+    if more[0]:
+        return _ws(b, pos + 1, n)
+    if pos < n and b[pos] == close:
+        return pos + 1
+    return _fail(sc, pos, "expected ',' or '}'" if close == c'}' else "expected ',' or ']'")
+
+
 cdef Py_ssize_t _scan_object(Scanner* sc, Py_ssize_t pos, int depth) noexcept nogil:
     """b[pos] is '{'; depth is the depth of this object (top level = 1)."""
     cdef const unsigned char* b = sc.buf
     cdef Py_ssize_t n = sc.n
-    if depth > C_MAX_DEPTH:
-        return _fail(sc, pos, "nesting deeper than 512")
-    pos = _ws(b, pos + 1, n)
-    if pos < n and b[pos] == c'}':
-        return pos + 1
-    while True:
-        if pos >= n or b[pos] != c'"':
-            return _fail(sc, pos, "expected a string key")
-        pos = _scan_string(sc, pos)
+    cdef bint more = False
+    pos = _open(sc, b, n, pos, depth, c'}', &more)
+    while more:
+        pos = _key(sc, b, n, pos)
+        if pos >= 0:
+            pos = _colon(sc, b, n, pos)
+        if pos >= 0:
+            pos = _scan_value(sc, pos, depth)
         if pos < 0:
             return -1
-        pos = _ws(b, pos, n)
-        if pos >= n or b[pos] != c':':
-            return _fail(sc, pos, "expected ':'")
-        pos = _ws(b, pos + 1, n)
-        pos = _scan_value(sc, pos, depth)
-        if pos < 0:
-            return -1
-        pos = _ws(b, pos, n)
-        if pos < n and b[pos] == c',':
-            pos = _ws(b, pos + 1, n)
-            continue
-        if pos < n and b[pos] == c'}':
-            return pos + 1
-        return _fail(sc, pos, "expected ',' or '}'")
+        pos = _next(sc, b, n, pos, c'}', &more)
+    return pos
 
 
 cdef Py_ssize_t _scan_array(Scanner* sc, Py_ssize_t pos, int depth) noexcept nogil:
     cdef const unsigned char* b = sc.buf
     cdef Py_ssize_t n = sc.n
-    if depth > C_MAX_DEPTH:
-        return _fail(sc, pos, "nesting deeper than 512")
-    pos = _ws(b, pos + 1, n)
-    if pos < n and b[pos] == c']':
-        return pos + 1
-    while True:
+    cdef bint more = False
+    pos = _open(sc, b, n, pos, depth, c']', &more)
+    while more:
         pos = _scan_value(sc, pos, depth)
         if pos < 0:
             return -1
-        pos = _ws(b, pos, n)
-        if pos < n and b[pos] == c',':
-            pos = _ws(b, pos + 1, n)
-            continue
-        if pos < n and b[pos] == c']':
-            return pos + 1
-        return _fail(sc, pos, "expected ',' or ']'")
+        pos = _next(sc, b, n, pos, c']', &more)
+    return pos
 
 
 cdef Py_ssize_t _scan_value(Scanner* sc, Py_ssize_t pos, int depth) noexcept nogil:
@@ -622,71 +648,61 @@ cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t i
     cdef int f, i
     cdef unsigned char c
     cdef ParsedEvent ev
+    cdef bint more = False
     for i in range(N_FIELDS):
         spans[i].start = -1
-    if depth > C_MAX_DEPTH:
-        return _fail(sc, pos, "nesting deeper than 512")
-    pos = _ws(b, pos + 1, n)
-    if not (pos < n and b[pos] == c'}'):
-        while True:
-            if pos >= n or b[pos] != c'"':
-                return _fail(sc, pos, "expected a string key")
-            kstart = pos
-            pos = _scan_string(sc, pos)
+    pos = _open(sc, b, n, pos, depth, c'}', &more)
+    while more:
+        kstart = pos
+        pos = _key(sc, b, n, pos)
+        if pos < 0:
+            return -1
+        kend = pos
+        if sc.str_esc:
+            f = _escaped_field_of(b, kstart + 1, kend - 1)
+        else:
+            f = _field_of(b + kstart + 1, kend - kstart - 2)
+        pos = _colon(sc, b, n, pos)
+        if pos < 0:
+            return -1
+        if f < 0:
+            pos = _scan_value(sc, pos, depth)
             if pos < 0:
                 return -1
-            kend = pos
-            if sc.str_esc:
-                f = _escaped_field_of(b, kstart + 1, kend - 1)
-            else:
-                f = _field_of(b + kstart + 1, kend - kstart - 2)
-            pos = _ws(b, pos, n)
-            if pos >= n or b[pos] != c':':
-                return _fail(sc, pos, "expected ':'")
-            pos = _ws(b, pos + 1, n)
-            if f < 0:
+        else:
+            if pos >= n:
+                return _fail(sc, pos, "unexpected end of input")
+            sp = &spans[f]
+            c = b[pos]
+            if f == F_PAYLOAD:
+                sp.start = pos
                 pos = _scan_value(sc, pos, depth)
                 if pos < 0:
                     return -1
+                sp.end = pos
+            elif c == c'"':
+                sp.start = pos
+                pos = _scan_string(sc, pos)
+                if pos < 0:
+                    return -1
+                sp.end = pos
+                sp.esc = sc.str_esc
+            elif c == c'n':
+                pos = _scan_literal(sc, pos, b"null", 4)
+                if pos < 0:
+                    return -1
+                sp.start = -1
             else:
-                if pos >= n:
-                    return _fail(sc, pos, "unexpected end of input")
-                sp = &spans[f]
-                c = b[pos]
-                if f == F_PAYLOAD:
-                    sp.start = pos
-                    pos = _scan_value(sc, pos, depth)
-                    if pos < 0:
-                        return -1
-                    sp.end = pos
-                elif c == c'"':
-                    sp.start = pos
-                    pos = _scan_string(sc, pos)
-                    if pos < 0:
-                        return -1
-                    sp.end = pos
-                    sp.esc = sc.str_esc
-                elif c == c'n':
-                    pos = _scan_literal(sc, pos, b"null", 4)
-                    if pos < 0:
-                        return -1
-                    sp.start = -1
-                else:
-                    pos = _scan_value(sc, pos, depth)
-                    if pos < 0:
-                        return -1
-                    if sc.sem_code == SEM_NONE:
-                        sc.sem_code = SEM_FIELD_TYPE
-                        sc.sem_field = f
-                        sc.sem_item = item
-            pos = _ws(b, pos, n)
-            if pos < n and b[pos] == c',':
-                pos = _ws(b, pos + 1, n)
-                continue
-            if pos < n and b[pos] == c'}':
-                break
-            return _fail(sc, pos, "expected ',' or '}'")
-    pos += 1
+                pos = _scan_value(sc, pos, depth)
+                if pos < 0:
+                    return -1
+                if sc.sem_code == SEM_NONE:
+                    sc.sem_code = SEM_FIELD_TYPE
+                    sc.sem_field = f
+                    sc.sem_item = item
+        pos = _next(sc, b, n, pos, c'}', &more)
+    if pos < 0:
+        return -1
     if sc.sem_code != SEM_NONE:
         return pos
     sp = &spans[F_SUBJECT]
@@ -742,7 +758,7 @@ def scan_body(bytes body not None):
     cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(body)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(body), pos, item = 0
     cdef list events = []
-    cdef bint is_batch = False
+    cdef bint is_batch = False, more = False
     sc.buf = b
     sc.n = n
     sc.err_pos = 0
@@ -758,31 +774,21 @@ def scan_body(bytes body not None):
         pos = _scan_event(&sc, pos, 1, -1, events)
     elif b[pos] == c'[':
         is_batch = True
-        pos = _ws(b, pos + 1, n)
-        if pos < n and b[pos] == c']':
-            pos += 1
+        pos = _open(&sc, b, n, pos, 1, c']', &more)
+        if not more:
             sc.sem_code = SEM_EMPTY_BATCH
-        else:
-            while True:
-                if pos < n and b[pos] == c'{':
-                    pos = _scan_event(&sc, pos, 2, item, events)
-                else:
-                    pos = _scan_value(&sc, pos, 1)
-                    if pos >= 0 and sc.sem_code == SEM_NONE:
-                        sc.sem_code = SEM_ITEM_NOT_OBJECT
-                        sc.sem_item = item
-                if pos < 0:
-                    break
-                item += 1
-                pos = _ws(b, pos, n)
-                if pos < n and b[pos] == c',':
-                    pos = _ws(b, pos + 1, n)
-                    continue
-                if pos < n and b[pos] == c']':
-                    pos += 1
-                    break
-                pos = _fail(&sc, pos, "expected ',' or ']'")
+        while more:
+            if pos < n and b[pos] == c'{':
+                pos = _scan_event(&sc, pos, 2, item, events)
+            else:
+                pos = _scan_value(&sc, pos, 1)
+                if pos >= 0 and sc.sem_code == SEM_NONE:
+                    sc.sem_code = SEM_ITEM_NOT_OBJECT
+                    sc.sem_item = item
+            if pos < 0:
                 break
+            item += 1
+            pos = _next(&sc, b, n, pos, c']', &more)
     else:
         pos = _scan_value(&sc, pos, 0)
         if pos >= 0:
