@@ -13,6 +13,9 @@ cdef inline Py_ssize_t sealed_record_size(Py_ssize_t n, Py_ssize_t bs) noexcept 
     return C_TAG + n + C_OVER * ((n + bs - 1) // bs)
 
 
+cdef int _check_block_size(Py_ssize_t bs) except -1
+
+
 cdef class Codec:
     cdef unsigned char key[32]
     cdef unsigned char tag_key[16]
@@ -24,6 +27,7 @@ cdef class Codec:
                         unsigned char* out) noexcept nogil
     cdef int _open_record(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t bs,
                           unsigned char* out) noexcept nogil
+    cdef bytes _open_body(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t bs)
     cdef int open_head(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t block_size,
                        unsigned char* out) noexcept nogil
     cdef bytes _nonces(self, Py_ssize_t count, object nonces)

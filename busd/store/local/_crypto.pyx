@@ -30,15 +30,7 @@ from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint32_t, uintptr_t
 
 from busd._core cimport ID_AT, ID_END, ID_LEN
-from busd.store.local._frame cimport (
-    FRAME_CORRUPT,
-    FRAME_HEAD,
-    FRAME_MAX_BODY,
-    _frame_at,
-    _rd32,
-    _wr32,
-    crc32,
-)
+from busd.store.local._frame cimport FRAME_HEAD, FRAME_MAX_BODY, _rd32, _wr32, crc32
 
 import hashlib
 
@@ -197,6 +189,18 @@ cdef class Codec:
         self._id_tag(out, _plain_size(n - C_TAG, bs), tag)
         return 0 if memcmp(tag, body, C_TAG) == 0 else -1
 
+    cdef bytes _open_body(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t bs):
+        """The record in a frame body of n bytes, or None if its length is impossible, a
+        block does not authenticate or its id tag does not match."""
+        cdef Py_ssize_t plain = _plain_size(n - C_TAG, bs)
+        cdef bytes out
+        if plain < 0:
+            return None
+        out = PyBytes_FromStringAndSize(NULL, plain)
+        if self._open_record(body, n, bs, <unsigned char*>PyBytes_AS_STRING(out)) != 0:
+            return None
+        return out
+
     cdef int open_head(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t block_size,
                        unsigned char* out) noexcept nogil:
         """Open only the first block of a stored record into out (block_size bytes of
@@ -290,18 +294,13 @@ cdef class Codec:
         its id tag does not match."""
         _check_block_size(block_size)
         cdef Py_buffer view
+        cdef bytes out
         PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
-        cdef Py_ssize_t n = _plain_size(view.len - C_TAG, block_size) if view.len > C_TAG else -1
-        cdef bytes out = None
-        cdef int rc = -1
         try:
-            if n > 0:
-                out = PyBytes_FromStringAndSize(NULL, n)
-                rc = self._open_record(<const unsigned char*>view.buf, view.len, block_size,
-                                       <unsigned char*>PyBytes_AS_STRING(out))
+            out = self._open_body(<const unsigned char*>view.buf, view.len, block_size)
         finally:
             PyBuffer_Release(&view)
-        if rc != 0:
+        if out is None:
             raise SealError("stored record does not open (wrong key, damaged, or impossible "
                             "length)")
         return out
@@ -336,45 +335,6 @@ cdef class Codec:
             _wr32(dst + 4, <uint32_t>crc32(0, dst + FRAME_HEAD, <unsigned int>sealed))
             dst += FRAME_HEAD + sealed
         return out
-
-    def scan_frames(self, buffer, Py_ssize_t offset, Py_ssize_t max_records,
-                    Py_ssize_t block_size):
-        """_framing.scan_frames over sealed frames, returning plaintexts:
-        (records, end_offset, n_records, status). A frame whose crc matches but which does
-        not open (or whose id tag does not match) is status 2 (corrupt) at end_offset, like
-        a crc mismatch."""
-        _check_block_size(block_size)
-        cdef Py_buffer view
-        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
-        cdef const unsigned char* buf = <const unsigned char*>view.buf
-        cdef Py_ssize_t size = view.len, off = offset, n = 0, plain, length = 0
-        cdef int status = 0
-        cdef list records = []
-        cdef bytes rec
-        try:
-            if off < 0 or off > size:
-                raise ValueError(f"offset {offset} outside buffer of {size} bytes")
-            while max_records < 0 or n < max_records:
-                if off == size:
-                    break
-                status = _frame_at(buf, size, off, True, &length)
-                if status:
-                    break
-                plain = _plain_size(<Py_ssize_t>length - C_TAG, block_size)
-                if plain < 0:
-                    status = FRAME_CORRUPT
-                    break
-                rec = PyBytes_FromStringAndSize(NULL, plain)
-                if self._open_record(buf + off + FRAME_HEAD, length, block_size,
-                                     <unsigned char*>PyBytes_AS_STRING(rec)) != 0:
-                    status = FRAME_CORRUPT
-                    break
-                records.append(rec)
-                off += FRAME_HEAD + length
-                n += 1
-        finally:
-            PyBuffer_Release(&view)
-        return records, off, n, status
 
     def resync(self, buffer, Py_ssize_t offset, Py_ssize_t block_size) -> int:
         """Offset of the first whole frame after `offset` (exclusive) whose length is a

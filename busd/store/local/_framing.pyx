@@ -19,7 +19,7 @@ from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
 
 from busd._core cimport ID_AT, ID_END, ID_LEN, XID_AT, _xid_sec
-from busd.store.local._crypto cimport C_TAG, Codec, sealed_record_size
+from busd.store.local._crypto cimport C_TAG, Codec, _check_block_size, sealed_record_size
 
 import array as _array_mod
 
@@ -103,14 +103,18 @@ def frame_records(list records) -> bytes:
 
 
 def scan_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, bint want_records=True,
-                bint check_crc=True):
+                bint check_crc=True, Codec codec=None, Py_ssize_t block_size=0):
     """Walk frames from offset: (records or None, end_offset, n_records, status).
 
     status 0: stopped at the exact end of the buffer or after max_records (< 0: no limit);
     1: an incomplete frame starts at end_offset; 2: the frame at end_offset is corrupt
     (crc mismatch or impossible length). With check_crc=False only lengths are followed
-    (used to skip to a position inside an index block).
+    (used to skip to a position inside an index block). With a codec the bodies are sealed
+    records, opened into the records returned: one that does not open (or whose id tag
+    does not match) is corrupt too.
     """
+    if codec is not None:
+        _check_block_size(block_size)
     cdef Py_buffer view
     PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
     cdef const unsigned char* buf = <const unsigned char*>view.buf
@@ -127,7 +131,14 @@ def scan_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, bint want_rec
             status = _frame_at(buf, size, off, check_crc, &blen)
             if status:
                 break
-            if want_records:
+            if codec is not None:
+                rec = codec._open_body(buf + off + FRAME_HEAD, blen, block_size)
+                if rec is None:
+                    status = FRAME_CORRUPT
+                    break
+                if want_records:
+                    records.append(rec)
+            elif want_records:
                 rec = PyBytes_FromStringAndSize(<const char*>buf + off + FRAME_HEAD, blen)
                 records.append(rec)
             off += FRAME_HEAD + blen

@@ -673,9 +673,7 @@ class NamespaceLog:
 
     def _scan(self, seg: _Segment, buf, offset: int, max_records: int):
         """scan_frames, opening sealed records if the log is encrypted."""
-        if self.codec is None:
-            return scan_frames(buf, offset, max_records)
-        return self.codec.scan_frames(buf, offset, max_records, seg.block_size)
+        return scan_frames(buf, offset, max_records, codec=self.codec, block_size=seg.block_size)
 
     def _undo_write(self, wf: _WriteFile, before: int, exc: OSError):
         """Cut the file back to its size before the failed write, then raise LogWriteError."""
@@ -1204,7 +1202,7 @@ class NamespaceLog:
             stop = min((r for r in bad if r > rel), default=n_records)
             while rel < stop:
                 want = min(stop - rel, 4096)
-                _, off, n, status = self.codec.scan_frames(buf, off, want, seg.block_size)
+                _, off, n, status = self._scan(seg, buf, off, want)
                 rel += n
                 if n < want:
                     if status != CORRUPT:  # cannot happen: indexing followed these frames
