@@ -19,18 +19,19 @@ the ciphertext), recovery and the sparse index work on encrypted logs without th
 The cipher is libsodium's, the one PyNaCl ships: the C entry points are taken from
 PyNaCl's cffi module (`nacl._sodium.lib`) once, so the per-block calls below are plain C
 calls with no Python object per block. Everything per-record or per-block (cutting,
-nonces, assembling, framing, reassembly) is here; key handling lives in busd/store/local/crypto.py.
+nonces, assembling, reassembly) is here, in C methods of Codec that _framing's
+frame_records and scan_frames call per record when given a codec; key handling lives in
+busd/store/local/crypto.py.
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint32_t, uintptr_t
 
 from busd._core cimport ID_AT, ID_END, ID_LEN
-from busd.store.local._frame cimport FRAME_HEAD, FRAME_MAX_BODY, _rd32, _wr32, crc32
+from busd.store.local._frame cimport FRAME_HEAD, FRAME_MAX_BODY, _rd32, crc32
 
 import hashlib
 
@@ -74,10 +75,6 @@ cdef int _load() except -1:
     _hash_fn = <hash_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "crypto_shorthash_siphash24")))
     _seal_fn = <box_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "crypto_secretbox_easy")))
     return 0
-
-
-cdef inline Py_ssize_t _blocks(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
-    return (n + bs - 1) // bs
 
 
 cdef inline Py_ssize_t _sealed_size(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
@@ -164,6 +161,14 @@ cdef class Codec:
             out += C_OVER + size
             pos += size
         return <unsigned char*>nonces
+
+    cdef unsigned char* _seal_body(self, const unsigned char* record, Py_ssize_t n,
+                                   Py_ssize_t bs, unsigned char* out,
+                                   const unsigned char* nonces) noexcept nogil:
+        """Write the frame body of a record (sealed_record_size(n, bs) bytes: id tag, blob)
+        at out, taking one nonce per block from nonces; returns the next unused nonce."""
+        self._id_tag(record, n, out)
+        return self._seal_into(record, n, bs, out + C_TAG, nonces)
 
     cdef int _open_into(self, const unsigned char* c, Py_ssize_t sealed, Py_ssize_t bs,
                                unsigned char* out) noexcept nogil:
@@ -303,37 +308,6 @@ cdef class Codec:
         if out is None:
             raise SealError("stored record does not open (wrong key, damaged, or impossible "
                             "length)")
-        return out
-
-    def frame_records(self, list records, Py_ssize_t block_size, nonces=None) -> bytes:
-        """All records sealed and framed (u32 length, u32 crc32 of the body, body = id tag
-        + blob) into one new bytes object: the encrypted twin of _framing.frame_records."""
-        _check_block_size(block_size)
-        cdef Py_ssize_t n = PyList_GET_SIZE(records), i, total = 0, blocks = 0, size, sealed
-        cdef object r
-        for i in range(n):
-            r = <object>PyList_GET_ITEM(records, i)
-            if not PyBytes_Check(r):
-                raise TypeError(f"record {i} is {type(r).__name__}, not bytes")
-            size = PyBytes_GET_SIZE(r)
-            if size == 0 or sealed_record_size(size, block_size) > FRAME_MAX_BODY:
-                raise ValueError(f"record {i} has {size} bytes; out of range")
-            blocks += _blocks(size, block_size)
-            total += FRAME_HEAD + sealed_record_size(size, block_size)
-        cdef bytes nb = self._nonces(blocks, nonces)
-        cdef const unsigned char* np = <const unsigned char*>PyBytes_AS_STRING(nb)
-        cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
-        cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
-        for i in range(n):
-            r = <object>PyList_GET_ITEM(records, i)
-            size = PyBytes_GET_SIZE(r)
-            sealed = sealed_record_size(size, block_size)
-            self._id_tag(<const unsigned char*>PyBytes_AS_STRING(r), size, dst + FRAME_HEAD)
-            np = self._seal_into(<const unsigned char*>PyBytes_AS_STRING(r), size, block_size,
-                                 dst + FRAME_HEAD + C_TAG, np)
-            _wr32(dst, <uint32_t>sealed)
-            _wr32(dst + 4, <uint32_t>crc32(0, dst + FRAME_HEAD, <unsigned int>sealed))
-            dst += FRAME_HEAD + sealed
         return out
 
     def resync(self, buffer, Py_ssize_t offset, Py_ssize_t block_size) -> int:

@@ -19,7 +19,13 @@ from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
 
 from busd._core cimport ID_AT, ID_END, ID_LEN, XID_AT, _xid_sec
-from busd.store.local._crypto cimport C_TAG, Codec, _check_block_size, sealed_record_size
+from busd.store.local._crypto cimport (
+    C_TAG,
+    Codec,
+    _blocks,
+    _check_block_size,
+    sealed_record_size,
+)
 
 import array as _array_mod
 
@@ -76,18 +82,32 @@ cdef unsigned char* _scratch(Codec codec, Py_ssize_t block_size) except? NULL:
     return p
 
 
-def frame_records(list records) -> bytes:
-    """All records framed (length, crc32, body) into one new bytes object."""
-    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, total = 0, size
+def frame_records(list records, Codec codec=None, Py_ssize_t block_size=0,
+                  nonces=None) -> bytes:
+    """All records framed (length, crc32, body) into one new bytes object. With a codec
+    each body is the record sealed in blocks of block_size (id tag + blob), with random
+    nonces or, for tests, the 24 bytes a block of `nonces`."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, total = 0, blocks = 0, size, body
     cdef object r
+    if codec is not None:
+        _check_block_size(block_size)
     for i in range(n):
         r = <object>PyList_GET_ITEM(records, i)
         if not PyBytes_Check(r):
             raise TypeError(f"record {i} is {type(r).__name__}, not bytes")
         size = PyBytes_GET_SIZE(r)
-        if size == 0 or size > FRAME_MAX_BODY:
-            raise ValueError(f"record {i} has {size} bytes; a record has 1..{FRAME_MAX_BODY} bytes")
-        total += FRAME_HEAD + size
+        if codec is None:
+            if size == 0 or size > FRAME_MAX_BODY:
+                raise ValueError(
+                    f"record {i} has {size} bytes; a record has 1..{FRAME_MAX_BODY} bytes")
+            total += FRAME_HEAD + size
+        else:
+            if size == 0 or sealed_record_size(size, block_size) > FRAME_MAX_BODY:
+                raise ValueError(f"record {i} has {size} bytes; out of range")
+            blocks += _blocks(size, block_size)
+            total += FRAME_HEAD + sealed_record_size(size, block_size)
+    cdef bytes nb = codec._nonces(blocks, nonces) if codec is not None else None
+    cdef unsigned char* np = <unsigned char*>PyBytes_AS_STRING(nb) if nb is not None else NULL
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
     cdef const unsigned char* src
@@ -95,10 +115,17 @@ def frame_records(list records) -> bytes:
         r = <object>PyList_GET_ITEM(records, i)
         size = PyBytes_GET_SIZE(r)
         src = <const unsigned char*>PyBytes_AS_STRING(r)
-        _wr32(dst, <uint32_t>size)
-        _wr32(dst + 4, <uint32_t>crc32(0, src, <unsigned int>size))
-        memcpy(dst + FRAME_HEAD, src, size)
-        dst += FRAME_HEAD + size
+        if codec is None:
+            _wr32(dst, <uint32_t>size)
+            _wr32(dst + 4, <uint32_t>crc32(0, src, <unsigned int>size))
+            memcpy(dst + FRAME_HEAD, src, size)
+            dst += FRAME_HEAD + size
+        else:
+            body = sealed_record_size(size, block_size)
+            np = codec._seal_body(src, size, block_size, dst + FRAME_HEAD, np)
+            _wr32(dst, <uint32_t>body)
+            _wr32(dst + 4, <uint32_t>crc32(0, dst + FRAME_HEAD, <unsigned int>body))
+            dst += FRAME_HEAD + body
     return out
 
 

@@ -667,9 +667,7 @@ class NamespaceLog:
 
     def _frame(self, seg: _Segment, records: list[bytes]) -> bytes:
         """The batch as written to seg: framed, and sealed first if the log is encrypted."""
-        if self.codec is None:
-            return frame_records(records)
-        return self.codec.frame_records(records, seg.block_size)
+        return frame_records(records, self.codec, seg.block_size)
 
     def _scan(self, seg: _Segment, buf, offset: int, max_records: int):
         """scan_frames, opening sealed records if the log is encrypted."""
