@@ -17,6 +17,8 @@ import hashlib as _hashlib
 import os as _os
 import socket as _socket
 
+from busd.wire import INBOX_NAMESPACE
+
 __all__ = [
     "validate_subject", "validate_pattern", "Pattern", "match_subject",
     "scan_body", "ParsedEvent", "make_record", "stamp_events", "record_id", "record_subject",
@@ -25,9 +27,9 @@ __all__ = [
     "MAX_DEPTH",
 ]
 
-MAX_DEPTH = 512
 cdef enum:
     C_MAX_DEPTH = 512
+MAX_DEPTH = C_MAX_DEPTH
 
 cdef bytes EMPTY = b""
 
@@ -37,7 +39,7 @@ cdef unsigned char SEG_OK[256]        # [A-Za-z0-9_-]
 cdef unsigned char STR_SPECIAL[256]   # bytes a JSON string scan must stop at
 cdef unsigned char ESC_LEN[256]       # output length of a byte when JSON-escaped
 cdef unsigned char HEXVAL[256]        # hex digit value, 0xFF if not hex
-cdef unsigned char XID_DEC[256]       # base32hex value, 0xFF if not in the alphabet
+# XID_DEC, declared in busd/_core.pxd for the other modules, is filled here too
 cdef const char* XID_ENC = b"0123456789abcdefghijklmnopqrstuv"
 cdef const char* HEXDIGITS = b"0123456789abcdef"
 
@@ -408,56 +410,82 @@ cdef inline Py_ssize_t _scan_literal(Scanner* sc, Py_ssize_t pos, const char* li
     return pos + ln
 
 
+# The grammar shared by objects, arrays, events and batches: what comes after an opening
+# byte, a member's key and a container's item.
+
+cdef inline Py_ssize_t _open(Scanner* sc, const unsigned char* b, Py_ssize_t n, Py_ssize_t pos,
+                             int depth, unsigned char close, bint* more) noexcept nogil:
+    """b[pos] opens a container of this depth that `close` ends: the position of its first
+    item (more set), or after `close` if it is empty; -1 if nested too deep."""
+    more[0] = False
+    if depth > C_MAX_DEPTH:
+        return _fail(sc, pos, "nesting deeper than 512")
+    pos = _ws(b, pos + 1, n)
+    if pos < n and b[pos] == close:
+        return pos + 1
+    more[0] = True
+    return pos
+
+
+cdef inline Py_ssize_t _key(Scanner* sc, const unsigned char* b, Py_ssize_t n,
+                            Py_ssize_t pos) noexcept nogil:
+    """b[pos] starts an object member: the position after its key string, or -1."""
+    if pos >= n or b[pos] != c'"':
+        return _fail(sc, pos, "expected a string key")
+    return _scan_string(sc, pos)
+
+
+cdef inline Py_ssize_t _colon(Scanner* sc, const unsigned char* b, Py_ssize_t n,
+                              Py_ssize_t pos) noexcept nogil:
+    """pos is after a member's key: the position of its value (past ':'), or -1."""
+    pos = _ws(b, pos, n)
+    if pos >= n or b[pos] != c':':
+        return _fail(sc, pos, "expected ':'")
+    return _ws(b, pos + 1, n)
+
+
+cdef inline Py_ssize_t _next(Scanner* sc, const unsigned char* b, Py_ssize_t n, Py_ssize_t pos,
+                             unsigned char close, bint* more) noexcept nogil:
+    """pos is after an item of a container that `close` ends: the position of the next item
+    (more set) or after `close`; -1 if neither follows."""
+    pos = _ws(b, pos, n)
+    more[0] = pos < n and b[pos] == c','
+    if more[0]:
+        return _ws(b, pos + 1, n)
+    if pos < n and b[pos] == close:
+        return pos + 1
+    return _fail(sc, pos, "expected ',' or '}'" if close == c'}' else "expected ',' or ']'")
+
+
 cdef Py_ssize_t _scan_object(Scanner* sc, Py_ssize_t pos, int depth) noexcept nogil:
     """b[pos] is '{'; depth is the depth of this object (top level = 1)."""
     cdef const unsigned char* b = sc.buf
     cdef Py_ssize_t n = sc.n
-    if depth > C_MAX_DEPTH:
-        return _fail(sc, pos, "nesting deeper than 512")
-    pos = _ws(b, pos + 1, n)
-    if pos < n and b[pos] == c'}':
-        return pos + 1
-    while True:
-        if pos >= n or b[pos] != c'"':
-            return _fail(sc, pos, "expected a string key")
-        pos = _scan_string(sc, pos)
+    cdef bint more = False
+    pos = _open(sc, b, n, pos, depth, c'}', &more)
+    while more:
+        pos = _key(sc, b, n, pos)
+        if pos >= 0:
+            pos = _colon(sc, b, n, pos)
+        if pos >= 0:
+            pos = _scan_value(sc, pos, depth)
         if pos < 0:
             return -1
-        pos = _ws(b, pos, n)
-        if pos >= n or b[pos] != c':':
-            return _fail(sc, pos, "expected ':'")
-        pos = _ws(b, pos + 1, n)
-        pos = _scan_value(sc, pos, depth)
-        if pos < 0:
-            return -1
-        pos = _ws(b, pos, n)
-        if pos < n and b[pos] == c',':
-            pos = _ws(b, pos + 1, n)
-            continue
-        if pos < n and b[pos] == c'}':
-            return pos + 1
-        return _fail(sc, pos, "expected ',' or '}'")
+        pos = _next(sc, b, n, pos, c'}', &more)
+    return pos
 
 
 cdef Py_ssize_t _scan_array(Scanner* sc, Py_ssize_t pos, int depth) noexcept nogil:
     cdef const unsigned char* b = sc.buf
     cdef Py_ssize_t n = sc.n
-    if depth > C_MAX_DEPTH:
-        return _fail(sc, pos, "nesting deeper than 512")
-    pos = _ws(b, pos + 1, n)
-    if pos < n and b[pos] == c']':
-        return pos + 1
-    while True:
+    cdef bint more = False
+    pos = _open(sc, b, n, pos, depth, c']', &more)
+    while more:
         pos = _scan_value(sc, pos, depth)
         if pos < 0:
             return -1
-        pos = _ws(b, pos, n)
-        if pos < n and b[pos] == c',':
-            pos = _ws(b, pos + 1, n)
-            continue
-        if pos < n and b[pos] == c']':
-            return pos + 1
-        return _fail(sc, pos, "expected ',' or ']'")
+        pos = _next(sc, b, n, pos, c']', &more)
+    return pos
 
 
 cdef Py_ssize_t _scan_value(Scanner* sc, Py_ssize_t pos, int depth) noexcept nogil:
@@ -620,71 +648,61 @@ cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t i
     cdef int f, i
     cdef unsigned char c
     cdef ParsedEvent ev
+    cdef bint more = False
     for i in range(N_FIELDS):
         spans[i].start = -1
-    if depth > C_MAX_DEPTH:
-        return _fail(sc, pos, "nesting deeper than 512")
-    pos = _ws(b, pos + 1, n)
-    if not (pos < n and b[pos] == c'}'):
-        while True:
-            if pos >= n or b[pos] != c'"':
-                return _fail(sc, pos, "expected a string key")
-            kstart = pos
-            pos = _scan_string(sc, pos)
+    pos = _open(sc, b, n, pos, depth, c'}', &more)
+    while more:
+        kstart = pos
+        pos = _key(sc, b, n, pos)
+        if pos < 0:
+            return -1
+        kend = pos
+        if sc.str_esc:
+            f = _escaped_field_of(b, kstart + 1, kend - 1)
+        else:
+            f = _field_of(b + kstart + 1, kend - kstart - 2)
+        pos = _colon(sc, b, n, pos)
+        if pos < 0:
+            return -1
+        if f < 0:
+            pos = _scan_value(sc, pos, depth)
             if pos < 0:
                 return -1
-            kend = pos
-            if sc.str_esc:
-                f = _escaped_field_of(b, kstart + 1, kend - 1)
-            else:
-                f = _field_of(b + kstart + 1, kend - kstart - 2)
-            pos = _ws(b, pos, n)
-            if pos >= n or b[pos] != c':':
-                return _fail(sc, pos, "expected ':'")
-            pos = _ws(b, pos + 1, n)
-            if f < 0:
+        else:
+            if pos >= n:
+                return _fail(sc, pos, "unexpected end of input")
+            sp = &spans[f]
+            c = b[pos]
+            if f == F_PAYLOAD:
+                sp.start = pos
                 pos = _scan_value(sc, pos, depth)
                 if pos < 0:
                     return -1
+                sp.end = pos
+            elif c == c'"':
+                sp.start = pos
+                pos = _scan_string(sc, pos)
+                if pos < 0:
+                    return -1
+                sp.end = pos
+                sp.esc = sc.str_esc
+            elif c == c'n':
+                pos = _scan_literal(sc, pos, b"null", 4)
+                if pos < 0:
+                    return -1
+                sp.start = -1
             else:
-                if pos >= n:
-                    return _fail(sc, pos, "unexpected end of input")
-                sp = &spans[f]
-                c = b[pos]
-                if f == F_PAYLOAD:
-                    sp.start = pos
-                    pos = _scan_value(sc, pos, depth)
-                    if pos < 0:
-                        return -1
-                    sp.end = pos
-                elif c == c'"':
-                    sp.start = pos
-                    pos = _scan_string(sc, pos)
-                    if pos < 0:
-                        return -1
-                    sp.end = pos
-                    sp.esc = sc.str_esc
-                elif c == c'n':
-                    pos = _scan_literal(sc, pos, b"null", 4)
-                    if pos < 0:
-                        return -1
-                    sp.start = -1
-                else:
-                    pos = _scan_value(sc, pos, depth)
-                    if pos < 0:
-                        return -1
-                    if sc.sem_code == SEM_NONE:
-                        sc.sem_code = SEM_FIELD_TYPE
-                        sc.sem_field = f
-                        sc.sem_item = item
-            pos = _ws(b, pos, n)
-            if pos < n and b[pos] == c',':
-                pos = _ws(b, pos + 1, n)
-                continue
-            if pos < n and b[pos] == c'}':
-                break
-            return _fail(sc, pos, "expected ',' or '}'")
-    pos += 1
+                pos = _scan_value(sc, pos, depth)
+                if pos < 0:
+                    return -1
+                if sc.sem_code == SEM_NONE:
+                    sc.sem_code = SEM_FIELD_TYPE
+                    sc.sem_field = f
+                    sc.sem_item = item
+        pos = _next(sc, b, n, pos, c'}', &more)
+    if pos < 0:
+        return -1
     if sc.sem_code != SEM_NONE:
         return pos
     sp = &spans[F_SUBJECT]
@@ -740,7 +758,7 @@ def scan_body(bytes body not None):
     cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(body)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(body), pos, item = 0
     cdef list events = []
-    cdef bint is_batch = False
+    cdef bint is_batch = False, more = False
     sc.buf = b
     sc.n = n
     sc.err_pos = 0
@@ -756,31 +774,21 @@ def scan_body(bytes body not None):
         pos = _scan_event(&sc, pos, 1, -1, events)
     elif b[pos] == c'[':
         is_batch = True
-        pos = _ws(b, pos + 1, n)
-        if pos < n and b[pos] == c']':
-            pos += 1
+        pos = _open(&sc, b, n, pos, 1, c']', &more)
+        if not more:
             sc.sem_code = SEM_EMPTY_BATCH
-        else:
-            while True:
-                if pos < n and b[pos] == c'{':
-                    pos = _scan_event(&sc, pos, 2, item, events)
-                else:
-                    pos = _scan_value(&sc, pos, 1)
-                    if pos >= 0 and sc.sem_code == SEM_NONE:
-                        sc.sem_code = SEM_ITEM_NOT_OBJECT
-                        sc.sem_item = item
-                if pos < 0:
-                    break
-                item += 1
-                pos = _ws(b, pos, n)
-                if pos < n and b[pos] == c',':
-                    pos = _ws(b, pos + 1, n)
-                    continue
-                if pos < n and b[pos] == c']':
-                    pos += 1
-                    break
-                pos = _fail(&sc, pos, "expected ',' or ']'")
+        while more:
+            if pos < n and b[pos] == c'{':
+                pos = _scan_event(&sc, pos, 2, item, events)
+            else:
+                pos = _scan_value(&sc, pos, 1)
+                if pos >= 0 and sc.sem_code == SEM_NONE:
+                    sc.sem_code = SEM_ITEM_NOT_OBJECT
+                    sc.sem_item = item
+            if pos < 0:
                 break
+            item += 1
+            pos = _next(&sc, b, n, pos, c']', &more)
     else:
         pos = _scan_value(&sc, pos, 0)
         if pos >= 0:
@@ -867,7 +875,8 @@ def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_
 
     Layout: {"id":"<event_id>","subject":"<subject>"[,"trace_id":<raw>][,"key":<raw>]
     [,"response_subject":"<rs>"][,"created_at":"<created_at>"][,"payload":<raw>]}
-    event_id must be 22 bytes, so the id is rec[7:29] and the subject starts at byte 42.
+    event_id must be ID_LEN bytes, so the id and the subject start at ID_AT and SUBJECT_AT
+    (busd/_core.pxd).
     Line breaks in the payload (only possible as JSON whitespace) become spaces.
     """
     cdef Py_ssize_t size, e_subj, e_rs = 0, e_ca = 0, pl_n = 0
@@ -877,10 +886,10 @@ def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_
     cdef char* o
     cdef char* pstart
     cdef Py_ssize_t i
-    if PyBytes_GET_SIZE(event_id) != 22:
-        raise ValueError(f"event id must be 22 bytes, got {len(event_id)}")
+    if PyBytes_GET_SIZE(event_id) != ID_LEN:
+        raise ValueError(f"event id must be {ID_LEN} bytes, got {len(event_id)}")
     e_subj = _esc_size(ev.subject)
-    size = 7 + 22 + 13 + e_subj + 1 + 1      # {"id":"…","subject":"…"}
+    size = SUBJECT_AT + e_subj + 1 + 1       # {"id":"…","subject":"…"}
     if PyBytes_GET_SIZE(trace_id):
         size += 12 + PyBytes_GET_SIZE(trace_id)          # ,"trace_id":
     if PyBytes_GET_SIZE(key):
@@ -897,9 +906,9 @@ def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_
         size += 11 + pl_n                                # ,"payload":
     out = PyBytes_FromStringAndSize(NULL, size)
     o = PyBytes_AS_STRING(out)
-    o = _put(o, b'{"id":"', 7)
-    o = _put(o, PyBytes_AS_STRING(event_id), 22)
-    o = _put(o, b'","subject":"', 13)
+    o = _put(o, b'{"id":"', ID_AT)
+    o = _put(o, PyBytes_AS_STRING(event_id), ID_LEN)
+    o = _put(o, b'","subject":"', SUBJECT_AT - ID_END)
     o = _put_esc(o, ev.subject, e_subj)
     o[0] = c'"'
     o += 1
@@ -933,29 +942,36 @@ def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_
 
 
 def record_id(bytes rec not None):
-    """The event id of a record (rec[7:29])."""
-    if PyBytes_GET_SIZE(rec) < 29:
+    """The event id of a record (rec[ID_AT:ID_END])."""
+    if PyBytes_GET_SIZE(rec) < ID_END:
         raise ValueError("record too short")
-    return rec[7:29]
+    return rec[ID_AT:ID_END]
 
 
 cdef inline Py_ssize_t _subject_end(const char* r, Py_ssize_t n) noexcept nogil:
-    """End offset of the subject of record r[:n] (starts at 42), or -1."""
+    """End offset of the subject of record r[:n] (starts at SUBJECT_AT), or -1."""
     cdef const char* q
-    if n < 43:
+    if n <= SUBJECT_AT:
         return -1
-    q = <const char*>memchr(r + 42, c'"', <size_t>(n - 42))
+    q = <const char*>memchr(r + SUBJECT_AT, c'"', <size_t>(n - SUBJECT_AT))
     if q == NULL:
         return -1
     return q - r
 
 
+_NO_SUBJECT = f"not a record: no subject at byte {SUBJECT_AT}"
+
+# The offsets busd/_core.pxd declares, for tests/test_wire.py to compare with busd.wire.
+_RECORD_LAYOUT = {"ID_AT": ID_AT, "ID_LEN": ID_LEN, "ID_END": ID_END, "XID_AT": XID_AT,
+                  "SUBJECT_AT": SUBJECT_AT}
+
+
 def record_subject(bytes rec not None):
-    """The subject of a record, read from the fixed layout (starts at byte 42)."""
+    """The subject of a record, read from the fixed layout (starts at SUBJECT_AT)."""
     cdef Py_ssize_t e = _subject_end(PyBytes_AS_STRING(rec), PyBytes_GET_SIZE(rec))
     if e < 0:
-        raise ValueError("not a record: no subject at byte 42")
-    return rec[42:e]
+        raise ValueError(_NO_SUBJECT)
+    return rec[SUBJECT_AT:e]
 
 
 # --------------------------------------------------------------------------- SSE
@@ -994,15 +1010,15 @@ def sse_chunk(bytes text not None):
     return out
 
 
-# "id: " + 22 + "\nevent: msg\ndata: " + rec + "\n\n"
+# "id: " + event id + "\nevent: msg\ndata: " + rec + "\n\n"
 cdef enum:
-    SSE_OVERHEAD = 4 + 22 + 18 + 2
+    SSE_OVERHEAD = 4 + ID_LEN + 18 + 2
 
 
 cdef inline bytes _check_record(object r):
     if type(r) is not bytes:
         raise TypeError(f"record must be bytes, not {type(r).__name__}")
-    if PyBytes_GET_SIZE(<bytes>r) < 29:
+    if PyBytes_GET_SIZE(<bytes>r) < ID_END:
         raise ValueError("record too short")
     return <bytes>r
 
@@ -1011,7 +1027,7 @@ cdef inline char* _put_sse(char* o, bytes rec) noexcept:
     cdef const char* r = PyBytes_AS_STRING(rec)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(rec)
     o = _put(o, b"id: ", 4)
-    o = _put(o, r + 7, 22)
+    o = _put(o, r + ID_AT, ID_LEN)
     o = _put(o, b"\nevent: msg\ndata: ", 18)
     o = _put(o, r, n)
     o[0] = c'\n'
@@ -1066,8 +1082,8 @@ def sse_frame_matching(list records not None, Pattern pattern not None):
             r = PyBytes_AS_STRING(rec)
             e = _subject_end(r, PyBytes_GET_SIZE(rec))
             if e < 0:
-                raise ValueError("not a record: no subject at byte 42")
-            sel[i] = pattern._matches(<const unsigned char*>r + 42, e - 42)
+                raise ValueError(_NO_SUBJECT)
+            sel[i] = pattern._matches(<const unsigned char*>r + SUBJECT_AT, e - SUBJECT_AT)
             if sel[i]:
                 count += 1
                 text += SSE_OVERHEAD + PyBytes_GET_SIZE(rec)
@@ -1172,14 +1188,14 @@ cdef void _new_xid_into(char* out) noexcept:
 
 def new_xid():
     """A new 20-char xid (rs/xid layout and encoding)."""
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, 20)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, XID_LEN)
     _new_xid_into(PyBytes_AS_STRING(out))
     return out
 
 
 cdef bytes _new_event_id():
     """b"e_" + a new xid, built in place."""
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, 22)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, ID_LEN)
     cdef char* o = PyBytes_AS_STRING(out)
     o[0] = c'e'
     o[1] = c'_'
@@ -1189,13 +1205,13 @@ cdef bytes _new_event_id():
 
 cdef inline bint _is_xid(const unsigned char* s, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    if n != 20:
+    if n != XID_LEN:
         return False
-    for i in range(20):
+    for i in range(XID_LEN):
         if XID_DEC[s[i]] == 0xFF:
             return False
     # rs/xid's decode re-encodes the last byte: the final char's 4 padding bits must be 0.
-    return (XID_DEC[s[19]] & 0x0F) == 0
+    return (XID_DEC[s[XID_LEN - 1]] & 0x0F) == 0
 
 
 def is_xid(bytes s not None):
@@ -1206,14 +1222,9 @@ def is_xid(bytes s not None):
 def xid_time(bytes s not None):
     """Unix seconds embedded in a 20-char xid; ValueError if it is not one."""
     cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(s)
-    cdef uint32_t b0, b1, b2, b3
     if not _is_xid(p, PyBytes_GET_SIZE(s)):
         raise ValueError(f"not an xid: '{_show(s)}'")
-    b0 = ((XID_DEC[p[0]] << 3) | (XID_DEC[p[1]] >> 2)) & 0xFF
-    b1 = ((XID_DEC[p[1]] << 6) | (XID_DEC[p[2]] << 1) | (XID_DEC[p[3]] >> 4)) & 0xFF
-    b2 = ((XID_DEC[p[3]] << 4) | (XID_DEC[p[4]] >> 1)) & 0xFF
-    b3 = ((XID_DEC[p[4]] << 7) | (XID_DEC[p[5]] << 2) | (XID_DEC[p[6]] >> 3)) & 0xFF
-    return (b0 << 24) | (b1 << 16) | (b2 << 8) | b3
+    return _xid_sec(p)
 
 
 # --------------------------------------------------------------------------- RFC 3339 time
@@ -1407,7 +1418,7 @@ def parse_rfc3339(bytes s not None):
 # -- publish: validate a scanned body's events and turn them into records ------------------
 
 cdef bytes ZERO_TIME = b"0001-01-01T00:00:00Z"
-cdef bytes INBOX_NS = b"_bus_"
+cdef bytes INBOX_NS = INBOX_NAMESPACE.encode()
 
 
 cdef inline Py_ssize_t _namespace_len(bytes subject) noexcept:
@@ -1420,8 +1431,8 @@ cdef tuple _identity(ParsedEvent ev):
     """(event id, created_at): the publisher's (as restore sends them) or freshly assigned."""
     cdef bytes event_id = ev.id, created_at = ev.created_at
     if PyBytes_GET_SIZE(event_id):
-        if not (PyBytes_GET_SIZE(event_id) == 22 and event_id[:2] == b"e_"
-                and _is_xid(<const unsigned char*>PyBytes_AS_STRING(event_id) + 2, 20)):
+        if not (PyBytes_GET_SIZE(event_id) == ID_LEN and event_id[:2] == b"e_"
+                and _is_xid(<const unsigned char*>PyBytes_AS_STRING(event_id) + 2, XID_LEN)):
             raise ValueError(f"invalid id '{_show(event_id)}': expected e_ followed by a "
                              "20-character xid")
     else:

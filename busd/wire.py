@@ -10,6 +10,17 @@ import re
 INBOX_NAMESPACE = "_bus_"  # subjects under it are inboxes: routed in memory, never stored
 INBOX_PREFIX = INBOX_NAMESPACE + "."
 
+# A stored record is one JSON object in a fixed layout (busd._core.make_record):
+#     {"id":"e_<20-char xid>","subject":"<subject>",...}
+# so its id and subject are read at fixed offsets. busd/_core.pxd declares the same offsets
+# for the Cython modules; tests/test_wire.py checks that the two agree.
+RECORD_PREFIX = b'{"id":"e_'  # every record the server stores starts like this
+ID_AT = 7  # record[ID_AT:ID_END] is the event id: b"e_" + a 20-char xid
+ID_LEN = 22
+ID_END = ID_AT + ID_LEN
+XID_AT = ID_AT + 2  # record[XID_AT:ID_END] is the xid
+SUBJECT_AT = ID_END + len('","subject":"')  # the subject runs from here to the next '"'
+
 _NUMBER = r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)"  # ASCII digits: no sign, exponent, nan or inf
 _SECONDS_RE = re.compile(_NUMBER)
 _DURATION_RE = re.compile(rf"({_NUMBER})(ns|us|µs|ms|s|m|h)")

@@ -13,18 +13,16 @@ import zlib
 import nacl.bindings
 import pytest
 from busd.store.local._crypto import (
-    ID_AT,
-    ID_LEN,
     Codec,
     SealError,
     plain_size,
     record_size,
     sealed_size,
 )
+from busd.store.local._framing import frame_records, scan_frames
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from busd.store.local import log as log_module
 from busd.store.local.crypto import KEYCHECK_NAME, derive_key
 from busd.store.local.log import (
     CorruptRecordError,
@@ -89,10 +87,6 @@ KEY = derive_key(SECRET)
 CODEC = Codec(KEY)
 
 
-def test_id_position_agrees_with_the_log():
-    assert (ID_AT, ID_LEN) == (log_module.ID_AT, log_module.ID_LEN)
-
-
 def test_key_is_sha256_of_the_secret():
     assert derive_key(SECRET) == hashlib.sha256(SECRET.encode()).digest()
     assert derive_key(SECRET.encode()) == KEY
@@ -127,14 +121,16 @@ def test_cython_buffering_matches_the_python_reference(records, block_size, seed
         assert CODEC.open(sealed, block_size) == r == ref_open(KEY, sealed, block_size)
         assert CODEC.record_tag(r) == ref_tag(KEY, r)
         assert CODEC.open_record(ref_tag(KEY, r) + sealed, block_size) == r
-    framed = CODEC.frame_records(records, block_size, nonces)
+    framed = frame_records(records, CODEC, block_size, nonces)
     bodies = [ref_tag(KEY, r) + s for r, s in zip(records, expected, strict=True)]
     assert framed == ref_frames(bodies)
     assert [len(r) + 8 for r in expected] == [record_size(len(r), block_size) for r in records]
-    assert CODEC.scan_frames(framed, 0, -1, block_size) == (records, len(framed), len(records), 0)
+    assert (scan_frames(framed, 0, -1, codec=CODEC, block_size=block_size)
+            == (records, len(framed), len(records), 0))
     # random nonces: still opens, never repeats
-    again = CODEC.frame_records(records, block_size)
-    assert again != framed and CODEC.scan_frames(again, 0, -1, block_size)[0] == records
+    again = frame_records(records, CODEC, block_size)
+    assert again != framed
+    assert scan_frames(again, 0, -1, codec=CODEC, block_size=block_size)[0] == records
 
 
 def test_impossible_sealed_lengths_and_damage_do_not_open():

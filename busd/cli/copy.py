@@ -19,8 +19,7 @@ from busd._core import is_xid
 from busd.cli.datadir import Appender, Reader, namespaces_in, open_store, select_namespaces
 from busd.cli.output import CommandError, UsageError, note, progress
 from busd.store.local.log import LogError
-
-SUBJECT_AT = 42  # a stored record's subject starts here (see busd._core.make_record)
+from busd.wire import ID_AT, ID_END, SUBJECT_AT
 
 
 def parse_skip_ids(text: str | None) -> frozenset[bytes]:
@@ -66,7 +65,7 @@ def rename_namespace(record: bytes, src: bytes, dst: bytes) -> bytes:
     fixed: subjects hold no characters that JSON escapes)."""
     end = SUBJECT_AT + len(src)
     if record[SUBJECT_AT:end] != src or record[end:end + 1] != b".":
-        raise CommandError(f"record {record[7:29].decode(errors='replace')} is not in "
+        raise CommandError(f"record {record[ID_AT:ID_END].decode(errors='replace')} is not in "
                            f"namespace {src.decode()}")
     return record[:SUBJECT_AT] + dst + record[end:]
 

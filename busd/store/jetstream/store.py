@@ -37,7 +37,7 @@ from busd._core import new_xid, record_id
 from busd.server.config import Config
 from busd.store.local._framing import xid_seconds
 from busd.store.local.log import HistoryTruncatedError
-from busd.wire import INBOX_NAMESPACE
+from busd.wire import ID_END, INBOX_NAMESPACE, XID_AT
 
 log = logging.getLogger("busd.store.jetstream.store")
 
@@ -587,7 +587,7 @@ class JetStreamStore:
             record = tail.records[index]
             if record_id(record) == event_id:
                 return tail.first + index
-            if xid_seconds(record[9:29]) < second - FIND_MARGIN:
+            if xid_seconds(record[XID_AT:ID_END]) < second - FIND_MARGIN:
                 break
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(0, second - FIND_MARGIN)))
         probe = await self._direct_get(namespace, {"start_time": stamp, "batch": 1})
@@ -605,7 +605,7 @@ class JetStreamStore:
             if state["first_seq"] > 1:
                 oldest = await self._direct_get(namespace, {"seq": state["first_seq"],
                                                             "batch": 1})
-                if oldest and xid_seconds(oldest[0][1][9:29]) > second:
+                if oldest and xid_seconds(oldest[0][1][XID_AT:ID_END]) > second:
                     oldest_id = record_id(oldest[0][1]).decode()
                     return (f"history truncated: event {event_id.decode()} was deleted by "
                             f"retention; the oldest retained event is {oldest_id}")
@@ -622,7 +622,7 @@ class JetStreamStore:
             for s, record in got:
                 if record_id(record) == event_id:
                     return s - 1
-                if xid_seconds(record[9:29]) > second + FIND_MARGIN:
+                if xid_seconds(record[XID_AT:ID_END]) > second + FIND_MARGIN:
                     return None
             scanned += len(got)
             seq = got[-1][0] + 1
@@ -638,7 +638,7 @@ class JetStreamStore:
                 hi = mid
                 continue
             seq, record = got[0]
-            if xid_seconds(record[9:29]) < target:
+            if xid_seconds(record[XID_AT:ID_END]) < target:
                 lo = seq + 1
             else:
                 hi = mid

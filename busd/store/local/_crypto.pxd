@@ -1,7 +1,23 @@
+# The sealed record format (see _crypto.pyx): an id tag, then per block a nonce, a Poly1305
+# tag and the ciphertext. C_ names: _crypto's Python constants carry the plain ones.
+cdef enum:
+    C_TAG = 8      # the id tag: keyed SipHash-2-4 of the record's event id
+    C_NONCE = 24
+    C_MAC = 16
+    C_OVER = C_NONCE + C_MAC  # per block
+
+
+cdef inline Py_ssize_t _blocks(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
+    return (n + bs - 1) // bs
+
+
 cdef inline Py_ssize_t sealed_record_size(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
-    """Frame body bytes of an n-byte record sealed in bs-byte blocks: its 8-byte id tag,
-    then per block a 24-byte nonce, a 16-byte Poly1305 tag and the ciphertext."""
-    return 8 + n + 40 * ((n + bs - 1) // bs)
+    """Frame body bytes of an n-byte record sealed in bs-byte blocks: its id tag, then per
+    block a nonce, a Poly1305 tag and the ciphertext."""
+    return C_TAG + n + C_OVER * _blocks(n, bs)
+
+
+cdef int _check_block_size(Py_ssize_t bs) except -1
 
 
 cdef class Codec:
@@ -15,6 +31,10 @@ cdef class Codec:
                         unsigned char* out) noexcept nogil
     cdef int _open_record(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t bs,
                           unsigned char* out) noexcept nogil
+    cdef unsigned char* _seal_body(self, const unsigned char* record, Py_ssize_t n,
+                                   Py_ssize_t bs, unsigned char* out,
+                                   const unsigned char* nonces) noexcept nogil
+    cdef bytes _open_body(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t bs)
     cdef int open_head(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t block_size,
                        unsigned char* out) noexcept nogil
     cdef bytes _nonces(self, Py_ssize_t count, object nonces)

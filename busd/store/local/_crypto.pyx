@@ -9,7 +9,7 @@ plaintext length and block boundaries follow from its length and the block size 
     [nonce | mac | ct(block 0)] [nonce | mac | ct(block 1)] ...
 
 A stored record is an 8-byte id tag followed by its blob. The id tag is SipHash-2-4,
-under a key derived from the secret, of the record's event id (record[7:29]): find_id
+under a key derived from the secret, of the record's event id (at ID_AT): find_id
 compares tags instead of opening a block per record, and a tag reveals nothing of the id
 (not even its timestamp) to whoever lacks the key. Opening a record checks its tag too.
 
@@ -19,34 +19,27 @@ the ciphertext), recovery and the sparse index work on encrypted logs without th
 The cipher is libsodium's, the one PyNaCl ships: the C entry points are taken from
 PyNaCl's cffi module (`nacl._sodium.lib`) once, so the per-block calls below are plain C
 calls with no Python object per block. Everything per-record or per-block (cutting,
-nonces, assembling, framing, reassembly) is here; key handling lives in busd/store/local/crypto.py.
+nonces, assembling, reassembly) is here, in C methods of Codec that _framing's
+frame_records and scan_frames call per record when given a codec; key handling lives in
+busd/store/local/crypto.py.
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
-from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint32_t, uintptr_t
 
-from busd.store.local._frame cimport FRAME_MAX_BODY, _frame_at, _rd32, _wr32, crc32
+from busd._core cimport ID_AT, ID_END, ID_LEN
+from busd.store.local._frame cimport FRAME_HEAD, FRAME_MAX_BODY, _rd32, crc32
 
 import hashlib
 
-NONCE_SIZE = 24
-MAC_SIZE = 16
-BLOCK_OVERHEAD = 40
-ID_TAG_SIZE = 8
+NONCE_SIZE = C_NONCE
+MAC_SIZE = C_MAC
+BLOCK_OVERHEAD = C_OVER
+ID_TAG_SIZE = C_TAG
 KEY_SIZE = 32
-ID_AT = 7  # a record's event id: record[7:29] (b"e_" + xid), as in busd/store/local/log.py
-ID_LEN = 22
-
-DEF C_NONCE = 24
-DEF C_MAC = 16
-DEF C_OVER = 40
-DEF C_TAG = 8
-DEF C_ID_AT = 7
-DEF C_ID_LEN = 22
 
 ctypedef int (*box_fn)(unsigned char* out, const unsigned char* data, unsigned long long size,
                        const unsigned char* nonce, const unsigned char* key) noexcept nogil
@@ -72,7 +65,8 @@ cdef int _load() except -1:
     import nacl.bindings  # initialises libsodium (sodium_init)
     from nacl._sodium import ffi, lib
     if (lib.crypto_secretbox_noncebytes() != C_NONCE or lib.crypto_secretbox_macbytes() != C_MAC
-            or lib.crypto_secretbox_keybytes() != 32 or lib.crypto_shorthash_siphash24_bytes() != 8
+            or lib.crypto_secretbox_keybytes() != 32
+            or lib.crypto_shorthash_siphash24_bytes() != C_TAG
             or lib.crypto_shorthash_siphash24_keybytes() != 16):
         raise ImportError("unexpected libsodium secretbox / siphash sizes")
     nacl.bindings.sodium_init()
@@ -81,10 +75,6 @@ cdef int _load() except -1:
     _hash_fn = <hash_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "crypto_shorthash_siphash24")))
     _seal_fn = <box_fn><uintptr_t>int(ffi.cast("uintptr_t", ffi.addressof(lib, "crypto_secretbox_easy")))
     return 0
-
-
-cdef inline Py_ssize_t _blocks(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
-    return (n + bs - 1) // bs
 
 
 cdef inline Py_ssize_t _sealed_size(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
@@ -151,9 +141,9 @@ cdef class Codec:
     # -- C level ---------------------------------------------------------------------------
     cdef void _id_tag(self, const unsigned char* record, Py_ssize_t n,
                       unsigned char* out) noexcept nogil:
-        """The id tag of a record: keyed SipHash-2-4 of record[7:29] (of b"" if shorter)."""
-        if n >= C_ID_AT + C_ID_LEN:
-            _hash_fn(out, record + C_ID_AT, C_ID_LEN, self.tag_key)
+        """The id tag of a record: keyed SipHash-2-4 of its event id (of b"" if too short)."""
+        if n >= ID_END:
+            _hash_fn(out, record + ID_AT, ID_LEN, self.tag_key)
         else:
             _hash_fn(out, record, 0, self.tag_key)
 
@@ -171,6 +161,14 @@ cdef class Codec:
             out += C_OVER + size
             pos += size
         return <unsigned char*>nonces
+
+    cdef unsigned char* _seal_body(self, const unsigned char* record, Py_ssize_t n,
+                                   Py_ssize_t bs, unsigned char* out,
+                                   const unsigned char* nonces) noexcept nogil:
+        """Write the frame body of a record (sealed_record_size(n, bs) bytes: id tag, blob)
+        at out, taking one nonce per block from nonces; returns the next unused nonce."""
+        self._id_tag(record, n, out)
+        return self._seal_into(record, n, bs, out + C_TAG, nonces)
 
     cdef int _open_into(self, const unsigned char* c, Py_ssize_t sealed, Py_ssize_t bs,
                                unsigned char* out) noexcept nogil:
@@ -195,6 +193,18 @@ cdef class Codec:
             return -1
         self._id_tag(out, _plain_size(n - C_TAG, bs), tag)
         return 0 if memcmp(tag, body, C_TAG) == 0 else -1
+
+    cdef bytes _open_body(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t bs):
+        """The record in a frame body of n bytes, or None if its length is impossible, a
+        block does not authenticate or its id tag does not match."""
+        cdef Py_ssize_t plain = _plain_size(n - C_TAG, bs)
+        cdef bytes out
+        if plain < 0:
+            return None
+        out = PyBytes_FromStringAndSize(NULL, plain)
+        if self._open_record(body, n, bs, <unsigned char*>PyBytes_AS_STRING(out)) != 0:
+            return None
+        return out
 
     cdef int open_head(self, const unsigned char* body, Py_ssize_t n, Py_ssize_t block_size,
                        unsigned char* out) noexcept nogil:
@@ -229,14 +239,14 @@ cdef class Codec:
         """The tag of an event id (b"e_" + xid, 22 bytes): what find_id looks for."""
         cdef bytes r = bytes(event_id)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, C_TAG)
-        if PyBytes_GET_SIZE(r) != C_ID_LEN:
-            raise ValueError(f"an event id has {C_ID_LEN} bytes, not {PyBytes_GET_SIZE(r)}")
+        if PyBytes_GET_SIZE(r) != ID_LEN:
+            raise ValueError(f"an event id has {ID_LEN} bytes, not {PyBytes_GET_SIZE(r)}")
         _hash_fn(<unsigned char*>PyBytes_AS_STRING(out), <const unsigned char*>PyBytes_AS_STRING(r),
-                 C_ID_LEN, self.tag_key)
+                 ID_LEN, self.tag_key)
         return out
 
     def record_tag(self, record) -> bytes:
-        """The id tag stored in front of a record: of record[7:29], or of b"" if shorter."""
+        """The id tag stored in front of a record: of its event id, or of b"" if too short."""
         cdef bytes r = bytes(record)
         cdef bytes out = PyBytes_FromStringAndSize(NULL, C_TAG)
         self._id_tag(<const unsigned char*>PyBytes_AS_STRING(r), PyBytes_GET_SIZE(r),
@@ -289,91 +299,16 @@ cdef class Codec:
         its id tag does not match."""
         _check_block_size(block_size)
         cdef Py_buffer view
+        cdef bytes out
         PyObject_GetBuffer(body, &view, PyBUF_SIMPLE)
-        cdef Py_ssize_t n = _plain_size(view.len - C_TAG, block_size) if view.len > C_TAG else -1
-        cdef bytes out = None
-        cdef int rc = -1
         try:
-            if n > 0:
-                out = PyBytes_FromStringAndSize(NULL, n)
-                rc = self._open_record(<const unsigned char*>view.buf, view.len, block_size,
-                                       <unsigned char*>PyBytes_AS_STRING(out))
+            out = self._open_body(<const unsigned char*>view.buf, view.len, block_size)
         finally:
             PyBuffer_Release(&view)
-        if rc != 0:
+        if out is None:
             raise SealError("stored record does not open (wrong key, damaged, or impossible "
                             "length)")
         return out
-
-    def frame_records(self, list records, Py_ssize_t block_size, nonces=None) -> bytes:
-        """All records sealed and framed (u32 length, u32 crc32 of the body, body = id tag
-        + blob) into one new bytes object: the encrypted twin of _framing.frame_records."""
-        _check_block_size(block_size)
-        cdef Py_ssize_t n = PyList_GET_SIZE(records), i, total = 0, blocks = 0, size, sealed
-        cdef object r
-        for i in range(n):
-            r = <object>PyList_GET_ITEM(records, i)
-            if not PyBytes_Check(r):
-                raise TypeError(f"record {i} is {type(r).__name__}, not bytes")
-            size = PyBytes_GET_SIZE(r)
-            if size == 0 or sealed_record_size(size, block_size) > FRAME_MAX_BODY:
-                raise ValueError(f"record {i} has {size} bytes; out of range")
-            blocks += _blocks(size, block_size)
-            total += 8 + sealed_record_size(size, block_size)
-        cdef bytes nb = self._nonces(blocks, nonces)
-        cdef const unsigned char* np = <const unsigned char*>PyBytes_AS_STRING(nb)
-        cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
-        cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
-        for i in range(n):
-            r = <object>PyList_GET_ITEM(records, i)
-            size = PyBytes_GET_SIZE(r)
-            sealed = sealed_record_size(size, block_size)
-            self._id_tag(<const unsigned char*>PyBytes_AS_STRING(r), size, dst + 8)
-            np = self._seal_into(<const unsigned char*>PyBytes_AS_STRING(r), size, block_size,
-                                 dst + 8 + C_TAG, np)
-            _wr32(dst, <uint32_t>sealed)
-            _wr32(dst + 4, <uint32_t>crc32(0, dst + 8, <unsigned int>sealed))
-            dst += 8 + sealed
-        return out
-
-    def scan_frames(self, buffer, Py_ssize_t offset, Py_ssize_t max_records,
-                    Py_ssize_t block_size):
-        """_framing.scan_frames over sealed frames, returning plaintexts:
-        (records, end_offset, n_records, status). A frame whose crc matches but which does
-        not open (or whose id tag does not match) is status 2 (corrupt) at end_offset, like
-        a crc mismatch."""
-        _check_block_size(block_size)
-        cdef Py_buffer view
-        PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
-        cdef const unsigned char* buf = <const unsigned char*>view.buf
-        cdef Py_ssize_t size = view.len, off = offset, n = 0, plain, length = 0
-        cdef int status = 0
-        cdef list records = []
-        cdef bytes rec
-        try:
-            if off < 0 or off > size:
-                raise ValueError(f"offset {offset} outside buffer of {size} bytes")
-            while max_records < 0 or n < max_records:
-                if off == size:
-                    break
-                status = _frame_at(buf, size, off, True, &length)
-                if status:
-                    break
-                plain = _plain_size(<Py_ssize_t>length - C_TAG, block_size)
-                if plain < 0:
-                    status = 2
-                    break
-                rec = PyBytes_FromStringAndSize(NULL, plain)
-                if self._open_record(buf + off + 8, length, block_size,
-                                     <unsigned char*>PyBytes_AS_STRING(rec)) != 0:
-                    status = 2
-                    break
-                records.append(rec)
-                off += 8 + length
-                n += 1
-        finally:
-            PyBuffer_Release(&view)
-        return records, off, n, status
 
     def resync(self, buffer, Py_ssize_t offset, Py_ssize_t block_size) -> int:
         """Offset of the first whole frame after `offset` (exclusive) whose length is a
@@ -385,6 +320,7 @@ cdef class Codec:
         cdef Py_buffer view
         PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
         cdef const unsigned char* buf = <const unsigned char*>view.buf
+        cdef const unsigned char* body
         cdef Py_ssize_t size = view.len, q = offset + 1
         cdef uint32_t length
         cdef unsigned char* scratch = <unsigned char*>malloc(block_size)
@@ -396,12 +332,13 @@ cdef class Codec:
             with nogil:
                 if q < 0:
                     q = 0
-                while size - q >= 8 + C_TAG + C_OVER + 1:
+                while size - q >= FRAME_HEAD + C_TAG + C_OVER + 1:
                     length = _rd32(buf + q)
+                    body = buf + q + FRAME_HEAD
                     if (length > C_TAG + C_OVER and length <= FRAME_MAX_BODY
-                            and <Py_ssize_t>length <= size - q - 8
-                            and self.open_head(buf + q + 8, length, block_size, scratch) >= 0
-                            and <uint32_t>crc32(0, buf + q + 8, length) == _rd32(buf + q + 4)):
+                            and <Py_ssize_t>length <= size - q - FRAME_HEAD
+                            and self.open_head(body, length, block_size, scratch) >= 0
+                            and <uint32_t>crc32(0, body, length) == _rd32(buf + q + 4)):
                         found = q
                         break
                     q += 1

@@ -7,6 +7,7 @@ cdef extern from "zlib.h":
     unsigned long crc32(unsigned long crc, const unsigned char *buf, unsigned int len) nogil
 
 cdef enum:
+    FRAME_HEAD = 8  # the length and the crc32 before the body
     FRAME_MAX_BODY = 268435456  # 256 MiB: a longer length field is damage, not a record
     FRAME_OK = 0
     FRAME_TRUNCATED = 1
@@ -27,14 +28,14 @@ cdef inline void _wr32(unsigned char* p, uint32_t v) noexcept nogil:
 cdef inline int _frame_at(const unsigned char* buf, Py_ssize_t size, Py_ssize_t off,
                           bint check_crc, Py_ssize_t* body_len) noexcept nogil:
     """Status of the frame at off: FRAME_OK (body_len set), FRAME_TRUNCATED or FRAME_CORRUPT."""
-    if size - off < 8:
+    if size - off < FRAME_HEAD:
         return FRAME_TRUNCATED
     cdef uint32_t length = _rd32(buf + off)
     if length == 0 or length > FRAME_MAX_BODY:
         return FRAME_CORRUPT
-    if <Py_ssize_t>length > size - off - 8:
+    if <Py_ssize_t>length > size - off - FRAME_HEAD:
         return FRAME_TRUNCATED
-    if check_crc and <uint32_t>crc32(0, buf + off + 8, length) != _rd32(buf + off + 4):
+    if check_crc and <uint32_t>crc32(0, buf + off + FRAME_HEAD, length) != _rd32(buf + off + 4):
         return FRAME_CORRUPT
     body_len[0] = length
     return FRAME_OK

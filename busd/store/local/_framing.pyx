@@ -18,44 +18,40 @@ from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
 
-from busd.store.local._crypto cimport Codec, sealed_record_size
+from busd._core cimport ID_AT, ID_END, ID_LEN, XID_AT, _xid_sec
+from busd.store.local._crypto cimport (
+    C_TAG,
+    Codec,
+    _blocks,
+    _check_block_size,
+    sealed_record_size,
+)
 
 import array as _array_mod
 
-from busd.store.local._frame cimport FRAME_MAX_BODY, _frame_at, _rd32, _wr32, crc32
+from busd.store.local._frame cimport (
+    FRAME_CORRUPT,
+    FRAME_HEAD,
+    FRAME_MAX_BODY,
+    FRAME_OK,
+    FRAME_TRUNCATED,
+    _frame_at,
+    _rd32,
+    _wr32,
+    crc32,
+)
 
 MAGIC = b"BUSDSEG1"
 HEADER_SIZE = 16
-FRAME_OVERHEAD = 8
-MAX_BODY = 1 << 28
+FRAME_OVERHEAD = FRAME_HEAD
+MAX_BODY = FRAME_MAX_BODY
 
-DEF NO_SEC_LO = 0xFFFFFFFF
+cdef const uint32_t NO_SEC_LO = 0xFFFFFFFF  # an enum cannot hold it: C enums are int
 
 # status codes of scan_frames / SegmentIndex.scan
-OK = 0
-TRUNCATED = 1
-CORRUPT = 2
-
-# base32hex decoding table (rs/xid alphabet "0123456789abcdefghijklmnopqrstuv"); 255 = invalid
-cdef unsigned char _DEC[256]
-cdef int _i
-for _i in range(256):
-    _DEC[_i] = 255
-for _i in range(10):
-    _DEC[48 + _i] = _i
-for _i in range(22):
-    _DEC[97 + _i] = 10 + _i
-
-
-
-cdef inline long long _xid_sec(const unsigned char* p) noexcept nogil:
-    """Unix seconds from the first 7 chars of a 20-char xid, or -1 if not base32hex."""
-    cdef uint32_t v0 = _DEC[p[0]], v1 = _DEC[p[1]], v2 = _DEC[p[2]], v3 = _DEC[p[3]]
-    cdef uint32_t v4 = _DEC[p[4]], v5 = _DEC[p[5]], v6 = _DEC[p[6]]
-    if (v0 | v1 | v2 | v3 | v4 | v5 | v6) & 0xE0:
-        return -1
-    return ((<long long>v0 << 27) | (v1 << 22) | (v2 << 17) | (v3 << 12) | (v4 << 7)
-            | (v5 << 2) | (v6 >> 3))
+OK = FRAME_OK
+TRUNCATED = FRAME_TRUNCATED
+CORRUPT = FRAME_CORRUPT
 
 
 def xid_seconds(xid) -> int:
@@ -67,10 +63,10 @@ def xid_seconds(xid) -> int:
 
 
 cdef inline long long _record_sec(const unsigned char* body, Py_ssize_t n) noexcept nogil:
-    """Seconds of a record's id (record[9:29] is the xid), -1 when the record has none."""
-    if n < 29:
+    """Seconds of a record's id, -1 when the record has none."""
+    if n < ID_END:
         return -1
-    return _xid_sec(body + 9)
+    return _xid_sec(body + XID_AT)
 
 
 cdef unsigned char* _scratch(Codec codec, Py_ssize_t block_size) except? NULL:
@@ -86,18 +82,32 @@ cdef unsigned char* _scratch(Codec codec, Py_ssize_t block_size) except? NULL:
     return p
 
 
-def frame_records(list records) -> bytes:
-    """All records framed (length, crc32, body) into one new bytes object."""
-    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, total = 0, size
+def frame_records(list records, Codec codec=None, Py_ssize_t block_size=0,
+                  nonces=None) -> bytes:
+    """All records framed (length, crc32, body) into one new bytes object. With a codec
+    each body is the record sealed in blocks of block_size (id tag + blob), with random
+    nonces or, for tests, the 24 bytes a block of `nonces`."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, total = 0, blocks = 0, size, body
     cdef object r
+    if codec is not None:
+        _check_block_size(block_size)
     for i in range(n):
         r = <object>PyList_GET_ITEM(records, i)
         if not PyBytes_Check(r):
             raise TypeError(f"record {i} is {type(r).__name__}, not bytes")
         size = PyBytes_GET_SIZE(r)
-        if size == 0 or size > FRAME_MAX_BODY:
-            raise ValueError(f"record {i} has {size} bytes; a record has 1..{FRAME_MAX_BODY} bytes")
-        total += 8 + size
+        if codec is None:
+            if size == 0 or size > FRAME_MAX_BODY:
+                raise ValueError(
+                    f"record {i} has {size} bytes; a record has 1..{FRAME_MAX_BODY} bytes")
+            total += FRAME_HEAD + size
+        else:
+            if size == 0 or sealed_record_size(size, block_size) > FRAME_MAX_BODY:
+                raise ValueError(f"record {i} has {size} bytes; out of range")
+            blocks += _blocks(size, block_size)
+            total += FRAME_HEAD + sealed_record_size(size, block_size)
+    cdef bytes nb = codec._nonces(blocks, nonces) if codec is not None else None
+    cdef unsigned char* np = <unsigned char*>PyBytes_AS_STRING(nb) if nb is not None else NULL
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
     cdef const unsigned char* src
@@ -105,22 +115,33 @@ def frame_records(list records) -> bytes:
         r = <object>PyList_GET_ITEM(records, i)
         size = PyBytes_GET_SIZE(r)
         src = <const unsigned char*>PyBytes_AS_STRING(r)
-        _wr32(dst, <uint32_t>size)
-        _wr32(dst + 4, <uint32_t>crc32(0, src, <unsigned int>size))
-        memcpy(dst + 8, src, size)
-        dst += 8 + size
+        if codec is None:
+            _wr32(dst, <uint32_t>size)
+            _wr32(dst + 4, <uint32_t>crc32(0, src, <unsigned int>size))
+            memcpy(dst + FRAME_HEAD, src, size)
+            dst += FRAME_HEAD + size
+        else:
+            body = sealed_record_size(size, block_size)
+            np = codec._seal_body(src, size, block_size, dst + FRAME_HEAD, np)
+            _wr32(dst, <uint32_t>body)
+            _wr32(dst + 4, <uint32_t>crc32(0, dst + FRAME_HEAD, <unsigned int>body))
+            dst += FRAME_HEAD + body
     return out
 
 
 def scan_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, bint want_records=True,
-                bint check_crc=True):
+                bint check_crc=True, Codec codec=None, Py_ssize_t block_size=0):
     """Walk frames from offset: (records or None, end_offset, n_records, status).
 
     status 0: stopped at the exact end of the buffer or after max_records (< 0: no limit);
     1: an incomplete frame starts at end_offset; 2: the frame at end_offset is corrupt
     (crc mismatch or impossible length). With check_crc=False only lengths are followed
-    (used to skip to a position inside an index block).
+    (used to skip to a position inside an index block). With a codec the bodies are sealed
+    records, opened into the records returned: one that does not open (or whose id tag
+    does not match) is corrupt too.
     """
+    if codec is not None:
+        _check_block_size(block_size)
     cdef Py_buffer view
     PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
     cdef const unsigned char* buf = <const unsigned char*>view.buf
@@ -137,10 +158,17 @@ def scan_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, bint want_rec
             status = _frame_at(buf, size, off, check_crc, &blen)
             if status:
                 break
-            if want_records:
-                rec = PyBytes_FromStringAndSize(<const char*>buf + off + 8, blen)
+            if codec is not None:
+                rec = codec._open_body(buf + off + FRAME_HEAD, blen, block_size)
+                if rec is None:
+                    status = FRAME_CORRUPT
+                    break
+                if want_records:
+                    records.append(rec)
+            elif want_records:
+                rec = PyBytes_FromStringAndSize(<const char*>buf + off + FRAME_HEAD, blen)
                 records.append(rec)
-            off += 8 + blen
+            off += FRAME_HEAD + blen
             n += 1
     finally:
         PyBuffer_Release(&view)
@@ -155,8 +183,9 @@ def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle,
     id tags are compared, and a match is confirmed by opening its first block."""
     cdef bytes tag = None
     if codec is not None:
-        if PyBytes_GET_SIZE(needle) != 22 or at != 7:
-            raise ValueError("sealed records are found by event id (22 bytes at offset 7)")
+        if PyBytes_GET_SIZE(needle) != ID_LEN or at != ID_AT:
+            raise ValueError(f"sealed records are found by event id ({ID_LEN} bytes at offset "
+                             f"{ID_AT})")
         tag = codec.id_tag(needle)
     cdef unsigned char* scratch = _scratch(codec, block_size)
     cdef Py_buffer view
@@ -164,23 +193,26 @@ def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle,
     cdef const unsigned char* buf = <const unsigned char*>view.buf
     cdef Py_ssize_t size = view.len, off = offset, n = 0, blen = 0, nlen = PyBytes_GET_SIZE(needle)
     cdef const unsigned char* nd = <const unsigned char*>PyBytes_AS_STRING(needle)
+    cdef const unsigned char* body
     cdef uint32_t length
     try:
-        while (max_records < 0 or n < max_records) and size - off >= 8:
+        while (max_records < 0 or n < max_records) and size - off >= FRAME_HEAD:
             length = _rd32(buf + off)
-            if length == 0 or length > FRAME_MAX_BODY or <Py_ssize_t>length > size - off - 8:
+            if (length == 0 or length > FRAME_MAX_BODY
+                    or <Py_ssize_t>length > size - off - FRAME_HEAD):
                 break
             blen = length
+            body = buf + off + FRAME_HEAD
             if scratch != NULL:
-                if (blen > 8 and memcmp(buf + off + 8, PyBytes_AS_STRING(tag), 8) == 0
-                        and codec.open_head(buf + off + 8, blen, block_size, scratch) >= at + nlen
+                if (blen > C_TAG and memcmp(body, PyBytes_AS_STRING(tag), C_TAG) == 0
+                        and codec.open_head(body, blen, block_size, scratch) >= at + nlen
                         and memcmp(scratch + at, nd, nlen) == 0
-                        and <uint32_t>crc32(0, buf + off + 8, length) == _rd32(buf + off + 4)):
+                        and <uint32_t>crc32(0, body, length) == _rd32(buf + off + 4)):
                     return n
-            elif blen >= at + nlen and memcmp(buf + off + 8 + at, nd, nlen) == 0:
-                if <uint32_t>crc32(0, buf + off + 8, length) == _rd32(buf + off + 4):
+            elif blen >= at + nlen and memcmp(body + at, nd, nlen) == 0:
+                if <uint32_t>crc32(0, body, length) == _rd32(buf + off + 4):
                     return n
-            off += 8 + blen
+            off += FRAME_HEAD + blen
             n += 1
     finally:
         PyBuffer_Release(&view)
@@ -245,7 +277,7 @@ cdef class SegmentIndex:
     cdef Py_ssize_t cur_n, cur_bytes
     cdef bint force_new
 
-    def __init__(self, Py_ssize_t start_offset=16, Py_ssize_t every_records=64,
+    def __init__(self, Py_ssize_t start_offset=HEADER_SIZE, Py_ssize_t every_records=64,
                  Py_ssize_t every_bytes=65536):
         self.rel = array.clone(_UINT_TEMPLATE, 0, False)
         self.off = array.clone(_UINT_TEMPLATE, 0, False)
@@ -314,7 +346,8 @@ cdef class SegmentIndex:
             r = <object>PyList_GET_ITEM(records, i)
             size = PyBytes_GET_SIZE(r)
             self._add(_record_sec(<const unsigned char*>PyBytes_AS_STRING(r), size),
-                      (sealed_record_size(size, block_size) if block_size > 0 else size) + 8)
+                      (sealed_record_size(size, block_size) if block_size > 0 else size)
+                      + FRAME_HEAD)
 
     def add_corrupt(self, Py_ssize_t span):
         """Count a corrupt record of `span` bytes at end_offset: it gets a block of its own, so
@@ -344,13 +377,15 @@ cdef class SegmentIndex:
                 if status:
                     break
                 if scratch != NULL:
-                    head = codec.open_head(buf + self.end_offset + 8, blen, block_size, scratch)
+                    head = codec.open_head(buf + self.end_offset + FRAME_HEAD, blen, block_size,
+                                           scratch)
                     if head < 0:
-                        status = 2
+                        status = FRAME_CORRUPT
                         break
-                    self._add(_record_sec(scratch, head), blen + 8)
+                    self._add(_record_sec(scratch, head), FRAME_HEAD + blen)
                 else:
-                    self._add(_record_sec(buf + self.end_offset + 8, blen), blen + 8)
+                    self._add(_record_sec(buf + self.end_offset + FRAME_HEAD, blen),
+                              FRAME_HEAD + blen)
                 n += 1
         finally:
             PyBuffer_Release(&view)

@@ -70,6 +70,7 @@ from busd.store.local.crypto import (
     make_codec,
     seal_keycheck,
 )
+from busd.wire import ID_AT, ID_END, ID_LEN, RECORD_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -77,9 +78,6 @@ SEGMENT_SUFFIX = ".seg"
 INDEX_SUFFIX = ".idx"
 INDEX_EVERY_RECORDS = 64
 INDEX_EVERY_BYTES = 64 << 10
-RECORD_PREFIX = b'{"id":"e_'  # every record the server stores starts like this
-ID_AT = 7  # record[7:29] is the event id (b"e_" + 20-char xid)
-ID_LEN = 22
 MAX_RETIRED_FDS = 8  # rolled-but-unsynced fds kept for sync(); beyond, a roll syncs inline
 READ_FDS = 16  # read fds kept open per namespace
 HINTS = 1024  # remembered (next index -> file position) of recent reads
@@ -91,7 +89,7 @@ _U32 = struct.Struct("<I")
 _IDX_MAGIC = b"BUSDIDX1"
 _IDX_SEALED_MAGIC = b"BUSDIDXS"  # an encrypted log's .idx: this, then the whole file sealed
 FLAG_ENCRYPTED = 1  # segment header flag bit 0
-MIN_BLOCK_SIZE = 64  # an id (record[7:29]) must lie within the first block
+MIN_BLOCK_SIZE = 64  # a record's event id must lie within its first block
 MAX_BLOCK_SIZE = 1 << 24
 _IDX_VERSION = 1
 # magic, version, n_blocks, segment size, n_records, end offset, seg min s, seg max s,
@@ -679,15 +677,11 @@ class NamespaceLog:
 
     def _frame(self, seg: _Segment, records: list[bytes]) -> bytes:
         """The batch as written to seg: framed, and sealed first if the log is encrypted."""
-        if self.codec is None:
-            return frame_records(records)
-        return self.codec.frame_records(records, seg.block_size)
+        return frame_records(records, self.codec, seg.block_size)
 
     def _scan(self, seg: _Segment, buf, offset: int, max_records: int):
         """scan_frames, opening sealed records if the log is encrypted."""
-        if self.codec is None:
-            return scan_frames(buf, offset, max_records)
-        return self.codec.scan_frames(buf, offset, max_records, seg.block_size)
+        return scan_frames(buf, offset, max_records, codec=self.codec, block_size=seg.block_size)
 
     def _undo_write(self, wf: _WriteFile, before: int, exc: OSError):
         """Cut the file back to its size before the failed write, then raise LogWriteError."""
@@ -1076,7 +1070,7 @@ class NamespaceLog:
             except CorruptRecordError:
                 return None
             if records and records[0].startswith(RECORD_PREFIX):
-                self._first_id = records[0][ID_AT:ID_AT + ID_LEN]
+                self._first_id = records[0][ID_AT:ID_END]
         return self._first_id
 
     def is_before_retained(self, event_id: bytes) -> bool:
@@ -1253,7 +1247,7 @@ class NamespaceLog:
             stop = min((r for r in bad if r > rel), default=n_records)
             while rel < stop:
                 want = min(stop - rel, 4096)
-                _, off, n, status = self.codec.scan_frames(buf, off, want, seg.block_size)
+                _, off, n, status = self._scan(seg, buf, off, want)
                 rel += n
                 if n < want:
                     if status != CORRUPT:  # cannot happen: indexing followed these frames

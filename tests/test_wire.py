@@ -1,0 +1,48 @@
+"""The record layout of busd/wire.py (for Python) against busd/_core.pxd (for Cython): the
+same offsets, and the records make_record writes have their id and subject there, where
+every module that reads a record looks."""
+
+import json
+
+from busd.store.local._crypto import Codec
+from busd.store.local._framing import SegmentIndex, find_in_records, xid_seconds
+from hypothesis import given
+from hypothesis import strategies as st
+
+from busd import _core, wire
+
+SEGMENT = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-",
+                  min_size=1, max_size=12)
+SUBJECT = st.lists(SEGMENT, min_size=2, max_size=5).map(".".join)
+
+
+def test_python_offsets_equal_the_cython_declarations():
+    assert _core._RECORD_LAYOUT == {name: getattr(wire, name) for name in _core._RECORD_LAYOUT}
+
+
+@given(SUBJECT, st.booleans(), st.booleans(), st.booleans())
+def test_a_record_has_its_id_and_subject_at_the_offsets(subject, trace_id, key, payload):
+    event = {"subject": subject}
+    if trace_id:
+        event["trace_id"] = "t-1"
+    if key:
+        event["key"] = "k-1"
+    if payload:
+        event["payload"] = {"n": 1}
+    _, events = _core.scan_body(json.dumps(event).encode())
+    event_id = b"e_" + _core.new_xid()
+    rec = _core.make_record(events[0], event_id, b"2026-01-02T03:04:05Z")
+
+    assert rec.startswith(wire.RECORD_PREFIX)
+    assert rec[wire.ID_AT:wire.ID_END] == event_id
+    assert rec[wire.XID_AT:wire.ID_END] == event_id[2:]
+    assert rec[wire.SUBJECT_AT:rec.index(b'"', wire.SUBJECT_AT)] == subject.encode()
+    assert json.loads(rec)["id"] == event_id.decode()
+    # and there the Cython readers find them
+    assert _core.record_id(rec) == event_id
+    assert _core.record_subject(rec) == subject.encode()
+    assert find_in_records([rec], 0, 1, event_id, wire.ID_AT) == 0
+    assert Codec(bytes(32)).record_tag(rec) == Codec(bytes(32)).id_tag(event_id)
+    index = SegmentIndex()
+    index.add_records([rec])
+    assert index.seg_min == xid_seconds(event_id[2:]) == _core.xid_time(event_id[2:])
