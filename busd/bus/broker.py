@@ -22,7 +22,7 @@ from busd.bus.consumer import Consumer, InboxConsumer
 from busd.bus.dedup import DedupCache
 from busd.server.config import Config
 from busd.server.metrics import Metrics
-from busd.store.local.log import CorruptRecordError, LogWriteError
+from busd.store.errors import CorruptRecordError, LogWriteError
 from busd.store.local.store import Store
 from busd.wire import INBOX_NAMESPACE
 

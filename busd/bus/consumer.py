@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from busd._core import Pattern, record_id, record_subject, sse_chunk, sse_frame, sse_frame_matching
 from busd.server.http import HttpConnection, Stream, error_response
-from busd.store.local.log import CorruptRecordError, HistoryTruncatedError
+from busd.store.errors import CorruptRecordError, HistoryTruncatedError
 
 if TYPE_CHECKING:
     from busd.bus.broker import Broker

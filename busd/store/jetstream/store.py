@@ -35,8 +35,8 @@ import orjson
 
 from busd._core import new_xid, record_id
 from busd.server.config import Config
+from busd.store.errors import HistoryTruncatedError
 from busd.store.local._framing import xid_seconds
-from busd.store.local.log import HistoryTruncatedError
 from busd.wire import ID_END, INBOX_NAMESPACE, XID_AT
 
 log = logging.getLogger("busd.store.jetstream.store")

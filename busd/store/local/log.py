@@ -48,6 +48,13 @@ from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
 from pathlib import Path
 
+from busd.store.errors import (
+    CorruptRecordError,
+    HistoryTruncatedError,
+    LogError,
+    LogOpenError,
+    LogWriteError,
+)
 from busd.store.local._framing import (
     CORRUPT,
     HEADER_SIZE,
@@ -97,26 +104,6 @@ _IDX_VERSION = 1
 _IDX_HEAD = struct.Struct("<8sIIQQQqqIII")
 
 
-class LogError(Exception):
-    """Base of the log's errors."""
-
-
-class LogOpenError(LogError):
-    """The data on disk cannot be opened safely; the message says where and why."""
-
-
-class LogWriteError(LogError):
-    """An append or fsync failed; nothing half-written stays in the log."""
-
-    def __init__(self, reason: str, errno: int | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.errno = errno
-
-    def __str__(self) -> str:
-        return self.reason
-
-
 class EncryptionKeyError(LogOpenError):
     """The secret key given does not fit the namespace's data (the subclass says how).
     The message names no flag: the server and each tool take the key from their own."""
@@ -144,31 +131,6 @@ class WrongKeyError(EncryptionKeyError):
     """An encrypted namespace opened with a key other than the one it was sealed with."""
 
     todo = "{flag} is not the key it was encrypted with"
-
-
-class HistoryTruncatedError(LogError):
-    """The requested index was deleted by retention; args[0] is the oldest retained index."""
-
-    def __init__(self, oldest_index: int) -> None:
-        super().__init__(oldest_index)
-        self.oldest_index = oldest_index
-
-    def __str__(self) -> str:
-        return f"history truncated: the oldest retained index is {self.oldest_index}"
-
-
-class CorruptRecordError(LogError):
-    """The record at args[0] fails its CRC (or cannot be framed) and cannot be served."""
-
-    def __init__(self, index: int, segment_path: Path | str, offset: int) -> None:
-        super().__init__(index, str(segment_path), offset)
-        self.index = index
-        self.segment_path = str(segment_path)
-        self.offset = offset
-
-    def __str__(self) -> str:
-        return (f"corrupt record index={self.index} segment={self.segment_path} "
-                f"offset={self.offset}")
 
 
 @dataclass

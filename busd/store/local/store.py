@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Protocol
 
-from busd.store.local.log import LogOpenError, NamespaceLog, RecoveryReport
+from busd.store.errors import LogOpenError
+from busd.store.local.log import NamespaceLog, RecoveryReport
 
 LOCK_NAME = ".lock"
 

@@ -1,0 +1,51 @@
+"""What the stores raise (or answer) and the bus layer handles, whichever store it is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LogError(Exception):
+    """Base of the stores' errors about their data."""
+
+
+class LogOpenError(LogError):
+    """The data on disk cannot be opened safely; the message says where and why."""
+
+
+class LogWriteError(LogError):
+    """An append or fsync failed; nothing half-written stays in the log."""
+
+    def __init__(self, reason: str, errno: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class HistoryTruncatedError(LogError):
+    """The requested index was deleted by retention; args[0] is the oldest retained index."""
+
+    def __init__(self, oldest_index: int) -> None:
+        super().__init__(oldest_index)
+        self.oldest_index = oldest_index
+
+    def __str__(self) -> str:
+        return f"history truncated: the oldest retained index is {self.oldest_index}"
+
+
+class CorruptRecordError(LogError):
+    """The record at args[0] fails its CRC (or cannot be framed) and cannot be served."""
+
+    def __init__(self, index: int, segment_path: Path | str, offset: int) -> None:
+        super().__init__(index, str(segment_path), offset)
+        self.index = index
+        self.segment_path = str(segment_path)
+        self.offset = offset
+
+    def __str__(self) -> str:
+        return (f"corrupt record index={self.index} segment={self.segment_path} "
+                f"offset={self.offset}")
+
