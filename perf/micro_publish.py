@@ -80,10 +80,10 @@ async def main(args: SimpleNamespace) -> None:
         config = load_config({"--namespaces": "bench", "--path": data,
                               "--addr": "127.0.0.1:0"}, {})
         server = Server(config)
-        server.store.open()
+        await server.store.start(server.broker)
         busd_us = await drive([server._new_connection() for _ in range(32)], request,
                               args.requests_per_conn)
-        server.store.close()
+        await server.store.stop()
     ceiling_us = await drive([ceiling.CeilingProtocol() for _ in range(32)], request,
                              args.requests_per_conn)
     per = f"request of {args.batch} events" if args.batch else "request"

@@ -321,40 +321,43 @@ def test_batches_without_atomic_publish_are_pipelined_in_order(cluster):
     one connection and answers with the first index once every one is acked (in process)."""
     import asyncio
 
+    from busd._core import scan_body
     from busd.server.config import Config
-    from busd.store.jetstream.store import JetStreamStore, PublishRefused
+    from busd.store.errors import PublishRefused
+    from busd.store.jetstream.store import JetStreamStore
 
     cluster.delete_streams(["app"])
 
-    class Broker:
+    class Listener:
         def __init__(self) -> None:
             self.seen: list[bytes] = []
 
-        def _fan_out(self, namespace, records, next_index) -> None:
+        def appended(self, namespace, records, next_index) -> None:
             self.seen.extend(records)
+
+        def published(self, namespace, events, size) -> None:
+            pass
 
     async def scenario() -> tuple[list, list[bytes], list[bytes]]:
         config = Config(namespaces=("app",), store="jetstream", nats_url=cluster.urls,
                         replicas=3)
         store = JetStreamStore(config, asyncio.get_running_loop())
-        broker = Broker()
-        store.attach(broker)
-        await store.open()
+        listener = Listener()
+        await store.start(listener)
         store.atomic = False
         outcomes: list = []
         records = [b'{"id":"e_d4o7ehksdud4d8c68bg%d","subject":"app.b","payload":%d}' % (i, i)
                    for i in range(5)]
-        for _ in range(2):
+        keyed = [b'{"id":"e_d4o7ehksdud4d8c68bh%d","subject":"app.b","key":"k"}' % i
+                 for i in range(2)]
+        for batch, dedup in ((records, False), (records, False), (keyed, True)):
+            _, events = scan_body(b"[" + b",".join(batch) + b"]")
             done = asyncio.get_running_loop().create_future()
-            store.publish("app", [b"app.b"] * 5, records, None, True, done.set_result)
+            store.publish("app", events, batch, dedup, done.set_result)
             outcomes.append(await asyncio.wait_for(done, 10))
-        keyed = asyncio.get_running_loop().create_future()
-        store.publish("app", [b"app.b"] * 2, records[:2], ["app.b k", "app.b k"], True,
-                      keyed.set_result)
-        outcomes.append(await asyncio.wait_for(keyed, 10))
         fetched = await store.fetch("app", 0, 1 << 20)
-        await store.aclose()
-        return outcomes, broker.seen, fetched[1]
+        await store.stop()
+        return outcomes, listener.seen, fetched[1]
 
     outcomes, seen, fetched = asyncio.run(scenario())
     assert outcomes[:2] == [0, 5]

@@ -10,16 +10,21 @@ chunks at its own pace). It joins the live set in the same synchronous step in w
 sees that it reached the head, so nothing can be appended in between: no gap, no
 duplicate at the seam. A paused consumer leaves the live set, so a slow reader costs at
 most one socket buffer, never an unbounded queue.
+
+The store's `read` serves what it has at hand and answers None for the rest, which
+`fetch` gets asynchronously (JetStream: records older than its in-memory tail); the
+stream then goes on from `read`, so the seam is the same for every store.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from busd._core import Pattern, record_id, record_subject, sse_chunk, sse_frame, sse_frame_matching
-from busd.server.http import HttpConnection, Stream, error_response
+from busd.server.http import HttpConnection, Stream
 from busd.store.errors import CorruptRecordError, HistoryTruncatedError
 
 if TYPE_CHECKING:
@@ -62,7 +67,9 @@ class Consumer(Stream):
     def __init__(self, broker: Broker, conn: HttpConnection, consumer_id: bytes,
                  pattern: Pattern, namespace: str, ack: AckPolicy | None) -> None:
         self.broker = broker
+        self.store = broker.store
         self.conn = conn
+        self.loop = broker.loop
         self.id = consumer_id
         self.pattern = pattern
         self.namespace = namespace
@@ -72,29 +79,18 @@ class Consumer(Stream):
         self.done = False
         self.live = False
         self._scheduled = False
+        self._fetching = False
         # manual ack: event id → [record, deliveries, deadline]; insertion order = index order
         self.inflight: dict[bytes, list] = {}
         self._ahead: list[bytes] = []
         self._ahead_index = 0
         self._timer = None
-        if getattr(broker, "remote", False):  # clustered store: reads may need a round trip
-            self._fetching = False
-            self.start = self._start_remote  # type: ignore[method-assign]
-            self._catch_up = self._catch_up_remote  # type: ignore[method-assign]
-            self._next_record = self._next_record_remote  # type: ignore[method-assign]
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self, head: bytes, cursor: int | str, resuming: bool) -> None:
-        """Open the stream at index `cursor`, or tell the client why not (`cursor` is then
-        the reason): in an `error` event, which the Go SDK reads, or — for a request resuming
-        with `Last-Event-ID` — as a 410 instead of a stream. After an `error` event
-        EventSource reconnects with the same id every 2 s, forever; after a non-200 answer
-        it stops for good."""
-        if isinstance(cursor, str) and resuming:
-            log.warning("refusing to resume consumer=%s reason=%r", self.id.decode(), cursor)
-            self.conn.reply(error_response(410, f"cannot resume from Last-Event-ID: {cursor}",
-                                           close=True), close=True)
-            return
+    def start(self, head: bytes, cursor: int | str) -> None:
+        """Send the response head and the greeting that tells browsers their consumer id,
+        then deliver from index `cursor`, or end the stream with an `error` event when
+        `cursor` is the reason it cannot be served (the Go SDK reads it)."""
         self.conn.attach_stream(self, head)
         self.conn.transport.set_write_buffer_limits(high=STREAM_WRITE_HIGH_WATER)
         self.conn.write(greeting(self.id))
@@ -112,8 +108,8 @@ class Consumer(Stream):
         `: resume-after oldest` says there is none. A client that has not received an event
         yet resumes from there after a reconnect instead of from `newest`, so nothing
         published while it was away is lost. Skipped when that record cannot be read at
-        once (deleted, corrupt, or older than a clustered store's in-memory tail)."""
-        store, ns, cursor = self.broker.store, self.namespace, self.cursor
+        once (deleted, corrupt, or not at hand)."""
+        store, ns, cursor = self.store, self.namespace, self.cursor
         if cursor <= store.first_index(ns):
             point = b"oldest"
         else:
@@ -121,7 +117,7 @@ class Consumer(Stream):
                 records = store.read(ns, cursor - 1, RESUME_HINT_BYTES)
             except (HistoryTruncatedError, CorruptRecordError):
                 return
-            if not records:  # None: a JetStream read that would need a round trip
+            if not records:
                 return
             point = record_id(records[0])
         self.conn.write(sse_chunk(b": resume-after " + point + b"\n\n"))
@@ -168,7 +164,7 @@ class Consumer(Stream):
     def _schedule(self) -> None:
         if not self._scheduled and not self.done:
             self._scheduled = True
-            self.broker.loop.call_soon(self._step)
+            self.loop.call_soon(self._step)
 
     def _step(self) -> None:
         self._scheduled = False
@@ -179,26 +175,27 @@ class Consumer(Stream):
                 self._catch_up()
             else:
                 self._pump()
-        except HistoryTruncatedError as exc:
+        except (HistoryTruncatedError, CorruptRecordError) as exc:
+            self._unreadable(exc)
+
+    def _unreadable(self, exc: HistoryTruncatedError | CorruptRecordError) -> None:
+        if isinstance(exc, HistoryTruncatedError):
             self.fail(f"history truncated: event index {self.cursor} was deleted by retention; "
                       f"the oldest retained index is {exc.args[0]}")
-        except CorruptRecordError as exc:
+        else:
             self.fail(f"corrupt record at index {exc.args[0]} in namespace {self.namespace}: "
                       f"it cannot be served")
 
     def _catch_up(self) -> None:
         """Read one chunk of history; reschedule until at the head, then go live."""
-        store, ns = self.broker.store, self.namespace
+        store, ns = self.store, self.namespace
         if self.cursor < store.next_index(ns):
             records = store.read(ns, self.cursor, CATCH_UP_BYTES)
+            if records is None:
+                self._fetch(CATCH_UP_BYTES)
+                return
+            self._write(records)
             self.cursor += len(records)
-            if self.pattern.matches_all:
-                chunk, matched = sse_frame(records), len(records)
-            else:
-                chunk, matched = sse_frame_matching(records, self.pattern)
-            if chunk:
-                self.broker.metrics.events_out[ns] += matched
-                self.conn.write(chunk)
             if self.cursor < store.next_index(ns) or self.paused:
                 if not self.paused:
                     self._schedule()
@@ -206,12 +203,57 @@ class Consumer(Stream):
         if not self.paused and not self.done:
             self.broker.join_live(self)
 
+    def _write(self, records: list[bytes]) -> None:
+        if self.pattern.matches_all:
+            chunk, matched = sse_frame(records), len(records)
+        else:
+            chunk, matched = sse_frame_matching(records, self.pattern)
+        if chunk:
+            self.broker.metrics.events_out[self.namespace] += matched
+            self.conn.write(chunk)
+
+    def _fetch(self, max_bytes: int) -> None:
+        """Have the store get records that are not at hand; the stream goes on when they
+        are here."""
+        if self._fetching:
+            return
+        self._fetching = True
+        task = self.loop.create_task(self.store.fetch(self.namespace, self.cursor, max_bytes))
+        task.add_done_callback(self._fetched)
+
+    def _fetched(self, task: asyncio.Task) -> None:
+        self._fetching = False
+        if self.done or task.cancelled():
+            return
+        error = task.exception()
+        if isinstance(error, (HistoryTruncatedError, CorruptRecordError)):
+            self._unreadable(error)
+            return
+        if error is not None:
+            log.warning("catch-up read failed consumer=%s error=%r", self.id.decode(), error)
+            self.loop.call_later(0.5, self._schedule)
+            return
+        first, records = task.result()
+        if self.ack_policy is None:
+            if first >= self.cursor:
+                self._write(records)
+                self.cursor = first + len(records)
+        else:
+            self._ahead, self._ahead_index = records, first
+            self.cursor = max(self.cursor, first)
+        self._schedule()
+
     # -- manual ack -----------------------------------------------------------------------
     def _next_record(self) -> bytes | None:
-        """The record at the cursor (from a small read-ahead buffer), or None at the head."""
+        """The record at the cursor (from a small read-ahead buffer), or None at the head
+        or while it is being fetched (`_pump` runs again once it is here)."""
         offset = self.cursor - self._ahead_index
         if not 0 <= offset < len(self._ahead):
-            self._ahead = self.broker.store.read(self.namespace, self.cursor, READ_AHEAD_BYTES)
+            records = self.store.read(self.namespace, self.cursor, READ_AHEAD_BYTES)
+            if records is None:
+                self._fetch(READ_AHEAD_BYTES)
+                return None
+            self._ahead = records
             self._ahead_index = self.cursor
             offset = 0
             if not self._ahead:
@@ -249,7 +291,7 @@ class Consumer(Stream):
             self._timer = None
         if self.inflight and not self.done and not self.paused:
             first = min(entry[2] for entry in self.inflight.values())
-            loop = self.broker.loop
+            loop = self.loop
             self._timer = loop.call_at(loop.time() + max(0.0, first - time.monotonic()),
                                        self._redeliver)
 
@@ -276,105 +318,6 @@ class Consumer(Stream):
         self._arm_timer()
 
 
-    # -- a clustered store (busd/store/jetstream/) ----------------------------------------
-    # The store's `read` serves its in-memory tail synchronously and answers None for older
-    # records, which `fetch` reads from the cluster. The seam is unchanged: the last read
-    # from the tail, "cursor reached the head" and join_live happen in one synchronous step.
-    def _start_remote(self, head: bytes, cursor, resuming: bool) -> None:
-        """As `start`; an event id (a Lookup) is searched for in the cluster first, the
-        answer keeping its place in the connection's response order meanwhile."""
-        if isinstance(cursor, (int, str)):
-            Consumer.start(self, head, cursor, resuming)
-            return
-        slot = self.conn.defer()
-
-        def located(task) -> None:
-            error = None if task.cancelled() else task.exception()
-            if error is not None or task.cancelled():
-                # a failed search is no verdict on the id: an `error` event, which clients retry
-                found, definite = f"cannot look the start event up: {error or 'cancelled'}", False
-            else:
-                found, definite = task.result(), True
-            where = found if isinstance(found, str) else found + 1
-            self.conn.fulfil(slot, lambda: Consumer.start(self, head, where,
-                                                          resuming and definite))
-
-        task = self.broker.loop.create_task(
-            self.broker.store.locate(self.namespace, cursor.event_id))
-        task.add_done_callback(located)
-
-    def _catch_up_remote(self) -> None:
-        store, ns = self.broker.store, self.namespace
-        if self.cursor < store.next_index(ns):
-            records = store.read(ns, self.cursor, CATCH_UP_BYTES)
-            if records is None:
-                self._fetch(CATCH_UP_BYTES)
-                return
-            self._write_records(records)
-            self.cursor += len(records)
-            if self.cursor < store.next_index(ns) or self.paused:
-                if not self.paused:
-                    self._schedule()
-                return
-        if not self.paused and not self.done:
-            self.broker.join_live(self)
-
-    def _write_records(self, records: list[bytes]) -> None:
-        if self.pattern.matches_all:
-            chunk, matched = sse_frame(records), len(records)
-        else:
-            chunk, matched = sse_frame_matching(records, self.pattern)
-        if chunk:
-            self.broker.metrics.events_out[self.namespace] += matched
-            self.conn.write(chunk)
-
-    def _fetch(self, max_bytes: int) -> None:
-        """Read older records from the cluster; the stream goes on when they are here."""
-        if self._fetching:
-            return
-        self._fetching = True
-        task = self.broker.loop.create_task(
-            self.broker.store.fetch(self.namespace, self.cursor, max_bytes))
-        task.add_done_callback(self._fetched)
-
-    def _fetched(self, task) -> None:
-        self._fetching = False
-        if self.done or task.cancelled():
-            return
-        error = task.exception()
-        if isinstance(error, HistoryTruncatedError):
-            self.fail(f"history truncated: event index {self.cursor} was deleted by retention; "
-                      f"the oldest retained index is {error.args[0]}")
-            return
-        if error is not None:
-            log.warning("catch-up read failed consumer=%s error=%r", self.id.decode(), error)
-            self.broker.loop.call_later(0.5, self._schedule)
-            return
-        first, records = task.result()
-        if self.ack_policy is None:
-            if first >= self.cursor:
-                self._write_records(records)
-                self.cursor = first + len(records)
-        else:
-            self._ahead, self._ahead_index = records, first
-            self.cursor = max(self.cursor, first)
-        self._schedule()
-
-    def _next_record_remote(self) -> bytes | None:
-        offset = self.cursor - self._ahead_index
-        if not 0 <= offset < len(self._ahead):
-            records = self.broker.store.read(self.namespace, self.cursor, READ_AHEAD_BYTES)
-            if records is None:  # older than the tail: fetched, then _pump runs again
-                self._fetch(READ_AHEAD_BYTES)
-                return None
-            self._ahead = records
-            self._ahead_index = self.cursor
-            offset = 0
-            if not self._ahead:
-                return None
-        return self._ahead[offset]
-
-
 class InboxConsumer(Stream):
     """A subscription to one `_bus_.<id>` inbox: in-memory delivery, nothing stored."""
 
@@ -390,7 +333,6 @@ class InboxConsumer(Stream):
     def start(self, head: bytes) -> None:
         self.conn.attach_stream(self, head)
         self.conn.write(greeting(self.id))
-
     def deliver(self, record: bytes) -> bool:
         """Send one inbox event; a consumer that is not reading loses it (counted as dropped)."""
         if self.paused or self.done:

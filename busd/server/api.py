@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -11,11 +12,12 @@ import orjson
 
 from busd import __version__
 from busd._core import Pattern, is_xid, new_xid, scan_body, validate_pattern
-from busd.bus.broker import Broker, Published, PublishError
+from busd.bus.broker import Broker, Published
 from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer
 from busd.server.auth import Auth, AuthError, Token
 from busd.server.http import HttpConnection, Request, error_response, response, stream_head
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
+from busd.store.errors import PublishRefused
 from busd.wire import INBOX_NAMESPACE, parse_duration
 
 log = logging.getLogger("busd.server.api")
@@ -174,8 +176,8 @@ class Api:
                     return
         slot = conn.defer()
 
-        def done(outcome: Published | PublishError) -> None:
-            if isinstance(outcome, PublishError):
+        def done(outcome: Published | PublishRefused) -> None:
+            if isinstance(outcome, PublishRefused):
                 conn.fulfil(slot, error_response(outcome.status, outcome.reason, close), close)
             elif is_batch:
                 body = b'{"count":%d,"first_index":%d,"ids":["%s"]}' % (
@@ -190,7 +192,7 @@ class Api:
 
         try:
             self.broker.publish(events, is_batch, done)
-        except PublishError as exc:
+        except PublishRefused as exc:
             conn.fulfil(slot, error_response(exc.status, exc.reason, close), close)
 
     # -- GET / --------------------------------------------------------------------------------
@@ -214,11 +216,12 @@ class Api:
         consumer_id = b"c_" + new_xid()
         head = stream_head(b"X-Bus-Consumer-Id: " + consumer_id + b"\r\n")
         broker = self.broker
+        owner = None if token is None else token.name
         if namespace == INBOX_NAMESPACE:
             if b"*" in subject_bytes or b">" in subject_bytes:
                 raise BadRequest("inbox (_bus_) subscriptions cannot use wildcards")
             inbox = InboxConsumer(broker, conn, consumer_id, subject_bytes)
-            inbox.owner = None if token is None else token.name
+            inbox.owner = owner
 
             def start_inbox() -> None:
                 broker.register(inbox)
@@ -231,9 +234,42 @@ class Api:
                              f"{', '.join(sorted(broker.namespaces))}")
         start, resuming = self._start(params, request)
         consumer = Consumer(broker, conn, consumer_id, Pattern(subject_bytes), namespace, ack)
-        consumer.owner = None if token is None else token.name
-        conn.start_stream(lambda: consumer.start(head, broker.resolve_start(namespace, start),
-                                                 resuming))
+        consumer.owner = owner
+
+        def begin(cursor: int | str, definite: bool = True) -> None:
+            """Stream from `cursor`, or say why not: in the stream's `error` event (the Go
+            SDK reads it), or — resuming with `Last-Event-ID` from an id that definitely
+            cannot be served — as a 410 instead of a stream. After an `error` event
+            EventSource reconnects with the same id every 2 s, forever; after a non-200
+            answer it stops for good."""
+            if isinstance(cursor, str) and resuming and definite:
+                log.warning("refusing to resume consumer=%s reason=%r", consumer_id.decode(),
+                            cursor)
+                conn.reply(error_response(410, f"cannot resume from Last-Event-ID: {cursor}",
+                                          close=True), close=True)
+            else:
+                consumer.start(head, cursor)
+
+        def locate() -> None:
+            """Where to start, when the stream's turn comes (after earlier responses). A
+            search that takes a round trip keeps its place in the response order."""
+            cursor = broker.store.locate(namespace, start)
+            if isinstance(cursor, (int, str)):
+                begin(cursor)
+                return
+            slot = conn.defer()
+
+            def located(task: asyncio.Future) -> None:
+                error = None if task.cancelled() else task.exception()
+                if error is not None or task.cancelled():  # no verdict on the id: clients retry
+                    conn.fulfil(slot, lambda: begin(f"cannot look the start event up: "
+                                                    f"{error or 'cancelled'}", False))
+                else:
+                    conn.fulfil(slot, lambda: begin(task.result()))
+
+            asyncio.ensure_future(cursor).add_done_callback(located)
+
+        conn.start_stream(locate)
 
     @staticmethod
     def _start(params: dict[str, str], request: Request) -> tuple[bytes, bool]:

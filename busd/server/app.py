@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Mapping
 
 import uvloop
 
@@ -27,6 +28,7 @@ from busd.server.http import (
 )
 from busd.server.logs import describe_config
 from busd.server.systemd import notify, watchdog_interval
+from busd.store.interface import Store
 from busd.store.local.log import EncryptionKeyError
 from busd.store.local.store import LocalStore, StoreLockedError
 
@@ -46,7 +48,8 @@ class Server:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.loop = asyncio.get_running_loop()
-        if config.store == "jetstream":
+        self.store: Store
+        if config.store == "jetstream":  # nats is optional: imported only when asked for
             from busd.store.jetstream.store import JetStreamStore
 
             self.store = JetStreamStore(config, self.loop)
@@ -55,7 +58,8 @@ class Server:
                                     segment_bytes=config.segment_bytes,
                                     retention_age=config.retention_age,
                                     retention_bytes=config.retention_bytes,
-                                    secret_key=config.secret_key, block_size=config.block_size)
+                                    secret_key=config.secret_key, block_size=config.block_size,
+                                    fsync_always=config.fsync == "always")
         self.broker = Broker(config, self.store, self.loop)
         self.connections: set[HttpConnection] = set()
         self.broker.metrics.connections = self.connections
@@ -81,12 +85,11 @@ class Server:
         --namespaces cannot be used; nothing is created under --path before --addr is bound."""
         log.info("starting version=%s pid=%d %s", __version__, os.getpid(),
                  describe_config(self.config))
-        remote = self.broker.remote
-        if not remote:
+        if self.config.store == "local":
             _check_namespace_names(self.config)
         sockets = _bind(self.config.host, self.config.port)
         try:
-            reports = await self.store.open() if remote else self._open_local()
+            reports = await self._start_store()
         except BaseException:
             for sock in sockets:
                 sock.close()
@@ -95,9 +98,8 @@ class Server:
             first, head = self.store.first_index(namespace), self.store.next_index(namespace)
             log.info("opened namespace ns=%s events=%d first_index=%d next_index=%d %s",
                      namespace, head - first, first, head, report)
-        if not remote:  # JetStream dedups keyed events cluster-wide itself (Nats-Msg-Id)
-            keys = self.broker.rebuild_dedup()
-            log.info("dedup cache rebuilt keys=%d", keys)
+        keys = self.broker.rebuild_dedup()
+        log.info("dedup cache rebuilt keys=%d", keys)
         for sock in sockets:
             try:
                 sock.listen(BACKLOG)  # only now do connections get in
@@ -111,7 +113,7 @@ class Server:
         self._every(1.0, self._tick)
         if self.config.fsync == "interval":
             self._every(self.config.fsync_interval, self._sync_if_dirty)
-        if (self.config.retention_age or self.config.retention_bytes) and not remote:
+        if self.config.retention_age or self.config.retention_bytes:
             self._every(1.0, self._retention)
         watchdog = watchdog_interval()
         if watchdog:
@@ -122,18 +124,18 @@ class Server:
                      ",".join(sorted(t.name for t in self.api.auth.tokens.values())))
         notify("READY=1")
 
-    def _open_local(self) -> dict:
-        """Open the data directory; a directory that cannot be used, or that another process
-        holds, is the --path's fault (a key that does not fit, the --secret-key's)."""
+    async def _start_store(self) -> Mapping[str, object]:
+        """Start the store. A local one's data directory that cannot be used, or that another
+        process holds, is the --path's fault (a key that does not fit, the --secret-key's)."""
         try:
-            return self.store.open()
+            return await self.store.start(self.broker)
         except StoreLockedError as exc:
             raise ConfigError(f"--path/BUS_PATH: {exc}; stop it, or give another --path"
                               ) from None
         except EncryptionKeyError as exc:
             raise ConfigError(exc.advice("--secret-key/BUS_SECRET_KEY")) from None
         except OSError as exc:
-            if exc.errno not in _UNUSABLE_PATH:
+            if self.config.store != "local" or exc.errno not in _UNUSABLE_PATH:
                 raise
             path = self.config.path
             if path.exists() and not path.is_dir():
@@ -176,7 +178,7 @@ class Server:
 
     def _sync_if_dirty(self) -> None:
         if self.store.dirty:
-            self.broker.sync(lambda error: None)
+            self.store.fsync(lambda error: None)
 
     def _retention(self) -> None:
         deleted = self.store.apply_retention(time.time())
@@ -196,7 +198,7 @@ class Server:
                 conn.stream.end()
         await asyncio.sleep(0)  # let a scheduled group commit run and answer
         synced = self.loop.create_future()
-        self.broker.sync(lambda error: synced.done() or synced.set_result(error))
+        self.store.fsync(lambda error: synced.done() or synced.set_result(error))
         await asyncio.wait_for(synced, SHUTDOWN_GRACE_SECONDS)
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         while any(c.pending for c in self.connections) and time.monotonic() < deadline:
@@ -204,10 +206,7 @@ class Server:
         for conn in tuple(self.connections):
             conn.close()
         await asyncio.sleep(0)
-        self.broker.close()
-        self.store.close()
-        if self.broker.remote:
-            await self.store.aclose()
+        await self.store.stop()
         log.info("stopped")
 
 

@@ -49,3 +49,14 @@ class CorruptRecordError(LogError):
         return (f"corrupt record index={self.index} segment={self.segment_path} "
                 f"offset={self.offset}")
 
+
+class PublishRefused(Exception):
+    """A publish that was refused, or that the store cannot confirm; `status` is the HTTP
+    answer. `keys_taken`: the store holds the events' keys anyway (a duplicate, or events
+    written but not synced), so the bus must go on refusing them."""
+
+    def __init__(self, status: int, reason: str, keys_taken: bool = False) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.keys_taken = keys_taken

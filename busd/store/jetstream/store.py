@@ -28,14 +28,15 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import orjson
 
-from busd._core import new_xid, record_id
+from busd._core import ParsedEvent, new_xid, record_id
 from busd.server.config import Config
-from busd.store.errors import HistoryTruncatedError
+from busd.store.errors import HistoryTruncatedError, PublishRefused
+from busd.store.interface import Stored, StoreListener, Synced
 from busd.store.local._framing import xid_seconds
 from busd.wire import ID_END, INBOX_NAMESPACE, XID_AT
 
@@ -65,24 +66,6 @@ ERR_BATCH_TOO_LARGE = 10199
 
 class JetStreamError(Exception):
     """A JetStream API call failed; the message says which and why."""
-
-
-class PublishRefused(Exception):
-    """A publish JetStream did not store (or did not confirm); `status` is the HTTP answer."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-class Lookup:
-    """A start position that is an event id: resolved by an asynchronous search."""
-
-    __slots__ = ("event_id",)
-
-    def __init__(self, event_id: bytes) -> None:
-        self.event_id = event_id
 
 
 def msg_id(subject: bytes, key: bytes) -> str:
@@ -161,8 +144,7 @@ class _Tail:
 class JetStreamStore:
     """The Store the broker and consumers use, over a NATS JetStream cluster."""
 
-    remote = True
-    dirty = False
+    dirty = False  # JetStream persists (and replicates) before it acks
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
@@ -173,7 +155,7 @@ class JetStreamStore:
         self.nc = None
         self.atomic = False
         self.max_payload = 1 << 20
-        self.broker = None  # set by attach(): receives fan-out and inbox deliveries
+        self._listener: StoreListener | None = None  # set by start()
         self._tails = {ns: _Tail(ns) for ns in self.namespaces}
         self._handlers: dict[str, Callable[[Any], bool]] = {}
         self._deadlines: deque[tuple[float, str]] = deque()
@@ -186,12 +168,11 @@ class JetStreamStore:
         self._closing = False
 
     # -- start-up ---------------------------------------------------------------------------
-    def attach(self, broker) -> None:
-        self.broker = broker
-
-    async def open(self) -> dict[str, str]:
+    async def start(self, listener: StoreListener) -> dict[str, str]:
         """Connect, create or verify every stream, start the tails; a report per namespace."""
         from nats.errors import NoServersError
+
+        self._listener = listener
 
         async def on_error(exc: Exception) -> None:
             log.warning("nats error=%r", exc)
@@ -456,10 +437,9 @@ class JetStreamStore:
             del tail.records[:drop]
             tail.bytes -= size
             tail.first += drop
-        if self.broker is not None:
-            self.broker._fan_out(tail.namespace, records, head)
+        self._listener.appended(tail.namespace, records, head)
 
-    # -- the synchronous Store interface ------------------------------------------------------
+    # -- the synchronous part of the Store interface ------------------------------------------
     def read(self, namespace: str, start_index: int, max_bytes: int = 1 << 20
              ) -> list[bytes] | None:
         """Records from the in-memory tail; None when start_index is older than the tail
@@ -475,9 +455,6 @@ class JetStreamStore:
             j += 1
         return records[i:j]
 
-    def find_id(self, namespace: str, event_id: bytes) -> int | None:
-        return None  # ids are looked up by `locate`, which may have to ask the cluster
-
     def first_index(self, namespace: str) -> int:
         tail = self._tails[namespace]
         state = tail.info.get("state") or {}
@@ -488,12 +465,6 @@ class JetStreamStore:
     def next_index(self, namespace: str) -> int:
         return self._tails[namespace].next
 
-    def first_id(self, namespace: str) -> bytes | None:
-        return None
-
-    def is_before_retained(self, namespace: str, event_id: bytes) -> bool:
-        return False
-
     def stats(self) -> dict[str, dict[str, int]]:
         out = {}
         for ns, tail in self._tails.items():
@@ -503,13 +474,24 @@ class JetStreamStore:
                        "segments": 0}
         return out
 
-    def sync(self) -> None:
-        """JetStream persists (and replicates) before it acks: nothing to do here."""
+    def fsync(self, done: Synced) -> None:
+        """JetStream persists (and replicates) before it acks: nothing to wait for."""
+        done(None)
 
-    def close(self) -> None:
-        """Synchronous part of shutdown; `aclose` does the rest."""
+    def apply_retention(self, now: float) -> int:
+        """The streams' max_age and max_bytes: JetStream applies them itself."""
+        return 0
 
-    async def aclose(self) -> None:
+    def locate(self, namespace: str, start: bytes
+               ) -> int | Coroutine[Any, Any, int | str]:
+        """oldest/newest at once; an event id is a search that may ask the cluster."""
+        if start == b"oldest":
+            return self.first_index(namespace)
+        if start == b"newest":
+            return self.next_index(namespace)
+        return self._find(namespace, start)
+
+    async def stop(self) -> None:
         self._closing = True
         for tail in self._tails.values():
             if tail.consumer:
@@ -577,16 +559,16 @@ class JetStreamStore:
             records.append(data)
         return first, records
 
-    async def locate(self, namespace: str, event_id: bytes) -> int | str:
-        """The index of an event id, or the reason it cannot be served. A search, not a walk:
-        a time probe (the xid carries its second) and a short scan, or else a bisection on
-        sequence numbers by the ids' seconds (for history whose ids predate its storing)."""
+    async def _find(self, namespace: str, event_id: bytes) -> int | str:
+        """The index after an event id, or the reason it cannot be served. A search, not a
+        walk: a time probe (the xid carries its second) and a short scan, or else a bisection
+        on sequence numbers by the ids' seconds (for history whose ids predate its storing)."""
         second = xid_seconds(event_id[2:])
         tail = self._tails[namespace]
         for index in range(len(tail.records) - 1, -1, -1):  # recent events: no round trip
             record = tail.records[index]
             if record_id(record) == event_id:
-                return tail.first + index
+                return tail.first + index + 1
             if xid_seconds(record[XID_AT:ID_END]) < second - FIND_MARGIN:
                 break
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(0, second - FIND_MARGIN)))
@@ -594,14 +576,14 @@ class JetStreamStore:
         if probe:
             found = await self._scan(namespace, probe[0][0], event_id, second, FIND_WINDOW)
             if isinstance(found, int):
-                return found
+                return found + 1
         state = (await self._api(f"STREAM.INFO.{namespace}", None))["state"]
         if state["messages"]:
             found = await self._bisect(namespace, state["first_seq"], state["last_seq"], second)
             if found is not None:
                 hit = await self._scan(namespace, found, event_id, second, FIND_WINDOW)
                 if isinstance(hit, int):
-                    return hit
+                    return hit + 1
             if state["first_seq"] > 1:
                 oldest = await self._direct_get(namespace, {"seq": state["first_seq"],
                                                             "batch": 1})
@@ -675,23 +657,40 @@ class JetStreamStore:
                     if handler is not None:
                         handler(exc)
 
-    def publish(self, namespace: str, subjects: list[bytes], records: list[bytes],
-                msg_ids: list[str | None] | None, is_batch: bool,
-                done: Callable[[int | PublishRefused], None]) -> None:
+    def reserve_ids(self, namespace: str, ids: list[bytes]) -> None:
+        """JetStream does not check ids: any is taken."""
+
+    def release_ids(self, namespace: str, ids: list[bytes]) -> None:
+        """Nothing was reserved."""
+
+    def publish(self, namespace: str, events: Sequence[ParsedEvent], records: list[bytes],
+                dedup: bool, done: Stored) -> None:
         """Publish one request's events; `done` gets the first index (after the PubAck and
-        once this front-end's tail has them) or a PublishRefused."""
+        once this front-end's tail has them) or a PublishRefused. With `dedup`, keyed events
+        carry a Nats-Msg-Id, so the whole cluster refuses a key it has seen."""
         n = len(records)
+
+        def stored(outcome: int | PublishRefused) -> None:
+            if not isinstance(outcome, PublishRefused):
+                self._listener.published(namespace, n, sum(map(len, records)))
+            done(outcome)
+
         for record in records:
             if len(record) + 256 > self.max_payload:
-                raise PublishRefused(413, f"an event of {len(record)} bytes is larger than the "
-                                          f"NATS server's max_payload ({self.max_payload})")
+                done(PublishRefused(413, f"an event of {len(record)} bytes is larger than the "
+                                         f"NATS server's max_payload ({self.max_payload})"))
+                return
+        subjects = [event.subject for event in events]
+        msg_ids = [msg_id(event.subject, event.key_value) if event.key_value else None
+                   for event in events] if dedup else None
         if n == 1 or self.atomic:
             if n > ATOMIC_BATCH_LIMIT:
-                raise PublishRefused(413, f"a batch of {n} events is larger than JetStream's "
-                                          f"atomic batch limit ({ATOMIC_BATCH_LIMIT} events)")
-            self._publish_atomic(namespace, subjects, records, msg_ids, done)
+                done(PublishRefused(413, f"a batch of {n} events is larger than JetStream's "
+                                         f"atomic batch limit ({ATOMIC_BATCH_LIMIT} events)"))
+                return
+            self._publish_atomic(namespace, subjects, records, msg_ids, stored)
         else:
-            self._publish_each(namespace, subjects, records, msg_ids, done)
+            self._publish_each(namespace, subjects, records, msg_ids, stored)
 
     @staticmethod
     def _headers(record: bytes, msg_id: str | None, batch: bytes = b"") -> bytes:
@@ -705,7 +704,7 @@ class JetStreamStore:
         n = len(records)
 
         def handler(msg) -> bool:
-            outcome = self._pub_ack(ns, msg)
+            outcome = self._pub_ack(ns, msg, n == 1)
             if isinstance(outcome, PublishRefused):
                 done(outcome)
             else:
@@ -748,7 +747,7 @@ class JetStreamStore:
 
         for i in range(n):
             def handler(msg, i=i) -> bool:
-                outcomes[i] = self._pub_ack(ns, msg)
+                outcomes[i] = self._pub_ack(ns, msg, False)
                 left[0] -= 1
                 if not left[0]:
                     finish()
@@ -759,8 +758,9 @@ class JetStreamStore:
                                  self._headers(records[i], msg_ids[i] if msg_ids else None)))
         self._wake.set()
 
-    def _pub_ack(self, ns: str, msg) -> int | PublishRefused:
-        """The stream sequence a PubAck confirms, or why the publish was not stored."""
+    def _pub_ack(self, ns: str, msg, single: bool) -> int | PublishRefused:
+        """The stream sequence a PubAck confirms, or why the publish was not stored. A single
+        event refused as a duplicate has its key taken indeed; a refused batch keeps none."""
         if msg is None:
             return PublishRefused(504, f"JetStream did not confirm the publish within "
                                        f"{PUBLISH_TIMEOUT:g}s; it may or may not be stored "
@@ -778,12 +778,12 @@ class JetStreamStore:
         error = ack.get("error")
         if error:
             if error.get("err_code") in (ERR_BATCH_DUPLICATE_ID, ERR_DUPLICATE_IN_PROCESS):
-                return PublishRefused(409, "key was processed before")
+                return PublishRefused(409, "key was processed before", keys_taken=single)
             status = 503 if error.get("code") == 503 else 500
             return PublishRefused(status, f"JetStream refused the publish: "
                                           f"{error.get('description')}")
         if ack.get("duplicate"):
-            return PublishRefused(409, "key was processed before")
+            return PublishRefused(409, "key was processed before", keys_taken=single)
         return ack["seq"]
 
     def _when_visible(self, ns: str, seq: int, n: int, answer: Callable[[], None]) -> None:
@@ -804,12 +804,10 @@ class JetStreamStore:
         self._wake.set()
 
     async def _on_inbox(self, msg) -> None:
-        if self.broker is None:
-            return
         if msg.subject.startswith(ACK_SUBJECT):
-            self.broker.ack_forwarded(msg.subject[len(ACK_SUBJECT):].encode(), msg.data)
+            self._listener.ack_forwarded(msg.subject[len(ACK_SUBJECT):].encode(), msg.data)
         else:
-            self.broker.route_inbox_remote(msg.subject.encode(), msg.data)
+            self._listener.inbox_event(msg.subject.encode(), msg.data)
 
     # -- housekeeping ------------------------------------------------------------------------------
     def _spawn(self, coro) -> None:

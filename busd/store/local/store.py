@@ -1,19 +1,29 @@
-"""The storage interface the server uses, and LocalStore: namespace logs in one data dir.
+"""LocalStore: the namespaces' logs in one data directory, and the Store interface over them.
 
-The server only talks to `Store`, a narrow protocol (append a batch, read from an index,
-find an id, head and tail, sync, close), so a clustered store (JetStream) can stand in
-for LocalStore later without touching the broker or consumers.
+Serving (after `start`), publishes that arrive in one loop iteration form a *group*: per
+namespace their records go to the log in one append (one write(2)); only then are they
+announced to the listener (fan-out) and the publishers answered — after one shared fsync
+under fsync_always. Without `start` (the CLI's data tools) it is a plain synchronous store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import fcntl
+import logging
 import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
 
-from busd.store.errors import LogOpenError
+from busd._core import ParsedEvent
+from busd.store.errors import LogOpenError, LogWriteError, PublishRefused
+from busd.store.interface import Stored, StoreListener, Synced
 from busd.store.local.log import NamespaceLog, RecoveryReport
+
+log = logging.getLogger("busd.store.local.store")
 
 LOCK_NAME = ".lock"
 
@@ -27,55 +37,16 @@ def lock_holder(fd: int) -> str:
     return os.pread(fd, 32, 0).decode(errors="replace").strip()
 
 
-class Store(Protocol):
-    """What the broker and consumers need from storage; indexes are per namespace."""
-
-    def append_batch(self, namespace: str, records: list[bytes]) -> int:
-        """Append with one write; the first record's index. Raises LogWriteError."""
-        ...
-
-    def read(self, namespace: str, start_index: int, max_bytes: int) -> list[bytes]:
-        """Records from start_index ([] at the head). Raises HistoryTruncatedError,
-        CorruptRecordError (only for the first record asked for)."""
-        ...
-
-    def find_id(self, namespace: str, event_id: bytes) -> int | None: ...
-
-    def find_ids(self, namespace: str, event_ids: list[bytes]) -> set[bytes]:
-        """Those of event_ids the namespace holds: a publish's supplied ids, refused if held
-        (asked of the local store only; JetStream's `locate` is a search per id)."""
-        ...
-
-    def first_index(self, namespace: str) -> int: ...
-
-    def next_index(self, namespace: str) -> int: ...
-
-    def first_id(self, namespace: str) -> bytes | None: ...
-
-    def is_before_retained(self, namespace: str, event_id: bytes) -> bool: ...
-
-    @property
-    def dirty(self) -> bool: ...
-
-    def stats(self) -> dict[str, dict[str, int]]:
-        """Per namespace: count, bytes, first_index, next_index."""
-        ...
-
-    def sync(self) -> None:
-        """Blocking fsync of everything written; called from a worker thread."""
-        ...
-
-    def close(self) -> None: ...
-
-
 class LocalStore:
     """One NamespaceLog per declared namespace under root, guarded by an flock on root/.lock."""
 
     def __init__(self, root: Path, namespaces: list[str], *, segment_bytes: int = 64 << 20,
                  retention_age: float | None = None, retention_bytes: int | None = None,
-                 flags: int = 0, secret_key: str | None = None, block_size: int = 4096) -> None:
+                 flags: int = 0, secret_key: str | None = None, block_size: int = 4096,
+                 fsync_always: bool = False) -> None:
         """secret_key: encrypt at rest (SPEC §5; see log.py), records sealed in blocks of
-        block_size bytes; opening refuses a key that does not fit the data."""
+        block_size bytes; opening refuses a key that does not fit the data. fsync_always:
+        a publish is answered only once it is fsynced (`--fsync always`)."""
         self.root = Path(root)
         self.namespaces = list(namespaces)
         self._logs = {ns: NamespaceLog(self.root, ns, segment_bytes=segment_bytes,
@@ -84,6 +55,15 @@ class LocalStore:
                                        secret_key=secret_key, block_size=block_size)
                       for ns in self.namespaces}
         self._lock_fd: int | None = None
+        self.fsync_always = fsync_always
+        self._listener: StoreListener | None = None  # set by start()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._group: dict[str, list[tuple[list[bytes], Stored]]] = {}
+        self._group_ids: dict[str, set[bytes]] = {}  # supplied ids the group will store
+        self._commit_scheduled = False
+        self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busd-fsync")
+        self._sync_running = False
+        self._sync_waiting: list[Synced] = []
 
     def open(self) -> dict[str, RecoveryReport]:
         """Lock the data dir, then open (and recover) every namespace."""
@@ -173,3 +153,140 @@ class LocalStore:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    # -- the Store interface (serving) ------------------------------------------------------
+    async def start(self, listener: StoreListener) -> dict[str, RecoveryReport]:
+        self._listener = listener
+        self._loop = asyncio.get_running_loop()
+        return self.open()
+
+    async def stop(self) -> None:
+        self._sync_executor.shutdown(wait=True)
+        self.close()
+
+    def reserve_ids(self, namespace: str, ids: list[bytes]) -> None:
+        """An id names one event, so a restore run twice stores nothing twice. The reason
+        lists every id refused, so that a batch can be sent again without them."""
+        if len(set(ids)) != len(ids):
+            twice = next(i for i in ids if ids.count(i) > 1)
+            raise PublishRefused(400, f"id {twice.decode()} appears twice in the batch")
+        waiting = self._group_ids.setdefault(namespace, set())
+        present = self.find_ids(namespace, ids) | waiting.intersection(ids)
+        if present:
+            listed = " ".join(i.decode() for i in ids if i in present)
+            raise PublishRefused(409, f"namespace {namespace} already holds "
+                                      f"{'this id' if len(present) == 1 else 'these ids'}: "
+                                      f"{listed}")
+        waiting.update(ids)
+
+    def release_ids(self, namespace: str, ids: list[bytes]) -> None:
+        self._group_ids.get(namespace, set()).difference_update(ids)
+
+    def publish(self, namespace: str, events: Sequence[ParsedEvent], records: list[bytes],
+                dedup: bool, done: Stored) -> None:
+        """Join this loop iteration's group (the bus's dedup cache is all the dedup here)."""
+        group = self._group.get(namespace)
+        if group is None:
+            group = self._group[namespace] = []
+            if not self._commit_scheduled:
+                self._commit_scheduled = True
+                self._loop.call_soon(self._commit)
+        group.append((records, done))
+
+    def _commit(self) -> None:
+        """Append this iteration's group: one write per namespace, announce, then answer."""
+        self._commit_scheduled = False
+        group, self._group = self._group, {}
+        if self._group_ids:  # from here on the logs themselves know them
+            self._group_ids = {}
+        written: list[tuple[int, list[tuple[list[bytes], Stored]]]] = []
+        for namespace, pendings in group.items():
+            records = pendings[0][0] if len(pendings) == 1 else \
+                [record for batch, _ in pendings for record in batch]
+            try:
+                first = self._logs[namespace].append(records)
+            except LogWriteError as exc:
+                _refuse(pendings, exc)
+                continue
+            self._listener.published(namespace, len(records), sum(map(len, records)))
+            self._listener.appended(namespace, records, first + len(records))
+            written.append((first, pendings))
+        if not written:
+            return
+        if self.fsync_always:
+            self.fsync(lambda error: _answer(written, error))
+        else:
+            _answer(written, None)
+
+    def fsync(self, done: Synced) -> None:
+        """fsync every dirty log in the worker thread; all callers waiting share one fsync."""
+        self._sync_waiting.append(done)
+        if not self._sync_running:
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        waiting, self._sync_waiting = self._sync_waiting, []
+        self._sync_running = True
+        started = time.perf_counter()
+        future = self._loop.run_in_executor(self._sync_executor, self.sync)
+
+        def finished(fut: asyncio.Future) -> None:
+            self._sync_running = False
+            self._listener.synced(time.perf_counter() - started)
+            error = fut.exception()
+            if error is not None:
+                log.error("fsync failed error=%r", error)
+            for callback in waiting:
+                callback(error)
+            if self._sync_waiting:
+                self._start_sync()
+
+        future.add_done_callback(finished)
+
+    def publish_inbox(self, subject: bytes, record: bytes) -> None:
+        """One process: the broker's routing reached every inbox subscriber there is."""
+
+    def forward_ack(self, consumer_id: bytes, event_id: bytes) -> None:
+        """One process: a consumer that is not here does not exist."""
+
+    async def fetch(self, namespace: str, start_index: int, max_bytes: int
+                    ) -> tuple[int, list[bytes]]:
+        """`read` always has the logs at hand, so this is `read`: the seam where disk reads
+        can move off the loop."""
+        return start_index, self._logs[namespace].read(start_index, max_bytes)
+
+    def locate(self, namespace: str, start: bytes) -> int | str:
+        if start == b"oldest":
+            return self.first_index(namespace)
+        if start == b"newest":
+            return self.next_index(namespace)
+        index = self.find_id(namespace, start)
+        if index is not None:
+            return index + 1
+        oldest = self.first_id(namespace) if self.next_index(namespace) else None
+        if self.is_before_retained(namespace, start):
+            return (f"history truncated: event {start.decode()} was deleted by retention; the "
+                    f"oldest retained event is {oldest.decode() if oldest else 'none'}")
+        return f"event {start.decode()} not found in namespace {namespace}"
+
+
+def _refuse(pendings: list[tuple[list[bytes], Stored]], exc: LogWriteError) -> None:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    status = 507 if full else 500
+    reason = f"the event log cannot be written: {exc}"
+    log.error("append failed status=%d reason=%r", status, reason)
+    refused = PublishRefused(status, reason)
+    for _, done in pendings:
+        done(refused)
+
+
+def _answer(written: list[tuple[int, list[tuple[list[bytes], Stored]]]],
+            error: BaseException | None) -> None:
+    """Each publish of the group gets its first index, or the fsync's failure (its records
+    are in the log all the same)."""
+    refused = None if error is None else PublishRefused(
+        500, f"the event log could not be synced to disk: {error}", keys_taken=True)
+    for index, pendings in written:
+        for records, done in pendings:
+            done(index if refused is None else refused)
+            index += len(records)
