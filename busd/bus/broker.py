@@ -1,21 +1,20 @@
 """The bus itself: validation of events, dedup, publishing through the store, acks.
 
-Nothing here knows HTTP or which store it has: results go back through callbacks, and
-new records come back from the store as `appended` (the broker is its StoreListener), to
-be pushed to live consumers.
+Nothing here knows HTTP or which store it has: results go back through callbacks, new
+records come back from the store as `appended` (the broker is its StoreListener) and
+reach subscribers through the fan-out.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
 import orjson
 
-from busd._core import ParsedEvent, sse_frame, sse_frame_matching, stamp_events, supplied_ids
-from busd.bus.consumer import Consumer, InboxConsumer
+from busd._core import ParsedEvent, stamp_events, supplied_ids
 from busd.bus.dedup import DedupCache
+from busd.bus.fanout import FanOut
 from busd.server.config import Config
 from busd.server.metrics import Metrics
 from busd.store.errors import CorruptRecordError, PublishRefused
@@ -43,20 +42,17 @@ PublishCallback = Callable[[Published | PublishRefused], None]
 
 
 class Broker:
-    """Owns the namespaces (through the store), consumers, inboxes and dedup state."""
+    """Owns the namespaces (through the store), the subscriptions (through the fan-out)
+    and the dedup state."""
 
-    def __init__(self, config: Config, store: Store, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        self.loop = loop
         self.namespaces = frozenset(config.namespaces)
         self._declared = {ns.encode(): ns for ns in config.namespaces}
         self.dedup = DedupCache(config.dup_size, config.dup_ttl)
         self.metrics = Metrics(config.namespaces)
-        self.consumers: dict[bytes, Consumer | InboxConsumer] = {}
-        self.live: dict[str, list[Consumer]] = {ns: [] for ns in config.namespaces}
-        self.waiting: dict[str, set[Consumer]] = {ns: set() for ns in config.namespaces}
-        self.inboxes: dict[bytes, set[InboxConsumer]] = {}
+        self.fanout = FanOut(config.namespaces, self.metrics)
 
     # -- start-up -------------------------------------------------------------------------
     def rebuild_dedup(self) -> int:
@@ -105,7 +101,7 @@ class Broker:
                                           f"is not declared; declared namespaces: "
                                           f"{', '.join(sorted(self.namespaces))}")
             subject, record = events[0].subject, records[0]
-            self._route_inbox(subject, record)
+            self.fanout.route_inbox(subject, record)
             done(Published(ids, stamps, -1))
             self.store.publish_inbox(subject, record)
             return
@@ -144,52 +140,11 @@ class Broker:
         for subject, key in keys:
             self.dedup.discard(subject, key)
 
-    def _route_inbox(self, subject: bytes, record: bytes) -> None:
-        """Inbox events live only in memory: hand them to the consumers connected right now."""
-        for consumer in tuple(self.inboxes.get(subject, ())):
-            if consumer.deliver(record):
-                self.metrics.events_out[INBOX_NAMESPACE] += 1
-            else:
-                self.metrics.dropped += 1
-
-    # -- subscriptions --------------------------------------------------------------------
-    def register(self, consumer: Consumer | InboxConsumer) -> None:
-        self.consumers[consumer.id] = consumer
-        if isinstance(consumer, InboxConsumer):
-            self.inboxes.setdefault(consumer.subject, set()).add(consumer)
-
-    def forget(self, consumer: Consumer | InboxConsumer) -> None:
-        """Drop every reference to a consumer whose stream has ended."""
-        self.consumers.pop(consumer.id, None)
-        if isinstance(consumer, InboxConsumer):
-            inbox = self.inboxes.get(consumer.subject)
-            if inbox is not None:
-                inbox.discard(consumer)
-                if not inbox:
-                    del self.inboxes[consumer.subject]
-            return
-        if consumer.live:
-            self.leave_live(consumer)
-        self.waiting[consumer.namespace].discard(consumer)
-
-    def join_live(self, consumer: Consumer) -> None:
-        """A consumer at the head starts receiving records straight from the append path."""
-        if not consumer.live:
-            consumer.live = True
-            self.live[consumer.namespace].append(consumer)
-
-    def leave_live(self, consumer: Consumer) -> None:
-        if consumer.live:
-            consumer.live = False
-            self.live[consumer.namespace].remove(consumer)
-
-    def wait_for_append(self, consumer: Consumer) -> None:
-        self.waiting[consumer.namespace].add(consumer)
-
+    # -- acks ---------------------------------------------------------------------------------
     def ack(self, consumer_id: bytes, event_id: bytes) -> None:
         """Acks are idempotent: unknown consumers or events are fine (SPEC §3.3)."""
         self.metrics.acks += 1
-        consumer = self.consumers.get(consumer_id)
+        consumer = self.fanout.consumers.get(consumer_id)
         if consumer is not None:
             consumer.ack(event_id)
         else:  # the stream may live on another front-end of a clustered store
@@ -197,34 +152,16 @@ class Broker:
 
     # -- StoreListener: what the store tells the bus -----------------------------------------
     def appended(self, namespace: str, records: list[bytes], next_index: int) -> None:
-        """Push new records to live consumers: framed once per distinct pattern."""
-        framed: dict[bytes, tuple[bytes, int]] = {}
-        for consumer in tuple(self.live[namespace]):
-            if consumer.paused or consumer.done:
-                continue
-            pattern = consumer.pattern
-            chunk = framed.get(pattern.pattern)
-            if chunk is None:
-                if pattern.matches_all:
-                    chunk = framed[pattern.pattern] = (sse_frame(records), len(records))
-                else:
-                    chunk = framed[pattern.pattern] = sse_frame_matching(records, pattern)
-            self.metrics.events_out[namespace] += chunk[1]
-            consumer.push(chunk[0], next_index)
-        waiting = self.waiting[namespace]
-        if waiting:
-            self.waiting[namespace] = set()
-            for consumer in waiting:
-                consumer.wake()
+        self.fanout.push(namespace, records, next_index)
 
     def inbox_event(self, subject: bytes, record: bytes) -> None:
-        self._route_inbox(subject, record)
+        self.fanout.route_inbox(subject, record)
 
     def ack_forwarded(self, consumer_id: bytes, event_id: bytes) -> None:
         """It carries no token, so it only applies to consumers of an open bus (no
         --auth-file owner)."""
-        consumer = self.consumers.get(consumer_id)
-        if consumer is not None and getattr(consumer, "owner", None) is None:
+        consumer = self.fanout.consumers.get(consumer_id)
+        if consumer is not None and consumer.owner is None:
             consumer.ack(event_id)
 
     def published(self, namespace: str, events: int, size: int) -> None:

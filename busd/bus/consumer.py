@@ -4,7 +4,7 @@ A consumer knows cursors and acks, not sockets: it writes SSE chunks to its conn
 and is told by the connection when the socket's buffer is full (`pause`), drained
 (`resume`) or gone (`closed`).
 
-Without acks a consumer is either *live* (at the head of the log: the broker pushes new
+Without acks a consumer is either *live* (at the head of the log: the fan-out pushes new
 records to it straight from the append path) or *catching up* (it reads the log in large
 chunks at its own pace). It joins the live set in the same synchronous step in which it
 sees that it reached the head, so nothing can be appended in between: no gap, no
@@ -21,14 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from busd._core import Pattern, record_id, record_subject, sse_chunk, sse_frame, sse_frame_matching
+from busd.bus.fanout import FanOut
 from busd.server.http import HttpConnection, Stream
 from busd.store.errors import CorruptRecordError, HistoryTruncatedError
-
-if TYPE_CHECKING:
-    from busd.bus.broker import Broker
+from busd.store.interface import Store
 
 log = logging.getLogger("busd.bus.consumer")
 
@@ -64,13 +62,15 @@ class AckPolicy:
 class Consumer(Stream):
     """One SSE subscription on a stored namespace."""
 
-    def __init__(self, broker: Broker, conn: HttpConnection, consumer_id: bytes,
-                 pattern: Pattern, namespace: str, ack: AckPolicy | None) -> None:
-        self.broker = broker
-        self.store = broker.store
+    def __init__(self, fanout: FanOut, store: Store, conn: HttpConnection, consumer_id: bytes,
+                 pattern: Pattern, namespace: str, ack: AckPolicy | None,
+                 owner: str | None = None) -> None:
+        self.fanout = fanout
+        self.store = store
         self.conn = conn
-        self.loop = broker.loop
+        self.loop = asyncio.get_running_loop()
         self.id = consumer_id
+        self.owner = owner
         self.pattern = pattern
         self.namespace = namespace
         self.ack_policy = ack
@@ -97,7 +97,7 @@ class Consumer(Stream):
         if isinstance(cursor, str):
             self.fail(cursor)
             return
-        self.broker.register(self)
+        self.fanout.add(self)
         self.cursor = cursor
         self._resume_hint()
         self._step()
@@ -126,7 +126,7 @@ class Consumer(Stream):
         """Tell the client why the stream ends (an `error` event), then end it."""
         log.warning("ending subscription consumer=%s reason=%r", self.id.decode(), reason)
         self.done = True
-        self.broker.forget(self)
+        self.fanout.remove(self)
         self.conn.end_stream(sse_message(b"error", reason.encode()))
 
     def end(self) -> None:
@@ -138,7 +138,7 @@ class Consumer(Stream):
     def pause(self) -> None:
         self.paused = True
         if self.live:
-            self.broker.leave_live(self)
+            self.fanout.leave_live(self)
 
     def resume(self) -> None:
         self.paused = False
@@ -148,7 +148,7 @@ class Consumer(Stream):
         self.done = True
         if self._timer is not None:
             self._timer.cancel()
-        self.broker.forget(self)
+        self.fanout.remove(self)
 
     # -- delivery -----------------------------------------------------------------------
     def push(self, chunk: bytes, next_index: int) -> None:
@@ -201,7 +201,7 @@ class Consumer(Stream):
                     self._schedule()
                 return
         if not self.paused and not self.done:
-            self.broker.join_live(self)
+            self.fanout.join_live(self)
 
     def _write(self, records: list[bytes]) -> None:
         if self.pattern.matches_all:
@@ -209,7 +209,7 @@ class Consumer(Stream):
         else:
             chunk, matched = sse_frame_matching(records, self.pattern)
         if chunk:
-            self.broker.metrics.events_out[self.namespace] += matched
+            self.fanout.metrics.events_out[self.namespace] += matched
             self.conn.write(chunk)
 
     def _fetch(self, max_bytes: int) -> None:
@@ -265,7 +265,7 @@ class Consumer(Stream):
         while len(self.inflight) < policy.max_inflight and not self.paused:
             record = self._next_record()
             if record is None:
-                self.broker.wait_for_append(self)
+                self.fanout.wait_for_append(self)
                 break
             self.cursor += 1
             if self.pattern.matches(record_subject(record)):
@@ -275,7 +275,7 @@ class Consumer(Stream):
     def _deliver(self, record: bytes, deliveries: int) -> None:
         deadline = time.monotonic() + self.ack_policy.redelivery
         self.inflight[record_id(record)] = [record, deliveries, deadline]
-        self.broker.metrics.events_out[self.namespace] += 1
+        self.fanout.metrics.events_out[self.namespace] += 1
         self.conn.write(sse_frame([record]))
 
     def ack(self, event_id: bytes) -> None:
@@ -307,11 +307,11 @@ class Consumer(Stream):
                 continue
             if 0 < limit <= deliveries:
                 del self.inflight[event_id]
-                self.broker.metrics.dropped += 1
+                self.fanout.metrics.dropped += 1
                 log.warning("giving up on event consumer=%s event=%s deliveries=%d",
                             self.id.decode(), event_id.decode(), deliveries)
             else:
-                self.broker.metrics.redelivered += 1
+                self.fanout.metrics.redelivered += 1
                 del self.inflight[event_id]
                 self._deliver(record, deliveries + 1)
         self._schedule()
@@ -321,18 +321,21 @@ class Consumer(Stream):
 class InboxConsumer(Stream):
     """A subscription to one `_bus_.<id>` inbox: in-memory delivery, nothing stored."""
 
-    def __init__(self, broker: Broker, conn: HttpConnection, consumer_id: bytes,
-                 subject: bytes) -> None:
-        self.broker = broker
+    def __init__(self, fanout: FanOut, conn: HttpConnection, consumer_id: bytes, subject: bytes,
+                 owner: str | None = None) -> None:
+        self.fanout = fanout
         self.conn = conn
         self.id = consumer_id
+        self.owner = owner
         self.subject = subject
         self.paused = False
         self.done = False
 
     def start(self, head: bytes) -> None:
+        self.fanout.add_inbox(self)
         self.conn.attach_stream(self, head)
         self.conn.write(greeting(self.id))
+
     def deliver(self, record: bytes) -> bool:
         """Send one inbox event; a consumer that is not reading loses it (counted as dropped)."""
         if self.paused or self.done:
@@ -355,4 +358,4 @@ class InboxConsumer(Stream):
 
     def closed(self) -> None:
         self.done = True
-        self.broker.forget(self)
+        self.fanout.remove_inbox(self)

@@ -220,21 +220,15 @@ class Api:
         if namespace == INBOX_NAMESPACE:
             if b"*" in subject_bytes or b">" in subject_bytes:
                 raise BadRequest("inbox (_bus_) subscriptions cannot use wildcards")
-            inbox = InboxConsumer(broker, conn, consumer_id, subject_bytes)
-            inbox.owner = owner
-
-            def start_inbox() -> None:
-                broker.register(inbox)
-                inbox.start(head)
-
-            conn.start_stream(start_inbox)
+            inbox = InboxConsumer(broker.fanout, conn, consumer_id, subject_bytes, owner)
+            conn.start_stream(lambda: inbox.start(head))
             return
         if namespace not in broker.namespaces:
             raise BadRequest(f"namespace {namespace!r} is not declared; declared namespaces: "
                              f"{', '.join(sorted(broker.namespaces))}")
         start, resuming = self._start(params, request)
-        consumer = Consumer(broker, conn, consumer_id, Pattern(subject_bytes), namespace, ack)
-        consumer.owner = owner
+        consumer = Consumer(broker.fanout, broker.store, conn, consumer_id,
+                            Pattern(subject_bytes), namespace, ack, owner)
 
         def begin(cursor: int | str, definite: bool = True) -> None:
             """Stream from `cursor`, or say why not: in the stream's `error` event (the Go
@@ -308,8 +302,8 @@ class Api:
         if not _valid_id(event_id, "e_"):
             raise BadRequest(f"invalid or missing event_id {event_id!r}: expected e_<xid>")
         if token is not None:
-            consumer = self.broker.consumers.get(consumer_id.encode())
-            if consumer is not None and getattr(consumer, "owner", None) != token.name:
+            consumer = self.broker.fanout.consumers.get(consumer_id.encode())
+            if consumer is not None and consumer.owner != token.name:
                 raise AuthError(403, f"token {token.name!r} may not ack for consumer "
                                      f"{consumer_id}: only the token that subscribed may")
         self.broker.ack(consumer_id.encode(), event_id.encode())
@@ -324,7 +318,7 @@ class Api:
             "status": "ok",
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "consumers": len(self.broker.consumers),
+            "consumers": len(self.broker.fanout.consumers),
             "namespaces": {ns: {"events": store.next_index(ns) - store.first_index(ns),
                                 "first_index": store.first_index(ns),
                                 "next_index": store.next_index(ns),

@@ -60,7 +60,7 @@ class Server:
                                     retention_bytes=config.retention_bytes,
                                     secret_key=config.secret_key, block_size=config.block_size,
                                     fsync_always=config.fsync == "always")
-        self.broker = Broker(config, self.store, self.loop)
+        self.broker = Broker(config, self.store)
         self.connections: set[HttpConnection] = set()
         self.broker.metrics.connections = self.connections
         self.api = Api(self.broker, Auth(config.auth_file) if config.auth_file else None)

@@ -162,7 +162,7 @@ def render_prometheus(broker, started: float | None = None) -> bytes:
     out.family("busd_log_next_index", "gauge", "Index the next event of the namespace gets.",
                per_ns((ns, sizes[ns]["next_index"]) for ns in namespaces))
     out.family("busd_consumers", "gauge", "Subscriptions currently connected.",
-               len(broker.consumers))
+               len(broker.fanout.consumers))
     if metrics.connections is not None:
         out.family("busd_connections", "gauge", "Open HTTP connections.",
                    len(metrics.connections))
