@@ -1,8 +1,8 @@
 """Subscriptions: a cursor into one namespace's log, a pattern, and an ack policy.
 
-A consumer knows cursors and acks, not sockets: it writes SSE chunks to its connection
-and is told by the connection when the socket's buffer is full (`pause`), drained
-(`resume`) or gone (`closed`).
+A consumer knows cursors and acks, not sockets: it writes SSE chunks to its sink (the
+connection) and is told by the sink when its buffer is full (`pause`), drained (`resume`)
+or gone (`closed`).
 
 Without acks a consumer is either *live* (at the head of the log: the fan-out pushes new
 records to it straight from the append path) or *catching up* (it reads the log in large
@@ -24,7 +24,7 @@ import time
 
 from busd._core import Pattern, record_id, record_subject, sse_chunk, sse_frame, sse_frame_matching
 from busd.bus.fanout import FanOut
-from busd.server.http import HttpConnection, Stream
+from busd.bus.sink import Sink
 from busd.store.errors import CorruptRecordError, HistoryTruncatedError
 from busd.store.interface import Store
 
@@ -59,15 +59,15 @@ class AckPolicy:
         self.max_inflight = max_inflight
 
 
-class Consumer(Stream):
+class Consumer:
     """One SSE subscription on a stored namespace."""
 
-    def __init__(self, fanout: FanOut, store: Store, conn: HttpConnection, consumer_id: bytes,
+    def __init__(self, fanout: FanOut, store: Store, sink: Sink, consumer_id: bytes,
                  pattern: Pattern, namespace: str, ack: AckPolicy | None,
                  owner: str | None = None) -> None:
         self.fanout = fanout
         self.store = store
-        self.conn = conn
+        self.sink = sink
         self.loop = asyncio.get_running_loop()
         self.id = consumer_id
         self.owner = owner
@@ -91,9 +91,8 @@ class Consumer(Stream):
         """Send the response head and the greeting that tells browsers their consumer id,
         then deliver from index `cursor`, or end the stream with an `error` event when
         `cursor` is the reason it cannot be served (the Go SDK reads it)."""
-        self.conn.attach_stream(self, head)
-        self.conn.transport.set_write_buffer_limits(high=STREAM_WRITE_HIGH_WATER)
-        self.conn.write(greeting(self.id))
+        self.sink.attach_stream(self, head, STREAM_WRITE_HIGH_WATER)
+        self.sink.write(greeting(self.id))
         if isinstance(cursor, str):
             self.fail(cursor)
             return
@@ -120,21 +119,21 @@ class Consumer(Stream):
             if not records:
                 return
             point = record_id(records[0])
-        self.conn.write(sse_chunk(b": resume-after " + point + b"\n\n"))
+        self.sink.write(sse_chunk(b": resume-after " + point + b"\n\n"))
 
     def fail(self, reason: str) -> None:
         """Tell the client why the stream ends (an `error` event), then end it."""
         log.warning("ending subscription consumer=%s reason=%r", self.id.decode(), reason)
         self.done = True
         self.fanout.remove(self)
-        self.conn.end_stream(sse_message(b"error", reason.encode()))
+        self.sink.end_stream(sse_message(b"error", reason.encode()))
 
     def end(self) -> None:
         """Server shutdown: finish the stream cleanly."""
         self.done = True
-        self.conn.end_stream()
+        self.sink.end_stream()
 
-    # -- Stream (told by the connection) --------------------------------------------------
+    # -- Stream (told by the sink) ------------------------------------------------------
     def pause(self) -> None:
         self.paused = True
         if self.live:
@@ -154,7 +153,7 @@ class Consumer(Stream):
     def push(self, chunk: bytes, next_index: int) -> None:
         """Live delivery from the append path: `chunk` holds the framed matching records."""
         if chunk:
-            self.conn.write(chunk)
+            self.sink.write(chunk)
         self.cursor = next_index
 
     def wake(self) -> None:
@@ -210,7 +209,7 @@ class Consumer(Stream):
             chunk, matched = sse_frame_matching(records, self.pattern)
         if chunk:
             self.fanout.metrics.events_out[self.namespace] += matched
-            self.conn.write(chunk)
+            self.sink.write(chunk)
 
     def _fetch(self, max_bytes: int) -> None:
         """Have the store get records that are not at hand; the stream goes on when they
@@ -276,7 +275,7 @@ class Consumer(Stream):
         deadline = time.monotonic() + self.ack_policy.redelivery
         self.inflight[record_id(record)] = [record, deliveries, deadline]
         self.fanout.metrics.events_out[self.namespace] += 1
-        self.conn.write(sse_frame([record]))
+        self.sink.write(sse_frame([record]))
 
     def ack(self, event_id: bytes) -> None:
         if self.inflight.pop(event_id, None) is not None:
@@ -318,13 +317,13 @@ class Consumer(Stream):
         self._arm_timer()
 
 
-class InboxConsumer(Stream):
+class InboxConsumer:
     """A subscription to one `_bus_.<id>` inbox: in-memory delivery, nothing stored."""
 
-    def __init__(self, fanout: FanOut, conn: HttpConnection, consumer_id: bytes, subject: bytes,
+    def __init__(self, fanout: FanOut, sink: Sink, consumer_id: bytes, subject: bytes,
                  owner: str | None = None) -> None:
         self.fanout = fanout
-        self.conn = conn
+        self.sink = sink
         self.id = consumer_id
         self.owner = owner
         self.subject = subject
@@ -333,14 +332,14 @@ class InboxConsumer(Stream):
 
     def start(self, head: bytes) -> None:
         self.fanout.add_inbox(self)
-        self.conn.attach_stream(self, head)
-        self.conn.write(greeting(self.id))
+        self.sink.attach_stream(self, head)
+        self.sink.write(greeting(self.id))
 
     def deliver(self, record: bytes) -> bool:
         """Send one inbox event; a consumer that is not reading loses it (counted as dropped)."""
         if self.paused or self.done:
             return False
-        self.conn.write(sse_frame([record]))
+        self.sink.write(sse_frame([record]))
         return True
 
     def ack(self, event_id: bytes) -> None:
@@ -348,7 +347,7 @@ class InboxConsumer(Stream):
 
     def end(self) -> None:
         self.done = True
-        self.conn.end_stream()
+        self.sink.end_stream()
 
     def pause(self) -> None:
         self.paused = True

@@ -16,6 +16,8 @@ from email.utils import formatdate
 
 import httptools
 
+from busd.bus.sink import Stream
+
 log = logging.getLogger("busd.server.http")
 
 CORS_HEADERS = (
@@ -121,14 +123,6 @@ class Limits:
         self.idle_timeout = idle_timeout
 
 
-class Stream:
-    """What an SSE response talks to: told when the socket's buffer fills, drains or closes."""
-
-    def pause(self) -> None: ...
-    def resume(self) -> None: ...
-    def closed(self) -> None: ...
-
-
 class Slot:
     """A response position in the pipeline; filled now or later, written in order."""
 
@@ -143,7 +137,8 @@ _IDLE, _HEADERS, _BODY, _WAITING, _STREAM = range(5)
 
 
 class HttpConnection(asyncio.Protocol):
-    """One client connection. Created by the server's protocol factory."""
+    """One client connection. Created by the server's protocol factory. Once it streams, it
+    is the stream's Sink (busd/bus/sink.py): the stream never sees the transport."""
 
     def __init__(self, handler: Callable[[HttpConnection, Request], None], limits: Limits,
                  connections: set[HttpConnection]) -> None:
@@ -311,12 +306,16 @@ class HttpConnection(asyncio.Protocol):
         else:
             self.fulfil(self.defer(), start)
 
-    def attach_stream(self, stream: Stream, head: bytes) -> None:
-        """Send the SSE response head; from now on `write` sends body chunks."""
+    def attach_stream(self, stream: Stream, head: bytes, high_water: int | None = None
+                      ) -> None:
+        """Send the SSE response head; from now on `write` sends body chunks, and `stream`
+        is paused once more than high_water bytes (default: asyncio's) are buffered."""
         self.stream = stream
         self.state = _STREAM
         self._pause_reading()
         self.write(head)
+        if high_water is not None:
+            self.transport.set_write_buffer_limits(high=high_water)
 
     def write(self, data: bytes) -> None:
         if not self.is_closed:
@@ -409,5 +408,6 @@ class CorsHttpConnection(HttpConnection):
     def _write_response(self, data: bytes, close: bool) -> None:
         super()._write_response(self._with_origin(data), close)
 
-    def attach_stream(self, stream: Stream, head: bytes) -> None:
-        super().attach_stream(stream, self._with_origin(head))
+    def attach_stream(self, stream: Stream, head: bytes, high_water: int | None = None
+                      ) -> None:
+        super().attach_stream(stream, self._with_origin(head), high_water)
