@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 __all__ = [
     "BadRequestError", "BusConnectionError", "BusError", "BusTimeoutError", "ConflictError",
     "ForbiddenError", "NotFoundError", "PayloadTooLargeError", "ServerError", "StorageError",
@@ -92,8 +94,11 @@ def error_for(status: int, body: bytes) -> BusError:
 
 
 def connect_error(host: str, port: int, exc: OSError) -> BusError:
-    """The exception for a connection that could not be opened."""
+    """The exception for a connection that could not be opened (or secured)."""
     if isinstance(exc, TimeoutError):
         return BusTimeoutError(f"connecting to {host}:{port} timed out")
-    return BusConnectionError(f"cannot connect to the bus at {host}:{port}: "
-                              f"{exc.strerror or exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = f"its TLS certificate failed verification: {exc.verify_message}"
+    else:
+        why = exc.strerror or str(exc)
+    return BusConnectionError(f"cannot connect to the bus at {host}:{port}: {why}")
