@@ -86,7 +86,7 @@ def test_sdk_over_https_verifies_the_certificate(tls_server, certificate):
     with Client(url, timeout=10) as client:  # the system's CAs do not know this one
         for call in (lambda: client.put("app.tls", 1), lambda: client.get("app.>")):
             with pytest.raises(BusConnectionError, match=(
-                    f"cannot connect to the bus at 127.0.0.1:{tls_server.port}: its TLS "
+                    f"cannot reach the bus at 127.0.0.1:{tls_server.port}: its TLS "
                     "certificate failed verification: self-signed certificate")):
                 call()
     with Client(url, insecure=True, timeout=10) as client:

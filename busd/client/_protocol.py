@@ -280,7 +280,7 @@ class ClientBase(Generic[S]):
         deadline = Deadline(timeout)
         inbox = new_inbox()
         replies: list[Event] = []
-        stream = None
+        stream = result = None
         try:
             # subscribe to the inbox before publishing: a reply to nobody is dropped (SPEC §3.4)
             stream = yield from self._subscribe(subscribe_target(inbox), None, deadline.left())
@@ -296,9 +296,14 @@ class ClientBase(Generic[S]):
                     replies.append(self._Event(message[2], "", None))
         except BusTimeoutError:
             if request_reply:
-                raise BusTimeoutError(f"no reply to {subject} within {timeout:g}s") from None
-            raise BusTimeoutError(f"{len(replies)} of {wanted} confirmations for {subject} "
-                                  f"within {timeout:g}s") from None
+                error = BusTimeoutError(f"no reply to {subject} within {timeout:g}s")
+            else:
+                error = BusTimeoutError(f"{len(replies)} of {wanted} confirmations for "
+                                        f"{subject} within {timeout:g}s")
+            if result is not None:
+                result.replies = replies
+                error.result = result
+            raise error from None
         finally:
             if stream is not None:
                 stream.close()

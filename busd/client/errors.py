@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 __all__ = [
     "BadRequestError", "BusConnectionError", "BusError", "BusTimeoutError", "ConflictError",
@@ -63,7 +64,12 @@ class BusConnectionError(BusError, ConnectionError):
 
 
 class BusTimeoutError(BusError, TimeoutError):
-    """No answer (or not enough replies/confirmations) within the timeout."""
+    """No answer (or not enough replies/confirmations) within the timeout.
+
+    From a `put` with `request_reply`/`confirm` whose event was stored, `result` is its
+    `PutResult` (id, index, created_at), with the replies that did come in `replies`."""
+
+    result: Any = None
 
 
 class SubscriptionError(BusError):
@@ -101,4 +107,4 @@ def connect_error(host: str, port: int, exc: OSError) -> BusError:
         why = f"its TLS certificate failed verification: {exc.verify_message}"
     else:
         why = exc.strerror or str(exc)
-    return BusConnectionError(f"cannot connect to the bus at {host}:{port}: {why}")
+    return BusConnectionError(f"cannot reach the bus at {host}:{port}: {why}")
