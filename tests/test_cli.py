@@ -194,6 +194,24 @@ def test_manual_ack_with_bus_ack(server):
         reader.wait()
 
 
+def test_get_reconnects_and_resumes_after_a_restart(server):
+    publish(server.port, "app.a", 0)
+    reader = spawn("get", "--host", host(server), "--subject", "app.>", "--start", "oldest",
+                   "--count", "3")
+    try:
+        assert json.loads(reader.stdout.readline())["payload"] == 0
+        server.restart()
+        for n in (1, 2):
+            publish(server.port, "app.a", n)
+        out, err = reader.communicate(timeout=20)
+    finally:
+        reader.kill()
+        reader.wait()
+    assert reader.returncode == 0, err
+    assert [json.loads(line)["payload"] for line in out.splitlines()] == [1, 2]  # no repeat
+    assert err.count("consumer_id=") == 2  # the new connection's consumer
+
+
 def test_put_confirm_waits_for_a_consumer_ack(server):
     consumer = spawn("get", "--host", host(server), "--subject", "app.>", "--ack", "auto")
     try:
@@ -203,10 +221,16 @@ def test_put_confirm_waits_for_a_consumer_ack(server):
         assert put.returncode == 0, put.stderr
         assert ID.search(put.stderr)
         assert json.loads(consumer.stdout.readline())["payload"] == {"j": 1}
+        short = bus("put", "--host", host(server), "--subject", "app.job", "--data", "2",
+                    "--confirm", "2", "--timeout", "500ms")
+        assert short.returncode == 1
+        assert short.stderr.endswith("bus put: --confirm 2: 1 of 2 consumers confirmed "
+                                     "within 0.5s\n"), short.stderr
+        assert ID.search(short.stderr).group(2) == "1"  # stored all the same: its id is told
     finally:
         consumer.kill()
         consumer.wait()
-    alone = bus("put", "--host", host(server), "--subject", "app.job", "--data", "2",
+    alone = bus("put", "--host", host(server), "--subject", "app.job", "--data", "3",
                 "--confirm", "1", "--timeout", "300ms")
     assert alone.returncode == 1
     assert "0 of 1 consumers confirmed" in alone.stderr

@@ -34,8 +34,8 @@ from busd import __version__
 from busd._core import is_xid
 from busd.cli.args import ArgvError, parse, usage
 from busd.cli.datadir import parse_namespace_list
-from busd.cli.http import BusHttp
-from busd.cli.output import EXIT_USAGE, CommandError, UsageError
+from busd.cli.output import EXIT_FAILURE, EXIT_USAGE, CommandError, UsageError, bus_error
+from busd.client import BusError, Client
 from busd.server.config import ConfigError, load_config
 from busd.server.logs import setup_logging
 from busd.wire import parse_duration
@@ -274,6 +274,9 @@ def _main(argv: list[str] | None) -> int:
     except CommandError as exc:
         print(f"bus {command}: {exc}", file=sys.stderr)
         return exc.code
+    except BusError as exc:
+        print(f"bus {command}: {bus_error(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 
@@ -333,10 +336,13 @@ def _secret_key(options: dict) -> str | None:
     return options.get("--secret-key") or os.environ.get("BUS_SECRET_KEY") or None
 
 
-def _bus(options: dict) -> BusHttp:
+def _bus(options: dict) -> Client:
     """The bus of --host; the token of --token, else $BUS_TOKEN (the flag is explicit)."""
     token = options.get("--token") or os.environ.get("BUS_TOKEN") or None
-    return BusHttp(options["--host"], token=token)
+    try:
+        return Client(options["--host"], token=token)
+    except ValueError as exc:
+        raise UsageError(f"--host: {exc}") from None
 
 
 def _path(options: dict, flag: str = "--path") -> Path:
