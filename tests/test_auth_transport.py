@@ -6,30 +6,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import shutil
 import socket
 import ssl
-import subprocess
 
 import pytest
 from busclient import SSE, build_request, publish, read_response, request
 
 from busd import AsyncClient, BusConnectionError, Client
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    """A throwaway self-signed certificate for 127.0.0.1 / localhost."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext",
-                    "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True)
-    return cert, key
 
 
 def tls_socket(port: int, cert) -> ssl.SSLSocket:
@@ -63,12 +46,6 @@ def test_https_publish_and_subscribe(make_server, certificate):
         except ConnectionResetError:
             answer = b""
         assert not answer.startswith(b"HTTP/1.1 200")
-
-
-@pytest.fixture
-def tls_server(make_server, certificate):
-    cert, key = certificate
-    return make_server("app", "--tls-cert", str(cert), "--tls-key", str(key))
 
 
 def test_sdk_over_https_verifies_the_certificate(tls_server, certificate):
