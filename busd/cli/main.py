@@ -102,10 +102,8 @@ Options:
   --timeout DUR      How long --confirm waits [default: 30s].
   --host URL         The bus [default: http://localhost:2021].
   --token TOKEN      Token of a bus run with --auth-file [env BUS_TOKEN].
-  --ca-file FILE     Verify an https:// --host against this CA bundle (PEM) instead of
-                     the system's [env BUS_CA_FILE].
-  --insecure         Do not verify an https:// --host's certificate (self-signed test
-                     set-ups only).
+  --ca-file FILE     Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure         Do not verify an https:// --host (test set-ups only).
 """
 
 GET_USAGE = """bus get: subscribe and print events.
@@ -132,10 +130,8 @@ Options:
   --count N               Exit after printing N events.
   --host URL              The bus [default: http://localhost:2021].
   --token TOKEN           Token of a bus run with --auth-file [env BUS_TOKEN].
-  --ca-file FILE          Verify an https:// --host against this CA bundle (PEM) instead
-                          of the system's [env BUS_CA_FILE].
-  --insecure              Do not verify an https:// --host's certificate (self-signed
-                          test set-ups only).
+  --ca-file FILE          Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure              Do not verify an https:// --host (test set-ups only).
 """
 
 ACK_USAGE = """bus ack: acknowledge an event for a consumer (of `bus get --ack manual`).
@@ -150,10 +146,8 @@ Options:
   --event-id ID      The event (e_…).
   --host URL         The bus [default: http://localhost:2021].
   --token TOKEN      Token of a bus run with --auth-file [env BUS_TOKEN].
-  --ca-file FILE     Verify an https:// --host against this CA bundle (PEM) instead of
-                     the system's [env BUS_CA_FILE].
-  --insecure         Do not verify an https:// --host's certificate (self-signed test
-                     set-ups only).
+  --ca-file FILE     Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure         Do not verify an https:// --host (test set-ups only).
 """
 
 DEBUG_USAGE = """bus debug: read a data directory offline.
@@ -196,10 +190,8 @@ Options:
   --output-dir OUT    One file per namespace.
   --secret-key KEY    Key of an encrypted data directory [env BUS_SECRET_KEY].
   --token TOKEN       Token of a bus run with --auth-file [env BUS_TOKEN].
-  --ca-file FILE      Verify an https:// --host against this CA bundle (PEM) instead of
-                      the system's [env BUS_CA_FILE].
-  --insecure          Do not verify an https:// --host's certificate (self-signed test
-                      set-ups only).
+  --ca-file FILE      Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure          Do not verify an https:// --host (test set-ups only).
 """
 
 RESTORE_USAGE = """bus restore: put dumped events back, keeping every id and timestamp.
@@ -224,10 +216,8 @@ Options:
   --secret-key KEY    Encrypt what is written with this key, as the server will run
                       [env BUS_SECRET_KEY].
   --token TOKEN       Token of a bus run with --auth-file [env BUS_TOKEN].
-  --ca-file FILE      Verify an https:// --host against this CA bundle (PEM) instead of
-                      the system's [env BUS_CA_FILE].
-  --insecure          Do not verify an https:// --host's certificate (self-signed test
-                      set-ups only).
+  --ca-file FILE      Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure          Do not verify an https:// --host (test set-ups only).
 """
 
 COPY_USAGE = """bus copy: copy events to another data directory, or to another namespace.
