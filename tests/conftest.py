@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 from busclient import BusServer
 
@@ -32,3 +35,25 @@ def shared_server(tmp_path_factory):
     server = BusServer(tmp_path_factory.mktemp("shared") / "data", "app,orders,math").start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory):
+    """A throwaway self-signed certificate for 127.0.0.1 / localhost."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def tls_server(make_server, certificate):
+    """A server (namespace app) serving HTTPS with `certificate`."""
+    cert, key = certificate
+    return make_server("app", "--tls-cert", str(cert), "--tls-key", str(key))

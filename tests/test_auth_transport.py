@@ -1,30 +1,18 @@
-"""Transport security: HTTPS with --tls-cert/--tls-key, and --cors-origins."""
+"""Transport security: HTTPS with --tls-cert/--tls-key (the server, the SDK), and
+--cors-origins."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
-import shutil
 import socket
 import ssl
-import subprocess
 
 import pytest
 from busclient import SSE, build_request, publish, read_response, request
 
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    """A throwaway self-signed certificate for 127.0.0.1 / localhost."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl command is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext",
-                    "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-                   check=True, capture_output=True)
-    return cert, key
+from busd import AsyncClient, BusConnectionError, Client
 
 
 def tls_socket(port: int, cert) -> ssl.SSLSocket:
@@ -58,6 +46,62 @@ def test_https_publish_and_subscribe(make_server, certificate):
         except ConnectionResetError:
             answer = b""
         assert not answer.startswith(b"HTTP/1.1 200")
+
+
+def test_sdk_over_https_verifies_the_certificate(tls_server, certificate):
+    cert, _ = certificate
+    url = f"https://127.0.0.1:{tls_server.port}"
+    with Client(url, ca_file=cert, timeout=10) as client:
+        sub = client.get("app.>", start="oldest", ack="manual")
+        puts = [client.put("app.tls", n) for n in range(3)]  # keep-alive over TLS
+        for put in puts:
+            event = next(sub)
+            assert (event.id, event.payload) == (put.id, puts.index(put))
+            event.ack()
+        assert client.health()["namespaces"]["app"]["events"] == 3
+        sub.close()
+    with Client(url, timeout=10) as client:  # the system's CAs do not know this one
+        for call in (lambda: client.put("app.tls", 1), lambda: client.get("app.>")):
+            with pytest.raises(BusConnectionError, match=(
+                    f"cannot reach the bus at 127.0.0.1:{tls_server.port}: its TLS "
+                    "certificate failed verification: self-signed certificate")):
+                call()
+    with Client(url, insecure=True, timeout=10) as client:
+        assert client.put("app.tls", "unverified").index == 3
+    with Client(url, ssl_context=ssl.create_default_context(cafile=str(cert)),
+                timeout=10) as client:
+        assert client.put("app.tls", "own context").index == 4
+
+
+@pytest.mark.filterwarnings("error::ResourceWarning",
+                            "error::pytest.PytestUnraisableExceptionWarning")
+def test_async_sdk_over_https_verifies_the_certificate(tls_server, certificate):
+    cert, _ = certificate
+    url = f"https://127.0.0.1:{tls_server.port}"
+
+    async def scenario():
+        async with AsyncClient(url, ca_file=cert, timeout=10) as client:
+            sub = await client.get("app.>", start="oldest", ack="manual")
+            put = await client.put("app.tls", {"n": 1})
+            event = await sub.__anext__()
+            assert (event.id, event.payload) == (put.id, {"n": 1})
+            await event.ack()
+            assert (await client.put_batch([{"subject": "app.tls", "data": 2}])).count == 1
+            await sub.aclose()
+        async with AsyncClient(url, timeout=10) as client:
+            with pytest.raises(BusConnectionError, match="certificate failed verification"):
+                await client.put("app.tls", 1)
+            with pytest.raises(BusConnectionError, match="certificate failed verification"):
+                await client.get("app.>")
+        async with AsyncClient(url, insecure=True, timeout=10) as client:
+            assert (await client.put("app.tls", 3)).index == 2
+            sub = await client.get("app.>", start="oldest")
+            assert (await sub.__anext__()).payload == {"n": 1}
+        # the loop ends at once: closing must not have needed it (TLS's closing handshake
+        # would, or leave the connection open: that warns on the gc.collect() below)
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    gc.collect()
 
 
 def test_tls_needs_both_files(make_server, certificate):

@@ -25,10 +25,11 @@ def bus(*args: str, env: dict | None = None, timeout: float = 30) -> subprocess.
                           text=True, timeout=timeout, env=full_env)
 
 
-def spawn(*args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
+def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
+    full_env.update(env or {})
     return subprocess.Popen([sys.executable, "-m", "busd", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=full_env)
 
 
 def host(server) -> str:
@@ -66,6 +67,10 @@ def test_top_level_help_lists_commands_and_version_prints(capsys):
     (["get", "--subject", "app.>", "--redelivery-count", "three"], "--redelivery-count"),
     (["put", "--subject", "app.a", "--data", "1", "--confirm", "x"], "--confirm"),
     (["put", "--subject", "app.a", "--data", "1", "--host", "ftp://nowhere"], "--host"),
+    (["put", "--subject", "app.a", "--data", "1", "--host", "https://127.0.0.1:1",
+      "--ca-file", "/nonexistent/ca.pem"], "--ca-file: cannot load /nonexistent/ca.pem"),
+    (["ack", "--consumer-id", "c_" + "0" * 20, "--event-id", "e_" + "0" * 20, "--ca-file",
+      "ca.pem", "--insecure"], "--ca-file and --insecure cannot be used together"),
     (["ack", "--consumer-id", "c_nope", "--event-id", "e_nope"], "--consumer-id"),
     (["debug", "--path", "/nonexistent/busd"], "--path"),
     (["dump", "--path", "/nonexistent/busd", "--output", "-"], "--path"),
@@ -194,6 +199,24 @@ def test_manual_ack_with_bus_ack(server):
         reader.wait()
 
 
+def test_get_reconnects_and_resumes_after_a_restart(server):
+    publish(server.port, "app.a", 0)
+    reader = spawn("get", "--host", host(server), "--subject", "app.>", "--start", "oldest",
+                   "--count", "3")
+    try:
+        assert json.loads(reader.stdout.readline())["payload"] == 0
+        server.restart()
+        for n in (1, 2):
+            publish(server.port, "app.a", n)
+        out, err = reader.communicate(timeout=20)
+    finally:
+        reader.kill()
+        reader.wait()
+    assert reader.returncode == 0, err
+    assert [json.loads(line)["payload"] for line in out.splitlines()] == [1, 2]  # no repeat
+    assert err.count("consumer_id=") == 2  # the new connection's consumer
+
+
 def test_put_confirm_waits_for_a_consumer_ack(server):
     consumer = spawn("get", "--host", host(server), "--subject", "app.>", "--ack", "auto")
     try:
@@ -203,10 +226,16 @@ def test_put_confirm_waits_for_a_consumer_ack(server):
         assert put.returncode == 0, put.stderr
         assert ID.search(put.stderr)
         assert json.loads(consumer.stdout.readline())["payload"] == {"j": 1}
+        short = bus("put", "--host", host(server), "--subject", "app.job", "--data", "2",
+                    "--confirm", "2", "--timeout", "500ms")
+        assert short.returncode == 1
+        assert short.stderr.endswith("bus put: --confirm 2: 1 of 2 consumers confirmed "
+                                     "within 0.5s\n"), short.stderr
+        assert ID.search(short.stderr).group(2) == "1"  # stored all the same: its id is told
     finally:
         consumer.kill()
         consumer.wait()
-    alone = bus("put", "--host", host(server), "--subject", "app.job", "--data", "2",
+    alone = bus("put", "--host", host(server), "--subject", "app.job", "--data", "3",
                 "--confirm", "1", "--timeout", "300ms")
     assert alone.returncode == 1
     assert "0 of 1 consumers confirmed" in alone.stderr
@@ -225,3 +254,46 @@ def test_token_for_a_bus_with_an_auth_file(make_server, tmp_path):
               "--count", "1", env={"BUS_TOKEN": "ops-secret-1"})
     assert got.returncode == 0, got.stderr
     assert json.loads(got.stdout)["payload"] == 1
+
+
+def test_https_with_a_ca_file_or_insecure(tls_server, certificate, tmp_path):
+    cert = str(certificate[0])
+    url, port = f"https://127.0.0.1:{tls_server.port}", tls_server.port
+    refused = bus("put", "--host", url, "--subject", "app.a", "--data", "1")
+    assert refused.returncode == 1
+    assert refused.stderr == (f"bus put: cannot reach the bus at 127.0.0.1:{port}: its TLS "
+                              "certificate failed verification: self-signed certificate\n")
+    # put, get and ack, trusting the certificate with --ca-file or BUS_CA_FILE
+    reader = spawn("get", "--host", url, "--ca-file", cert, "--subject", "app.>", "--start",
+                   "oldest", "--ack", "manual", "--redelivery", "30s")
+    try:
+        consumer_id = reader.stderr.readline().strip().removeprefix("consumer_id=")
+        put = bus("put", "--host", url, "--subject", "app.a", "--data", '{"n": 1}',
+                  env={"BUS_CA_FILE": cert})
+        assert put.returncode == 0, put.stderr
+        event_id = ID.search(put.stderr).group(1)
+        assert json.loads(reader.stdout.readline())["id"] == event_id
+        acked = bus("ack", "--host", url, "--ca-file", cert, "--consumer-id", consumer_id,
+                    "--event-id", event_id)
+        assert acked.returncode == 0, acked.stderr
+    finally:
+        reader.kill()
+        reader.wait()
+    # --insecure: no verification (and BUS_CA_FILE, explicit or not, is not read)
+    insecure = {"BUS_CA_FILE": str(tmp_path / "missing.pem")}
+    consumer = spawn("get", "--host", url, "--insecure", "--subject", "app.>", "--ack", "auto",
+                     env=insecure)
+    try:
+        assert consumer.stderr.readline().startswith("consumer_id=")
+        confirmed = bus("put", "--host", url, "--insecure", "--subject", "app.job", "--data",
+                        "2", "--confirm", "1", "--timeout", "10s", env=insecure)
+        assert confirmed.returncode == 0, confirmed.stderr
+    finally:
+        consumer.kill()
+        consumer.wait()
+    dump = tmp_path / "app.jsonl"
+    dumped = bus("dump", "--host", url, "--ca-file", cert, "--output", str(dump))
+    assert dumped.returncode == 0, dumped.stderr
+    assert [json.loads(line)["id"] for line in dump.read_text().splitlines()][0] == event_id
+    restored = bus("restore", "--host", url, "--insecure", "--input", str(dump), env=insecure)
+    assert restored.stderr.endswith("0 restored, 2 already present\n"), restored.stderr

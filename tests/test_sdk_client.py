@@ -183,6 +183,9 @@ def test_confirm_with_two_responders(client):
     with pytest.raises(BusTimeoutError, match="2 of 3 confirmations") as info:
         client.put(subject, "needs three", confirm=3, timeout=1)
     assert isinstance(info.value, TimeoutError) and 0.9 < time.monotonic() - t0 < 3
+    stored = info.value.result  # the event was stored all the same: its id, and who confirmed
+    assert stored.id.startswith("e_") and stored.index == result.index + 1
+    assert len(stored.replies) == 2
     client.put(subject, "stop")
     for t in threads:
         t.join(5)

@@ -4,6 +4,7 @@ error mapping. (Everything that talks to a server is in the other test_sdk_* fil
 from __future__ import annotations
 
 import re
+import ssl
 from datetime import timedelta
 
 import orjson
@@ -12,6 +13,7 @@ import pytest
 from busd import (
     BadRequestError,
     BusError,
+    Client,
     ConflictError,
     ForbiddenError,
     PayloadTooLargeError,
@@ -86,8 +88,8 @@ def test_bad_durations_and_urls_are_refused():
     with pytest.raises(ValueError):
         go_duration(-1)
     with pytest.raises(ValueError):
-        split_url("https://example.org")
-    assert split_url("localhost:2021") == ("localhost", 2021, "localhost:2021")
+        split_url("ftp://example.org")
+    assert split_url("localhost:2021") == (False, "localhost", 2021, "localhost:2021")
 
 
 STREAM = (b"retry: 2000\n\nevent: consumer\ndata: c_dc4oe69ksdudh7j1p55g\n\n: ping\n\n"
@@ -198,21 +200,37 @@ def test_inbox_ids_are_128_random_bits_the_server_takes_as_subjects():
 
 
 @pytest.mark.parametrize("url, parts", [
-    ("http://127.0.0.1:2021", ("127.0.0.1", 2021, "127.0.0.1:2021")),
-    ("bus.internal:8080/", ("bus.internal", 8080, "bus.internal:8080")),
-    (":2021", ("localhost", 2021, "localhost:2021")),
-    ("http://localhost", ("localhost", 80, "localhost")),
-    ("http://[::1]:2021", ("::1", 2021, "[::1]:2021")),
+    ("http://127.0.0.1:2021", (False, "127.0.0.1", 2021, "127.0.0.1:2021")),
+    ("bus.internal:8080/", (False, "bus.internal", 8080, "bus.internal:8080")),
+    (":2021", (False, "localhost", 2021, "localhost:2021")),
+    ("http://localhost", (False, "localhost", 80, "localhost")),
+    ("http://[::1]:2021", (False, "::1", 2021, "[::1]:2021")),
+    ("https://bus.internal", (True, "bus.internal", 443, "bus.internal")),
+    ("https://bus.internal:2021/", (True, "bus.internal", 2021, "bus.internal:2021")),
 ])
 def test_urls_as_bus_host_takes_them(url, parts):
     assert split_url(url) == parts
 
 
-@pytest.mark.parametrize("url", ["https://bus.internal", "http://h:2021/api", "h:port",
-                                 "http://h:2021?x=1"])
+@pytest.mark.parametrize("url", ["ftp://bus.internal", "http://h:2021/api", "h:port",
+                                 "https://h:2021?x=1"])
 def test_urls_that_are_not_a_bus_root_are_refused(url):
     with pytest.raises(ValueError):
         split_url(url)
+
+
+def test_tls_options_are_checked_when_the_client_is_made(tmp_path):
+    missing, not_pem = tmp_path / "missing.pem", tmp_path / "not.pem"
+    not_pem.write_text("not a certificate")
+    Client("http://127.0.0.1:2021", ca_file=missing).close()  # plain HTTP: no TLS to set up
+    with pytest.raises(FileNotFoundError):
+        Client("https://127.0.0.1:2021", ca_file=missing)
+    with pytest.raises(ssl.SSLError):
+        Client("https://127.0.0.1:2021", ca_file=not_pem)
+    with pytest.raises(ValueError, match="not both"):
+        Client("https://127.0.0.1:2021", insecure=True, ssl_context=ssl.create_default_context())
+    with pytest.raises(ValueError, match="unused"):
+        Client("https://127.0.0.1:2021", insecure=True, ca_file=not_pem)
 
 
 def test_raw_batches_go_as_they_are():

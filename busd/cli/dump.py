@@ -5,7 +5,8 @@ meanwhile; online (`--host`) it subscribes to `<namespace>.>` from the oldest ev
 stops at the number of events /healthz reported when it began (against a server without
 /healthz, such as Go Bus, when the stream has been idle for a moment). Each line is one
 stored record (id, subject, trace_id, key, response_subject, created_at, payload);
-`bus restore` puts them back unchanged.
+`bus restore` puts them back unchanged. A stream that drops mid-way is resumed after the
+last event written (the SDK reconnects with `Last-Event-ID`).
 
 Files are written to `<name>.partial` and renamed when complete, so a dump that failed
 half-way never looks like a finished one.
@@ -21,12 +22,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from busd.cli.datadir import Reader, select_namespaces
-from busd.cli.http import BusHttp
-from busd.cli.output import CommandError, UsageError, note, progress
+from busd.cli.output import CommandError, UsageError, bus_error, note, progress
+from busd.client import Client, SubscriptionError
 
 DUMP_SUFFIX = ".jsonl"
 IDLE_SECONDS = 2.0  # online, without /healthz: the stream is complete after this much quiet
-READ_TIMEOUT_SECONDS = 60.0
+STALL_SECONDS = 60.0  # online, with /healthz: no event for this long, the stream stalled
 
 
 @contextmanager
@@ -91,20 +92,20 @@ def dump(path: Path, namespaces: list[str] | None, output: str | None,
     return 0
 
 
-def dump_online(bus: BusHttp, namespaces: list[str] | None, output: str | None,
+def dump_online(client: Client, namespaces: list[str] | None, output: str | None,
                 output_dir: str | None) -> int:
     """Online: stream each namespace from its oldest event."""
-    health = bus.health()
+    health = client.health()
     known = (health or {}).get("namespaces")
     if namespaces is None:
         if not known:
-            raise UsageError(f"--namespaces: {bus.url} does not list its namespaces "
+            raise UsageError(f"--namespaces: {client.url} does not list its namespaces "
                              "(/healthz); name them with --namespaces a,b")
         namespaces = list(known)
     elif known is not None:
         missing = [ns for ns in namespaces if ns not in known]
         if missing:
-            raise UsageError(f"--namespaces: {', '.join(missing)} not declared on {bus.url} "
+            raise UsageError(f"--namespaces: {', '.join(missing)} not declared on {client.url} "
                              f"(declared: {', '.join(known)})")
     counts = {ns: known[ns]["events"] for ns in namespaces} if known is not None else None
     total = sum(counts.values()) if counts is not None else None
@@ -114,34 +115,27 @@ def dump_online(bus: BusHttp, namespaces: list[str] | None, output: str | None,
             with open_output(target) as fh:
                 for ns in group:
                     expected = counts[ns] if counts is not None else None
-                    written += _write(_stream(bus, ns, expected), fh, bar)
+                    written += _write(_stream(client, ns, expected), fh, bar)
     note(f"dumped events={written} namespaces={','.join(namespaces)} "
          f"to={output if output is not None else output_dir}")
     return 0
 
 
-def _stream(bus: BusHttp, ns: str, expected: int | None) -> Iterator[bytes]:
+def _stream(client: Client, ns: str, expected: int | None) -> Iterator[bytes]:
     """The namespace's records from the oldest: `expected` of them, or until idle."""
     if expected == 0:
         return
     got = 0
-    timeout = READ_TIMEOUT_SECONDS if expected is not None else IDLE_SECONDS
-    with bus.subscribe(f"{ns}.>", start="oldest", timeout=timeout) as stream:
-        try:
-            for message in stream.messages():
-                if message.event == "error":
-                    raise CommandError(f"namespace {ns}: "
-                                       f"{message.data.decode('utf-8', 'replace')}")
-                if message.event != "msg":
-                    continue
-                yield message.data
+    idle = STALL_SECONDS if expected is not None else IDLE_SECONDS
+    try:
+        with client.get(f"{ns}.>", start="oldest", idle_timeout=idle) as events:
+            for event in events:
+                yield event.raw
                 got += 1
-                if expected is not None and got >= expected:
+                if got == expected:
                     return
-        except TimeoutError:
-            if expected is None:
-                return
-            raise CommandError(f"namespace {ns}: the stream stalled after {got} of "
-                               f"{expected} events") from None
+    except SubscriptionError as exc:
+        raise CommandError(f"namespace {ns}: {bus_error(exc)}") from None
     if expected is not None:
-        raise CommandError(f"namespace {ns}: the stream ended after {got} of {expected} events")
+        raise CommandError(f"namespace {ns}: the stream stalled after {got} of "
+                           f"{expected} events")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import sys
 from pathlib import Path
 
@@ -34,8 +35,8 @@ from busd import __version__
 from busd._core import is_xid
 from busd.cli.args import ArgvError, parse, usage
 from busd.cli.datadir import parse_namespace_list
-from busd.cli.http import BusHttp
-from busd.cli.output import EXIT_USAGE, CommandError, UsageError
+from busd.cli.output import EXIT_FAILURE, EXIT_USAGE, CommandError, UsageError, bus_error
+from busd.client import BusError, Client
 from busd.server.config import ConfigError, load_config
 from busd.server.logs import setup_logging
 from busd.wire import parse_duration
@@ -85,7 +86,7 @@ PUT_USAGE = """bus put: publish one event.
 
 Usage:
   bus put --subject SUBJECT --data DATA [--trace-id ID] [--key KEY] [--confirm N]
-          [--timeout DUR] [--host URL] [--token TOKEN]
+          [--timeout DUR] [--host URL] [--token TOKEN] [--ca-file FILE] [--insecure]
   bus put (-h | --help)
 
 Prints the stored event's id, index and created_at on stderr; with --confirm, the
@@ -101,6 +102,8 @@ Options:
   --timeout DUR      How long --confirm waits [default: 30s].
   --host URL         The bus [default: http://localhost:2021].
   --token TOKEN      Token of a bus run with --auth-file [env BUS_TOKEN].
+  --ca-file FILE     Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure         Do not verify an https:// --host (test set-ups only).
 """
 
 GET_USAGE = """bus get: subscribe and print events.
@@ -108,6 +111,7 @@ GET_USAGE = """bus get: subscribe and print events.
 Usage:
   bus get --subject PATTERN [--start START] [--ack MODE] [--redelivery DUR]
           [--redelivery-count N] [--count N] [--host URL] [--token TOKEN]
+          [--ca-file FILE] [--insecure]
   bus get (-h | --help)
 
 Prints each event as one JSON line on stdout and the consumer id on stderr, until
@@ -126,12 +130,15 @@ Options:
   --count N               Exit after printing N events.
   --host URL              The bus [default: http://localhost:2021].
   --token TOKEN           Token of a bus run with --auth-file [env BUS_TOKEN].
+  --ca-file FILE          Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure              Do not verify an https:// --host (test set-ups only).
 """
 
 ACK_USAGE = """bus ack: acknowledge an event for a consumer (of `bus get --ack manual`).
 
 Usage:
-  bus ack --consumer-id ID --event-id ID [--host URL] [--token TOKEN]
+  bus ack --consumer-id ID --event-id ID [--host URL] [--token TOKEN] [--ca-file FILE]
+          [--insecure]
   bus ack (-h | --help)
 
 Options:
@@ -139,6 +146,8 @@ Options:
   --event-id ID      The event (e_…).
   --host URL         The bus [default: http://localhost:2021].
   --token TOKEN      Token of a bus run with --auth-file [env BUS_TOKEN].
+  --ca-file FILE     Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure         Do not verify an https:// --host (test set-ups only).
 """
 
 DEBUG_USAGE = """bus debug: read a data directory offline.
@@ -165,7 +174,7 @@ Usage:
   bus dump [--path DIR] [--namespaces LIST] (--output FILE | --output-dir OUT)
            [--secret-key KEY]
   bus dump --host URL [--namespaces LIST] (--output FILE | --output-dir OUT)
-           [--token TOKEN]
+           [--token TOKEN] [--ca-file FILE] [--insecure]
   bus dump (-h | --help)
 
 Offline (--path) reads a data directory no server is using; online (--host) streams
@@ -181,6 +190,8 @@ Options:
   --output-dir OUT    One file per namespace.
   --secret-key KEY    Key of an encrypted data directory [env BUS_SECRET_KEY].
   --token TOKEN       Token of a bus run with --auth-file [env BUS_TOKEN].
+  --ca-file FILE      Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure          Do not verify an https:// --host (test set-ups only).
 """
 
 RESTORE_USAGE = """bus restore: put dumped events back, keeping every id and timestamp.
@@ -188,6 +199,7 @@ RESTORE_USAGE = """bus restore: put dumped events back, keeping every id and tim
 Usage:
   bus restore [--path DIR] (--input FILE | --input-dir IN) [--secret-key KEY]
   bus restore --host URL (--input FILE | --input-dir IN) [--token TOKEN]
+              [--ca-file FILE] [--insecure]
   bus restore (-h | --help)
 
 Every line is checked before anything is written. Offline (--path) the events are
@@ -204,6 +216,8 @@ Options:
   --secret-key KEY    Encrypt what is written with this key, as the server will run
                       [env BUS_SECRET_KEY].
   --token TOKEN       Token of a bus run with --auth-file [env BUS_TOKEN].
+  --ca-file FILE      Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure          Do not verify an https:// --host (test set-ups only).
 """
 
 COPY_USAGE = """bus copy: copy events to another data directory, or to another namespace.
@@ -274,6 +288,9 @@ def _main(argv: list[str] | None) -> int:
     except CommandError as exc:
         print(f"bus {command}: {exc}", file=sys.stderr)
         return exc.code
+    except BusError as exc:
+        print(f"bus {command}: {bus_error(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130
 
@@ -333,10 +350,25 @@ def _secret_key(options: dict) -> str | None:
     return options.get("--secret-key") or os.environ.get("BUS_SECRET_KEY") or None
 
 
-def _bus(options: dict) -> BusHttp:
-    """The bus of --host; the token of --token, else $BUS_TOKEN (the flag is explicit)."""
+def _bus(options: dict) -> Client:
+    """The bus of --host; the token of --token, else $BUS_TOKEN, and the CA file of
+    --ca-file, else $BUS_CA_FILE (the flags are explicit: --insecure overrides the
+    variable). The TLS flags only count for an https:// host."""
     token = options.get("--token") or os.environ.get("BUS_TOKEN") or None
-    return BusHttp(options["--host"], token=token)
+    insecure = bool(options.get("--insecure"))
+    ca_file = options.get("--ca-file")
+    if insecure and ca_file:
+        raise UsageError("--ca-file and --insecure cannot be used together")
+    if not insecure:
+        ca_file = ca_file or os.environ.get("BUS_CA_FILE") or None
+    try:
+        return Client(options["--host"], token=token, ca_file=ca_file, insecure=insecure)
+    except ValueError as exc:
+        raise UsageError(f"--host: {exc}") from None
+    except OSError as exc:  # (the CA file, read when an https:// client is made)
+        why = "it holds no valid PEM certificate" if isinstance(exc, ssl.SSLError) \
+            else exc.strerror or exc
+        raise UsageError(f"--ca-file: cannot load {ca_file}: {why}") from None
 
 
 def _path(options: dict, flag: str = "--path") -> Path:

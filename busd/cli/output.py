@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import sys
 
+from busd.client import BusError
+
 EXIT_FAILURE = 1  # the command ran and failed (server unreachable, corruption found, …)
 EXIT_USAGE = 2  # a bad flag value: nothing was done
 
@@ -27,6 +29,18 @@ class UsageError(CommandError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, EXIT_USAGE)
+
+
+def reason(exc: BusError) -> str:
+    """The first line of what the bus (or the SDK) said: the SDK keeps the whole answer,
+    a command prints one line."""
+    return exc.reason.strip().split("\n", 1)[0]
+
+
+def bus_error(exc: BusError) -> str:
+    """A failed request as the line to print: the bus's status, if it answered, and why."""
+    return f"the bus answered {exc.status}: {reason(exc)}" if exc.status is not None \
+        else reason(exc)
 
 
 def interactive() -> bool:

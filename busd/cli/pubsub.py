@@ -1,4 +1,4 @@
-"""`bus put`, `bus get`, `bus ack`: the online verbs, as Bus's CLI has them.
+"""`bus put`, `bus get`, `bus ack`: the online verbs, as Bus's CLI has them, on the SDK.
 
 Data goes to stdout (reply payloads for put, one JSON event per line for get) and
 everything about it — the stored event's id, the consumer id — goes to stderr, so the
@@ -8,33 +8,11 @@ output pipes cleanly into `jq` or a file.
 from __future__ import annotations
 
 import sys
-import time
 
 import orjson
 
-from busd._core import new_xid
-from busd.cli.http import BusHttp
 from busd.cli.output import CommandError, note
-
-
-def payload_bytes(data: str) -> bytes:
-    """`--data` as a JSON payload: as given when it is JSON, else as a JSON string."""
-    try:
-        orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return orjson.dumps(data)
-    return data.strip().encode()
-
-
-def _event_body(subject: str, payload: bytes, trace_id: str | None, key: str | None,
-                response_subject: str | None) -> bytes:
-    parts = [b'{"subject":' + orjson.dumps(subject)]
-    for name, value in (("trace_id", trace_id), ("key", key),
-                        ("response_subject", response_subject)):
-        if value:
-            parts.append(b'"' + name.encode() + b'":' + orjson.dumps(value))
-    parts.append(b'"payload":' + payload)
-    return b",".join(parts) + b"}"
+from busd.client import BusTimeoutError, Client, PutResult
 
 
 def _write_line(data: bytes) -> None:
@@ -43,74 +21,63 @@ def _write_line(data: bytes) -> None:
     out.flush()
 
 
-def put(bus: BusHttp, subject: str, data: str, trace_id: str | None = None,
+def _stored(result: PutResult) -> None:
+    """The stored event's id on stderr, then the payload of each reply on stdout."""
+    note(f"id={result.id} index={result.index} created_at={result.created_at_text}")
+    for reply in result.replies:
+        record = orjson.loads(reply.raw)
+        if "payload" in record:  # (an empty confirmation has none)
+            _write_line(orjson.dumps(record["payload"]))
+
+
+def put(client: Client, subject: str, data: str, trace_id: str | None = None,
         key: str | None = None, confirm: int = 0, timeout: float = 30.0) -> int:
-    """Publish one event; with confirm N, wait for N consumers' replies and print them."""
-    payload = payload_bytes(data)
-    if confirm <= 0:
-        answer = bus.publish(_event_body(subject, payload, trace_id, key, None))
-        note(f"id={answer['id']} index={answer['index']} created_at={answer['created_at']}")
+    """Publish one event (`data` by the SDK's rule: JSON as it is, other text as a JSON
+    string); with confirm N, wait for N consumers' replies and print them."""
+    if not confirm:
+        _stored(client.put(subject, data, key=key, trace_id=trace_id))
         return 0
-    inbox = "_bus_." + new_xid().decode()
-    with bus.subscribe(inbox, timeout=timeout) as replies:  # listening before publishing
-        answer = bus.publish(_event_body(subject, payload, trace_id, key, inbox))
-        note(f"id={answer['id']} index={answer['index']} created_at={answer['created_at']}")
-        deadline = time.monotonic() + timeout
-        got = 0
-        try:
-            for message in replies.messages():
-                if message.event == "msg":
-                    reply = orjson.loads(message.data)
-                    if "payload" in reply:
-                        _write_line(orjson.dumps(reply["payload"]))
-                    got += 1
-                    if got >= confirm:
-                        return 0
-                replies.settimeout(max(0.001, deadline - time.monotonic()))
-        except TimeoutError:
-            pass
-        raise CommandError(f"--confirm {confirm}: {got} of {confirm} consumers confirmed "
-                           f"within {timeout:g}s")
+    try:
+        result = client.put(subject, data, key=key, trace_id=trace_id, confirm=confirm,
+                            timeout=timeout)
+    except BusTimeoutError as exc:
+        stored = exc.result  # (None if the publish itself got no answer)
+        if stored is not None:
+            _stored(stored)
+        raise CommandError(f"--confirm {confirm}: {len(stored.replies) if stored else 0} of "
+                           f"{confirm} consumers confirmed within {timeout:g}s") from None
+    _stored(result)
+    return 0
 
 
-def get(bus: BusHttp, pattern: str, start: str = "newest", ack: str = "none",
+def get(client: Client, pattern: str, start: str = "newest", ack: str = "none",
         redelivery: str = "5s", redelivery_count: int = 3, count: int = 0) -> int:
-    """Subscribe and print every event as one JSON line; `auto` acks after printing."""
+    """Subscribe and print every event as one JSON line; `auto` acks after printing. The
+    subscription reconnects by itself, resuming after the last event (`Last-Event-ID`);
+    each connection's consumer id is noted on stderr."""
     manual = ack in ("auto", "manual")
-    stream = bus.subscribe(pattern, start, "manual" if manual else "none",
-                           redelivery if manual else "",
-                           redelivery_count if manual else None, timeout=None)
-    acker = BusHttp(bus.url, token=bus.token) if ack == "auto" else None
-    printed = 0
-    with stream:
-        if stream.consumer_id:
-            note(f"consumer_id={stream.consumer_id}")
-        for message in stream.messages():
-            if message.event == "consumer" and not stream.consumer_id:
-                stream.consumer_id = message.data.decode()
-                note(f"consumer_id={stream.consumer_id}")
-            elif message.event == "error":
-                raise CommandError(message.data.decode("utf-8", "replace"))
-            elif message.event == "msg":
-                _write_line(message.data)
-                if acker is not None:
-                    _acknowledge(acker, stream.consumer_id, message)
-                printed += 1
-                if count and printed >= count:
-                    return 0
-    raise CommandError("the bus ended the stream")
+    printed, noted = 0, None
+    with client.get(pattern, start=start, ack="manual" if manual else "none",
+                    redelivery=redelivery if manual else None,
+                    redelivery_count=redelivery_count if manual else None) as events:
+        noted = _consumer(events.consumer_id, noted)
+        for event in events:
+            noted = _consumer(events.consumer_id, noted)
+            _write_line(event.raw)
+            if ack == "auto":
+                event.ack()  # and, if its publisher waits for confirmations, confirm it
+            printed += 1
+            if printed == count:
+                break
+    return 0
 
 
-def _acknowledge(bus: BusHttp, consumer_id: str, message) -> None:
-    """Ack an event and, if its publisher waits for confirmations, confirm it (as the Go
-    SDK does: an event without payload on the event's response_subject)."""
-    bus.ack(consumer_id, message.id)
-    if b'"response_subject":' in message.data:
-        inbox = orjson.loads(message.data).get("response_subject")
-        if inbox:
-            bus.publish({"subject": inbox})
+def _consumer(consumer_id: str | None, noted: str | None) -> str | None:
+    if consumer_id and consumer_id != noted:
+        note(f"consumer_id={consumer_id}")
+    return consumer_id or noted
 
 
-def ack(bus: BusHttp, consumer_id: str, event_id: str) -> int:
-    bus.ack(consumer_id, event_id)
+def ack(client: Client, consumer_id: str, event_id: str) -> int:
+    client.ack(consumer_id, event_id)
     return 0

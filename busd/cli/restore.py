@@ -20,8 +20,8 @@ from pathlib import Path
 from busd._core import record_id
 from busd.cli.datadir import Appender, namespaces_in, open_store, stored_record
 from busd.cli.dump import DUMP_SUFFIX
-from busd.cli.http import BusHttp, HttpError
-from busd.cli.output import NO_PROGRESS, CommandError, UsageError, note, progress
+from busd.cli.output import NO_PROGRESS, CommandError, UsageError, note, progress, reason
+from busd.client import BusError, Client
 
 ONLINE_BATCH_BYTES = 4 << 20
 _EVENT_ID = re.compile(r"e_[0-9a-v]{20}")
@@ -91,22 +91,22 @@ def restore(path: Path, files: list[Path], secret_key: str | None = None) -> int
     return 0
 
 
-def restore_online(bus: BusHttp, files: list[Path]) -> int:
+def restore_online(client: Client, files: list[Path]) -> int:
     """Online: publish in batches (one namespace per batch, as the API requires). Events
     whose id the bus already holds are skipped: busd (local store) refuses them with a
     409 naming the ids."""
     counts = _check(files)
-    health = bus.health()
+    health = client.health()
     known = (health or {}).get("namespaces")
     if known is not None:
         missing = [ns for ns in counts if ns not in known]
         if missing:
-            raise CommandError(f"namespace {', '.join(missing)} is not declared on {bus.url} "
+            raise CommandError(f"namespace {', '.join(missing)} is not declared on {client.url} "
                                f"(declared: {', '.join(known)}); start it with "
                                f"--namespaces including {', '.join(missing)}")
         for ns in counts:
             if known[ns].get("events"):
-                note(f"warning: namespace {ns} on {bus.url} already holds "
+                note(f"warning: namespace {ns} on {client.url} already holds "
                      f"{known[ns]['events']} events; restored events are added after them "
                      "(a bus on --store local refuses ids it holds: those are skipped)")
     stored = {ns: 0 for ns in counts}
@@ -120,7 +120,7 @@ def restore_online(bus: BusHttp, files: list[Path]) -> int:
         def send() -> None:
             nonlocal batch, batch_bytes
             if batch:
-                sent, held = _publish(bus, batch, refused)
+                sent, held = _publish(client, batch, refused)
                 stored[batch_ns] += sent
                 present[batch_ns] += held
                 bar.update(len(batch))
@@ -149,7 +149,7 @@ def restore_online(bus: BusHttp, files: list[Path]) -> int:
     return 0
 
 
-def _publish(bus: BusHttp, records: list[bytes], refused: list[str]) -> tuple[int, int]:
+def _publish(client: Client, records: list[bytes], refused: list[str]) -> tuple[int, int]:
     """Publish a batch (a lone event as itself: events with a response_subject cannot be
     batched); (events stored, events the bus already held). Those the bus holds are left
     out and the rest sent again; a batch refused for another reason (a key the server has
@@ -158,10 +158,10 @@ def _publish(bus: BusHttp, records: list[bytes], refused: list[str]) -> tuple[in
     while True:
         try:
             if len(records) == 1:
-                bus.publish(records[0])
+                client.put_raw(records[0])
                 return 1, held
-            return bus.publish_batch(records).get("count", len(records)), held
-        except HttpError as exc:
+            return client.put_batch_raw(records).count, held
+        except BusError as exc:
             if exc.status not in (409, 413):
                 raise
             ids = _held_ids(exc, records)
@@ -177,9 +177,9 @@ def _publish(bus: BusHttp, records: list[bytes], refused: list[str]) -> tuple[in
     stored = 0
     for record in records:
         try:
-            bus.publish(record)
+            client.put_raw(record)
             stored += 1
-        except HttpError as exc:
+        except BusError as exc:
             if exc.status not in (409, 413):
                 raise
             if _held_ids(exc, [record]):
@@ -189,13 +189,13 @@ def _publish(bus: BusHttp, records: list[bytes], refused: list[str]) -> tuple[in
     return stored, held
 
 
-def _refusal(record: bytes, exc: HttpError) -> str:
+def _refusal(record: bytes, exc: BusError) -> str:
     hint = " (restart the target with --dup-size 0 while restoring)" \
         if exc.status == 409 else ""
-    return f"{record_id(record).decode()}: {exc.reason}{hint}"
+    return f"{record_id(record).decode()}: {reason(exc)}{hint}"
 
 
-def _held_ids(exc: HttpError, records: list[bytes]) -> set[bytes]:
+def _held_ids(exc: BusError, records: list[bytes]) -> set[bytes]:
     """The ids of `records` that a 409 says the namespace already holds (busd lists them;
     a 409 for a dedup key lists none)."""
     if exc.status != 409:

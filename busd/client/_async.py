@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Generator, Iterable, Mapping
 from typing import Any
 
@@ -33,11 +34,13 @@ class _Conn(asyncio.Protocol):
         self.fresh = False  # bytes were fed since the last receive returned
 
     @classmethod
-    async def open(cls, host: str, port: int, timeout: float | None) -> _Conn:
+    async def open(cls, host: str, port: int, timeout: float | None,
+                   tls: ssl.SSLContext | None) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(cls, host, port)
+            async with asyncio.timeout(timeout):  # (the TLS handshake included)
+                _, conn = await loop.create_connection(
+                    cls, host, port, ssl=tls, server_hostname=host if tls else None)
         except OSError as exc:
             raise connect_error(host, port, exc) from None
         return conn
@@ -103,9 +106,11 @@ class _Conn(asyncio.Protocol):
         self.fresh = False
 
     def close(self) -> None:
+        """Close at once (nothing we wrote is still wanted: an abandoned exchange, or a
+        stream), without TLS's closing handshake, which would outlive an ending loop."""
         self.closed = True
         if self.transport is not None:
-            self.transport.close()
+            self.transport.abort()
 
 
 async def _drive(run: Run) -> Any:
@@ -200,7 +205,7 @@ class AsyncClient(ClientBase[AsyncSubscription]):
     _Event = AsyncEvent
 
     async def _connect(self, timeout: float | None) -> _Conn:
-        return await _Conn.open(self._host, self._port, timeout)
+        return await _Conn.open(self._host, self._port, timeout, self._tls)
 
     async def put(self, subject: str, data: Any = None, *, key: str | None = None,
                   trace_id: str | None = None, request_reply: bool = False, confirm: int = 0,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import ssl
 from typing import TYPE_CHECKING
 
 import httptools
@@ -13,6 +15,25 @@ if TYPE_CHECKING:
     from busd.client._sse import SSEDecoder
 
 USER_AGENT = f"busd-python/{__version__}".encode()
+
+
+def tls_context(ca_file: str | os.PathLike | None, insecure: bool,
+                context: ssl.SSLContext | None) -> ssl.SSLContext:
+    """The TLS settings of an https:// client: `context` as given, else certificates
+    verified against `ca_file` (PEM; default: the system's CAs), or not at all (`insecure`).
+    A CA file that cannot be read raises OSError (ssl.SSLError if it holds no certificate)."""
+    if context is not None:
+        if ca_file is not None or insecure:
+            raise ValueError("give ssl_context, or ca_file/insecure, not both")
+        return context
+    if insecure:
+        if ca_file is not None:
+            raise ValueError("insecure=True verifies no certificate: ca_file would go unused")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=ca_file)
 
 
 class Requests:

@@ -11,6 +11,8 @@ wait: closing a connection, checking whether an idle one was closed.
 
 from __future__ import annotations
 
+import os
+import ssl
 import threading
 import time
 import weakref
@@ -20,7 +22,7 @@ from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
 
 from busd.client._events import Event
-from busd.client._http import Requests, Response
+from busd.client._http import Requests, Response, tls_context
 from busd.client._sse import Message, SSEDecoder
 from busd.client._subscription import SubscriptionState
 from busd.client._wire import (
@@ -189,11 +191,18 @@ class ClientBase(Generic[S]):
     _connect: Callable[[float | None], Any]
 
     def __init__(self, url: str = "http://localhost:2021", *, timeout: float = 30.0,
-                 token: str | None = None, pool_size: int = 64) -> None:
-        """`url`: the server's root, `http://host:port` (or `host:port`, `:port`); see the
-        class for `timeout` and `token`; `pool_size` caps the idle connections kept."""
+                 token: str | None = None, pool_size: int = 64,
+                 ca_file: str | os.PathLike | None = None, insecure: bool = False,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`url`: the server's root, `http://host:port` or `https://host:port` (or
+        `host:port`, `:port`: plain HTTP); see the class for `timeout` and `token`;
+        `pool_size` caps the idle connections kept. An https:// client verifies the
+        server's certificate against the system's CAs, or those of `ca_file` (PEM), or not
+        at all with `insecure=True` (self-signed test set-ups only); `ssl_context` replaces
+        all of that. An http:// client ignores them."""
         self.url = url
-        self._host, self._port, host_header = split_url(url)
+        tls, self._host, self._port, host_header = split_url(url)
+        self._tls = tls_context(ca_file, insecure, ssl_context) if tls else None
         self._requests = Requests(host_header, token)
         self.timeout = timeout
         self._pool = Pool(pool_size)
@@ -271,7 +280,7 @@ class ClientBase(Generic[S]):
         deadline = Deadline(timeout)
         inbox = new_inbox()
         replies: list[Event] = []
-        stream = None
+        stream = result = None
         try:
             # subscribe to the inbox before publishing: a reply to nobody is dropped (SPEC §3.4)
             stream = yield from self._subscribe(subscribe_target(inbox), None, deadline.left())
@@ -287,9 +296,14 @@ class ClientBase(Generic[S]):
                     replies.append(self._Event(message[2], "", None))
         except BusTimeoutError:
             if request_reply:
-                raise BusTimeoutError(f"no reply to {subject} within {timeout:g}s") from None
-            raise BusTimeoutError(f"{len(replies)} of {wanted} confirmations for {subject} "
-                                  f"within {timeout:g}s") from None
+                error = BusTimeoutError(f"no reply to {subject} within {timeout:g}s")
+            else:
+                error = BusTimeoutError(f"{len(replies)} of {wanted} confirmations for "
+                                        f"{subject} within {timeout:g}s")
+            if result is not None:
+                result.replies = replies
+                error.result = result
+            raise error from None
         finally:
             if stream is not None:
                 stream.close()

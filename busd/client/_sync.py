@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,12 +26,20 @@ class _Conn:
 
     __slots__ = ("sock", "resp", "reused", "_timeout")
 
-    def __init__(self, host: str, port: int, timeout: float | None) -> None:
+    def __init__(self, host: str, port: int, timeout: float | None,
+                 tls: ssl.SSLContext | None) -> None:
         try:
-            self.sock = socket.create_connection((host, port), timeout=timeout)
+            sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise connect_error(host, port, exc) from None
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:  # (the handshake, within the same timeout)
+                sock = tls.wrap_socket(sock, server_hostname=host)
+            except OSError as exc:
+                sock.close()
+                raise connect_error(host, port, exc) from None
+        self.sock = sock
         self.resp: Response | None = None
         self.reused = False
         self._timeout = timeout
@@ -58,7 +67,7 @@ class _Conn:
             self.sock.sendall(data)
         except TimeoutError:
             raise BusTimeoutError(f"the bus took no bytes for {timeout:g}s") from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # (ValueError: a TLS socket another thread closed)
             raise BusConnectionError(f"connection to the bus failed: {exc}") from None
 
     def receive(self, timeout: float | None) -> None:
@@ -68,7 +77,7 @@ class _Conn:
             data = self.sock.recv(_RECV)
         except TimeoutError:
             raise BusTimeoutError(f"nothing from the bus for {timeout:g}s") from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise BusConnectionError(f"connection to the bus failed: {exc}") from None
         if not data:
             raise BusConnectionError("the server closed the connection")
@@ -154,7 +163,7 @@ class Client(ClientBase[Subscription]):
     _Event = Event
 
     def _connect(self, timeout: float | None) -> _Conn:
-        return _Conn(self._host, self._port, timeout)
+        return _Conn(self._host, self._port, timeout, self._tls)
 
     def put(self, subject: str, data: Any = None, *, key: str | None = None,
             trace_id: str | None = None, request_reply: bool = False, confirm: int = 0,

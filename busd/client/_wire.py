@@ -142,23 +142,24 @@ def ack_target(consumer_id: str, event_id: str) -> str:
     return f"/?consumer_id={quote(consumer_id, safe='')}&event_id={quote(event_id, safe='')}"
 
 
-def split_url(url: str) -> tuple[str, int, str]:
-    """(host, port, Host header) of the server's root: `http://host[:port]`, `host[:port]`
-    or `:port` (on localhost), as `bus --host` takes it too."""
+def split_url(url: str) -> tuple[bool, str, int, str]:
+    """(TLS or not, host, port, Host header) of the server's root: `http[s]://host[:port]`,
+    `host[:port]` or `:port` (plain HTTP, on localhost), as `bus --host` takes it too."""
     text = url.strip()
     if text.startswith(":"):
         text = "localhost" + text
     parts = urlsplit(text if "://" in text else "http://" + text)
-    if parts.scheme != "http":
-        raise ValueError(f"only http:// URLs are supported, not {url!r}")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"only http:// and https:// URLs are supported, not {url!r}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"the URL must be the server's root (http://host:port), not {url!r}")
+        raise ValueError(f"the URL must be the server's root (http[s]://host:port), not {url!r}")
+    tls = parts.scheme == "https"
     try:
-        port = parts.port or 80
+        port = parts.port or (443 if tls else 80)
     except ValueError as exc:
         raise ValueError(f"invalid URL {url!r}: {exc}") from None
     host = parts.hostname or "localhost"
-    return host, port, parts.netloc or host
+    return tls, host, port, parts.netloc or host
 
 
 def put_result(resp: Response) -> PutResult:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ssl
+from typing import Any
+
 __all__ = [
     "BadRequestError", "BusConnectionError", "BusError", "BusTimeoutError", "ConflictError",
     "ForbiddenError", "NotFoundError", "PayloadTooLargeError", "ServerError", "StorageError",
@@ -61,7 +64,12 @@ class BusConnectionError(BusError, ConnectionError):
 
 
 class BusTimeoutError(BusError, TimeoutError):
-    """No answer (or not enough replies/confirmations) within the timeout."""
+    """No answer (or not enough replies/confirmations) within the timeout.
+
+    From a `put` with `request_reply`/`confirm` whose event was stored, `result` is its
+    `PutResult` (id, index, created_at), with the replies that did come in `replies`."""
+
+    result: Any = None
 
 
 class SubscriptionError(BusError):
@@ -92,8 +100,11 @@ def error_for(status: int, body: bytes) -> BusError:
 
 
 def connect_error(host: str, port: int, exc: OSError) -> BusError:
-    """The exception for a connection that could not be opened."""
+    """The exception for a connection that could not be opened (or secured)."""
     if isinstance(exc, TimeoutError):
         return BusTimeoutError(f"connecting to {host}:{port} timed out")
-    return BusConnectionError(f"cannot connect to the bus at {host}:{port}: "
-                              f"{exc.strerror or exc}")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = f"its TLS certificate failed verification: {exc.verify_message}"
+    else:
+        why = exc.strerror or str(exc)
+    return BusConnectionError(f"cannot reach the bus at {host}:{port}: {why}")
