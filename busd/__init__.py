@@ -3,10 +3,7 @@
 `import busd` loads the Python SDK only (the server is `busd.server`, started by `bus server`).
 """
 
-__version__ = "0.1.0"
-
-# after __version__, which the SDK's User-Agent reads
-from busd.client import (  # noqa: E402
+from busd.client import (
     AsyncClient,
     AsyncEvent,
     AsyncSubscription,
@@ -28,6 +25,7 @@ from busd.client import (  # noqa: E402
     SubscriptionError,
     UnauthorizedError,
 )
+from busd.version import __version__
 
 __all__ = [
     "AsyncClient", "AsyncEvent", "AsyncSubscription", "BadRequestError", "BatchResult",

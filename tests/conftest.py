@@ -57,3 +57,13 @@ def tls_server(make_server, certificate):
     """A server (namespace app) serving HTTPS with `certificate`."""
     cert, key = certificate
     return make_server("app", "--tls-cert", str(cert), "--tls-key", str(key))
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(tmp_path_factory):
+    """A real 3-node NATS JetStream cluster for one module (tests/natscluster.py)."""
+    from natscluster import NatsCluster
+
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats")).start()
+    yield cluster
+    cluster.close()

@@ -7,11 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parents[1] / "busd"
-BEING_REWORKED = ("busd.cli", "busd.client")  # owned by another change right now
-SDK_ROOT = "busd"  # the package's __init__ re-exports the SDK
 
 
 def _modules() -> dict[str, Path]:
@@ -97,10 +93,6 @@ def _graph() -> dict[str, set[str]]:
     return {name: _imports(name, path, modules) for name, path in modules.items()}
 
 
-def _reworked(cycle: list[str]) -> bool:
-    return all(module == SDK_ROOT or module.startswith(BEING_REWORKED) for module in cycle)
-
-
 def test_the_walk_sees_every_kind_of_import(tmp_path):
     """The walk itself: function-level, TYPE_CHECKING and relative imports are edges too."""
     graph = _graph()
@@ -114,13 +106,5 @@ def test_the_walk_sees_every_kind_of_import(tmp_path):
 
 
 def test_no_import_cycles():
-    cycles = [cycle for cycle in _cycles(_graph()) if not _reworked(cycle)]
-    assert not cycles, "import cycles: " + "; ".join(" → ".join(c) for c in cycles)
-
-
-@pytest.mark.xfail(strict=True, reason="busd/__init__ imports busd.client, whose _http imports "
-                                       "__version__ back from busd; the SDK is being reworked "
-                                       "separately: drop this mark when the cycle is gone")
-def test_no_import_cycles_in_cli_and_client():
-    cycles = [cycle for cycle in _cycles(_graph()) if _reworked(cycle)]
+    cycles = _cycles(_graph())
     assert not cycles, "import cycles: " + "; ".join(" → ".join(c) for c in cycles)

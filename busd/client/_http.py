@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from busd import __version__
 from busd.client.errors import BusConnectionError
+from busd.version import __version__
 
 if TYPE_CHECKING:
     from busd.client._sse import SSEDecoder

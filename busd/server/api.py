@@ -10,7 +10,6 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from busd import __version__
 from busd._core import Pattern, is_xid, new_xid, scan_body, validate_pattern
 from busd.bus.broker import Broker, Published
 from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer
@@ -18,6 +17,7 @@ from busd.server.auth import Auth, AuthError, Token
 from busd.server.http import HttpConnection, Request, error_response, response, stream_head
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
 from busd.store.errors import PublishRefused
+from busd.version import __version__
 from busd.wire import INBOX_NAMESPACE, parse_duration
 
 log = logging.getLogger("busd.server.api")

@@ -13,7 +13,6 @@ from collections.abc import Mapping
 
 import uvloop
 
-from busd import __version__
 from busd._core import sse_chunk
 from busd.bus.broker import Broker
 from busd.server.api import Api
@@ -31,6 +30,7 @@ from busd.server.systemd import notify, watchdog_interval
 from busd.store.interface import Store
 from busd.store.local.log import EncryptionKeyError
 from busd.store.local.store import LocalStore, StoreLockedError
+from busd.version import __version__
 
 log = logging.getLogger("busd.server.app")
 

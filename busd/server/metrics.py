@@ -12,7 +12,7 @@ import resource
 import time
 from bisect import bisect_left
 
-from busd import __version__
+from busd.version import __version__
 from busd.wire import INBOX_NAMESPACE
 
 # Upper bounds (seconds) of the fsync latency histogram's buckets; +Inf is implied.
