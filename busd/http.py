@@ -182,22 +182,28 @@ class HttpConnection(asyncio.Protocol):
             stream.closed()
 
     def data_received(self, data: bytes) -> None:
-        if self.stream is not None or self._failed:
-            return  # a streaming (or failed) connection does not take further requests
+        # a streaming (or failed) connection does not take further requests
+        while data and self.stream is None and not self._failed:
+            data = self._feed(data)
+
+    def _feed(self, data: bytes) -> bytes:
+        """Parse what was read. Returns the bytes after a request that asked for an Upgrade:
+        it was answered in HTTP/1.1, which RFC 9110 §7.8 allows, and they are HTTP/1.1 too."""
         if self.state == _IDLE:
             self.state = _HEADERS
             self.since = time.monotonic()
+        rest = b""
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
-            return
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0]:]
         except httptools.HttpParserError as exc:
             if self._reject is None:
                 self._reject = (400, f"malformed HTTP request: {exc}")
         if self._reject is not None:
             status, reason = self._reject
             self._fail(status, reason)
+        return rest
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -237,8 +243,23 @@ class HttpConnection(asyncio.Protocol):
             self._reject = (413, f"request body of {int(length)} bytes is larger than the "
                                  f"limit of {self.limits.max_body} bytes")
             return
+        if self.parser.should_upgrade():
+            self._check_upgrade()
+            if self._reject is not None:
+                return
         if self._headers.get(b"expect", b"").lower() == b"100-continue":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _check_upgrade(self) -> None:
+        """Upgrade is ignored (the answer is plain HTTP/1.1), but httptools skips the body of
+        such a request, taking it for the new protocol's bytes: refuse one with a body, and
+        CONNECT, whose next bytes would be a tunnel's."""
+        if self.parser.get_method() == b"CONNECT":
+            self._reject = (400, "CONNECT is not supported: busd is not a proxy")
+        elif self._headers.get(b"content-length", b"0") != b"0" or \
+                b"transfer-encoding" in self._headers:
+            self._reject = (400, "a request body with Upgrade is not supported: send the "
+                                 "request without Upgrade (e.g. curl without --http2)")
 
     def on_body(self, body: bytes) -> None:
         self.since = time.monotonic()

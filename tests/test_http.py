@@ -1,0 +1,67 @@
+"""HTTP/1.1 details real clients and proxies hit, on a real server over raw sockets."""
+
+from __future__ import annotations
+
+import socket
+
+from busclient import SSE, Http, build_request, publish, read_response, request
+
+UPGRADE = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
+           "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"}  # what `curl --http2 http://…` sends
+
+
+def answers_until_close(http: Http) -> list:
+    """Every response the server writes before it closes the connection."""
+    answers = []
+    while http.file.peek(1):
+        answers.append(read_response(http.file))
+    return answers
+
+
+def nothing_more(http: Http, wait: float = 0.3) -> bool:
+    http.sock.settimeout(wait)
+    try:
+        return http.sock.recv(1, socket.MSG_PEEK) == b""
+    except TimeoutError:
+        return True
+
+
+def stored(port: int, namespace: str = "app") -> int:
+    return request(port, "GET", "/healthz").json()["namespaces"][namespace]["events"]
+
+
+# -- Upgrade --------------------------------------------------------------------------------
+
+def test_upgrade_is_ignored_one_answer_and_the_connection_goes_on(server):
+    with Http(server.port) as http:
+        http.send(build_request("GET", "/healthz", headers=UPGRADE)
+                  + build_request("POST", "/", b'{"subject":"app.after"}'))
+        first, second = read_response(http.file), read_response(http.file)
+        assert (first.status, second.status) == (200, 202), (first, second)
+        assert nothing_more(http)
+
+
+def test_upgrade_on_a_subscription_keeps_the_stream_framed(server):
+    with SSE(server.port, raw_request=build_request(
+            "GET", "/?subject=app.>", headers={"Accept": "text/event-stream", **UPGRADE})) as sse:
+        assert sse.status == 200
+        publish(server.port, "app.x", 1)
+        assert sse.events(1)[0]["payload"] == 1
+
+
+def test_upgrade_with_a_body_is_one_400_and_nothing_stored(server):
+    with Http(server.port) as http:
+        http.send(build_request("POST", "/", b'{"subject":"app.up"}', headers=UPGRADE))
+        answers = answers_until_close(http)
+    assert [a.status for a in answers] == [400], answers
+    assert b"Upgrade" in answers[0].body
+    assert stored(server.port) == 0
+
+
+def test_connect_is_one_400(server):
+    with Http(server.port) as http:
+        http.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+                  b"\x16\x03\x01 tunnel bytes")
+        answers = answers_until_close(http)
+    assert [a.status for a in answers] == [400], answers
+    assert b"CONNECT" in answers[0].body
