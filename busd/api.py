@@ -19,6 +19,7 @@ from busd.metrics import PROMETHEUS_TYPE, render_prometheus
 
 log = logging.getLogger("busd.api")
 
+ROOT_METHODS = b"GET, POST, PUT, OPTIONS"  # the Allow header of a 405 on `/`
 DEFAULT_REDELIVERY = 5.0
 DEFAULT_REDELIVERY_COUNT = 3
 
@@ -63,6 +64,10 @@ class Api:
         try:
             if method == b"OPTIONS":
                 conn.reply(response(204, close=close), close)
+            elif method == b"HEAD":  # GET's head without the body (RFC 9110 §9.3.2)
+                answer = _not_allowed(method, path, ROOT_METHODS, close) if path == b"/" \
+                    else self._resource(method, path, close)
+                conn.reply(answer[:answer.index(b"\r\n\r\n") + 4], close)
             elif path == b"/":
                 token = None if self.auth is None else self._authenticate(request)
                 if method == b"POST":
@@ -72,24 +77,29 @@ class Api:
                 elif method == b"PUT":
                     self.ack(conn, request, token)
                 else:
-                    conn.reply(_not_allowed(method, path, b"GET, POST, PUT, OPTIONS", close), close)
-            elif path == b"/metrics" and method == b"GET":
-                conn.reply(response(200, render_prometheus(self.broker, self.started),
-                                    content_type=PROMETHEUS_TYPE, close=close), close)
-            elif path == b"/healthz" and method == b"GET":
-                conn.reply(response(200, orjson.dumps(self.health()), close=close,
-                                    content_type=b"application/json"), close)
-            elif path in (b"/metrics", b"/healthz"):
-                conn.reply(_not_allowed(method, path, b"GET, OPTIONS", close), close)
+                    conn.reply(_not_allowed(method, path, ROOT_METHODS, close), close)
             else:
-                conn.reply(error_response(404, f"no such endpoint: {method.decode()} "
-                                               f"{path.decode(errors='replace')}", close), close)
+                conn.reply(self._resource(method, path, close), close)
         except BadRequest as exc:
             conn.reply(error_response(400, str(exc), close), close)
         except AuthError as exc:
             log.info("refused status=%d method=%s reason=%r", exc.status,
                      method.decode(errors="replace"), exc.reason)  # names, never secrets
             conn.reply(self._refuse(exc, close), close)
+
+    def _resource(self, method: bytes, path: bytes, close: bool) -> bytes:
+        """The answer on any path but `/`: `/metrics` and `/healthz` are read-only."""
+        read = method in (b"GET", b"HEAD")
+        if path == b"/metrics" and read:
+            return response(200, render_prometheus(self.broker, self.started),
+                            content_type=PROMETHEUS_TYPE, close=close)
+        if path == b"/healthz" and read:
+            return response(200, orjson.dumps(self.health()), close=close,
+                            content_type=b"application/json")
+        if path in (b"/metrics", b"/healthz"):
+            return _not_allowed(method, path, b"GET, HEAD, OPTIONS", close)
+        return error_response(404, f"no such endpoint: {method.decode(errors='replace')} "
+                                   f"{path.decode(errors='replace')}", close)
 
     # -- access control (only with --auth-file) ----------------------------------------------
     def _authenticate(self, request: Request) -> Token:

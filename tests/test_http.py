@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from busclient import SSE, Http, build_request, publish, read_response, request
+import pytest
+from busclient import SSE, Http, _read_head, build_request, publish, read_response, request
 
 UPGRADE = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
            "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"}  # what `curl --http2 http://…` sends
@@ -65,3 +66,18 @@ def test_connect_is_one_400(server):
         answers = answers_until_close(http)
     assert [a.status for a in answers] == [400], answers
     assert b"CONNECT" in answers[0].body
+
+
+# -- HEAD -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path,status,content_type", [
+    ("/healthz", 200, "application/json"), ("/metrics", 200, "text/plain"),
+    ("/", 405, "text/plain"), ("/nothing", 404, "text/plain")])
+def test_head_is_the_get_head_without_a_body(server, path, status, content_type):
+    with Http(server.port) as http:
+        http.send(build_request("HEAD", path) + build_request("GET", "/healthz"))
+        got, headers = _read_head(http.file)
+        assert got == status and headers["content-type"].startswith(content_type)
+        assert int(headers["content-length"]) > 0
+        after = read_response(http.file)  # right after the head: no body was sent
+        assert after.status == 200 and after.json()["status"] == "ok"
