@@ -14,7 +14,7 @@ from busd.auth import Auth, AuthError, Token
 from busd.broker import Broker, Published, PublishError
 from busd.config import INBOX_NAMESPACE, parse_duration
 from busd.consumer import AckPolicy, Consumer, InboxConsumer
-from busd.http import HttpConnection, Request, error_response, response, stream_head
+from busd.http import HttpConnection, Request, error_response, response
 from busd.metrics import PROMETHEUS_TYPE, render_prometheus
 
 log = logging.getLogger("busd.api")
@@ -190,7 +190,7 @@ class Api:
         namespace = subject.split(".", 1)[0]
         ack = self._ack_policy(params)
         consumer_id = b"c_" + new_xid()
-        head = stream_head(b"X-Bus-Consumer-Id: " + consumer_id + b"\r\n")
+        headers = b"X-Bus-Consumer-Id: " + consumer_id + b"\r\n"
         broker = self.broker
         if namespace == INBOX_NAMESPACE:
             if b"*" in subject_bytes or b">" in subject_bytes:
@@ -200,7 +200,7 @@ class Api:
 
             def start_inbox() -> None:
                 broker.register(inbox)
-                inbox.start(head)
+                inbox.start(headers)
 
             conn.start_stream(start_inbox)
             return
@@ -212,7 +212,7 @@ class Api:
         consumer.owner = None if token is None else token.name
 
         def start_consumer() -> None:
-            consumer.open(head)
+            consumer.open(headers)
             cursor = broker.resolve_start(namespace, start)
             if isinstance(cursor, str):
                 consumer.fail(cursor)

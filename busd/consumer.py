@@ -82,9 +82,10 @@ class Consumer(Stream):
             self._next_record = self._next_record_remote  # type: ignore[method-assign]
 
     # -- lifecycle ----------------------------------------------------------------------
-    def open(self, head: bytes) -> None:
-        """Send the response head and the greeting that tells browsers their consumer id."""
-        self.conn.attach_stream(self, head)
+    def open(self, headers: bytes) -> None:
+        """Send the response head (with these header lines) and the greeting that tells
+        browsers their consumer id."""
+        self.conn.attach_stream(self, headers)
         self.conn.transport.set_write_buffer_limits(high=STREAM_WRITE_HIGH_WATER)
         self.conn.write(greeting(self.id))
 
@@ -371,8 +372,8 @@ class InboxConsumer(Stream):
         self.paused = False
         self.done = False
 
-    def start(self, head: bytes) -> None:
-        self.conn.attach_stream(self, head)
+    def start(self, headers: bytes) -> None:
+        self.conn.attach_stream(self, headers)
         self.conn.write(greeting(self.id))
 
     def deliver(self, record: bytes) -> bool:

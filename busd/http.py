@@ -87,11 +87,19 @@ def error_response(status: int, reason: str, close: bool = False) -> bytes:
     return response(status, reason.encode("utf-8", "replace") + b"\n", close=close)
 
 
-def stream_head(headers: bytes) -> bytes:
-    """The status line and headers of an SSE response (body follows, chunked)."""
+def stream_head(headers: bytes, chunked: bool) -> bytes:
+    """The status line and headers of an SSE response: its body follows chunked, or
+    delimited by the connection's close."""
     return b"".join((_Heads.get(200), headers,
                      b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                     b"X-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n"))
+                     b"X-Accel-Buffering: no\r\n",
+                     b"Transfer-Encoding: chunked\r\n\r\n" if chunked else
+                     b"Connection: close\r\n\r\n"))
+
+
+def _dechunk(chunk: bytes) -> bytes:
+    """The data of one chunk as `_core.sse_chunk` frames it: hex size line, data, CRLF."""
+    return chunk[chunk.index(b"\r\n") + 2:-2] if chunk else chunk
 
 
 class Request:
@@ -154,6 +162,7 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[Slot] = deque()
         self.stream: Stream | None = None
+        self.chunked = True  # how the stream's body is framed (see start_stream)
         self.is_closed = False
         self.write_paused = False
         self.read_paused = False
@@ -326,29 +335,43 @@ class HttpConnection(asyncio.Protocol):
                 self._resume_reading()
 
     def start_stream(self, start: Callable[[], None]) -> None:
-        """Turn this connection into a response stream once earlier responses are out."""
-        if not self.pending:
-            start()
-        else:
-            self.fulfil(self.defer(), start)
+        """Turn this connection into a response stream once earlier responses are out.
 
-    def attach_stream(self, stream: Stream, head: bytes) -> None:
-        """Send the SSE response head; from now on `write` sends body chunks."""
+        The stream is chunked, except for an HTTP/1.0 request: that protocol has no chunked
+        coding, so its stream ends where the connection closes."""
+        chunked = self.parser.get_http_version() != "1.0"
+
+        def begin() -> None:
+            self.chunked = chunked
+            start()
+
+        if not self.pending:
+            begin()
+        else:
+            self.fulfil(self.defer(), begin)
+
+    def attach_stream(self, stream: Stream, headers: bytes) -> None:
+        """Send the SSE response head with these extra header lines; from now on `write`
+        sends body chunks."""
         self.stream = stream
         self.state = _STREAM
         self._pause_reading()
-        self.write(head)
-
-    def write(self, data: bytes) -> None:
         if not self.is_closed:
             self.last_write = time.monotonic()
-            self.transport.write(data)
+            self.transport.write(stream_head(headers, self.chunked))
+
+    def write(self, data: bytes) -> None:
+        """Send one chunk of the stream (just its data on a close-delimited stream)."""
+        if not self.is_closed:
+            self.last_write = time.monotonic()
+            self.transport.write(data if self.chunked else _dechunk(data))
 
     def end_stream(self, last_chunk: bytes = b"") -> None:
-        """Finish a chunked stream and close the connection."""
+        """Finish the stream and close the connection."""
         self.stream = None
         if not self.is_closed:
-            self.transport.write(last_chunk + b"0\r\n\r\n")
+            self.transport.write(last_chunk + b"0\r\n\r\n" if self.chunked else
+                                 _dechunk(last_chunk))
             self.close()
 
     def close(self) -> None:
@@ -430,5 +453,5 @@ class CorsHttpConnection(HttpConnection):
     def _write_response(self, data: bytes, close: bool) -> None:
         super()._write_response(self._with_origin(data), close)
 
-    def attach_stream(self, stream: Stream, head: bytes) -> None:
-        super().attach_stream(stream, self._with_origin(head))
+    def attach_stream(self, stream: Stream, headers: bytes) -> None:
+        super().attach_stream(stream, self._allow_origin + headers)

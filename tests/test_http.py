@@ -81,3 +81,20 @@ def test_head_is_the_get_head_without_a_body(server, path, status, content_type)
         assert int(headers["content-length"]) > 0
         after = read_response(http.file)  # right after the head: no body was sent
         assert after.status == 200 and after.json()["status"] == "ok"
+
+
+# -- HTTP/1.0 subscriptions ------------------------------------------------------------------
+
+def test_http10_subscription_is_close_delimited_not_chunked(make_server):
+    server = make_server()
+    with SSE(server.port, raw_request=b"GET /?subject=app.%3E HTTP/1.0\r\n\r\n") as sse:
+        assert sse.status == 200 and "transfer-encoding" not in sse.headers
+        assert sse.headers["connection"] == "close"
+        publish(server.port, "app.old", "client")
+        body = b""
+        while b"event: msg" not in body:
+            body += sse.file.read1(65536)
+        server.stop()  # ends the stream: the close is its end
+        body += sse.file.read()
+    assert body.startswith(b"retry: 2000\n\nevent: consumer\ndata: c_"), body[:80]
+    assert b'"payload":"client"}\n\n' in body and b"\r\n" not in body
