@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +39,7 @@ REASONS = {
 MAX_URL_BYTES = 16 << 10
 MAX_HEADER_BYTES = 64 << 10
 MAX_PIPELINED = 64  # pending responses per connection before we stop reading
+_ABSOLUTE_FORM = re.compile(rb"https?://[^/?]*", re.IGNORECASE)  # scheme and authority
 
 
 def restrict_cors(origins: tuple[str, ...]) -> None:
@@ -95,6 +97,16 @@ def stream_head(headers: bytes, chunked: bool) -> bytes:
                      b"X-Accel-Buffering: no\r\n",
                      b"Transfer-Encoding: chunked\r\n\r\n" if chunked else
                      b"Connection: close\r\n\r\n"))
+
+
+def _origin_form(target: bytes) -> bytes:
+    """`http://host:port/path?query` → `/path?query`: the absolute form that proxies send
+    (RFC 9112 §3.2.2) names the same resource; other targets are returned as they are."""
+    match = _ABSOLUTE_FORM.match(target)
+    if match is None:
+        return target
+    rest = target[match.end():]
+    return rest if rest.startswith(b"/") else b"/" + rest
 
 
 def _dechunk(chunk: bytes) -> bytes:
@@ -240,13 +252,31 @@ class HttpConnection(asyncio.Protocol):
             if self._reject is None:
                 self._reject = (431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
             return
-        self._headers[name.lower()] = value
+        name = name.lower()
+        if name in self._headers:
+            self._repeated(name, value)
+        else:
+            self._headers[name] = value
+
+    def _repeated(self, name: bytes, value: bytes) -> None:
+        """A second field line of a name: one Host only (RFC 9112 §3.2); others form one
+        comma-separated list (RFC 9110 §5.3)."""
+        if name == b"host":
+            if self._reject is None:
+                self._reject = (400, "more than one Host header")
+        else:
+            self._headers[name] += b", " + value
 
     def on_headers_complete(self) -> None:
         self.state = _BODY
         self.since = time.monotonic()
         if self._reject is not None:
             return
+        if b"host" not in self._headers and self.parser.get_http_version() != "1.0":
+            self._reject = (400, "missing Host header: HTTP/1.1 requires one (RFC 9112 §3.2)")
+            return
+        if self._url[:1] != b"/":
+            self._url = _origin_form(self._url)
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body:
             self._reject = (413, f"request body of {int(length)} bytes is larger than the "

@@ -98,3 +98,35 @@ def test_http10_subscription_is_close_delimited_not_chunked(make_server):
         body += sse.file.read()
     assert body.startswith(b"retry: 2000\n\nevent: consumer\ndata: c_"), body[:80]
     assert b'"payload":"client"}\n\n' in body and b"\r\n" not in body
+
+
+# -- Host and the absolute form ---------------------------------------------------------------
+
+@pytest.mark.parametrize("head,reason", [
+    (b"GET /healthz HTTP/1.1\r\n", b"missing Host"),
+    (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n", b"more than one Host"),
+    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nhost: x\r\n", b"more than one Host"),
+    (b"POST / HTTP/1.0\r\nHost: a\r\nHost: b\r\nContent-Length: 19\r\n", b"more than one Host")])
+def test_missing_or_repeated_host_is_400(server, head, reason):
+    with Http(server.port) as http:
+        http.send(head + b"\r\n" + (b'{"subject":"app.h"}' if b"POST" in head else b""))
+        answers = answers_until_close(http)
+    assert [a.status for a in answers] == [400] and reason in answers[0].body, answers
+    assert stored(server.port) == 0
+
+
+def test_http10_needs_no_host(server):
+    with Http(server.port) as http:
+        http.send(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert read_response(http.file).json()["status"] == "ok"
+
+
+def test_absolute_form_targets_are_served(server):
+    port = server.port
+    with Http(port) as http:
+        answer = http.request("POST", f"http://127.0.0.1:{port}/", b'{"subject":"app.abs"}')
+        assert answer.status == 202
+        assert http.request("GET", f"HTTP://127.0.0.1:{port}/healthz").json()["status"] == "ok"
+    with SSE(port, raw_request=build_request(
+            "GET", f"http://127.0.0.1:{port}/?subject=app.abs&start=oldest")) as sse:
+        assert sse.events(1)[0]["subject"] == "app.abs"
