@@ -39,6 +39,7 @@ REASONS = {
 MAX_URL_BYTES = 16 << 10
 MAX_HEADER_BYTES = 64 << 10
 MAX_PIPELINED = 64  # pending responses per connection before we stop reading
+MAX_CHUNK_LINE = 4 << 10  # a chunk's size line: hex size, extensions, CRLF
 _ABSOLUTE_FORM = re.compile(rb"https?://[^/?]*", re.IGNORECASE)  # scheme and authority
 
 
@@ -159,6 +160,53 @@ class Slot:
         self.close = False
 
 
+class _ChunkLines:
+    """Measures the size lines of a chunked body (hex size, `;extensions`, CRLF), which
+    llhttp skips without saying how long they were.
+
+    A size line holds no LF and starts right after one (the header section's last, or the
+    CRLF after the previous chunk's data), and chunk data is as long as on_body says: so
+    from where a line starts, it ends at the next LF. `at` is where, in the current read,
+    the current line (`in_line`) or chunk data starts; it is None only in the read where
+    the header section ended, if that section did not start the read (unmeasured there).
+    """
+
+    __slots__ = ("in_line", "at", "carry", "base")
+
+    def __init__(self, at: int | None) -> None:
+        self.in_line = True
+        self.at = at
+        self.carry = 0  # the current line's bytes in earlier reads
+        self.base = 0  # the body's size where the current chunk's data starts
+
+    def new_read(self, body_size: int) -> None:
+        self.at = 0 if self.in_line else self.base - body_size
+
+    def line_end(self, read: bytes, body_size: int) -> int:
+        """At a chunk header: how long the size line that just ended was (0: unknown)."""
+        length = 0
+        if self.at is not None:
+            end = read.find(b"\n", self.at) + 1
+            length, self.at = self.carry + end - self.at, end
+        self.in_line, self.carry, self.base = False, 0, body_size
+        return length
+
+    def data_end(self, body_size: int) -> bool:
+        """At a chunk's end: whether more follow (the last chunk is empty)."""
+        size = body_size - self.base
+        if self.at is not None:
+            self.at += size + 2
+        self.in_line = True
+        return size > 0
+
+    def read_end(self, read: bytes) -> int:
+        """At the end of a read: the bytes so far of an unfinished size line, else 0."""
+        if not self.in_line:
+            return 0
+        self.carry += len(read) - read.rfind(b"\n") - 1
+        return self.carry
+
+
 _IDLE, _HEADERS, _BODY, _WAITING, _STREAM = range(5)
 
 
@@ -186,6 +234,9 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
+        self._chunks: _ChunkLines | None = None  # while a chunked body is being read
+        self._read = b""  # what is being parsed
+        self._read_fresh = False  # whether a request starts it
         self._reject: tuple[int, str] | None = None
         self._failed = False
 
@@ -210,9 +261,12 @@ class HttpConnection(asyncio.Protocol):
     def _feed(self, data: bytes) -> bytes:
         """Parse what was read. Returns the bytes after a request that asked for an Upgrade:
         it was answered in HTTP/1.1, which RFC 9110 §7.8 allows, and they are HTTP/1.1 too."""
-        if self.state == _IDLE:
+        self._read, self._read_fresh = data, self.state == _IDLE
+        if self._read_fresh:
             self.state = _HEADERS
             self.since = time.monotonic()
+        if self._chunks is not None:
+            self._chunks.new_read(self._body_size)
         rest = b""
         try:
             self.parser.feed_data(data)
@@ -221,6 +275,8 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             if self._reject is None:
                 self._reject = (400, f"malformed HTTP request: {exc}")
+        if self._chunks is not None and self._chunks.read_end(data) > MAX_CHUNK_LINE:
+            self._chunk_line_too_long()
         if self._reject is not None:
             status, reason = self._reject
             self._fail(status, reason)
@@ -268,6 +324,7 @@ class HttpConnection(asyncio.Protocol):
             self._headers[name] += b", " + value
 
     def on_headers_complete(self) -> None:
+        first = self.state == _HEADERS  # no request before this one in the current read
         self.state = _BODY
         self.since = time.monotonic()
         if self._reject is not None:
@@ -277,6 +334,11 @@ class HttpConnection(asyncio.Protocol):
             return
         if self._url[:1] != b"/":
             self._url = _origin_form(self._url)
+        coding = self._headers.get(b"transfer-encoding")
+        if coding is not None:
+            self._start_chunked(coding, first)
+            if self._reject is not None:
+                return
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body:
             self._reject = (413, f"request body of {int(length)} bytes is larger than the "
@@ -288,6 +350,35 @@ class HttpConnection(asyncio.Protocol):
                 return
         if self._headers.get(b"expect", b"").lower() == b"100-continue":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _start_chunked(self, coding: bytes, first: bool) -> None:
+        """Chunked is the one transfer coding read; its size lines are measured from where
+        the body starts, when the request starts the current read."""
+        if coding.lower() != b"chunked":
+            self._reject = (400, f"Transfer-Encoding {coding.decode(errors='replace')!r} is "
+                                 f"not supported: send the body chunked, or with Content-Length")
+            return
+        start = None
+        if first and self._read_fresh:
+            read = self._read
+            leading = len(read) - len(read.lstrip(b"\r\n"))  # empty lines before a request
+            end = read.find(b"\r\n\r\n", leading)
+            start = end + 4 if end >= 0 else None
+        self._chunks = _ChunkLines(start)
+
+    def on_chunk_header(self) -> None:
+        if self._reject is None and \
+                self._chunks.line_end(self._read, self._body_size) > MAX_CHUNK_LINE:
+            self._chunk_line_too_long()
+
+    def on_chunk_complete(self) -> None:
+        if self._reject is None and not self._chunks.data_end(self._body_size):
+            self._chunks = None
+
+    def _chunk_line_too_long(self) -> None:
+        if self._reject is None:
+            self._reject = (400, f"a chunk size line (with its extensions) is longer than "
+                                 f"{MAX_CHUNK_LINE} bytes")
 
     def _check_upgrade(self) -> None:
         """Upgrade is ignored (the answer is plain HTTP/1.1), but httptools skips the body of

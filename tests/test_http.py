@@ -130,3 +130,61 @@ def test_absolute_form_targets_are_served(server):
     with SSE(port, raw_request=build_request(
             "GET", f"http://127.0.0.1:{port}/?subject=app.abs&start=oldest")) as sse:
         assert sse.events(1)[0]["subject"] == "app.abs"
+
+
+# -- Transfer-Encoding and chunk extensions -----------------------------------------------------
+
+def chunked(body: bytes, extension: bytes = b"", pieces: int = 1) -> bytes:
+    """A chunked POST of `body` in `pieces` chunks, each size line carrying `extension`."""
+    size = -(-len(body) // pieces)
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    return (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x%s\r\n%s\r\n" % (len(c), extension, c) for c in chunks)
+            + b"0" + extension + b"\r\n\r\n")
+
+
+EVENT = b'{"subject":"app.chunked","payload":"' + b"x" * 100 + b'"}'
+
+
+def test_transfer_encoding_other_than_chunked_alone_is_400(server):
+    with Http(server.port) as http:
+        http.send(chunked(EVENT).replace(b"chunked", b"identity, chunked", 1))
+        answers = answers_until_close(http)
+    assert [a.status for a in answers] == [400] and b"Transfer-Encoding" in answers[0].body
+    assert stored(server.port) == 0
+
+
+def test_chunk_extensions_within_the_cap_are_fine(server):
+    with Http(server.port) as http:
+        http.send(chunked(EVENT, b";a=b;c=\"d e\"", pieces=3) * 2 + chunked(EVENT, b";x" * 1500))
+        assert [read_response(http.file).status for _ in range(3)] == [202] * 3
+        for byte in chunked(EVENT, b";name=value", pieces=5):  # one byte per read, at worst
+            http.send(bytes([byte]))
+        assert read_response(http.file).status == 202
+
+
+@pytest.mark.parametrize("pieces", [1, 4])
+def test_a_chunk_extension_past_4_KiB_is_400(server, pieces):
+    with Http(server.port) as http:
+        http.send(chunked(EVENT, b";x=" + b"y" * 5000, pieces=pieces))
+        answers = answers_until_close(http)
+    assert [a.status for a in answers] == [400] and b"chunk size line" in answers[0].body
+    assert stored(server.port) == 0
+
+
+def test_an_endless_chunk_extension_is_cut_off(server):
+    with Http(server.port) as http:
+        http.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;x=")
+        sent = 0
+        try:
+            while sent < 64 << 20:
+                http.send(b"y" * 65536)
+                sent += 65536
+        except OSError:  # the server hung up
+            pass
+        assert sent < 64 << 20
+        try:
+            answer = read_response(http.file)
+        except ConnectionResetError:  # our unread bytes made the close a reset: fine
+            return
+    assert answer.status == 400 and b"chunk size line" in answer.body
