@@ -59,7 +59,8 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --fsync POLICY           never, interval or always [env BUS_FSYNC, default interval].
   --fsync-interval DUR     Time between fsyncs under `interval` [env BUS_FSYNC_INTERVAL,
                            default 1s].
-  --max-event-size SIZE    Largest event accepted [env BUS_MAX_EVENT_SIZE, default 1MiB].
+  --max-event-size SIZE    Largest event payload accepted; a single event's body may be
+                           64KiB more [env BUS_MAX_EVENT_SIZE, default 1MiB].
   --retention-age AGE      Delete whole segments older than this, e.g. 7d, 12h
                            [env BUS_RETENTION_AGE].
   --retention-bytes SIZE   Keep at most this much per namespace, e.g. 10GiB

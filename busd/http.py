@@ -39,6 +39,7 @@ REASONS = {
 MAX_URL_BYTES = 16 << 10
 MAX_HEADER_BYTES = 64 << 10
 MAX_PIPELINED = 64  # pending responses per connection before we stop reading
+EVENT_ENVELOPE = 64 << 10  # room a single event's body has beyond its payload's limit
 MAX_CHUNK_LINE = 4 << 10  # a chunk's size line: hex size, extensions, CRLF
 _ABSOLUTE_FORM = re.compile(rb"https?://[^/?]*", re.IGNORECASE)  # scheme and authority
 
@@ -130,13 +131,19 @@ class Request:
 
 
 class Limits:
-    """Per-server request limits and timeouts (seconds)."""
+    """Per-server request limits and timeouts (seconds).
 
-    __slots__ = ("max_body", "header_timeout", "body_timeout", "idle_timeout")
+    A body is at most `max_body`; one that is not a batch (a JSON array), so holds one
+    event, at most `max_event_body`: `--max-event-size` for its payload plus an envelope.
+    """
 
-    def __init__(self, max_body: int, header_timeout: float, body_timeout: float,
-                 idle_timeout: float) -> None:
+    __slots__ = ("max_body", "max_event_body", "header_timeout", "body_timeout",
+                 "idle_timeout")
+
+    def __init__(self, max_body: int, max_event_size: int, header_timeout: float,
+                 body_timeout: float, idle_timeout: float) -> None:
         self.max_body = max_body
+        self.max_event_body = max_event_size + EVENT_ENVELOPE
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.idle_timeout = idle_timeout
@@ -234,6 +241,7 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
+        self._body_limit = limits.max_event_body  # past it, _past_body_limit decides
         self._chunks: _ChunkLines | None = None  # while a chunked body is being read
         self._read = b""  # what is being parsed
         self._read_fresh = False  # whether a request starts it
@@ -339,11 +347,15 @@ class HttpConnection(asyncio.Protocol):
             self._start_chunked(coding, first)
             if self._reject is not None:
                 return
+        limits = self.limits
+        self._body_limit = limits.max_event_body
         length = self._headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body:
-            self._reject = (413, f"request body of {int(length)} bytes is larger than the "
-                                 f"limit of {self.limits.max_body} bytes")
-            return
+        if length is not None and length.isdigit() and int(length) > limits.max_event_body:
+            if int(length) > limits.max_body:
+                self._reject = (413, f"request body of {int(length)} bytes is larger than the "
+                                     f"limit of {limits.max_body} bytes")
+                return
+            self._body_limit = 0  # the first bytes tell whether a batch may be that large
         if self.parser.should_upgrade():
             self._check_upgrade()
             if self._reject is not None:
@@ -395,13 +407,34 @@ class HttpConnection(asyncio.Protocol):
         self.since = time.monotonic()
         if self._reject is not None:
             return
-        self._body_size += len(body)
-        if self._body_size > self.limits.max_body:
-            self._reject = (413, f"request body larger than the limit of "
-                                 f"{self.limits.max_body} bytes")
-            self._body = []
-            return
         self._body.append(body)
+        self._body_size += len(body)
+        if self._body_size > self._body_limit:
+            self._past_body_limit()
+
+    def _past_body_limit(self) -> None:
+        """The body outgrew one event: only a batch (a JSON array) may be larger, up to the
+        request limit. Anything else is refused now, before the rest is read."""
+        limits = self.limits
+        if self._body_size > limits.max_body:
+            self._refuse_body(f"request body larger than the limit of {limits.max_body} bytes")
+            return
+        start = b"".join(self._body).lstrip(b" \t\r\n")[:1]
+        if start == b"[":
+            self._body_limit = limits.max_body
+        elif start or self._body_size > limits.max_event_body:
+            length = self._headers.get(b"content-length")
+            size = f"{length.decode()} bytes" if length else f"over {limits.max_event_body} bytes"
+            self._refuse_body(f"a body of {size} is larger than one event may be: "
+                              f"--max-event-size plus {EVENT_ENVELOPE} bytes for its other "
+                              f"fields ({limits.max_event_body} bytes); only a batch (a JSON "
+                              f"array) may be larger")
+        else:  # only whitespace so far
+            self._body_limit = limits.max_event_body
+
+    def _refuse_body(self, reason: str) -> None:
+        self._reject = (413, reason)
+        self._body = []
 
     def on_message_complete(self) -> None:
         if self._reject is not None or self.stream is not None or self.is_closed:

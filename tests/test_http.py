@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 
 import pytest
@@ -188,3 +189,42 @@ def test_an_endless_chunk_extension_is_cut_off(server):
         except ConnectionResetError:  # our unread bytes made the close a reset: fine
             return
     assert answer.status == 400 and b"chunk size line" in answer.body
+
+
+# -- body limits ------------------------------------------------------------------------------
+
+def test_a_single_event_too_large_for_its_content_length_is_413_unread(server):
+    with Http(server.port, timeout=5) as http:
+        http.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 60000000\r\n\r\n"
+                  b'{"subject":"app.big","payload":"xxxx')  # and not the other 60 MB
+        answer = read_response(http.file)
+    assert answer.status == 413 and b"only a batch" in answer.body, answer
+    assert stored(server.port) == 0
+
+
+def test_payload_limit_is_the_same_alone_and_in_a_batch(make_server):
+    port = make_server("app", "--max-event-size", "1KiB").port
+    exact = {"subject": "app.limit", "payload": "x" * 1022}  # 1024 bytes of JSON payload
+    assert request(port, "POST", "/", exact).status == 202
+    assert request(port, "POST", "/", [exact] * 2).status == 202
+    over = {"subject": "app.limit", "payload": "x" * 1023}
+    for body in (over, [exact, over]):
+        answer = request(port, "POST", "/", body)
+        assert answer.status == 413 and b"payload of 1025 bytes" in answer.body, answer
+    envelope = {"subject": "app.limit", "trace_id": "t" * (70 << 10)}
+    answer = request(port, "POST", "/", envelope)
+    assert answer.status == 413 and b"only a batch" in answer.body
+    assert request(port, "POST", "/", [envelope]).status == 202  # a batch may be that large
+
+
+def test_a_batch_may_be_larger_than_one_event(make_server):
+    port = make_server("app", "--max-event-size", "1KiB").port
+    batch = json.dumps([{"subject": "app.many", "payload": "x" * 900}] * 100).encode()
+    assert len(batch) > (1 << 10) + (64 << 10)
+    assert request(port, "POST", "/", b"\n  " + batch).status == 202
+    with Http(port) as http:
+        http.send(chunked(batch, pieces=10) + chunked(b" " * 70000 + EVENT, pieces=10))
+        assert read_response(http.file).status == 202
+        answer = read_response(http.file)
+    assert answer.status == 413 and b"only a batch" in answer.body
+    assert stored(port) == 200
