@@ -9,7 +9,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from busd import __version__
-from busd._core import Pattern, is_xid, new_xid, scan_body, validate_pattern
+from busd._core import Pattern, TooManyEvents, is_xid, new_xid, scan_body, validate_pattern
 from busd.auth import Auth, AuthError, Token
 from busd.broker import Broker, Published, PublishError
 from busd.config import INBOX_NAMESPACE, parse_duration
@@ -127,7 +127,11 @@ class Api:
                    token: Token | None = None) -> None:
         body, close = request.body, not request.keep_alive
         try:
-            is_batch, events = scan_body(body)
+            is_batch, events = scan_body(body, self.config.max_batch)
+        except TooManyEvents as exc:
+            conn.reply(error_response(413, f"{exc}: send at most --max-batch "
+                                           f"({self.config.max_batch}) per request", close), close)
+            return
         except ValueError as exc:
             if not body or body.isspace():
                 raise BadRequest("empty body: send one JSON event object, or an array of "

@@ -61,6 +61,9 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
                            default 1s].
   --max-event-size SIZE    Largest event payload accepted; a single event's body may be
                            64KiB more [env BUS_MAX_EVENT_SIZE, default 1MiB].
+  --max-batch N            Most events in one POST; each is stored in one step of the event
+                           loop, which other clients wait for [env BUS_MAX_BATCH,
+                           default 1000].
   --retention-age AGE      Delete whole segments older than this, e.g. 7d, 12h
                            [env BUS_RETENTION_AGE].
   --retention-bytes SIZE   Keep at most this much per namespace, e.g. 10GiB

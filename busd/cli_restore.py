@@ -20,6 +20,7 @@ from busd.cli_http import BusHttp, HttpError
 from busd.cli_output import NO_PROGRESS, CommandError, UsageError, note, progress
 
 ONLINE_BATCH_BYTES = 4 << 20
+ONLINE_BATCH_EVENTS = 1000  # the server's --max-batch default
 
 
 def input_files(input_file: str | None, input_dir: str | None) -> list[Path]:
@@ -116,7 +117,8 @@ def restore_online(bus: BusHttp, files: list[Path]) -> int:
 
         for ns, record in _records(files, NO_PROGRESS):
             alone = b'"response_subject":' in record  # the API takes these one at a time
-            if alone or ns != batch_ns or batch_bytes + len(record) > ONLINE_BATCH_BYTES:
+            if alone or ns != batch_ns or batch_bytes + len(record) > ONLINE_BATCH_BYTES \
+                    or len(batch) == ONLINE_BATCH_EVENTS:
                 send()
                 batch_ns = ns
             batch.append(record)

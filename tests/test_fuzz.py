@@ -17,6 +17,7 @@ import pytest
 from busclient import Http, build_request, publish, request
 from busd._core import (
     Pattern,
+    TooManyEvents,
     record_id,
     record_subject,
     scan_body,
@@ -125,6 +126,20 @@ def test_stamped_records_are_valid_json_and_decode_back(value):
         assert record_subject(record) == original["subject"].encode()
         assert stored.get("payload") == original.get("payload")
         assert stored.get("trace_id") == (original.get("trace_id") or None)
+
+
+@FUZZ
+@given(st.lists(EVENTS, min_size=1, max_size=6), st.integers(0, 6), st.binary(max_size=20))
+def test_scan_body_max_events_stops_at_the_first_event_too_many(batch, limit, tail):
+    body = json.dumps(batch).encode()
+    if len(batch) > limit:  # refused there, whatever follows
+        cut = body.index(json.dumps(batch[limit]).encode(), len(json.dumps(batch[:limit])) - 1)
+        with pytest.raises(TooManyEvents, match=f"a batch of more than {limit} events"):
+            scan_body(body[:cut] + tail, limit)
+    else:
+        is_batch, events = scan_body(body, limit)
+        assert is_batch and [e.subject for e in events] == [e.subject for e in
+                                                            scan_body(body)[1]]
 
 
 @pytest.mark.parametrize("body", [

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 
 import pytest
 from busclient import SSE, Http, _read_head, build_request, publish, read_response, request
@@ -228,3 +230,40 @@ def test_a_batch_may_be_larger_than_one_event(make_server):
         answer = read_response(http.file)
     assert answer.status == 413 and b"only a batch" in answer.body
     assert stored(port) == 200
+
+
+# -- events per request -------------------------------------------------------------------------
+
+def test_a_batch_over_max_batch_is_413_and_stores_nothing(make_server):
+    port = make_server("app", "--max-batch", "10").port
+    batch = [{"subject": "app.b", "payload": n} for n in range(10)]
+    assert request(port, "POST", "/", batch).status == 202
+    answer = request(port, "POST", "/", batch + batch[:1])
+    assert answer.status == 413 and b"more than 10 events" in answer.body, answer
+    assert b"--max-batch (10)" in answer.body
+    assert stored(port) == 10
+
+
+def test_a_million_event_batch_is_refused_without_stalling_others(server):
+    port, worst, done = server.port, [0.0], threading.Event()
+
+    def bystander() -> None:
+        with Http(port) as http:
+            while not done.is_set():
+                started = time.monotonic()
+                assert http.request("POST", "/", b'{"subject":"app.other"}').status == 202
+                worst[0] = max(worst[0], time.monotonic() - started)
+
+    thread = threading.Thread(target=bystander)
+    thread.start()
+    try:
+        with Http(port, timeout=60) as flood:
+            flood.send(build_request("POST", "/", b"[" + b",".join(
+                [b'{"subject":"app.flood","payload":1}'] * 1_000_000) + b"]"))
+            answer = read_response(flood.file)
+            time.sleep(0.2)
+    finally:
+        done.set()
+        thread.join()
+    assert worst[0] < 1.0, f"another publisher waited {worst[0]:.2f}s"
+    assert answer.status == 413 and b"--max-batch (1000)" in answer.body, answer
