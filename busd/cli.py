@@ -78,7 +78,8 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --auth-file FILE         TOML file of tokens; without it the bus is open [env BUS_AUTH_FILE].
   --tls-cert FILE          Serve HTTPS with this PEM certificate chain [env BUS_TLS_CERT].
   --tls-key FILE           The certificate's PEM private key [env BUS_TLS_KEY].
-  --cors-origins LIST      Origins browsers may read answers from, or * [env BUS_CORS_ORIGINS].
+  --cors-origins LIST      Origins browsers may read answers from and POST/PUT from, or *
+                           [env BUS_CORS_ORIGINS].
   --store STORE            local (data dir) or jetstream (NATS cluster) [env BUS_STORE].
   --nats-url URLS          JetStream servers, comma-separated [env BUS_NATS_URL].
   --replicas N             JetStream stream replicas, 1-5 [env BUS_REPLICAS, default 1].

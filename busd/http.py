@@ -581,7 +581,9 @@ class HttpConnection(asyncio.Protocol):
 
 class CorsHttpConnection(HttpConnection):
     """HttpConnection under `--cors-origins`: a response carries
-    `Access-Control-Allow-Origin: <origin>` when the connection's browser origin is allowed.
+    `Access-Control-Allow-Origin: <origin>` when the connection's browser origin is allowed,
+    and a `POST` or `PUT` from another origin is refused (403) before its body is read: CORS
+    only hides answers, and a page may send a `no-cors` request whose answer it never reads.
 
     Separate class, so the default (`*`) path pays nothing for it. The origin is the last
     allowed `Origin` seen on the connection: a mismatch can only make a browser refuse a
@@ -591,12 +593,17 @@ class CorsHttpConnection(HttpConnection):
     allowed: frozenset[bytes] = frozenset()
     _allow_origin = b""
 
-    def on_message_complete(self) -> None:
+    def on_headers_complete(self) -> None:
         origin = self._headers.get(b"origin")
         if origin is not None:
-            self._allow_origin = (b"Access-Control-Allow-Origin: " + origin + b"\r\n"
-                                  if origin in self.allowed else b"")
-        super().on_message_complete()
+            if origin in self.allowed:
+                self._allow_origin = b"Access-Control-Allow-Origin: " + origin + b"\r\n"
+            else:
+                self._allow_origin = b""
+                if self._reject is None and self.parser.get_method() in (b"POST", b"PUT"):
+                    self._reject = (403, f"origin {origin.decode(errors='replace')} may not "
+                                         f"publish or ack: it is not in --cors-origins")
+        super().on_headers_complete()
 
     def _with_origin(self, data: bytes) -> bytes:
         if not self._allow_origin:

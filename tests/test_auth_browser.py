@@ -134,3 +134,17 @@ def test_browser_eventsource_cors_fetch_and_resume_after_restart(make_server, tm
     assert [event["payload"] for event in received] == list(range(7))
     assert page.evaluate("window.consumers.length") == 2
     assert not problems, problems
+
+
+def test_a_page_on_another_origin_cannot_publish_with_no_cors(make_server, page_origin,
+                                                                browser):
+    """`mode: "no-cors"` sends the POST and only hides the answer: the bus must refuse it."""
+    server = make_server("app", "--cors-origins", "https://app.example")
+    page = browser.new_page()
+    page.goto(page_origin + "/")
+    sent = page.evaluate("""(bus) => fetch(bus + "/", {method: "POST", mode: "no-cors",
+        body: JSON.stringify({subject: "app.sneaky", payload: 1})}).then(
+        (answer) => answer.type, (error) => "failed: " + error)""",
+                         f"http://127.0.0.1:{server.port}")
+    assert sent == "opaque"  # the browser sent it, and shows the page nothing
+    assert request(server.port, "GET", "/healthz").json()["namespaces"]["app"]["events"] == 0
