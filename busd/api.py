@@ -14,7 +14,7 @@ from busd.auth import Auth, AuthError, Token
 from busd.broker import Broker, Published, PublishError
 from busd.config import INBOX_NAMESPACE, parse_duration
 from busd.consumer import AckPolicy, Consumer, InboxConsumer
-from busd.http import HttpConnection, Request, error_response, response
+from busd.http import HttpConnection, Request, error_response, origin_form, response
 from busd.metrics import PROMETHEUS_TYPE, render_prometheus
 
 log = logging.getLogger("busd.api")
@@ -44,6 +44,11 @@ def _not_allowed(method: bytes, path: bytes, allow: bytes, close: bool) -> bytes
     return response(405, reason.encode(), headers=b"Allow: " + allow + b"\r\n", close=close)
 
 
+def _reply(conn: HttpConnection, method: bytes, answer: bytes, close: bool) -> None:
+    """Send an answer; to HEAD only its head (RFC 9110 §9.3.2), GET's for a GET path."""
+    conn.reply(answer[:answer.index(b"\r\n\r\n") + 4] if method == b"HEAD" else answer, close)
+
+
 def _valid_id(value: str, prefix: str) -> bool:
     return len(value) == 22 and value.startswith(prefix) and is_xid(value[2:].encode())
 
@@ -54,6 +59,7 @@ class Api:
     def __init__(self, broker: Broker, auth: Auth | None = None) -> None:
         self.broker = broker
         self.config = broker.config
+        self.max_batch = broker.config.max_batch  # read on every publish
         self.started = time.monotonic()
         self.auth = auth  # None: open bus, and no auth work on any request
 
@@ -64,10 +70,6 @@ class Api:
         try:
             if method == b"OPTIONS":
                 conn.reply(response(204, close=close), close)
-            elif method == b"HEAD":  # GET's head without the body (RFC 9110 §9.3.2)
-                answer = _not_allowed(method, path, ROOT_METHODS, close) if path == b"/" \
-                    else self._resource(method, path, close)
-                conn.reply(answer[:answer.index(b"\r\n\r\n") + 4], close)
             elif path == b"/":
                 token = None if self.auth is None else self._authenticate(request)
                 if method == b"POST":
@@ -77,15 +79,18 @@ class Api:
                 elif method == b"PUT":
                     self.ack(conn, request, token)
                 else:
-                    conn.reply(_not_allowed(method, path, ROOT_METHODS, close), close)
+                    _reply(conn, method, _not_allowed(method, path, ROOT_METHODS, close), close)
+            elif path[:1] != b"/" and (url := origin_form(request.url)) is not request.url:
+                request.url = url  # the absolute form (`http://host/…`) that proxies send
+                self(conn, request)
             else:
-                conn.reply(self._resource(method, path, close), close)
+                _reply(conn, method, self._resource(method, path, close), close)
         except BadRequest as exc:
             conn.reply(error_response(400, str(exc), close), close)
         except AuthError as exc:
             log.info("refused status=%d method=%s reason=%r", exc.status,
                      method.decode(errors="replace"), exc.reason)  # names, never secrets
-            conn.reply(self._refuse(exc, close), close)
+            _reply(conn, method, self._refuse(exc, close), close)
 
     def _resource(self, method: bytes, path: bytes, close: bool) -> bytes:
         """The answer on any path but `/`: `/metrics` and `/healthz` are read-only."""
@@ -127,10 +132,10 @@ class Api:
                    token: Token | None = None) -> None:
         body, close = request.body, not request.keep_alive
         try:
-            is_batch, events = scan_body(body, self.config.max_batch)
+            is_batch, events = scan_body(body, self.max_batch)
         except TooManyEvents as exc:
             conn.reply(error_response(413, f"{exc}: send at most --max-batch "
-                                           f"({self.config.max_batch}) per request", close), close)
+                                           f"({self.max_batch}) per request", close), close)
             return
         except ValueError as exc:
             if not body or body.isspace():

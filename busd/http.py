@@ -101,7 +101,7 @@ def stream_head(headers: bytes, chunked: bool) -> bytes:
                      b"Connection: close\r\n\r\n"))
 
 
-def _origin_form(target: bytes) -> bytes:
+def origin_form(target: bytes) -> bytes:
     """`http://host:port/path?query` → `/path?query`: the absolute form that proxies send
     (RFC 9112 §3.2.2) names the same resource; other targets are returned as they are."""
     match = _ABSOLUTE_FORM.match(target)
@@ -186,9 +186,6 @@ class _ChunkLines:
         self.carry = 0  # the current line's bytes in earlier reads
         self.base = 0  # the body's size where the current chunk's data starts
 
-    def new_read(self, body_size: int) -> None:
-        self.at = 0 if self.in_line else self.base - body_size
-
     def line_end(self, read: bytes, body_size: int) -> int:
         """At a chunk header: how long the size line that just ended was (0: unknown)."""
         length = 0
@@ -206,10 +203,13 @@ class _ChunkLines:
         self.in_line = True
         return size > 0
 
-    def read_end(self, read: bytes) -> int:
-        """At the end of a read: the bytes so far of an unfinished size line, else 0."""
+    def read_end(self, read: bytes, body_size: int) -> int:
+        """At the end of a read: the bytes so far of an unfinished size line, else 0. The
+        next read goes on with that line, or with the chunk's data."""
         if not self.in_line:
+            self.at = self.base - body_size
             return 0
+        self.at = 0
         self.carry += len(read) - read.rfind(b"\n") - 1
         return self.carry
 
@@ -244,7 +244,6 @@ class HttpConnection(asyncio.Protocol):
         self._body_limit = limits.max_event_body  # past it, _past_body_limit decides
         self._chunks: _ChunkLines | None = None  # while a chunked body is being read
         self._read = b""  # what is being parsed
-        self._read_fresh = False  # whether a request starts it
         self._reject: tuple[int, str] | None = None
         self._failed = False
 
@@ -264,31 +263,30 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         # a streaming (or failed) connection does not take further requests
         while data and self.stream is None and not self._failed:
-            data = self._feed(data)
-
-    def _feed(self, data: bytes) -> bytes:
-        """Parse what was read. Returns the bytes after a request that asked for an Upgrade:
-        it was answered in HTTP/1.1, which RFC 9110 §7.8 allows, and they are HTTP/1.1 too."""
-        self._read, self._read_fresh = data, self.state == _IDLE
-        if self._read_fresh:
-            self.state = _HEADERS
-            self.since = time.monotonic()
-        if self._chunks is not None:
-            self._chunks.new_read(self._body_size)
-        rest = b""
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0]:]
-        except httptools.HttpParserError as exc:
-            if self._reject is None:
-                self._reject = (400, f"malformed HTTP request: {exc}")
-        if self._chunks is not None and self._chunks.read_end(data) > MAX_CHUNK_LINE:
-            self._chunk_line_too_long()
-        if self._reject is not None:
-            status, reason = self._reject
-            self._fail(status, reason)
-        return rest
+            self._read = data
+            if self.state == _IDLE:
+                self.state = _HEADERS
+                self.since = time.monotonic()
+            try:
+                self.parser.feed_data(data)
+                data = b""
+            except httptools.HttpParserUpgrade as exc:
+                # that request was answered in HTTP/1.1, which RFC 9110 §7.8 allows: so
+                # are the bytes after it, but a CONNECT's are a tunnel's
+                data = data[exc.args[0]:]
+                if self.parser.get_method() == b"CONNECT":
+                    data = b""
+                    self._hang_up()
+            except httptools.HttpParserError as exc:
+                data = b""
+                if self._reject is None:
+                    self._reject = (400, f"malformed HTTP request: {exc}")
+            if self._chunks is not None and \
+                    self._chunks.read_end(self._read, self._body_size) > MAX_CHUNK_LINE:
+                self._chunk_line_too_long()
+            if self._reject is not None:
+                status, reason = self._reject
+                self._fail(status, reason)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -317,10 +315,10 @@ class HttpConnection(asyncio.Protocol):
                 self._reject = (431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
             return
         name = name.lower()
-        if name in self._headers:
+        # setdefault returns the earlier value of a repeated name (not of a repeated one-byte
+        # value: CPython shares those objects, and such a repeat says nothing new)
+        if self._headers.setdefault(name, value) is not value:
             self._repeated(name, value)
-        else:
-            self._headers[name] = value
 
     def _repeated(self, name: bytes, value: bytes) -> None:
         """A second field line of a name: one Host only (RFC 9112 §3.2); others form one
@@ -332,48 +330,40 @@ class HttpConnection(asyncio.Protocol):
             self._headers[name] += b", " + value
 
     def on_headers_complete(self) -> None:
-        first = self.state == _HEADERS  # no request before this one in the current read
+        headers = self._headers
+        length = headers.get(b"content-length")  # never with Transfer-Encoding (llhttp)
+        if length is None and b"transfer-encoding" in headers and self._reject is None:
+            self._start_chunked(headers[b"transfer-encoding"])
         self.state = _BODY
         self.since = time.monotonic()
-        if self._reject is not None:
-            return
-        if b"host" not in self._headers and self.parser.get_http_version() != "1.0":
-            self._reject = (400, "missing Host header: HTTP/1.1 requires one (RFC 9112 §3.2)")
-            return
-        if self._url[:1] != b"/":
-            self._url = _origin_form(self._url)
-        coding = self._headers.get(b"transfer-encoding")
-        if coding is not None:
-            self._start_chunked(coding, first)
-            if self._reject is not None:
-                return
         limits = self.limits
         self._body_limit = limits.max_event_body
-        length = self._headers.get(b"content-length")
+        if self._reject is not None:
+            return
+        if b"host" not in headers and self.parser.get_http_version() != "1.0":
+            self._reject = (400, "missing Host header: HTTP/1.1 requires one (RFC 9112 §3.2)")
+            return
         if length is not None and length.isdigit() and int(length) > limits.max_event_body:
             if int(length) > limits.max_body:
                 self._reject = (413, f"request body of {int(length)} bytes is larger than the "
                                      f"limit of {limits.max_body} bytes")
                 return
             self._body_limit = 0  # the first bytes tell whether a batch may be that large
-        if self.parser.should_upgrade():
-            self._check_upgrade()
-            if self._reject is not None:
-                return
-        if self._headers.get(b"expect", b"").lower() == b"100-continue":
+        expect = headers.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
-    def _start_chunked(self, coding: bytes, first: bool) -> None:
-        """Chunked is the one transfer coding read; its size lines are measured from where
-        the body starts, when the request starts the current read."""
+    def _start_chunked(self, coding: bytes) -> None:
+        """Chunked is the one transfer coding read. Its size lines are measured from where
+        the body starts, known when this request starts the current read: its request line
+        comes first (after any empty lines) and no other request ended in that read yet."""
         if coding.lower() != b"chunked":
             self._reject = (400, f"Transfer-Encoding {coding.decode(errors='replace')!r} is "
                                  f"not supported: send the body chunked, or with Content-Length")
             return
-        start = None
-        if first and self._read_fresh:
-            read = self._read
-            leading = len(read) - len(read.lstrip(b"\r\n"))  # empty lines before a request
+        start, read = None, self._read
+        leading = len(read) - len(read.lstrip(b"\r\n"))
+        if self.state == _HEADERS and read.startswith(self.parser.get_method() + b" ", leading):
             end = read.find(b"\r\n\r\n", leading)
             start = end + 4 if end >= 0 else None
         self._chunks = _ChunkLines(start)
@@ -392,16 +382,17 @@ class HttpConnection(asyncio.Protocol):
             self._reject = (400, f"a chunk size line (with its extensions) is longer than "
                                  f"{MAX_CHUNK_LINE} bytes")
 
-    def _check_upgrade(self) -> None:
-        """Upgrade is ignored (the answer is plain HTTP/1.1), but httptools skips the body of
-        such a request, taking it for the new protocol's bytes: refuse one with a body, and
-        CONNECT, whose next bytes would be a tunnel's."""
-        if self.parser.get_method() == b"CONNECT":
-            self._reject = (400, "CONNECT is not supported: busd is not a proxy")
-        elif self._headers.get(b"content-length", b"0") != b"0" or \
-                b"transfer-encoding" in self._headers:
+    def _body_skipped(self) -> bool:
+        """Whether the request declared a body that never came: httptools skips the body of
+        a request with Upgrade, as the new protocol's bytes. The Upgrade is ignored (see
+        data_received), so such a request is refused."""
+        headers = self._headers
+        if self.parser.should_upgrade() and (b"transfer-encoding" in headers or
+                                             headers.get(b"content-length", b"0") != b"0"):
             self._reject = (400, "a request body with Upgrade is not supported: send the "
                                  "request without Upgrade (e.g. curl without --http2)")
+            return True
+        return False
 
     def on_body(self, body: bytes) -> None:
         self.since = time.monotonic()
@@ -439,7 +430,13 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self._reject is not None or self.stream is not None or self.is_closed:
             return
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        pieces = self._body
+        if len(pieces) == 1:
+            body = pieces[0]
+        elif pieces or not self._body_skipped():
+            body = b"".join(pieces)
+        else:
+            return
         request = Request(self.parser.get_method(), self._url, self._headers, body,
                           self.parser.should_keep_alive())
         self.state = _WAITING
@@ -567,6 +564,15 @@ class HttpConnection(asyncio.Protocol):
         log.debug("rejecting request status=%d reason=%r", status, reason)
         self._pause_reading()
         self.reply(error_response(status, reason, close=True), close=True)
+
+    def _hang_up(self) -> None:
+        """Take no further requests; close once the answers so far are written."""
+        self._failed = True
+        self._pause_reading()
+        if self.pending:
+            self.pending[-1].close = True
+        else:
+            self.close()
 
     def _pause_reading(self) -> None:
         if not self.read_paused and not self.is_closed:

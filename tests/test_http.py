@@ -62,12 +62,13 @@ def test_upgrade_with_a_body_is_one_400_and_nothing_stored(server):
     assert stored(server.port) == 0
 
 
-def test_connect_is_one_400(server):
+@pytest.mark.parametrize("target,status", [("example.com:443", 404), ("/", 405)])
+def test_connect_is_answered_once_then_the_connection_closes(server, target, status):
     with Http(server.port) as http:
-        http.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
-                  b"\x16\x03\x01 tunnel bytes")
+        http.send(f"CONNECT {target} HTTP/1.1\r\nHost: example.com:443\r\n\r\n".encode()
+                  + b"\x16\x03\x01 tunnel bytes")
         answers = answers_until_close(http)
-    assert [a.status for a in answers] == [400], answers
+    assert [a.status for a in answers] == [status], answers
     assert b"CONNECT" in answers[0].body
 
 
@@ -82,8 +83,8 @@ def test_head_is_the_get_head_without_a_body(server, path, status, content_type)
         got, headers = _read_head(http.file)
         assert got == status and headers["content-type"].startswith(content_type)
         assert int(headers["content-length"]) > 0
-        after = read_response(http.file)  # right after the head: no body was sent
-        assert after.status == 200 and after.json()["status"] == "ok"
+        after = http.file.readline()  # right after the head, the next answer: no body came
+        assert after == b"HTTP/1.1 200 OK\r\n", after
 
 
 # -- HTTP/1.0 subscriptions ------------------------------------------------------------------
@@ -108,7 +109,7 @@ def test_http10_subscription_is_close_delimited_not_chunked(make_server):
 @pytest.mark.parametrize("head,reason", [
     (b"GET /healthz HTTP/1.1\r\n", b"missing Host"),
     (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n", b"more than one Host"),
-    (b"GET /healthz HTTP/1.1\r\nHost: x\r\nhost: x\r\n", b"more than one Host"),
+    (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: 127.0.0.1\r\n", b"more than one Host"),
     (b"POST / HTTP/1.0\r\nHost: a\r\nHost: b\r\nContent-Length: 19\r\n", b"more than one Host")])
 def test_missing_or_repeated_host_is_400(server, head, reason):
     with Http(server.port) as http:
