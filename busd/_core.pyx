@@ -21,7 +21,8 @@ from busd.wire import INBOX_NAMESPACE
 
 __all__ = [
     "validate_subject", "validate_pattern", "Pattern", "match_subject",
-    "scan_body", "ParsedEvent", "make_record", "stamp_events", "record_id", "record_subject",
+    "scan_body", "TooManyEvents", "ParsedEvent", "make_record", "stamp_events", "record_id",
+    "record_subject",
     "sse_chunk", "sse_frame", "sse_frame_matching",
     "new_xid", "xid_time", "is_xid", "now_rfc3339", "parse_rfc3339", "format_rfc3339",
     "MAX_DEPTH",
@@ -746,13 +747,19 @@ cdef class ParsedEvent:
                 f"trace_id={self.trace_id!r}, key={self.key!r}, payload={self.payload!r})")
 
 
-def scan_body(bytes body not None):
+class TooManyEvents(ValueError):
+    """A batch with more events than scan_body's max_events."""
+
+
+def scan_body(bytes body not None, Py_ssize_t max_events=-1):
     """Validate a publish body and extract its events.
 
     Returns (is_batch, [ParsedEvent, ...]). Raises ValueError with a one-line reason:
     "invalid JSON at byte N: ..." for anything that is not strict RFC 8259 JSON, else
     a shape error ("missing subject", "field key must be a string", "empty batch", ...;
-    prefixed with "batch item I: " inside a batch, I 0-based).
+    prefixed with "batch item I: " inside a batch, I 0-based). A batch reaching item
+    max_events (if >= 0) raises TooManyEvents there, unscanned beyond: a huge batch costs
+    no more than the refusal.
     """
     cdef Scanner sc
     cdef const unsigned char* b = <const unsigned char*>PyBytes_AS_STRING(body)
@@ -778,6 +785,8 @@ def scan_body(bytes body not None):
         if not more:
             sc.sem_code = SEM_EMPTY_BATCH
         while more:
+            if item == max_events:
+                raise TooManyEvents(f"a batch of more than {max_events} events")
             if pos < n and b[pos] == c'{':
                 pos = _scan_event(&sc, pos, 2, item, events)
             else:

@@ -163,3 +163,17 @@ def test_browser_stops_reconnecting_when_its_last_event_id_is_unknown(make_serve
     refusals = re.findall(r"refusing to resume.*", server.log())
     assert len(refusals) == 1, refusals  # asked once, then never again
     assert last in refusals[0]
+
+
+def test_a_page_on_another_origin_cannot_publish_with_no_cors(make_server, page_origin,
+                                                                browser):
+    """`mode: "no-cors"` sends the POST and only hides the answer: the bus must refuse it."""
+    server = make_server("app", "--cors-origins", "https://app.example")
+    page = browser.new_page()
+    page.goto(page_origin + "/")
+    sent = page.evaluate("""(bus) => fetch(bus + "/", {method: "POST", mode: "no-cors",
+        body: JSON.stringify({subject: "app.sneaky", payload: 1})}).then(
+        (answer) => answer.type, (error) => "failed: " + error)""",
+                         f"http://127.0.0.1:{server.port}")
+    assert sent == "opaque"  # the browser sent it, and shows the page nothing
+    assert request(server.port, "GET", "/healthz").json()["namespaces"]["app"]["events"] == 0

@@ -145,3 +145,24 @@ def test_cors_origins_restrict_who_may_read(make_server):
 def test_bad_cors_origins_stop_the_server(make_server, value):
     with pytest.raises(RuntimeError, match="cors"):
         make_server("app", "--cors-origins", value)
+
+
+def test_cors_origins_refuse_writes_from_other_origins(make_server):
+    """A page elsewhere can send a `no-cors` POST (it cannot read the answer): refused."""
+    server = make_server("app", "--cors-origins", "https://app.example")
+    port = server.port
+    for origin in ("https://evil.example", "null", "https://app.example, https://evil.example"):
+        answer = request(port, "POST", "/", {"subject": "app.cors"}, headers={"Origin": origin})
+        assert answer.status == 403 and b"not in --cors-origins" in answer.body, answer
+        assert "access-control-allow-origin" not in answer.headers
+    consumer = "c_" + "0" * 20
+    ack = request(port, "PUT", f"/?consumer_id={consumer}&event_id=e_{'0' * 20}",
+                  headers={"Origin": "https://evil.example"})
+    assert ack.status == 403
+    assert request(port, "GET", "/healthz").json()["namespaces"]["app"]["events"] == 0
+    assert request(port, "POST", "/", {"subject": "app.cors"},
+                   headers={"Origin": "https://app.example"}).status == 202
+    assert publish(port, "app.cors", "no Origin: not a browser").status == 202
+    open_bus = make_server("app")  # the default, *, refuses no origin (as Bus)
+    assert request(open_bus.port, "POST", "/", {"subject": "app.cors"},
+                   headers={"Origin": "https://evil.example"}).status == 202

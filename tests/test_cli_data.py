@@ -369,3 +369,16 @@ def test_copy_re_encrypts(make_server, tmp_path):
     assert ok(bus("debug", "--path", plain)).stdout.splitlines() == records
     restarted = make_server("app", path=other, env={"BUS_SECRET_KEY": "another-secret"})
     assert raw_stream(restarted, "app", 20) == records
+
+
+def test_online_restore_keeps_batches_within_max_batch(make_server, tmp_path):
+    source = make_server("app")
+    for first in range(0, 2500, 500):
+        batch = [{"subject": "app.tiny", "payload": n} for n in range(first, first + 500)]
+        assert request(source.port, "POST", "/", batch).status == 202
+    ok(bus("dump", "--host", f"127.0.0.1:{source.port}", "--namespaces", "app",
+           "--output-dir", tmp_path / "dump"))
+    target = make_server("app")  # --max-batch 1000: 2,500 tiny events fit one 4 MiB batch
+    result = ok(bus("restore", "--host", f"127.0.0.1:{target.port}", "--input-dir",
+                    tmp_path / "dump"))
+    assert b"restored namespace=app events=2500" in result.stderr

@@ -17,6 +17,7 @@ import pytest
 from busclient import Http, build_request, publish, request
 from busd._core import (
     Pattern,
+    TooManyEvents,
     record_id,
     record_subject,
     scan_body,
@@ -125,6 +126,20 @@ def test_stamped_records_are_valid_json_and_decode_back(value):
         assert record_subject(record) == original["subject"].encode()
         assert stored.get("payload") == original.get("payload")
         assert stored.get("trace_id") == (original.get("trace_id") or None)
+
+
+@FUZZ
+@given(st.lists(EVENTS, min_size=1, max_size=6), st.integers(0, 6), st.binary(max_size=20))
+def test_scan_body_max_events_stops_at_the_first_event_too_many(batch, limit, tail):
+    body = json.dumps(batch).encode()
+    if len(batch) > limit:  # refused there, whatever follows
+        cut = body.index(json.dumps(batch[limit]).encode(), len(json.dumps(batch[:limit])) - 1)
+        with pytest.raises(TooManyEvents, match=f"a batch of more than {limit} events"):
+            scan_body(body[:cut] + tail, limit)
+    else:
+        is_batch, events = scan_body(body, limit)
+        assert is_batch and [e.subject for e in events] == [e.subject for e in
+                                                            scan_body(body)[1]]
 
 
 @pytest.mark.parametrize("body", [
@@ -238,20 +253,26 @@ NASTY = [
     b"GET / HTTP/1.1\r\nNo-Colon-Here\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n",
     b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
     b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
-    b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
     b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
-    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
-    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
-    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"s\r\n",
-    b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n{\"subject\":\"app.trunc",
-    b"POST / HTTP/1.1\r\nContent-Length: 33\r\n\r\n{\"subject\":\"app.x\",\"payload\":NaN}",
-    b"POST / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-    b"CONNECT example.com:443 HTTP/1.1\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
-    GOOD + b"\xff\xfe garbage \r\n\r\n" + GOOD, GOOD * 3 + b"GET /?subject=%ZZ HTTP/1.1\r\n\r\n",
-    b"GET /?subject=app.%00 HTTP/1.1\r\n\r\n", b"GET /?subject=app.\xff HTTP/1.1\r\n\r\n",
-    b"PUT /?consumer_id=c_&event_id=e_ HTTP/1.1\r\n\r\n", b"DELETE / HTTP/1.1\r\n\r\n",
-    b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n[]",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"s\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"subject\":\"app.trunc",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 33\r\n\r\n"
+    b"{\"subject\":\"app.x\",\"payload\":NaN}",
+    b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"CONNECT example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    GOOD + b"\xff\xfe garbage \r\n\r\n" + GOOD,
+    GOOD * 3 + b"GET /?subject=%ZZ HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /?subject=app.%00 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /?subject=app.\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"PUT /?consumer_id=c_&event_id=e_ HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\n\r\n", b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"GET http://x/healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n[]",
 ]
 
 
@@ -264,7 +285,8 @@ def random_request(rng: random.Random) -> bytes:
     headers = []
     for _ in range(rng.randrange(6)):
         headers.append(rng.choice([
-            b"Host: x", b"Content-Length: %d" % rng.randrange(-3, 200), b"Transfer-Encoding: chunked",
+            b"Host: x", b"Content-Length: %d" % rng.randrange(-3, 200),
+            b"Transfer-Encoding: chunked",
             b"Connection: close", b"Connection: keep-alive", b"Last-Event-ID: e_bad",
             b"X: " + bytes(rng.randrange(256) for _ in range(rng.randrange(20))),
             b":" * rng.randrange(3), b"Authorization: Bearer x"]))

@@ -87,11 +87,12 @@ class Consumer:
         self._timer = None
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self, head: bytes, cursor: int | str) -> None:
-        """Send the response head and the greeting that tells browsers their consumer id,
-        then deliver from index `cursor`, or end the stream with an `error` event when
-        `cursor` is the reason it cannot be served (the Go SDK reads it)."""
-        self.sink.attach_stream(self, head, STREAM_WRITE_HIGH_WATER)
+    def start(self, headers: bytes, cursor: int | str) -> None:
+        """Send the response head (with these header lines) and the greeting that tells
+        browsers their consumer id, then deliver from index `cursor`, or end the stream with
+        an `error` event when `cursor` is the reason it cannot be served (the Go SDK reads
+        it)."""
+        self.sink.attach_stream(self, headers, STREAM_WRITE_HIGH_WATER)
         self.sink.write(greeting(self.id))
         if isinstance(cursor, str):
             self.fail(cursor)
@@ -330,9 +331,9 @@ class InboxConsumer:
         self.paused = False
         self.done = False
 
-    def start(self, head: bytes) -> None:
+    def start(self, headers: bytes) -> None:
         self.fanout.add_inbox(self)
-        self.sink.attach_stream(self, head)
+        self.sink.attach_stream(self, headers)
         self.sink.write(greeting(self.id))
 
     def deliver(self, record: bytes) -> bool:

@@ -30,10 +30,12 @@ class Stream(Protocol):
 class Sink(Protocol):
     """Where a subscription's bytes go."""
 
-    def attach_stream(self, stream: Stream, head: bytes, high_water: int | None = None
+    def attach_stream(self, stream: Stream, headers: bytes, high_water: int | None = None
                       ) -> None:
-        """Send the response head; from now on `write` sends body chunks and `stream` is
-        told about the buffer. high_water: how much may be buffered before `pause`."""
+        """Send the response head, with these extra header lines (the sink knows the
+        request's protocol version, so it builds the head); from now on `write` sends body
+        chunks and `stream` is told about the buffer. high_water: how much may be buffered
+        before `pause`."""
         ...
 
     def write(self, data: bytes) -> None: ...

@@ -60,7 +60,11 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --fsync POLICY           never, interval or always [env BUS_FSYNC, default interval].
   --fsync-interval DUR     Time between fsyncs under `interval` [env BUS_FSYNC_INTERVAL,
                            default 1s].
-  --max-event-size SIZE    Largest event accepted [env BUS_MAX_EVENT_SIZE, default 1MiB].
+  --max-event-size SIZE    Largest event payload accepted; a single event's body may be
+                           64KiB more [env BUS_MAX_EVENT_SIZE, default 1MiB].
+  --max-batch N            Most events in one POST; each is stored in one step of the event
+                           loop, which other clients wait for [env BUS_MAX_BATCH,
+                           default 1000].
   --retention-age AGE      Delete whole segments older than this, e.g. 7d, 12h
                            [env BUS_RETENTION_AGE].
   --retention-bytes SIZE   Keep at most this much per namespace, e.g. 10GiB
@@ -75,7 +79,8 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --auth-file FILE         TOML file of tokens; without it the bus is open [env BUS_AUTH_FILE].
   --tls-cert FILE          Serve HTTPS with this PEM certificate chain [env BUS_TLS_CERT].
   --tls-key FILE           The certificate's PEM private key [env BUS_TLS_KEY].
-  --cors-origins LIST      Origins browsers may read answers from, or * [env BUS_CORS_ORIGINS].
+  --cors-origins LIST      Origins browsers may read answers from and POST/PUT from, or *
+                           [env BUS_CORS_ORIGINS].
   --store STORE            local (data dir) or jetstream (NATS cluster) [env BUS_STORE].
   --nats-url URLS          JetStream servers, comma-separated [env BUS_NATS_URL].
   --replicas N             JetStream stream replicas, 1-5 [env BUS_REPLICAS, default 1].

@@ -24,6 +24,7 @@ from busd.cli.output import NO_PROGRESS, CommandError, UsageError, note, progres
 from busd.client import BusError, Client
 
 ONLINE_BATCH_BYTES = 4 << 20
+ONLINE_BATCH_EVENTS = 1000  # the server's --max-batch default
 _EVENT_ID = re.compile(r"e_[0-9a-v]{20}")
 
 
@@ -129,7 +130,8 @@ def restore_online(client: Client, files: list[Path]) -> int:
 
         for ns, record in _records(files, NO_PROGRESS):
             alone = b'"response_subject":' in record  # the API takes these one at a time
-            if alone or ns != batch_ns or batch_bytes + len(record) > ONLINE_BATCH_BYTES:
+            if alone or ns != batch_ns or batch_bytes + len(record) > ONLINE_BATCH_BYTES \
+                    or len(batch) == ONLINE_BATCH_EVENTS:
                 send()
                 batch_ns = ns
             event_id = record_id(record)

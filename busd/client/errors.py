@@ -48,7 +48,8 @@ class ConflictError(BusError):
 
 
 class PayloadTooLargeError(BusError):
-    """413: the event is larger than the server's --max-event-size."""
+    """413: an event's payload is larger than the server's --max-event-size, or the
+    request larger than the server takes."""
 
 
 class ServerError(BusError):

@@ -10,11 +10,11 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from busd._core import Pattern, is_xid, new_xid, scan_body, validate_pattern
+from busd._core import Pattern, TooManyEvents, is_xid, new_xid, scan_body, validate_pattern
 from busd.bus.broker import Broker, Published
 from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer
 from busd.server.auth import Auth, AuthError, Token
-from busd.server.http import HttpConnection, Request, error_response, response, stream_head
+from busd.server.http import HttpConnection, Request, error_response, origin_form, response
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
 from busd.store.errors import PublishRefused
 from busd.version import __version__
@@ -22,6 +22,7 @@ from busd.wire import INBOX_NAMESPACE, parse_duration
 
 log = logging.getLogger("busd.server.api")
 
+ROOT_METHODS = b"GET, POST, PUT, OPTIONS"  # the Allow header of a 405 on `/`
 DEFAULT_REDELIVERY = 5.0
 DEFAULT_REDELIVERY_COUNT = 3
 # Shorter redeliveries (`1ns`) turn unacked events into a flood of copies: the server busy
@@ -77,6 +78,11 @@ def _redelivery(text: str) -> float:
     return seconds
 
 
+def _reply(conn: HttpConnection, method: bytes, answer: bytes, close: bool) -> None:
+    """Send an answer; to HEAD only its head (RFC 9110 §9.3.2), GET's for a GET path."""
+    conn.reply(answer[:answer.index(b"\r\n\r\n") + 4] if method == b"HEAD" else answer, close)
+
+
 def _valid_id(value: str, prefix: str) -> bool:
     return len(value) == 22 and value.startswith(prefix) and is_xid(value[2:].encode())
 
@@ -87,6 +93,7 @@ class Api:
     def __init__(self, broker: Broker, auth: Auth | None = None) -> None:
         self.broker = broker
         self.config = broker.config
+        self.max_batch = broker.config.max_batch  # read on every publish
         self.started = time.monotonic()
         self.auth = auth  # None: open bus, and no auth work on any request
 
@@ -106,24 +113,32 @@ class Api:
                 elif method == b"PUT":
                     self.ack(conn, request, token)
                 else:
-                    conn.reply(_not_allowed(method, path, b"GET, POST, PUT, OPTIONS", close), close)
-            elif path == b"/metrics" and method == b"GET":
-                conn.reply(response(200, render_prometheus(self.broker, self.started),
-                                    content_type=PROMETHEUS_TYPE, close=close), close)
-            elif path == b"/healthz" and method == b"GET":
-                conn.reply(response(200, orjson.dumps(self.health()), close=close,
-                                    content_type=b"application/json"), close)
-            elif path in (b"/metrics", b"/healthz"):
-                conn.reply(_not_allowed(method, path, b"GET, OPTIONS", close), close)
+                    _reply(conn, method, _not_allowed(method, path, ROOT_METHODS, close), close)
+            elif path[:1] != b"/" and (url := origin_form(request.url)) is not request.url:
+                request.url = url  # the absolute form (`http://host/…`) that proxies send
+                self(conn, request)
             else:
-                conn.reply(error_response(404, f"no such endpoint: {method.decode()} "
-                                               f"{path.decode(errors='replace')}", close), close)
+                _reply(conn, method, self._resource(method, path, close), close)
         except BadRequest as exc:
             conn.reply(error_response(400, str(exc), close), close)
         except AuthError as exc:
             log.info("refused status=%d method=%s reason=%r", exc.status,
                      method.decode(errors="replace"), exc.reason)  # names, never secrets
-            conn.reply(self._refuse(exc, close), close)
+            _reply(conn, method, self._refuse(exc, close), close)
+
+    def _resource(self, method: bytes, path: bytes, close: bool) -> bytes:
+        """The answer on any path but `/`: `/metrics` and `/healthz` are read-only."""
+        read = method in (b"GET", b"HEAD")
+        if path == b"/metrics" and read:
+            return response(200, render_prometheus(self.broker, self.started),
+                            content_type=PROMETHEUS_TYPE, close=close)
+        if path == b"/healthz" and read:
+            return response(200, orjson.dumps(self.health()), close=close,
+                            content_type=b"application/json")
+        if path in (b"/metrics", b"/healthz"):
+            return _not_allowed(method, path, b"GET, HEAD, OPTIONS", close)
+        return error_response(404, f"no such endpoint: {method.decode(errors='replace')} "
+                                   f"{path.decode(errors='replace')}", close)
 
     # -- access control (only with --auth-file) ----------------------------------------------
     def _authenticate(self, request: Request) -> Token:
@@ -151,7 +166,11 @@ class Api:
                    token: Token | None = None) -> None:
         body, close = request.body, not request.keep_alive
         try:
-            is_batch, events = scan_body(body)
+            is_batch, events = scan_body(body, self.max_batch)
+        except TooManyEvents as exc:
+            conn.reply(error_response(413, f"{exc}: send at most --max-batch "
+                                           f"({self.max_batch}) per request", close), close)
+            return
         except ValueError as exc:
             if not body or body.isspace():
                 raise BadRequest("empty body: send one JSON event object, or an array of "
@@ -162,12 +181,8 @@ class Api:
                 if not token.may_publish(event.subject):
                     raise AuthError(403, f"token {token.name!r} may not publish to "
                                          f"{event.subject.decode(errors='replace')!r}")
-        limit = self.config.max_event_size
+        limit = self.config.max_event_size  # on each payload; the HTTP layer bounds bodies
         if len(body) > limit:
-            if not is_batch:
-                conn.reply(error_response(413, f"event of {len(body)} bytes is larger than "
-                                               f"--max-event-size ({limit} bytes)", close), close)
-                return
             for event in events:
                 if event.payload is not None and len(event.payload) > limit:
                     conn.reply(error_response(413, f"an event's payload of {len(event.payload)} "
@@ -214,14 +229,14 @@ class Api:
         namespace = subject.split(".", 1)[0]
         ack = self._ack_policy(params)
         consumer_id = b"c_" + new_xid()
-        head = stream_head(b"X-Bus-Consumer-Id: " + consumer_id + b"\r\n")
+        headers = b"X-Bus-Consumer-Id: " + consumer_id + b"\r\n"
         broker = self.broker
         owner = None if token is None else token.name
         if namespace == INBOX_NAMESPACE:
             if b"*" in subject_bytes or b">" in subject_bytes:
                 raise BadRequest("inbox (_bus_) subscriptions cannot use wildcards")
             inbox = InboxConsumer(broker.fanout, conn, consumer_id, subject_bytes, owner)
-            conn.start_stream(lambda: inbox.start(head))
+            conn.start_stream(lambda: inbox.start(headers))
             return
         if namespace not in broker.namespaces:
             raise BadRequest(f"namespace {namespace!r} is not declared; declared namespaces: "
@@ -242,7 +257,7 @@ class Api:
                 conn.reply(error_response(410, f"cannot resume from Last-Event-ID: {cursor}",
                                           close=True), close=True)
             else:
-                consumer.start(head, cursor)
+                consumer.start(headers, cursor)
 
         def locate() -> None:
             """Where to start, when the stream's turn comes (after earlier responses). A

@@ -64,8 +64,8 @@ class Server:
         self.connections: set[HttpConnection] = set()
         self.broker.metrics.connections = self.connections
         self.api = Api(self.broker, Auth(config.auth_file) if config.auth_file else None)
-        self.limits = Limits(config.max_request_size, config.header_timeout,
-                             config.body_timeout, config.idle_timeout)
+        self.limits = Limits(config.max_request_size, config.max_event_size,
+                             config.header_timeout, config.body_timeout, config.idle_timeout)
         self.listeners: list[asyncio.base_events.Server] = []
         self._connection_class = HttpConnection
         if config.cors_origins is not None:

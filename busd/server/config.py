@@ -66,6 +66,7 @@ class Config:
     fsync: str = "interval"
     fsync_interval: float = 1.0
     max_event_size: int = 1 << 20
+    max_batch: int = 1000  # events per request: a batch is one step of the event loop
     max_request_size: int = 64 << 20
     retention_age: float | None = None
     retention_bytes: int | None = None
@@ -97,6 +98,7 @@ _OPTIONS: dict[str, tuple[str | None, object, str]] = {
     "--fsync": ("BUS_FSYNC", None, "fsync"),
     "--fsync-interval": ("BUS_FSYNC_INTERVAL", parse_duration, "fsync_interval"),
     "--max-event-size": ("BUS_MAX_EVENT_SIZE", parse_size, "max_event_size"),
+    "--max-batch": ("BUS_MAX_BATCH", int, "max_batch"),
     "--retention-age": ("BUS_RETENTION_AGE", parse_age, "retention_age"),
     "--retention-bytes": ("BUS_RETENTION_BYTES", parse_size, "retention_bytes"),
     "--segment-size": ("BUS_SEGMENT_SIZE", parse_size, "segment_bytes"),
@@ -198,6 +200,8 @@ def load_config(flags: Mapping[str, object], env: Mapping[str, str]) -> Config:
     for field in ("dup_size", "max_connections", "block_size", "max_event_size", "segment_bytes"):
         if field in values and values[field] < 0:  # type: ignore[operator]
             raise ConfigError(f"{field.replace('_', '-')}: must not be negative")
+    if values.get("max_batch", 1) < 1:  # type: ignore[operator]
+        raise ConfigError("--max-batch/BUS_MAX_BATCH: must be at least 1")
     if values.get("block_size") is not None and values["block_size"] < 64:  # type: ignore[operator]
         raise ConfigError("BUS_BLOCK_SIZE/--block-size: must be at least 64 bytes")
     if values.get("fsync_interval", 1.0) <= 0:  # type: ignore[operator]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -40,6 +41,9 @@ REASONS = {
 MAX_URL_BYTES = 16 << 10
 MAX_HEADER_BYTES = 64 << 10
 MAX_PIPELINED = 64  # pending responses per connection before we stop reading
+EVENT_ENVELOPE = 64 << 10  # room a single event's body has beyond its payload's limit
+MAX_CHUNK_LINE = 4 << 10  # a chunk's size line: hex size, extensions, CRLF
+_ABSOLUTE_FORM = re.compile(rb"https?://[^/?]*", re.IGNORECASE)  # scheme and authority
 
 
 def restrict_cors(origins: tuple[str, ...]) -> None:
@@ -89,11 +93,29 @@ def error_response(status: int, reason: str, close: bool = False) -> bytes:
     return response(status, reason.encode("utf-8", "replace") + b"\n", close=close)
 
 
-def stream_head(headers: bytes) -> bytes:
-    """The status line and headers of an SSE response (body follows, chunked)."""
+def stream_head(headers: bytes, chunked: bool) -> bytes:
+    """The status line and headers of an SSE response: its body follows chunked, or
+    delimited by the connection's close."""
     return b"".join((_Heads.get(200), headers,
                      b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                     b"X-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\n"))
+                     b"X-Accel-Buffering: no\r\n",
+                     b"Transfer-Encoding: chunked\r\n\r\n" if chunked else
+                     b"Connection: close\r\n\r\n"))
+
+
+def origin_form(target: bytes) -> bytes:
+    """`http://host:port/path?query` → `/path?query`: the absolute form that proxies send
+    (RFC 9112 §3.2.2) names the same resource; other targets are returned as they are."""
+    match = _ABSOLUTE_FORM.match(target)
+    if match is None:
+        return target
+    rest = target[match.end():]
+    return rest if rest.startswith(b"/") else b"/" + rest
+
+
+def _dechunk(chunk: bytes) -> bytes:
+    """The data of one chunk as `_core.sse_chunk` frames it: hex size line, data, CRLF."""
+    return chunk[chunk.index(b"\r\n") + 2:-2] if chunk else chunk
 
 
 class Request:
@@ -111,13 +133,19 @@ class Request:
 
 
 class Limits:
-    """Per-server request limits and timeouts (seconds)."""
+    """Per-server request limits and timeouts (seconds).
 
-    __slots__ = ("max_body", "header_timeout", "body_timeout", "idle_timeout")
+    A body is at most `max_body`; one that is not a batch (a JSON array), so holds one
+    event, at most `max_event_body`: `--max-event-size` for its payload plus an envelope.
+    """
 
-    def __init__(self, max_body: int, header_timeout: float, body_timeout: float,
-                 idle_timeout: float) -> None:
+    __slots__ = ("max_body", "max_event_body", "header_timeout", "body_timeout",
+                 "idle_timeout")
+
+    def __init__(self, max_body: int, max_event_size: int, header_timeout: float,
+                 body_timeout: float, idle_timeout: float) -> None:
         self.max_body = max_body
+        self.max_event_body = max_event_size + EVENT_ENVELOPE
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.idle_timeout = idle_timeout
@@ -131,6 +159,53 @@ class Slot:
     def __init__(self) -> None:
         self.data: bytes | Callable[[], None] | None = None
         self.close = False
+
+
+class _ChunkLines:
+    """Measures the size lines of a chunked body (hex size, `;extensions`, CRLF), which
+    llhttp skips without saying how long they were.
+
+    A size line holds no LF and starts right after one (the header section's last, or the
+    CRLF after the previous chunk's data), and chunk data is as long as on_body says: so
+    from where a line starts, it ends at the next LF. `at` is where, in the current read,
+    the current line (`in_line`) or chunk data starts; it is None only in the read where
+    the header section ended, if that section did not start the read (unmeasured there).
+    """
+
+    __slots__ = ("in_line", "at", "carry", "base")
+
+    def __init__(self, at: int | None) -> None:
+        self.in_line = True
+        self.at = at
+        self.carry = 0  # the current line's bytes in earlier reads
+        self.base = 0  # the body's size where the current chunk's data starts
+
+    def line_end(self, read: bytes, body_size: int) -> int:
+        """At a chunk header: how long the size line that just ended was (0: unknown)."""
+        length = 0
+        if self.at is not None:
+            end = read.find(b"\n", self.at) + 1
+            length, self.at = self.carry + end - self.at, end
+        self.in_line, self.carry, self.base = False, 0, body_size
+        return length
+
+    def data_end(self, body_size: int) -> bool:
+        """At a chunk's end: whether more follow (the last chunk is empty)."""
+        size = body_size - self.base
+        if self.at is not None:
+            self.at += size + 2
+        self.in_line = True
+        return size > 0
+
+    def read_end(self, read: bytes, body_size: int) -> int:
+        """At the end of a read: the bytes so far of an unfinished size line, else 0. The
+        next read goes on with that line, or with the chunk's data."""
+        if not self.in_line:
+            self.at = self.base - body_size
+            return 0
+        self.at = 0
+        self.carry += len(read) - read.rfind(b"\n") - 1
+        return self.carry
 
 
 _IDLE, _HEADERS, _BODY, _WAITING, _STREAM = range(5)
@@ -149,6 +224,7 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[Slot] = deque()
         self.stream: Stream | None = None
+        self.chunked = True  # how the stream's body is framed (see start_stream)
         self.is_closed = False
         self.write_paused = False
         self.read_paused = False
@@ -160,6 +236,9 @@ class HttpConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
+        self._body_limit = limits.max_event_body  # past it, _past_body_limit decides
+        self._chunks: _ChunkLines | None = None  # while a chunked body is being read
+        self._read = b""  # what is being parsed
         self._reject: tuple[int, str] | None = None
         self._failed = False
 
@@ -177,22 +256,32 @@ class HttpConnection(asyncio.Protocol):
             stream.closed()
 
     def data_received(self, data: bytes) -> None:
-        if self.stream is not None or self._failed:
-            return  # a streaming (or failed) connection does not take further requests
-        if self.state == _IDLE:
-            self.state = _HEADERS
-            self.since = time.monotonic()
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(400, "protocol upgrades are not supported")
-            return
-        except httptools.HttpParserError as exc:
-            if self._reject is None:
-                self._reject = (400, f"malformed HTTP request: {exc}")
-        if self._reject is not None:
-            status, reason = self._reject
-            self._fail(status, reason)
+        # a streaming (or failed) connection does not take further requests
+        while data and self.stream is None and not self._failed:
+            self._read = data
+            if self.state == _IDLE:
+                self.state = _HEADERS
+                self.since = time.monotonic()
+            try:
+                self.parser.feed_data(data)
+                data = b""
+            except httptools.HttpParserUpgrade as exc:
+                # that request was answered in HTTP/1.1, which RFC 9110 §7.8 allows: so
+                # are the bytes after it, but a CONNECT's are a tunnel's
+                data = data[exc.args[0]:]
+                if self.parser.get_method() == b"CONNECT":
+                    data = b""
+                    self._hang_up()
+            except httptools.HttpParserError as exc:
+                data = b""
+                if self._reject is None:
+                    self._reject = (400, f"malformed HTTP request: {exc}")
+            if self._chunks is not None and \
+                    self._chunks.read_end(self._read, self._body_size) > MAX_CHUNK_LINE:
+                self._chunk_line_too_long()
+            if self._reject is not None:
+                status, reason = self._reject
+                self._fail(status, reason)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -220,37 +309,129 @@ class HttpConnection(asyncio.Protocol):
             if self._reject is None:
                 self._reject = (431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
             return
-        self._headers[name.lower()] = value
+        name = name.lower()
+        # setdefault returns the earlier value of a repeated name (not of a repeated one-byte
+        # value: CPython shares those objects, and such a repeat says nothing new)
+        if self._headers.setdefault(name, value) is not value:
+            self._repeated(name, value)
+
+    def _repeated(self, name: bytes, value: bytes) -> None:
+        """A second field line of a name: one Host only (RFC 9112 §3.2); others form one
+        comma-separated list (RFC 9110 §5.3)."""
+        if name == b"host":
+            if self._reject is None:
+                self._reject = (400, "more than one Host header")
+        else:
+            self._headers[name] += b", " + value
 
     def on_headers_complete(self) -> None:
+        headers = self._headers
+        length = headers.get(b"content-length")  # never with Transfer-Encoding (llhttp)
+        if length is None and b"transfer-encoding" in headers and self._reject is None:
+            self._start_chunked(headers[b"transfer-encoding"])
         self.state = _BODY
         self.since = time.monotonic()
+        limits = self.limits
+        self._body_limit = limits.max_event_body
         if self._reject is not None:
             return
-        length = self._headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limits.max_body:
-            self._reject = (413, f"request body of {int(length)} bytes is larger than the "
-                                 f"limit of {self.limits.max_body} bytes")
+        if b"host" not in headers and self.parser.get_http_version() != "1.0":
+            self._reject = (400, "missing Host header: HTTP/1.1 requires one (RFC 9112 §3.2)")
             return
-        if self._headers.get(b"expect", b"").lower() == b"100-continue":
+        if length is not None and length.isdigit() and int(length) > limits.max_event_body:
+            if int(length) > limits.max_body:
+                self._reject = (413, f"request body of {int(length)} bytes is larger than the "
+                                     f"limit of {limits.max_body} bytes")
+                return
+            self._body_limit = 0  # the first bytes tell whether a batch may be that large
+        expect = headers.get(b"expect")
+        if expect is not None and expect.lower() == b"100-continue":
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _start_chunked(self, coding: bytes) -> None:
+        """Chunked is the one transfer coding read. Its size lines are measured from where
+        the body starts, known when this request starts the current read: its request line
+        comes first (after any empty lines) and no other request ended in that read yet."""
+        if coding.lower() != b"chunked":
+            self._reject = (400, f"Transfer-Encoding {coding.decode(errors='replace')!r} is "
+                                 f"not supported: send the body chunked, or with Content-Length")
+            return
+        start, read = None, self._read
+        leading = len(read) - len(read.lstrip(b"\r\n"))
+        if self.state == _HEADERS and read.startswith(self.parser.get_method() + b" ", leading):
+            end = read.find(b"\r\n\r\n", leading)
+            start = end + 4 if end >= 0 else None
+        self._chunks = _ChunkLines(start)
+
+    def on_chunk_header(self) -> None:
+        if self._reject is None and \
+                self._chunks.line_end(self._read, self._body_size) > MAX_CHUNK_LINE:
+            self._chunk_line_too_long()
+
+    def on_chunk_complete(self) -> None:
+        if self._reject is None and not self._chunks.data_end(self._body_size):
+            self._chunks = None
+
+    def _chunk_line_too_long(self) -> None:
+        if self._reject is None:
+            self._reject = (400, f"a chunk size line (with its extensions) is longer than "
+                                 f"{MAX_CHUNK_LINE} bytes")
+
+    def _body_skipped(self) -> bool:
+        """Whether the request declared a body that never came: httptools skips the body of
+        a request with Upgrade, as the new protocol's bytes. The Upgrade is ignored (see
+        data_received), so such a request is refused."""
+        headers = self._headers
+        if self.parser.should_upgrade() and (b"transfer-encoding" in headers or
+                                             headers.get(b"content-length", b"0") != b"0"):
+            self._reject = (400, "a request body with Upgrade is not supported: send the "
+                                 "request without Upgrade (e.g. curl without --http2)")
+            return True
+        return False
 
     def on_body(self, body: bytes) -> None:
         self.since = time.monotonic()
         if self._reject is not None:
             return
-        self._body_size += len(body)
-        if self._body_size > self.limits.max_body:
-            self._reject = (413, f"request body larger than the limit of "
-                                 f"{self.limits.max_body} bytes")
-            self._body = []
-            return
         self._body.append(body)
+        self._body_size += len(body)
+        if self._body_size > self._body_limit:
+            self._past_body_limit()
+
+    def _past_body_limit(self) -> None:
+        """The body outgrew one event: only a batch (a JSON array) may be larger, up to the
+        request limit. Anything else is refused now, before the rest is read."""
+        limits = self.limits
+        if self._body_size > limits.max_body:
+            self._refuse_body(f"request body larger than the limit of {limits.max_body} bytes")
+            return
+        start = b"".join(self._body).lstrip(b" \t\r\n")[:1]
+        if start == b"[":
+            self._body_limit = limits.max_body
+        elif start or self._body_size > limits.max_event_body:
+            length = self._headers.get(b"content-length")
+            size = f"{length.decode()} bytes" if length else f"over {limits.max_event_body} bytes"
+            self._refuse_body(f"a body of {size} is larger than one event may be: "
+                              f"--max-event-size plus {EVENT_ENVELOPE} bytes for its other "
+                              f"fields ({limits.max_event_body} bytes); only a batch (a JSON "
+                              f"array) may be larger")
+        else:  # only whitespace so far
+            self._body_limit = limits.max_event_body
+
+    def _refuse_body(self, reason: str) -> None:
+        self._reject = (413, reason)
+        self._body = []
 
     def on_message_complete(self) -> None:
         if self._reject is not None or self.stream is not None or self.is_closed:
             return
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        pieces = self._body
+        if len(pieces) == 1:
+            body = pieces[0]
+        elif pieces or not self._body_skipped():
+            body = b"".join(pieces)
+        else:
+            return
         request = Request(self.parser.get_method(), self._url, self._headers, body,
                           self.parser.should_keep_alive())
         self.state = _WAITING
@@ -300,33 +481,47 @@ class HttpConnection(asyncio.Protocol):
                 self._resume_reading()
 
     def start_stream(self, start: Callable[[], None]) -> None:
-        """Turn this connection into a response stream once earlier responses are out."""
-        if not self.pending:
-            start()
-        else:
-            self.fulfil(self.defer(), start)
+        """Turn this connection into a response stream once earlier responses are out.
 
-    def attach_stream(self, stream: Stream, head: bytes, high_water: int | None = None
+        The stream is chunked, except for an HTTP/1.0 request: that protocol has no chunked
+        coding, so its stream ends where the connection closes."""
+        chunked = self.parser.get_http_version() != "1.0"
+
+        def begin() -> None:
+            self.chunked = chunked
+            start()
+
+        if not self.pending:
+            begin()
+        else:
+            self.fulfil(self.defer(), begin)
+
+    def attach_stream(self, stream: Stream, headers: bytes, high_water: int | None = None
                       ) -> None:
-        """Send the SSE response head; from now on `write` sends body chunks, and `stream`
-        is paused once more than high_water bytes (default: asyncio's) are buffered."""
+        """Send the SSE response head with these extra header lines; from now on `write`
+        sends body chunks, and `stream` is paused once more than high_water bytes (default:
+        asyncio's) are buffered."""
         self.stream = stream
         self.state = _STREAM
         self._pause_reading()
-        self.write(head)
-        if high_water is not None:
-            self.transport.set_write_buffer_limits(high=high_water)
-
-    def write(self, data: bytes) -> None:
         if not self.is_closed:
             self.last_write = time.monotonic()
-            self.transport.write(data)
+            self.transport.write(stream_head(headers, self.chunked))
+            if high_water is not None:
+                self.transport.set_write_buffer_limits(high=high_water)
+
+    def write(self, data: bytes) -> None:
+        """Send one chunk of the stream (just its data on a close-delimited stream)."""
+        if not self.is_closed:
+            self.last_write = time.monotonic()
+            self.transport.write(data if self.chunked else _dechunk(data))
 
     def end_stream(self, last_chunk: bytes = b"") -> None:
-        """Finish a chunked stream and close the connection."""
+        """Finish the stream and close the connection."""
         self.stream = None
         if not self.is_closed:
-            self.transport.write(last_chunk + b"0\r\n\r\n")
+            self.transport.write(last_chunk + b"0\r\n\r\n" if self.chunked else
+                                 _dechunk(last_chunk))
             self.close()
 
     def close(self) -> None:
@@ -369,6 +564,15 @@ class HttpConnection(asyncio.Protocol):
         self._pause_reading()
         self.reply(error_response(status, reason, close=True), close=True)
 
+    def _hang_up(self) -> None:
+        """Take no further requests; close once the answers so far are written."""
+        self._failed = True
+        self._pause_reading()
+        if self.pending:
+            self.pending[-1].close = True
+        else:
+            self.close()
+
     def _pause_reading(self) -> None:
         if not self.read_paused and not self.is_closed:
             self.read_paused = True
@@ -382,7 +586,9 @@ class HttpConnection(asyncio.Protocol):
 
 class CorsHttpConnection(HttpConnection):
     """HttpConnection under `--cors-origins`: a response carries
-    `Access-Control-Allow-Origin: <origin>` when the connection's browser origin is allowed.
+    `Access-Control-Allow-Origin: <origin>` when the connection's browser origin is allowed,
+    and a `POST` or `PUT` from another origin is refused (403) before its body is read: CORS
+    only hides answers, and a page may send a `no-cors` request whose answer it never reads.
 
     Separate class, so the default (`*`) path pays nothing for it. The origin is the last
     allowed `Origin` seen on the connection: a mismatch can only make a browser refuse a
@@ -392,12 +598,17 @@ class CorsHttpConnection(HttpConnection):
     allowed: frozenset[bytes] = frozenset()
     _allow_origin = b""
 
-    def on_message_complete(self) -> None:
+    def on_headers_complete(self) -> None:
         origin = self._headers.get(b"origin")
         if origin is not None:
-            self._allow_origin = (b"Access-Control-Allow-Origin: " + origin + b"\r\n"
-                                  if origin in self.allowed else b"")
-        super().on_message_complete()
+            if origin in self.allowed:
+                self._allow_origin = b"Access-Control-Allow-Origin: " + origin + b"\r\n"
+            else:
+                self._allow_origin = b""
+                if self._reject is None and self.parser.get_method() in (b"POST", b"PUT"):
+                    self._reject = (403, f"origin {origin.decode(errors='replace')} may not "
+                                         f"publish or ack: it is not in --cors-origins")
+        super().on_headers_complete()
 
     def _with_origin(self, data: bytes) -> bytes:
         if not self._allow_origin:
@@ -408,6 +619,6 @@ class CorsHttpConnection(HttpConnection):
     def _write_response(self, data: bytes, close: bool) -> None:
         super()._write_response(self._with_origin(data), close)
 
-    def attach_stream(self, stream: Stream, head: bytes, high_water: int | None = None
+    def attach_stream(self, stream: Stream, headers: bytes, high_water: int | None = None
                       ) -> None:
-        super().attach_stream(stream, self._with_origin(head), high_water)
+        super().attach_stream(stream, self._allow_origin + headers, high_water)

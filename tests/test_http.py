@@ -1,0 +1,270 @@
+"""HTTP/1.1 details real clients and proxies hit, on a real server over raw sockets."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+from busclient import SSE, Http, _read_head, build_request, publish, read_response, request
+
+UPGRADE = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
+           "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"}  # what `curl --http2 http://…` sends
+
+
+def answers_until_close(http: Http) -> list:
+    """Every response the server writes before it closes the connection."""
+    answers = []
+    while http.file.peek(1):
+        answers.append(read_response(http.file))
+    return answers
+
+
+def nothing_more(http: Http, wait: float = 0.3) -> bool:
+    http.sock.settimeout(wait)
+    try:
+        return http.sock.recv(1, socket.MSG_PEEK) == b""
+    except TimeoutError:
+        return True
+
+
+def stored(port: int, namespace: str = "app") -> int:
+    return request(port, "GET", "/healthz").json()["namespaces"][namespace]["events"]
+
+
+# -- Upgrade --------------------------------------------------------------------------------
+
+def test_upgrade_is_ignored_one_answer_and_the_connection_goes_on(server):
+    with Http(server.port) as http:
+        http.send(build_request("GET", "/healthz", headers=UPGRADE)
+                  + build_request("POST", "/", b'{"subject":"app.after"}'))
+        first, second = read_response(http.file), read_response(http.file)
+        assert (first.status, second.status) == (200, 202), (first, second)
+        assert nothing_more(http)
+
+
+def test_upgrade_on_a_subscription_keeps_the_stream_framed(server):
+    with SSE(server.port, raw_request=build_request(
+            "GET", "/?subject=app.>", headers={"Accept": "text/event-stream", **UPGRADE})) as sse:
+        assert sse.status == 200
+        publish(server.port, "app.x", 1)
+        assert sse.events(1)[0]["payload"] == 1
+
+
+def test_upgrade_with_a_body_is_one_400_and_nothing_stored(server):
+    with Http(server.port) as http:
+        http.send(build_request("POST", "/", b'{"subject":"app.up"}', headers=UPGRADE))
+        answers = answers_until_close(http)
+    assert [a.status for a in answers] == [400], answers
+    assert b"Upgrade" in answers[0].body
+    assert stored(server.port) == 0
+
+
+@pytest.mark.parametrize("target,status", [("example.com:443", 404), ("/", 405)])
+def test_connect_is_answered_once_then_the_connection_closes(server, target, status):
+    with Http(server.port) as http:
+        http.send(f"CONNECT {target} HTTP/1.1\r\nHost: example.com:443\r\n\r\n".encode()
+                  + b"\x16\x03\x01 tunnel bytes")
+        answers = answers_until_close(http)
+    assert [a.status for a in answers] == [status], answers
+    assert b"CONNECT" in answers[0].body
+
+
+# -- HEAD -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path,status,content_type", [
+    ("/healthz", 200, "application/json"), ("/metrics", 200, "text/plain"),
+    ("/", 405, "text/plain"), ("/nothing", 404, "text/plain")])
+def test_head_is_the_get_head_without_a_body(server, path, status, content_type):
+    with Http(server.port) as http:
+        http.send(build_request("HEAD", path) + build_request("GET", "/healthz"))
+        got, headers = _read_head(http.file)
+        assert got == status and headers["content-type"].startswith(content_type)
+        assert int(headers["content-length"]) > 0
+        after = http.file.readline()  # right after the head, the next answer: no body came
+        assert after == b"HTTP/1.1 200 OK\r\n", after
+
+
+# -- HTTP/1.0 subscriptions ------------------------------------------------------------------
+
+def test_http10_subscription_is_close_delimited_not_chunked(make_server):
+    server = make_server()
+    with SSE(server.port, raw_request=b"GET /?subject=app.%3E HTTP/1.0\r\n\r\n") as sse:
+        assert sse.status == 200 and "transfer-encoding" not in sse.headers
+        assert sse.headers["connection"] == "close"
+        publish(server.port, "app.old", "client")
+        body = b""
+        while b"event: msg" not in body:
+            body += sse.file.read1(65536)
+        server.stop()  # ends the stream: the close is its end
+        body += sse.file.read()
+    assert body.startswith(b"retry: 2000\nevent: consumer\ndata: c_"), body[:80]
+    assert b'"payload":"client"}\n\n' in body and b"\r\n" not in body
+
+
+# -- Host and the absolute form ---------------------------------------------------------------
+
+@pytest.mark.parametrize("head,reason", [
+    (b"GET /healthz HTTP/1.1\r\n", b"missing Host"),
+    (b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: b\r\n", b"more than one Host"),
+    (b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: 127.0.0.1\r\n", b"more than one Host"),
+    (b"POST / HTTP/1.0\r\nHost: a\r\nHost: b\r\nContent-Length: 19\r\n", b"more than one Host")])
+def test_missing_or_repeated_host_is_400(server, head, reason):
+    with Http(server.port) as http:
+        http.send(head + b"\r\n" + (b'{"subject":"app.h"}' if b"POST" in head else b""))
+        answers = answers_until_close(http)
+    assert [a.status for a in answers] == [400] and reason in answers[0].body, answers
+    assert stored(server.port) == 0
+
+
+def test_http10_needs_no_host(server):
+    with Http(server.port) as http:
+        http.send(b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert read_response(http.file).json()["status"] == "ok"
+
+
+def test_absolute_form_targets_are_served(server):
+    port = server.port
+    with Http(port) as http:
+        answer = http.request("POST", f"http://127.0.0.1:{port}/", b'{"subject":"app.abs"}')
+        assert answer.status == 202
+        assert http.request("GET", f"HTTP://127.0.0.1:{port}/healthz").json()["status"] == "ok"
+    with SSE(port, raw_request=build_request(
+            "GET", f"http://127.0.0.1:{port}/?subject=app.abs&start=oldest")) as sse:
+        assert sse.events(1)[0]["subject"] == "app.abs"
+
+
+# -- Transfer-Encoding and chunk extensions -----------------------------------------------------
+
+def chunked(body: bytes, extension: bytes = b"", pieces: int = 1) -> bytes:
+    """A chunked POST of `body` in `pieces` chunks, each size line carrying `extension`."""
+    size = -(-len(body) // pieces)
+    chunks = [body[i:i + size] for i in range(0, len(body), size)]
+    return (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x%s\r\n%s\r\n" % (len(c), extension, c) for c in chunks)
+            + b"0" + extension + b"\r\n\r\n")
+
+
+EVENT = b'{"subject":"app.chunked","payload":"' + b"x" * 100 + b'"}'
+
+
+def test_transfer_encoding_other_than_chunked_alone_is_400(server):
+    with Http(server.port) as http:
+        http.send(chunked(EVENT).replace(b"chunked", b"identity, chunked", 1))
+        answers = answers_until_close(http)
+    assert [a.status for a in answers] == [400] and b"Transfer-Encoding" in answers[0].body
+    assert stored(server.port) == 0
+
+
+def test_chunk_extensions_within_the_cap_are_fine(server):
+    with Http(server.port) as http:
+        http.send(chunked(EVENT, b";a=b;c=\"d e\"", pieces=3) * 2 + chunked(EVENT, b";x" * 1500))
+        assert [read_response(http.file).status for _ in range(3)] == [202] * 3
+        for byte in chunked(EVENT, b";name=value", pieces=5):  # one byte per read, at worst
+            http.send(bytes([byte]))
+        assert read_response(http.file).status == 202
+
+
+@pytest.mark.parametrize("pieces", [1, 4])
+def test_a_chunk_extension_past_4_KiB_is_400(server, pieces):
+    with Http(server.port) as http:
+        http.send(chunked(EVENT, b";x=" + b"y" * 5000, pieces=pieces))
+        answers = answers_until_close(http)
+    assert [a.status for a in answers] == [400] and b"chunk size line" in answers[0].body
+    assert stored(server.port) == 0
+
+
+def test_an_endless_chunk_extension_is_cut_off(server):
+    with Http(server.port) as http:
+        http.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;x=")
+        sent = 0
+        try:
+            while sent < 64 << 20:
+                http.send(b"y" * 65536)
+                sent += 65536
+        except OSError:  # the server hung up
+            pass
+        assert sent < 64 << 20
+        try:
+            answer = read_response(http.file)
+        except ConnectionResetError:  # our unread bytes made the close a reset: fine
+            return
+    assert answer.status == 400 and b"chunk size line" in answer.body
+
+
+# -- body limits ------------------------------------------------------------------------------
+
+def test_a_single_event_too_large_for_its_content_length_is_413_unread(server):
+    with Http(server.port, timeout=5) as http:
+        http.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 60000000\r\n\r\n"
+                  b'{"subject":"app.big","payload":"xxxx')  # and not the other 60 MB
+        answer = read_response(http.file)
+    assert answer.status == 413 and b"only a batch" in answer.body, answer
+    assert stored(server.port) == 0
+
+
+def test_payload_limit_is_the_same_alone_and_in_a_batch(make_server):
+    port = make_server("app", "--max-event-size", "1KiB").port
+    exact = {"subject": "app.limit", "payload": "x" * 1022}  # 1024 bytes of JSON payload
+    assert request(port, "POST", "/", exact).status == 202
+    assert request(port, "POST", "/", [exact] * 2).status == 202
+    over = {"subject": "app.limit", "payload": "x" * 1023}
+    for body in (over, [exact, over]):
+        answer = request(port, "POST", "/", body)
+        assert answer.status == 413 and b"payload of 1025 bytes" in answer.body, answer
+    envelope = {"subject": "app.limit", "trace_id": "t" * (70 << 10)}
+    answer = request(port, "POST", "/", envelope)
+    assert answer.status == 413 and b"only a batch" in answer.body
+    assert request(port, "POST", "/", [envelope]).status == 202  # a batch may be that large
+
+
+def test_a_batch_may_be_larger_than_one_event(make_server):
+    port = make_server("app", "--max-event-size", "1KiB").port
+    batch = json.dumps([{"subject": "app.many", "payload": "x" * 900}] * 100).encode()
+    assert len(batch) > (1 << 10) + (64 << 10)
+    assert request(port, "POST", "/", b"\n  " + batch).status == 202
+    with Http(port) as http:
+        http.send(chunked(batch, pieces=10) + chunked(b" " * 70000 + EVENT, pieces=10))
+        assert read_response(http.file).status == 202
+        answer = read_response(http.file)
+    assert answer.status == 413 and b"only a batch" in answer.body
+    assert stored(port) == 200
+
+
+# -- events per request -------------------------------------------------------------------------
+
+def test_a_batch_over_max_batch_is_413_and_stores_nothing(make_server):
+    port = make_server("app", "--max-batch", "10").port
+    batch = [{"subject": "app.b", "payload": n} for n in range(10)]
+    assert request(port, "POST", "/", batch).status == 202
+    answer = request(port, "POST", "/", batch + batch[:1])
+    assert answer.status == 413 and b"more than 10 events" in answer.body, answer
+    assert b"--max-batch (10)" in answer.body
+    assert stored(port) == 10
+
+
+def test_a_million_event_batch_is_refused_without_stalling_others(server):
+    port, worst, done = server.port, [0.0], threading.Event()
+
+    def bystander() -> None:
+        with Http(port) as http:
+            while not done.is_set():
+                started = time.monotonic()
+                assert http.request("POST", "/", b'{"subject":"app.other"}').status == 202
+                worst[0] = max(worst[0], time.monotonic() - started)
+
+    thread = threading.Thread(target=bystander)
+    thread.start()
+    try:
+        with Http(port, timeout=60) as flood:
+            flood.send(build_request("POST", "/", b"[" + b",".join(
+                [b'{"subject":"app.flood","payload":1}'] * 1_000_000) + b"]"))
+            answer = read_response(flood.file)
+            time.sleep(0.2)
+    finally:
+        done.set()
+        thread.join()
+    assert worst[0] < 1.0, f"another publisher waited {worst[0]:.2f}s"
+    assert answer.status == 413 and b"--max-batch (1000)" in answer.body, answer
