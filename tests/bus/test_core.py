@@ -20,7 +20,7 @@ except ImportError:  # tests/ is not a package
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SLOW = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-WIRE = pathlib.Path(__file__).resolve().parent / "data" / "go-sdk-wire.json"
+WIRE = pathlib.Path(__file__).resolve().parents[1] / "data" / "go-sdk-wire.json"
 
 # --------------------------------------------------------------------------- helpers
 

@@ -13,7 +13,7 @@ import pytest
 from busd.server.config import _OPTIONS
 from busd.server.systemd import notify, watchdog_interval
 
-TOOLS = Path(__file__).resolve().parent.parent / "tools"
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from busclient import BusServer, request  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import CHECKS  # noqa: E402
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 schema = schemathesis.openapi.from_path(str(DOC))
 EXCLUDED = [check for check in CHECKS.get_all()
             if check.__name__ == "positive_data_acceptance"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from busclient import SSE, read_response
 
-TRANSCRIPT = Path(__file__).resolve().parent / "data" / "go-sdk-wire.json"
+TRANSCRIPT = Path(__file__).resolve().parents[1] / "data" / "go-sdk-wire.json"
 IDS = re.compile(rb"[ce]_[0-9a-v]{20}")
 RECORD_FIELDS = ("subject", "trace_id", "key", "response_subject", "payload")
 

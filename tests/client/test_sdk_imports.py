@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from busclient import BusServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SERVER_SIDE = ("busd.server", "busd.bus", "busd.store", "busd._core", "busd.config")
 
 LOADED = f"""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from busclient import BusServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def setup_namespaces() -> str:
