@@ -129,7 +129,8 @@ def test_stamped_records_are_valid_json_and_decode_back(value):
 
 
 @FUZZ
-@given(st.lists(EVENTS, min_size=1, max_size=6), st.integers(0, 6), st.binary(max_size=20))
+@given(st.lists(EVENTS, min_size=1, max_size=6), st.integers(1, 6),  # --max-batch is >= 1
+       st.binary(max_size=20))
 def test_scan_body_max_events_stops_at_the_first_event_too_many(batch, limit, tail):
     body = json.dumps(batch).encode()
     if len(batch) > limit:  # refused there, whatever follows
