@@ -9,7 +9,7 @@ import time
 
 import pytest
 import uvloop
-from busclient import BusServer, free_port
+from busclient import free_port
 
 from busd import (
     AsyncClient,
@@ -29,10 +29,9 @@ def topic(ns: str = "app") -> str:
 
 
 @pytest.fixture(scope="module")
-def bus(tmp_path_factory):
-    server = BusServer(tmp_path_factory.mktemp("sdk-async") / "data", "app,orders,math").start()
-    yield server
-    server.close()
+def bus(shared_server):
+    """conftest's module-wide server (app, orders, math)."""
+    return shared_server
 
 
 def run(coro_fn, bus, timeout: float = 20.0):

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from operator import itemgetter
 
 import pytest
-from busclient import SSE, BusServer, free_port
+from busclient import SSE, free_port
 
 from busd import (
     BadRequestError,
@@ -36,10 +36,9 @@ def topic(ns: str = "app") -> str:
 
 
 @pytest.fixture(scope="module")
-def bus(tmp_path_factory):
-    server = BusServer(tmp_path_factory.mktemp("sdk") / "data", "app,orders,math").start()
-    yield server
-    server.close()
+def bus(shared_server):
+    """conftest's module-wide server (app, orders, math)."""
+    return shared_server
 
 
 @pytest.fixture

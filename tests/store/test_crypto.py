@@ -22,6 +22,7 @@ from busd.store.local._crypto import (
 from busd.store.local._framing import frame_records, scan_frames
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from logtools import read_all
 
 from busd.store.local.crypto import KEYCHECK_NAME, derive_key
 from busd.store.local.log import (
@@ -164,16 +165,6 @@ def open_log(tmp_path, **kw):
     return nslog, report
 
 
-def read_all(nslog, max_bytes=1 << 20):
-    out, i = [], nslog.first_index
-    while i < nslog.next_index:
-        got = nslog.read(i, max_bytes)
-        assert got, i
-        out += got
-        i += len(got)
-    return out
-
-
 def data_bytes(root) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file())
 
@@ -198,7 +189,7 @@ def test_records_around_the_block_size_round_trip(tmp_path, block_size):
     for r in records:
         nslog.append([r])
     nslog.append(records)
-    assert read_all(nslog) == read_all(nslog, 100) == records * 2
+    assert read_all(nslog) == read_all(nslog, max_bytes=100) == records * 2
     nslog.close()
     seg = next((tmp_path / "orders").glob("*.seg"))
     assert [n for _, n in frames(seg)] == [record_size(s, block_size) for s in sizes] * 2

@@ -11,6 +11,7 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from logtools import read_all
 
 from busd.store.local import _framing as F
 from busd.store.local.log import (
@@ -38,16 +39,6 @@ def rec(sec: int, n: int, size: int = 200) -> bytes:
 
 def eid(record: bytes) -> bytes:
     return record[7:29]
-
-
-def read_all(nslog, start=None, max_bytes=1 << 20):
-    out, i = [], nslog.first_index if start is None else start
-    while i < nslog.next_index:
-        got = nslog.read(i, max_bytes)
-        assert got, i
-        out += got
-        i += len(got)
-    return out
 
 
 def open_log(tmp_path, **kw):
