@@ -36,7 +36,6 @@ cdef bytes EMPTY = b""
 
 # --------------------------------------------------------------------------- tables
 
-cdef unsigned char SEG_OK[256]        # [A-Za-z0-9_-]
 cdef unsigned char STR_SPECIAL[256]   # bytes a JSON string scan must stop at
 cdef unsigned char ESC_LEN[256]       # output length of a byte when JSON-escaped
 cdef unsigned char HEXVAL[256]        # hex digit value, 0xFF if not hex
@@ -48,20 +47,12 @@ cdef const char* HEXDIGITS = b"0123456789abcdef"
 cdef void _init_tables() noexcept:
     cdef int i
     for i in range(256):
-        SEG_OK[i] = 0
         STR_SPECIAL[i] = 1 if (i < 0x20 or i >= 0x80 or i == c'"' or i == c'\\') else 0
         ESC_LEN[i] = 1
         HEXVAL[i] = 0xFF
         XID_DEC[i] = 0xFF
-    for i in range(ord('a'), ord('z') + 1):
-        SEG_OK[i] = 1
-    for i in range(ord('A'), ord('Z') + 1):
-        SEG_OK[i] = 1
     for i in range(ord('0'), ord('9') + 1):
-        SEG_OK[i] = 1
         HEXVAL[i] = i - ord('0')
-    SEG_OK[c'_'] = 1
-    SEG_OK[c'-'] = 1
     for i in range(6):
         HEXVAL[ord('a') + i] = 10 + i
         HEXVAL[ord('A') + i] = 10 + i
@@ -80,75 +71,111 @@ _init_tables()
 
 
 # --------------------------------------------------------------------------- subjects
+# NATS's subject rules: tokens separated by '.', each non-empty, of any UTF-8 text but
+# whitespace and control characters; '*' and '>' only as whole tokens, in patterns. busd
+# also keeps '"' and '\' out, so that a stored record's subject needs no JSON escape and
+# is read between SUBJECT_AT and the next '"'.
+TOKEN_RULE = ("a token is any UTF-8 text without whitespace, control characters, "
+              "'\"' or '\\'")
+
 
 def _show(bytes s):
     """Printable, one-line rendering of untrusted bytes for error messages."""
     cdef bint cut = len(s) > 100
-    if cut:
-        s = s[:100]
-    out = "".join([chr(b) if 0x20 <= b < 0x7F else "\\x%02x" % b for b in s])
+    text = s[:100].decode("utf-8", "backslashreplace")
+    out = "".join([ch if ch.isprintable() else _escaped(ord(ch)) for ch in text])
     return out + "..." if cut else out
 
 
-def _show_char(int b):
-    return chr(b) if 0x20 <= b < 0x7F else "\\x%02x" % b
+def _escaped(unsigned int cp):
+    return "\\x%02x" % cp if cp < 0x100 else "\\u%04x" % cp
+
+
+def _show_char(unsigned int cp):
+    """One character of an error message's "invalid character '…'"."""
+    if 0x20 <= cp < 0x7F:
+        return chr(cp)
+    return "\\x%02x" % cp if cp < 0x80 else "U+%04X" % cp
+
+
+cdef inline bint _forbidden(unsigned int cp) noexcept nogil:
+    """A code point no token may hold: a control character (Unicode category Cc), a
+    character with the White_Space property, or '"' or '\\'."""
+    if cp <= 0x20 or cp == 0x7F or cp == c'"' or cp == c'\\':
+        return True
+    if cp < 0x80:
+        return False
+    return (cp <= 0xA0 or cp == 0x1680 or 0x2000 <= cp <= 0x200A or cp == 0x2028
+            or cp == 0x2029 or cp == 0x202F or cp == 0x205F or cp == 0x3000)
+
+
+cdef inline unsigned int _codepoint(const unsigned char* p, int k) noexcept nogil:
+    """The code point of the valid k-byte UTF-8 sequence at p."""
+    if k == 2:
+        return ((p[0] & 0x1F) << 6) | (p[1] & 0x3F)
+    if k == 3:
+        return ((p[0] & 0x0F) << 12) | ((p[1] & 0x3F) << 6) | (p[2] & 0x3F)
+    return ((p[0] & 0x07) << 18) | ((p[1] & 0x3F) << 12) | ((p[2] & 0x3F) << 6) | (p[3] & 0x3F)
+
+
+cdef _check_tokens(bytes s, bint pattern):
+    """Raise ValueError(reason) unless s is a valid subject (or, with `pattern`, a valid
+    subscribe pattern). Left to right: the first fault found is the one reported."""
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(s)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(s), i = 0, seg_start = 0, segs = 1
+    cdef unsigned char c
+    cdef unsigned int cp
+    cdef int k
+    kind = "pattern" if pattern else "subject"
+    if n == 0:
+        raise ValueError(f"{kind} is empty")
+    while i <= n:
+        if i == n or p[i] == c'.':
+            if i == seg_start:
+                raise ValueError(f"empty segment in {kind} '{_show(s)}'")
+            if pattern:
+                if i - seg_start == 1 and p[seg_start] == c'>' and i < n:
+                    raise ValueError(f"'>' must be the last segment in pattern '{_show(s)}'")
+                if seg_start == 0 and i == 1 and (p[0] == c'*' or p[0] == c'>'):
+                    raise ValueError(f"namespace may not be a wildcard: '{_show(s)}'")
+            if i < n:
+                segs += 1
+            i += 1
+            seg_start = i
+            continue
+        c = p[i]
+        if c == c'*' or c == c'>':
+            if not pattern:
+                raise ValueError(f"subject contains a wildcard: '{_show(s)}'")
+            if i != seg_start or (i + 1 < n and p[i + 1] != c'.'):
+                raise ValueError(
+                    f"wildcard '{chr(c)}' must be a whole segment in pattern '{_show(s)}'")
+            i += 1
+            continue
+        if c < 0x80:
+            k, cp = 1, c
+        else:
+            k = _utf8_len(p, i, n)
+            if k == 0:
+                raise ValueError(f"{kind} is not valid UTF-8 (at byte {i}): '{_show(s)}'")
+            cp = _codepoint(p + i, k)
+        if _forbidden(cp):
+            raise ValueError(f"invalid character '{_show_char(cp)}' in {kind} '{_show(s)}': "
+                             f"{TOKEN_RULE}")
+        i += k
+    if segs < 2:
+        raise ValueError(f"{kind} must have at least two segments (namespace.topic): "
+                         f"'{_show(s)}'")
 
 
 def validate_subject(bytes s):
     """Check a publish subject; raise ValueError(reason) if it is not valid."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(s)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(s), i, seg_start = 0, segs = 1
-    cdef unsigned char c
-    if n == 0:
-        raise ValueError("subject is empty")
-    for i in range(n + 1):
-        if i == n or p[i] == c'.':
-            if i == seg_start:
-                raise ValueError(f"empty segment in subject '{_show(s)}'")
-            if i < n:
-                segs += 1
-            seg_start = i + 1
-            continue
-        c = p[i]
-        if SEG_OK[c]:
-            continue
-        if c == c'*' or c == c'>':
-            raise ValueError(f"subject contains a wildcard: '{_show(s)}'")
-        raise ValueError(f"invalid character '{_show_char(c)}' in subject '{_show(s)}'")
-    if segs < 2:
-        raise ValueError(f"subject must have at least two segments (namespace.topic): '{_show(s)}'")
+    _check_tokens(s, False)
 
 
 def validate_pattern(bytes s):
     """Check a subscribe pattern; raise ValueError(reason) if it is not valid."""
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(s)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(s), i, seg_start = 0, segs = 1
-    cdef unsigned char c
-    if n == 0:
-        raise ValueError("pattern is empty")
-    for i in range(n + 1):
-        if i == n or p[i] == c'.':
-            if i == seg_start:
-                raise ValueError(f"empty segment in pattern '{_show(s)}'")
-            if i - seg_start == 1 and p[seg_start] == c'>' and i < n:
-                raise ValueError(f"'>' must be the last segment in pattern '{_show(s)}'")
-            if seg_start == 0 and i == 1 and (p[0] == c'*' or p[0] == c'>'):
-                raise ValueError(f"namespace may not be a wildcard: '{_show(s)}'")
-            if i < n:
-                segs += 1
-            seg_start = i + 1
-            continue
-        c = p[i]
-        if SEG_OK[c]:
-            continue
-        if c == c'*' or c == c'>':
-            if i != seg_start or (i + 1 < n and p[i + 1] != c'.'):
-                raise ValueError(
-                    f"wildcard '{chr(c)}' must be a whole segment in pattern '{_show(s)}'")
-            continue
-        raise ValueError(f"invalid character '{_show_char(c)}' in pattern '{_show(s)}'")
-    if segs < 2:
-        raise ValueError(f"pattern must have at least two segments (namespace.topic): '{_show(s)}'")
+    _check_tokens(s, True)
 
 
 cdef inline const unsigned char* _find_dot(const unsigned char* p, Py_ssize_t n) noexcept nogil:
@@ -178,16 +205,17 @@ cdef class Pattern:
         cdef const unsigned char* q
         if self.is_literal:
             return sn == pn and memcmp(s, pat, <size_t>sn) == 0
-        if self.matches_all:
+        if self.matches_all:  # `ns.>`: `ns` itself, or anything under `ns.`
             nsl = pn - 2
-            return sn > nsl and s[nsl] == c'.' and memcmp(s, pat, <size_t>nsl) == 0
+            return ((sn == nsl or (sn > nsl and s[nsl] == c'.'))
+                    and memcmp(s, pat, <size_t>nsl) == 0)
         # General walk; si == sn + 1 means "the subject has no more segments".
         while True:
             q = _find_dot(pat + p, pn - p)
             pe = pn if q == NULL else q - pat
             plen = pe - p
             if plen == 1 and pat[p] == c'>' and pe == pn:
-                return si <= sn
+                return True  # `>` takes the rest, however many segments: none too (as Bus)
             if si > sn:
                 return False
             q = _find_dot(s + si, sn - si)
@@ -201,7 +229,8 @@ cdef class Pattern:
             si = se + 1 if se < sn else sn + 1
 
     def matches(self, bytes subject not None):
-        """True if the subject matches this pattern (NATS semantics)."""
+        """True if the subject matches this pattern: `*` is one segment, a last `>` zero or
+        more (Bus's rule; in NATS `>` is one or more, so `a.x.>` would miss `a.x`)."""
         return self._matches(<const unsigned char*>PyBytes_AS_STRING(subject),
                              PyBytes_GET_SIZE(subject))
 
@@ -324,7 +353,7 @@ cdef Py_ssize_t _scan_string(Scanner* sc, Py_ssize_t pos) noexcept nogil:
     cdef const unsigned char* b = sc.buf
     cdef Py_ssize_t n = sc.n
     cdef unsigned char c
-    cdef int u, u2, k
+    cdef int k
     cdef bint esc = False
     pos += 1
     while True:
@@ -347,21 +376,10 @@ cdef Py_ssize_t _scan_string(Scanner* sc, Py_ssize_t pos) noexcept nogil:
                 continue
             if c != c'u':
                 return _fail(sc, pos, "invalid escape in string")
-            u = _hex4(b, pos + 2, n)
-            if u < 0:
+            # Any 4 hex digits: a lone surrogate (`\\ud800`) is valid JSON text too
+            # (RFC 8259 §7, §8.2), and is stored as sent.
+            if _hex4(b, pos + 2, n) < 0:
                 return _fail(sc, pos, "invalid \\u escape in string")
-            if 0xDC00 <= u <= 0xDFFF:
-                return _fail(sc, pos, "lone surrogate in \\u escape")
-            if 0xD800 <= u <= 0xDBFF:
-                if pos + 7 < n and b[pos + 6] == c'\\' and b[pos + 7] == c'u':
-                    u2 = _hex4(b, pos + 8, n)
-                    if u2 < 0:
-                        return _fail(sc, pos + 6, "invalid \\u escape in string")
-                    if not (0xDC00 <= u2 <= 0xDFFF):
-                        return _fail(sc, pos, "lone surrogate in \\u escape")
-                    pos += 12
-                    continue
-                return _fail(sc, pos, "lone surrogate in \\u escape")
             pos += 6
             continue
         if c < 0x20:
@@ -553,11 +571,13 @@ cdef Py_ssize_t _unescape(const unsigned char* b, Py_ssize_t start, Py_ssize_t e
         if c == c'u':
             u = <unsigned int>_hex4(b, i, end)
             i += 4
-            if 0xD800 <= u <= 0xDBFF:
+            if 0xD800 <= u <= 0xDBFF and i + 6 <= end and b[i] == c'\\' and b[i + 1] == c'u':
                 u2 = <unsigned int>_hex4(b, i + 2, end)
-                i += 6
-                u = 0x10000 + ((u - 0xD800) << 10) + (u2 - 0xDC00)
-            _put_utf8(out, &k, u)
+                if 0xDC00 <= u2 <= 0xDFFF:  # a pair: one code point
+                    i += 6
+                    u = 0x10000 + ((u - 0xD800) << 10) + (u2 - 0xDC00)
+            _put_utf8(out, &k, u)  # a lone surrogate as its 3 bytes (WTF-8), as Python's
+            # surrogatepass: such a subject is then refused as not UTF-8
             continue
         if c == c'b':
             c = 8

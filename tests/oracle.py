@@ -11,68 +11,100 @@ import calendar
 import datetime as _dt
 import json
 import re
+import unicodedata
 
 MAX_DEPTH = 512
-SEG_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 XID_ALPHABET = b"0123456789abcdefghijklmnopqrstuv"
+TOKEN_RULE = ("a token is any UTF-8 text without whitespace, control characters, "
+              "'\"' or '\\'")
 
 # --------------------------------------------------------------------------- subjects
 
 
 def show(s: bytes) -> str:
     cut = len(s) > 100
-    out = "".join(chr(b) if 0x20 <= b < 0x7F else "\\x%02x" % b for b in s[:100])
+    text = s[:100].decode("utf-8", "backslashreplace")
+    out = "".join(ch if ch.isprintable() else
+                  ("\\x%02x" % ord(ch) if ord(ch) < 0x100 else "\\u%04x" % ord(ch))
+                  for ch in text)
     return out + "..." if cut else out
 
 
-def show_char(b: int) -> str:
-    return chr(b) if 0x20 <= b < 0x7F else "\\x%02x" % b
+def show_char(cp: int) -> str:
+    if 0x20 <= cp < 0x7F:
+        return chr(cp)
+    return "\\x%02x" % cp if cp < 0x80 else "U+%04X" % cp
 
 
-def validate_subject(s: bytes) -> None:
+def forbidden(ch: str) -> bool:
+    """Not in a token: control characters, Unicode whitespace, and '"' and '\\'."""
+    return unicodedata.category(ch) == "Cc" or ch.isspace() or ch in "\"\\"
+
+
+def _check_tokens(s: bytes, kind: str) -> None:
+    """Token by token, character by character: the first fault is the one reported."""
     if not s:
-        raise ValueError("subject is empty")
+        raise ValueError(f"{kind} is empty")
     segs = s.split(b".")
-    for seg in segs:
-        for ch in seg:
-            if ch in b"*>":
-                raise ValueError(f"subject contains a wildcard: '{show(s)}'")
-            if ch not in SEG_CHARS:
-                raise ValueError(f"invalid character '{show_char(ch)}' in subject '{show(s)}'")
-        if not seg:
-            raise ValueError(f"empty segment in subject '{show(s)}'")
-    if len(segs) < 2:
-        raise ValueError(f"subject must have at least two segments (namespace.topic): '{show(s)}'")
-
-
-def validate_pattern(s: bytes) -> None:
-    if not s:
-        raise ValueError("pattern is empty")
-    segs = s.split(b".")
+    offset = 0
     for i, seg in enumerate(segs):
-        for ch in seg:
+        pos = 0
+        while pos < len(seg):
+            ch = seg[pos]
             if ch in b"*>":
+                if kind == "subject":
+                    raise ValueError(f"subject contains a wildcard: '{show(s)}'")
                 if len(seg) != 1:
                     raise ValueError(
                         f"wildcard '{chr(ch)}' must be a whole segment in pattern '{show(s)}'")
-            elif ch not in SEG_CHARS:
-                raise ValueError(f"invalid character '{show_char(ch)}' in pattern '{show(s)}'")
+                pos += 1
+                continue
+            text = _first_char(seg[pos:])
+            if text is None:
+                raise ValueError(f"{kind} is not valid UTF-8 (at byte {offset + pos}): "
+                                 f"'{show(s)}'")
+            if forbidden(text):
+                raise ValueError(f"invalid character '{show_char(ord(text))}' in {kind} "
+                                 f"'{show(s)}': {TOKEN_RULE}")
+            pos += len(text.encode())
         if not seg:
-            raise ValueError(f"empty segment in pattern '{show(s)}'")
-        if seg == b">" and i != len(segs) - 1:
-            raise ValueError(f"'>' must be the last segment in pattern '{show(s)}'")
-        if i == 0 and seg in (b"*", b">"):
-            raise ValueError(f"namespace may not be a wildcard: '{show(s)}'")
+            raise ValueError(f"empty segment in {kind} '{show(s)}'")
+        if kind == "pattern":
+            if seg == b">" and i != len(segs) - 1:
+                raise ValueError(f"'>' must be the last segment in pattern '{show(s)}'")
+            if i == 0 and seg in (b"*", b">"):
+                raise ValueError(f"namespace may not be a wildcard: '{show(s)}'")
+        offset += len(seg) + 1
     if len(segs) < 2:
-        raise ValueError(f"pattern must have at least two segments (namespace.topic): '{show(s)}'")
+        raise ValueError(f"{kind} must have at least two segments (namespace.topic): "
+                         f"'{show(s)}'")
+
+
+def _first_char(b: bytes) -> str | None:
+    """The first character of b, or None if b does not start with valid UTF-8."""
+    for size in (1, 2, 3, 4):
+        try:
+            return b[:size].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def validate_subject(s: bytes) -> None:
+    _check_tokens(s, "subject")
+
+
+def validate_pattern(s: bytes) -> None:
+    _check_tokens(s, "pattern")
 
 
 def match_subject(pattern: bytes, subject: bytes) -> bool:
+    """`*` is one token, a last `>` is zero or more (Bus's rule, not NATS's one or more)."""
     pt = pattern.split(b".")
     st = subject.split(b".")
     for i, tok in enumerate(pt):
         if tok == b">" and i == len(pt) - 1:
-            return len(st) > i
+            return True
         if i >= len(st):
             return False
         if tok != b"*" and tok != st[i]:
@@ -144,19 +176,6 @@ def _no_constants(name):
     raise ValueError(f"{name} is not JSON")
 
 
-def _check_strings(v):
-    """Lone surrogates (from \\u escapes) are refused, as I-JSON (RFC 7493) asks."""
-    if isinstance(v, str):
-        v.encode("utf-8")
-    elif isinstance(v, list):
-        for x in v:
-            if isinstance(x, tuple):  # an object's (key, value) pair
-                _check_strings(x[0])
-                _check_strings(x[1])
-            else:
-                _check_strings(x)
-
-
 class _Obj(list):
     """An object as its list of (key, value) pairs, duplicates kept."""
 
@@ -170,6 +189,12 @@ class _Num:
         self.text = text
 
 
+def _utf8(text: str) -> bytes:
+    """A decoded string's bytes; a lone surrogate (valid JSON: `"\\ud800"`) as its three
+    bytes, the way busd._core decodes it."""
+    return text.encode("utf-8", "surrogatepass")
+
+
 def parse_json(body: bytes):
     """Strict RFC 8259 parse; objects become _Obj pair lists. Raises JSONSyntaxError."""
     if _lexical_depth(body) > MAX_DEPTH:
@@ -178,7 +203,6 @@ def parse_json(body: bytes):
         text = body.decode("utf-8")
         value = json.loads(text, object_pairs_hook=_Obj, parse_constant=_no_constants,
                            parse_int=_Num, parse_float=_Num)
-        _check_strings(value)
     except (ValueError, UnicodeError, RecursionError) as e:
         raise JSONSyntaxError(str(e)) from None
     return value
@@ -288,12 +312,12 @@ def scan_body(body: bytes):
         ev = Event()
         for k in ("subject", "id", "created_at", "response_subject"):
             v = last.get(k, (None, None))[0]
-            setattr(ev, k, v.encode("utf-8") if v else b"")
+            setattr(ev, k, _utf8(v) if v else b"")
         for k in ("trace_id", "key"):
             v, span = last.get(k, (None, None))
             setattr(ev, k, body[span[0]:span[1]] if v else b"")
         v = last.get("key", (None, None))[0]
-        ev.key_value = v.encode("utf-8") if v else b""
+        ev.key_value = _utf8(v) if v else b""
         if "payload" in last:
             s, e = last["payload"][1]
             ev.payload = body[s:e]

@@ -59,11 +59,32 @@ def assert_same_scan(body):
 # --------------------------------------------------------------------------- subjects
 
 TOKENS = [b"a", b"b", b"orders", b"A-_9", b"*", b">", b"", b"x*", b">y", b"**", b"#", b" ",
-          b"\x00", b"\xc3\xa9", b"_bus_", b"\n"]
+          b"\x00", b"\xc3\xa9", b"_bus_", b"\n", b"b$", b"caf\xc3\xa9", b"\xc3", b"\xed\xa0\x80",
+          b"\xc2\xa0", b"\xc2\x85", b"\xe3\x80\x80", b"\xf0\x9f\x98\x80", b'"', b"\\", b"\x7f",
+          b"\xe2\x80\x8b", b"\xf4\x90\x80\x80"]
 token_lists = st.lists(st.sampled_from(TOKENS), min_size=0, max_size=6)
 subjectish = (token_lists.map(b".".join)
               | st.binary(max_size=12)
-              | st.text(alphabet="ab.*>#-", max_size=10).map(str.encode))
+              | st.text(alphabet="ab.*>#-", max_size=10).map(str.encode)
+              | st.text(max_size=6).map(lambda t: ("a." + t).encode()))
+
+
+def test_every_code_point_is_judged_as_the_oracle_does():
+    """NATS's token rule (no whitespace, no control characters) plus busd's '"' and '\\',
+    checked on each of the 1,112,064 Unicode scalar values against unicodedata."""
+    differ = []
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF or chr(cp) in ".*>":
+            continue
+        subject = ("a." + chr(cp)).encode()
+        try:
+            core.validate_subject(subject)
+            refused = False
+        except ValueError:
+            refused = True
+        if refused != oracle.forbidden(chr(cp)):
+            differ.append(hex(cp))
+    assert differ == []
 
 
 @pytest.mark.parametrize("pattern,subject,want", [
@@ -71,12 +92,18 @@ subjectish = (token_lists.map(b".".join)
     (b"orders.*", b"orders.eu.created", False),
     (b"orders.>", b"orders.created", True),
     (b"orders.>", b"orders.eu.created", True),
-    (b"orders.>", b"orders", False),
+    (b"orders.>", b"orders", True),  # `>` is zero or more segments, as in Bus
+    (b"orders.eu.>", b"orders.eu", True),
+    (b"orders.eu.>", b"orders.e", False),
+    (b"orders.eu.>", b"orders.euro", False),
+    (b"orders.*.>", b"orders", False),
     (b"orders.*.created", b"orders.eu.created", True),
     (b"orders.*.created", b"orders.eu.deleted", False),
     (b"orders.created", b"orders.created", True),
     (b"orders.created", b"orders.created.x", False),
-    (b"orders.*.>", b"orders.eu", False),
+    (b"orders.*.>", b"orders.eu", True),
+    (b"a.caf\xc3\xa9.>", b"a.caf\xc3\xa9", True),
+    (b"a.*", b"a.b$", True),
     (b"orders.*.>", b"orders.eu.x.y", True),
     (b"app.>", b"apple.x", False),
 ])
@@ -92,12 +119,20 @@ def test_match_examples(pattern, subject, want):
     (b"app", "subject must have at least two segments (namespace.topic): 'app'"),
     (b"a.*", "subject contains a wildcard: 'a.*'"),
     (b"a.>", "subject contains a wildcard: 'a.>'"),
-    (b"a.#", "invalid character '#' in subject 'a.#'"),
+    (b"a.b c", f"invalid character ' ' in subject 'a.b c': {oracle.TOKEN_RULE}"),
+    (b"a.b\tc", f"invalid character '\\x09' in subject 'a.b\\x09c': {oracle.TOKEN_RULE}"),
+    (b"a.b\xc2\xa0c", f"invalid character 'U+00A0' in subject 'a.b\\xa0c': {oracle.TOKEN_RULE}"),
+    (b"a.\xe3\x80\x80", f"invalid character 'U+3000' in subject 'a.\\u3000': {oracle.TOKEN_RULE}"),
+    (b"a.\xc2\x85", f"invalid character 'U+0085' in subject 'a.\\x85': {oracle.TOKEN_RULE}"),
+    (b'a.b"', f"invalid character '\"' in subject 'a.b\"': {oracle.TOKEN_RULE}"),
+    (b"a.b\\", f"invalid character '\\' in subject 'a.b\\': {oracle.TOKEN_RULE}"),
+    (b"a.\xed\xa0\x80", "subject is not valid UTF-8 (at byte 2): 'a.\\xed\\xa0\\x80'"),
+    (b"a.caf\xc3", "subject is not valid UTF-8 (at byte 5): 'a.caf\\xc3'"),
     (b"a..b", "empty segment in subject 'a..b'"),
     (b".a", "empty segment in subject '.a'"),
     (b"a.b.", "empty segment in subject 'a.b.'"),
     (b"", "subject is empty"),
-    (b"a.b\n", "invalid character '\\x0a' in subject 'a.b\\x0a'"),
+    (b"a.b\n", f"invalid character '\\x0a' in subject 'a.b\\x0a': {oracle.TOKEN_RULE}"),
 ])
 def test_validate_subject_examples(subject, reason):
     with pytest.raises(ValueError) as e:
@@ -113,7 +148,8 @@ def test_validate_subject_examples(subject, reason):
     (b"a.b*", "wildcard '*' must be a whole segment in pattern 'a.b*'"),
     (b"a.>b", "wildcard '>' must be a whole segment in pattern 'a.>b'"),
     (b"a..b", "empty segment in pattern 'a..b'"),
-    (b"a.%", "invalid character '%' in pattern 'a.%'"),
+    (b"a.b c", f"invalid character ' ' in pattern 'a.b c': {oracle.TOKEN_RULE}"),
+    (b"a.\xff", "pattern is not valid UTF-8 (at byte 2): 'a.\\xff'"),
 ])
 def test_validate_pattern_examples(pattern, reason):
     with pytest.raises(ValueError) as e:
@@ -122,7 +158,8 @@ def test_validate_pattern_examples(pattern, reason):
 
 
 def test_valid_patterns_and_attributes():
-    for p in (b"a.b", b"a.*", b"a.>", b"a.*.c", b"a.*.>", b"_bus_.x"):
+    for p in (b"a.b", b"a.*", b"a.>", b"a.*.c", b"a.*.>", b"_bus_.x", b"a.caf\xc3\xa9", b"a.b$",
+              b"a.%", b"a.#", b"a.\xf0\x9f\x98\x80.>"):
         core.validate_pattern(p)
     p = core.Pattern(b"orders.>")
     assert (p.pattern, p.namespace, p.matches_all, p.is_literal) == (b"orders.>", b"orders",
@@ -157,7 +194,7 @@ def test_match_matches_oracle(pattern, subject):
     assert p.matches(subject) == oracle.match_subject(pattern, subject)
 
 
-valid_tok = st.sampled_from([b"a", b"b", b"c", b"ns", b"x-y"])
+valid_tok = st.sampled_from([b"a", b"b", b"c", b"ns", b"x-y", b"b$", b"caf\xc3\xa9", b"%"])
 
 
 @FAST
@@ -226,7 +263,6 @@ def test_go_sse_frame_bytes():
     (b'{"subject":"a.b"} x', "invalid JSON at byte 18: unexpected data after the JSON value"),
     (b'{"subject":"a\x01"}', "invalid JSON at byte 13: control character in string"),
     (b'{"subject":"a\xff"}', "invalid JSON at byte 13: invalid UTF-8 in string"),
-    (b'{"subject":"\\ud800"}', "invalid JSON at byte 12: lone surrogate in \\u escape"),
     (b'   ', "empty body"),
     (b'', "empty body"),
     (b'[]', "empty batch"),
@@ -258,8 +294,8 @@ BAD_JSON = [
     b'{"subject":"a.b","payload":tru}', b'{"subject":"a.b","payload":[1,]}',
     b'{"subject":"a.b","payload":[,1]}', b"{'subject':'a.b'}", b'{"subject":"a.b"/**/}',
     b'\xef\xbb\xbf{"subject":"a.b"}', b'{"subject":"a.b","payload":"\\x41"}',
-    b'{"subject":"a.b","payload":"\\u12g4"}', b'{"subject":"a.b","payload":"\\udc00"}',
-    b'{"subject":"a.b","payload":"\\ud800\\u0041"}', b'{"subject":"a.b","payload":"\xed\xa0\x80"}',
+    b'{"subject":"a.b","payload":"\\u12g4"}', b'{"subject":"a.b","payload":"\\ud800\\u12g4"}',
+    b'{"subject":"a.b","payload":"\xed\xa0\x80"}',
     b'{"subject":"a.b","payload":"\xc0\xaf"}', b'{"subject":"a.b","payload":"\xf4\x90\x80\x80"}',
     b'{"subject":"a.b","payload":"\t"}', b'{"subject":"a.b"', b'[{"subject":"a.b"}',
     b'{"subject":"a.b"}}', b'{"subject":"a.b",\x0c"x":1}', b'{"subject":"a.b"}\x00',
@@ -280,8 +316,8 @@ def test_bad_json_rejected(body):
 BAD_BYTES = {"\ue000": b"\xff", "\ue001": b"\xc0\xaf", "\ue002": b"\xed\xa0\x80",
              "\ue003": b"\xf0\x9f\x98", "\ue004": b"\x80", "\ue005": b"\xf4\x90\x80\x80",
              "\ue006": b"\xe0\x80\x80"}
-STRING_FAULTS = ["\x01", "\x1f", "\\x41", "\\u12g4", "\\ud800", "\\udc00", "\\ud800\\u0041",
-                 "\\", "\\U0041", "\\'"] + list(BAD_BYTES)
+STRING_FAULTS = ["\x01", "\x1f", "\\x41", "\\u12g4", "\\ud800\\u12g4", "\\", "\\U0041",
+                 "\\'"] + list(BAD_BYTES)
 SCALAR_FAULTS = ["01", "-01", "1.", ".5", "-", "+1", "1e", "1e+", "1.e5", "NaN", "Infinity",
                  "-Infinity", "tru", "nul", "True", "None", "0x10", "'x'", "1_000", "--1", "\ue000"]
 
@@ -291,8 +327,8 @@ BAD_VALUES = [
     b"{'a':1}", b'{1:1}', b'{"a":1', b'{"a":1}}', b'{"a"}', b'{"a":}', b'[1,]', b'[,1]',
     b'[1,,2]', b'[1 2]', b'[1', b'[1]]', b'[}', b'01', b'-01', b'00', b'1.', b'.5', b'-', b'+1',
     b'1e', b'1e+', b'1.e5', b'0x10', b'NaN', b'Infinity', b'-Infinity', b'tru', b'nul', b'nulll',
-    b'True', b'None', b'"\x01"', b'"\t"', b'"\\x41"', b'"\\u12g4"', b'"\\u12"', b'"\\ud800"',
-    b'"\\udc00"', b'"\\ud800\\u0041"', b'"\\ud800\\ud800"', b'"\\U0041"', b'"abc', b'"\\"',
+    b'True', b'None', b'"\x01"', b'"\t"', b'"\\x41"', b'"\\u12g4"', b'"\\u12"', b'"\\ud800\\u12"',
+    b'"\\U0041"', b'"abc', b'"\\"',
 ] + [b'"a' + raw + b'"' for raw in BAD_BYTES.values()]
 CONTEXTS = [
     b'{"subject":"a.b","payload":%s}', b'{"subject":"a.b","x":%s}',
@@ -355,6 +391,31 @@ def test_good_json_accepted(body):
     assert got[0] == "ok"
 
 
+# Lone surrogates are valid JSON text (RFC 8259 §7, §8.2) and Bus stores them: so does busd.
+LONE_SURROGATES = [
+    b'{"subject":"a.b","payload":"\\ud800"}', b'{"subject":"a.b","payload":"\\udc00"}',
+    b'{"subject":"a.b","payload":"\\ud800\\u0041"}', b'{"subject":"a.b","payload":["\\ud800\\ud800"]}',
+    b'{"subject":"a.b","key":"\\udfff\\ud83d","trace_id":"\\uDBFF"}',
+    b'{"subject":"a.\\ud800"}', b'{"subject":"a.b","payload":{"\\ud800":1}}',
+]
+
+
+@pytest.mark.parametrize("body", LONE_SURROGATES)
+def test_lone_surrogate_escapes_are_json(body):
+    """Accepted as the grammar allows, raw tokens kept as sent, decoded fields as WTF-8."""
+    assert assert_same_scan(body)[0] == "ok"
+    _, (ev,) = core.scan_body(body)
+    if ev.payload is not None:
+        assert ev.payload in body
+
+
+def test_a_lone_surrogate_subject_is_refused_as_not_utf8():
+    _, events = core.scan_body(b'{"subject":"a.\\ud800"}')
+    assert events[0].subject == b"a.\xed\xa0\x80"
+    with pytest.raises(ValueError, match="subject is not valid UTF-8"):
+        core.stamp_events(events, False)
+
+
 def test_last_duplicate_wins_and_raw_tokens():
     _, (ev,) = core.scan_body(GOOD_JSON[8])
     assert (ev.key, ev.key_value, ev.payload) == (b'"k2"', b"k2", b"[2]")
@@ -398,7 +459,10 @@ def test_depth_limit():
 
 WS = st.sampled_from(["", "", " ", "\n", "\t", "\r\n  ", "   "])
 json_scalars = (st.none() | st.booleans() | st.integers(-10**20, 10**20)
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8))
+                | st.floats(allow_nan=False, allow_infinity=False)
+                | st.text(st.characters()
+                          | st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF,
+                                          exclude_categories=()), max_size=8))  # lone surrogates too
 json_values = st.recursive(
     json_scalars,
     lambda kids: st.lists(kids, max_size=4)
@@ -430,7 +494,7 @@ class Renderer:
         out = ['"']
         for ch in s:
             cp = ord(ch)
-            must = ch in '"\\' or cp < 0x20
+            must = ch in '"\\' or cp < 0x20 or 0xD800 <= cp <= 0xDFFF  # surrogates: escaped
             how = draw(st.sampled_from(["raw", "raw", "u", "U", "short"]))
             if how == "raw" and not must:
                 out.append(ch)
