@@ -10,7 +10,9 @@ A request names its token in `Authorization: Bearer <secret>` or, for browsers'
 `EventSource` (which cannot set headers), in `?token=<secret>`. Publishing to a subject
 needs a `publish` pattern that matches it; subscribing to a pattern needs the
 `subscribe` patterns to cover *every* subject the pattern can match (`orders.>` is not
-allowed by `orders.*` alone: `orders.eu.created` would slip through). Inbox subjects
+allowed by `orders.*` alone: `orders.eu.created` would slip through; `orders.eu.>` is not
+allowed by `orders.eu.*` alone: `orders.eu` would, as `>` is zero or more segments, as in
+Bus). Inbox subjects
 (`_bus_.…`) are open to every valid token, so request/reply works.
 
 Secrets are kept only as SHA-256 digests, compared as digests, and never logged.
@@ -28,7 +30,9 @@ from pathlib import Path
 log = logging.getLogger("busd.server.auth")
 
 INBOX_PREFIX = b"_bus_."
-_SEGMENT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+# what no segment may hold (busd._core's subject rule: Unicode whitespace, control
+# characters, '"' and '\\'; and wildcards that are not a whole segment)
+_BAD_IN_SEGMENT = re.compile(r'[\s\x00-\x1f\x7f-\x9f"\\*>]')
 _HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 _CACHE_LIMIT = 4096  # remembered publish decisions per token
@@ -50,7 +54,7 @@ class AuthError(Exception):
 def parse_pattern(text: str) -> tuple[str, ...]:
     """A permission pattern's segments; raises ValueError when it is not a valid pattern.
 
-    As subscription patterns: literal segments, `*` for one segment, `>` (last) for one
+    As subscription patterns: literal segments, `*` for one segment, `>` (last) for zero
     or more. Unlike a subscription, the first segment may be a wildcard here (`>` alone
     allows everything).
     """
@@ -61,9 +65,10 @@ def parse_pattern(text: str) -> tuple[str, ...]:
         if segment == ">":
             if position != len(segments) - 1:
                 raise ValueError(f"pattern {text!r}: '>' must be the last segment")
-        elif segment != "*" and not _SEGMENT_RE.match(segment):
-            raise ValueError(f"pattern {text!r}: invalid segment {segment!r} (letters, digits, "
-                             "'_', '-', or a whole-segment wildcard '*' or '>')")
+        elif segment != "*" and (not segment or _BAD_IN_SEGMENT.search(segment)):
+            raise ValueError(f"pattern {text!r}: invalid segment {segment!r} (any text but "
+                             "whitespace, control characters, '\"' and '\\', or a "
+                             "whole-segment wildcard '*' or '>')")
     return segments
 
 
@@ -72,15 +77,15 @@ def covers(pattern: tuple[str, ...], allowed: list[tuple[str, ...]]) -> bool:
 
     Segments can be any of infinitely many tokens, so a `*` in `pattern` is covered only by
     what covers a token that appears in no literal: `*` or `>` in the allowed patterns.
-    A `>` in `pattern` stands for `*`, `*.*`, `*.*.*`, …: all of them must be covered.
+    A `>` in `pattern` stands for nothing, `*`, `*.*`, …: all of them must be covered.
     """
+    if any(a and a[0] == ">" for a in allowed):
+        return True  # a `>` covers every remainder, the empty one too
     if not pattern:
         return any(not a for a in allowed)
     head, rest = pattern[0], pattern[1:]
-    if any(a and a[0] == ">" for a in allowed):
-        return True  # a `>` covers every non-empty remainder
     if head == ">":
-        return _covers_any_tail([a for a in allowed if a])
+        return _covers_any_tail(allowed)
     if head == "*":
         tails = [a[1:] for a in allowed if a and a[0] == "*"]
     else:
@@ -89,27 +94,27 @@ def covers(pattern: tuple[str, ...], allowed: list[tuple[str, ...]]) -> bool:
 
 
 def _covers_any_tail(allowed: list[tuple[str, ...]]) -> bool:
-    """Covered: every run of k >= 1 arbitrary segments, for all k."""
-    exact: set[int] = set()  # k covered by `*.*…` (k stars)
-    open_from: int | None = None  # all k > m covered by `*…*.>` (m stars), smallest m
+    """Covered: every run of k >= 0 arbitrary segments, for all k."""
+    exact: set[int] = set()  # k covered by `*.*…` (k stars; k = 0: the empty remainder)
+    open_from: int | None = None  # all k >= m covered by `*…*.>` (m stars), smallest m
     for a in allowed:
         if any(segment not in ("*", ">") for segment in a):
             continue  # a literal never covers an arbitrary segment
-        if a[-1] == ">":
+        if a and a[-1] == ">":
             m = len(a) - 1
             open_from = m if open_from is None else min(open_from, m)
         else:
             exact.add(len(a))
     if open_from is None:
         return False
-    return all(k in exact for k in range(1, open_from + 1))
+    return all(k in exact for k in range(open_from))
 
 
 def matches(subject: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
     """Does a concrete subject match one permission pattern."""
     for position, segment in enumerate(pattern):
         if segment == ">":
-            return len(subject) > position
+            return True  # zero or more segments
         if position >= len(subject) or (segment != "*" and segment != subject[position]):
             return False
     return len(subject) == len(pattern)
@@ -143,7 +148,12 @@ class Token:
     def may_subscribe(self, pattern: bytes) -> bool:
         if pattern.startswith(INBOX_PREFIX):
             return True
-        return covers(tuple(pattern.decode("utf-8", "replace").split(".")), self.subscribe)
+        segments = tuple(pattern.decode("utf-8", "replace").split("."))
+        if len(segments) == 2 and segments[1] == ">":
+            # subjects have two segments at least, so `ns.>` delivers what `ns.*.>` does:
+            # the namespace alone (its zero-segment case) is no subject to cover
+            segments = (segments[0], "*", ">")
+        return covers(segments, self.subscribe)
 
 
 class Auth:

@@ -6,12 +6,14 @@ import hashlib
 import itertools
 import signal
 import time
+from urllib.parse import quote
 
 import pytest
 from busclient import SSE, request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from busd._core import validate_subject
 from busd.server.auth import AuthFileError, covers, load_tokens, matches, parse_pattern
 
 BILLING = "billing-secret-1"
@@ -94,10 +96,12 @@ def test_publish_is_allowed_only_on_matching_subjects(auth_server):
     (BILLING, "app.>", False), (BILLING, "app.x.y", False), (BILLING, "payments.*", False),
     (READER, "orders.*", True), (READER, "orders.>", True),  # orders.* ∪ orders.*.> = orders.>
     (READER, "orders.a.b.c", True), (ADMIN, "payments.>", True),
+    (BILLING, "orders.caf\u00e9.>", True), (READER, "orders.caf\u00e9.>", True),
+    (BILLING, "app.x.>", False),  # app.x is allowed, app.x.y is not
 ])
 def test_subscription_allowed_only_if_every_matching_subject_is(auth_server, secret, pattern,
                                                                 allowed):
-    with SSE(auth_server.port, f"subject={pattern}", headers=bearer(secret)) as sse:
+    with SSE(auth_server.port, f"subject={quote(pattern)}", headers=bearer(secret)) as sse:
         if allowed:
             assert sse.status == 200
         else:
@@ -260,13 +264,44 @@ def test_covers_agrees_with_brute_force(pattern, allowed):
     assert covers(pattern, allowed) == brute_force_covers(pattern, allowed)
 
 
+def test_permission_segments_follow_the_subject_rule():
+    """A segment the auth file takes is one a subject may hold, for every code point."""
+    differ = []
+    for cp in range(0x110000):
+        if 0xD800 <= cp <= 0xDFFF or chr(cp) in ".*>":
+            continue
+        try:
+            parse_pattern("a." + chr(cp))
+            in_auth = True
+        except ValueError:
+            in_auth = False
+        try:
+            validate_subject(("a." + chr(cp)).encode())
+            in_subject = True
+        except ValueError:
+            in_subject = False
+        if in_auth != in_subject:
+            differ.append(hex(cp))
+    assert differ == []
+
+
 def test_covers_examples():
     p = parse_pattern
-    assert covers(p("orders.>"), [p("orders.*"), p("orders.*.>")])
+    assert covers(p("orders.*.>"), [p("orders.*"), p("orders.*.>")])
+    assert not covers(p("orders.>"), [p("orders.*"), p("orders.*.>")])  # `orders` itself
     assert not covers(p("orders.>"), [p("orders.*"), p("orders.*.*")])
-    assert covers(p("a.*.>"), [p("a.x.>"), p("a.*.*"), p("a.*.*.>")])
+    assert covers(p("a.*.>"), [p("a.*"), p("a.x.>"), p("a.*.*"), p("a.*.*.>")])
+    assert not covers(p("a.*.>"), [p("a.x.>"), p("a.*.*"), p("a.*.*.>")])  # a.y
     assert not covers(p("a.*"), [p("a.x"), p("a.y")])
     assert covers(p("a.x"), [p("*.x")]) and covers(p("a.b.c"), [p(">")])
-    for bad in ("", "a..b", "a.>.b", "a.b c", "a.*x"):
+    # `>` is zero or more segments (as in Bus): `a.x.>` takes `a.x` too
+    assert matches(("a", "x"), p("a.x.>")) and not matches(("a",), p("a.x.>"))
+    assert not covers(p("a.x.>"), [p("a.x.*.>")])
+    assert not covers(p("a.x.>"), [p("a.x.*"), p("a.x.*.*")])
+    assert covers(p("a.x.>"), [p("a.x"), p("a.x.*.>")])
+    assert covers(p("a.x.>"), [p("a.>")]) and covers(p("a.x.>"), [p("a.*.>")])
+    assert covers(p("a.x.*"), [p("a.x.*.>")])
+    assert covers(p("a.caf\u00e9.>"), [p("*.caf\u00e9.>")]) and parse_pattern("a.b$")
+    for bad in ("", "a..b", "a.>.b", "a.b c", "a.*x", "a.b\u00a0", 'a."', "a.\x7f"):
         with pytest.raises(ValueError):
             parse_pattern(bad)
