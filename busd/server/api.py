@@ -22,7 +22,11 @@ from busd.wire import INBOX_NAMESPACE, parse_duration
 
 log = logging.getLogger("busd.server.api")
 
-ROOT_METHODS = b"GET, POST, PUT, OPTIONS"  # the Allow header of a 405 on `/`
+API_METHODS = b"GET, POST, PUT, OPTIONS"  # the Allow header of a 405 on a Bus API path
+# busd's own endpoints, each with everything under it (`/ui/app.js`). Every other path is
+# the Bus API, as in Bus: the Go SDK sends `POST //` for `NewClient("http://host/")` and
+# `POST /bus/`, `GET /bus?…` for a client with a base path.
+OWN_ENDPOINTS = (b"/healthz", b"/metrics", b"/groups", b"/stats", b"/ui")
 DEFAULT_REDELIVERY = 5.0
 DEFAULT_REDELIVERY_COUNT = 3
 # Shorter redeliveries (`1ns`) turn unacked events into a flood of copies: the server busy
@@ -83,12 +87,32 @@ def _reply(conn: HttpConnection, method: bytes, answer: bytes, close: bool) -> N
     conn.reply(answer[:answer.index(b"\r\n\r\n") + 4] if method == b"HEAD" else answer, close)
 
 
+def is_own_endpoint(path: bytes) -> bool:
+    """True for busd's own endpoints (OWN_ENDPOINTS and what is under them)."""
+    for name in OWN_ENDPOINTS:
+        if path.startswith(name) and (len(path) == len(name) or path[len(name)] == 0x2F):
+            return True
+    return False
+
+
 def _valid_id(value: str, prefix: str) -> bool:
     return len(value) == 22 and value.startswith(prefix) and is_xid(value[2:].encode())
 
 
+def check_ack_ids(consumer_id: str, event_id: str) -> None:
+    """An ack's ids need only their prefixes (`c_…`, `e_…`), as in Bus: an id that names no
+    consumer or no event in flight is acked as a no-op (202). Free-form event ids (not
+    `e_…`) are acked too. Raises BadRequest for a missing or unprefixed one."""
+    if not consumer_id.startswith("c_"):
+        raise BadRequest(f"invalid or missing consumer_id {consumer_id!r}: expected c_…, the "
+                         "X-Bus-Consumer-Id of the subscription")
+    if not event_id:
+        raise BadRequest("missing event_id: the id of the event to acknowledge")
+
+
 class Api:
-    """Routes one request: `POST /`, `GET /`, `PUT /`, `OPTIONS *`, `GET /healthz|/metrics`."""
+    """Routes one request: `POST`, `GET`, `PUT` on any path that is not one of busd's own
+    (`/`, `//`, `/bus/` …: the Bus API), `OPTIONS *`, and busd's own endpoints."""
 
     def __init__(self, broker: Broker, auth: Auth | None = None) -> None:
         self.broker = broker
@@ -104,7 +128,7 @@ class Api:
         try:
             if method == b"OPTIONS":
                 conn.reply(response(204, close=close), close)
-            elif path == b"/":
+            elif path[:1] == b"/" and not is_own_endpoint(path):
                 token = None if self.auth is None else self._authenticate(request)
                 if method == b"POST":
                     self.publish(conn, request, token)
@@ -113,7 +137,7 @@ class Api:
                 elif method == b"PUT":
                     self.ack(conn, request, token)
                 else:
-                    _reply(conn, method, _not_allowed(method, path, ROOT_METHODS, close), close)
+                    _reply(conn, method, _not_allowed(method, path, API_METHODS, close), close)
             elif path[:1] != b"/" and (url := origin_form(request.url)) is not request.url:
                 request.url = url  # the absolute form (`http://host/…`) that proxies send
                 self(conn, request)
@@ -127,7 +151,7 @@ class Api:
             _reply(conn, method, self._refuse(exc, close), close)
 
     def _resource(self, method: bytes, path: bytes, close: bool) -> bytes:
-        """The answer on any path but `/`: `/metrics` and `/healthz` are read-only."""
+        """The answer on busd's own endpoints: `/metrics` and `/healthz` are read-only."""
         read = method in (b"GET", b"HEAD")
         if path == b"/metrics" and read:
             return response(200, render_prometheus(self.broker, self.started),
@@ -262,7 +286,7 @@ class Api:
         def locate() -> None:
             """Where to start, when the stream's turn comes (after earlier responses). A
             search that takes a round trip keeps its place in the response order."""
-            cursor = broker.store.locate(namespace, start)
+            cursor = start if isinstance(start, str) else broker.store.locate(namespace, start)
             if isinstance(cursor, (int, str)):
                 begin(cursor)
                 return
@@ -281,8 +305,13 @@ class Api:
         conn.start_stream(locate)
 
     @staticmethod
-    def _start(params: dict[str, str], request: Request) -> tuple[bytes, bool]:
-        """Where to start, and whether it came from a `Last-Event-ID` header (a resume)."""
+    def _start(params: dict[str, str], request: Request) -> tuple[bytes | str, bool]:
+        """Where to start, and whether it came from a `Last-Event-ID` header (a resume).
+
+        A malformed `start=` gives the reason (a str) instead, for the stream's `error`
+        event, as Bus answers it: the Go SDK hands its user that reason, where a 400 would
+        be `failed to connect after 3 attempts`. A malformed `Last-Event-ID` header is a 400:
+        a browser's EventSource stops at a non-200 answer, but retries an `error` forever."""
         start = params.get("start", "") or "newest"
         last_event_id = request.headers.get(b"last-event-id", b"").decode(errors="replace")
         resuming = bool(last_event_id.strip())
@@ -291,7 +320,10 @@ class Api:
         if start in ("oldest", "newest") or _valid_id(start, "e_"):
             return start.encode(), resuming
         name = "Last-Event-ID" if resuming else "start"
-        raise BadRequest(f"invalid {name} {start!r}: use oldest, newest or an event id e_<xid>")
+        reason = f"invalid {name} {start!r}: use oldest, newest or an event id e_<xid>"
+        if resuming:
+            raise BadRequest(reason)
+        return reason, False
 
     @staticmethod
     def _ack_policy(params: dict[str, str]) -> AckPolicy | None:
@@ -312,10 +344,7 @@ class Api:
                token: Token | None = None) -> None:
         params = _query(request.url)
         consumer_id, event_id = params.get("consumer_id", ""), params.get("event_id", "")
-        if not _valid_id(consumer_id, "c_"):
-            raise BadRequest(f"invalid or missing consumer_id {consumer_id!r}: expected c_<xid>")
-        if not _valid_id(event_id, "e_"):
-            raise BadRequest(f"invalid or missing event_id {event_id!r}: expected e_<xid>")
+        check_ack_ids(consumer_id, event_id)
         if token is not None:
             consumer = self.broker.fanout.consumers.get(consumer_id.encode())
             if consumer is not None and consumer.owner != token.name:

@@ -99,7 +99,8 @@ def test_invalid_batch_is_refused_whole(server, events, reason):
     (b'{"subject":12}', "subject must be a string"),
     (b'{"subject":"app"}', "two segments"),
     (b'{"subject":"app..x"}', "empty segment"),
-    (b'{"subject":"app.x#"}', "invalid character"),
+    (b'{"subject":"app.x y"}', "invalid character"),
+    (b'{"subject":"app.\\ud800"}', "not valid UTF-8"),
     (b'{"subject":"app.*"}', "wildcard"),
     (b'{"subject":"app.>"}', "wildcard"),
     (b'{"subject":"app.x","response_subject":"_bus_.*"}', "wildcard"),
@@ -180,7 +181,7 @@ def test_get_without_subject_is_400_health_check(server):
 
 
 def test_unknown_path_and_method(server):
-    assert request(server.port, "GET", "/nothing").status == 404
+    assert request(server.port, "GET", "/healthz/nothing").status == 404
     assert request(server.port, "DELETE", "/").status == 405
 
 

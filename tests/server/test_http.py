@@ -76,7 +76,7 @@ def test_connect_is_answered_once_then_the_connection_closes(server, target, sta
 
 @pytest.mark.parametrize("path,status,content_type", [
     ("/healthz", 200, "application/json"), ("/metrics", 200, "text/plain"),
-    ("/", 405, "text/plain"), ("/nothing", 404, "text/plain")])
+    ("/", 405, "text/plain"), ("/healthz/nothing", 404, "text/plain")])
 def test_head_is_the_get_head_without_a_body(server, path, status, content_type):
     with Http(server.port) as http:
         http.send(build_request("HEAD", path) + build_request("GET", "/healthz"))

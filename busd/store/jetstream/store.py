@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from busd._core import ParsedEvent, new_xid, record_id
+from busd._core import ParsedEvent, is_xid, new_xid, record_id
 from busd.server.config import Config
 from busd.store.errors import HistoryTruncatedError, PublishRefused
 from busd.store.interface import Stored, StoreListener, Synced
@@ -70,8 +70,11 @@ class JetStreamError(Exception):
 
 def msg_id(subject: bytes, key: bytes) -> str:
     """The Nats-Msg-Id of a keyed event: dedup is per subject (SPEC §3.5), so both go in."""
-    text = key.decode("utf-8", "replace")
-    if not text.isprintable() or len(text) > 200:
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:  # a lone surrogate (`\\ud800`, valid JSON): unique by hash
+        text = ""
+    if not text or not text.isprintable() or len(text) > 200:
         import hashlib
         text = "sha256:" + hashlib.sha256(key).hexdigest()
     return subject.decode() + " " + text
@@ -799,7 +802,11 @@ class JetStreamStore:
         self._wake.set()
 
     def forward_ack(self, consumer_id: bytes, event_id: bytes) -> None:
-        """An ack for a consumer this front-end does not hold: to the others, core NATS."""
+        """An ack for a consumer this front-end does not hold: to the others, core NATS.
+        Front-ends name consumers c_<xid>; any other id (acks check only the prefix) is
+        held by none, and would not make a NATS subject."""
+        if len(consumer_id) != 22 or not is_xid(consumer_id[2:]):
+            return
         self._outbox.append((ACK_SUBJECT + consumer_id.decode(), event_id, "", None))
         self._wake.set()
 
