@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-import orjson
-
-from busd._core import ParsedEvent, stamp_events, supplied_ids
+from busd._core import ParsedEvent, scan_body, stamp_events, supplied_ids
 from busd.bus.dedup import DedupCache
 from busd.bus.fanout import FanOut
 from busd.server.config import Config
@@ -77,9 +75,11 @@ class Broker:
                 index += len(records)
                 for record in records:
                     if b'"key":' in record:
-                        event = orjson.loads(record)
-                        if event.get("key"):
-                            self.dedup.add(event["subject"].encode(), event["key"].encode())
+                        # read as the publish read it (lone surrogates are valid JSON here,
+                        # not to orjson), so the keys are the same bytes
+                        (event,) = scan_body(record)[1]
+                        if event.key_value:
+                            self.dedup.add(event.subject, event.key_value)
                             seen += 1
         return seen
 

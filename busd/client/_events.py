@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import orjson
+from busd.wire import loads
 
 
 def parse_time(text: str) -> datetime:
@@ -67,7 +67,7 @@ class Event:
                  "_created_at", "consumer_id", "raw", "_sub")
 
     def __init__(self, raw: bytes, consumer_id: str, sub: Any) -> None:
-        record = orjson.loads(raw)
+        record = loads(raw)
         self.raw = raw
         self.id: str = record["id"]
         self.subject: str = record["subject"]

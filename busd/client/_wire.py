@@ -15,7 +15,7 @@ import orjson
 from busd.client._events import BatchResult, PutResult
 from busd.client._http import Response
 from busd.client.errors import error_for
-from busd.wire import INBOX_PREFIX, parse_duration
+from busd.wire import INBOX_PREFIX, loads, parse_duration
 
 _BATCH_FIELDS = frozenset(("subject", "data", "key", "trace_id"))
 
@@ -29,15 +29,15 @@ def encode_data(data: Any) -> bytes | None:
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
         try:
-            orjson.loads(raw)
+            loads(raw)
             return raw
-        except orjson.JSONDecodeError:
+        except ValueError:
             return orjson.dumps(raw.decode("utf-8"))
     if isinstance(data, str):
         try:
-            orjson.loads(data)
+            loads(data)
             return data.encode()
-        except orjson.JSONDecodeError:
+        except ValueError:
             return orjson.dumps(data)
     return orjson.dumps(data)
 

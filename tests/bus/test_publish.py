@@ -143,6 +143,21 @@ def test_dedup_survives_restart(make_server):
     assert publish(server.port, "app.pay", 1, key="once").status == 409
 
 
+def test_lone_surrogates_survive_a_restart_and_their_keys_still_dedup(make_server):
+    """Valid JSON with lone-surrogate escapes is stored as sent; the dedup cache rebuilt
+    from it at start-up reads keys as the publish did (`\\ud800` and `\\ud801` differ)."""
+    server = make_server()
+    for key in ("\\ud800", "\\ud801", "k\\udfff"):
+        body = b'{"subject":"app.s","key":"%s","payload":"\\ud800x"}' % key.encode()
+        assert request(server.port, "POST", "/", body).status == 202, key
+    server.restart()
+    for key in ("\\ud800", "\\ud801", "k\\udfff"):
+        body = b'{"subject":"app.s","key":"%s"}' % key.encode()
+        assert request(server.port, "POST", "/", body).status == 409, key
+    assert request(server.port, "POST", "/", b'{"subject":"app.s","key":"\\ud802"}'
+                   ).status == 202
+
+
 def test_dedup_can_be_disabled(make_server):
     server = make_server("app", "--dup-size", "0")
     assert publish(server.port, "app.pay", 1, key="k").status == 202

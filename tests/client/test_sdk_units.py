@@ -49,6 +49,9 @@ from busd.client.errors import error_for
     ([1, "x"], b'[1,"x"]'),
     (True, b"true"),
     (None, None),                                # no payload at all
+    (b'"\\ud800"', b'"\\ud800"'),                  # a lone surrogate escape is JSON too
+    ('["\\udc00x"]', b'["\\udc00x"]'),
+    (b"NaN", b'"NaN"'),                          # not JSON (the stdlib parser would take it)
 ])
 def test_payload_rules_follow_the_go_sdk(data, wire):
     assert encode_data(data) == wire
@@ -245,6 +248,15 @@ def test_an_event_keeps_the_record_bytes_it_came_from():
     raw = b'{"id":"e_1","subject":"app.x","payload":{"a":1},"created_at":"2026-01-01T00:00:00Z"}'
     event = Event(raw, "c_1", None)
     assert event.raw is raw and event.payload == {"a": 1} and event.consumer_id == "c_1"
+
+
+def test_an_event_with_lone_surrogates_is_read_as_json_allows():
+    """busd stores valid JSON with `\\ud800` as sent (as Bus does); orjson alone refuses it."""
+    raw = b'{"id":"e_1","subject":"app.x","key":"\\udfff","payload":{"t":"\\ud800!"}}'
+    event = Event(raw, "c_1", None)
+    assert event.payload == {"t": "\ud800!"} and event.key == "\udfff"
+    with pytest.raises(ValueError):
+        Event(b'{"id":"e_1","subject":"app.x","payload":NaN}', "c_1", None)
 
 
 def _flow(log):
