@@ -128,6 +128,38 @@ def test_subscribers_cost_the_cluster_one_consumer_per_namespace_per_frontend(fr
         sse.close()
 
 
+def test_nats_subjects_zero_segment_wildcards_and_lone_surrogates(frontends):
+    """Subjects busd takes are NATS subjects as they are (`app.café`, `app.b$`), a last `>`
+    takes zero segments in the tail as locally (the stream's own `app.>` is NATS's), a key
+    with a lone surrogate dedups across front-ends, and an ack for a consumer id that is no
+    xid is answered 202 without being forwarded as a NATS subject."""
+    a, b = frontends(2)
+    with SSE(b.port, "subject=app.x.%3E&start=oldest") as tail, \
+            SSE(b.port, "subject=app.caf%C3%A9") as exact:
+        exact.message()
+        time.sleep(0.2)
+        for subject in ("app.x", "app.x.y", "app.xy", "app.caf\u00e9", "app.b$"):
+            assert publish(a.port, subject, subject).status == 202, subject
+        assert [r["subject"] for r in tail.events(2, timeout=10)] == ["app.x", "app.x.y"]
+        assert [r["subject"] for r in exact.events(1, timeout=10)] == ["app.caf\u00e9"]
+    body = b'{"subject":"app.k","key":"\\ud800","payload":"\\udc00"}'
+    assert request(a.port, "POST", "/", body).status == 202
+    assert request(b.port, "POST", "/", body).status == 409
+    assert request(b.port, "POST", "/", body.replace(b"d800", b"d801")).status == 202
+    def events() -> int:
+        return request(b.port, "GET", "/healthz").json()["namespaces"]["app"]["events"]
+
+    before = events()
+    for consumer_id in ("c_x%20y", "c_a.b.%3E", "c_*",
+                        "c_x%0D%0APUB%20app.injected%205%0D%0Ahello%0D%0A"):
+        assert ack(a.port, consumer_id, "e_1").status == 202
+    time.sleep(0.5)
+    assert events() == before, "an ack's consumer id reached NATS as protocol"
+    with SSE(b.port, "subject=app.k&start=oldest") as history:
+        payloads = [r["payload"] for r in history.events(2, timeout=10)]
+    assert payloads == ["\udc00", "\udc00"]
+
+
 def test_inbox_request_reply_across_frontends(frontends):
     a, b = frontends(2)
     inbox = "_bus_.d4o7ehksdud4d8c68bg1"
