@@ -185,6 +185,8 @@ def test_validate_pattern_matches_oracle(s):
 @FAST
 @given(subjectish, subjectish)
 @example(b"a.>", b"a.")
+@example(b"a.b.>", b"a.b")
+@example(b"a.>", b"a")
 @example(b"a.*", b"a.")
 def test_match_matches_oracle(pattern, subject):
     """Same answer on any bytes (valid or not), through every fast path."""
