@@ -112,6 +112,18 @@ def test_get_from_oldest_newest_and_an_event_id(client):
         assert next(sub).payload == "new"
 
 
+def test_nats_subjects_zero_segment_wildcards_and_lone_surrogates(client):
+    """`app.café…` is a subject, `….>` takes the subject itself too (as Bus), and an
+    event whose payload holds a lone surrogate escape is read back as JSON allows."""
+    subject = topic() + ".caf\u00e9$"
+    client.put(subject, b'{"t":"\\ud800"}')
+    client.put(subject + ".x", 2)
+    with client.get(subject + ".>", start="oldest") as sub:
+        events = [next(sub) for _ in range(2)]
+    assert [(e.subject, e.payload) for e in events] == [(subject, {"t": "\ud800"}),
+                                                       (subject + ".x", 2)]
+
+
 def test_event_fields(client):
     subject = topic()
     with client.get(subject) as sub:
