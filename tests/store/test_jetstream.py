@@ -146,6 +146,8 @@ def test_nats_subjects_zero_segment_wildcards_and_lone_surrogates(frontends):
     assert request(a.port, "POST", "/", body).status == 202
     assert request(b.port, "POST", "/", body).status == 409
     assert request(b.port, "POST", "/", body.replace(b"d800", b"d801")).status == 202
+    assert publish(a.port, "app.caf\u00e9", 1, key="k\u00e9").status == 202  # Nats-Msg-Id
+    assert publish(b.port, "app.caf\u00e9", 1, key="k\u00e9").status == 409  # in UTF-8
     def events() -> int:
         return request(b.port, "GET", "/healthz").json()["namespaces"]["app"]["events"]
 
