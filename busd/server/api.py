@@ -100,9 +100,9 @@ def _valid_id(value: str, prefix: str) -> bool:
 
 
 def check_ack_ids(consumer_id: str, event_id: str) -> None:
-    """An ack's ids need only their prefixes (`c_…`, `e_…`), as in Bus: an id that names no
-    consumer or no event in flight is acked as a no-op (202). Free-form event ids (not
-    `e_…`) are acked too. Raises BadRequest for a missing or unprefixed one."""
+    """Bus checks only an ack's prefixes, so busd needs only a `c_…` consumer id and a
+    non-empty event id (free-form event ids, not `e_…`, are acked too): ids that name no
+    consumer or no event in flight are acked as a no-op (202). Raises BadRequest else."""
     if not consumer_id.startswith("c_"):
         raise BadRequest(f"invalid or missing consumer_id {consumer_id!r}: expected c_…, the "
                          "X-Bus-Consumer-Id of the subscription")
@@ -128,7 +128,7 @@ class Api:
         try:
             if method == b"OPTIONS":
                 conn.reply(response(204, close=close), close)
-            elif path[:1] == b"/" and not is_own_endpoint(path):
+            elif path == b"/" or (path[:1] == b"/" and not is_own_endpoint(path)):
                 token = None if self.auth is None else self._authenticate(request)
                 if method == b"POST":
                     self.publish(conn, request, token)
