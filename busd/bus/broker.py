@@ -51,6 +51,7 @@ class Broker:
         self.dedup = DedupCache(config.dup_size, config.dup_ttl)
         self.metrics = Metrics(config.namespaces)
         self.fanout = FanOut(config.namespaces, self.metrics)
+        self.faults: dict[str, str] = {}  # namespace -> why its storage is out of service
 
     # -- start-up -------------------------------------------------------------------------
     def rebuild_dedup(self) -> int:
@@ -169,3 +170,7 @@ class Broker:
 
     def synced(self, seconds: float) -> None:
         self.metrics.fsync_seconds(seconds)
+
+    def storage_failed(self, namespace: str, reason: str) -> None:
+        """For /healthz and /metrics; the store itself refuses the namespace's publishes."""
+        self.faults[namespace] = reason

@@ -157,8 +157,9 @@ class Api:
             return response(200, render_prometheus(self.broker, self.started),
                             content_type=PROMETHEUS_TYPE, close=close)
         if path == b"/healthz" and read:
-            return response(200, orjson.dumps(self.health()), close=close,
-                            content_type=b"application/json")
+            health = self.health()
+            return response(200 if health["status"] == "ok" else 503, orjson.dumps(health),
+                            close=close, content_type=b"application/json")
         if path in (b"/metrics", b"/healthz"):
             return _not_allowed(method, path, b"GET, HEAD, OPTIONS", close)
         return error_response(404, f"no such endpoint: {method.decode(errors='replace')} "
@@ -358,8 +359,10 @@ class Api:
     def health(self) -> dict:
         store, metrics = self.broker.store, self.broker.metrics
         sizes = store.stats()
+        faults = self.broker.faults
         return {
-            "status": "ok",
+            "status": "degraded" if faults else "ok",
+            **({"faults": faults} if faults else {}),
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3),
             "consumers": len(self.broker.fanout.consumers),

@@ -161,6 +161,9 @@ def render_prometheus(broker, started: float | None = None) -> bytes:
                per_ns((ns, sizes[ns].get("segments", 0)) for ns in namespaces))
     out.family("busd_log_next_index", "gauge", "Index the next event of the namespace gets.",
                per_ns((ns, sizes[ns]["next_index"]) for ns in namespaces))
+    out.family("busd_namespace_failed", "gauge",
+               "1 while a namespace accepts no publishes after its fsync failed (until "
+               "restart).", per_ns((ns, int(ns in broker.faults)) for ns in namespaces))
     out.family("busd_consumers", "gauge", "Subscriptions currently connected.",
                len(broker.fanout.consumers))
     if metrics.connections is not None:

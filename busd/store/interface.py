@@ -45,6 +45,11 @@ class StoreListener(Protocol):
         """An fsync finished after `seconds` (for the metrics)."""
         ...
 
+    def storage_failed(self, namespace: str, reason: str) -> None:
+        """The store took `namespace` out of service until restart (it now refuses its
+        publishes with 503); `reason` says why, for /healthz and the metrics."""
+        ...
+
 
 class Store(Protocol):
     """Storage as the broker and consumers use it."""

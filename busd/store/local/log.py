@@ -1109,6 +1109,14 @@ class NamespaceLog:
                 raise LogWriteError(f"fsync in {self.dir} failed: {exc.strerror}",
                                     exc.errno) from exc
 
+    def sync_recovered(self) -> None:
+        """fsync the open segment after open(): a killed process may have left records
+        in the page cache that it never fsynced, and they are about to be served."""
+        try:
+            os.fsync(self._wfile.fd)
+        except OSError as exc:
+            raise LogOpenError(f"fsync of {self._wfile.path} failed: {exc.strerror}") from exc
+
     def _sync_files(self, files: list[_WriteFile]) -> None:
         """fsync these fds, then close those retired and fully synced. Caller holds no lock."""
         for f in files:

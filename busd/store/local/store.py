@@ -2,8 +2,16 @@
 
 Serving (after `start`), publishes that arrive in one loop iteration form a *group*: per
 namespace their records go to the log in one append (one write(2)); only then are they
-announced to the listener (fan-out) and the publishers answered — after one shared fsync
-under fsync_always. Without `start` (the CLI's data tools) it is a plain synchronous store.
+announced to the listener (fan-out) and the publishers answered. Under fsync_always both
+wait for one shared fsync, and readers see only what is fsynced: `next_index` is the
+*durable* head there, so nothing a power loss can take back is ever delivered (as Kafka
+serves only up to its high watermark). Without `start` (the CLI's data tools) it is a
+plain synchronous store.
+
+A failed fsync takes its namespace out of service until restart: the kernel may have
+dropped the dirty pages it could not write and will not report that twice (PostgreSQL's
+"fsyncgate"), so neither a retried fsync nor later writes can be trusted. Publishes are
+refused with 503; the group that was waiting is told what is known of it.
 """
 
 from __future__ import annotations
@@ -14,14 +22,17 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from busd._core import ParsedEvent
 from busd.store.errors import LogOpenError, LogWriteError, PublishRefused
 from busd.store.interface import Stored, StoreListener, Synced
+
+_Written = tuple[str, int, list[bytes], list[tuple[list[bytes], Stored]]]  # ns, first, records, publishes
 from busd.store.local.log import NamespaceLog, RecoveryReport
+from busd.wire import ID_AT, ID_END
 
 log = logging.getLogger("busd.store.local.store")
 
@@ -63,7 +74,9 @@ class LocalStore:
         self._commit_scheduled = False
         self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busd-fsync")
         self._sync_running = False
-        self._sync_waiting: list[Synced] = []
+        self._sync_waiting: list[Callable[[dict[str, LogWriteError]], None]] = []
+        self._unannounced: dict[str, int] = dict.fromkeys(self.namespaces, 0)  # written, not fsynced
+        self.failed: dict[str, str] = {}  # namespace -> why it accepts no publishes until restart
 
     def open(self) -> dict[str, RecoveryReport]:
         """Lock the data dir, then open (and recover) every namespace."""
@@ -85,6 +98,8 @@ class LocalStore:
         try:
             for ns, nslog in self._logs.items():
                 reports[ns] = nslog.open()
+                if self.fsync_always:  # what a killed process left unsynced is served now
+                    nslog.sync_recovered()
         except BaseException:
             self.close()
             raise
@@ -97,7 +112,9 @@ class LocalStore:
         return self._logs[namespace].append(records)
 
     def read(self, namespace: str, start_index: int, max_bytes: int = 1 << 20) -> list[bytes]:
-        return self._logs[namespace].read(start_index, max_bytes)
+        """Records up to the head readers may see (`next_index`)."""
+        return self._logs[namespace].read(start_index, max_bytes,
+                                          self.next_index(namespace) - start_index)
 
     def find_id(self, namespace: str, event_id: bytes) -> int | None:
         return self._logs[namespace].find_id(event_id)
@@ -109,7 +126,9 @@ class LocalStore:
         return self._logs[namespace].first_index
 
     def next_index(self, namespace: str) -> int:
-        return self._logs[namespace].next_index
+        """The head readers see: under fsync_always the end of what is fsynced and
+        announced, else the end of what is written."""
+        return self._logs[namespace].next_index - self._unannounced[namespace]
 
     def first_id(self, namespace: str) -> bytes | None:
         return self._logs[namespace].first_id()
@@ -124,23 +143,29 @@ class LocalStore:
     def sync(self) -> None:
         """fsync every dirty log (blocking: run it in an executor). The first error is
         raised after every log has been tried."""
-        error = None
-        for nslog in self._logs.values():
+        failures = self._sync_logs(self.namespaces)
+        if failures:
+            raise next(iter(failures.values()))
+
+    def _sync_logs(self, namespaces: list[str]) -> dict[str, LogWriteError]:
+        """fsync these namespaces' dirty logs; the error of each that failed."""
+        failures = {}
+        for ns in namespaces:
+            nslog = self._logs[ns]
             if nslog.dirty:
                 try:
                     nslog.sync()
-                except Exception as exc:  # noqa: BLE001 - try every log, report the first
-                    error = error or exc
-        if error is not None:
-            raise error
+                except LogWriteError as exc:
+                    failures[ns] = exc
+        return failures
 
     def apply_retention(self, now: float) -> int:
         """Segments deleted across all namespaces."""
         return sum(nslog.apply_retention(now) for nslog in self._logs.values())
 
     def stats(self) -> dict[str, dict[str, int]]:
-        return {ns: {"count": nslog.count, "bytes": nslog.bytes,
-                     "first_index": nslog.first_index, "next_index": nslog.next_index,
+        return {ns: {"count": self.next_index(ns) - nslog.first_index, "bytes": nslog.bytes,
+                     "first_index": nslog.first_index, "next_index": self.next_index(ns),
                      "segments": nslog.segments}
                 for ns, nslog in self._logs.items()}
 
@@ -167,6 +192,7 @@ class LocalStore:
     def reserve_ids(self, namespace: str, ids: list[bytes]) -> None:
         """An id names one event, so a restore run twice stores nothing twice. The reason
         lists every id refused, so that a batch can be sent again without them."""
+        self._refuse_if_failed(namespace)
         if len(set(ids)) != len(ids):
             twice = next(i for i in ids if ids.count(i) > 1)
             raise PublishRefused(400, f"id {twice.decode()} appears twice in the batch")
@@ -185,6 +211,9 @@ class LocalStore:
     def publish(self, namespace: str, events: Sequence[ParsedEvent], records: list[bytes],
                 dedup: bool, done: Stored) -> None:
         """Join this loop iteration's group (the bus's dedup cache is all the dedup here)."""
+        if namespace in self.failed:
+            done(self._out_of_service(namespace))
+            return
         group = self._group.get(namespace)
         if group is None:
             group = self._group[namespace] = []
@@ -193,14 +222,28 @@ class LocalStore:
                 self._loop.call_soon(self._commit)
         group.append((records, done))
 
+    def _out_of_service(self, namespace: str) -> PublishRefused:
+        return PublishRefused(503, f"namespace {namespace} accepts no publishes until busd is "
+                                   f"restarted: {self.failed[namespace]}")
+
+    def _refuse_if_failed(self, namespace: str) -> None:
+        if namespace in self.failed:
+            raise self._out_of_service(namespace)
+
     def _commit(self) -> None:
-        """Append this iteration's group: one write per namespace, announce, then answer."""
+        """Append this iteration's group: one write per namespace, then announce and answer
+        (under fsync_always, once one shared fsync has made it durable)."""
         self._commit_scheduled = False
         group, self._group = self._group, {}
         if self._group_ids:  # from here on the logs themselves know them
             self._group_ids = {}
-        written: list[tuple[int, list[tuple[list[bytes], Stored]]]] = []
+        written: list[_Written] = []
         for namespace, pendings in group.items():
+            if namespace in self.failed:  # it failed after these joined the group
+                refused = self._out_of_service(namespace)
+                for _, done in pendings:
+                    done(refused)
+                continue
             records = pendings[0][0] if len(pendings) == 1 else \
                 [record for batch, _ in pendings for record in batch]
             try:
@@ -209,18 +252,39 @@ class LocalStore:
                 _refuse(pendings, exc)
                 continue
             self._listener.published(namespace, len(records), sum(map(len, records)))
-            self._listener.appended(namespace, records, first + len(records))
-            written.append((first, pendings))
+            written.append((namespace, first, records, pendings))
         if not written:
             return
         if self.fsync_always:
-            self.fsync(lambda error: _answer(written, error))
+            for namespace, _, records, _ in written:
+                self._unannounced[namespace] += len(records)
+            self._when_synced(lambda failures: self._settle(written))
         else:
-            _answer(written, None)
+            self._settle(written)
+
+    def _settle(self, written: list[_Written]) -> None:
+        """Announce the group's records and answer its publishes, in index order; a
+        namespace whose fsync failed gets neither, only what is known."""
+        for namespace, first, records, pendings in written:
+            if namespace in self.failed:
+                _unconfirmed(namespace, first, pendings, self.failed[namespace])
+                continue
+            if self.fsync_always:
+                self._unannounced[namespace] -= len(records)
+            self._listener.appended(namespace, records, first + len(records))
+            index = first
+            for batch, done in pendings:
+                done(index)
+                index += len(batch)
 
     def fsync(self, done: Synced) -> None:
         """fsync every dirty log in the worker thread; all callers waiting share one fsync."""
-        self._sync_waiting.append(done)
+        self._when_synced(lambda failures: done(next(iter(failures.values()), None)))
+
+    def _when_synced(self, callback: Callable[[dict[str, LogWriteError]], None]) -> None:
+        """Call back (with each failed namespace's error) after an fsync that starts now or
+        after the one already running: it covers everything written before this call."""
+        self._sync_waiting.append(callback)
         if not self._sync_running:
             self._start_sync()
 
@@ -228,20 +292,31 @@ class LocalStore:
         waiting, self._sync_waiting = self._sync_waiting, []
         self._sync_running = True
         started = time.perf_counter()
-        future = self._loop.run_in_executor(self._sync_executor, self.sync)
+        namespaces = [ns for ns in self.namespaces if ns not in self.failed]
+        future = self._loop.run_in_executor(self._sync_executor, self._sync_logs, namespaces)
 
         def finished(fut: asyncio.Future) -> None:
             self._sync_running = False
             self._listener.synced(time.perf_counter() - started)
             error = fut.exception()
-            if error is not None:
-                log.error("fsync failed error=%r", error)
+            failures = fut.result() if error is None else dict.fromkeys(
+                namespaces, LogWriteError(f"fsync failed: {error!r}"))
+            for namespace, exc in failures.items():
+                self._fail(namespace, exc)
             for callback in waiting:
-                callback(error)
+                callback(failures)
             if self._sync_waiting:
                 self._start_sync()
 
         future.add_done_callback(finished)
+
+    def _fail(self, namespace: str, exc: LogWriteError) -> None:
+        """Take a namespace out of service after its fsync failed (see the module docstring)."""
+        reason = f"fsync of its event log failed ({exc}), so what was written since " \
+                 f"the last successful fsync may not be on disk"
+        self.failed[namespace] = reason
+        log.error("namespace out of service until restart ns=%s reason=%r", namespace, reason)
+        self._listener.storage_failed(namespace, reason)
 
     def publish_inbox(self, subject: bytes, record: bytes) -> None:
         """One process: the broker's routing reached every inbox subscriber there is."""
@@ -253,7 +328,7 @@ class LocalStore:
                     ) -> tuple[int, list[bytes]]:
         """`read` always has the logs at hand, so this is `read`: the seam where disk reads
         can move off the loop."""
-        return start_index, self._logs[namespace].read(start_index, max_bytes)
+        return start_index, self.read(namespace, start_index, max_bytes)
 
     def locate(self, namespace: str, start: bytes) -> int | str:
         if start == b"oldest":
@@ -261,7 +336,7 @@ class LocalStore:
         if start == b"newest":
             return self.next_index(namespace)
         index = self.find_id(namespace, start)
-        if index is not None:
+        if index is not None and index < self.next_index(namespace):  # not yet durable: unseen
             return index + 1
         oldest = self.first_id(namespace) if self.next_index(namespace) else None
         if self.is_before_retained(namespace, start):
@@ -280,13 +355,18 @@ def _refuse(pendings: list[tuple[list[bytes], Stored]], exc: LogWriteError) -> N
         done(refused)
 
 
-def _answer(written: list[tuple[int, list[tuple[list[bytes], Stored]]]],
-            error: BaseException | None) -> None:
-    """Each publish of the group gets its first index, or the fsync's failure (its records
-    are in the log all the same)."""
-    refused = None if error is None else PublishRefused(
-        500, f"the event log could not be synced to disk: {error}", keys_taken=True)
-    for index, pendings in written:
-        for records, done in pendings:
-            done(index if refused is None else refused)
-            index += len(records)
+def _unconfirmed(namespace: str, first: int, pendings: list[tuple[list[bytes], Stored]],
+                 reason: str) -> None:
+    """What is known of publishes written just before their namespace's fsync failed: they
+    are in the log, not delivered, and may or may not be there after a restart; they keep
+    their keys, so publishing one again with its key is refused if it is there."""
+    index = first
+    for records, done in pendings:
+        ids = " ".join(record[ID_AT:ID_END].decode() for record in records)
+        last = index + len(records) - 1
+        where = f"index {index}" if last == index else f"indexes {index}..{last}"
+        done(PublishRefused(503, f"not confirmed: written to namespace {namespace} at {where} "
+                                 f"but not delivered, as the {reason}; after busd restarts "
+                                 f"they are there or not: look for event ids {ids}",
+                            keys_taken=True))
+        index += len(records)
