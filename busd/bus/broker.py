@@ -8,10 +8,14 @@ reach subscribers through the fan-out.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 
-from busd._core import ParsedEvent, scan_body, stamp_events, supplied_ids
-from busd.bus.dedup import DedupCache
+import orjson
+
+from busd._core import ParsedEvent, parse_rfc3339, record_id, stamp_events, supplied_ids
+from busd.bus.dedup import ENTRY_BYTES, DedupCache, SnapshotError
 from busd.bus.fanout import FanOut
 from busd.server.config import Config
 from busd.server.metrics import Metrics
@@ -22,7 +26,11 @@ from busd.wire import INBOX_NAMESPACE
 log = logging.getLogger("busd.bus.broker")
 
 INBOX = INBOX_NAMESPACE.encode()
-DEDUP_REBUILD_RECORDS = 100_000  # how much of each log's tail rebuilds the dedup cache
+MAX_FIELD_BYTES = 256  # of a key or trace_id, as JSON text without its quotes
+RECORD_ENVELOPE = 64 << 10  # room a record has beyond --max-event-size (as the HTTP layer
+# gives a single event's body): its subject, other fields and stamps
+DEDUP_FILE = "dedup.snapshot"  # the saved dedup cache, in the data directory
+DEDUP_READ_BYTES = 4 << 20  # one log read while rebuilding the dedup cache
 
 
 class Published:
@@ -48,41 +56,127 @@ class Broker:
         self.store = store
         self.namespaces = frozenset(config.namespaces)
         self._declared = {ns.encode(): ns for ns in config.namespaces}
-        self.dedup = DedupCache(config.dup_size, config.dup_ttl)
+        self.dedup = DedupCache(config.dup_size, config.dup_ttl, max_bytes=config.dup_bytes)
         self.metrics = Metrics(config.namespaces)
         self.fanout = FanOut(config.namespaces, self.metrics)
+        self.max_record = config.max_event_size + RECORD_ENVELOPE
         self.faults: dict[str, str] = {}  # namespace -> why its storage is out of service
+        # the dedup cache is saved only with a local log (JetStream dedups by itself)
+        self.dedup_path = config.path / DEDUP_FILE if config.store == "local" else None
+        self._saved: tuple[int, list[int]] | None = None  # (changes, heads) last saved
 
-    # -- start-up -------------------------------------------------------------------------
+    # -- start-up, and saving the dedup cache ---------------------------------------------
     def rebuild_dedup(self) -> int:
-        """Refill the dedup cache from each log's tail, so a restart lets no duplicate in.
-        Only what the store has at hand is read (a JetStream store has nothing yet, and
-        refuses keys it has seen itself)."""
+        """Refill the dedup cache, so a restart lets no duplicate in: from the saved cache
+        and the records written after it was saved; without a usable one, from each log's
+        tail, as much as the cache can hold. Only what the store has at hand is read (a
+        JetStream store has nothing yet, and refuses keys it has seen itself). The number
+        of keys remembered."""
         if not self.dedup.enabled:
             return 0
-        seen = 0
+        starts = self._load_dedup()
+        if starts is None:
+            tail = self.dedup.max_bytes // ENTRY_BYTES
+            starts = {ns: max(self.store.first_index(ns), self.store.next_index(ns) - tail)
+                      for ns in self.config.namespaces}
+        for ns, index in starts.items():
+            self._replay_keys(ns, index)
+        return len(self.dedup)
+
+    def _load_dedup(self) -> dict[str, int] | None:
+        """The saved cache, if it matches the logs: where each log's replay starts."""
+        if self.dedup_path is None:
+            return None
+        try:
+            data = self.dedup_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("cannot read the saved dedup cache path=%s error=%r", self.dedup_path,
+                        exc)
+            return None
+        try:
+            marks = self.dedup.load(data)
+        except SnapshotError as exc:
+            log.warning("saved dedup cache unusable path=%s reason=%s", self.dedup_path, exc)
+            return None
+        if set(marks) != set(self.config.namespaces) or not all(
+                self._log_matches(ns, *marks[ns]) for ns in marks):
+            log.warning("saved dedup cache does not match the logs (restored, copied or cut "
+                        "short since): rebuilding from the logs' tails path=%s",
+                        self.dedup_path)
+            self.dedup.clear()
+            return None
+        return {ns: max(index, self.store.first_index(ns)) for ns, (index, _) in marks.items()}
+
+    def _log_matches(self, ns: str, index: int, event_id: bytes) -> bool:
+        """The log holds `index` records, the last of them `event_id` (unless deleted)."""
+        if index > self.store.next_index(ns):
+            return False
+        if index == 0 or index - 1 < self.store.first_index(ns):
+            return index > 0 or not event_id
+        try:
+            records = self.store.read(ns, index - 1, 1)
+        except CorruptRecordError:
+            return False
+        return bool(records) and record_id(records[0]) == event_id
+
+    def _replay_keys(self, ns: str, index: int) -> None:
+        """Add the keys of ns's records from `index` on, aged from their `created_at`."""
+        while index < self.store.next_index(ns):
+            try:
+                records = self.store.read(ns, index, DEDUP_READ_BYTES)
+            except CorruptRecordError:  # reported to readers; must not stop start-up
+                log.warning("dedup rebuild skips a corrupt record ns=%s index=%d", ns, index)
+                index += 1
+                continue
+            if not records:
+                break
+            index += len(records)
+            for record in records:
+                if b'"key":' in record:
+                    event = orjson.loads(record)
+                    if event.get("key"):
+                        stamp = parse_rfc3339(event["created_at"].encode()) / 1e9
+                        self.dedup.add(event["subject"].encode(), event["key"].encode(), stamp)
+
+    def save_dedup(self, force: bool = False) -> bytes | None:
+        """The cache as a file's contents, marked with the logs' heads, if it or a head
+        moved since the last save, or `force` (None otherwise); `write_dedup` puts it on
+        disk. Saved often enough, a start-up after a crash replays little of the logs."""
+        if self.dedup_path is None or not self.dedup.enabled:
+            return None
+        heads = [self.store.next_index(ns) for ns in self.config.namespaces]
+        if not force and (self.dedup.changes, heads) == self._saved:
+            return None
+        self._saved = (self.dedup.changes, heads)
+        marks = {}
         for ns in self.config.namespaces:
-            index = max(self.store.first_index(ns),
-                        self.store.next_index(ns) - DEDUP_REBUILD_RECORDS)
-            while index < self.store.next_index(ns):
+            head = self.store.next_index(ns)
+            last = b""
+            if head > self.store.first_index(ns):
                 try:
-                    records = self.store.read(ns, index, 4 << 20)
-                except CorruptRecordError:  # reported to readers; must not stop start-up
-                    log.warning("dedup rebuild skips a corrupt record ns=%s index=%d", ns, index)
-                    index += 1
-                    continue
-                if not records:
-                    break
-                index += len(records)
-                for record in records:
-                    if b'"key":' in record:
-                        # read as the publish read it (lone surrogates are valid JSON here,
-                        # not to orjson), so the keys are the same bytes
-                        (event,) = scan_body(record)[1]
-                        if event.key_value:
-                            self.dedup.add(event.subject, event.key_value)
-                            seen += 1
-        return seen
+                    records = self.store.read(ns, head - 1, 1)
+                except CorruptRecordError:
+                    return None  # no mark to check it by: the tails will do at start-up
+                last = record_id(records[0]) if records else b""
+            marks[ns] = (head, last)
+        return self.dedup.dump(marks)
+
+    def write_dedup(self, data: bytes) -> None:
+        """Replace the saved cache by `data`, atomically (blocking: an executor's job)."""
+        path = Path(self.dedup_path)
+        tmp = path.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot save the dedup cache path=%s error=%r", path, exc)
 
     # -- publishing -------------------------------------------------------------------------
     def publish(self, events: list[ParsedEvent], is_batch: bool, done: PublishCallback) -> None:
@@ -91,10 +185,24 @@ class Broker:
         Raises PublishRefused for a publish refused at once (400 for anything invalid, 409
         for an id the store holds or a key seen before); `done` is then never called.
         """
+        for i, event in enumerate(events):
+            if len(event.key) > MAX_FIELD_BYTES + 2 or len(event.trace_id) > MAX_FIELD_BYTES + 2:
+                field = "key" if len(event.key) > MAX_FIELD_BYTES + 2 else "trace_id"
+                where = f"batch item {i}: " if is_batch else ""
+                raise PublishRefused(400, f"{where}field {field} is longer than "
+                                          f"{MAX_FIELD_BYTES} bytes")
         try:
             namespace, ids, stamps, records, keyed = stamp_events(events, is_batch)
         except ValueError as exc:
             raise PublishRefused(400, str(exc)) from None
+        if sum(map(len, records)) > self.max_record:
+            for i, record in enumerate(records):
+                if len(record) > self.max_record:
+                    where = f"batch item {i}" if is_batch else "the event"
+                    raise PublishRefused(413, f"{where} is {len(record)} bytes as stored, more "
+                                              f"than --max-event-size ({self.config.max_event_size}"
+                                              f" bytes) plus {RECORD_ENVELOPE} for its other "
+                                              f"fields")
         name = self._declared.get(namespace)
         if name is None:
             if namespace != INBOX:
@@ -109,37 +217,37 @@ class Broker:
         supplied = supplied_ids(events)
         if supplied:
             self.store.reserve_ids(name, supplied)
-        reserved = keyed if keyed and self.dedup.enabled else None
-        if reserved:
+        reserved = None
+        if keyed and self.dedup.enabled:
             try:
-                self._reserve_keys(reserved)
+                reserved = self._reserve_keys(keyed)
             except PublishRefused:
                 self.store.release_ids(name, supplied)
                 raise
 
         def stored(outcome: int | PublishRefused) -> None:
-            if isinstance(outcome, int):
-                done(Published(ids, stamps, outcome))
-                return
-            if reserved and not outcome.keys_taken:
-                self._release(reserved)
-            done(outcome)
+            if reserved:  # a key taken by events not known to be durable stays unsaved
+                if isinstance(outcome, int):
+                    for entry in reserved:
+                        self.dedup.settle(entry)
+                elif not outcome.keys_taken:
+                    for entry in reserved:
+                        self.dedup.discard(entry)
+            done(Published(ids, stamps, outcome) if isinstance(outcome, int) else outcome)
 
         self.store.publish(name, events, records, reserved is not None, stored)
 
-    def _reserve_keys(self, keyed: list[tuple[bytes, bytes]]) -> None:
+    def _reserve_keys(self, keyed: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Refuse (409) a key seen before; else remember it, as the event is about to land."""
         dedup, added = self.dedup, []
         for subject, key in keyed:
-            if dedup.seen(subject, key):
-                self._release(added)
+            entry = dedup.reserve(subject, key)
+            if entry is None:
+                for earlier in added:
+                    dedup.discard(earlier)
                 raise PublishRefused(409, "key was processed before")
-            dedup.add(subject, key)
-            added.append((subject, key))
-
-    def _release(self, keys: list[tuple[bytes, bytes]]) -> None:
-        for subject, key in keys:
-            self.dedup.discard(subject, key)
+            added.append(entry)
+        return added
 
     # -- acks ---------------------------------------------------------------------------------
     def ack(self, consumer_id: bytes, event_id: bytes) -> None:

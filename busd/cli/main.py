@@ -57,6 +57,8 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --dup-size N             Keys remembered per subject for dedup, 0 = off [env BUS_DUP_SIZE,
                            default 1000].
   --dup-ttl DURATION       How long a dedup key is remembered, 0 = no limit [env BUS_DUP_TTL].
+  --dup-bytes SIZE         Memory the dedup cache may use in all [env BUS_DUP_BYTES,
+                           default 64MiB].
   --fsync POLICY           never, interval or always [env BUS_FSYNC, default interval].
   --fsync-interval DUR     Time between fsyncs under `interval` [env BUS_FSYNC_INTERVAL,
                            default 1s].

@@ -36,6 +36,7 @@ log = logging.getLogger("busd.server.app")
 
 PING = sse_chunk(b": ping\n\n")
 SHUTDOWN_GRACE_SECONDS = 3.0
+DEDUP_SAVE_SECONDS = 10.0  # a start-up after a crash replays about this much of the logs
 BACKLOG = 4096
 # what opening a --path fails with when the path itself cannot be used
 _UNUSABLE_PATH = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
@@ -74,6 +75,7 @@ class Server:
         self.ssl = _ssl_context(config) if config.tls_cert else None
         self.stopping = asyncio.Event()
         self._duties: list[list[asyncio.TimerHandle]] = []  # each: [next timer of one duty]
+        self._dedup_saving = False
 
     def _new_connection(self) -> asyncio.Protocol:
         if len(self.connections) >= self.config.max_connections:
@@ -100,6 +102,7 @@ class Server:
                      namespace, head - first, first, head, report)
         keys = self.broker.rebuild_dedup()
         log.info("dedup cache rebuilt keys=%d", keys)
+        self._save_dedup(wait=True)  # from now on a restart replays only what follows
         for sock in sockets:
             try:
                 sock.listen(BACKLOG)  # only now do connections get in
@@ -115,6 +118,7 @@ class Server:
             self._every(self.config.fsync_interval, self._sync_if_dirty)
         if self.config.retention_age or self.config.retention_bytes:
             self._every(1.0, self._retention)
+        self._every(DEDUP_SAVE_SECONDS, self._save_dedup)
         watchdog = watchdog_interval()
         if watchdog:
             self._every(watchdog, lambda: notify("WATCHDOG=1"))
@@ -180,6 +184,20 @@ class Server:
         if self.store.dirty:
             self.store.fsync(lambda error: None)
 
+    def _save_dedup(self, wait: bool = False, force: bool = False) -> None:
+        """Save the dedup cache if it moved (written off the loop unless `wait`)."""
+        if self._dedup_saving:
+            return
+        data = self.broker.save_dedup(force)
+        if data is None:
+            return
+        if wait:
+            self.broker.write_dedup(data)
+            return
+        self._dedup_saving = True
+        future = self.loop.run_in_executor(None, self.broker.write_dedup, data)
+        future.add_done_callback(lambda _: setattr(self, "_dedup_saving", False))
+
     def _retention(self) -> None:
         deleted = self.store.apply_retention(time.time())
         if deleted:
@@ -200,6 +218,7 @@ class Server:
         synced = self.loop.create_future()
         self.store.fsync(lambda error: synced.done() or synced.set_result(error))
         await asyncio.wait_for(synced, SHUTDOWN_GRACE_SECONDS)
+        self._save_dedup(wait=True, force=True)
         deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
         while any(c.pending for c in self.connections) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)

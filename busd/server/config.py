@@ -63,6 +63,7 @@ class Config:
     log_level: str = "INFO"
     dup_size: int = 1000
     dup_ttl: float = 0.0
+    dup_bytes: int = 64 << 20
     fsync: str = "interval"
     fsync_interval: float = 1.0
     max_event_size: int = 1 << 20
@@ -95,6 +96,7 @@ _OPTIONS: dict[str, tuple[str | None, object, str]] = {
     "--log-level": ("BUS_LOG_LEVEL", None, "log_level"),
     "--dup-size": ("BUS_DUP_SIZE", int, "dup_size"),
     "--dup-ttl": ("BUS_DUP_TTL", parse_duration, "dup_ttl"),
+    "--dup-bytes": ("BUS_DUP_BYTES", parse_size, "dup_bytes"),
     "--fsync": ("BUS_FSYNC", None, "fsync"),
     "--fsync-interval": ("BUS_FSYNC_INTERVAL", parse_duration, "fsync_interval"),
     "--max-event-size": ("BUS_MAX_EVENT_SIZE", parse_size, "max_event_size"),
@@ -197,7 +199,7 @@ def load_config(flags: Mapping[str, object], env: Mapping[str, str]) -> Config:
             "no namespaces: set --namespaces a,b,c or BUS_NAMESPACES=a,b,c "
             "(the first segment of every subject must be one of them)"
         )
-    for field in ("dup_size", "max_connections", "block_size", "max_event_size", "segment_bytes"):
+    for field in ("dup_size", "dup_bytes", "max_connections", "block_size", "max_event_size", "segment_bytes"):
         if field in values and values[field] < 0:  # type: ignore[operator]
             raise ConfigError(f"{field.replace('_', '-')}: must not be negative")
     if values.get("max_batch", 1) < 1:  # type: ignore[operator]

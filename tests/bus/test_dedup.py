@@ -1,8 +1,11 @@
-"""The dedup cache: per-subject key LRUs, expiry by age, and a bounded number of subjects."""
+"""The dedup cache: per-subject key LRUs, expiry by age, bounds in subjects and bytes,
+and saving it (without keys whose events are not written yet)."""
 
 from __future__ import annotations
 
-from busd.bus.dedup import DedupCache
+import pytest
+
+from busd.bus.dedup import ENTRY_BYTES, SUBJECT_BYTES, DedupCache, SnapshotError
 
 
 class FakeClock:
@@ -39,8 +42,9 @@ def test_size_zero_disables_and_discard_forgets():
     cache.add(b"app.a", b"k")
     assert not cache.seen(b"app.a", b"k")
     cache = DedupCache(size=5)
-    cache.add(b"app.a", b"k")
-    cache.discard(b"app.a", b"k")
+    entry = cache.reserve(b"app.a", b"k")
+    assert cache.seen(b"app.a", b"k") and cache.reserve(b"app.a", b"k") is None
+    cache.discard(entry)
     assert not cache.seen(b"app.a", b"k")
 
 
@@ -53,3 +57,38 @@ def test_number_of_subjects_is_bounded_least_recently_keyed_first():
     assert not cache.seen(b"app.2", b"k")
     assert all(cache.seen(s, b"k") for s in (b"app.1", b"app.3", b"app.4"))
     assert len(cache._subjects) == 3
+
+
+def test_memory_is_bounded_in_bytes_and_keys_cost_the_same_whatever_their_length():
+    cache = DedupCache(size=1000, max_bytes=SUBJECT_BYTES * 2 + ENTRY_BYTES * 10)
+    cache.add(b"app.quiet", b"q" * 10_000)
+    for i in range(50):
+        cache.add(b"app.busy", b"%d" % i + b"x" * 10_000)
+    assert cache.bytes <= cache.max_bytes
+    assert len(cache) == (cache.max_bytes - SUBJECT_BYTES) // ENTRY_BYTES  # one subject left
+    assert not cache.seen(b"app.quiet", b"q" * 10_000), "the least recently keyed goes first"
+    assert cache.seen(b"app.busy", b"49" + b"x" * 10_000)
+    assert all(len(kd) == 16 for keys in cache._subjects.values() for kd in keys)
+    assert all(len(sd) == 16 for sd in cache._subjects)
+
+
+def test_a_saved_cache_keeps_keys_stamps_and_order_but_not_reserved_keys():
+    clock = FakeClock()
+    clock.now = 1000.0
+    cache = DedupCache(size=2, ttl=60.0, clock=clock)
+    cache.add(b"app.a", b"old", stamp=900.0)  # expired: not saved
+    cache.add(b"app.a", b"k1", stamp=990.0)
+    settled = cache.reserve(b"app.b", b"k2")
+    cache.settle(settled)
+    cache.reserve(b"app.b", b"in-flight")
+    data = cache.dump({"app": (7, b"e_x")})
+    again = DedupCache(size=2, ttl=60.0, clock=clock)
+    assert again.load(data) == {"app": (7, b"e_x")}
+    assert again.seen(b"app.a", b"k1") and again.seen(b"app.b", b"k2")
+    assert not again.seen(b"app.b", b"in-flight") and not again.seen(b"app.a", b"old")
+    clock.now = 1051.0  # k1 was seen at 990: its age survives the save
+    assert not again.seen(b"app.a", b"k1") and again.seen(b"app.b", b"k2")
+    damaged = bytearray(data)
+    damaged[20] ^= 1
+    with pytest.raises(SnapshotError):
+        again.load(bytes(damaged))
