@@ -86,6 +86,7 @@ class DedupCache:
         if self.ttl and self._clock() - stamp > self.ttl:
             del keys[kd]
             self.bytes -= ENTRY_BYTES
+            self._pending.discard((sd, kd))
             return False
         return True
 
@@ -123,21 +124,24 @@ class DedupCache:
         keys[kd] = stamp
         self.changes += 1
         while len(keys) > self.size:
-            keys.popitem(last=False)
+            self._pending.discard((sd, keys.popitem(last=False)[0]))
             self.bytes -= ENTRY_BYTES
         if len(subjects) > self.max_subjects or self.bytes > self.max_bytes:
             self._evict()
 
     def _evict(self) -> None:
-        """Oldest keys of the least recently keyed subjects go until within the bounds."""
-        subjects = self._subjects
+        """Oldest keys of the least recently keyed subjects go until within the bounds (and
+        a reserved key that goes is no longer pending: `_pending` stays within the cache)."""
+        subjects, pending = self._subjects, self._pending
         while subjects and (len(subjects) > self.max_subjects or self.bytes > self.max_bytes):
             sd, keys = next(iter(subjects.items()))
             if len(subjects) > self.max_subjects or len(keys) <= 1:
                 del subjects[sd]
                 self.bytes -= SUBJECT_BYTES + ENTRY_BYTES * len(keys)
+                if pending:
+                    pending.difference_update((sd, kd) for kd in keys)
             else:
-                keys.popitem(last=False)
+                pending.discard((sd, keys.popitem(last=False)[0]))
                 self.bytes -= ENTRY_BYTES
 
     def discard(self, entry: tuple[bytes, bytes]) -> None:

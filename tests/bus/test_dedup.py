@@ -92,3 +92,12 @@ def test_a_saved_cache_keeps_keys_stamps_and_order_but_not_reserved_keys():
     damaged[20] ^= 1
     with pytest.raises(SnapshotError):
         again.load(bytes(damaged))
+
+
+def test_reserved_keys_that_are_never_settled_leave_with_their_entries():
+    """A key kept after an unconfirmed write (or a JetStream duplicate) stays reserved,
+    unsaved; it must not outlive its entry, or the reserved set would grow forever."""
+    cache = DedupCache(size=3)
+    for i in range(100):
+        cache.reserve(b"app.a", b"%d" % i)
+    assert len(cache._pending) == 3
