@@ -123,6 +123,11 @@ class Broker:
 
     def _replay_keys(self, ns: str, index: int) -> None:
         """Add the keys of ns's records from `index` on, aged from their `created_at`."""
+        self.dedup.extend(self._keys_from(ns, index))
+
+    def _keys_from(self, ns: str, index: int):
+        """(subject, key, created_at seconds) of each keyed record from `index` on."""
+        loads = orjson.loads
         while index < self.store.next_index(ns):
             try:
                 records = self.store.read(ns, index, DEDUP_READ_BYTES)
@@ -135,10 +140,11 @@ class Broker:
             index += len(records)
             for record in records:
                 if b'"key":' in record:
-                    event = orjson.loads(record)
-                    if event.get("key"):
-                        stamp = parse_rfc3339(event["created_at"].encode()) / 1e9
-                        self.dedup.add(event["subject"].encode(), event["key"].encode(), stamp)
+                    event = loads(record)
+                    key = event.get("key")
+                    if key:
+                        yield (event["subject"].encode(), key.encode(),
+                               parse_rfc3339(event["created_at"].encode()) / 1e9)
 
     def save_dedup(self, force: bool = False) -> bytes | None:
         """The cache as a file's contents, marked with the logs' heads, if it or a head

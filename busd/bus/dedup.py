@@ -109,6 +109,19 @@ class DedupCache:
         if self.size:
             self._add(digest(subject), digest(key), self._clock() if stamp is None else stamp)
 
+    def extend(self, keys) -> None:
+        """`add` for each (subject, key, stamp) of the log's records, in their order (the
+        rebuild at start-up: a subject's digest is computed once)."""
+        if not self.size:
+            return
+        subject_digests: dict[bytes, bytes] = {}
+        add = self._add
+        for subject, key, stamp in keys:
+            sd = subject_digests.get(subject)
+            if sd is None:
+                sd = subject_digests[subject] = digest(subject)
+            add(sd, digest(key), stamp)
+
     def _add(self, sd: bytes, kd: bytes, stamp: float) -> None:
         subjects = self._subjects
         keys = subjects.get(sd)
