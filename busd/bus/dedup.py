@@ -183,12 +183,13 @@ class DedupCache:
                     event_id]
         subjects = 0
         for sd, keys in self._subjects.items():
-            kept = [(kd, stamp) for kd, stamp in keys.items()
-                    if stamp >= horizon and (not pending or (sd, kd) not in pending)]
-            if kept:
+            if pending or self.ttl:  # else every key is kept: no per-key Python
+                keys = {kd: stamp for kd, stamp in keys.items()
+                        if stamp >= horizon and (sd, kd) not in pending}
+            if keys:
                 subjects += 1
-                out += [_SUBJECT.pack(sd, len(kept)), b"".join(kd for kd, _ in kept),
-                        array("d", (stamp for _, stamp in kept)).tobytes()]
+                out += [_SUBJECT.pack(sd, len(keys)), b"".join(keys),
+                        array("d", keys.values()).tobytes()]
         out[0] = _HEAD.pack(_MAGIC, len(marks), subjects)
         body = b"".join(out)
         return body + _CRC.pack(zlib.crc32(body))
