@@ -199,7 +199,8 @@ def load_config(flags: Mapping[str, object], env: Mapping[str, str]) -> Config:
             "no namespaces: set --namespaces a,b,c or BUS_NAMESPACES=a,b,c "
             "(the first segment of every subject must be one of them)"
         )
-    for field in ("dup_size", "dup_bytes", "max_connections", "block_size", "max_event_size", "segment_bytes"):
+    for field in ("dup_size", "dup_bytes", "max_connections", "block_size", "max_event_size",
+                  "segment_bytes"):
         if field in values and values[field] < 0:  # type: ignore[operator]
             raise ConfigError(f"{field.replace('_', '-')}: must not be negative")
     if values.get("max_batch", 1) < 1:  # type: ignore[operator]

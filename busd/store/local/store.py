@@ -29,12 +29,13 @@ from pathlib import Path
 from busd._core import ParsedEvent
 from busd.store.errors import LogOpenError, LogWriteError, PublishRefused
 from busd.store.interface import Stored, StoreListener, Synced
-
-_Written = tuple[str, int, list[bytes], list[tuple[list[bytes], Stored]]]  # ns, first, records, publishes
 from busd.store.local.log import NamespaceLog, RecoveryReport
 from busd.wire import ID_AT, ID_END
 
 log = logging.getLogger("busd.store.local.store")
+
+# one namespace's share of a group commit: namespace, first index, records, publishes
+_Written = tuple[str, int, list[bytes], list[tuple[list[bytes], Stored]]]
 
 LOCK_NAME = ".lock"
 
@@ -75,7 +76,8 @@ class LocalStore:
         self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busd-fsync")
         self._sync_running = False
         self._sync_waiting: list[Callable[[dict[str, LogWriteError]], None]] = []
-        self._unannounced: dict[str, int] = dict.fromkeys(self.namespaces, 0)  # written, not fsynced
+        # per namespace, records written and not yet fsynced and announced (fsync_always)
+        self._unannounced: dict[str, int] = dict.fromkeys(self.namespaces, 0)
         self.failed: dict[str, str] = {}  # namespace -> why it accepts no publishes until restart
 
     def open(self) -> dict[str, RecoveryReport]:
