@@ -2,8 +2,8 @@
 
 Writes N keyed events (batches of 1000, over 50 subjects) into a real log in a temp dir,
 then times, in this process: the rebuild without a saved cache (the logs' tails, as many
-records as `--dup-bytes` can hold), one save (`dump`, on the loop while serving), and the
-rebuild from that saved cache (load, nothing to replay).
+records as `--dup-bytes` can hold), one whole save (the dump; a serving busd runs it in
+steps of 10,000 keys), and the rebuild from that saved cache (load, nothing to replay).
 
 Usage:
   dedup_rebuild.py [options]
@@ -59,7 +59,7 @@ def main() -> None:
             broker = Broker(config, store)
             seconds, keys = timed(broker.rebuild_dedup)
             tails.append(seconds)
-            seconds, data = timed(lambda: broker.save_dedup(force=True))
+            seconds, data = timed(lambda: b"".join(broker.save_dedup(force=True)))
             dumps.append(seconds)
             broker.write_dedup(data)
             again = Broker(config, store)

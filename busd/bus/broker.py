@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import time
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,7 +65,6 @@ class Broker:
         # the dedup cache is saved only with a local log (JetStream dedups by itself)
         self.dedup_path = config.path / DEDUP_FILE if config.store == "local" else None
         self._saved: tuple[int, list[int]] | None = None  # (changes, heads) last saved
-        self._next_save = 0.0  # monotonic time before which a periodic save is skipped
 
     # -- start-up, and saving the dedup cache ---------------------------------------------
     def rebuild_dedup(self) -> int:
@@ -148,19 +147,16 @@ class Broker:
                         yield (event["subject"].encode(), key.encode(),
                                parse_rfc3339(event["created_at"].encode()) / 1e9)
 
-    def save_dedup(self, force: bool = False) -> bytes | None:
-        """The cache as a file's contents, marked with the logs' heads, if it or a head
-        moved since the last save, or `force` (None otherwise); `write_dedup` puts it on
-        disk. Saved often enough, a start-up after a crash replays little of the logs; but
-        a dump runs on the loop (~0.2-0.8 µs a key), so a large cache is saved less often:
-        at most 1% of the time goes to it."""
+    def save_dedup(self, force: bool = False, step_keys: int = 0):
+        """The cache as a file's contents, marked with the logs' heads, in pieces of about
+        `step_keys` keys (see DedupCache.dump_steps; 0: one piece), if it or a head moved
+        since the last save, or `force`; None otherwise. `write_dedup` puts the joined
+        pieces on disk. Saved often, a start-up after a crash replays little of the logs."""
         if self.dedup_path is None or not self.dedup.enabled:
             return None
         heads = [self.store.next_index(ns) for ns in self.config.namespaces]
-        if not force and ((self.dedup.changes, heads) == self._saved
-                          or time.monotonic() < self._next_save):
+        if not force and (self.dedup.changes, heads) == self._saved:
             return None
-        started = time.monotonic()
         self._saved = (self.dedup.changes, heads)
         marks = {}
         for ns in self.config.namespaces:
@@ -173,24 +169,24 @@ class Broker:
                     return None  # no mark to check it by: the tails will do at start-up
                 last = record_id(records[0]) if records else b""
             marks[ns] = (head, last)
-        data = self.dedup.dump(marks)
-        self._next_save = time.monotonic() + 99 * (time.monotonic() - started)
-        return data
+        return self.dedup.dump_steps(marks, step_keys)
 
     def write_dedup(self, data: bytes) -> None:
-        """Replace the saved cache by `data`, atomically (blocking: an executor's job)."""
+        """Replace the saved cache by `data`, atomically (blocking: an executor's job; two
+        writes may overlap, each through its own temporary file)."""
         path = Path(self.dedup_path)
-        tmp = path.with_suffix(".tmp")
+        tmp = None
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+            with open(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot save the dedup cache path=%s error=%r", path, exc)
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
 
     # -- publishing -------------------------------------------------------------------------
     def publish(self, events: list[ParsedEvent], is_batch: bool, done: PublishCallback) -> None:

@@ -25,10 +25,11 @@ ENTRY_BYTES = 180  # memory one remembered key costs (an OrderedDict item: diges
 SUBJECT_BYTES = 400  # memory one subject with keys costs beyond its keys
 
 _MAGIC = b"BUSDDUP1"
-_HEAD = struct.Struct("<8sII")  # magic, marks, subjects
+_HEAD = struct.Struct("<8sI")  # magic, marks; then the marks, the subjects, their count
 _MARK = struct.Struct("<H")  # then the namespace name, u64 index, u16 id length, the id
 _INDEX = struct.Struct("<Q")
 _SUBJECT = struct.Struct("<16sI")  # digest, keys; then the keys' digests and stamps
+_COUNT = struct.Struct("<I")
 _CRC = struct.Struct("<I")
 
 
@@ -174,35 +175,50 @@ class DedupCache:
         """The cache, but for keys still reserved and keys expired, with `marks` (per
         namespace: the index up to which the log's keys are in it, and the id of the record
         before that index, so that `load`'s caller can tell the log is the same)."""
+        return b"".join(self.dump_steps(marks, 0))
+
+    def dump_steps(self, marks: dict[str, tuple[int, bytes]], step_keys: int):
+        """`dump` in pieces of about `step_keys` keys (0: one piece), so that the loop can
+        serve between them. Keys that change meanwhile are fine: those added after the
+        marks belong to records after them, which a start-up replays anyway."""
         pending = self._pending
         horizon = self._clock() - self.ttl if self.ttl else float("-inf")
-        out = [b""]
+        out = [_HEAD.pack(_MAGIC, len(marks))]
         for name, (index, event_id) in marks.items():
             raw = name.encode()
             out += [_MARK.pack(len(raw)), raw, _INDEX.pack(index), _MARK.pack(len(event_id)),
                     event_id]
-        subjects = 0
-        for sd, keys in self._subjects.items():
-            if pending or self.ttl:  # else every key is kept: no per-key Python
+        subjects = in_piece = crc = 0
+        for sd in list(self._subjects):
+            keys = self._subjects.get(sd)
+            if keys and (pending or self.ttl):  # else every key is kept: no per-key Python
                 keys = {kd: stamp for kd, stamp in keys.items()
                         if stamp >= horizon and (sd, kd) not in pending}
-            if keys:
-                subjects += 1
-                out += [_SUBJECT.pack(sd, len(keys)), b"".join(keys),
-                        array("d", keys.values()).tobytes()]
-        out[0] = _HEAD.pack(_MAGIC, len(marks), subjects)
-        body = b"".join(out)
-        return body + _CRC.pack(zlib.crc32(body))
+            if not keys:
+                continue
+            subjects += 1
+            in_piece += len(keys)
+            out += [_SUBJECT.pack(sd, len(keys)), b"".join(keys),
+                    array("d", keys.values()).tobytes()]
+            if step_keys and in_piece >= step_keys:
+                piece, out, in_piece = b"".join(out), [], 0
+                crc = zlib.crc32(piece, crc)
+                yield piece
+        tail = b"".join(out) + _COUNT.pack(subjects)
+        crc = zlib.crc32(tail, crc)
+        yield tail + _CRC.pack(crc)
 
     def load(self, data: bytes) -> dict[str, tuple[int, bytes]]:
         """Replace the cache by a `dump`; its marks. SnapshotError if it cannot be used."""
         view = memoryview(data)
-        if len(data) < _HEAD.size + _CRC.size or bytes(view[:8]) != _MAGIC:
+        if len(data) < _HEAD.size + _COUNT.size + _CRC.size or bytes(view[:8]) != _MAGIC:
             raise SnapshotError("not a busd dedup snapshot")
         if zlib.crc32(view[:-_CRC.size]) != _CRC.unpack_from(view, len(data) - _CRC.size)[0]:
             raise SnapshotError("checksum mismatch")
         try:
-            _, n_marks, n_subjects = _HEAD.unpack_from(view)
+            _, n_marks = _HEAD.unpack_from(view)
+            end = len(data) - _CRC.size - _COUNT.size
+            (n_subjects,) = _COUNT.unpack_from(view, end)
             pos, marks = _HEAD.size, {}
             for _ in range(n_marks):
                 (n,) = _MARK.unpack_from(view, pos)
@@ -224,6 +240,6 @@ class DedupCache:
                     self._add(sd, kds[k * DIGEST_SIZE:(k + 1) * DIGEST_SIZE], stamp)
         except (struct.error, UnicodeDecodeError, ValueError) as exc:
             raise SnapshotError(f"damaged: {exc}") from None
-        if pos != len(data) - _CRC.size:
+        if pos != end:
             raise SnapshotError("damaged: trailing bytes")
         return marks

@@ -37,6 +37,7 @@ log = logging.getLogger("busd.server.app")
 PING = sse_chunk(b": ping\n\n")
 SHUTDOWN_GRACE_SECONDS = 3.0
 DEDUP_SAVE_SECONDS = 10.0  # a start-up after a crash replays about this much of the logs
+DEDUP_SAVE_STEP_KEYS = 10_000  # keys dumped per step of the loop (a few ms)
 BACKLOG = 4096
 # what opening a --path fails with when the path itself cannot be used
 _UNUSABLE_PATH = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
@@ -185,18 +186,28 @@ class Server:
             self.store.fsync(lambda error: None)
 
     def _save_dedup(self, wait: bool = False, force: bool = False) -> None:
-        """Save the dedup cache if it moved (written off the loop unless `wait`)."""
-        if self._dedup_saving:
+        """Save the dedup cache if it moved: unless `wait`, dumped a step of the loop at a
+        time and written off the loop."""
+        if self._dedup_saving and not wait:
             return
-        data = self.broker.save_dedup(force)
-        if data is None:
+        pieces = self.broker.save_dedup(force, 0 if wait else DEDUP_SAVE_STEP_KEYS)
+        if pieces is None:
             return
         if wait:
-            self.broker.write_dedup(data)
+            self.broker.write_dedup(b"".join(pieces))
             return
-        self._dedup_saving = True
-        future = self.loop.run_in_executor(None, self.broker.write_dedup, data)
-        future.add_done_callback(lambda _: setattr(self, "_dedup_saving", False))
+        self._dedup_saving, done = True, []
+
+        def step() -> None:
+            piece = next(pieces, None)
+            if piece is not None:
+                done.append(piece)
+                self.loop.call_soon(step)
+                return
+            future = self.loop.run_in_executor(None, self.broker.write_dedup, b"".join(done))
+            future.add_done_callback(lambda _: setattr(self, "_dedup_saving", False))
+
+        step()
 
     def _retention(self) -> None:
         deleted = self.store.apply_retention(time.time())

@@ -101,3 +101,20 @@ def test_reserved_keys_that_are_never_settled_leave_with_their_entries():
     for i in range(100):
         cache.reserve(b"app.a", b"%d" % i)
     assert len(cache._pending) == 3
+
+
+def test_a_dump_in_steps_is_the_dump_and_may_see_the_cache_change_between_steps():
+    cache = DedupCache(size=100)
+    for s in range(10):
+        for k in range(30):
+            cache.add(b"app.%d" % s, b"%d" % k)
+    whole = cache.dump({"app": (300, b"e_x")})
+    steps = cache.dump_steps({"app": (300, b"e_x")}, 50)
+    pieces = [next(steps)]
+    assert len(pieces[0]) < len(whole) / 2, "not one piece"
+    cache.add(b"app.9", b"added meanwhile")  # a subject not dumped yet
+    pieces += list(steps)
+    again = DedupCache(size=100)
+    assert again.load(b"".join(pieces)) == {"app": (300, b"e_x")}
+    assert again.seen(b"app.9", b"added meanwhile") and again.seen(b"app.0", b"29")
+    assert DedupCache(size=100).load(whole) == {"app": (300, b"e_x")}
