@@ -75,17 +75,17 @@ class Broker:
         of keys remembered."""
         if not self.dedup.enabled:
             return 0
-        starts = self._load_dedup()
-        if starts is None:
-            tail = self.dedup.max_bytes // ENTRY_BYTES
-            starts = {ns: max(self.store.first_index(ns), self.store.next_index(ns) - tail)
-                      for ns in self.config.namespaces}
-        for ns, index in starts.items():
-            self._replay_keys(ns, index)
+        marked = self._load_dedup() or {}
+        tail = self.dedup.max_bytes // ENTRY_BYTES
+        for ns in self.config.namespaces:
+            start = marked.get(ns)
+            if start is None:  # no saved cache, or a namespace declared since
+                start = max(self.store.first_index(ns), self.store.next_index(ns) - tail)
+            self._replay_keys(ns, start)
         return len(self.dedup)
 
     def _load_dedup(self) -> dict[str, int] | None:
-        """The saved cache, if it matches the logs: where each log's replay starts."""
+        """The saved cache, if it matches the logs: where each log it covers replays from."""
         if self.dedup_path is None:
             return None
         try:
@@ -101,8 +101,8 @@ class Broker:
         except SnapshotError as exc:
             log.warning("saved dedup cache unusable path=%s reason=%s", self.dedup_path, exc)
             return None
-        if set(marks) != set(self.config.namespaces) or not all(
-                self._log_matches(ns, *marks[ns]) for ns in marks):
+        marks = {ns: mark for ns, mark in marks.items() if ns in self.config.namespaces}
+        if not all(self._log_matches(ns, *mark) for ns, mark in marks.items()):
             log.warning("saved dedup cache does not match the logs (restored, copied or cut "
                         "short since): rebuilding from the logs' tails path=%s",
                         self.dedup_path)
