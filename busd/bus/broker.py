@@ -13,9 +13,14 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import orjson
-
-from busd._core import ParsedEvent, parse_rfc3339, record_id, stamp_events, supplied_ids
+from busd._core import (
+    ParsedEvent,
+    parse_rfc3339,
+    record_id,
+    scan_body,
+    stamp_events,
+    supplied_ids,
+)
 from busd.bus.dedup import ENTRY_BYTES, DedupCache, SnapshotError
 from busd.bus.fanout import FanOut
 from busd.server.config import Config
@@ -127,8 +132,9 @@ class Broker:
         self.dedup.extend(self._keys_from(ns, index))
 
     def _keys_from(self, ns: str, index: int):
-        """(subject, key, created_at seconds) of each keyed record from `index` on."""
-        loads = orjson.loads
+        """(subject, key, created_at seconds) of each keyed record from `index` on, read
+        as the publish read it (lone surrogates are valid JSON here, not to orjson), so
+        the keys are the same bytes."""
         while index < self.store.next_index(ns):
             try:
                 records = self.store.read(ns, index, DEDUP_READ_BYTES)
@@ -141,11 +147,10 @@ class Broker:
             index += len(records)
             for record in records:
                 if b'"key":' in record:
-                    event = loads(record)
-                    key = event.get("key")
-                    if key:
-                        yield (event["subject"].encode(), key.encode(),
-                               parse_rfc3339(event["created_at"].encode()) / 1e9)
+                    (event,) = scan_body(record)[1]
+                    if event.key_value:
+                        yield (event.subject, event.key_value,
+                               parse_rfc3339(event.created_at) / 1e9)
 
     def save_dedup(self, force: bool = False, step_keys: int = 0):
         """The cache as a file's contents, marked with the logs' heads, in pieces of about
