@@ -233,6 +233,59 @@ def test_a_batch_may_be_larger_than_one_event(make_server):
     assert stored(port) == 200
 
 
+def event_body(size: int, subject: str = "app.big") -> bytes:
+    """One event whose JSON body is `size` bytes."""
+    head = b'{"subject":"%s","payload":"' % subject.encode()
+    return head + b"x" * (size - len(head) - 2) + b'"}'
+
+
+def test_bodies_past_the_server_wide_budget_are_503_and_the_others_go_on(make_server):
+    """--max-body-memory bounds the bodies all connections buffer together: the body that
+    would pass it is refused with a 503 saying why; the one already admitted is stored, and
+    once it is, there is room again (for a client that left half-way too)."""
+    port = make_server("app", "--max-body-memory", "1MiB").port
+    first, second = event_body(900_000, "app.first"), event_body(500_000, "app.second")
+    with Http(port) as holder, Http(port) as late:
+        holder.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(first)
+                    + first[:800_000])
+        time.sleep(0.2)
+        late.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(second)
+                  + second[:300_000])
+        answer = read_response(late.file)
+        assert answer.status == 503, answer
+        assert b"limit of 1048576 bytes of request bodies being received" in answer.body
+        assert b"--max-body-memory" in answer.body and answer.body.count(b"\n") == 1
+        holder.send(first[800_000:])
+        assert read_response(holder.file).status == 202
+    leaver = socket.create_connection(("127.0.0.1", port))
+    leaver.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n"
+                   + first[:800_000])
+    time.sleep(0.2)
+    leaver.close()
+    time.sleep(0.2)
+    assert request(port, "POST", "/", second).status == 202
+    assert request(port, "POST", "/", first).status == 202
+    assert stored(port) == 3
+
+
+def test_100_continue_is_sent_after_the_answers_before_it(server):
+    """An interim 100 belongs to its request: pipelined behind a publish that is answered
+    after its group commit, it comes after that 202, not ahead of it."""
+    body = b'{"subject":"app.second"}'
+    with Http(server.port) as http:
+        http.send(build_request("POST", "/", b'{"subject":"app.first"}')
+                  + build_request("POST", "/", body, {"Expect": "100-continue"}))
+        lines = [read_response_line(http.file) for _ in range(3)]
+    assert lines == [202, 100, 202], lines
+
+
+def read_response_line(file) -> int:
+    """The status of the next response, interim ones included, its head and body read."""
+    status, headers = _read_head(file)
+    file.read(int(headers.get("content-length", 0)))
+    return status
+
+
 # -- events per request -------------------------------------------------------------------------
 
 def test_a_batch_over_max_batch_is_413_and_stores_nothing(make_server):
