@@ -1,14 +1,13 @@
 """Signals and shutdown: handled from the start, the drain takes no new requests, the
 store is always closed, and the exit status is 0.
 
-Faults are injected into a real server process by a few lines run before `bus server`
-(a slow recovery, a slow fsync), the way they happen on a loaded disk."""
+Faults are injected into a real server process by a few lines it runs before `bus server`
+(BusServer's `fault`): a slow recovery, a slow fsync, as on a loaded disk."""
 
 from __future__ import annotations
 
 import signal
 import socket
-import sys
 import time
 
 from busclient import BusServer, Http, publish, request
@@ -34,26 +33,6 @@ LocalStore.sync = slow_sync
 """
 
 
-class FaultyServer(BusServer):
-    """A BusServer whose process runs `fault` (Python source) before `bus server`."""
-
-    def __init__(self, path, fault: str, *args: str) -> None:
-        super().__init__(path, "app", *args)
-        self.fault = fault
-
-    def spawn(self):
-        import subprocess
-        import os
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
-        code = self.fault + "\nimport sys\nfrom busd.cli.main import main\nsys.exit(main())\n"
-        self._stderr = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "server", "--addr", f"127.0.0.1:{self.port}",
-             "--path", str(self.path), "--namespaces", self.namespaces, *self.args],
-            env=env, stdout=subprocess.DEVNULL, stderr=self._stderr)
-        return self.proc
-
-
 def wait_for_log(server: BusServer, text: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while text not in server.log():
@@ -63,7 +42,7 @@ def wait_for_log(server: BusServer, text: str, timeout: float = 15.0) -> None:
 
 
 def test_signals_during_a_long_start_neither_kill_nor_get_lost(tmp_path):
-    server = FaultyServer(tmp_path / "data", SLOW_START)
+    server = BusServer(tmp_path / "data", "app", fault=SLOW_START)
     try:
         server.spawn()
         wait_for_log(server, "msg=\"starting\"")  # now recovering, for 2 s
@@ -77,7 +56,7 @@ def test_signals_during_a_long_start_neither_kill_nor_get_lost(tmp_path):
 
 
 def test_a_slow_fsync_at_shutdown_still_closes_the_store_and_exits_0(tmp_path):
-    server = FaultyServer(tmp_path / "data", SLOW_FSYNC).start()
+    server = BusServer(tmp_path / "data", "app", fault=SLOW_FSYNC).start()
     try:
         with Http(server.port) as keep_alive:
             assert keep_alive.request("GET", "/healthz").status == 200
