@@ -19,11 +19,13 @@ from busd.server.api import Api
 from busd.server.auth import Auth
 from busd.server.config import Config, ConfigError
 from busd.server.http import (
+    LINGER_INPUT,
     BodyBudget,
     CorsHttpConnection,
     HttpConnection,
     Limits,
     error_response,
+    linger,
     restrict_cors,
 )
 from busd.server.logs import describe_config
@@ -38,9 +40,7 @@ log = logging.getLogger("busd.server.app")
 PING = sse_chunk(b": ping\n\n")
 SHUTDOWN_GRACE_SECONDS = 3.0
 BACKLOG = 4096
-REFUSAL_LINGER_SECONDS = 2.0  # how long a refused connection is read before it is closed
 MAX_LINGERING_REFUSALS = 256  # refused connections read at once; past it, closed at once
-REFUSAL_INPUT = 8 << 20  # what a refused connection may send before it is closed
 # what opening a --path fails with when the path itself cannot be used
 _UNUSABLE_PATH = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
                             errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP})
@@ -285,11 +285,8 @@ def _ssl_context(config: Config):
 
 
 class _Refuse(asyncio.Protocol):
-    """Answers 503 and hangs up: the server is at --max-connections.
-
-    It goes on reading (and dropping) what the client sends until the client closes, for at
-    most REFUSAL_LINGER_SECONDS: closing a socket with unread input sends a reset, which
-    can reach the client before the 503 does and destroy it."""
+    """Answers 503 and hangs up: the server is at --max-connections. It lingers (see
+    `linger`) so that the 503 is read, as long as fewer than MAX_LINGERING_REFUSALS do."""
 
     lingering = 0  # refused connections being read, server-wide
 
@@ -308,14 +305,11 @@ class _Refuse(asyncio.Protocol):
             self.transport.close()
             return
         _Refuse.lingering += 1
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
-        self.timer = asyncio.get_running_loop().call_later(REFUSAL_LINGER_SECONDS,
-                                                           self.transport.close)
+        self.timer = linger(self.transport)
 
     def data_received(self, data: bytes) -> None:
         self.received += len(data)
-        if self.received > REFUSAL_INPUT:
+        if self.received > LINGER_INPUT:
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -41,6 +41,8 @@ REASONS = {
 MAX_URL_BYTES = 16 << 10
 MAX_HEADER_BYTES = 64 << 10  # a request's head: request line and header lines
 MAX_STREAM_INPUT = 4 << 10  # what a streaming client may send after its request
+LINGER_SECONDS = 2.0  # how long a connection is read after its last answer (see linger)
+LINGER_INPUT = 64 << 20  # what it may send meanwhile (the largest request) before it is closed
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_PIPELINED = 64  # pending responses per connection before we stop reading
 EVENT_ENVELOPE = 64 << 10  # room a single event's body has beyond its payload's limit
@@ -103,6 +105,17 @@ def stream_head(headers: bytes, chunked: bool) -> bytes:
                      b"X-Accel-Buffering: no\r\n",
                      b"Transfer-Encoding: chunked\r\n\r\n" if chunked else
                      b"Connection: close\r\n\r\n"))
+
+
+def linger(transport: asyncio.Transport) -> asyncio.TimerHandle:
+    """Half-close after the last answer and keep reading (the caller drops what arrives)
+    until the client closes, for at most LINGER_SECONDS: closing a socket with unread input
+    sends a reset, which can reach the client before that answer and destroy it (a 413 for
+    a 30 MB upload was never seen otherwise). RFC 9112 §9.6 asks for this."""
+    if transport.can_write_eof():
+        transport.write_eof()
+    transport.resume_reading()
+    return asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
 
 
 def origin_form(target: bytes) -> bytes:
@@ -256,7 +269,8 @@ class HttpConnection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_size = 0
         self._held = 0  # of this body's bytes, those counted in the BodyBudget
-        self._ignored = 0  # bytes a streaming client sent after its request
+        self._ignored = 0  # bytes a streaming or lingering client sent, dropped
+        self._linger: asyncio.TimerHandle | None = None
         self._body_limit = limits.max_event_body  # past it, _past_body_limit decides
         self._chunks: _ChunkLines | None = None  # while a chunked body is being read
         self._read = b""  # what is being parsed
@@ -273,6 +287,8 @@ class HttpConnection(asyncio.Protocol):
         self.connections.discard(self)
         self.pending.clear()
         self._release_body()
+        if self._linger is not None:
+            self._linger.cancel()
         if self.stream is not None:
             stream, self.stream = self.stream, None
             stream.closed()
@@ -304,7 +320,7 @@ class HttpConnection(asyncio.Protocol):
             if self._reject is not None:
                 status, reason = self._reject
                 self._fail(status, reason)
-        if data and self.stream is not None:
+        if data and (self.stream is not None or self.is_closed):
             self._ignore(len(data))
 
     def _count_head(self, read: bytes, before: int, begun: int) -> None:
@@ -335,10 +351,12 @@ class HttpConnection(asyncio.Protocol):
 
     def _ignore(self, size: int) -> None:
         """A streaming connection is read on, so that its client's FIN or RST ends the
-        stream at once; what it sends is dropped, and past a few KiB the stream is ended."""
+        stream at once, and so is one that lingers after its last answer (see linger):
+        what they send is dropped, and past a few KiB (streams) or LINGER_INPUT the
+        connection is closed."""
         self._ignored += size
-        if self._ignored > MAX_STREAM_INPUT:
-            log.debug("closing a stream whose client sent %d bytes after its request",
+        if self._ignored > (LINGER_INPUT if self._linger else MAX_STREAM_INPUT):
+            log.debug("closing a connection whose client sent %d bytes after its request",
                       self._ignored)
             self.close()
 
@@ -608,9 +626,8 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        if not self.is_closed:
-            self.is_closed = True
-            self.transport.close()
+        self.is_closed = True
+        self.transport.close()  # again, for one that lingers
 
     def check_timeouts(self, now: float) -> None:
         """Called about once a second: cut slow requests (slowloris) and idle keep-alives."""
@@ -628,7 +645,9 @@ class HttpConnection(asyncio.Protocol):
             return
         self.transport.write(data)
         if close:
-            self.close()
+            self.is_closed = self._failed = True  # nothing more is parsed or written
+            self.read_paused = False
+            self._linger = linger(self.transport)
 
     def _idle(self) -> None:
         self.state = _IDLE
