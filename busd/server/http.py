@@ -43,6 +43,7 @@ MAX_HEADER_BYTES = 64 << 10  # a request's head: request line and header lines
 MAX_STREAM_INPUT = 4 << 10  # what a streaming client may send after its request
 LINGER_SECONDS = 2.0  # how long a connection is read after its last answer (see linger)
 LINGER_INPUT = 64 << 20  # what it may send meanwhile (the largest request) before it is closed
+LINGER_HEAD_INPUT = 64 << 10  # ... when no body was being read: the rest of a head, at most
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_PIPELINED = 64  # pending responses per connection before we stop reading
 EVENT_ENVELOPE = 64 << 10  # room a single event's body has beyond its payload's limit
@@ -271,6 +272,7 @@ class HttpConnection(asyncio.Protocol):
         self._held = 0  # of this body's bytes, those counted in the BodyBudget
         self._ignored = 0  # bytes a streaming or lingering client sent, dropped
         self._linger: asyncio.TimerHandle | None = None
+        self._linger_input = LINGER_INPUT
         self._body_limit = limits.max_event_body  # past it, _past_body_limit decides
         self._chunks: _ChunkLines | None = None  # while a chunked body is being read
         self._read = b""  # what is being parsed
@@ -355,7 +357,7 @@ class HttpConnection(asyncio.Protocol):
         what they send is dropped, and past a few KiB (streams) or LINGER_INPUT the
         connection is closed."""
         self._ignored += size
-        if self._ignored > (LINGER_INPUT if self._linger else MAX_STREAM_INPUT):
+        if self._ignored > (self._linger_input if self._linger else MAX_STREAM_INPUT):
             log.debug("closing a connection whose client sent %d bytes after its request",
                       self._ignored)
             self.close()
@@ -647,6 +649,9 @@ class HttpConnection(asyncio.Protocol):
         if close:
             self.is_closed = self._failed = True  # nothing more is parsed or written
             self.read_paused = False
+            # a client refused mid-body may send all of it; others have less to say
+            if self.state != _BODY:
+                self._linger_input = LINGER_HEAD_INPUT
             self._linger = linger(self.transport)
 
     def _idle(self) -> None:
