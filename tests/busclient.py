@@ -25,8 +25,11 @@ class BusServer:
     """`python -m busd server` on a free loopback port with its own data directory."""
 
     def __init__(self, path: Path, namespaces: str = "app,orders,math", *args: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, fault: str = "") -> None:
+        """fault: Python source the server process runs first, to inject a fault (a slow
+        disk, say) into the real server."""
         self.path = Path(path)
+        self.fault = fault
         self.namespaces = namespaces
         self.args = list(args)
         self.env = env or {}
@@ -38,7 +41,9 @@ class BusServer:
         """Start the process and return at once (start() also waits until it listens)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
         env.update(self.env)
-        cmd = [sys.executable, "-m", "busd", "server", "--addr", f"127.0.0.1:{self.port}",
+        run = ["-c", self.fault + "\nimport sys\nfrom busd.cli.main import main\n"
+                     "sys.exit(main())"] if self.fault else ["-m", "busd"]
+        cmd = [sys.executable, *run, "server", "--addr", f"127.0.0.1:{self.port}",
                "--path", str(self.path), "--namespaces", self.namespaces, *self.args]
         self._stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,

@@ -19,10 +19,13 @@ from busd.server.api import Api
 from busd.server.auth import Auth
 from busd.server.config import Config, ConfigError
 from busd.server.http import (
+    LINGER_INPUT,
+    BodyBudget,
     CorsHttpConnection,
     HttpConnection,
     Limits,
     error_response,
+    linger,
     restrict_cors,
 )
 from busd.server.logs import describe_config
@@ -39,6 +42,7 @@ SHUTDOWN_GRACE_SECONDS = 3.0
 DEDUP_SAVE_SECONDS = 10.0  # a start-up after a crash replays about this much of the logs
 DEDUP_SAVE_STEP_KEYS = 10_000  # keys dumped per step of the loop (a few ms)
 BACKLOG = 4096
+MAX_LINGERING_REFUSALS = 256  # refused connections read at once; past it, closed at once
 # what opening a --path fails with when the path itself cannot be used
 _UNUSABLE_PATH = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR,
                             errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.ELOOP})
@@ -68,6 +72,7 @@ class Server:
         self.api = Api(self.broker, Auth(config.auth_file) if config.auth_file else None)
         self.limits = Limits(config.max_request_size, config.max_event_size,
                              config.header_timeout, config.body_timeout, config.idle_timeout)
+        self.body_budget = BodyBudget(config.max_body_memory)
         self.listeners: list[asyncio.base_events.Server] = []
         self._connection_class = HttpConnection
         if config.cors_origins is not None:
@@ -81,7 +86,8 @@ class Server:
     def _new_connection(self) -> asyncio.Protocol:
         if len(self.connections) >= self.config.max_connections:
             return _Refuse(self.config.max_connections)
-        return self._connection_class(self.api, self.limits, self.connections)
+        return self._connection_class(self.api, self.limits, self.connections,
+                                      self.body_budget)
 
     async def start(self) -> None:
         """Raises ConfigError (the one line to print names the flag) when --addr, --path or
@@ -215,28 +221,37 @@ class Server:
             log.info("retention deleted segments=%d", deleted)
 
     async def stop(self) -> None:
-        """Stop accepting, end streams, answer what is in flight, fsync, close."""
+        """Stop accepting and reading requests, end streams, answer what is in flight,
+        fsync, close. The store is closed whatever happens before."""
         log.info("shutting down connections=%d", len(self.connections))
         notify("STOPPING=1")
-        for timer in self._duties:
-            timer[0].cancel()
-        for listener in self.listeners:
-            listener.close()
-        for conn in tuple(self.connections):
-            if conn.stream is not None:
-                conn.stream.end()
-        await asyncio.sleep(0)  # let a scheduled group commit run and answer
-        synced = self.loop.create_future()
-        self.store.fsync(lambda error: synced.done() or synced.set_result(error))
-        await asyncio.wait_for(synced, SHUTDOWN_GRACE_SECONDS)
-        self._save_dedup(wait=True, force=True)
-        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-        while any(c.pending for c in self.connections) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        for conn in tuple(self.connections):
-            conn.close()
-        await asyncio.sleep(0)
-        await self.store.stop()
+        try:
+            for timer in self._duties:
+                timer[0].cancel()
+            for listener in self.listeners:
+                listener.close()
+            for conn in tuple(self.connections):
+                if conn.stream is not None:
+                    conn.stream.end()
+                else:
+                    conn.hang_up()
+            await asyncio.sleep(0)  # let a scheduled group commit run and answer
+            synced = self.loop.create_future()
+            self.store.fsync(lambda error: synced.done() or synced.set_result(error))
+            try:
+                await asyncio.wait_for(synced, SHUTDOWN_GRACE_SECONDS)
+            except TimeoutError:
+                log.warning("shutdown: the last fsync took over %gs; closing the store "
+                            "waits for it", SHUTDOWN_GRACE_SECONDS)
+            self._save_dedup(wait=True, force=True)
+            deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+            while any(c.pending for c in self.connections) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            for conn in tuple(self.connections):
+                conn.close()
+            await asyncio.sleep(0)
+        finally:
+            await self.store.stop()
         log.info("stopped")
 
 
@@ -300,24 +315,48 @@ def _ssl_context(config: Config):
 
 
 class _Refuse(asyncio.Protocol):
-    """Answers 503 and hangs up: the server is at --max-connections."""
+    """Answers 503 and hangs up: the server is at --max-connections. It lingers (see
+    `linger`) so that the 503 is read, as long as fewer than MAX_LINGERING_REFUSALS do."""
+
+    lingering = 0  # refused connections being read, server-wide
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
+        self.transport: asyncio.Transport | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.received = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(error_response(503, f"too many connections (limit {self.limit}); "
-                                            "try again later", close=True))
-        transport.close()
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(error_response(503, f"too many connections (limit "
+                                                 f"{self.limit}); try again later",
+                                            close=True))
+        if _Refuse.lingering >= MAX_LINGERING_REFUSALS:
+            self.transport.close()
+            return
+        _Refuse.lingering += 1
+        self.timer = linger(self.transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        if self.received > LINGER_INPUT:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            _Refuse.lingering -= 1
 
 
 async def serve(config: Config) -> None:
+    """Signal handlers come first: a SIGHUP or SIGTERM during a long recovery must neither
+    kill the process nor be lost (a stop asked for during start-up follows it)."""
     server = Server(config)
-    await server.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.stopping.set)
     loop.add_signal_handler(signal.SIGHUP, server.reload)
+    await server.start()
     await server.stopping.wait()
     await server.stop()
 

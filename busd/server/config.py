@@ -69,6 +69,7 @@ class Config:
     max_event_size: int = 1 << 20
     max_batch: int = 1000  # events per request: a batch is one step of the event loop
     max_request_size: int = 64 << 20
+    max_body_memory: int = 512 << 20  # request bodies being received, all connections
     retention_age: float | None = None
     retention_bytes: int | None = None
     segment_bytes: int = 64 << 20
@@ -101,6 +102,7 @@ _OPTIONS: dict[str, tuple[str | None, object, str]] = {
     "--fsync-interval": ("BUS_FSYNC_INTERVAL", parse_duration, "fsync_interval"),
     "--max-event-size": ("BUS_MAX_EVENT_SIZE", parse_size, "max_event_size"),
     "--max-batch": ("BUS_MAX_BATCH", int, "max_batch"),
+    "--max-body-memory": ("BUS_MAX_BODY_MEMORY", parse_size, "max_body_memory"),
     "--retention-age": ("BUS_RETENTION_AGE", parse_age, "retention_age"),
     "--retention-bytes": ("BUS_RETENTION_BYTES", parse_size, "retention_bytes"),
     "--segment-size": ("BUS_SEGMENT_SIZE", parse_size, "segment_bytes"),
@@ -203,6 +205,8 @@ def load_config(flags: Mapping[str, object], env: Mapping[str, str]) -> Config:
                   "segment_bytes"):
         if field in values and values[field] < 0:  # type: ignore[operator]
             raise ConfigError(f"{field.replace('_', '-')}: must not be negative")
+    if values.get("max_body_memory", 1) < 1:  # type: ignore[operator]
+        raise ConfigError("--max-body-memory/BUS_MAX_BODY_MEMORY: must be at least 1 byte")
     if values.get("max_batch", 1) < 1:  # type: ignore[operator]
         raise ConfigError("--max-batch/BUS_MAX_BATCH: must be at least 1")
     if values.get("block_size") is not None and values["block_size"] < 64:  # type: ignore[operator]

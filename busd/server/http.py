@@ -39,7 +39,12 @@ REASONS = {
 }
 
 MAX_URL_BYTES = 16 << 10
-MAX_HEADER_BYTES = 64 << 10
+MAX_HEADER_BYTES = 64 << 10  # a request's head: request line and header lines
+MAX_STREAM_INPUT = 4 << 10  # what a streaming client may send after its request
+LINGER_SECONDS = 2.0  # how long a connection is read after its last answer (see linger)
+LINGER_INPUT = 64 << 20  # what it may send meanwhile (the largest request) before it is closed
+LINGER_HEAD_INPUT = 64 << 10  # ... when no body was being read: the rest of a head, at most
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_PIPELINED = 64  # pending responses per connection before we stop reading
 EVENT_ENVELOPE = 64 << 10  # room a single event's body has beyond its payload's limit
 MAX_CHUNK_LINE = 4 << 10  # a chunk's size line: hex size, extensions, CRLF
@@ -103,6 +108,17 @@ def stream_head(headers: bytes, chunked: bool) -> bytes:
                      b"Connection: close\r\n\r\n"))
 
 
+def linger(transport: asyncio.Transport) -> asyncio.TimerHandle:
+    """Half-close after the last answer and keep reading (the caller drops what arrives)
+    until the client closes, for at most LINGER_SECONDS: closing a socket with unread input
+    sends a reset, which can reach the client before that answer and destroy it (a 413 for
+    a 30 MB upload was never seen otherwise). RFC 9112 §9.6 asks for this."""
+    if transport.can_write_eof():
+        transport.write_eof()
+    transport.resume_reading()
+    return asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.close)
+
+
 def origin_form(target: bytes) -> bytes:
     """`http://host:port/path?query` → `/path?query`: the absolute form that proxies send
     (RFC 9112 §3.2.2) names the same resource; other targets are returned as they are."""
@@ -149,6 +165,20 @@ class Limits:
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.idle_timeout = idle_timeout
+
+
+class BodyBudget:
+    """The request-body bytes buffered by all connections together (`--max-body-memory`):
+    each connection bounds its own body, this bounds their sum. A body that would take the
+    total past the limit is refused (503) rather than waited for, so bodies never wait on
+    each other, and an admitted body is only counted as its bytes arrive (a large
+    Content-Length alone reserves nothing)."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
 
 
 class Slot:
@@ -216,10 +246,11 @@ class HttpConnection(asyncio.Protocol):
     is the stream's Sink (busd/bus/sink.py): the stream never sees the transport."""
 
     def __init__(self, handler: Callable[[HttpConnection, Request], None], limits: Limits,
-                 connections: set[HttpConnection]) -> None:
+                 connections: set[HttpConnection], budget: BodyBudget) -> None:
         self.handler = handler
         self.limits = limits
         self.connections = connections
+        self.budget = budget
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.pending: deque[Slot] = deque()
@@ -233,9 +264,15 @@ class HttpConnection(asyncio.Protocol):
         self.last_write = self.since
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
-        self._header_bytes = 0
+        self._header_bytes = 0  # the URL and the header lines httptools has reported
+        self._head_bytes = 0  # all of the head so far, while it is incomplete
+        self._begun = 0  # requests begun on this connection (on_message_begin)
         self._body: list[bytes] = []
         self._body_size = 0
+        self._held = 0  # of this body's bytes, those counted in the BodyBudget
+        self._ignored = 0  # bytes a streaming or lingering client sent, dropped
+        self._linger: asyncio.TimerHandle | None = None
+        self._linger_input = LINGER_INPUT
         self._body_limit = limits.max_event_body  # past it, _past_body_limit decides
         self._chunks: _ChunkLines | None = None  # while a chunked body is being read
         self._read = b""  # what is being parsed
@@ -251,6 +288,9 @@ class HttpConnection(asyncio.Protocol):
         self.is_closed = True
         self.connections.discard(self)
         self.pending.clear()
+        self._release_body()
+        if self._linger is not None:
+            self._linger.cancel()
         if self.stream is not None:
             stream, self.stream = self.stream, None
             stream.closed()
@@ -259,9 +299,7 @@ class HttpConnection(asyncio.Protocol):
         # a streaming (or failed) connection does not take further requests
         while data and self.stream is None and not self._failed:
             self._read = data
-            if self.state == _IDLE:
-                self.state = _HEADERS
-                self.since = time.monotonic()
+            before, begun = self.state, self._begun
             try:
                 self.parser.feed_data(data)
                 data = b""
@@ -271,17 +309,58 @@ class HttpConnection(asyncio.Protocol):
                 data = data[exc.args[0]:]
                 if self.parser.get_method() == b"CONNECT":
                     data = b""
-                    self._hang_up()
+                    self.hang_up()
             except httptools.HttpParserError as exc:
                 data = b""
                 if self._reject is None:
                     self._reject = (400, f"malformed HTTP request: {exc}")
+            if self.state == _HEADERS and self._reject is None:
+                self._count_head(self._read, before, self._begun - begun)
             if self._chunks is not None and \
                     self._chunks.read_end(self._read, self._body_size) > MAX_CHUNK_LINE:
                 self._chunk_line_too_long()
             if self._reject is not None:
                 status, reason = self._reject
                 self._fail(status, reason)
+        if data and (self.stream is not None or self.is_closed):
+            self._ignore(len(data))
+
+    def _count_head(self, read: bytes, before: int, begun: int) -> None:
+        """The head is still incomplete after this read (`before`: the state it started in,
+        `begun`: how many requests began in it): count it now, not when httptools reports
+        its header lines, which it does only once each has ended (it appends every read to
+        an unfinished line, so a line that never ends would grow unchecked, each append a
+        copy).
+
+        A read that starts inside the head is head up to its end. In the read where the
+        request began, the reported lines count, and its last line, which httptools may
+        still hold back, counts too when no earlier request's bytes are in that read (a
+        body could not be told from it): otherwise the next read is counted whole."""
+        if before == _HEADERS and not begun:
+            self._head_bytes += len(read)
+        else:
+            self._head_bytes = self._header_bytes
+            if begun == 1 and before in (_IDLE, _WAITING):
+                line_start = read.rfind(b"\n", 0, len(read) - 1) + 1
+                self._head_bytes += max(0, len(read) - line_start - len(self._url))
+        if self._head_bytes > MAX_HEADER_BYTES:
+            self._head_too_large()
+
+    def _head_too_large(self) -> None:
+        if self._reject is None:
+            self._reject = (431, f"request line and headers larger than {MAX_HEADER_BYTES} "
+                                 f"bytes")
+
+    def _ignore(self, size: int) -> None:
+        """A streaming connection is read on, so that its client's FIN or RST ends the
+        stream at once, and so is one that lingers after its last answer (see linger):
+        what they send is dropped, and past a few KiB (streams) or LINGER_INPUT the
+        connection is closed."""
+        self._ignored += size
+        if self._ignored > (self._linger_input if self._linger else MAX_STREAM_INPUT):
+            log.debug("closing a connection whose client sent %d bytes after its request",
+                      self._ignored)
+            self.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -298,16 +377,23 @@ class HttpConnection(asyncio.Protocol):
             self._resume_reading()
 
     # -- httptools callbacks ----------------------------------------------------------
+    def on_message_begin(self) -> None:
+        """A request's first byte: --header-timeout runs from here, whatever came before
+        it in the same read."""
+        self.state = _HEADERS
+        self.since = time.monotonic()
+        self._begun += 1
+
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._header_bytes += len(url)
         if len(self._url) > MAX_URL_BYTES and self._reject is None:
             self._reject = (414, f"request target longer than {MAX_URL_BYTES} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > MAX_HEADER_BYTES:
-            if self._reject is None:
-                self._reject = (431, f"request headers larger than {MAX_HEADER_BYTES} bytes")
+            self._head_too_large()
             return
         name = name.lower()
         # setdefault returns the earlier value of a repeated name (not of a repeated one-byte
@@ -346,7 +432,7 @@ class HttpConnection(asyncio.Protocol):
             self._body_limit = 0  # the first bytes tell whether a batch may be that large
         expect = headers.get(b"expect")
         if expect is not None and expect.lower() == b"100-continue":
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.reply(CONTINUE)  # an interim answer: after those of earlier requests
 
     def _start_chunked(self, coding: bytes) -> None:
         """Chunked is the one transfer coding read. Its size lines are measured from where
@@ -395,7 +481,15 @@ class HttpConnection(asyncio.Protocol):
             return
         self._body.append(body)
         self._body_size += len(body)
-        if self._body_size > self._body_limit:
+        self._held += len(body)
+        budget = self.budget
+        budget.used += len(body)
+        if budget.used > budget.limit:
+            self._release_body()
+            self._reject = (503, f"the server holds its limit of {budget.limit} bytes of "
+                                 f"request bodies being received (--max-body-memory); send "
+                                 f"this request again shortly")
+        elif self._body_size > self._body_limit:
             self._past_body_limit()
 
     def _past_body_limit(self) -> None:
@@ -420,10 +514,17 @@ class HttpConnection(asyncio.Protocol):
 
     def _refuse_body(self, reason: str) -> None:
         self._reject = (413, reason)
+        self._release_body()
+
+    def _release_body(self) -> None:
+        """Drop the body read so far, giving its bytes back to the BodyBudget."""
+        self.budget.used -= self._held
+        self._held = 0
         self._body = []
 
     def on_message_complete(self) -> None:
         if self._reject is not None or self.stream is not None or self.is_closed:
+            self._release_body()
             return
         pieces = self._body
         if len(pieces) == 1:
@@ -438,9 +539,11 @@ class HttpConnection(asyncio.Protocol):
         self._url = b""
         self._headers = {}
         self._header_bytes = 0
-        self._body = []
         self._body_size = 0
-        self.handler(self, request)
+        try:
+            self.handler(self, request)
+        finally:  # the handler has taken what it keeps of the body
+            self._release_body()
         if self.state == _WAITING and not self.pending and self.stream is None:
             self._idle()
 
@@ -463,7 +566,7 @@ class HttpConnection(asyncio.Protocol):
 
     def fulfil(self, slot: Slot, data: bytes | Callable[[], None], close: bool = False) -> None:
         slot.data = data
-        slot.close = close
+        slot.close = slot.close or close  # hang_up may have marked it already
         pending = self.pending
         while pending and pending[0].data is not None:
             head = pending.popleft()
@@ -503,7 +606,7 @@ class HttpConnection(asyncio.Protocol):
         asyncio's) are buffered."""
         self.stream = stream
         self.state = _STREAM
-        self._pause_reading()
+        self._resume_reading()  # see _ignore
         if not self.is_closed:
             self.last_write = time.monotonic()
             self.transport.write(stream_head(headers, self.chunked))
@@ -525,9 +628,8 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
-        if not self.is_closed:
-            self.is_closed = True
-            self.transport.close()
+        self.is_closed = True
+        self.transport.close()  # again, for one that lingers
 
     def check_timeouts(self, now: float) -> None:
         """Called about once a second: cut slow requests (slowloris) and idle keep-alives."""
@@ -545,7 +647,12 @@ class HttpConnection(asyncio.Protocol):
             return
         self.transport.write(data)
         if close:
-            self.close()
+            self.is_closed = self._failed = True  # nothing more is parsed or written
+            self.read_paused = False
+            # a client refused mid-body may send all of it; others have less to say
+            if self.state != _BODY:
+                self._linger_input = LINGER_HEAD_INPUT
+            self._linger = linger(self.transport)
 
     def _idle(self) -> None:
         self.state = _IDLE
@@ -564,8 +671,9 @@ class HttpConnection(asyncio.Protocol):
         self._pause_reading()
         self.reply(error_response(status, reason, close=True), close=True)
 
-    def _hang_up(self) -> None:
-        """Take no further requests; close once the answers so far are written."""
+    def hang_up(self) -> None:
+        """Take no further requests (after a CONNECT, or at shutdown); close once the
+        answers so far are written."""
         self._failed = True
         self._pause_reading()
         if self.pending:
@@ -579,7 +687,7 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.read_paused and not self.is_closed and self.stream is None:
+        if self.read_paused and not self.is_closed and not self._failed:
             self.read_paused = False
             self.transport.resume_reading()
 

@@ -24,7 +24,7 @@ def test_defaults_match_the_spec():
     assert str(config.path) == "data" and config.block_size == 4096
     assert config.dup_size == 1000 and config.dup_ttl == 0 and config.fsync == "interval"
     assert config.max_event_size == 1 << 20 and config.log_level == "INFO"
-    assert config.max_batch == 1000
+    assert config.max_batch == 1000 and config.max_body_memory == 512 << 20
 
 
 @pytest.mark.parametrize("flags, env, names", [
@@ -39,6 +39,8 @@ def test_defaults_match_the_spec():
     ({"--namespaces": "a"}, {"BUS_RETENTION_AGE": "forever"}, "BUS_RETENTION_AGE"),
     ({"--namespaces": "a", "--max-batch": "0"}, {}, "--max-batch"),
     ({"--namespaces": "a"}, {"BUS_MAX_BATCH": "all"}, "BUS_MAX_BATCH"),
+    ({"--namespaces": "a", "--max-body-memory": "0"}, {}, "--max-body-memory"),
+    ({"--namespaces": "a"}, {"BUS_MAX_BODY_MEMORY": "lots"}, "BUS_MAX_BODY_MEMORY"),
 ])
 def test_bad_values_name_the_setting(flags, env, names):
     with pytest.raises(ConfigError, match=names):

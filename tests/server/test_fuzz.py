@@ -305,12 +305,29 @@ def random_request(rng: random.Random) -> bytes:
     return bytes(data)
 
 
-def send_and_read(port: int, data: bytes, timeout: float = 4.0) -> bytes:
-    """Send, half-close, and read until the server closes (the test fails on a hang)."""
+def drip(sock: socket.socket, data: bytes, rng: random.Random) -> None:
+    """Send `data` as a slow client does: in pieces of 1 byte to 2 KiB, each its own
+    segment, with pauses between them, so that every piece is a read of its own."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    at = 0
+    while at < len(data):
+        size = rng.choice([1, 2, 3, 7, rng.randrange(1, 2048)])
+        sock.sendall(data[at:at + size])
+        at += size
+        time.sleep(rng.choice([0, 0, 0.0005, 0.002]))
+
+
+def send_and_read(port: int, data: bytes, timeout: float = 4.0,
+                  slowly: random.Random | None = None) -> bytes:
+    """Send (all at once, or `slowly` dripped), half-close, and read until the server
+    closes (the test fails on a hang)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         try:
-            sock.sendall(data)
+            if slowly is None:
+                sock.sendall(data)
+            else:
+                drip(sock, data, slowly)
             sock.shutdown(socket.SHUT_WR)
         except OSError:
             pass  # the server may cut us off mid-send (e.g. 431): fine
@@ -358,13 +375,44 @@ def test_known_nasty_requests(fuzz_server, data):
         assert status < 500, (status, answer[:300])
 
 
-def test_random_malformed_requests_never_hurt_the_server(fuzz_server):
+@pytest.mark.parametrize("data", NASTY, ids=range(len(NASTY)))
+def test_known_nasty_requests_dripped(fuzz_server, data):
+    answer = send_and_read(fuzz_server.port, data, slowly=random.Random(len(data)))
+    for status in statuses(answer):
+        assert status < 500, (status, answer[:300])
+
+
+@pytest.mark.parametrize("head", [b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: ",
+                                  b"GET / HTTP/1.1\r\nX-Long-Name",
+                                  GOOD + b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: "])
+def test_a_dripped_header_that_never_ends_is_431_before_the_header_timeout(fuzz_server, head):
+    """The class the all-at-once fuzzer cannot reach: a head that keeps growing in small
+    reads is refused once it passes the limit, not when it ends (never) or times out."""
+    rng = random.Random(len(head))
+    with socket.create_connection(("127.0.0.1", fuzz_server.port), timeout=4) as sock:
+        sock.sendall(head)
+        sock.settimeout(0.001)
+        started, answer = time.monotonic(), b""
+        while b"Connection: close" not in answer:
+            assert time.monotonic() - started < 1.8, f"no answer yet: {answer[:200]!r}"
+            try:
+                drip(sock, b"y" * 4096, rng)
+                answer += sock.recv(65536)
+            except TimeoutError:
+                pass
+            except OSError:
+                break
+    assert statuses(answer)[-1] == 431, answer[:300]
+
+
+@pytest.mark.parametrize("slowly", [False, True], ids=["at-once", "dripped"])
+def test_random_malformed_requests_never_hurt_the_server(fuzz_server, slowly):
     port = fuzz_server.port
     rng = random.Random(20261127)
     seen: set[int] = set()
     with Http(port) as bystander:  # a well-behaved client on its own keep-alive connection
-        for number in range(400):
-            answer = send_and_read(port, random_request(rng))
+        for number in range(400 if not slowly else 150):
+            answer = send_and_read(port, random_request(rng), slowly=rng if slowly else None)
             for status in statuses(answer):
                 assert status < 500, (status, answer[:300])
                 seen.add(status)

@@ -181,12 +181,14 @@ def test_an_endless_chunk_extension_is_cut_off(server):
         http.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;x=")
         sent = 0
         try:
-            while sent < 64 << 20:
+            while sent < 256 << 20:
                 http.send(b"y" * 65536)
                 sent += 65536
         except OSError:  # the server hung up
             pass
-        assert sent < 64 << 20
+        # after its 400 the server reads and drops at most 64 MiB (so that the 400 arrives),
+        # then hangs up; what more was sent sat in the two sockets' buffers
+        assert sent < 80 << 20
         try:
             answer = read_response(http.file)
         except ConnectionResetError:  # our unread bytes made the close a reset: fine
@@ -232,6 +234,73 @@ def test_a_batch_may_be_larger_than_one_event(make_server):
         answer = read_response(http.file)
     assert answer.status == 413 and b"only a batch" in answer.body
     assert stored(port) == 200
+
+
+def event_body(size: int, subject: str = "app.big") -> bytes:
+    """One event whose JSON body is `size` bytes."""
+    head = b'{"subject":"%s","payload":"' % subject.encode()
+    return head + b"x" * (size - len(head) - 2) + b'"}'
+
+
+def test_bodies_past_the_server_wide_budget_are_503_and_the_others_go_on(make_server):
+    """--max-body-memory bounds the bodies all connections buffer together: the body that
+    would pass it is refused with a 503 saying why; the one already admitted is stored, and
+    once it is, there is room again (for a client that left half-way too)."""
+    port = make_server("app", "--max-body-memory", "1MiB").port
+    first, second = event_body(900_000, "app.first"), event_body(500_000, "app.second")
+    with Http(port) as holder, Http(port) as late:
+        holder.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(first)
+                    + first[:800_000])
+        time.sleep(0.2)
+        late.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(second)
+                  + second[:300_000])
+        answer = read_response(late.file)
+        assert answer.status == 503, answer
+        assert b"limit of 1048576 bytes of request bodies being received" in answer.body
+        assert b"--max-body-memory" in answer.body and answer.body.count(b"\n") == 1
+        holder.send(first[800_000:])
+        assert read_response(holder.file).status == 202
+    leaver = socket.create_connection(("127.0.0.1", port))
+    leaver.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 900000\r\n\r\n"
+                   + first[:800_000])
+    time.sleep(0.2)
+    leaver.close()
+    time.sleep(0.2)
+    assert request(port, "POST", "/", second).status == 202
+    assert request(port, "POST", "/", first).status == 202
+    assert stored(port) == 3
+
+
+def test_a_refused_upload_is_read_to_its_end_so_its_answer_arrives(server):
+    """The 413 for a 30 MB single event is written before its body is read; then the
+    connection is read (and dropped) until the client has sent everything, so a client
+    that reads only once it has written all gets the 413, not a reset."""
+    body = event_body(30_000_000)
+    for _ in range(3):
+        with Http(server.port) as http:
+            http.send(build_request("POST", "/", body))
+            answer = read_response(http.file)
+            assert answer.status == 413 and b"only a batch" in answer.body, answer
+            assert http.file.read() == b"", "the connection ends after the answer"
+    assert stored(server.port) == 0
+
+
+def test_100_continue_is_sent_after_the_answers_before_it(server):
+    """An interim 100 belongs to its request: pipelined behind a publish that is answered
+    after its group commit, it comes after that 202, not ahead of it."""
+    body = b'{"subject":"app.second"}'
+    with Http(server.port) as http:
+        http.send(build_request("POST", "/", b'{"subject":"app.first"}')
+                  + build_request("POST", "/", body, {"Expect": "100-continue"}))
+        lines = [read_response_line(http.file) for _ in range(3)]
+    assert lines == [202, 100, 202], lines
+
+
+def read_response_line(file) -> int:
+    """The status of the next response, interim ones included, its head and body read."""
+    status, headers = _read_head(file)
+    file.read(int(headers.get("content-length", 0)))
+    return status
 
 
 # -- events per request -------------------------------------------------------------------------

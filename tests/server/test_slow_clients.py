@@ -256,3 +256,177 @@ def test_a_flood_of_connections_while_publishing(make_server):
         for thread in threads:
             thread.join()
     assert worst < 1.0, f"a publish took {worst:.3f}s under connection churn"
+
+
+def answer_while_sending(sock: socket.socket, pieces, pause: float = 0.002,
+                         timeout: float = 5.0) -> tuple[bytes, int]:
+    """Send `pieces` one by one until the server answers with `Connection: close` or
+    closes: what it said, and how many bytes had been sent by then."""
+    sock.setblocking(False)
+    answer, sent, deadline = b"", 0, time.monotonic() + timeout
+    for piece in pieces:
+        try:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+            if b"Connection: close\r\n" in answer:
+                break
+        except BlockingIOError:
+            pass
+        except ConnectionResetError:
+            break
+        try:
+            sock.sendall(piece)
+        except BlockingIOError:  # its buffer is full: it stopped reading
+            pass
+        except OSError:
+            break
+        sent += len(piece)
+        assert time.monotonic() < deadline, f"no answer after {sent} bytes"
+        time.sleep(pause)
+    else:
+        raise AssertionError(f"no answer after {sent} bytes")
+    sock.setblocking(True)
+    return answer + read_until_closed(sock, 2), sent
+
+
+ENDLESS = [b"a" * 1024] * 4096  # 4 MiB, a KiB at a time
+
+
+@pytest.mark.parametrize("head", [
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Endless: ",  # a value that never ends
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-",  # a name that never ends
+    build_request("POST", "/", b'{"subject":"app.x"}') + b"GET / HTTP/1.1\r\nX: ",  # pipelined
+])
+def test_a_header_that_never_ends_is_431_as_soon_as_it_passes_64_KiB(server, head):
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(head)
+        answer, sent = answer_while_sending(sock, ENDLESS)
+    assert answer.count(b"HTTP/1.1 431 ") == 1, answer[:300]
+    assert b"request line and headers larger than 65536 bytes" in answer
+    assert sent < 96 << 10, f"431 came only after {sent} bytes"
+    assert request(server.port, "GET", "/healthz").status == 200
+
+
+def test_a_header_dripped_a_byte_at_a_time_is_counted_too(server):
+    """Each read is one byte: the head is counted read by read."""
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX: " + b"a" * (63 << 10))
+        answer, sent = answer_while_sending(sock, [b"a"] * (4 << 10), pause=0.0005)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:300]
+
+
+def test_headers_just_under_the_limit_are_served(server):
+    headers = {f"X-{n}": "v" * 1000 for n in range(60)}  # ~61 KiB, across many reads
+    data = build_request("GET", "/healthz", None, headers)
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for at in range(0, len(data), 700):
+            sock.sendall(data[at:at + 700])
+            time.sleep(0.001)
+        assert read_response(sock.makefile("rb")).status == 200
+
+
+def test_a_partial_request_after_a_complete_one_still_times_out(make_server):
+    """The header clock starts with each request's first byte, even when that byte came in
+    the same packet as an earlier, complete request."""
+    server = make_server("app", "--header-timeout", "1s")
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(build_request("POST", "/", b'{"subject":"app.x"}')
+                     + b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        answer = read_until_closed(sock, 4)
+    assert answer.startswith(b"HTTP/1.1 202 "), answer[:200]
+    assert b"HTTP/1.1 408 " in answer and b"request headers not received within 1s" in answer
+
+
+def metric(port: int, name: str) -> float:
+    for line in request(port, "GET", "/metrics").body.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
+def open_streams(port: int, count: int, query: str = "subject=app.>") -> list[SSE]:
+    streams = [SSE(port, query) for _ in range(count)]
+    assert all(stream.status == 200 for stream in streams)
+    return streams
+
+
+def wait_for(condition, timeout: float, what: str) -> float:
+    """Poll until `condition()`; how long it took (fails after `timeout`)."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what} within {timeout}s"
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def close_with_reset(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+
+
+@pytest.mark.parametrize("leave", ["fin", "rst"])
+def test_closed_streams_are_noticed_within_a_second(server, leave):
+    port = server.port
+    streams = open_streams(port, 50)
+    assert request(port, "GET", "/healthz").json()["consumers"] == 50
+    connected = metric(port, "busd_connections")
+    assert connected >= 50
+    for stream in streams:
+        stream.file.close()
+        if leave == "rst":
+            close_with_reset(stream.sock)
+        else:
+            stream.sock.close()
+    wait_for(lambda: request(port, "GET", "/healthz").json()["consumers"] == 0, 1.0,
+             "the closed streams' consumers are gone")
+    assert metric(port, "busd_connections") <= connected - 50
+
+
+def test_max_connections_has_room_again_once_streams_leave(make_server):
+    server = make_server("app", "--max-connections", "20")
+    streams = open_streams(server.port, 20)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as extra:
+        extra.sendall(build_request("GET", "/healthz"))
+        assert read_response(extra.makefile("rb")).status == 503
+    for stream in streams:
+        stream.close()
+    wait_for(lambda: request(server.port, "GET", "/healthz").status == 200, 1.0,
+             "a new client is served once the streams left")
+
+
+def test_many_refused_connections_all_read_a_503_none_is_reset(make_server):
+    server = make_server("app", "--max-connections", "5")
+    held = [Http(server.port) for _ in range(5)]
+    assert held[0].request("GET", "/healthz").status == 200
+    body = b'{"subject":"app.refused","payload":"' + b"x" * 900_000 + b'"}'  # still sending
+    statuses, resets = [], 0                                                   # when refused
+    for _ in range(100):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            try:
+                sock.sendall(build_request("POST", "/", body))
+                statuses.append(read_response(sock.makefile("rb")).status)
+            except (ConnectionResetError, BrokenPipeError):
+                resets += 1
+    assert resets == 0 and statuses == [503] * 100, (resets, set(statuses))
+    for http in held:
+        http.close()
+
+
+def test_a_stream_client_may_send_a_little_but_not_endlessly(server):
+    """A stream's connection is read (and what arrives dropped) so that its close is seen:
+    a few stray bytes are harmless, more than 4 KiB ends the stream."""
+    with SSE(server.port, "subject=app.>") as chatty, SSE(server.port, "subject=app.>") as quiet:
+        quiet.sock.sendall(b"\r\n" * 100)
+        chatty.sock.sendall(b"x" * (8 << 10))
+        chatty.sock.settimeout(2)
+        try:
+            while chatty.sock.recv(65536):
+                pass
+        except ConnectionResetError:
+            pass  # closed with the rest of its input unread: also closed
+        assert publish(server.port, "app.still", 1).status == 202
+        assert quiet.events(1)[0]["subject"] == "app.still"
