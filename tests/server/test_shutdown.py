@@ -25,11 +25,11 @@ LocalStore.start = slow_start
 SLOW_FSYNC = """
 import time
 from busd.store.local.store import LocalStore
-_sync = LocalStore.sync
-def slow_sync(self):  # a disk that takes 5 s to flush
+_sync_logs = LocalStore._sync_logs
+def slow_sync_logs(self, namespaces):  # a disk that takes 5 s to flush
     time.sleep(5)
-    _sync(self)
-LocalStore.sync = slow_sync
+    return _sync_logs(self, namespaces)
+LocalStore._sync_logs = slow_sync_logs
 """
 
 
