@@ -130,8 +130,8 @@ const overview = {
 
   update(stats) {
     const seconds = this.previous ? stats.t - this.previous.t : 0;
-    $("totals").textContent = `${stats.consumers} consumers · ${stats.connections} ` +
-      `connections · ${stats.acks} acks · ${stats.redeliveries} redeliveries`;
+    $("totals").textContent = `consumers ${stats.consumers} · connections ` +
+      `${stats.connections} · acks ${stats.acks} · redeliveries ${stats.redeliveries}`;
     for (const [name, figures] of Object.entries(stats.namespaces)) {
       const entry = this.cards.get(name) || this.card(name);
       const before = this.previous && this.previous.namespaces[name];
