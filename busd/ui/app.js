@@ -35,6 +35,18 @@ async function call(method, path, body) {
   return answer;
 }
 
+// GET a JSON resource; anything but a 2xx is an Error carrying the server's reason
+async function getJson(path) {
+  const answer = await call("GET", path);
+  if (!answer.ok) throw new Error(await reason(answer));
+  return answer.json();
+}
+
+// Show what went wrong in `node`; a 401 needs no words: the token prompt is up
+function report(node, error, prefix = "") {
+  if (!(error instanceof Unauthorized)) node.textContent = prefix + error.message;
+}
+
 async function reason(answer) {
   return answer.status + " " + ((await answer.text()).trim() || answer.statusText);
 }
@@ -114,13 +126,9 @@ const overview = {
   async poll() {
     let stats;
     try {
-      const answer = await call("GET", "/stats");
-      if (!answer.ok) throw new Error(await reason(answer));
-      stats = await answer.json();
+      stats = await getJson("/stats");
     } catch (error) {
-      if (!(error instanceof Unauthorized)) {
-        $("server-status").textContent = "stats: " + error.message;
-      }
+      report($("server-status"), error, "stats: ");
       return false;
     }
     $("server-status").textContent = "";
@@ -390,7 +398,7 @@ $("publish-form").addEventListener("submit", async (event) => {
       ` · ${answer.headers.get("X-Bus-Event-Created-At")}`;
     $("publish-result").dataset.id = answer.headers.get("X-Bus-Event-Id");
   } catch (error) {
-    if (!(error instanceof Unauthorized)) $("publish-error").textContent = error.message;
+    report($("publish-error"), error);
   }
 });
 
@@ -402,11 +410,9 @@ const groups = {
     $("groups-error").textContent = "";
     let listing;
     try {
-      const answer = await call("GET", "/groups");
-      if (!answer.ok) throw new Error(await reason(answer));
-      listing = await answer.json();
+      listing = await getJson("/groups");
     } catch (error) {
-      if (!(error instanceof Unauthorized)) $("groups-error").textContent = error.message;
+      report($("groups-error"), error);
       return;
     }
     const body = $("groups-table").tBodies[0];
@@ -450,7 +456,7 @@ const groups = {
       const answer = await call("DELETE", "/groups?" + query.toString());
       if (!answer.ok) $("groups-error").textContent = "not deleted: " + await reason(answer);
     } catch (error) {
-      if (!(error instanceof Unauthorized)) $("groups-error").textContent = error.message;
+      report($("groups-error"), error);
     }
     this.refresh();
   },
@@ -507,7 +513,7 @@ const groups = {
           : "refused: " + await reason(answer);
         outcome.className = answer.status === 202 ? "outcome" : "outcome error";
       } catch (error) {
-        if (!(error instanceof Unauthorized)) outcome.textContent = error.message;
+        report(outcome, error);
       }
     });
     return row;
