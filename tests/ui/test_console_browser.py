@@ -218,6 +218,27 @@ def test_a_pattern_filters_history_and_live_events(make_server, context):
     assert tab.problems == []
 
 
+def test_a_start_the_bus_cannot_use_shows_its_reason_and_stops(make_server, context):
+    server = make_server("app")
+    tab = Console(context, ui(server))
+    tab.view("tail")
+    tab.page.fill("#tail-pattern", "app.>")
+    tab.page.select_option("#tail-start", "id")
+    tab.page.fill("#tail-start-value", "e_not-an-id")
+    tab.page.click("#tail-go")
+    tab.wait_text("#tail-error", "invalid start 'e_not-an-id'")  # the bus's `event: error`
+    assert tab.text("#tail-status") == "stopped"
+    assert tab.page.is_disabled("#tail-pause")
+    # a pattern the bus refuses before any stream: the status and reason, read by fetch
+    tab.page.select_option("#tail-start", "newest")
+    tab.page.fill("#tail-pattern", "nowhere.>")
+    tab.page.click("#tail-go")
+    tab.wait_text("#tail-error", "400")
+    assert "'nowhere' is not declared" in tab.text("#tail-error")
+    expected = ("status of 400",)  # the refused subscription, on purpose
+    assert [p for p in tab.problems if not any(e in p for e in expected)] == []
+
+
 def test_pause_keeps_the_streams_place_and_loses_nothing(make_server, context, shots):
     server = make_server("app")
     tab = Console(context, ui(server))
