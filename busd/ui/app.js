@@ -490,7 +490,8 @@ const groups = {
   },
 
   // A dead letter's payload carries the original record (`event`), the reason and the
-  // delivery count; republishing sends the original subject, payload, key and trace id.
+  // delivery count. Republishing sends the original subject, payload and trace id, not
+  // its key: the bus has seen that key on that subject, and would refuse it (409).
   deadLetterRow(letter) {
     const info = letter.payload || {};
     const original = info.event || {};
@@ -503,7 +504,7 @@ const groups = {
     const outcome = meta.appendChild(el("span", "outcome"));
     button.addEventListener("click", async () => {
       const again = {subject: original.subject};
-      for (const field of ["payload", "key", "trace_id"]) {
+      for (const field of ["payload", "trace_id"]) {
         if (field in original) again[field] = original[field];
       }
       try {
