@@ -37,6 +37,21 @@ def shared_server(tmp_path_factory):
     server.close()
 
 
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium, headless, driven by Playwright; skips, saying why, without them
+    (.ci/run installs the chromium package)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's package)")
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=chromium,
+                                              args=["--no-sandbox", "--headless=new"])
+        yield instance
+        instance.close()
+
+
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory):
     """A throwaway self-signed certificate for 127.0.0.1 / localhost."""

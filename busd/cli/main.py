@@ -89,6 +89,7 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --store STORE            local (data dir) or jetstream (NATS cluster) [env BUS_STORE].
   --nats-url URLS          JetStream servers, comma-separated [env BUS_NATS_URL].
   --replicas N             JetStream stream replicas, 1-5 [env BUS_REPLICAS, default 1].
+  --no-ui                  Do not serve the browser console at /ui [env BUS_UI=off].
 """
 
 

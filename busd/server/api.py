@@ -16,6 +16,8 @@ from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer
 from busd.server.auth import Auth, AuthError, Token
 from busd.server.http import HttpConnection, Request, error_response, origin_form, response
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
+from busd.server.stats import snapshot
+from busd.server.ui import Console
 from busd.store.errors import PublishRefused
 from busd.version import __version__
 from busd.wire import INBOX_NAMESPACE, parse_duration
@@ -32,6 +34,7 @@ DEFAULT_REDELIVERY_COUNT = 3
 # Shorter redeliveries (`1ns`) turn unacked events into a flood of copies: the server busy
 # resending up to max_inflight events, the reader's bandwidth spent on duplicates.
 MIN_REDELIVERY = 0.1
+STATS_PATH = b"/stats"  # the console's counters (busd.server.stats)
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
@@ -120,6 +123,7 @@ class Api:
         self.max_batch = broker.config.max_batch  # read on every publish
         self.started = time.monotonic()
         self.auth = auth  # None: open bus, and no auth work on any request
+        self.console = Console() if broker.config.ui else None
 
     def __call__(self, conn: HttpConnection, request: Request) -> None:
         method = request.method
@@ -138,6 +142,15 @@ class Api:
                     self.ack(conn, request, token)
                 else:
                     _reply(conn, method, _not_allowed(method, path, API_METHODS, close), close)
+            elif Console.serves(path):  # the page needs no token: it asks for one
+                _reply(conn, method, self._console(method, path, request, close), close)
+            elif path == STATS_PATH and method in (b"GET", b"HEAD"):
+                if self.auth is not None:
+                    self._authenticate(request)
+                _reply(conn, method, response(200, snapshot(self.broker, self.started),
+                                              headers=b"Cache-Control: no-store\r\n",
+                                              content_type=b"application/json", close=close),
+                       close)
             elif path[:1] != b"/" and (url := origin_form(request.url)) is not request.url:
                 request.url = url  # the absolute form (`http://host/…`) that proxies send
                 self(conn, request)
@@ -150,6 +163,15 @@ class Api:
                      method.decode(errors="replace"), exc.reason)  # names, never secrets
             _reply(conn, method, self._refuse(exc, close), close)
 
+    def _console(self, method: bytes, path: bytes, request: Request, close: bool) -> bytes:
+        """The console's files: GET and HEAD only, a 404 with --no-ui."""
+        if self.console is None:
+            return error_response(404, "the console is turned off on this bus (--no-ui or "
+                                       "BUS_UI=off)", close)
+        if method not in (b"GET", b"HEAD"):
+            return _not_allowed(method, path, b"GET, HEAD, OPTIONS", close)
+        return self.console.answer(path, request.headers.get(b"if-none-match"), close)
+
     def _resource(self, method: bytes, path: bytes, close: bool) -> bytes:
         """The answer on busd's own endpoints: `/metrics` and `/healthz` are read-only."""
         read = method in (b"GET", b"HEAD")
@@ -160,7 +182,7 @@ class Api:
             health = self.health()
             return response(200 if health["status"] == "ok" else 503, orjson.dumps(health),
                             close=close, content_type=b"application/json")
-        if path in (b"/metrics", b"/healthz"):
+        if path in (b"/metrics", b"/healthz", STATS_PATH):
             return _not_allowed(method, path, b"GET, HEAD, OPTIONS", close)
         return error_response(404, f"no such endpoint: {method.decode(errors='replace')} "
                                    f"{path.decode(errors='replace')}", close)

@@ -85,6 +85,7 @@ class Config:
     store: str = "local"
     nats_url: str = "nats://127.0.0.1:4222"
     replicas: int = 1
+    ui: bool = True  # the console at /ui (`--no-ui` / `BUS_UI=off` turn it off)
 
 
 # option name → (environment variable, parser, Config field)
@@ -176,6 +177,20 @@ _SPECIAL_PARSERS = {
 }
 
 
+_SWITCH = {"on": True, "true": True, "1": True, "yes": True,
+           "off": False, "false": False, "0": False, "no": False}
+
+
+def _ui_enabled(flags: Mapping[str, object], env: Mapping[str, str]) -> bool:
+    """`BUS_UI` (on/off), else `--no-ui`; the console is on unless one turns it off."""
+    text = env.get("BUS_UI", "")
+    if text != "":
+        if text.strip().lower() not in _SWITCH:
+            raise ConfigError(f"BUS_UI: invalid value {text!r} (on or off)")
+        return _SWITCH[text.strip().lower()]
+    return not flags.get("--no-ui")
+
+
 def load_config(flags: Mapping[str, object], env: Mapping[str, str]) -> Config:
     """Build a Config from docopt-style flags (`{"--addr": ":2021", …}`) and the environment."""
     values: dict[str, object] = {}
@@ -196,6 +211,7 @@ def load_config(flags: Mapping[str, object], env: Mapping[str, str]) -> Config:
             values["host"], values["port"] = value  # type: ignore[misc]
         else:
             values[field] = value
+    values["ui"] = _ui_enabled(flags, env)
     if not values.get("namespaces"):
         raise ConfigError(
             "no namespaces: set --namespaces a,b,c or BUS_NAMESPACES=a,b,c "

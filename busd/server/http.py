@@ -31,8 +31,9 @@ CORS_HEADERS = (
 )
 
 REASONS = {
-    200: b"OK", 202: b"Accepted", 204: b"No Content", 400: b"Bad Request",
-    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    200: b"OK", 202: b"Accepted", 204: b"No Content", 304: b"Not Modified",
+    400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
+    405: b"Method Not Allowed",
     408: b"Request Timeout", 409: b"Conflict", 413: b"Content Too Large",
     414: b"URI Too Long", 431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 503: b"Service Unavailable", 507: b"Insufficient Storage",
@@ -91,6 +92,13 @@ def response(status: int, body: bytes = b"", headers: bytes = b"",
                      b"Content-Type: " + content_type + b"\r\n" if body else b"",
                      b"Connection: close\r\n" if close else b"",
                      b"Content-Length: %d\r\n\r\n" % len(body), body))
+
+
+def not_modified(headers: bytes, close: bool = False) -> bytes:
+    """A 304: the head alone, with no Content-Length (it would have to be the full body's,
+    RFC 9110 §8.6), so the connection stays usable for the next request."""
+    return b"".join((_Heads.get(304), headers, b"Connection: close\r\n" if close else b"",
+                     b"\r\n"))
 
 
 def error_response(status: int, reason: str, close: bool = False) -> bytes:

@@ -13,9 +13,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from busclient import publish, request
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the test extra")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
 TOKEN = "browser-secret-1"
 AUTH = f"""
 [[token]]
@@ -72,17 +69,6 @@ def page_origin():
     yield f"http://localhost:{httpd.server_address[1]}"
     httpd.shutdown()
     httpd.server_close()
-
-
-@pytest.fixture
-def browser():
-    if CHROMIUM is None:
-        pytest.skip("no chromium on this machine (.ci/run installs Debian's package)")
-    with sync_api.sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM,
-                                              args=["--no-sandbox", "--headless=new"])
-        yield instance
-        instance.close()
 
 
 def wait_for(page, expression: str, timeout: float = 15.0):

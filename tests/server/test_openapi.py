@@ -44,7 +44,7 @@ def test_api_conforms_to_openapi(case, live):
 
 def test_document_lists_every_route():
     text = DOC.read_text()
-    for route in ("/:", "/healthz:", "/metrics:", "post:", "get:", "put:", "options:",
+    for route in ("/:", "/healthz:", "/metrics:", "/stats:", "/ui:", "post:", "get:", "put:", "options:",
                   "\"507\"", "\"401\"", "\"403\"", "text/event-stream"):
         assert route in text
 

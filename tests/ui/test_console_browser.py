@@ -1,0 +1,318 @@
+"""The console in a real browser (headless chromium): overview, live tail across tabs,
+pattern filtering, pause/resume, publish form errors, the token prompt, TLS. Every test
+fails on a JavaScript error or a console error it did not expect, and saves a screenshot
+(under the test's tmp_path, or $BUSD_SCREENSHOTS when set)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from busclient import publish, request
+
+TOKEN = "console-token-1"
+AUTH = f"""
+[[token]]
+name = "console"
+secret = "{TOKEN}"
+publish = ["app.>"]
+subscribe = ["app.>"]
+"""
+TIMEOUT_MS = 5000
+
+
+class Console:
+    """One tab on /ui, recording console errors and uncaught exceptions."""
+
+    def __init__(self, context, url: str, expected_errors: tuple[str, ...] = ()) -> None:
+        self.page = context.new_page()
+        self.page.set_default_timeout(TIMEOUT_MS)
+        self.problems: list[str] = []
+        self.page.on("console", lambda message: self.problems.append(message.text)
+                     if message.type == "error"
+                     and not any(e in message.text for e in expected_errors) else None)
+        self.page.on("pageerror", lambda error: self.problems.append(f"uncaught: {error}"))
+        self.page.goto(url)
+
+    def view(self, name: str) -> None:
+        self.page.click(f"#tabs button[data-view={name}]")
+
+    def text(self, selector: str) -> str:
+        return self.page.locator(selector).inner_text()
+
+    def wait_text(self, selector: str, part: str) -> None:
+        self.page.wait_for_function("([s, part]) => (document.querySelector(s) || {})"
+                                    ".textContent?.includes(part)", arg=[selector, part])
+
+    def tail(self, pattern: str, start: str = "newest", value: str = "",
+             cap: int | None = None) -> None:
+        self.view("tail")
+        self.page.fill("#tail-pattern", pattern)
+        self.page.select_option("#tail-start", start)
+        if value:
+            self.page.fill("#tail-start-value", value)
+        if cap is not None:
+            self.page.fill("#tail-cap", str(cap))
+        self.page.click("#tail-go")
+        self.wait_text("#tail-status", "live")
+
+    def received(self, count: int) -> None:
+        self.page.wait_for_function("(n) => document.querySelector('#tail-count')"
+                                    ".textContent === String(n)", arg=count)
+
+    def rows(self) -> list[dict]:
+        """The tail's rows, newest first."""
+        return self.page.eval_on_selector_all(
+            "#tail-rows .event", "rows => rows.map(r => ({id: r.dataset.id, "
+            "subject: r.dataset.subject, text: r.textContent}))")
+
+    def screenshot(self, folder: Path, name: str) -> Path:
+        path = folder / f"{name}.png"
+        self.page.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 1000
+        return path
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("BUSD_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
+def context(browser):
+    context = browser.new_context(viewport={"width": 1200, "height": 800},
+                                  ignore_https_errors=True)
+    yield context
+    context.close()
+
+
+def ui(server) -> str:
+    return f"http://127.0.0.1:{server.port}/ui"
+
+
+def published_ids(port: int, subject: str, count: int, **fields) -> list[str]:
+    ids = []
+    for n in range(count):
+        answer = publish(port, subject, {"n": n}, **fields)
+        assert answer.status == 202, answer
+        ids.append(answer.headers["x-bus-event-id"])
+    return ids
+
+
+def published_pixels(tab: Console, namespace: str) -> int:
+    """Pixels of the publish-rate colour (#2563eb) above the bottom of a namespace's chart."""
+    return tab.page.evaluate("""(namespace) => {
+        const canvas = document.querySelector(`.card[data-namespace=${namespace}] canvas`);
+        const {width, height} = canvas;
+        const data = canvas.getContext('2d').getImageData(0, 0, width, height * 0.75).data;
+        let count = 0;
+        for (let i = 0; i < data.length; i += 4) {
+          if (data[i] < 90 && data[i + 1] > 70 && data[i + 1] < 130 && data[i + 2] > 200
+              && data[i + 3] > 200) count += 1;
+        }
+        return count; }""", namespace)
+
+
+def test_overview_shows_every_namespace_with_figures_and_live_rates(make_server, context,
+                                                                     shots):
+    server = make_server("app,orders,math")
+    published_ids(server.port, "orders.created", 3)
+    tab = Console(context, ui(server))
+    tab.page.wait_for_selector("#namespaces .card[data-namespace=math]")
+    names = tab.page.eval_on_selector_all("#namespaces .card",
+                                          "cards => cards.map(c => c.dataset.namespace)")
+    assert names == ["app", "orders", "math"]
+    events = "#namespaces .card[data-namespace=orders] dd[data-figure=events]"
+    tab.wait_text(events, "3")
+    stop = threading.Event()
+
+    def load() -> None:  # a steady trickle, so two polls a second apart see a rate
+        while not stop.is_set():
+            publish(server.port, "orders.created", 1)
+            time.sleep(0.05)
+
+    loader = threading.Thread(target=load, daemon=True)
+    loader.start()
+    try:
+        rate = "#namespaces .card[data-namespace=orders] dd[data-figure='published/s']"
+        tab.page.wait_for_function(
+            "(s) => parseFloat(document.querySelector(s).textContent) > 0", arg=rate)
+    finally:
+        stop.set()
+        loader.join()
+    assert tab.text("#namespaces .card[data-namespace=app] dd[data-figure=events]") == "0"
+    assert published_pixels(tab, "orders") > 10, "the orders chart drew no publish rate"
+    assert published_pixels(tab, "app") == 0  # nothing published there: a flat line at 0
+    tab.screenshot(shots, "overview")
+    assert tab.problems == []
+
+
+def test_an_event_published_in_one_tab_arrives_in_the_tail_of_another(make_server, context,
+                                                                       shots):
+    server = make_server("app")
+    watcher, publisher = Console(context, ui(server)), Console(context, ui(server))
+    watcher.tail("app.>")
+    publisher.view("publish")
+    publisher.page.fill("#publish-subject", "app.orders.created")
+    publisher.page.fill("#publish-payload", '{"order": 42, "items": ["a", "b"]}')
+    publisher.page.fill("#publish-key", "order-42")
+    publisher.page.fill("#publish-trace", "req-7")
+    publisher.page.click("#publish-form button[type=submit]")
+    publisher.wait_text("#publish-result", "stored")
+    event_id = publisher.page.get_attribute("#publish-result", "data-id")
+    assert event_id.startswith("e_") and "index 0" in publisher.text("#publish-result")
+
+    watcher.received(1)
+    [row] = watcher.rows()
+    assert row["id"] == event_id and row["subject"] == "app.orders.created"
+    assert "key order-42" in row["text"] and "trace req-7" in row["text"]
+    watcher.page.click("#tail-rows .event summary")  # the payload opens, pretty-printed
+    assert '"items": [' in watcher.page.inner_text("#tail-rows .event pre")
+    watcher.screenshot(shots, "tail")
+    publisher.screenshot(shots, "publish")
+    assert watcher.problems == [] and publisher.problems == []
+
+
+def test_the_publish_form_checks_json_and_shows_the_servers_reason(make_server, context):
+    server = make_server("app")
+    tab = Console(context, ui(server))
+    tab.view("publish")
+    tab.page.fill("#publish-subject", "app.x")
+    tab.page.fill("#publish-payload", '{"unclosed": ')
+    tab.page.click("#publish-form button[type=submit]")
+    tab.wait_text("#payload-error", "not valid JSON")
+    tab.page.fill("#publish-payload", "[1, 2]")
+    tab.page.fill("#publish-subject", "elsewhere.x")
+    tab.page.click("#publish-form button[type=submit]")
+    tab.wait_text("#publish-error", "400")
+    assert "'elsewhere' is not declared" in tab.text("#publish-error")
+    assert tab.text("#payload-error") == ""
+    stats = request(server.port, "GET", "/stats").json()
+    assert stats["namespaces"]["app"]["published"] == 0  # the bad JSON never left the page
+    expected = ("status of 400",)  # the refused publish, on purpose
+    assert [p for p in tab.problems if not any(e in p for e in expected)] == []
+
+
+def test_a_pattern_filters_history_and_live_events(make_server, context):
+    server = make_server("app")
+    wanted = published_ids(server.port, "app.a.x", 1) + published_ids(server.port, "app.a.y", 1)
+    published_ids(server.port, "app.b.x", 2)
+    tab = Console(context, ui(server))
+    tab.tail("app.a.*", start="oldest")
+    tab.received(2)
+    published_ids(server.port, "app.b.live", 1)
+    wanted += published_ids(server.port, "app.a.live", 1)
+    tab.received(3)
+    time.sleep(0.2)  # a wrongly matched event would arrive now
+    assert [row["id"] for row in tab.rows()] == wanted[::-1]
+    # after an event id: only what follows it
+    tab.tail("app.>", start="id", value=wanted[1])
+    tab.received(4)
+    assert [row["subject"] for row in tab.rows()] == ["app.a.live", "app.b.live", "app.b.x",
+                                                      "app.b.x"]
+    assert tab.problems == []
+
+
+def test_a_start_the_bus_cannot_use_shows_its_reason_and_stops(make_server, context):
+    server = make_server("app")
+    tab = Console(context, ui(server))
+    tab.view("tail")
+    tab.page.fill("#tail-pattern", "app.>")
+    tab.page.select_option("#tail-start", "id")
+    tab.page.fill("#tail-start-value", "e_not-an-id")
+    tab.page.click("#tail-go")
+    tab.wait_text("#tail-error", "invalid start 'e_not-an-id'")  # the bus's `event: error`
+    assert tab.text("#tail-status") == "stopped"
+    assert tab.page.is_disabled("#tail-pause")
+    # a pattern the bus refuses before any stream: the status and reason, read by fetch
+    tab.page.select_option("#tail-start", "newest")
+    tab.page.fill("#tail-pattern", "nowhere.>")
+    tab.page.click("#tail-go")
+    tab.wait_text("#tail-error", "400")
+    assert "'nowhere' is not declared" in tab.text("#tail-error")
+    expected = ("status of 400",)  # the refused subscription, on purpose
+    assert [p for p in tab.problems if not any(e in p for e in expected)] == []
+
+
+def test_pause_keeps_the_streams_place_and_loses_nothing(make_server, context, shots):
+    server = make_server("app")
+    tab = Console(context, ui(server))
+    tab.tail("app.>", cap=10)
+    tab.page.click("#tail-pause")
+    held = published_ids(server.port, "app.held", 4)
+    tab.wait_text("#tail-status", "4 waiting")
+    assert tab.rows() == []
+    tab.screenshot(shots, "paused")
+    tab.page.click("#tail-pause")
+    tab.wait_text("#tail-status", "live")
+    assert [row["id"] for row in tab.rows()] == held[::-1]
+
+    # held past the row cap: the stream closes and resumes after the last event it saw
+    tab.page.click("#tail-pause")
+    more = published_ids(server.port, "app.more", 15)
+    tab.wait_text("#tail-status", "10 waiting")
+    tab.page.click("#tail-pause")
+    tab.received(19)
+    time.sleep(0.2)  # a duplicate would arrive now
+    assert tab.text("#tail-count") == "19"
+    assert [row["id"] for row in tab.rows()] == more[::-1][:10]
+    assert tab.problems == []
+
+
+def test_an_authd_bus_asks_for_a_token_refuses_a_wrong_one_and_keeps_it_in_the_tab(
+        make_server, context, tmp_path, shots):
+    auth = tmp_path / "tokens.toml"
+    auth.write_text(AUTH)
+    server = make_server("app", "--auth-file", str(auth))
+    event_id = request(server.port, "POST", "/", {"subject": "app.secret", "payload": 1},
+                       {"Authorization": f"Bearer {TOKEN}"}).headers["x-bus-event-id"]
+    tab = Console(context, ui(server), expected_errors=("status of 401",))
+    tab.page.wait_for_selector("#token-form", state="visible")
+    assert tab.page.is_hidden("#app")
+    tab.page.fill("#token-input", "not-the-token")
+    tab.page.click("#token-form button[type=submit]")
+    tab.wait_text("#token-error", "unknown token")
+    assert tab.page.is_hidden("#app")
+    assert tab.page.evaluate("sessionStorage.getItem('busd.token')") is None
+    tab.screenshot(shots, "token-refused")
+
+    tab.page.fill("#token-input", TOKEN)
+    tab.page.click("#token-form button[type=submit]")
+    tab.page.wait_for_selector("#namespaces .card[data-namespace=app]")
+    assert tab.page.evaluate("[sessionStorage.getItem('busd.token'), localStorage.length]") \
+        == [TOKEN, 0]
+    tab.tail("app.>", start="oldest")  # EventSource carries it as ?token=
+    tab.received(1)
+    assert tab.rows()[0]["id"] == event_id
+    assert tab.problems == []
+
+
+def test_the_console_works_over_tls(tls_server, context):
+    tab = Console(context, f"https://127.0.0.1:{tls_server.port}/ui")
+    tab.page.wait_for_selector("#namespaces .card[data-namespace=app]")
+    tab.tail("app.>")
+    published = request_tls(tls_server.port)
+    tab.received(1)
+    assert tab.rows()[0]["id"] == published
+    assert tab.problems == []
+
+
+def request_tls(port: int) -> str:
+    """Publish one event over HTTPS (the test certificate is not verified)."""
+    import http.client
+    import ssl
+
+    connection = http.client.HTTPSConnection("127.0.0.1", port,
+                                             context=ssl._create_unverified_context(),
+                                             timeout=5)
+    connection.request("POST", "/", body=b'{"subject":"app.tls","payload":1}')
+    answer = connection.getresponse()
+    assert answer.status == 202
+    event_id = answer.getheader("X-Bus-Event-Id")
+    connection.close()
+    return event_id
