@@ -253,6 +253,10 @@ class LocalStore:
             except LogWriteError as exc:
                 _refuse(pendings, exc)
                 continue
+            except Exception as exc:  # noqa: BLE001 - never leave a publisher unanswered
+                log.exception("append failed unexpectedly ns=%s", namespace)
+                _refuse(pendings, LogWriteError(f"unexpected error: {exc!r}"))
+                continue
             self._listener.published(namespace, len(records), sum(map(len, records)))
             written.append((namespace, first, records, pendings))
         if not written:
