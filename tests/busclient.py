@@ -24,6 +24,8 @@ def free_port() -> int:
 class BusServer:
     """`python -m busd server` on a free loopback port with its own data directory."""
 
+    command: tuple[str, ...] = ("-m", "busd")  # what runs `bus` (a test may wrap it)
+
     def __init__(self, path: Path, namespaces: str = "app,orders,math", *args: str,
                  env: dict[str, str] | None = None) -> None:
         self.path = Path(path)
@@ -38,7 +40,7 @@ class BusServer:
         """Start the process and return at once (start() also waits until it listens)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
         env.update(self.env)
-        cmd = [sys.executable, "-m", "busd", "server", "--addr", f"127.0.0.1:{self.port}",
+        cmd = [sys.executable, *self.command, "server", "--addr", f"127.0.0.1:{self.port}",
                "--path", str(self.path), "--namespaces", self.namespaces, *self.args]
         self._stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,

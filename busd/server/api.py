@@ -304,7 +304,8 @@ class Api:
                 else:
                     cursor = broker.store.locate(namespace, start)
             except Exception as exc:  # noqa: BLE001 - one stream's failure, not the group's
-                log.exception("cannot locate the start of consumer=%s", consumer_id.decode())
+                log.exception("finding where a stream starts failed consumer=%s",
+                              consumer_id.decode())
                 begin(f"cannot look the start event up: {exc!r}", False)
                 return
             if isinstance(cursor, (int, str)):
