@@ -11,9 +11,11 @@ sees that it reached the head, so nothing can be appended in between: no gap, no
 duplicate at the seam. A paused consumer leaves the live set, so a slow reader costs at
 most one socket buffer, never an unbounded queue.
 
-The store's `read` serves what it has at hand and answers None for the rest, which
-`fetch` gets asynchronously (JetStream: records older than its in-memory tail); the
-stream then goes on from `read`, so the seam is the same for every store.
+The store's `read` serves what it has in memory and answers None for the rest, which
+`fetch` gets asynchronously (local store: a disk read in a worker thread, so a cold page
+cache stalls no other connection; JetStream: records older than its in-memory tail); the
+stream then goes on from `read`, and the step that finds the head and joins the live set
+stays one synchronous step on the loop, so the seam is the same for every store.
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ class Consumer:
         self._ahead: list[bytes] = []
         self._ahead_index = 0
         self._timer = None
+        self._refetching = False  # a redelivery round waits for records from disk
+        self._refetched_run: tuple[int, list[bytes]] = (0, [])
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, headers: bytes, cursor: int | str) -> None:
@@ -147,7 +151,7 @@ class Consumer:
             point = b"oldest"
         else:
             try:
-                records = store.read(ns, cursor - 1, RESUME_HINT_BYTES)
+                records = store.read(ns, cursor - 1, RESUME_HINT_BYTES, disk=False)
             except (HistoryTruncatedError, CorruptRecordError):
                 return
             if not records:
@@ -245,7 +249,7 @@ class Consumer:
         """Read one chunk of history; reschedule until at the head, then go live."""
         store, ns = self.store, self.namespace
         if self.cursor < store.next_index(ns):
-            records = store.read(ns, self.cursor, CATCH_UP_BYTES)
+            records = store.read(ns, self.cursor, CATCH_UP_BYTES, disk=False)
             if records is None:
                 self._fetch(CATCH_UP_BYTES)
                 return
@@ -280,15 +284,7 @@ class Consumer:
         self._fetching = False
         if self.done or task.cancelled():
             return
-        error = task.exception()
-        if isinstance(error, (HistoryTruncatedError, CorruptRecordError)):
-            self._unreadable(error)
-            return
-        if error is not None:
-            log.warning("catch-up read failed consumer=%s error=%r", self.id.decode(), error)
-            self.loop.call_later(0.5, self._schedule)
-            return
-        first, records = task.result()
+        first, records = task.result()  # what the read raised ends the stream (_guard)
         if self.ack_policy is None:
             if first >= self.cursor:
                 self._write(records)
@@ -309,7 +305,7 @@ class Consumer:
     def _read_ahead(self) -> int:
         """Refill the read-ahead buffer at the cursor: its bytes, or 0 at the head (then
         the next append wakes this consumer) or while the records are fetched."""
-        records = self.store.read(self.namespace, self.cursor, READ_AHEAD_BYTES)
+        records = self.store.read(self.namespace, self.cursor, READ_AHEAD_BYTES, disk=False)
         if records is None:
             self._fetch(READ_AHEAD_BYTES)
             return 0
@@ -381,8 +377,10 @@ class Consumer:
                                        self._guard, self._redeliver)
 
     def _redeliver(self) -> None:
+        """Send the overdue in-flight events again, in delivery order; one that is on disk
+        is fetched off the loop first, and the round goes on from it once it is here."""
         self._timer = None
-        if self.done:
+        if self.done or self._refetching:
             return
         now, policy = time.monotonic(), self.ack_policy
         for event_id, entry in list(self.inflight.items()):
@@ -396,45 +394,49 @@ class Consumer:
                 log.warning("giving up on event consumer=%s event=%s deliveries=%d",
                             self.id.decode(), event_id.decode(), deliveries)
                 continue
-            entry[2] = now + policy.redelivery  # not again before that, even while fetched
-            self._resend(event_id, index)
+            record = self._stored(index)
+            if record is None:
+                self._refetch(index)
+                return
+            self._send_again(event_id, entry, record)
         self._schedule()
         self._arm_timer()
 
-    def _resend(self, event_id: bytes, index: int) -> None:
-        """Send an in-flight event again, read back from the store by its index."""
+    def _stored(self, index: int) -> bytes | None:
+        """The record at an in-flight index, read back (b"" once retention deleted it; None
+        when it is not in memory and must be fetched)."""
+        first, records = self._refetched_run
+        if 0 <= index - first < len(records):
+            return records[index - first]
         try:
-            records = self.store.read(self.namespace, index, 1)
+            records = self.store.read(self.namespace, index, 1, disk=False)
         except HistoryTruncatedError:
-            records = []
+            return b""
         if records is None:
-            task = self.loop.create_task(self.store.fetch(self.namespace, index, 1))
-            task.add_done_callback(lambda task: self._guard(self._refetched, task, event_id))
-            return
-        self._send_again(event_id, records[0] if records else None)
+            return None
+        return records[0] if records else b""
 
-    def _refetched(self, task: asyncio.Task, event_id: bytes) -> None:
+    def _refetch(self, index: int) -> None:
+        self._refetching = True
+        task = self.loop.create_task(self.store.fetch(self.namespace, index, READ_AHEAD_BYTES))
+        task.add_done_callback(lambda task: self._guard(self._refetched, task))
+
+    def _refetched(self, task: asyncio.Task) -> None:
+        self._refetching = False
         if task.cancelled() or self.done:
             return
-        error = task.exception()
-        if isinstance(error, HistoryTruncatedError):
-            self._send_again(event_id, None)
-        elif error is not None:
-            raise error
-        else:
-            records = task.result()[1]
-            self._send_again(event_id, records[0] if records else None)
+        if not isinstance(task.exception(), HistoryTruncatedError):  # (then _stored says so)
+            self._refetched_run = task.result()
+        self._redeliver()
 
-    def _send_again(self, event_id: bytes, record: bytes | None) -> None:
-        entry = self.inflight.get(event_id)
-        if entry is None or self.done:  # acked (or the stream ended) meanwhile
-            return
-        if record is None or record_id(record) != event_id:
+    def _send_again(self, event_id: bytes, entry: list, record: bytes) -> None:
+        if not record or record_id(record) != event_id:
             self._forget(event_id)
             log.warning("cannot redeliver event: retention deleted it consumer=%s event=%s",
                         self.id.decode(), event_id.decode())
             return
         entry[1] += 1
+        entry[2] = time.monotonic() + self.ack_policy.redelivery
         del self.inflight[event_id]  # to the back: in-flight order is delivery order
         self.inflight[event_id] = entry
         self.fanout.metrics.redelivered += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import time
 from collections.abc import Callable
 
 import pytest
@@ -81,6 +82,18 @@ def first_append_fails(patch: pytest.MonkeyPatch) -> None:
         return real(self, records)
 
     patch.setattr(NamespaceLog, "append", append)
+
+
+@fault
+def slow_disk(patch: pytest.MonkeyPatch) -> None:
+    """Every read of segment files takes 0.2 s more, as from a cold disk."""
+    real = NamespaceLog._read_segments
+
+    def read_segments(self, *args):
+        time.sleep(0.2)
+        return real(self, *args)
+
+    patch.setattr(NamespaceLog, "_read_segments", read_segments)
 
 
 @fault
