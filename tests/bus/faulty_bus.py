@@ -86,14 +86,16 @@ def first_append_fails(patch: pytest.MonkeyPatch) -> None:
 
 @fault
 def slow_disk(patch: pytest.MonkeyPatch) -> None:
-    """Every read of segment files takes 0.2 s more, as from a cold disk."""
-    real = NamespaceLog._read_segments
+    """Every read of segment files (for records, or in search of an id) takes 0.2 s more,
+    as from a cold disk."""
+    for name in ("_read_segments", "_find_in_run"):
+        real = getattr(NamespaceLog, name)
 
-    def read_segments(self, *args):
-        time.sleep(0.2)
-        return real(self, *args)
+        def slow(self, *args, real=real):
+            time.sleep(0.2)
+            return real(self, *args)
 
-    patch.setattr(NamespaceLog, "_read_segments", read_segments)
+        patch.setattr(NamespaceLog, name, slow)
 
 
 @fault

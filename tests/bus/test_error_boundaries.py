@@ -116,17 +116,29 @@ def test_an_unforeseen_append_error_answers_500_and_publishing_goes_on(faulty_se
 
 
 def test_disk_reads_of_a_catch_up_stall_nobody_else(faulty_server):
-    """Each disk read takes 0.2 s: a consumer catching up 12 MB (more than the 8 MiB kept in
-    memory) waits for them off the loop, so /healthz stays prompt; publishes during the
-    catch-up arrive after it, none lost or twice (the seam is still one step)."""
+    """Each disk read takes 0.2 s: the search for a start id and a consumer catching up
+    12 MB (more than the 8 MiB kept in memory) wait for them off the loop, so /healthz
+    stays prompt; publishes during the catch-up arrive after it, none lost or twice (the
+    seam is still one step)."""
     server = faulty_server("slow-disk")
     port = server.port
-    pad = "x" * 10_000
+    pad, ids = "x" * 10_000, []
     with Http(port) as http:
         for start in range(0, 1200, 50):
             body = json.dumps([{"subject": "app.x", "payload": {"n": n, "pad": pad}}
                                for n in range(start, start + 50)]).encode()
-            assert http.request("POST", "/", body).status == 202
+            answer = http.request("POST", "/", body)
+            assert answer.status == 202
+            ids += answer.json()["ids"]
+    # finding where `start=<id>` begins reads the disk too: off the loop
+    sock = pipelined(port, build_request("GET", f"/?subject=app.>&start={ids[100]}"))
+    time.sleep(0.05)  # the search has begun
+    started = time.perf_counter()
+    assert request(port, "GET", "/healthz").status == 200
+    waited = time.perf_counter() - started
+    with SSE(port, sock=sock) as stream:
+        assert stream.events(1, timeout=5)[0]["payload"]["n"] == 101
+    assert waited < 0.1, f"/healthz took {waited * 1000:.0f} ms behind an id search"
     with SSE(port, "subject=app.>&start=oldest") as stream, Http(port) as http:
         latencies = []
         for n in range(1200, 1210):

@@ -71,6 +71,28 @@ def delivered(sock: socket.socket, seconds: float) -> list[tuple[str, int]]:
 DELIVERY = re.compile(rb'id: (e_[0-9a-v]{20})\nevent: msg\ndata: [^\n]*?"payload":\{"n": ?(\d+)')
 
 
+def test_readers_that_never_ack_cost_no_memory_for_their_in_flight_events(make_server):
+    """Three readers that take everything but never ack, max_inflight=1000: 300 events of
+    100 KB each stay in flight (up to the 16 MiB bound) and only their indexes are kept,
+    where the records themselves were held (~30 MB a reader)."""
+    server = make_server("app")
+    pid, port = server.proc.pid, server.port
+    publish_big(port)
+    before = rss_kib(pid)
+    readers = []
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(build_request("GET", "/?subject=app.>&start=oldest&ack=manual"
+                                          "&max_inflight=1000&redelivery=60s"))
+        readers.append(sock)
+    counts = [len(delivered(sock, 1.5 if n == 0 else 0.3)) for n, sock in enumerate(readers)]
+    grown = (rss_kib(pid) - before) / 1024
+    assert all(count >= INFLIGHT_BYTES // (BIG + 300) for count in counts), counts
+    assert grown <= 2 * len(readers), f"grew {grown:.1f} MiB behind {len(readers)} readers"
+    for sock in readers:
+        sock.close()
+
+
 def test_in_flight_is_bounded_by_bytes_as_well_as_count(make_server):
     server = make_server("app")
     port = server.port

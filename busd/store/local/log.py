@@ -973,6 +973,15 @@ class NamespaceLog:
     def find_id(self, event_id: bytes) -> int | None:
         """Index of the record with this id (b"e_" + xid), or None. Only blocks whose
         [min, max] second range holds the id's second are read, newest first."""
+        return self._find_id(event_id, True)
+
+    def find_id_from_disk(self, event_id: bytes) -> int | None:
+        """As `find_id`, from the segment files only: safe in a worker thread while the
+        loop thread appends (the cache, which the loop changes, is not touched)."""
+        with self._read_mutex:
+            return self._find_id(event_id, False)
+
+    def _find_id(self, event_id: bytes, use_cache: bool) -> int | None:
         if len(event_id) != ID_LEN or not event_id.startswith(b"e_"):
             return None
         t = xid_seconds(event_id[2:])
@@ -984,7 +993,7 @@ class NamespaceLog:
                 continue
             index = self._ensure_index(seg)
             for rel0, rel1, off0, off1 in self._runs(seg, index, index.candidates(t)):
-                found = self._find_in_run(seg, rel0, rel1, off0, off1, event_id)
+                found = self._find_in_run(seg, rel0, rel1, off0, off1, event_id, use_cache)
                 if found is not None:
                     return found
         return None
@@ -1042,9 +1051,9 @@ class NamespaceLog:
             yield run
 
     def _find_in_run(self, seg: _Segment, rel0: int, rel1: int, off0: int, off1: int,
-                     event_id: bytes) -> int | None:
+                     event_id: bytes, use_cache: bool = True) -> int | None:
         first = seg.first + rel0
-        if self._cache and first >= self._cache_first:
+        if use_cache and self._cache and first >= self._cache_first:
             j = first - self._cache_first
             k = find_in_records(self._cache, j, j + rel1 - rel0, event_id, ID_AT)
         else:

@@ -22,7 +22,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -348,12 +348,23 @@ class LocalStore:
             self.next_index(namespace) - start_index)
         return start_index, records
 
-    def locate(self, namespace: str, start: bytes) -> int | str:
+    def locate(self, namespace: str, start: bytes) -> int | str | Awaitable[int | str]:
+        """Serving, an id is searched for in a read worker (it may read and index a whole
+        cold segment); the answer comes back to the loop."""
         if start == b"oldest":
             return self.first_index(namespace)
         if start == b"newest":
             return self.next_index(namespace)
-        index = self.find_id(namespace, start)
+        if self._loop is None:
+            return self._located(namespace, start, self.find_id(namespace, start))
+        return self._locate_off_loop(namespace, start)
+
+    async def _locate_off_loop(self, namespace: str, start: bytes) -> int | str:
+        index = await self._loop.run_in_executor(
+            self._read_executor, self._logs[namespace].find_id_from_disk, start)
+        return self._located(namespace, start, index)
+
+    def _located(self, namespace: str, start: bytes, index: int | None) -> int | str:
         if index is not None and index < self.next_index(namespace):  # not yet durable: unseen
             return index + 1
         oldest = self.first_id(namespace) if self.next_index(namespace) else None
