@@ -14,6 +14,7 @@ from busd.client import (
     BusTimeoutError,
     Client,
     ConflictError,
+    CorruptEventError,
     Event,
     ForbiddenError,
     NotFoundError,
@@ -29,7 +30,8 @@ from busd.version import __version__
 
 __all__ = [
     "AsyncClient", "AsyncEvent", "AsyncSubscription", "BadRequestError", "BatchResult",
-    "BusConnectionError", "BusError", "BusTimeoutError", "Client", "ConflictError", "Event",
+    "BusConnectionError", "BusError", "BusTimeoutError", "Client", "ConflictError",
+    "CorruptEventError", "Event",
     "ForbiddenError", "NotFoundError", "PayloadTooLargeError", "PutResult", "ServerError",
     "StorageError", "Subscription", "SubscriptionError", "UnauthorizedError", "__version__",
 ]

@@ -23,7 +23,7 @@ __all__ = [
     "validate_subject", "validate_pattern", "Pattern", "match_subject",
     "scan_body", "TooManyEvents", "ParsedEvent", "make_record", "stamp_events", "record_id",
     "record_subject",
-    "sse_chunk", "sse_frame", "sse_frame_matching",
+    "sse_chunk", "sse_frame", "sse_frame_matching", "first_matching",
     "new_xid", "xid_time", "is_xid", "now_rfc3339", "parse_rfc3339", "format_rfc3339",
     "MAX_DEPTH",
 ]
@@ -1121,6 +1121,29 @@ def sse_frame_matching(list records not None, Pattern pattern not None):
         return _frame(records, 0, n, sel, text), count
     finally:
         PyMem_Free(sel)
+
+
+def first_matching(list records not None, Pattern pattern not None, Py_ssize_t start=0,
+                   Py_ssize_t end=-1):
+    """The position of the first of records[start:end] whose subject matches pattern, or
+    end when none does (end < 0: to the end): how a selective scan steps over what it
+    does not deliver without a Python call per record."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, e
+    cdef bytes rec
+    cdef const char* r
+    if end < 0 or end > n:
+        end = n
+    if start < 0:
+        start = 0
+    for i in range(start, end):
+        rec = _check_record(<object>PyList_GET_ITEM(records, i))
+        r = PyBytes_AS_STRING(rec)
+        e = _subject_end(r, PyBytes_GET_SIZE(rec))
+        if e < 0:
+            raise ValueError(_NO_SUBJECT)
+        if pattern._matches(<const unsigned char*>r + SUBJECT_AT, e - SUBJECT_AT):
+            return i
+    return max(start, end)
 
 
 # --------------------------------------------------------------------------- xid

@@ -24,12 +24,16 @@ def free_port() -> int:
 class BusServer:
     """`python -m busd server` on a free loopback port with its own data directory."""
 
+    command: tuple[str, ...] = ("-m", "busd")  # what runs `bus` (a test may wrap it)
+
     def __init__(self, path: Path, namespaces: str = "app,orders,math", *args: str,
                  env: dict[str, str] | None = None, fault: str = "") -> None:
         """fault: Python source the server process runs first, to inject a fault (a slow
         disk, say) into the real server."""
         self.path = Path(path)
-        self.fault = fault
+        if fault:
+            self.command = ("-c", fault + "\nimport sys\nfrom busd.cli.main import main\n"
+                                          "sys.exit(main())")
         self.namespaces = namespaces
         self.args = list(args)
         self.env = env or {}
@@ -41,9 +45,7 @@ class BusServer:
         """Start the process and return at once (start() also waits until it listens)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
         env.update(self.env)
-        run = ["-c", self.fault + "\nimport sys\nfrom busd.cli.main import main\n"
-                     "sys.exit(main())"] if self.fault else ["-m", "busd"]
-        cmd = [sys.executable, *run, "server", "--addr", f"127.0.0.1:{self.port}",
+        cmd = [sys.executable, *self.command, "server", "--addr", f"127.0.0.1:{self.port}",
                "--path", str(self.path), "--namespaces", self.namespaces, *self.args]
         self._stderr = open(self.stderr_path, "ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,

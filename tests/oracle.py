@@ -403,6 +403,17 @@ def sse_frame_matching(records, pattern):
     return sse_chunk(b"".join(sse_message(r) for r in picked)), len(picked)
 
 
+def first_matching(records, pattern, start=0, end=-1) -> int:
+    pat = pattern.pattern if hasattr(pattern, "pattern") else pattern
+    if end < 0 or end > len(records):
+        end = len(records)
+    start = max(start, 0)
+    for i in range(start, end):
+        if match_subject(pat, record_subject(records[i])):
+            return i
+    return max(start, end)
+
+
 # --------------------------------------------------------------------------- xid
 
 

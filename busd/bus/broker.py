@@ -241,6 +241,9 @@ class Broker:
                 raise
 
         def stored(outcome: int | PublishRefused) -> None:
+            """Called once per publish of a group, in a loop over the group's publishes:
+            what answering one of them raises (it may start a stream pipelined behind it)
+            is logged, and the rest are answered all the same."""
             if reserved:  # a key taken by events not known to be durable stays unsaved
                 if isinstance(outcome, int):
                     for entry in reserved:
@@ -248,7 +251,10 @@ class Broker:
                 elif not outcome.keys_taken:
                     for entry in reserved:
                         self.dedup.discard(entry)
-            done(Published(ids, stamps, outcome) if isinstance(outcome, int) else outcome)
+            try:
+                done(Published(ids, stamps, outcome) if isinstance(outcome, int) else outcome)
+            except Exception:  # noqa: BLE001 - one answer's failure, not the group's
+                log.exception("answering a publish failed ns=%s", name)
 
         self.store.publish(name, events, records, reserved is not None, stored)
 

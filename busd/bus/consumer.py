@@ -11,9 +11,11 @@ sees that it reached the head, so nothing can be appended in between: no gap, no
 duplicate at the seam. A paused consumer leaves the live set, so a slow reader costs at
 most one socket buffer, never an unbounded queue.
 
-The store's `read` serves what it has at hand and answers None for the rest, which
-`fetch` gets asynchronously (JetStream: records older than its in-memory tail); the
-stream then goes on from `read`, so the seam is the same for every store.
+The store's `read` serves what it has in memory and answers None for the rest, which
+`fetch` gets asynchronously (local store: a disk read in a worker thread, so a cold page
+cache stalls no other connection; JetStream: records older than its in-memory tail); the
+stream then goes on from `read`, and the step that finds the head and joins the live set
+stays one synchronous step on the loop, so the seam is the same for every store.
 """
 
 from __future__ import annotations
@@ -21,8 +23,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
-from busd._core import Pattern, record_id, record_subject, sse_chunk, sse_frame, sse_frame_matching
+from busd._core import (
+    Pattern,
+    first_matching,
+    record_id,
+    sse_chunk,
+    sse_frame,
+    sse_frame_matching,
+)
 from busd.bus.fanout import FanOut
 from busd.bus.sink import Sink
 from busd.store.errors import CorruptRecordError, HistoryTruncatedError
@@ -34,6 +44,11 @@ CATCH_UP_BYTES = 256 << 10  # one log read and one socket write while catching u
 READ_AHEAD_BYTES = 64 << 10  # how far a manual-ack consumer reads ahead of its cursor
 STREAM_WRITE_HIGH_WATER = 512 << 10  # socket buffer per stream before the consumer pauses
 RESUME_HINT_BYTES = 1  # a read returns at least one record: just the one before the cursor
+INFLIGHT_BYTES = 16 << 20  # unacked event bytes per manual-ack consumer (one event always may)
+SCAN_RECORDS = 8192  # records one manual-ack step may look at before letting others run
+SCAN_BYTES = 1 << 20  # and bytes it may read
+INDEX_START = b"index:"  # start=index:<n> delivers from index n: how a client steps over a
+#                         corrupt record (the `error` event names the n to use)
 
 
 def greeting(consumer_id: bytes) -> bytes:
@@ -41,6 +56,15 @@ def greeting(consumer_id: bytes) -> bytes:
     delay in the same message (a `retry:`-only message is an empty event to some clients,
     httpx-sse's among them)."""
     return sse_chunk(b"retry: 2000\nevent: consumer\ndata: " + consumer_id + b"\n\n")
+
+
+def index_cursor(store: Store, namespace: str, start: bytes) -> int | str:
+    """The cursor for `start=index:<n>`, or why it cannot be served (an index below the
+    oldest retained one is answered as any read of deleted history is)."""
+    index, head = int(start[len(INDEX_START):]), store.next_index(namespace)
+    if index > head:
+        return f"index {index} is beyond the head of namespace {namespace} (next index {head})"
+    return index
 
 
 def sse_message(event: bytes, data: bytes) -> bytes:
@@ -51,16 +75,22 @@ def sse_message(event: bytes, data: bytes) -> bytes:
 class AckPolicy:
     """Manual-ack settings: how often and how many times to deliver, how many in flight."""
 
-    __slots__ = ("redelivery", "redelivery_count", "max_inflight")
+    __slots__ = ("redelivery", "redelivery_count", "max_inflight", "max_inflight_bytes")
 
-    def __init__(self, redelivery: float, redelivery_count: int, max_inflight: int) -> None:
+    def __init__(self, redelivery: float, redelivery_count: int, max_inflight: int,
+                 max_inflight_bytes: int = INFLIGHT_BYTES) -> None:
         self.redelivery = redelivery
         self.redelivery_count = redelivery_count
         self.max_inflight = max_inflight
+        self.max_inflight_bytes = max_inflight_bytes
 
 
 class Consumer:
-    """One SSE subscription on a stored namespace."""
+    """One SSE subscription on a stored namespace.
+
+    Every entry from outside (a scheduled step, the redelivery timer, a live push, a
+    fetch's completion, the start) runs inside `_guard`: whatever one step raises ends
+    this stream with an `error` event and a log line, and no other stream notices."""
 
     def __init__(self, fanout: FanOut, store: Store, sink: Sink, consumer_id: bytes,
                  pattern: Pattern, namespace: str, ack: AckPolicy | None,
@@ -80,11 +110,15 @@ class Consumer:
         self.live = False
         self._scheduled = False
         self._fetching = False
-        # manual ack: event id → [record, deliveries, deadline]; insertion order = index order
+        # manual ack: event id -> [index, deliveries, deadline, size], in delivery order;
+        # the record itself is read again to redeliver it, so it costs no memory here
         self.inflight: dict[bytes, list] = {}
+        self.inflight_bytes = 0
         self._ahead: list[bytes] = []
         self._ahead_index = 0
         self._timer = None
+        self._refetching = False  # a redelivery round waits for records from disk
+        self._refetched_run: tuple[int, list[bytes]] = (0, [])
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, headers: bytes, cursor: int | str) -> None:
@@ -92,6 +126,9 @@ class Consumer:
         browsers their consumer id, then deliver from index `cursor`, or end the stream with
         an `error` event when `cursor` is the reason it cannot be served (the Go SDK reads
         it)."""
+        self._guard(self._start, headers, cursor)
+
+    def _start(self, headers: bytes, cursor: int | str) -> None:
         self.sink.attach_stream(self, headers, STREAM_WRITE_HIGH_WATER)
         self.sink.write(greeting(self.id))
         if isinstance(cursor, str):
@@ -114,7 +151,7 @@ class Consumer:
             point = b"oldest"
         else:
             try:
-                records = store.read(ns, cursor - 1, RESUME_HINT_BYTES)
+                records = store.read(ns, cursor - 1, RESUME_HINT_BYTES, disk=False)
             except (HistoryTruncatedError, CorruptRecordError):
                 return
             if not records:
@@ -125,14 +162,37 @@ class Consumer:
     def fail(self, reason: str) -> None:
         """Tell the client why the stream ends (an `error` event), then end it."""
         log.warning("ending subscription consumer=%s reason=%r", self.id.decode(), reason)
-        self.done = True
-        self.fanout.remove(self)
+        self._stop()
         self.sink.end_stream(sse_message(b"error", reason.encode()))
 
     def end(self) -> None:
         """Server shutdown: finish the stream cleanly."""
-        self.done = True
+        self._stop()
         self.sink.end_stream()
+
+    def _stop(self) -> None:
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.fanout.remove(self)
+
+    def _guard(self, step: Callable[..., None], *args: object) -> None:
+        """Run one step of this consumer; what it raises ends this stream, and only it."""
+        try:
+            step(*args)
+        except (HistoryTruncatedError, CorruptRecordError) as exc:
+            self._unreadable(exc)
+        except Exception as exc:  # noqa: BLE001 - the boundary: one stream, never the loop
+            log.exception("subscription step failed consumer=%s ns=%s index=%d",
+                          self.id.decode(), self.namespace, self.cursor)
+            if not self.done:
+                try:
+                    self.fail(f"the server could not go on serving this stream ({exc!r}); "
+                              f"reconnecting resumes it")
+                except Exception:  # noqa: BLE001 - the sink itself is broken: just let go
+                    log.exception("cannot end subscription consumer=%s", self.id.decode())
+                    self._stop()
 
     # -- Stream (told by the sink) ------------------------------------------------------
     def pause(self) -> None:
@@ -145,14 +205,14 @@ class Consumer:
         self._schedule()
 
     def closed(self) -> None:
-        self.done = True
-        if self._timer is not None:
-            self._timer.cancel()
-        self.fanout.remove(self)
+        self._stop()
 
     # -- delivery -----------------------------------------------------------------------
     def push(self, chunk: bytes, next_index: int) -> None:
         """Live delivery from the append path: `chunk` holds the framed matching records."""
+        self._guard(self._push, chunk, next_index)
+
+    def _push(self, chunk: bytes, next_index: int) -> None:
         if chunk:
             self.sink.write(chunk)
         self.cursor = next_index
@@ -164,33 +224,32 @@ class Consumer:
     def _schedule(self) -> None:
         if not self._scheduled and not self.done:
             self._scheduled = True
-            self.loop.call_soon(self._step)
+            self.loop.call_soon(self._guard, self._step)
 
     def _step(self) -> None:
         self._scheduled = False
         if self.done or self.paused:
             return
-        try:
-            if self.ack_policy is None:
-                self._catch_up()
-            else:
-                self._pump()
-        except (HistoryTruncatedError, CorruptRecordError) as exc:
-            self._unreadable(exc)
+        if self.ack_policy is None:
+            self._catch_up()
+        else:
+            self._pump()
 
     def _unreadable(self, exc: HistoryTruncatedError | CorruptRecordError) -> None:
         if isinstance(exc, HistoryTruncatedError):
             self.fail(f"history truncated: event index {self.cursor} was deleted by retention; "
                       f"the oldest retained index is {exc.args[0]}")
         else:
-            self.fail(f"corrupt record at index {exc.args[0]} in namespace {self.namespace}: "
-                      f"it cannot be served")
+            index = exc.args[0]
+            self.fail(f"corrupt record at index {index} in namespace {self.namespace}: it "
+                      f"cannot be served; to step over it, subscribe with "
+                      f"start={INDEX_START.decode()}{index + 1}")
 
     def _catch_up(self) -> None:
         """Read one chunk of history; reschedule until at the head, then go live."""
         store, ns = self.store, self.namespace
         if self.cursor < store.next_index(ns):
-            records = store.read(ns, self.cursor, CATCH_UP_BYTES)
+            records = store.read(ns, self.cursor, CATCH_UP_BYTES, disk=False)
             if records is None:
                 self._fetch(CATCH_UP_BYTES)
                 return
@@ -219,21 +278,13 @@ class Consumer:
             return
         self._fetching = True
         task = self.loop.create_task(self.store.fetch(self.namespace, self.cursor, max_bytes))
-        task.add_done_callback(self._fetched)
+        task.add_done_callback(lambda task: self._guard(self._fetched, task))
 
     def _fetched(self, task: asyncio.Task) -> None:
         self._fetching = False
         if self.done or task.cancelled():
             return
-        error = task.exception()
-        if isinstance(error, (HistoryTruncatedError, CorruptRecordError)):
-            self._unreadable(error)
-            return
-        if error is not None:
-            log.warning("catch-up read failed consumer=%s error=%r", self.id.decode(), error)
-            self.loop.call_later(0.5, self._schedule)
-            return
-        first, records = task.result()
+        first, records = task.result()  # what the read raised ends the stream (_guard)
         if self.ack_policy is None:
             if first >= self.cursor:
                 self._write(records)
@@ -244,43 +295,73 @@ class Consumer:
         self._schedule()
 
     # -- manual ack -----------------------------------------------------------------------
-    def _next_record(self) -> bytes | None:
-        """The record at the cursor (from a small read-ahead buffer), or None at the head
-        or while it is being fetched (`_pump` runs again once it is here)."""
-        offset = self.cursor - self._ahead_index
-        if not 0 <= offset < len(self._ahead):
-            records = self.store.read(self.namespace, self.cursor, READ_AHEAD_BYTES)
-            if records is None:
-                self._fetch(READ_AHEAD_BYTES)
-                return None
-            self._ahead = records
-            self._ahead_index = self.cursor
-            offset = 0
-            if not self._ahead:
-                return None
-        return self._ahead[offset]
+    def _has_room(self) -> bool:
+        """Another event may go out: fewer than max_inflight unacked, and their bytes under
+        the byte bound (one event always may, however large)."""
+        policy = self.ack_policy
+        return len(self.inflight) < policy.max_inflight and (
+            not self.inflight or self.inflight_bytes < policy.max_inflight_bytes)
+
+    def _read_ahead(self) -> int:
+        """Refill the read-ahead buffer at the cursor: its bytes, or 0 at the head (then
+        the next append wakes this consumer) or while the records are fetched."""
+        records = self.store.read(self.namespace, self.cursor, READ_AHEAD_BYTES, disk=False)
+        if records is None:
+            self._fetch(READ_AHEAD_BYTES)
+            return 0
+        if not records:
+            self.fanout.wait_for_append(self)
+            return 0
+        self._ahead, self._ahead_index = records, self.cursor
+        return sum(map(len, records))
 
     def _pump(self) -> None:
-        policy = self.ack_policy
-        while len(self.inflight) < policy.max_inflight and not self.paused:
-            record = self._next_record()
-            if record is None:
-                self.fanout.wait_for_append(self)
+        """Deliver the next matching records while the in-flight bounds allow and the sink
+        takes them. One step scans at most SCAN_RECORDS records or SCAN_BYTES bytes, then
+        lets the loop serve others and goes on in the next step (as catch-up does): a
+        pattern that matches little of a long history never stalls the loop."""
+        pattern, matches_all = self.pattern, self.pattern.matches_all
+        records_left, bytes_left = SCAN_RECORDS, SCAN_BYTES
+        while self._has_room() and not self.paused:
+            if records_left <= 0 or bytes_left <= 0:
+                self._schedule()
                 break
-            self.cursor += 1
-            if self.pattern.matches(record_subject(record)):
-                self._deliver(record, 1)
+            offset = self.cursor - self._ahead_index
+            if not 0 <= offset < len(self._ahead):
+                read = self._read_ahead()
+                if not read:
+                    break
+                bytes_left -= read
+                offset = 0
+            ahead = self._ahead
+            end = min(len(ahead), offset + records_left)
+            found = offset if matches_all else first_matching(ahead, pattern, offset, end)
+            records_left -= found - offset + 1
+            if found == end:
+                self.cursor = self._ahead_index + end
+                continue
+            self.cursor = self._ahead_index + found + 1
+            self._deliver(ahead[found], self.cursor - 1)
         self._arm_timer()
 
-    def _deliver(self, record: bytes, deliveries: int) -> None:
-        deadline = time.monotonic() + self.ack_policy.redelivery
-        self.inflight[record_id(record)] = [record, deliveries, deadline]
+    def _deliver(self, record: bytes, index: int) -> None:
+        size = len(record)
+        self.inflight[record_id(record)] = [index, 1, time.monotonic() + self.ack_policy.redelivery,
+                                            size]
+        self.inflight_bytes += size
         self.fanout.metrics.events_out[self.namespace] += 1
         self.sink.write(sse_frame([record]))
 
     def ack(self, event_id: bytes) -> None:
-        if self.inflight.pop(event_id, None) is not None:
+        entry = self.inflight.pop(event_id, None)
+        if entry is not None:
+            self.inflight_bytes -= entry[3]
             self._schedule()
+
+    def _forget(self, event_id: bytes) -> None:
+        entry = self.inflight.pop(event_id)
+        self.inflight_bytes -= entry[3]
+        self.fanout.metrics.dropped += 1
 
     def _arm_timer(self) -> None:
         """Time the next redelivery. Not while paused: a reader that has not taken the copies
@@ -293,29 +374,73 @@ class Consumer:
             first = min(entry[2] for entry in self.inflight.values())
             loop = self.loop
             self._timer = loop.call_at(loop.time() + max(0.0, first - time.monotonic()),
-                                       self._redeliver)
+                                       self._guard, self._redeliver)
 
     def _redeliver(self) -> None:
+        """Send the overdue in-flight events again, in delivery order; one that is on disk
+        is fetched off the loop first, and the round goes on from it once it is here."""
         self._timer = None
-        if self.done:
+        if self.done or self._refetching:
             return
-        now, limit = time.monotonic(), self.ack_policy.redelivery_count
-        for event_id, (record, deliveries, deadline) in list(self.inflight.items()):
+        now, policy = time.monotonic(), self.ack_policy
+        for event_id, entry in list(self.inflight.items()):
             if self.paused:
                 break  # the rest wait for resume(), see _arm_timer
+            index, deliveries, deadline, _ = entry
             if deadline > now:
                 continue
-            if 0 < limit <= deliveries:
-                del self.inflight[event_id]
-                self.fanout.metrics.dropped += 1
+            if 0 < policy.redelivery_count <= deliveries:
+                self._forget(event_id)
                 log.warning("giving up on event consumer=%s event=%s deliveries=%d",
                             self.id.decode(), event_id.decode(), deliveries)
-            else:
-                self.fanout.metrics.redelivered += 1
-                del self.inflight[event_id]
-                self._deliver(record, deliveries + 1)
+                continue
+            record = self._stored(index)
+            if record is None:
+                self._refetch(index)
+                return
+            self._send_again(event_id, entry, record)
         self._schedule()
         self._arm_timer()
+
+    def _stored(self, index: int) -> bytes | None:
+        """The record at an in-flight index, read back (b"" once retention deleted it; None
+        when it is not in memory and must be fetched)."""
+        first, records = self._refetched_run
+        if 0 <= index - first < len(records):
+            return records[index - first]
+        try:
+            records = self.store.read(self.namespace, index, 1, disk=False)
+        except HistoryTruncatedError:
+            return b""
+        if records is None:
+            return None
+        return records[0] if records else b""
+
+    def _refetch(self, index: int) -> None:
+        self._refetching = True
+        task = self.loop.create_task(self.store.fetch(self.namespace, index, READ_AHEAD_BYTES))
+        task.add_done_callback(lambda task: self._guard(self._refetched, task))
+
+    def _refetched(self, task: asyncio.Task) -> None:
+        self._refetching = False
+        if task.cancelled() or self.done:
+            return
+        if not isinstance(task.exception(), HistoryTruncatedError):  # (then _stored says so)
+            self._refetched_run = task.result()
+        self._redeliver()
+
+    def _send_again(self, event_id: bytes, entry: list, record: bytes) -> None:
+        if not record or record_id(record) != event_id:
+            self._forget(event_id)
+            log.warning("cannot redeliver event: retention deleted it consumer=%s event=%s",
+                        self.id.decode(), event_id.decode())
+            return
+        entry[1] += 1
+        entry[2] = time.monotonic() + self.ack_policy.redelivery
+        del self.inflight[event_id]  # to the back: in-flight order is delivery order
+        self.inflight[event_id] = entry
+        self.fanout.metrics.redelivered += 1
+        self.sink.write(sse_frame([record]))
 
 
 class InboxConsumer:

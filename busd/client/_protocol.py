@@ -341,7 +341,8 @@ class ClientBase(Generic[S]):
         with `Client` (live when this returns), `async for` with `AsyncClient` (live once
         `sub = await ac.get(...)` returns).
 
-        `start`: "oldest", "newest" or an event id (resume after it). `ack="manual"`: each
+        `start`: "oldest", "newest", an event id (resume after it) or "index:<n>" (from index
+        n: how to step over a corrupt record, see CorruptEventError). `ack="manual"`: each
         event must be `ack()`ed or it is delivered again every `redelivery` (seconds, timedelta
         or "5s"), `redelivery_count` deliveries in all (the first included; <= 0 unlimited).
         If the connection drops it reconnects (50 ms to 2 s apart; giving up after

@@ -11,7 +11,7 @@ from typing import Any
 from busd.client._events import Event
 from busd.client._sse import RESUME_AFTER, Message, Resume
 from busd.client._wire import encode_event
-from busd.client.errors import BusConnectionError, BusError, BusTimeoutError, SubscriptionError
+from busd.client.errors import BusConnectionError, BusError, BusTimeoutError, stream_error
 
 log = logging.getLogger("busd.client")
 
@@ -122,7 +122,8 @@ class SubscriptionState:
              sub: object) -> tuple[Event | None, bool]:
         """(event, visible) for a message: a `msg` becomes an event, visible unless the caller
         already acked it (then it only needs acking on the current consumer); an `error`
-        raises SubscriptionError; anything else is (None, False)."""
+        raises SubscriptionError (CorruptEventError at a corrupt record); anything else is
+        (None, False)."""
         kind, _, data = message
         if kind == b"msg":
             event = event_cls(data, self.consumer_id or "", sub)
@@ -133,7 +134,7 @@ class SubscriptionState:
                 return event, True
             return event, resume.delivered(event.id)
         if kind == b"error":
-            raise SubscriptionError(data.decode("utf-8", "replace") or "subscription ended")
+            raise stream_error(data.decode("utf-8", "replace"))
         if kind == b"consumer" and data:
             self.consumer_id = data.decode()
         elif kind == RESUME_AFTER:

@@ -4,6 +4,7 @@ durations going out; results and errors coming back."""
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
@@ -126,8 +127,10 @@ def subscribe_target(subject: str, start: str = "newest", ack: str = "none",
     reconnects send `Last-Event-ID`, which the server lets override it)."""
     if ack not in ("none", "manual"):
         raise ValueError(f"ack must be 'none' or 'manual', not {ack!r}")
-    if not (start in ("oldest", "newest") or start.startswith("e_")):
-        raise ValueError(f"start must be 'oldest', 'newest' or an event id e_…, not {start!r}")
+    if not (start in ("oldest", "newest") or start.startswith("e_")
+            or re.fullmatch(r"index:[0-9]{1,18}", start)):
+        raise ValueError(f"start must be 'oldest', 'newest', an event id e_… or index:<n>, "
+                         f"not {start!r}")
     target = f"/?subject={quote(subject, safe='')}&start={quote(start, safe='')}&ack={ack}"
     if redelivery is not None:
         target += f"&redelivery={go_duration(redelivery)}"

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 from typing import Any
 
 __all__ = [
     "BadRequestError", "BusConnectionError", "BusError", "BusTimeoutError", "ConflictError",
+    "CorruptEventError",
     "ForbiddenError", "NotFoundError", "PayloadTooLargeError", "ServerError", "StorageError",
     "SubscriptionError", "UnauthorizedError",
 ]
@@ -77,6 +79,29 @@ class SubscriptionError(BusError):
     """The server ended a subscription with an `error` event (e.g. start id not found,
     history truncated by retention), or refused to resume it after a reconnect (410: the
     last event seen is no longer, or never was, in the log); the reason is the server's."""
+
+
+class CorruptEventError(SubscriptionError):
+    """The subscription ended at an event the server cannot serve: its record is corrupt on
+    disk (nothing corrupt is ever served). Reconnecting stops there again; to step over it
+    deliberately, subscribe again with `start=error.resume_start` ("index:<n>", the index
+    just after it). `index` is the corrupt record's."""
+
+    def __init__(self, reason: str, index: int, resume_start: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.resume_start = resume_start
+
+
+_CORRUPT = re.compile(r"corrupt record at index (\d+) .*\bstart=(index:\d+)")
+
+
+def stream_error(reason: str) -> SubscriptionError:
+    """The exception for a stream's `error` event (the server's reason)."""
+    corrupt = _CORRUPT.search(reason)
+    if corrupt is not None:
+        return CorruptEventError(reason, int(corrupt.group(1)), corrupt.group(2))
+    return SubscriptionError(reason or "subscription ended")
 
 
 _BY_STATUS: dict[int, type[BusError]] = {

@@ -12,7 +12,7 @@ import orjson
 
 from busd._core import Pattern, TooManyEvents, is_xid, new_xid, scan_body, validate_pattern
 from busd.bus.broker import Broker, Published
-from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer
+from busd.bus.consumer import INDEX_START, AckPolicy, Consumer, InboxConsumer, index_cursor
 from busd.server.auth import Auth, AuthError, Token
 from busd.server.http import HttpConnection, Request, error_response, origin_form, response
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
@@ -111,6 +111,13 @@ def check_ack_ids(consumer_id: str, event_id: str) -> None:
                          "X-Bus-Consumer-Id of the subscription")
     if not event_id:
         raise BadRequest("missing event_id: the id of the event to acknowledge")
+
+
+def _valid_index_start(value: str) -> bool:
+    """`index:<n>`, n a plain decimal (no sign, at most 18 digits)."""
+    digits = value[len(INDEX_START):]
+    return value.startswith(INDEX_START.decode()) and digits.isascii() and \
+        digits.isdigit() and len(digits) <= 18
 
 
 class Api:
@@ -308,8 +315,21 @@ class Api:
 
         def locate() -> None:
             """Where to start, when the stream's turn comes (after earlier responses). A
-            search that takes a round trip keeps its place in the response order."""
-            cursor = start if isinstance(start, str) else broker.store.locate(namespace, start)
+            search that takes a round trip keeps its place in the response order. It runs
+            inside whatever answered the responses before it (a group commit's answers):
+            what the search raises ends this stream only."""
+            try:
+                if isinstance(start, str):  # why the start cannot be served
+                    cursor = start
+                elif start.startswith(INDEX_START):
+                    cursor = index_cursor(broker.store, namespace, start)
+                else:
+                    cursor = broker.store.locate(namespace, start)
+            except Exception as exc:  # noqa: BLE001 - one stream's failure, not the group's
+                log.exception("finding where a stream starts failed consumer=%s",
+                              consumer_id.decode())
+                begin(f"cannot look the start event up: {exc!r}", False)
+                return
             if isinstance(cursor, (int, str)):
                 begin(cursor)
                 return
@@ -342,8 +362,11 @@ class Api:
             start = last_event_id.strip()
         if start in ("oldest", "newest") or _valid_id(start, "e_"):
             return start.encode(), resuming
+        if not resuming and _valid_index_start(start):
+            return start.encode(), False
         name = "Last-Event-ID" if resuming else "start"
-        reason = f"invalid {name} {start!r}: use oldest, newest or an event id e_<xid>"
+        reason = (f"invalid {name} {start!r}: use oldest, newest, an event id e_<xid>"
+                  f"{'' if resuming else ' or index:<n>'}")
         if resuming:
             raise BadRequest(reason)
         return reason, False

@@ -115,10 +115,12 @@ class Store(Protocol):
         ...
 
     # -- reading --------------------------------------------------------------------------
-    def read(self, namespace: str, start_index: int, max_bytes: int) -> list[bytes] | None:
+    def read(self, namespace: str, start_index: int, max_bytes: int, disk: bool = True
+             ) -> list[bytes] | None:
         """The records from start_index that are at hand, at least one unless at the head
         ([]); None when none are at hand and `fetch` must get them. Raises
-        HistoryTruncatedError, CorruptRecordError (for the first record asked for)."""
+        HistoryTruncatedError, CorruptRecordError (for the first record asked for).
+        disk=False: what is on disk is not at hand (the loop must not wait for it)."""
         ...
 
     async def fetch(self, namespace: str, start_index: int, max_bytes: int

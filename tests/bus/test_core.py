@@ -729,6 +729,17 @@ def test_sse_frame_matching_matches_oracle(recs, pattern):
 
 
 @FAST
+@given(st.lists(records(), max_size=8),
+       st.sampled_from([b"a.b", b"a.*", b"a.>", b"a.*.c", b"orders.>", b"*.b", b"x.y", b"q.>"]),
+       st.integers(-2, 10), st.integers(-2, 10))
+def test_first_matching_matches_oracle(recs, pattern, start, end):
+    assert core.first_matching(recs, core.Pattern(pattern), start, end) == \
+        oracle.first_matching(recs, pattern, start, end)
+    assert core.first_matching(recs, core.Pattern(pattern)) == \
+        oracle.first_matching(recs, pattern)
+
+
+@FAST
 @given(st.binary(max_size=300))
 def test_sse_chunk_matches_oracle(text):
     assert core.sse_chunk(text) == oracle.sse_chunk(text)

@@ -443,10 +443,10 @@ class JetStreamStore:
         self._listener.appended(tail.namespace, records, head)
 
     # -- the synchronous part of the Store interface ------------------------------------------
-    def read(self, namespace: str, start_index: int, max_bytes: int = 1 << 20
-             ) -> list[bytes] | None:
+    def read(self, namespace: str, start_index: int, max_bytes: int = 1 << 20,
+             disk: bool = True) -> list[bytes] | None:
         """Records from the in-memory tail; None when start_index is older than the tail
-        (the caller awaits `fetch`), [] at the head."""
+        (the caller awaits `fetch`), [] at the head. (`disk`: nothing here is on disk.)"""
         tail = self._tails[namespace]
         if start_index < tail.first:
             return None

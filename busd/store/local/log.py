@@ -249,6 +249,9 @@ class NamespaceLog:
         self._files: list[_WriteFile] = []  # current + retired write fds (guarded by _lock)
         self._lock = threading.Lock()  # fd bookkeeping shared with sync(); never held for I/O
         self._sync_mutex = threading.Lock()  # one sync()/close() at a time
+        # read fds, hints, lazy indexes and the segment list, shared by the loop thread
+        # and the read workers (read_from_disk); held for one bounded read at a time
+        self._read_mutex = threading.RLock()
         self._dir_dirty = False
         # a failed write whose cut-back also failed: (file, size to cut it back to)
         self._pending_truncate: tuple[_WriteFile, int] | None = None
@@ -751,10 +754,31 @@ class NamespaceLog:
             return self._cache_read(start_index, max_bytes, max_records)
         return self._read_disk(start_index, max_bytes, max_records)
 
+    def in_memory(self, start_index: int) -> bool:
+        """`read(start_index)` needs no disk: at or past the head, in the recent-records
+        cache, or deleted by retention (it raises at once)."""
+        return (start_index >= self._next or start_index < self.first_index
+                or bool(self._cache) and start_index >= self._cache_first)
+
+    def read_from_disk(self, start_index: int, max_bytes: int = 1 << 20,
+                       max_records: int = 65536) -> list[bytes]:
+        """As `read`, from the segment files only: safe in a worker thread while the loop
+        thread appends (the cache, which the loop changes, is not touched)."""
+        with self._read_mutex:
+            if start_index < self.first_index:
+                raise HistoryTruncatedError(self.first_index)
+            if start_index >= self._next or max_records <= 0:
+                return []
+            return self._read_disk(start_index, max_bytes, max_records)
+
     def _segment_of(self, index: int) -> _Segment:
         return self._segments[bisect.bisect_right(self._firsts, index) - 1]
 
     def _read_disk(self, start: int, max_bytes: int, max_records: int) -> list[bytes]:
+        with self._read_mutex:
+            return self._read_segments(start, max_bytes, max_records)
+
+    def _read_segments(self, start: int, max_bytes: int, max_records: int) -> list[bytes]:
         seg = self._segment_of(start)
         rel = start - seg.first
         index = self._ensure_index(seg)
@@ -808,22 +832,26 @@ class NamespaceLog:
         return fd
 
     def _close_read_fd(self, seg: _Segment) -> None:
-        fd = self._rfds.pop(seg.first, None)
-        if fd is not None:
-            os.close(fd)
+        with self._read_mutex:
+            fd = self._rfds.pop(seg.first, None)
+            if fd is not None:
+                os.close(fd)
 
     # -- closed segments' indexes --------------------------------------------------------------
     def _ensure_index(self, seg: _Segment) -> SegmentIndex:
         """The segment's sparse index: in memory, from its .idx file, or by scanning it."""
         if seg.index is not None:
             return seg.index
-        index = self._load_index_file(seg)
-        seg.index = index if index is not None else self._build_index(seg)
-        if index is None:
-            self._write_index_file(seg)
-        index = seg.index
-        seg.summary = (index.seg_min, index.seg_max)
-        return index
+        with self._read_mutex:  # built once, not by the loop and a read worker both
+            if seg.index is not None:
+                return seg.index
+            index = self._load_index_file(seg)
+            seg.index = index if index is not None else self._build_index(seg)
+            if index is None:
+                self._write_index_file(seg)
+            index = seg.index
+            seg.summary = (index.seg_min, index.seg_max)
+            return index
 
     def _build_index(self, seg: _Segment) -> SegmentIndex:
         index = self._new_index()
@@ -945,6 +973,15 @@ class NamespaceLog:
     def find_id(self, event_id: bytes) -> int | None:
         """Index of the record with this id (b"e_" + xid), or None. Only blocks whose
         [min, max] second range holds the id's second are read, newest first."""
+        return self._find_id(event_id, True)
+
+    def find_id_from_disk(self, event_id: bytes) -> int | None:
+        """As `find_id`, from the segment files only: safe in a worker thread while the
+        loop thread appends (the cache, which the loop changes, is not touched)."""
+        with self._read_mutex:
+            return self._find_id(event_id, False)
+
+    def _find_id(self, event_id: bytes, use_cache: bool) -> int | None:
         if len(event_id) != ID_LEN or not event_id.startswith(b"e_"):
             return None
         t = xid_seconds(event_id[2:])
@@ -956,7 +993,7 @@ class NamespaceLog:
                 continue
             index = self._ensure_index(seg)
             for rel0, rel1, off0, off1 in self._runs(seg, index, index.candidates(t)):
-                found = self._find_in_run(seg, rel0, rel1, off0, off1, event_id)
+                found = self._find_in_run(seg, rel0, rel1, off0, off1, event_id, use_cache)
                 if found is not None:
                     return found
         return None
@@ -1014,13 +1051,14 @@ class NamespaceLog:
             yield run
 
     def _find_in_run(self, seg: _Segment, rel0: int, rel1: int, off0: int, off1: int,
-                     event_id: bytes) -> int | None:
+                     event_id: bytes, use_cache: bool = True) -> int | None:
         first = seg.first + rel0
-        if self._cache and first >= self._cache_first:
+        if use_cache and self._cache and first >= self._cache_first:
             j = first - self._cache_first
             k = find_in_records(self._cache, j, j + rel1 - rel0, event_id, ID_AT)
         else:
-            buf = _pread_exact(self._read_fd(seg), off1 - off0, off0)
+            with self._read_mutex:
+                buf = _pread_exact(self._read_fd(seg), off1 - off0, off0)
             k = find_record(buf, 0, rel1 - rel0, event_id, ID_AT, self.codec, seg.block_size)
         return first + k if k >= 0 else None
 
@@ -1048,7 +1086,16 @@ class NamespaceLog:
     # -- retention ------------------------------------------------------------------------------
     def apply_retention(self, now: float) -> int:
         """Delete whole closed segments, oldest first, while the namespace is over
-        retention_bytes or the segment's newest record is older than retention_age."""
+        retention_bytes or the segment's newest record is older than retention_age. Not
+        while a read worker is reading (the loop does not wait: the next round deletes)."""
+        if not self._read_mutex.acquire(blocking=False):
+            return 0
+        try:
+            return self._delete_expired(now)
+        finally:
+            self._read_mutex.release()
+
+    def _delete_expired(self, now: float) -> int:
         deleted = 0
         while len(self._segments) > 1:
             seg = self._segments[0]
@@ -1156,9 +1203,10 @@ class NamespaceLog:
             if self._dir_dirty and not self.readonly and self.dir.is_dir():
                 self._sync_dir()
                 self._dir_dirty = False
-        for fd in self._rfds.values():
-            os.close(fd)
-        self._rfds.clear()
+        with self._read_mutex:
+            for fd in self._rfds.values():
+                os.close(fd)
+            self._rfds.clear()
 
     # -- offline checking ------------------------------------------------------------------------
     def verify(self) -> list[str]:

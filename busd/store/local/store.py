@@ -22,7 +22,7 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,6 +38,7 @@ log = logging.getLogger("busd.store.local.store")
 _Written = tuple[str, int, list[bytes], list[tuple[list[bytes], Stored]]]
 
 LOCK_NAME = ".lock"
+READ_WORKERS = 2  # threads reading segments for consumers (a cold disk read blocks one)
 
 
 class StoreLockedError(LogOpenError):
@@ -74,6 +75,8 @@ class LocalStore:
         self._group_ids: dict[str, set[bytes]] = {}  # supplied ids the group will store
         self._commit_scheduled = False
         self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="busd-fsync")
+        self._read_executor = ThreadPoolExecutor(max_workers=READ_WORKERS,
+                                                 thread_name_prefix="busd-read")
         self._sync_running = False
         self._sync_waiting: list[Callable[[dict[str, LogWriteError]], None]] = []
         # per namespace, records written and not yet fsynced and announced (fsync_always)
@@ -113,10 +116,15 @@ class LocalStore:
     def append_batch(self, namespace: str, records: list[bytes]) -> int:
         return self._logs[namespace].append(records)
 
-    def read(self, namespace: str, start_index: int, max_bytes: int = 1 << 20) -> list[bytes]:
-        """Records up to the head readers may see (`next_index`)."""
-        return self._logs[namespace].read(start_index, max_bytes,
-                                          self.next_index(namespace) - start_index)
+    def read(self, namespace: str, start_index: int, max_bytes: int = 1 << 20,
+             disk: bool = True) -> list[bytes] | None:
+        """Records up to the head readers may see (`next_index`). disk=False (the
+        consumers): None when the records are not in memory, so that `fetch` reads them
+        off the loop and a cold page cache stalls nobody else."""
+        nslog = self._logs[namespace]
+        if not disk and not nslog.in_memory(start_index):
+            return None
+        return nslog.read(start_index, max_bytes, self.next_index(namespace) - start_index)
 
     def find_id(self, namespace: str, event_id: bytes) -> int | None:
         return self._logs[namespace].find_id(event_id)
@@ -188,6 +196,7 @@ class LocalStore:
         return self.open()
 
     async def stop(self) -> None:
+        self._read_executor.shutdown(wait=True, cancel_futures=True)
         self._sync_executor.shutdown(wait=True)
         self.close()
 
@@ -252,6 +261,10 @@ class LocalStore:
                 first = self._logs[namespace].append(records)
             except LogWriteError as exc:
                 _refuse(pendings, exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - never leave a publisher unanswered
+                log.exception("append failed unexpectedly ns=%s", namespace)
+                _refuse(pendings, LogWriteError(f"unexpected error: {exc!r}"))
                 continue
             self._listener.published(namespace, len(records), sum(map(len, records)))
             written.append((namespace, first, records, pendings))
@@ -328,16 +341,30 @@ class LocalStore:
 
     async def fetch(self, namespace: str, start_index: int, max_bytes: int
                     ) -> tuple[int, list[bytes]]:
-        """`read` always has the logs at hand, so this is `read`: the seam where disk reads
-        can move off the loop."""
-        return start_index, self.read(namespace, start_index, max_bytes)
+        """What `read(disk=False)` did not have in memory, read in a worker thread (up to
+        the head readers may see as it is now)."""
+        records = await self._loop.run_in_executor(
+            self._read_executor, self._logs[namespace].read_from_disk, start_index, max_bytes,
+            self.next_index(namespace) - start_index)
+        return start_index, records
 
-    def locate(self, namespace: str, start: bytes) -> int | str:
+    def locate(self, namespace: str, start: bytes) -> int | str | Awaitable[int | str]:
+        """Serving, an id is searched for in a read worker (it may read and index a whole
+        cold segment); the answer comes back to the loop."""
         if start == b"oldest":
             return self.first_index(namespace)
         if start == b"newest":
             return self.next_index(namespace)
-        index = self.find_id(namespace, start)
+        if self._loop is None:
+            return self._located(namespace, start, self.find_id(namespace, start))
+        return self._locate_off_loop(namespace, start)
+
+    async def _locate_off_loop(self, namespace: str, start: bytes) -> int | str:
+        index = await self._loop.run_in_executor(
+            self._read_executor, self._logs[namespace].find_id_from_disk, start)
+        return self._located(namespace, start, index)
+
+    def _located(self, namespace: str, start: bytes, index: int | None) -> int | str:
         if index is not None and index < self.next_index(namespace):  # not yet durable: unseen
             return index + 1
         oldest = self.first_id(namespace) if self.next_index(namespace) else None

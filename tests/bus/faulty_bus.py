@@ -1,0 +1,122 @@
+"""`bus` with faults injected (pytest's MonkeyPatch), for the error-boundary tests:
+
+    python faulty_bus.py FAULT[,FAULT...] server --addr ... --path ...
+
+Each fault breaks one thing a real deployment can see break (a read failing with EMFILE,
+an append raising something unforeseen) so the tests can check that it ends one stream
+or fails one publish, loudly, and that everything else goes on.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from busd.cli.main import main
+from busd.store.local.log import NamespaceLog
+from busd.store.local.store import LocalStore
+
+FAULTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {}
+BROKEN = "broken"  # the namespace the read faults hit
+
+
+def fault(function: Callable[[pytest.MonkeyPatch], None]) -> Callable:
+    FAULTS[function.__name__.replace("_", "-")] = function
+    return function
+
+
+@fault
+def read_emfile(patch: pytest.MonkeyPatch) -> None:
+    """Every read of the `broken` namespace fails as a read out of file descriptors does."""
+    real = NamespaceLog.read
+
+    def read(self, start_index, *args, **kwargs):
+        if self.name == BROKEN:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(self, start_index, *args, **kwargs)
+
+    patch.setattr(NamespaceLog, "read", read)
+
+
+@fault
+def locate_fails(patch: pytest.MonkeyPatch) -> None:
+    """Finding where a `broken` stream starts raises (it runs inside a group's answers when
+    the stream is pipelined behind a publish)."""
+    real = LocalStore.locate
+
+    def locate(self, namespace, start):
+        if namespace == BROKEN:
+            raise RuntimeError("injected: locate failed")
+        return real(self, namespace, start)
+
+    patch.setattr(LocalStore, "locate", locate)
+
+
+@fault
+def first_answer_fails(patch: pytest.MonkeyPatch) -> None:
+    """Answering the publish stored at index 0 raises."""
+    import busd.server.api as api
+    real = api.response
+
+    def response(status, body=b"", *args, headers=b"", **kwargs):
+        if b"X-Bus-Event-Index: 0\r\n" in headers:
+            raise RuntimeError("injected: answering failed")
+        return real(status, body, *args, headers=headers, **kwargs)
+
+    patch.setattr(api, "response", response)
+
+
+@fault
+def first_append_fails(patch: pytest.MonkeyPatch) -> None:
+    """The first append raises something that is not a LogWriteError."""
+    real, calls = NamespaceLog.append, []
+
+    def append(self, records):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("injected: append failed")
+        return real(self, records)
+
+    patch.setattr(NamespaceLog, "append", append)
+
+
+@fault
+def slow_disk(patch: pytest.MonkeyPatch) -> None:
+    """Every read of segment files (for records, or in search of an id) takes 0.2 s more,
+    as from a cold disk."""
+    for name in ("_read_segments", "_find_in_run"):
+        real = getattr(NamespaceLog, name)
+
+        def slow(self, *args, real=real):
+            time.sleep(0.2)
+            return real(self, *args)
+
+        patch.setattr(NamespaceLog, name, slow)
+
+
+@fault
+def hold_groups(patch: pytest.MonkeyPatch) -> None:
+    """A group commit waits 0.3 s, so that publishes sent by several connections one after
+    the other are surely answered in one group."""
+    real = LocalStore._commit
+
+    def commit(self):
+        if not getattr(self, "held", False):
+            self.held = True
+            self._loop.call_later(0.3, commit, self)
+            return
+        self.held = False
+        real(self)
+
+    patch.setattr(LocalStore, "_commit", commit)
+
+
+if __name__ == "__main__":
+    patcher = pytest.MonkeyPatch()
+    for name in sys.argv[1].split(","):
+        FAULTS[name](patcher)
+    sys.exit(main(sys.argv[2:]))
