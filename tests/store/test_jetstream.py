@@ -185,6 +185,18 @@ def test_inbox_request_reply_across_frontends(frontends):
     assert health["app"]["events"] == 2, "inbox events are never stored"
 
 
+def test_inbox_subjects_named_like_acks_are_inbox_events(frontends):
+    """Forwarded acks travel outside the inbox space: `_bus_.ack.…` is an inbox like any
+    other, so a client can neither forge an ack there nor have its replies eaten."""
+    a, b = frontends(2)
+    inbox = "_bus_.ack.c_d4o7ehksdud4d8c68bg1"
+    with SSE(b.port, f"subject={inbox}") as requester:
+        requester.message()
+        time.sleep(0.2)
+        assert publish(a.port, inbox, {"result": 1}).status == 202
+        assert requester.events(1, timeout=10)[0]["payload"] == {"result": 1}
+
+
 def test_history_older_than_the_tail_and_id_lookup_after_restart(frontends):
     (a,) = frontends(1)
     total, ids = 3000, []

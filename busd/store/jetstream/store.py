@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 
 from busd._core import ParsedEvent, is_xid, new_xid, record_id
-from busd.server.config import Config
+from busd.server.config import Config, ConfigError
 from busd.store.errors import HistoryTruncatedError, PublishRefused
 from busd.store.interface import Stored, StoreListener, Synced
 from busd.store.local._framing import xid_seconds
@@ -44,7 +44,9 @@ log = logging.getLogger("busd.store.jetstream.store")
 
 API = "$JS.API."
 EVENT_ID_HEADER = "Bus-Event-Id"
-ACK_SUBJECT = INBOX_NAMESPACE + ".ack."  # + consumer id: acks forwarded between front-ends
+# + consumer id: acks forwarded between front-ends. Outside the inbox space and every
+# namespace (a namespace name cannot hold `$`), so no client can publish or subscribe there.
+ACK_SUBJECT = "$BUSD.ack."
 STATUS = "Status"
 HEARTBEAT_SECONDS = 1.0  # idle heartbeat of the tail consumers
 STALL_SECONDS = 2.5  # no message nor heartbeat for this long: recreate the tail consumer
@@ -150,6 +152,12 @@ class JetStreamStore:
     dirty = False  # JetStream persists (and replicates) before it acks
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        """Raises ConfigError when nats-py (the `jetstream` extra) is not installed."""
+        try:
+            import nats  # noqa: F401 - the optional dependency: only this store needs it
+        except ImportError as exc:
+            raise ConfigError(f"--store jetstream needs the nats-py package ({exc}): "
+                              f"pip install 'busd[jetstream]'") from None
         self.config = config
         self.loop = loop
         self.namespaces = list(config.namespaces)
@@ -223,6 +231,8 @@ class JetStreamStore:
             tail.first = tail.next = state["last_seq"]
             await self._start_tail(tail)
         await self.nc.subscribe(INBOX_NAMESPACE + ".>", cb=self._on_inbox,
+                                pending_msgs_limit=0, pending_bytes_limit=0)
+        await self.nc.subscribe(ACK_SUBJECT + "*", cb=self._on_ack,
                                 pending_msgs_limit=0, pending_bytes_limit=0)
         self._tasks.append(self.loop.create_task(self._housekeeping()))
         return reports
@@ -811,10 +821,10 @@ class JetStreamStore:
         self._wake.set()
 
     async def _on_inbox(self, msg) -> None:
-        if msg.subject.startswith(ACK_SUBJECT):
-            self._listener.ack_forwarded(msg.subject[len(ACK_SUBJECT):].encode(), msg.data)
-        else:
-            self._listener.inbox_event(msg.subject.encode(), msg.data)
+        self._listener.inbox_event(msg.subject.encode(), msg.data)
+
+    async def _on_ack(self, msg) -> None:
+        self._listener.ack_forwarded(msg.subject[len(ACK_SUBJECT):].encode(), msg.data)
 
     # -- housekeeping ------------------------------------------------------------------------------
     def _spawn(self, coro) -> None:
