@@ -260,6 +260,12 @@ class Api:
         if namespace == INBOX_NAMESPACE:
             if b"*" in subject_bytes or b">" in subject_bytes:
                 raise BadRequest("inbox (_bus_) subscriptions cannot use wildcards")
+            if owner is not None:
+                bound = broker.fanout.inbox_owners.claim(subject_bytes, owner)
+                if bound is not None:
+                    raise AuthError(403, f"token {owner!r} may not subscribe to {subject!r}: "
+                                         f"the inbox belongs to the token that subscribed to "
+                                         f"it first")
             inbox = InboxConsumer(broker.fanout, conn, consumer_id, subject_bytes, owner)
             conn.start_stream(lambda: inbox.start(headers))
             return

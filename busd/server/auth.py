@@ -12,8 +12,9 @@ needs a `publish` pattern that matches it; subscribing to a pattern needs the
 `subscribe` patterns to cover *every* subject the pattern can match (`orders.>` is not
 allowed by `orders.*` alone: `orders.eu.created` would slip through; `orders.eu.>` is not
 allowed by `orders.eu.*` alone: `orders.eu` would, as `>` is zero or more segments, as in
-Bus). Inbox subjects
-(`_bus_.…`) are open to every valid token, so request/reply works.
+Bus). Every valid token may publish to inbox subjects (`_bus_.…`), so request/reply
+works; an inbox is read only by the token that subscribed to it first
+(busd/bus/inbox_owners.py).
 
 Secrets are kept only as SHA-256 digests, compared as digests, and never logged.
 Without an auth file none of this runs: the bus is open, as Bus is.
