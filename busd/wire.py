@@ -12,6 +12,7 @@ import orjson
 
 INBOX_NAMESPACE = "_bus_"  # subjects under it are inboxes: routed in memory, never stored
 INBOX_PREFIX = INBOX_NAMESPACE + "."
+ZERO_TIME = b"0001-01-01T00:00:00Z"  # Go's zero time.Time: the SDK's created_at when unset
 
 # A stored record is one JSON object in a fixed layout (busd._core.make_record):
 #     {"id":"e_<20-char xid>","subject":"<subject>",...}

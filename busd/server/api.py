@@ -18,7 +18,7 @@ from busd.server.http import HttpConnection, Request, error_response, origin_for
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
 from busd.store.errors import PublishRefused
 from busd.version import __version__
-from busd.wire import INBOX_NAMESPACE, parse_duration
+from busd.wire import INBOX_NAMESPACE, ZERO_TIME, parse_duration
 
 log = logging.getLogger("busd.server.api")
 
@@ -206,6 +206,10 @@ class Api:
                 if not token.may_publish(event.subject):
                     raise AuthError(403, f"token {token.name!r} may not publish to "
                                          f"{event.subject.decode(errors='replace')!r}")
+                if not token.restore and (event.id or event.created_at not in (b"", ZERO_TIME)):
+                    raise AuthError(403, f"token {token.name!r} may not supply an event's id "
+                                         f"or created_at: only a token with restore = true "
+                                         f"may write history")
         limit = self.config.max_event_size  # on each payload; the HTTP layer bounds bodies
         if len(body) > limit:
             for event in events:

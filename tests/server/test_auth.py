@@ -42,6 +42,7 @@ name = "admin"
 secret = "{ADMIN}"
 publish = [">"]
 subscribe = [">"]
+restore = true
 """
 
 
@@ -194,6 +195,31 @@ def test_an_inbox_binding_lingers_from_when_its_last_subscriber_left():
     fanout.remove_inbox(reader)
     now[0] += fanout.inbox_owners.linger - 1
     assert fanout.inbox_owners.claim(b"_bus_.a", "y") == "x"
+
+
+def test_only_a_restore_token_may_supply_ids_and_created_at(auth_server):
+    port = auth_server.port
+    supplied = {"subject": "orders.r", "id": "e_d4o7ehksdud4d8c68bg0"}
+    refused = post(port, supplied, BILLING)
+    assert refused.status == 403 and b"only a token with restore = true" in refused.body
+    stamped = {"subject": "orders.r", "created_at": "2020-01-01T00:00:00Z"}
+    assert post(port, stamped, BILLING).status == 403
+    assert post(port, [{"subject": "orders.r"}, supplied], BILLING).status == 403
+    # the Go SDK sends Go's zero time when created_at is unset: not a supplied one
+    go_default = {"subject": "orders.r", "created_at": "0001-01-01T00:00:00Z"}
+    assert post(port, go_default, BILLING).status == 202
+    assert post(port, supplied, ADMIN).status == 202
+    assert post(port, stamped, ADMIN).status == 202
+    with SSE(port, "subject=orders.r&start=oldest", headers=bearer(ADMIN)) as sse:
+        ids = [event["id"] for event in sse.events(3)]
+    assert ids[1] == supplied["id"]
+
+
+def test_restore_must_be_a_boolean(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('[[token]]\nname = "a"\nsecret = "abcdefgh1"\nrestore = "yes"\n')
+    with pytest.raises(AuthFileError, match="'restore' must be true or false"):
+        load_tokens(path)
 
 
 def test_acks_only_from_the_token_that_subscribed(auth_server):
