@@ -15,7 +15,7 @@ import orjson
 from busd.client._events import BatchResult, PutResult
 from busd.client._http import Response
 from busd.client.errors import error_for
-from busd.wire import INBOX_PREFIX, loads, parse_duration
+from busd.wire import INBOX_PREFIX, id_problem, loads, parse_duration
 
 _BATCH_FIELDS = frozenset(("subject", "data", "key", "trace_id"))
 
@@ -126,8 +126,8 @@ def subscribe_target(subject: str, start: str = "newest", ack: str = "none",
     reconnects send `Last-Event-ID`, which the server lets override it)."""
     if ack not in ("none", "manual"):
         raise ValueError(f"ack must be 'none' or 'manual', not {ack!r}")
-    if not (start in ("oldest", "newest") or start.startswith("e_")):
-        raise ValueError(f"start must be 'oldest', 'newest' or an event id e_…, not {start!r}")
+    if not (start in ("oldest", "newest") or id_problem(start.encode()) is None):
+        raise ValueError(f"start must be 'oldest', 'newest' or an event id, not {start!r}")
     target = f"/?subject={quote(subject, safe='')}&start={quote(start, safe='')}&ack={ack}"
     if redelivery is not None:
         target += f"&redelivery={go_duration(redelivery)}"

@@ -18,7 +18,7 @@ from busd.server.http import HttpConnection, Request, error_response, origin_for
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
 from busd.store.errors import PublishRefused
 from busd.version import __version__
-from busd.wire import INBOX_NAMESPACE, ZERO_TIME, parse_duration
+from busd.wire import INBOX_NAMESPACE, ZERO_TIME, id_problem, parse_duration
 
 log = logging.getLogger("busd.server.api")
 
@@ -328,10 +328,11 @@ class Api:
         resuming = bool(last_event_id.strip())
         if resuming:
             start = last_event_id.strip()
-        if start in ("oldest", "newest") or _valid_id(start, "e_"):
+        if start in ("oldest", "newest") or id_problem(start.encode()) is None:
             return start.encode(), resuming
         name = "Last-Event-ID" if resuming else "start"
-        reason = f"invalid {name} {start!r}: use oldest, newest or an event id e_<xid>"
+        reason = (f"invalid {name} {start!r}: use oldest, newest or an event id "
+                  f"({id_problem(start.encode())})")
         if resuming:
             raise BadRequest(reason)
         return reason, False

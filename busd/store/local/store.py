@@ -201,7 +201,7 @@ class LocalStore:
         waiting = self._group_ids.setdefault(namespace, set())
         present = self.find_ids(namespace, ids) | waiting.intersection(ids)
         if present:
-            listed = " ".join(i.decode() for i in ids if i in present)
+            listed = " ".join(f'"{i.decode()}"' for i in ids if i in present)
             raise PublishRefused(409, f"namespace {namespace} already holds "
                                       f"{'this id' if len(present) == 1 else 'these ids'}: "
                                       f"{listed}")
