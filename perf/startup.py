@@ -14,6 +14,8 @@ Options:
   --server-cpus LIST    CPUs of the server, as `taskset -c` takes them [default: 0].
   --data-dir DIR        Where the two data dirs go (default: system temp).
   --timeout S           Give up on a start after this many seconds [default: 20].
+  --server-args ARGS    More `bus server` flags, space-separated (e.g. "--dup-size 0")
+                        [default: ].
 
 The history is written with busd's own log (NamespaceLog.append), not through HTTP, so
 1 GiB takes seconds. Each start is a fresh process (`python -m busd server`) on a free
@@ -63,12 +65,12 @@ def fill(path: Path, megabytes: int, event_kb: int, free_ids: int) -> int:
     return count
 
 
-def start_once(path: Path, cpus: str, timeout: float) -> float:
+def start_once(path: Path, cpus: str, timeout: float, extra: list[str]) -> float:
     """Seconds from exec to the first accepted connect."""
     port = free_port()
     command = ["taskset", "-c", cpus, sys.executable, "-m", "busd", "server", "--path",
                str(path), "--addr", f"127.0.0.1:{port}", "--namespaces", "bench",
-               "--log-level", "WARN"]
+               "--log-level", "WARN", *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
     started = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
@@ -103,12 +105,14 @@ def main() -> None:
         count = fill(full, args.stored_mb, args.event_kb, args.free_ids)
         print(f"stored {count} events ({args.stored_mb} MiB, {args.free_ids} free-form ids) "
               f"in {time.perf_counter() - t:.1f}s")
-        start_once(empty, args.server_cpus, args.timeout)  # warm the page cache and .pyc
+        extra = args.server_args.split()
+        start_once(empty, args.server_cpus, args.timeout, extra)  # warm the .pyc files
         rows = []
         for name, path in (("empty data dir", empty), (f"{args.stored_mb} MiB stored", full)):
-            times = [start_once(path, args.server_cpus, args.timeout)
+            times = [start_once(path, args.server_cpus, args.timeout, extra)
                      for _ in range(args.repeat)]
             rows.append((name, statistics.median(times), max(times)))
+        print(f"server flags: {args.server_args or '(defaults)'}")
         print("| data dir | exec → listening, median | max |")
         print("|---|---|---|")
         for name, median, worst in rows:

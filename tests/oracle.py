@@ -503,13 +503,10 @@ def id_problem(event_id: bytes) -> str | None:
     if event_id[:2] == b"e_":
         return (f"invalid id {shown!r}: an id starting with e_ must be e_ followed by a "
                 f"20-character xid (other ids must not start with e_)")
-    try:
-        text = event_id.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"invalid id {shown!r}: not UTF-8"
-    if any(not c.isprintable() or c in '"\\' for c in text) or text != text.strip(" "):
-        return (f"invalid id {shown!r}: ids are printable characters without '\"' or '\\', "
-                f"and no space at either end")
+    if (any(not 0x20 <= c < 0x7F or c in b'"\\' for c in event_id)
+            or event_id != event_id.strip(b" ")):
+        return (f"invalid id {shown!r}: ids are printable ASCII characters without '\"' or "
+                f"'\\', and no space at either end")
     return None
 
 

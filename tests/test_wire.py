@@ -48,7 +48,7 @@ def test_a_record_has_its_id_and_subject_at_the_offsets(subject, trace_id, key, 
     assert index.seg_min == xid_seconds(event_id[2:]) == _core.xid_time(event_id[2:])
 
 
-@given(SUBJECT, st.sampled_from(["order-123", "x", "café 1", "z" * 128, "a.b:c/d"]))
+@given(SUBJECT, st.sampled_from(["order-123", "x", "order 1 (eu)", "z" * 128, "a.b:c/d"]))
 def test_a_free_form_id_runs_to_the_next_quote_and_carries_no_second(subject, event_id):
     _, events = _core.scan_body(json.dumps({"subject": subject}).encode())
     raw = event_id.encode()

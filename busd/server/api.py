@@ -325,9 +325,9 @@ class Api:
         a browser's EventSource stops at a non-200 answer, but retries an `error` forever."""
         start = params.get("start", "") or "newest"
         last_event_id = request.headers.get(b"last-event-id", b"").decode(errors="replace")
-        resuming = bool(last_event_id.strip())
+        resuming = bool(last_event_id.strip(" \t"))  # HTTP's optional whitespace only
         if resuming:
-            start = last_event_id.strip()
+            start = last_event_id.strip(" \t")
         if start in ("oldest", "newest") or id_problem(start.encode()) is None:
             return start.encode(), resuming
         name = "Last-Event-ID" if resuming else "start"
