@@ -16,6 +16,9 @@ Options:
   --timeout S           Give up on a start after this many seconds [default: 20].
   --server-args ARGS    More `bus server` flags, space-separated (e.g. "--dup-size 0")
                         [default: ].
+  --baseline-python PY  Also start the server of another install (e.g. main's
+                        .venv/bin/python), interleaved with this one start for start, so
+                        both see the same machine load.
 
 The history is written with busd's own log (NamespaceLog.append), not through HTTP, so
 1 GiB takes seconds. Each start is a fresh process (`python -m busd server`) on a free
@@ -65,10 +68,10 @@ def fill(path: Path, megabytes: int, event_kb: int, free_ids: int) -> int:
     return count
 
 
-def start_once(path: Path, cpus: str, timeout: float, extra: list[str]) -> float:
+def start_once(python: str, path: Path, cpus: str, timeout: float, extra: list[str]) -> float:
     """Seconds from exec to the first accepted connect."""
     port = free_port()
-    command = ["taskset", "-c", cpus, sys.executable, "-m", "busd", "server", "--path",
+    command = ["taskset", "-c", cpus, python, "-m", "busd", "server", "--path",
                str(path), "--addr", f"127.0.0.1:{port}", "--namespaces", "bench",
                "--log-level", "WARN", *extra]
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
@@ -106,18 +109,30 @@ def main() -> None:
         print(f"stored {count} events ({args.stored_mb} MiB, {args.free_ids} free-form ids) "
               f"in {time.perf_counter() - t:.1f}s")
         extra = args.server_args.split()
-        start_once(empty, args.server_cpus, args.timeout, extra)  # warm the .pyc files
-        rows = []
-        for name, path in (("empty data dir", empty), (f"{args.stored_mb} MiB stored", full)):
-            times = [start_once(path, args.server_cpus, args.timeout, extra)
-                     for _ in range(args.repeat)]
-            rows.append((name, statistics.median(times), max(times)))
+        pythons = {"this tree": sys.executable}
+        if args.baseline_python:
+            pythons["baseline"] = args.baseline_python
+        for python in pythons.values():  # warm the .pyc files and the page cache
+            start_once(python, empty, args.server_cpus, args.timeout, extra)
+            start_once(python, full, args.server_cpus, args.timeout, extra)
         print(f"server flags: {args.server_args or '(defaults)'}")
-        print("| data dir | exec → listening, median | max |")
-        print("|---|---|---|")
-        for name, median, worst in rows:
-            print(f"| {name} | {median * 1000:.0f} ms | {worst * 1000:.0f} ms |")
-        print(f"ratio stored/empty (medians): {rows[1][1] / rows[0][1]:.2f}")
+        print("| server | data dir | exec → listening, median | max |")
+        print("|---|---|---|---|")
+        medians = {}
+        for name, path in (("empty", empty), (f"{args.stored_mb} MiB stored", full)):
+            times: dict[str, list[float]] = {who: [] for who in pythons}
+            for _ in range(args.repeat):
+                for who, python in pythons.items():
+                    times[who].append(start_once(python, path, args.server_cpus,
+                                                 args.timeout, extra))
+            for who in pythons:
+                medians[who, name] = statistics.median(times[who])
+                print(f"| {who} | {name} | {medians[who, name] * 1000:.0f} ms | "
+                      f"{max(times[who]) * 1000:.0f} ms |")
+        for (who, name), median in medians.items():
+            if who != "this tree":
+                print(f"ratio this tree / baseline, {name}: "
+                      f"{medians['this tree', name] / median:.2f}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -604,8 +604,10 @@ class NamespaceLog:
         return seg
 
     # -- appending --------------------------------------------------------------------------
-    def append(self, records: list[bytes]) -> int:
-        """Append a batch with one write(2); returns the index of its first record."""
+    def append(self, records: list[bytes], free_ids: bool = True) -> int:
+        """Append a batch with one write(2); returns the index of its first record.
+        free_ids=False: the caller knows no record has a free-form id (the server's
+        publishes without supplied ids), so the id index need not look."""
         n = len(records)
         if not n:
             return self._next
@@ -625,7 +627,8 @@ class NamespaceLog:
             if seg.block_size != block_size:  # --block-size changed: new segments use it
                 data = self._frame(seg, records)
                 size = len(data)
-        self.ids.add(self._next, records)  # before the records: none goes unindexed
+        if free_ids:
+            self.ids.add(self._next, records)  # before the records: none goes unindexed
         wf = self._wfile
         before = seg.size
         try:

@@ -237,7 +237,8 @@ class LocalStore:
         (under fsync_always, once one shared fsync has made it durable)."""
         self._commit_scheduled = False
         group, self._group = self._group, {}
-        if self._group_ids:  # from here on the logs themselves know them
+        supplied = self._group_ids  # namespaces that got ids from their publishers
+        if supplied:  # from here on the logs themselves know them
             self._group_ids = {}
         written: list[_Written] = []
         for namespace, pendings in group.items():
@@ -249,7 +250,7 @@ class LocalStore:
             records = pendings[0][0] if len(pendings) == 1 else \
                 [record for batch, _ in pendings for record in batch]
             try:
-                first = self._logs[namespace].append(records)
+                first = self._logs[namespace].append(records, namespace in supplied)
             except LogWriteError as exc:
                 _refuse(pendings, exc)
                 continue
