@@ -4,6 +4,7 @@ namespace (409), and `start=` / `Last-Event-ID` find them, after a restart too."
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import pytest
 from busclient import SSE, publish, request
@@ -54,3 +55,17 @@ def test_ids_that_cannot_name_an_event_are_400_with_the_reason(server, event_id,
     response = publish(server.port, "app.x", 1, id=event_id)
     assert response.status == 400 and reason in response.body.decode()
     assert publish(server.port, "app.x", 1, id="x" * 128).status == 202
+
+
+def test_an_event_with_a_free_form_id_is_acked_by_it(server):
+    port = server.port
+    assert publish(port, "app.acked", 1, id="job/7").status == 202
+    assert publish(port, "app.acked", 2).status == 202
+    query = "subject=app.acked&start=oldest&ack=manual&redelivery=200ms"
+    with SSE(port, query) as sse:
+        first = sse.events(1)[0]
+        assert first["id"] == "job/7"
+        assert sse.events(1, timeout=3)[0]["id"] == "job/7", "unacked: delivered again"
+        target = f"/?consumer_id={sse.consumer_id}&event_id={quote(first['id'], safe='')}"
+        assert request(port, "PUT", target).status == 202
+        assert sse.events(1, timeout=3)[0]["payload"] == 2
