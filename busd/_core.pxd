@@ -22,9 +22,12 @@ cdef enum:
 
 
 cdef inline Py_ssize_t _id_end(const char* r, Py_ssize_t n) noexcept nogil:
-    """Where the id of record r[:n] ends (the '"' after it), or -1 when it is no record."""
+    """Where the id of record r[:n] ends (the '"' after it), or -1 when it is no record.
+    busd's own ids (e_ + an xid: no other id starts with e_) are seen at once."""
     cdef const void* q
     cdef Py_ssize_t room = n - ID_AT
+    if room > ID_LEN and r[ID_END] == c'"' and r[ID_AT] == c'e' and r[ID_AT + 1] == c'_':
+        return ID_END
     if room <= 1:
         return -1
     if room > MAX_ID_BYTES + 1:

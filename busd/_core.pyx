@@ -1118,7 +1118,7 @@ def sse_frame_matching(list records not None, Pattern pattern not None):
         raise MemoryError()
     try:
         for i in range(n):
-            size = _sse_size(<object>PyList_GET_ITEM(records, i))
+            size = _sse_size(<object>PyList_GET_ITEM(records, i))  # checks it is a record
             rec = <bytes>PyList_GET_ITEM(records, i)
             r = PyBytes_AS_STRING(rec)
             e = _subject_end(r, PyBytes_GET_SIZE(rec), &start)
