@@ -2,18 +2,41 @@
 # and the wire facts every module reads records and xids by.
 
 from libc.stdint cimport uint32_t
+from libc.string cimport memchr
 
-# A stored record is one JSON object in a fixed layout (make_record):
-#     {"id":"e_<20-char xid>","subject":"<subject>",...}
-# so its id and subject are read at fixed offsets. busd/wire.py declares the same offsets
-# for Python; tests/test_wire.py checks that the two agree.
+# A stored record is one JSON object that starts with its id, then its subject (make_record):
+#     {"id":"<event id>","subject":"<subject>",...}
+# An id holds no '"' (busd.wire.id_problem): it runs from ID_AT to the next '"', the subject
+# from 13 bytes later to the next '"'. busd's own ids are b"e_" + an xid, ID_LEN bytes.
+# busd/wire.py declares the same offsets for Python; tests/test_wire.py checks that the two
+# agree.
 cdef enum:
-    ID_AT = 7                   # record[ID_AT:ID_END] is the event id: b"e_" + an xid
-    ID_LEN = 22
-    ID_END = ID_AT + ID_LEN
+    ID_AT = 7                   # the event id starts here
+    ID_LEN = 22                 # of busd's own ids, b"e_" + an xid
+    ID_END = ID_AT + ID_LEN     # where busd's own ids end
     XID_LEN = 20
-    XID_AT = ID_END - XID_LEN   # record[XID_AT:ID_END] is the xid
-    SUBJECT_AT = ID_END + 13    # after '","subject":"'; the subject ends at the next '"'
+    XID_AT = ID_END - XID_LEN   # record[XID_AT:ID_END] is the xid of busd's own ids
+    SUBJECT_AT = ID_END + 13    # where the subject starts after busd's own ids
+    MAX_ID_BYTES = 128          # of a free-form id
+    SUBJECT_AFTER_ID = 13       # len('","subject":"')
+
+
+cdef inline Py_ssize_t _id_end(const char* r, Py_ssize_t n) noexcept nogil:
+    """Where the id of record r[:n] ends (the '"' after it), or -1 when it is no record.
+    busd's own ids (e_ + an xid: no other id starts with e_) are seen at once."""
+    cdef const void* q
+    cdef Py_ssize_t room = n - ID_AT
+    if room > ID_LEN and r[ID_END] == c'"' and r[ID_AT] == c'e' and r[ID_AT + 1] == c'_':
+        return ID_END
+    if room <= 1:
+        return -1
+    if room > MAX_ID_BYTES + 1:
+        room = MAX_ID_BYTES + 1
+    q = memchr(r + ID_AT, c'"', <size_t>room)
+    if q == NULL or <const char*>q == r + ID_AT:
+        return -1
+    return <const char*>q - r
+
 
 # base32hex value of each byte (the rs/xid alphabet 0-9a-v), 0xFF for any other byte
 cdef unsigned char XID_DEC[256]

@@ -17,7 +17,7 @@ import hashlib as _hashlib
 import os as _os
 import socket as _socket
 
-from busd.wire import INBOX_NAMESPACE
+from busd.wire import INBOX_NAMESPACE, id_problem
 
 __all__ = [
     "validate_subject", "validate_pattern", "Pattern", "match_subject",
@@ -904,8 +904,8 @@ def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_
 
     Layout: {"id":"<event_id>","subject":"<subject>"[,"trace_id":<raw>][,"key":<raw>]
     [,"response_subject":"<rs>"][,"created_at":"<created_at>"][,"payload":<raw>]}
-    event_id must be ID_LEN bytes, so the id and the subject start at ID_AT and SUBJECT_AT
-    (busd/_core.pxd).
+    event_id is written as it is (busd.wire.id_problem keeps '"' and '\\' out of it), so
+    the id and the subject are found from ID_AT on (busd/_core.pxd).
     Line breaks in the payload (only possible as JSON whitespace) become spaces.
     """
     cdef Py_ssize_t size, e_subj, e_rs = 0, e_ca = 0, pl_n = 0
@@ -914,11 +914,12 @@ def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_
     cdef bytes out
     cdef char* o
     cdef char* pstart
-    cdef Py_ssize_t i
-    if PyBytes_GET_SIZE(event_id) != ID_LEN:
-        raise ValueError(f"event id must be {ID_LEN} bytes, got {len(event_id)}")
+    cdef Py_ssize_t i, id_n = PyBytes_GET_SIZE(event_id)
+    if not 0 < id_n <= MAX_ID_BYTES or memchr(PyBytes_AS_STRING(event_id), c'"',
+                                              <size_t>id_n) != NULL:
+        raise ValueError(f"event id must be 1-{MAX_ID_BYTES} bytes without '\"'")
     e_subj = _esc_size(ev.subject)
-    size = SUBJECT_AT + e_subj + 1 + 1       # {"id":"…","subject":"…"}
+    size = ID_AT + id_n + SUBJECT_AFTER_ID + e_subj + 1 + 1       # {"id":"…","subject":"…"}
     if PyBytes_GET_SIZE(trace_id):
         size += 12 + PyBytes_GET_SIZE(trace_id)          # ,"trace_id":
     if PyBytes_GET_SIZE(key):
@@ -936,8 +937,8 @@ def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_
     out = PyBytes_FromStringAndSize(NULL, size)
     o = PyBytes_AS_STRING(out)
     o = _put(o, b'{"id":"', ID_AT)
-    o = _put(o, PyBytes_AS_STRING(event_id), ID_LEN)
-    o = _put(o, b'","subject":"', SUBJECT_AT - ID_END)
+    o = _put(o, PyBytes_AS_STRING(event_id), id_n)
+    o = _put(o, b'","subject":"', SUBJECT_AFTER_ID)
     o = _put_esc(o, ev.subject, e_subj)
     o[0] = c'"'
     o += 1
@@ -971,36 +972,43 @@ def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_
 
 
 def record_id(bytes rec not None):
-    """The event id of a record (rec[ID_AT:ID_END])."""
-    if PyBytes_GET_SIZE(rec) < ID_END:
-        raise ValueError("record too short")
-    return rec[ID_AT:ID_END]
+    """The event id of a record (from ID_AT to the next '"')."""
+    cdef Py_ssize_t e = _id_end(PyBytes_AS_STRING(rec), PyBytes_GET_SIZE(rec))
+    if e < 0:
+        raise ValueError("not a record: no id")
+    return rec[ID_AT:e]
 
 
-cdef inline Py_ssize_t _subject_end(const char* r, Py_ssize_t n) noexcept nogil:
-    """End offset of the subject of record r[:n] (starts at SUBJECT_AT), or -1."""
+cdef inline Py_ssize_t _subject_end(const char* r, Py_ssize_t n, Py_ssize_t* start) noexcept nogil:
+    """End offset of the subject of record r[:n], its start in start[0]; -1 if none."""
     cdef const char* q
-    if n <= SUBJECT_AT:
+    cdef Py_ssize_t s = _id_end(r, n)
+    if s < 0:
         return -1
-    q = <const char*>memchr(r + SUBJECT_AT, c'"', <size_t>(n - SUBJECT_AT))
+    s += SUBJECT_AFTER_ID
+    start[0] = s
+    if n <= s:
+        return -1
+    q = <const char*>memchr(r + s, c'"', <size_t>(n - s))
     if q == NULL:
         return -1
     return q - r
 
 
-_NO_SUBJECT = f"not a record: no subject at byte {SUBJECT_AT}"
+_NO_SUBJECT = "not a record: no subject after the id"
 
 # The offsets busd/_core.pxd declares, for tests/test_wire.py to compare with busd.wire.
 _RECORD_LAYOUT = {"ID_AT": ID_AT, "ID_LEN": ID_LEN, "ID_END": ID_END, "XID_AT": XID_AT,
-                  "SUBJECT_AT": SUBJECT_AT}
+                  "SUBJECT_AT": SUBJECT_AT, "MAX_ID_BYTES": MAX_ID_BYTES}
 
 
 def record_subject(bytes rec not None):
-    """The subject of a record, read from the fixed layout (starts at SUBJECT_AT)."""
-    cdef Py_ssize_t e = _subject_end(PyBytes_AS_STRING(rec), PyBytes_GET_SIZE(rec))
+    """The subject of a record, read from the layout (13 bytes after the id's end)."""
+    cdef Py_ssize_t start = 0
+    cdef Py_ssize_t e = _subject_end(PyBytes_AS_STRING(rec), PyBytes_GET_SIZE(rec), &start)
     if e < 0:
         raise ValueError(_NO_SUBJECT)
-    return rec[SUBJECT_AT:e]
+    return rec[start:e]
 
 
 # --------------------------------------------------------------------------- SSE
@@ -1041,22 +1049,25 @@ def sse_chunk(bytes text not None):
 
 # "id: " + event id + "\nevent: msg\ndata: " + rec + "\n\n"
 cdef enum:
-    SSE_OVERHEAD = 4 + ID_LEN + 18 + 2
+    SSE_OVERHEAD = 4 + 18 + 2
 
 
-cdef inline bytes _check_record(object r):
+cdef inline Py_ssize_t _sse_size(object r) except -1:
+    """Bytes of the SSE message of record r."""
+    cdef Py_ssize_t e
     if type(r) is not bytes:
         raise TypeError(f"record must be bytes, not {type(r).__name__}")
-    if PyBytes_GET_SIZE(<bytes>r) < ID_END:
-        raise ValueError("record too short")
-    return <bytes>r
+    e = _id_end(PyBytes_AS_STRING(<bytes>r), PyBytes_GET_SIZE(<bytes>r))
+    if e < 0:
+        raise ValueError("not a record: no id")
+    return SSE_OVERHEAD + e - ID_AT + PyBytes_GET_SIZE(<bytes>r)
 
 
 cdef inline char* _put_sse(char* o, bytes rec) noexcept:
     cdef const char* r = PyBytes_AS_STRING(rec)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(rec)
     o = _put(o, b"id: ", 4)
-    o = _put(o, r + ID_AT, ID_LEN)
+    o = _put(o, r + ID_AT, _id_end(r, n) - ID_AT)
     o = _put(o, b"\nevent: msg\ndata: ", 18)
     o = _put(o, r, n)
     o[0] = c'\n'
@@ -1090,13 +1101,13 @@ def sse_frame(list records not None, Py_ssize_t start=0, Py_ssize_t end=-1):
     if start >= end:
         return EMPTY
     for i in range(start, end):
-        text += SSE_OVERHEAD + PyBytes_GET_SIZE(_check_record(<object>PyList_GET_ITEM(records, i)))
+        text += _sse_size(<object>PyList_GET_ITEM(records, i))
     return _frame(records, start, end, NULL, text)
 
 
 def sse_frame_matching(list records not None, Pattern pattern not None):
     """Like sse_frame, for the records whose subject matches pattern: (chunk or b"", count)."""
-    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, text = 0, count = 0, e
+    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, text = 0, count = 0, e, start = 0, size
     cdef unsigned char* sel
     cdef bytes rec
     cdef const char* r
@@ -1107,15 +1118,16 @@ def sse_frame_matching(list records not None, Pattern pattern not None):
         raise MemoryError()
     try:
         for i in range(n):
-            rec = _check_record(<object>PyList_GET_ITEM(records, i))
+            size = _sse_size(<object>PyList_GET_ITEM(records, i))  # checks it is a record
+            rec = <bytes>PyList_GET_ITEM(records, i)
             r = PyBytes_AS_STRING(rec)
-            e = _subject_end(r, PyBytes_GET_SIZE(rec))
+            e = _subject_end(r, PyBytes_GET_SIZE(rec), &start)
             if e < 0:
                 raise ValueError(_NO_SUBJECT)
-            sel[i] = pattern._matches(<const unsigned char*>r + SUBJECT_AT, e - SUBJECT_AT)
+            sel[i] = pattern._matches(<const unsigned char*>r + start, e - start)
             if sel[i]:
                 count += 1
-                text += SSE_OVERHEAD + PyBytes_GET_SIZE(rec)
+                text += size
         if count == 0:
             return EMPTY, 0
         return _frame(records, 0, n, sel, text), count
@@ -1483,10 +1495,9 @@ cdef tuple _identity(ParsedEvent ev):
     """(event id, created_at): the publisher's (as restore sends them) or freshly assigned."""
     cdef bytes event_id = ev.id, created_at = ev.created_at
     if PyBytes_GET_SIZE(event_id):
-        if not (PyBytes_GET_SIZE(event_id) == ID_LEN and event_id[:2] == b"e_"
-                and _is_xid(<const unsigned char*>PyBytes_AS_STRING(event_id) + 2, XID_LEN)):
-            raise ValueError(f"invalid id '{_show(event_id)}': expected e_ followed by a "
-                             "20-character xid")
+        problem = id_problem(event_id)
+        if problem is not None:
+            raise ValueError(problem)
     else:
         event_id = _new_event_id()
     if PyBytes_GET_SIZE(created_at) == 0 or created_at == ZERO_TIME:

@@ -12,17 +12,57 @@ import orjson
 
 INBOX_NAMESPACE = "_bus_"  # subjects under it are inboxes: routed in memory, never stored
 INBOX_PREFIX = INBOX_NAMESPACE + "."
+ZERO_TIME = b"0001-01-01T00:00:00Z"  # Go's zero time.Time: the SDK's created_at when unset
 
-# A stored record is one JSON object in a fixed layout (busd._core.make_record):
-#     {"id":"e_<20-char xid>","subject":"<subject>",...}
-# so its id and subject are read at fixed offsets. busd/_core.pxd declares the same offsets
-# for the Cython modules; tests/test_wire.py checks that the two agree.
-RECORD_PREFIX = b'{"id":"e_'  # every record the server stores starts like this
-ID_AT = 7  # record[ID_AT:ID_END] is the event id: b"e_" + a 20-char xid
-ID_LEN = 22
-ID_END = ID_AT + ID_LEN
-XID_AT = ID_AT + 2  # record[XID_AT:ID_END] is the xid
-SUBJECT_AT = ID_END + len('","subject":"')  # the subject runs from here to the next '"'
+# A stored record is one JSON object that starts with its id, then its subject:
+#     {"id":"<event id>","subject":"<subject>",...}
+# An id holds no '"' or '\\' (id_problem), so both are read without parsing: the id runs
+# from ID_AT to the next '"', the subject from 13 bytes later to the next '"'. busd's own
+# ids are b"e_" + a 20-char xid (ID_LEN bytes, with its second at XID_AT); busd/_core.pxd
+# declares the same offsets for Cython, tests/test_wire.py checks that the two agree.
+RECORD_PREFIX = b'{"id":"'  # every record the server stores starts like this
+ID_AT = 7  # the event id starts here
+ID_LEN = 22  # of busd's own ids: b"e_" + an xid
+ID_END = ID_AT + ID_LEN  # where busd's own ids end
+XID_AT = ID_AT + 2  # record[XID_AT:ID_END] is the xid of busd's own ids
+SUBJECT_AT = ID_END + len('","subject":"')  # where the subject starts after busd's own ids
+MAX_ID_BYTES = 128  # of a free-form id (one the publisher chose)
+INDEX_START = b"index:"  # start=index:<n> delivers from index n: how a client steps over a
+#                         corrupt record (the `error` event names the n to use)
+START_WORDS = (b"oldest", b"newest")  # start= values that are not ids
+_XID_ID = re.compile(rb"e_[0-9a-v]{19}[0g]")  # e_ + an xid rs/xid decodes (low 4 bits zero)
+_FREE_FORM_ID = re.compile(rb'[!#-\[\]-~]([ !#-\[\]-~]*[!#-\[\]-~])?')  # length checked apart
+
+
+def is_xid_id(event_id: bytes) -> bool:
+    """True for ids of busd's own form, e_<xid>, which carry their second: the logs find
+    them by time. Any other id is free-form, found through an index."""
+    return _XID_ID.fullmatch(event_id) is not None
+
+
+def id_problem(event_id: bytes) -> str | None:
+    """Why a publisher's id cannot name an event, or None when it can (any e_<xid>, or a
+    free-form id: 1-128 printable ASCII characters (ids travel in HTTP headers) without
+    '"' or '\\', which records hold unescaped, no space at either end, which headers
+    trim; e_ is kept for xids)."""
+    shown = event_id.decode("utf-8", "replace")[:MAX_ID_BYTES]
+    if _XID_ID.fullmatch(event_id):
+        return None
+    if not event_id:
+        return "empty id"
+    if len(event_id) > MAX_ID_BYTES:
+        return f"id of {len(event_id)} bytes is longer than {MAX_ID_BYTES} bytes: {shown!r}..."
+    if event_id.startswith(b"e_"):
+        return (f"invalid id {shown!r}: an id starting with e_ must be e_ followed by a "
+                f"20-character xid (other ids must not start with e_)")
+    if event_id in START_WORDS or event_id.startswith(INDEX_START):
+        return (f"invalid id {shown!r}: oldest, newest and index:… are start= values, "
+                f"not ids")
+    if _FREE_FORM_ID.fullmatch(event_id) is None:
+        return (f"invalid id {shown!r}: ids are printable ASCII characters without '\"' or "
+                f"'\\', and no space at either end")
+    return None
+
 
 
 

@@ -21,6 +21,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def refused(*args: str, env: dict | None = None) -> str:
+    """Run a `bus server` that must refuse to start: exit 2 and its one `bus server:` line."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
+    result = subprocess.run([sys.executable, "-m", "busd", "server", *args], capture_output=True,
+                            text=True, timeout=20, env={**full_env, **(env or {})})
+    lines = [line for line in result.stderr.splitlines() if line.startswith("bus server:")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
 class BusServer:
     """`python -m busd server` on a free loopback port with its own data directory."""
 

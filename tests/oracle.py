@@ -349,8 +349,8 @@ def json_escape(s: bytes) -> bytes:
 
 
 def make_record(ev, event_id: bytes, created_at: bytes) -> bytes:
-    if len(event_id) != 22:
-        raise ValueError("event id must be 22 bytes")
+    if not 0 < len(event_id) <= 128 or b'"' in event_id:
+        raise ValueError("event id must be 1-128 bytes without '\"'")
     parts = [b'{"id":"', event_id, b'","subject":"', json_escape(ev.subject), b'"']
     if ev.trace_id:
         parts += [b',"trace_id":', ev.trace_id]
@@ -367,16 +367,18 @@ def make_record(ev, event_id: bytes, created_at: bytes) -> bytes:
 
 
 def record_id(rec: bytes) -> bytes:
-    if len(rec) < 29:
-        raise ValueError("record too short")
-    return rec[7:29]
+    end = rec.find(b'"', 7, 7 + 129)
+    if end <= 7:
+        raise ValueError("not a record: no id")
+    return rec[7:end]
 
 
 def record_subject(rec: bytes) -> bytes:
-    end = rec.find(b'"', 42)
-    if len(rec) < 43 or end < 0:
+    start = 7 + len(record_id(rec)) + len('","subject":"')
+    end = rec.find(b'"', start)
+    if len(rec) <= start or end < 0:
         raise ValueError("not a record")
-    return rec[42:end]
+    return rec[start:end]
 
 
 # --------------------------------------------------------------------------- SSE
@@ -387,7 +389,7 @@ def sse_chunk(text: bytes) -> bytes:
 
 
 def sse_message(rec: bytes) -> bytes:
-    return b"id: " + rec[7:29] + b"\nevent: msg\ndata: " + rec + b"\n\n"
+    return b"id: " + record_id(rec) + b"\nevent: msg\ndata: " + rec + b"\n\n"
 
 
 def sse_frame(records, start=0, end=-1) -> bytes:
@@ -499,6 +501,26 @@ def format_rfc3339(ns: int) -> bytes:
 
 # --------------------------------------------------------------------------- publish
 
+
+def id_problem(event_id: bytes) -> str | None:
+    """Reference for busd.wire.id_problem (which stamp_events calls): None when usable."""
+    shown = event_id.decode("utf-8", "replace")[:128]
+    if event_id[:2] == b"e_" and len(event_id) == 22 and is_xid(event_id[2:]):
+        return None
+    if not event_id:
+        return "empty id"
+    if len(event_id) > 128:
+        return f"id of {len(event_id)} bytes is longer than 128 bytes: {shown!r}..."
+    if event_id[:2] == b"e_":
+        return (f"invalid id {shown!r}: an id starting with e_ must be e_ followed by a "
+                f"20-character xid (other ids must not start with e_)")
+    if (any(not 0x20 <= c < 0x7F or c in b'"\\' for c in event_id)
+            or event_id != event_id.strip(b" ")):
+        return (f"invalid id {shown!r}: ids are printable ASCII characters without '\"' or "
+                f"'\\', and no space at either end")
+    return None
+
+
 ZERO_TIME = b"0001-01-01T00:00:00Z"
 
 
@@ -524,9 +546,9 @@ def stamp_events(events, is_batch: bool, new_id, now):
             keyed.append((ev.subject, ev.key_value))
         event_id = ev.id
         if event_id:
-            if not (len(event_id) == 22 and event_id[:2] == b"e_" and is_xid(event_id[2:])):
-                raise ValueError(f"invalid id '{show(event_id)}': expected e_ followed by a "
-                                 "20-character xid")
+            problem = id_problem(event_id)
+            if problem is not None:
+                raise ValueError(problem)
         else:
             event_id = new_id()
         created_at = ev.created_at

@@ -46,3 +46,24 @@ def test_a_record_has_its_id_and_subject_at_the_offsets(subject, trace_id, key, 
     index = SegmentIndex()
     index.add_records([rec])
     assert index.seg_min == xid_seconds(event_id[2:]) == _core.xid_time(event_id[2:])
+
+
+@given(SUBJECT, st.sampled_from(["order-123", "x", "order 1 (eu)", "z" * 128, "a.b:c/d"]))
+def test_a_free_form_id_runs_to_the_next_quote_and_carries_no_second(subject, event_id):
+    _, events = _core.scan_body(json.dumps({"subject": subject}).encode())
+    raw = event_id.encode()
+    assert wire.id_problem(raw) is None and not wire.is_xid_id(raw)
+    rec = _core.make_record(events[0], raw, b"")
+    assert rec.startswith(wire.RECORD_PREFIX + raw + b'","subject":"')
+    assert json.loads(rec)["id"] == event_id
+    assert _core.record_id(rec) == raw
+    assert _core.record_subject(rec) == subject.encode()
+    index = SegmentIndex()
+    index.add_records([rec])
+    assert index.seg_min < 0, "no second in a free-form id, not one read from its bytes"
+
+
+def test_ids_of_busd_own_form():
+    assert wire.is_xid_id(b"e_" + _core.new_xid())
+    assert not wire.is_xid_id(b"e_d4o7ehksdud4d8c68bg1")  # rs/xid refuses: low bits set
+    assert wire.id_problem(b"e_d4o7ehksdud4d8c68bg1") is not None

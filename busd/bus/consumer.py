@@ -37,6 +37,7 @@ from busd.bus.fanout import FanOut
 from busd.bus.sink import Sink
 from busd.store.errors import CorruptRecordError, HistoryTruncatedError
 from busd.store.interface import Store
+from busd.wire import INDEX_START
 
 log = logging.getLogger("busd.bus.consumer")
 
@@ -47,8 +48,6 @@ RESUME_HINT_BYTES = 1  # a read returns at least one record: just the one before
 INFLIGHT_BYTES = 16 << 20  # unacked event bytes per manual-ack consumer (one event always may)
 SCAN_RECORDS = 8192  # records one manual-ack step may look at before letting others run
 SCAN_BYTES = 1 << 20  # and bytes it may read
-INDEX_START = b"index:"  # start=index:<n> delivers from index n: how a client steps over a
-#                         corrupt record (the `error` event names the n to use)
 
 
 def greeting(consumer_id: bytes) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from busd._core import Pattern, sse_frame, sse_frame_matching
+from busd.bus.inbox_owners import InboxOwners
 from busd.server.metrics import Metrics
 from busd.wire import INBOX_NAMESPACE
 
@@ -62,6 +63,8 @@ class FanOut:
         self.live: dict[str, list[Reader]] = {ns: [] for ns in namespaces}
         self.waiting: dict[str, set[Reader]] = {ns: set() for ns in namespaces}
         self.inboxes: dict[bytes, set[InboxReader]] = {}
+        self.inbox_owners = InboxOwners(
+            lambda subject: (inbox.owner for inbox in self.inboxes.get(subject, ())))
 
     # -- registration ---------------------------------------------------------------------
     def add(self, reader: Reader) -> None:
@@ -84,6 +87,7 @@ class FanOut:
             readers.discard(inbox)
             if not readers:
                 del self.inboxes[inbox.subject]
+                self.inbox_owners.keep(inbox.subject, inbox.owner)
 
     def join_live(self, reader: Reader) -> None:
         """A reader at the head starts receiving records straight from the append path."""

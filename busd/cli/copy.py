@@ -15,22 +15,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from busd._core import is_xid
+from busd._core import record_id
 from busd.cli.datadir import Appender, Reader, namespaces_in, open_store, select_namespaces
 from busd.cli.output import CommandError, UsageError, note, progress
 from busd.store.local.log import LogError
-from busd.wire import ID_AT, ID_END, SUBJECT_AT
+from busd.wire import ID_AT, id_problem
 
 
 def parse_skip_ids(text: str | None) -> frozenset[bytes]:
-    """`e_…,e_…` → a set of ids; each must be an event id."""
+    """`e_…,order-1` → a set of ids; each must be an event id."""
     if not text:
         return frozenset()
     ids = [i.strip() for i in text.split(",") if i.strip()]
     for event_id in ids:
-        if not (len(event_id) == 22 and event_id.startswith("e_")
-                and is_xid(event_id[2:].encode())):
-            raise UsageError(f"--skip-ids: invalid event id {event_id!r} (expected e_<xid>)")
+        problem = id_problem(event_id.encode())
+        if problem is not None:
+            raise UsageError(f"--skip-ids: {problem}")
     return frozenset(i.encode() for i in ids)
 
 
@@ -61,13 +61,15 @@ def copy_dirs(source: Path, target: Path, namespaces: list[str] | None,
 
 
 def rename_namespace(record: bytes, src: bytes, dst: bytes) -> bytes:
-    """The record with its subject's first segment `src` replaced by `dst` (the layout is
-    fixed: subjects hold no characters that JSON escapes)."""
-    end = SUBJECT_AT + len(src)
-    if record[SUBJECT_AT:end] != src or record[end:end + 1] != b".":
-        raise CommandError(f"record {record[ID_AT:ID_END].decode(errors='replace')} is not in "
+    """The record with its subject's first segment `src` replaced by `dst` (the subject
+    starts right after the id; subjects hold no characters that JSON escapes)."""
+    event_id = record_id(record)
+    start = ID_AT + len(event_id) + len('","subject":"')
+    end = start + len(src)
+    if record[start:end] != src or record[end:end + 1] != b".":
+        raise CommandError(f"record {event_id.decode(errors='replace')} is not in "
                            f"namespace {src.decode()}")
-    return record[:SUBJECT_AT] + dst + record[end:]
+    return record[:start] + dst + record[end:]
 
 
 def copy_namespace(directory: Path, src: str, dst: str,

@@ -22,24 +22,23 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 import sys
 from pathlib import Path
 
-import busd.cli.copy as cli_copy
-import busd.cli.debug as cli_debug
-import busd.cli.dump as cli_dump
-import busd.cli.pubsub as cli_pubsub
-import busd.cli.restore as cli_restore
-from busd._core import is_xid
+from typing import TYPE_CHECKING
+
 from busd.cli.args import ArgvError, parse, usage
-from busd.cli.datadir import parse_namespace_list
 from busd.cli.output import EXIT_FAILURE, EXIT_USAGE, CommandError, UsageError, bus_error
-from busd.client import BusError, Client
 from busd.server.config import ConfigError, load_config
 from busd.server.logs import setup_logging
 from busd.version import __version__
-from busd.wire import parse_duration
+from busd.wire import id_problem, parse_duration
+
+if TYPE_CHECKING:
+    from busd.client import Client
+
+# The commands' modules (and the SDK, the data-dir tools) are imported by the command that
+# needs them: `bus server` must be listening fast (the Go SDK gives up after ~2 s).
 
 SERVER_USAGE = """bus server: run the bus.
 
@@ -294,6 +293,7 @@ def _main(argv: list[str] | None) -> int:
     if command == "server":
         return run(options)
     setup_logging(_log_level())
+    from busd.client import BusError  # `bus server` (above) does without the SDK
     try:
         return run(options)
     except CommandError as exc:
@@ -343,16 +343,25 @@ def _choice(options: dict, flag: str, choices: tuple[str, ...]) -> str:
 
 def _start(options: dict) -> str:
     start = options["--start"].strip()
-    if start in ("oldest", "newest") or (len(start) == 22 and start.startswith("e_")
-                                         and is_xid(start[2:].encode())):
+    if start in ("oldest", "newest") or id_problem(start.encode()) is None:
         return start
-    raise UsageError(f"--start: invalid value {start!r} (oldest, newest or an event id e_…)")
+    raise UsageError(f"--start: invalid value {start!r} (oldest, newest or an event id)")
 
 
-def _event_id(options: dict, flag: str, prefix: str) -> str:
-    value = options[flag].strip()
-    if not (len(value) == 22 and value.startswith(prefix) and is_xid(value[2:].encode())):
-        raise UsageError(f"{flag}: invalid id {value!r} (expected {prefix}<20-character xid>)")
+def _consumer_id(options: dict) -> str:
+    from busd._core import is_xid
+
+    value = options["--consumer-id"].strip()
+    if not (len(value) == 22 and value.startswith("c_") and is_xid(value[2:].encode())):
+        raise UsageError(f"--consumer-id: invalid id {value!r} (expected c_<20-character xid>)")
+    return value
+
+
+def _event_id(options: dict) -> str:
+    value = options["--event-id"].strip()
+    problem = id_problem(value.encode())
+    if problem is not None:
+        raise UsageError(f"--event-id: {problem}")
     return value
 
 
@@ -365,6 +374,10 @@ def _bus(options: dict) -> Client:
     """The bus of --host; the token of --token, else $BUS_TOKEN, and the CA file of
     --ca-file, else $BUS_CA_FILE (the flags are explicit: --insecure overrides the
     variable). The TLS flags only count for an https:// host."""
+    import ssl
+
+    from busd.client import Client
+
     token = options.get("--token") or os.environ.get("BUS_TOKEN") or None
     insecure = bool(options.get("--insecure"))
     ca_file = options.get("--ca-file")
@@ -391,6 +404,8 @@ def _path(options: dict, flag: str = "--path") -> Path:
 
 # -- commands ---------------------------------------------------------------------------------
 def _put(o: dict) -> int:
+    import busd.cli.pubsub as cli_pubsub
+
     bus = _bus(o)
     confirm = _int(o, "--confirm")
     timeout = _duration(o, "--timeout")
@@ -399,6 +414,8 @@ def _put(o: dict) -> int:
 
 
 def _get(o: dict) -> int:
+    import busd.cli.pubsub as cli_pubsub
+
     bus = _bus(o)
     _duration(o, "--redelivery")
     return cli_pubsub.get(bus, o["--subject"], _start(o),
@@ -408,11 +425,15 @@ def _get(o: dict) -> int:
 
 
 def _ack(o: dict) -> int:
-    return cli_pubsub.ack(_bus(o), _event_id(o, "--consumer-id", "c_"),
-                          _event_id(o, "--event-id", "e_"))
+    import busd.cli.pubsub as cli_pubsub
+
+    return cli_pubsub.ack(_bus(o), _consumer_id(o), _event_id(o))
 
 
 def _debug(o: dict) -> int:
+    import busd.cli.debug as cli_debug
+    from busd.cli.datadir import parse_namespace_list
+
     namespace = o["--namespace"]
     if namespace is not None:
         parse_namespace_list(namespace, "--namespace")
@@ -420,6 +441,9 @@ def _debug(o: dict) -> int:
 
 
 def _dump(o: dict) -> int:
+    import busd.cli.dump as cli_dump
+    from busd.cli.datadir import parse_namespace_list
+
     namespaces = parse_namespace_list(o["--namespaces"], "--namespaces")
     if o["--host"] is not None:
         return cli_dump.dump_online(_bus(o), namespaces, o["--output"], o["--output-dir"])
@@ -428,6 +452,8 @@ def _dump(o: dict) -> int:
 
 
 def _restore(o: dict) -> int:
+    import busd.cli.restore as cli_restore
+
     files = cli_restore.input_files(o["--input"], o["--input-dir"])
     if o["--host"] is not None:
         return cli_restore.restore_online(_bus(o), files)
@@ -435,6 +461,9 @@ def _restore(o: dict) -> int:
 
 
 def _copy(o: dict) -> int:
+    import busd.cli.copy as cli_copy
+    from busd.cli.datadir import parse_namespace_list
+
     skip_ids = cli_copy.parse_skip_ids(o["--skip-ids"])
     if o["--dir"] is not None:
         src = parse_namespace_list(o["--src"], "--src")

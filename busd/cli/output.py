@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import sys
 
-from busd.client import BusError
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the SDK is imported by the commands that talk to a bus, not `bus server`
+    from busd.client import BusError
 
 EXIT_FAILURE = 1  # the command ran and failed (server unreachable, corruption found, …)
 EXIT_USAGE = 2  # a bad flag value: nothing was done

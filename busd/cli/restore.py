@@ -25,7 +25,7 @@ from busd.client import BusError, Client
 
 ONLINE_BATCH_BYTES = 4 << 20
 ONLINE_BATCH_EVENTS = 1000  # the server's --max-batch default
-_EVENT_ID = re.compile(r"e_[0-9a-v]{20}")
+_EVENT_ID = re.compile(r'"([^"]+)"')  # the ids a 409 lists, each quoted (ids hold no '"')
 
 
 def input_files(input_file: str | None, input_dir: str | None) -> list[Path]:

@@ -16,7 +16,7 @@ import orjson
 from busd.client._events import BatchResult, PutResult
 from busd.client._http import Response
 from busd.client.errors import error_for
-from busd.wire import INBOX_PREFIX, loads, parse_duration
+from busd.wire import INBOX_PREFIX, id_problem, loads, parse_duration
 
 _BATCH_FIELDS = frozenset(("subject", "data", "key", "trace_id"))
 
@@ -127,9 +127,9 @@ def subscribe_target(subject: str, start: str = "newest", ack: str = "none",
     reconnects send `Last-Event-ID`, which the server lets override it)."""
     if ack not in ("none", "manual"):
         raise ValueError(f"ack must be 'none' or 'manual', not {ack!r}")
-    if not (start in ("oldest", "newest") or start.startswith("e_")
+    if not (start in ("oldest", "newest") or id_problem(start.encode()) is None
             or re.fullmatch(r"index:[0-9]{1,18}", start)):
-        raise ValueError(f"start must be 'oldest', 'newest', an event id e_… or index:<n>, "
+        raise ValueError(f"start must be 'oldest', 'newest', an event id or index:<n>, "
                          f"not {start!r}")
     target = f"/?subject={quote(subject, safe='')}&start={quote(start, safe='')}&ack={ack}"
     if redelivery is not None:

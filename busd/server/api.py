@@ -12,7 +12,7 @@ import orjson
 
 from busd._core import Pattern, TooManyEvents, is_xid, new_xid, scan_body, validate_pattern
 from busd.bus.broker import Broker, Published
-from busd.bus.consumer import INDEX_START, AckPolicy, Consumer, InboxConsumer, index_cursor
+from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer, index_cursor
 from busd.server.auth import Auth, AuthError, Token
 from busd.server.http import HttpConnection, Request, error_response, origin_form, response
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
@@ -20,7 +20,7 @@ from busd.server.stats import snapshot
 from busd.server.ui import Console
 from busd.store.errors import PublishRefused
 from busd.version import __version__
-from busd.wire import INBOX_NAMESPACE, parse_duration
+from busd.wire import INBOX_NAMESPACE, INDEX_START, ZERO_TIME, id_problem, parse_duration
 
 log = logging.getLogger("busd.server.api")
 
@@ -235,6 +235,10 @@ class Api:
                 if not token.may_publish(event.subject):
                     raise AuthError(403, f"token {token.name!r} may not publish to "
                                          f"{event.subject.decode(errors='replace')!r}")
+                if not token.restore and (event.id or event.created_at not in (b"", ZERO_TIME)):
+                    raise AuthError(403, f"token {token.name!r} may not supply an event's id "
+                                         f"or created_at: only a token with restore = true "
+                                         f"may write history")
         limit = self.config.max_event_size  # on each payload; the HTTP layer bounds bodies
         if len(body) > limit:
             for event in events:
@@ -289,6 +293,12 @@ class Api:
         if namespace == INBOX_NAMESPACE:
             if b"*" in subject_bytes or b">" in subject_bytes:
                 raise BadRequest("inbox (_bus_) subscriptions cannot use wildcards")
+            if owner is not None:
+                bound = broker.fanout.inbox_owners.claim(subject_bytes, owner)
+                if bound is not None:
+                    raise AuthError(403, f"token {owner!r} may not subscribe to {subject!r}: "
+                                         f"the inbox belongs to the token that subscribed to "
+                                         f"it first")
             inbox = InboxConsumer(broker.fanout, conn, consumer_id, subject_bytes, owner)
             conn.start_stream(lambda: inbox.start(headers))
             return
@@ -357,16 +367,16 @@ class Api:
         a browser's EventSource stops at a non-200 answer, but retries an `error` forever."""
         start = params.get("start", "") or "newest"
         last_event_id = request.headers.get(b"last-event-id", b"").decode(errors="replace")
-        resuming = bool(last_event_id.strip())
+        resuming = bool(last_event_id.strip(" \t"))  # HTTP's optional whitespace only
         if resuming:
-            start = last_event_id.strip()
-        if start in ("oldest", "newest") or _valid_id(start, "e_"):
+            start = last_event_id.strip(" \t")
+        if start in ("oldest", "newest") or id_problem(start.encode()) is None:
             return start.encode(), resuming
         if not resuming and _valid_index_start(start):
             return start.encode(), False
         name = "Last-Event-ID" if resuming else "start"
-        reason = (f"invalid {name} {start!r}: use oldest, newest, an event id e_<xid>"
-                  f"{'' if resuming else ' or index:<n>'}")
+        reason = (f"invalid {name} {start!r}: use oldest, newest, an event id "
+                  f"{'' if resuming else 'or index:<n> '}({id_problem(start.encode())})")
         if resuming:
             raise BadRequest(reason)
         return reason, False

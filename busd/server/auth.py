@@ -5,6 +5,7 @@
     secret = "change-me"             # or secret_sha256 = "<hex of sha256(secret)>"
     publish = ["orders.>"]           # patterns as in subscriptions
     subscribe = ["orders.>", "payments.*"]
+    restore = true                   # may supply events' id and created_at (bus restore)
 
 A request names its token in `Authorization: Bearer <secret>` or, for browsers'
 `EventSource` (which cannot set headers), in `?token=<secret>`. Publishing to a subject
@@ -12,8 +13,9 @@ needs a `publish` pattern that matches it; subscribing to a pattern needs the
 `subscribe` patterns to cover *every* subject the pattern can match (`orders.>` is not
 allowed by `orders.*` alone: `orders.eu.created` would slip through; `orders.eu.>` is not
 allowed by `orders.eu.*` alone: `orders.eu` would, as `>` is zero or more segments, as in
-Bus). Inbox subjects
-(`_bus_.…`) are open to every valid token, so request/reply works.
+Bus). Every valid token may publish to inbox subjects (`_bus_.…`), so request/reply
+works; an inbox is read only by the token that subscribed to it first
+(busd/bus/inbox_owners.py).
 
 Secrets are kept only as SHA-256 digests, compared as digests, and never logged.
 Without an auth file none of this runs: the bus is open, as Bus is.
@@ -123,13 +125,14 @@ def matches(subject: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
 class Token:
     """One `[[token]]`: a name and what it may publish to and subscribe to."""
 
-    __slots__ = ("name", "publish", "subscribe", "_publish_cache")
+    __slots__ = ("name", "publish", "subscribe", "restore", "_publish_cache")
 
     def __init__(self, name: str, publish: list[tuple[str, ...]],
-                 subscribe: list[tuple[str, ...]]) -> None:
+                 subscribe: list[tuple[str, ...]], restore: bool = False) -> None:
         self.name = name
         self.publish = publish
         self.subscribe = subscribe
+        self.restore = restore  # may write history: events with their own id and created_at
         self._publish_cache: dict[bytes, bool] = {}
 
     def may_publish(self, subject: bytes) -> bool:
@@ -208,7 +211,8 @@ def load_tokens(path: Path) -> dict[bytes, Token]:
         where = f"auth file {path}, token #{number}"
         if not isinstance(entry, dict):
             raise AuthFileError(f"{where}: must be a table")
-        unknown = set(entry) - {"name", "secret", "secret_sha256", "publish", "subscribe"}
+        unknown = set(entry) - {"name", "secret", "secret_sha256", "publish", "subscribe",
+                                "restore"}
         if unknown:
             raise AuthFileError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
         name = entry.get("name")
@@ -244,5 +248,8 @@ def load_tokens(path: Path) -> dict[bytes, Token]:
                 rights[key] = [parse_pattern(p) for p in patterns]
             except ValueError as exc:
                 raise AuthFileError(f"{where}: {key}: {exc}") from None
-        tokens[digest] = Token(name, rights["publish"], rights["subscribe"])
+        restore = entry.get("restore", False)
+        if not isinstance(restore, bool):
+            raise AuthFileError(f"{where}: 'restore' must be true or false")
+        tokens[digest] = Token(name, rights["publish"], rights["subscribe"], restore)
     return tokens

@@ -91,7 +91,8 @@ class Store(Protocol):
         """Ids the publisher supplied (a restore keeps them): raise PublishRefused for ones
         the store will not take, else hold them for the `publish` that follows. The local
         store refuses an id twice in a batch (400), and one its namespace holds or a
-        publish of this group will store (409); JetStream does not check ids."""
+        publish of this group will store (409); JetStream refuses one its front-end is
+        storing here, and asks the cluster about the rest in `publish`."""
         ...
 
     def release_ids(self, namespace: str, ids: list[bytes]) -> None:

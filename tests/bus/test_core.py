@@ -706,7 +706,9 @@ def records(draw):
     if ev.payload is not None:
         body = body[:-1] + b',"payload":' + ev.payload + b"}"
     (cev,) = core.scan_body(body)[1]
-    eid = b"e_" + oracle.xid_encode(draw(st.binary(min_size=12, max_size=12)))
+    eid = draw(st.sampled_from([b"e_" + oracle.xid_encode(draw(st.binary(min_size=12,
+                                                                           max_size=12))),
+                                b"order-123", b"x", "caf\u00e9 1".encode(), b"z" * 128]))
     created = draw(st.sampled_from([b"2026-11-27T13:35:22.47129032Z", b""]))
     rec = core.make_record(cev, eid, created)
     assert rec == oracle.make_record(ev, eid, created)
@@ -753,7 +755,11 @@ def test_sse_frame_edge_cases():
     with pytest.raises(ValueError):
         core.sse_frame([b"short"])
     with pytest.raises(ValueError):
-        core.make_record(core.scan_body(b'{"subject":"a.b"}')[1][0], b"e_short", b"")
+        core.sse_frame([b'{"id":"' + b"x" * 200])
+    (ev,) = core.scan_body(b'{"subject":"a.b"}')[1]
+    for bad in (b"", b'a"b', b"x" * 129):
+        with pytest.raises(ValueError):
+            core.make_record(ev, bad, b"")
 
 
 # --------------------------------------------------------------------------- xid
@@ -902,7 +908,9 @@ def test_parse_rfc3339_matches_oracle(s):
 
 stamp_subjects = st.sampled_from([b"app.a", b"app.b.c", b"orders.x", b"_bus_.d4o7ehksdud4d8c68bg0",
                                   b"app", b"app.*", b"app..b", b"app.#"])
-stamp_ids = st.sampled_from([b"", b"e_d4o7ehksdud4d8c68bg0", b"e_bad", b"c_d4o7ehksdud4d8c68bg0"])
+stamp_ids = st.sampled_from([b"", b"e_d4o7ehksdud4d8c68bg0", b"e_bad", b"c_d4o7ehksdud4d8c68bg0",
+                             b"order-123", b" lead", b"tab\\tin", b"caf\xc3\xa9", b"x" * 129,
+                             b"e_d4o7ehksdud4d8c68bg0x", b"a\\\"b"])
 stamp_times = st.sampled_from([b"", b"0001-01-01T00:00:00Z", b"2026-11-27T13:20:58.365157351Z",
                                b"2026-11-27T15:20:58+02:00", b"yesterday"])
 stamp_event = st.fixed_dictionaries({
@@ -940,8 +948,8 @@ def test_stamp_events_matches_oracle(items, is_batch):
         want = outcome(oracle.stamp_events, events, scanned_batch,
                        lambda: next(fresh_ids), lambda: next(fresh_times))
         assert want == got
-        for event_id in ids:
-            assert event_id.startswith(b"e_") and core.is_xid(event_id[2:])
+        for event_id, ev in zip(ids, events):
+            assert event_id == ev.id or event_id.startswith(b"e_") and core.is_xid(event_id[2:])
     else:
         want = outcome(oracle.stamp_events, events, scanned_batch,
                        lambda: b"e_" + core.new_xid(), core.now_rfc3339)

@@ -60,7 +60,7 @@ def test_top_level_help_lists_commands_and_version_prints(capsys):
 
 # -- bad flag values: non-zero exit, one line naming the flag -----------------------------------
 @pytest.mark.parametrize("argv, flag", [
-    (["get", "--subject", "app.>", "--start", "yesterday"], "--start"),
+    (["get", "--subject", "app.>", "--start", "e_yesterday"], "--start"),
     (["get", "--subject", "app.>", "--ack", "sometimes"], "--ack"),
     (["get", "--subject", "app.>", "--redelivery", "5 parsecs"], "--redelivery"),
     (["get", "--subject", "app.>", "--count", "0"], "--count"),

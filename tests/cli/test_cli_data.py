@@ -200,12 +200,13 @@ def test_the_bus_refuses_an_id_it_holds_409_listing_it(make_server):
     assert request(server.port, "POST", "/", stored).status == 202
     again = request(server.port, "POST", "/", {"subject": "app.r", "id": ids[0], "payload": 2})
     assert again.status == 409
-    assert again.body == f"namespace app already holds this id: {ids[0]}\n".encode()
+    assert again.body == f'namespace app already holds this id: "{ids[0]}"\n'.encode()
     # a batch holding some of them is refused whole, naming exactly those
     batch = [{"subject": "app.r", "id": i} for i in (ids[2], ids[1], ids[3], ids[0])]
     refused = request(server.port, "POST", "/", batch)
     assert refused.status == 409
-    assert refused.body == f"namespace app already holds these ids: {ids[1]} {ids[0]}\n".encode()
+    assert refused.body == \
+        f'namespace app already holds these ids: "{ids[1]}" "{ids[0]}"\n'.encode()
     rest = [{"subject": "app.r", "id": i} for i in (ids[2], ids[3])]
     assert request(server.port, "POST", "/", rest).json()["ids"] == ids[2:]
     # two publishes of one id in the same group commit: the second is refused

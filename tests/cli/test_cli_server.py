@@ -5,13 +5,10 @@ when it cannot start."""
 from __future__ import annotations
 
 import logging
-import os
 import re
-import subprocess
-import sys
 
 import pytest
-from busclient import free_port, publish
+from busclient import free_port, publish, refused
 
 from busd.server.config import load_config
 from busd.server.logs import KeyValueFormatter, describe_config, split_message
@@ -66,17 +63,6 @@ def test_describe_config_masks_the_key():
     text = describe_config(config)
     assert "secret_key=***" in text and "s3cret" not in text
     assert "namespaces=a,b" in text
-
-
-def refused(*args: str, env: dict | None = None) -> str:
-    """Run a `bus server` that must refuse to start: exit 2 and its one `bus server:` line."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
-    result = subprocess.run([sys.executable, "-m", "busd", "server", *args], capture_output=True,
-                            text=True, timeout=20, env={**full_env, **(env or {})})
-    lines = [line for line in result.stderr.splitlines() if line.startswith("bus server:")]
-    assert result.returncode == 2 and len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 def test_a_taken_port_names_addr_and_creates_nothing(make_server, tmp_path):

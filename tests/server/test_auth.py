@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import signal
 import time
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
@@ -14,7 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from busd._core import validate_subject
+from busd.bus.fanout import FanOut
+from busd.bus.inbox_owners import InboxOwners
 from busd.server.auth import AuthFileError, covers, load_tokens, matches, parse_pattern
+from busd.server.metrics import Metrics
 
 BILLING = "billing-secret-1"
 READER = "reader-secret-22"
@@ -38,6 +42,7 @@ name = "admin"
 secret = "{ADMIN}"
 publish = [">"]
 subscribe = [">"]
+restore = true
 """
 
 
@@ -128,6 +133,93 @@ def test_eventsource_token_in_query_and_inbox_open_to_every_token(auth_server):
                     READER).status == 202
         assert inbox.events(1)[0]["payload"] == "r"
     assert post(port, {"subject": "_bus_.d4o7ehksdud4d8c68bg0"}).status == 401
+
+
+def test_an_inbox_belongs_to_the_token_that_subscribed_first(auth_server):
+    """Another token that learnt the inbox (from a request's response_subject) cannot read
+    its replies, during the subscription or after it ended (a requester that reconnects
+    keeps its inbox); it may still publish to it: that is how a responder replies."""
+    port = auth_server.port
+    inbox = "_bus_.k2b8s1mfo4t0f0q9dnmdv3u1pg"
+    with SSE(port, f"subject={inbox}", headers=bearer(READER)) as owner:
+        assert owner.status == 200
+        owner.message()
+        with SSE(port, f"subject={inbox}", headers=bearer(BILLING)) as thief:
+            assert thief.status == 403
+            body = thief.file.read(int(thief.headers["content-length"]))
+            assert b"belongs to the token that subscribed to it first" in body
+        with SSE(port, f"subject={inbox}", headers=bearer(READER)) as second:
+            assert second.status == 200, "the owner may subscribe again"
+        assert post(port, {"subject": inbox, "payload": "reply"}, BILLING).status == 202
+        assert owner.events(1)[0]["payload"] == "reply"
+    with SSE(port, f"subject={inbox}", headers=bearer(BILLING)) as thief:
+        assert thief.status == 403, "the binding outlives the owner's subscription"
+    with SSE(port, "subject=_bus_.k2b8s1mfo4t0f0q9dnmdv3u1ph", headers=bearer(BILLING)) as own:
+        assert own.status == 200, "another inbox is free"
+
+
+def test_lingering_inbox_bindings_are_bounded_and_expire():
+    now = [0.0]
+    live: dict[bytes, list[str]] = {}
+    owners = InboxOwners(lambda subject: live.get(subject, ()), linger=10.0, limit=3,
+                         clock=lambda: now[0])
+    assert owners.claim(b"_bus_.a", "x") is None
+    assert owners.claim(b"_bus_.a", "y") == "x"
+    for name in (b"_bus_.b", b"_bus_.c", b"_bus_.d"):
+        assert owners.claim(name, "x") is None
+    assert len(owners) == 3, "past the limit the oldest lingering binding goes"
+    assert owners.claim(b"_bus_.a", "y") is None
+    live[b"_bus_.b"] = ["x"]  # a live subscriber holds its inbox whatever lingers
+    now[0] = 11.0
+    assert owners.claim(b"_bus_.b", "y") == "x"
+    assert owners.claim(b"_bus_.c", "y") is None, "expired after the linger"
+
+
+@dataclass(eq=False)
+class InboxStub:
+    id: bytes
+    subject: bytes
+    owner: str
+
+
+def test_an_inbox_binding_lingers_from_when_its_last_subscriber_left():
+    """A subscription longer than the linger still leaves its inbox bound for the linger."""
+    now = [0.0]
+    fanout = FanOut(("app",), Metrics(("app",)))
+    fanout.inbox_owners.clock = lambda: now[0]
+    reader = InboxStub(id=b"c_1", subject=b"_bus_.a", owner="x")
+    assert fanout.inbox_owners.claim(b"_bus_.a", "x") is None
+    fanout.add_inbox(reader)
+    now[0] = fanout.inbox_owners.linger * 2
+    assert fanout.inbox_owners.claim(b"_bus_.a", "y") == "x"
+    fanout.remove_inbox(reader)
+    now[0] += fanout.inbox_owners.linger - 1
+    assert fanout.inbox_owners.claim(b"_bus_.a", "y") == "x"
+
+
+def test_only_a_restore_token_may_supply_ids_and_created_at(auth_server):
+    port = auth_server.port
+    supplied = {"subject": "orders.r", "id": "e_d4o7ehksdud4d8c68bg0"}
+    refused = post(port, supplied, BILLING)
+    assert refused.status == 403 and b"only a token with restore = true" in refused.body
+    stamped = {"subject": "orders.r", "created_at": "2020-01-01T00:00:00Z"}
+    assert post(port, stamped, BILLING).status == 403
+    assert post(port, [{"subject": "orders.r"}, supplied], BILLING).status == 403
+    # the Go SDK sends Go's zero time when created_at is unset: not a supplied one
+    go_default = {"subject": "orders.r", "created_at": "0001-01-01T00:00:00Z"}
+    assert post(port, go_default, BILLING).status == 202
+    assert post(port, supplied, ADMIN).status == 202
+    assert post(port, stamped, ADMIN).status == 202
+    with SSE(port, "subject=orders.r&start=oldest", headers=bearer(ADMIN)) as sse:
+        ids = [event["id"] for event in sse.events(3)]
+    assert ids[1] == supplied["id"]
+
+
+def test_restore_must_be_a_boolean(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text('[[token]]\nname = "a"\nsecret = "abcdefgh1"\nrestore = "yes"\n')
+    with pytest.raises(AuthFileError, match="'restore' must be true or false"):
+        load_tokens(path)
 
 
 def test_acks_only_from_the_token_that_subscribed(auth_server):

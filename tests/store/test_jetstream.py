@@ -185,6 +185,18 @@ def test_inbox_request_reply_across_frontends(frontends):
     assert health["app"]["events"] == 2, "inbox events are never stored"
 
 
+def test_inbox_subjects_named_like_acks_are_inbox_events(frontends):
+    """Forwarded acks travel outside the inbox space: `_bus_.ack.…` is an inbox like any
+    other, so a client can neither forge an ack there nor have its replies eaten."""
+    a, b = frontends(2)
+    inbox = "_bus_.ack.c_d4o7ehksdud4d8c68bg1"
+    with SSE(b.port, f"subject={inbox}") as requester:
+        requester.message()
+        time.sleep(0.2)
+        assert publish(a.port, inbox, {"result": 1}).status == 202
+        assert requester.events(1, timeout=10)[0]["payload"] == {"result": 1}
+
+
 def test_history_older_than_the_tail_and_id_lookup_after_restart(frontends):
     (a,) = frontends(1)
     total, ids = 3000, []
@@ -378,7 +390,8 @@ def test_batches_without_atomic_publish_are_pipelined_in_order(nats_cluster):
                    for i in range(5)]
         keyed = [b'{"id":"e_d4o7ehksdud4d8c68bh%d","subject":"app.b","key":"k"}' % i
                  for i in range(2)]
-        for batch, dedup in ((records, False), (records, False), (keyed, True)):
+        again = [r.replace(b"c68bg", b"c68bk") for r in records]  # ids are unique
+        for batch, dedup in ((records, False), (again, False), (keyed, True)):
             _, events = scan_body(b"[" + b",".join(batch) + b"]")
             done = asyncio.get_running_loop().create_future()
             store.publish("app", events, batch, dedup, done.set_result)
@@ -393,3 +406,32 @@ def test_batches_without_atomic_publish_are_pipelined_in_order(nats_cluster):
     assert isinstance(refused, PublishRefused) and refused.status == 409
     assert "1 of 2 events of the batch were stored" in refused.reason
     assert len(fetched) == 11 and seen == fetched  # the tail saw exactly what is stored
+
+
+def test_supplied_ids_are_unique_and_free_form_ids_are_found(frontends):
+    """As on --store local: an id the stream holds is 409, whichever front-end stored it;
+    `start=` and `Last-Event-ID` find free-form ids, from a fresh front-end too."""
+    a, b = frontends(2)
+    xid = "e_d4o7ehksdud4d8c68bg0"
+    assert publish(a.port, "app.r", 1, id=xid).status == 202
+    assert publish(a.port, "app.r", 2, id="order-123").status == 202
+    assert publish(a.port, "app.r", 3).status == 202
+    for port in (a.port, b.port):
+        for event_id in (xid, "order-123"):
+            again = publish(port, "app.r", 9, id=event_id)
+            assert again.status == 409 and f'"{event_id}"' in again.body.decode()
+    batch = [{"subject": "app.r", "payload": 4, "id": "fresh-1"},
+             {"subject": "app.r", "payload": 5, "id": "order-123"}]
+    assert request(b.port, "POST", "/", batch).status == 409
+    assert publish(b.port, "app.r", 4, id="fresh-1").status == 202, "nothing of it was kept"
+    b.restart()  # its tail is empty: the lookups go to the cluster
+    with SSE(b.port, "subject=app.>&start=order-123") as sse:
+        assert [e["payload"] for e in sse.events(2, timeout=10)] == [3, 4]
+    with SSE(b.port, "subject=app.>", headers={"Last-Event-ID": "fresh-1"}) as sse:
+        sse.message()
+        assert sse.no_event(0.5)
+    with SSE(b.port, "subject=app.>&start=unknown-id") as sse:
+        message = sse.message(timeout=10)
+        while message.get("event") == "consumer":
+            message = sse.message(timeout=10)
+        assert "not found" in message.get("data", "")

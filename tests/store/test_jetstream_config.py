@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from busclient import refused
 
 from busd.server.config import ConfigError, load_config
 
@@ -34,3 +35,14 @@ def test_bad_values_name_the_flag(flags, env, reason):
     with pytest.raises(ConfigError) as error:
         load_config({"--namespaces": "app", **flags}, env)
     assert reason in str(error.value)
+
+
+def test_jetstream_without_nats_py_says_what_to_install(tmp_path):
+    """A Python where `import nats` fails, as where the extra is not installed."""
+    hidden = tmp_path / "site"
+    (hidden / "nats").mkdir(parents=True)
+    (hidden / "nats" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'nats'\", name='nats')\n")
+    line = refused("--namespaces", "app", "--store", "jetstream", "--path", str(tmp_path / "d"),
+                   "--addr", "127.0.0.1:0", env={"PYTHONPATH": str(hidden)})
+    assert "pip install 'busd[jetstream]'" in line

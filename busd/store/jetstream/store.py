@@ -24,6 +24,7 @@ How the asynchronous store keeps the broker's synchronous seam:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import heapq
 import logging
 import time
@@ -34,17 +35,25 @@ from typing import Any
 import orjson
 
 from busd._core import ParsedEvent, is_xid, new_xid, record_id
-from busd.server.config import Config
+from busd.server.config import Config, ConfigError
 from busd.store.errors import HistoryTruncatedError, PublishRefused
 from busd.store.interface import Stored, StoreListener, Synced
 from busd.store.local._framing import xid_seconds
-from busd.wire import ID_END, INBOX_NAMESPACE, XID_AT
+from busd.wire import ID_END, INBOX_NAMESPACE, RECORD_PREFIX, XID_AT, is_xid_id
 
 log = logging.getLogger("busd.store.jetstream.store")
 
 API = "$JS.API."
 EVENT_ID_HEADER = "Bus-Event-Id"
-ACK_SUBJECT = INBOX_NAMESPACE + ".ack."  # + consumer id: acks forwarded between front-ends
+# + consumer id: acks forwarded between front-ends. Outside the inbox space and every
+# namespace (a namespace name cannot hold `$`), so no client can publish or subscribe there.
+ACK_SUBJECT = "$BUSD.ack."
+# Free-form ids carry no second to search by: each one stored gets a marker in the stream
+# IDS_STREAM + namespace, on subject IDS_SUBJECT + namespace + "." + a hash of the id, one
+# message per subject, its data the event's stream sequence (checked against the event).
+IDS_STREAM = "BUSD_IDS_"
+XID_RECORD = RECORD_PREFIX + b"e_"  # how a record whose id is an e_<xid> starts
+IDS_SUBJECT = "$BUSD.ids."
 STATUS = "Status"
 HEARTBEAT_SECONDS = 1.0  # idle heartbeat of the tail consumers
 STALL_SECONDS = 2.5  # no message nor heartbeat for this long: recreate the tail consumer
@@ -120,6 +129,18 @@ def _fast_client():
     return FastClient
 
 
+def _second(record: bytes) -> int:
+    """The second in a record's e_<xid> id; -1 for a free-form id (it carries none)."""
+    return xid_seconds(record[XID_AT:ID_END]) if record.startswith(XID_RECORD) else -1
+
+
+def _held_reason(namespace: str, ids: list[bytes]) -> str:
+    """The 409 reason, as the local store words it (`bus restore` reads the quoted ids)."""
+    listed = " ".join(f'"{i.decode()}"' for i in ids)
+    return (f"namespace {namespace} already holds "
+            f"{'this id' if len(ids) == 1 else 'these ids'}: {listed}")
+
+
 class _Tail:
     """One namespace's recent records (index `first` + i) and the consumer feeding them."""
 
@@ -150,6 +171,12 @@ class JetStreamStore:
     dirty = False  # JetStream persists (and replicates) before it acks
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        """Raises ConfigError when nats-py (the `jetstream` extra) is not installed."""
+        try:
+            import nats  # noqa: F401 - the optional dependency: only this store needs it
+        except ImportError as exc:
+            raise ConfigError(f"--store jetstream needs the nats-py package ({exc}): "
+                              f"pip install 'busd[jetstream]'") from None
         self.config = config
         self.loop = loop
         self.namespaces = list(config.namespaces)
@@ -169,6 +196,7 @@ class JetStreamStore:
         self._flush_scheduled = False
         self._tasks: list[asyncio.Task] = []
         self._closing = False
+        self._pending_ids: dict[str, set[bytes]] = {ns: set() for ns in self.namespaces}
 
     # -- start-up ---------------------------------------------------------------------------
     async def start(self, listener: StoreListener) -> dict[str, str]:
@@ -215,6 +243,7 @@ class JetStreamStore:
         reports = {}
         for ns in self.namespaces:
             reports[ns] = await self._ensure_stream(ns, (version.major, version.minor))
+            await self._ensure_ids_stream(ns)
         self.atomic = all(self._tails[ns].info["config"].get("allow_atomic")
                           for ns in self.namespaces)
         for ns in self.namespaces:
@@ -223,6 +252,8 @@ class JetStreamStore:
             tail.first = tail.next = state["last_seq"]
             await self._start_tail(tail)
         await self.nc.subscribe(INBOX_NAMESPACE + ".>", cb=self._on_inbox,
+                                pending_msgs_limit=0, pending_bytes_limit=0)
+        await self.nc.subscribe(ACK_SUBJECT + "*", cb=self._on_ack,
                                 pending_msgs_limit=0, pending_bytes_limit=0)
         self._tasks.append(self.loop.create_task(self._housekeeping()))
         return reports
@@ -294,6 +325,19 @@ class JetStreamStore:
                 f"messages={state['messages']} first_seq={state['first_seq']} "
                 f"last_seq={state['last_seq']} atomic_batches="
                 f"{bool(info['config'].get('allow_atomic'))}")
+
+    async def _ensure_ids_stream(self, ns: str) -> None:
+        """The namespace's free-form id markers: kept as long as the events (max_age)."""
+        want = {"name": IDS_STREAM + ns, "subjects": [f"{IDS_SUBJECT}{ns}.*"],
+                "num_replicas": self.replicas, "storage": "file", "retention": "limits",
+                "discard": "old", "allow_direct": True, "max_msgs_per_subject": 1,
+                "max_age": int((self.config.retention_age or 0) * 1e9)}
+        try:
+            await self._api(f"STREAM.INFO.{IDS_STREAM}{ns}", None)
+        except JetStreamError as exc:
+            if getattr(exc, "err_code", None) != ERR_STREAM_NOT_FOUND:
+                raise
+            await self._api(f"STREAM.CREATE.{IDS_STREAM}{ns}", want, timeout=15.0)
 
     # -- the tail -----------------------------------------------------------------------------
     async def _start_tail(self, tail: _Tail) -> None:
@@ -564,15 +608,21 @@ class JetStreamStore:
 
     async def _find(self, namespace: str, event_id: bytes) -> int | str:
         """The index after an event id, or the reason it cannot be served. A search, not a
-        walk: a time probe (the xid carries its second) and a short scan, or else a bisection
-        on sequence numbers by the ids' seconds (for history whose ids predate its storing)."""
+        walk: a free-form id's marker; for an e_<xid> a time probe (the xid carries its
+        second) and a short scan, or else a bisection on sequence numbers by the ids'
+        seconds (for history whose ids predate its storing)."""
+        if not is_xid_id(event_id):
+            index = await self._find_free_form(namespace, event_id)
+            if index is not None:
+                return index + 1
+            return f"event {event_id.decode()} not found in namespace {namespace}"
         second = xid_seconds(event_id[2:])
         tail = self._tails[namespace]
         for index in range(len(tail.records) - 1, -1, -1):  # recent events: no round trip
             record = tail.records[index]
             if record_id(record) == event_id:
                 return tail.first + index + 1
-            if xid_seconds(record[XID_AT:ID_END]) < second - FIND_MARGIN:
+            if 0 <= _second(record) < second - FIND_MARGIN:
                 break
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(0, second - FIND_MARGIN)))
         probe = await self._direct_get(namespace, {"start_time": stamp, "batch": 1})
@@ -590,11 +640,33 @@ class JetStreamStore:
             if state["first_seq"] > 1:
                 oldest = await self._direct_get(namespace, {"seq": state["first_seq"],
                                                             "batch": 1})
-                if oldest and xid_seconds(oldest[0][1][XID_AT:ID_END]) > second:
+                if oldest and _second(oldest[0][1]) > second:
                     oldest_id = record_id(oldest[0][1]).decode()
                     return (f"history truncated: event {event_id.decode()} was deleted by "
                             f"retention; the oldest retained event is {oldest_id}")
         return f"event {event_id.decode()} not found in namespace {namespace}"
+
+    @staticmethod
+    def _marker_subject(ns: str, event_id: bytes) -> str:
+        return f"{IDS_SUBJECT}{ns}.{hashlib.sha256(event_id).hexdigest()[:40]}"
+
+    async def _find_free_form(self, ns: str, event_id: bytes) -> int | None:
+        """The index of the event with this free-form id: its marker names the sequence,
+        and the event there must carry the id (a marker outliving its event names none)."""
+        marker = await self._direct_get(IDS_STREAM + ns, {
+            "multi_last": [self._marker_subject(ns, event_id)], "batch": 1})
+        if not marker:
+            return None
+        seq = int(marker[0][1])
+        got = await self._direct_get(ns, {"seq": seq, "batch": 1})
+        if got and got[0][0] == seq and record_id(got[0][1]) == event_id:
+            return seq - 1
+        return None
+
+    async def _held_ids(self, ns: str, ids: list[bytes]) -> list[bytes]:
+        """Those of ids the namespace's stream holds."""
+        found = await asyncio.gather(*(self._find(ns, i) for i in ids))
+        return [i for i, where in zip(ids, found, strict=True) if isinstance(where, int)]
 
     async def _scan(self, ns: str, seq: int, event_id: bytes, second: int, limit: int
                     ) -> int | None:
@@ -607,7 +679,7 @@ class JetStreamStore:
             for s, record in got:
                 if record_id(record) == event_id:
                     return s - 1
-                if xid_seconds(record[XID_AT:ID_END]) > second + FIND_MARGIN:
+                if _second(record) > second + FIND_MARGIN:
                     return None
             scanned += len(got)
             seq = got[-1][0] + 1
@@ -623,7 +695,7 @@ class JetStreamStore:
                 hi = mid
                 continue
             seq, record = got[0]
-            if xid_seconds(record[XID_AT:ID_END]) < target:
+            if _second(record) < target:
                 lo = seq + 1
             else:
                 hi = mid
@@ -661,10 +733,18 @@ class JetStreamStore:
                         handler(exc)
 
     def reserve_ids(self, namespace: str, ids: list[bytes]) -> None:
-        """JetStream does not check ids: any is taken."""
+        """Refuse an id twice in a batch (400) or one a publish on this front-end is storing
+        (409); `publish` then asks the cluster about the rest (409 for one it holds)."""
+        if len(set(ids)) != len(ids):
+            twice = next(i for i in ids if ids.count(i) > 1)
+            raise PublishRefused(400, f"id {twice.decode()} appears twice in the batch")
+        pending = self._pending_ids[namespace]
+        if pending.intersection(ids):
+            raise PublishRefused(409, _held_reason(namespace, [i for i in ids if i in pending]))
+        pending.update(ids)
 
     def release_ids(self, namespace: str, ids: list[bytes]) -> None:
-        """Nothing was reserved."""
+        self._pending_ids[namespace].difference_update(ids)
 
     def publish(self, namespace: str, events: Sequence[ParsedEvent], records: list[bytes],
                 dedup: bool, done: Stored) -> None:
@@ -672,24 +752,59 @@ class JetStreamStore:
         once this front-end's tail has them) or a PublishRefused. With `dedup`, keyed events
         carry a Nats-Msg-Id, so the whole cluster refuses a key it has seen."""
         n = len(records)
+        supplied = [event.id for event in events if event.id]
 
         def stored(outcome: int | PublishRefused) -> None:
+            if supplied:
+                self.release_ids(namespace, supplied)
             if not isinstance(outcome, PublishRefused):
                 self._listener.published(namespace, n, sum(map(len, records)))
             done(outcome)
 
         for record in records:
             if len(record) + 256 > self.max_payload:
-                done(PublishRefused(413, f"an event of {len(record)} bytes is larger than the "
-                                         f"NATS server's max_payload ({self.max_payload})"))
+                stored(PublishRefused(413, f"an event of {len(record)} bytes is larger than "
+                                           f"the NATS server's max_payload "
+                                           f"({self.max_payload})"))
                 return
+        if supplied:  # a restore, or the Go SDK's WithId: the cluster may hold them
+            self._spawn(self._publish_new_ids(namespace, events, records, dedup, supplied,
+                                              stored))
+            return
+        self._publish_checked(namespace, events, records, dedup, stored)
+
+    async def _publish_new_ids(self, namespace, events, records, dedup, supplied,
+                               done: Stored) -> None:
+        """Publish events whose ids the publisher chose, unless the stream holds one (409);
+        each free-form id stored gets its marker."""
+        def finished(outcome: int | PublishRefused) -> None:
+            if not isinstance(outcome, PublishRefused):
+                for offset, event in enumerate(events):
+                    if event.id and not is_xid_id(event.id):
+                        self._outbox.append((self._marker_subject(namespace, event.id),
+                                             b"%d" % (outcome + offset + 1), "", None))
+                self._wake.set()
+            done(outcome)
+
+        try:
+            held = await self._held_ids(namespace, supplied)
+        except Exception as exc:  # noqa: BLE001 - the publisher gets an answer whatever broke
+            finished(PublishRefused(503, f"cannot check the ids with JetStream: {exc}"))
+            return
+        if held:
+            finished(PublishRefused(409, _held_reason(namespace, held)))
+            return
+        self._publish_checked(namespace, events, records, dedup, finished)
+
+    def _publish_checked(self, namespace, events, records, dedup, stored: Stored) -> None:
+        n = len(records)
         subjects = [event.subject for event in events]
         msg_ids = [msg_id(event.subject, event.key_value) if event.key_value else None
                    for event in events] if dedup else None
         if n == 1 or self.atomic:
             if n > ATOMIC_BATCH_LIMIT:
-                done(PublishRefused(413, f"a batch of {n} events is larger than JetStream's "
-                                         f"atomic batch limit ({ATOMIC_BATCH_LIMIT} events)"))
+                stored(PublishRefused(413, f"a batch of {n} events is larger than JetStream's "
+                                           f"atomic batch limit ({ATOMIC_BATCH_LIMIT} events)"))
                 return
             self._publish_atomic(namespace, subjects, records, msg_ids, stored)
         else:
@@ -811,10 +926,10 @@ class JetStreamStore:
         self._wake.set()
 
     async def _on_inbox(self, msg) -> None:
-        if msg.subject.startswith(ACK_SUBJECT):
-            self._listener.ack_forwarded(msg.subject[len(ACK_SUBJECT):].encode(), msg.data)
-        else:
-            self._listener.inbox_event(msg.subject.encode(), msg.data)
+        self._listener.inbox_event(msg.subject.encode(), msg.data)
+
+    async def _on_ack(self, msg) -> None:
+        self._listener.ack_forwarded(msg.subject[len(ACK_SUBJECT):].encode(), msg.data)
 
     # -- housekeeping ------------------------------------------------------------------------------
     def _spawn(self, coro) -> None:

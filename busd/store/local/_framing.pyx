@@ -63,8 +63,9 @@ def xid_seconds(xid) -> int:
 
 
 cdef inline long long _record_sec(const unsigned char* body, Py_ssize_t n) noexcept nogil:
-    """Seconds of a record's id, -1 when the record has none."""
-    if n < ID_END:
+    """Seconds of a record's id, -1 when it has none (a free-form id: busd.wire.is_xid_id;
+    those never start with e_)."""
+    if n < ID_END or body[ID_AT] != c'e' or body[ID_AT + 1] != c'_':
         return -1
     return _xid_sec(body + XID_AT)
 

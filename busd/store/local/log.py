@@ -69,15 +69,18 @@ from busd.store.local._framing import (
     scan_frames,
     xid_seconds,
 )
+from busd._core import record_id
 from busd.store.local.crypto import (
     KEYCHECK_NAME,
     Codec,
     SealError,
+    derive_key,
     keycheck_matches,
     make_codec,
     seal_keycheck,
 )
-from busd.wire import ID_AT, ID_END, ID_LEN, RECORD_PREFIX
+from busd.store.local.id_index import IdIndex
+from busd.wire import ID_AT, ID_LEN, RECORD_PREFIX, is_xid_id
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +244,7 @@ class NamespaceLog:
         self.flags = flags
         self.readonly = readonly
         self.blocks_scanned = 0  # index blocks read by find_id (tests and metrics)
+        self.ids = IdIndex(self.dir, derive_key(secret_key) if secret_key else None, readonly)
         self._segments: list[_Segment] = []
         self._firsts: list[int] = []
         self._next = 0
@@ -295,8 +299,8 @@ class NamespaceLog:
     def dirty(self) -> bool:
         """True when something written is not yet fsynced."""
         with self._lock:
-            return self._dir_dirty or any(f.retired or f.write_seq != f.synced_seq
-                                          for f in self._files)
+            return self._dir_dirty or self.ids.dirty or any(
+                f.retired or f.write_seq != f.synced_seq for f in self._files)
 
     @property
     def index_bytes(self) -> int:
@@ -354,6 +358,7 @@ class NamespaceLog:
         self._bytes = sum(s.size for s in entries)
         if not self.readonly:
             self._open_writer(last)
+        self.ids.open()
         report.segments = len(entries)
         report.records = self.count
         report.seconds = time.monotonic() - started
@@ -602,8 +607,10 @@ class NamespaceLog:
         return seg
 
     # -- appending --------------------------------------------------------------------------
-    def append(self, records: list[bytes]) -> int:
-        """Append a batch with one write(2); returns the index of its first record."""
+    def append(self, records: list[bytes], free_ids: bool = True) -> int:
+        """Append a batch with one write(2); returns the index of its first record.
+        free_ids=False: the caller knows no record has a free-form id (the server's
+        publishes without supplied ids), so the id index need not look."""
         n = len(records)
         if not n:
             return self._next
@@ -623,6 +630,8 @@ class NamespaceLog:
             if seg.block_size != block_size:  # --block-size changed: new segments use it
                 data = self._frame(seg, records)
                 size = len(data)
+        if free_ids:
+            self.ids.add(self._next, records)  # before the records: none goes unindexed
         wf = self._wfile
         before = seg.size
         try:
@@ -971,8 +980,9 @@ class NamespaceLog:
 
     # -- finding ids --------------------------------------------------------------------------
     def find_id(self, event_id: bytes) -> int | None:
-        """Index of the record with this id (b"e_" + xid), or None. Only blocks whose
-        [min, max] second range holds the id's second are read, newest first."""
+        """Index of the record with this id, or None. A free-form id is looked up in the
+        id index; for an e_<xid> only blocks whose [min, max] second range holds the id's
+        second are read, newest first."""
         return self._find_id(event_id, True)
 
     def find_id_from_disk(self, event_id: bytes) -> int | None:
@@ -982,8 +992,8 @@ class NamespaceLog:
             return self._find_id(event_id, False)
 
     def _find_id(self, event_id: bytes, use_cache: bool) -> int | None:
-        if len(event_id) != ID_LEN or not event_id.startswith(b"e_"):
-            return None
+        if not is_xid_id(event_id):
+            return self.ids.find(event_id, lambda index: self._read_one(index, use_cache))
         t = xid_seconds(event_id[2:])
         if t < 0:
             return None
@@ -1004,9 +1014,9 @@ class NamespaceLog:
         (restoring 100,000 events stamped in one second would take minutes)."""
         if len(event_ids) == 1:  # one id: find_id's scan in C, which stops at the match
             return set(event_ids) if self.find_id(event_ids[0]) is not None else set()
-        seconds = {xid_seconds(i[2:]) for i in event_ids
-                   if len(i) == ID_LEN and i.startswith(b"e_")}
-        wanted, found = set(event_ids), set()
+        found = {i for i in event_ids if not is_xid_id(i) and self.find_id(i) is not None}
+        seconds = {xid_seconds(i[2:]) for i in event_ids if is_xid_id(i)}
+        wanted = set(event_ids)
         for seg in self._segments:
             lo, hi = self._summary(seg)
             here = [t for t in seconds if 0 <= lo <= t <= hi]
@@ -1062,6 +1072,17 @@ class NamespaceLog:
             k = find_record(buf, 0, rel1 - rel0, event_id, ID_AT, self.codec, seg.block_size)
         return first + k if k >= 0 else None
 
+    def _read_one(self, index: int, use_cache: bool = True) -> bytes | None:
+        """The record at index; None when the log does not hold it or it is corrupt
+        (use_cache=False: from the segment files only, as `read_from_disk`)."""
+        if not self.first_index <= index < self._next:
+            return None
+        try:
+            records = (self.read if use_cache else self.read_from_disk)(index, 1, 1)
+        except CorruptRecordError:
+            return None
+        return records[0] if records else None
+
     def first_id(self) -> bytes | None:
         """Id of the oldest retained record (None if empty or unreadable)."""
         if self._first_id is None and self.count:
@@ -1070,18 +1091,18 @@ class NamespaceLog:
             except CorruptRecordError:
                 return None
             if records and records[0].startswith(RECORD_PREFIX):
-                self._first_id = records[0][ID_AT:ID_END]
+                self._first_id = record_id(records[0])
         return self._first_id
 
     def is_before_retained(self, event_id: bytes) -> bool:
         """For an id find_id did not find: True if retention has deleted records and the
         id's second is not after the oldest retained record's (ids are only ordered by
         second, so a missing id from that same second was deleted too, most likely)."""
-        if self.first_index == 0 or len(event_id) != ID_LEN:
+        if self.first_index == 0 or not is_xid_id(event_id):
             return False
         oldest = self.first_id()
         t = xid_seconds(event_id[2:])
-        return oldest is not None and 0 <= t <= xid_seconds(oldest[2:])
+        return oldest is not None and is_xid_id(oldest) and 0 <= t <= xid_seconds(oldest[2:])
 
     # -- retention ------------------------------------------------------------------------------
     def apply_retention(self, now: float) -> int:
@@ -1129,6 +1150,7 @@ class NamespaceLog:
             log.info("retention deleted segment ns=%s segment=%s records=%d bytes=%d",
                      self.name, seg.path.name, seg.count, seg.size)
         if deleted:
+            self.ids.forget_before(self.first_index)
             self._hints = {k: v for k, v in self._hints.items() if k >= self.first_index}
             if self._cache and self._cache_first < self.first_index:
                 k = self.first_index - self._cache_first
@@ -1148,6 +1170,7 @@ class NamespaceLog:
                 dir_dirty, self._dir_dirty = self._dir_dirty, False
             try:
                 self._sync_files(files)
+                self.ids.sync()
                 if dir_dirty:
                     self._sync_dir()
             except OSError as exc:
@@ -1203,6 +1226,7 @@ class NamespaceLog:
             if self._dir_dirty and not self.readonly and self.dir.is_dir():
                 self._sync_dir()
                 self._dir_dirty = False
+        self.ids.close()
         with self._read_mutex:
             for fd in self._rfds.values():
                 os.close(fd)

@@ -210,7 +210,7 @@ class LocalStore:
         waiting = self._group_ids.setdefault(namespace, set())
         present = self.find_ids(namespace, ids) | waiting.intersection(ids)
         if present:
-            listed = " ".join(i.decode() for i in ids if i in present)
+            listed = " ".join(f'"{i.decode()}"' for i in ids if i in present)
             raise PublishRefused(409, f"namespace {namespace} already holds "
                                       f"{'this id' if len(present) == 1 else 'these ids'}: "
                                       f"{listed}")
@@ -246,7 +246,8 @@ class LocalStore:
         (under fsync_always, once one shared fsync has made it durable)."""
         self._commit_scheduled = False
         group, self._group = self._group, {}
-        if self._group_ids:  # from here on the logs themselves know them
+        supplied = self._group_ids  # namespaces that got ids from their publishers
+        if supplied:  # from here on the logs themselves know them
             self._group_ids = {}
         written: list[_Written] = []
         for namespace, pendings in group.items():
@@ -258,7 +259,7 @@ class LocalStore:
             records = pendings[0][0] if len(pendings) == 1 else \
                 [record for batch, _ in pendings for record in batch]
             try:
-                first = self._logs[namespace].append(records)
+                first = self._logs[namespace].append(records, namespace in supplied)
             except LogWriteError as exc:
                 _refuse(pendings, exc)
                 continue
