@@ -1140,20 +1140,22 @@ def first_matching(list records not None, Pattern pattern not None, Py_ssize_t s
     """The position of the first of records[start:end] whose subject matches pattern, or
     end when none does (end < 0: to the end): how a selective scan steps over what it
     does not deliver without a Python call per record."""
-    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, e
-    cdef bytes rec
+    cdef Py_ssize_t n = PyList_GET_SIZE(records), i, e, at = 0
+    cdef object rec
     cdef const char* r
     if end < 0 or end > n:
         end = n
     if start < 0:
         start = 0
     for i in range(start, end):
-        rec = _check_record(<object>PyList_GET_ITEM(records, i))
-        r = PyBytes_AS_STRING(rec)
-        e = _subject_end(r, PyBytes_GET_SIZE(rec))
+        rec = <object>PyList_GET_ITEM(records, i)
+        if type(rec) is not bytes:
+            raise TypeError(f"record must be bytes, not {type(rec).__name__}")
+        r = PyBytes_AS_STRING(<bytes>rec)
+        e = _subject_end(r, PyBytes_GET_SIZE(<bytes>rec), &at)
         if e < 0:
             raise ValueError(_NO_SUBJECT)
-        if pattern._matches(<const unsigned char*>r + SUBJECT_AT, e - SUBJECT_AT):
+        if pattern._matches(<const unsigned char*>r + at, e - at):
             return i
     return max(start, end)
 

@@ -75,11 +75,11 @@ def first_append_fails(patch: pytest.MonkeyPatch) -> None:
     """The first append raises something that is not a LogWriteError."""
     real, calls = NamespaceLog.append, []
 
-    def append(self, records):
+    def append(self, records, *args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise ValueError("injected: append failed")
-        return real(self, records)
+        return real(self, records, *args, **kwargs)
 
     patch.setattr(NamespaceLog, "append", append)
 

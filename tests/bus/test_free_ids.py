@@ -50,6 +50,8 @@ def test_the_sse_id_line_carries_the_free_form_id(server):
     (" lead", "no space at either end"),
     ("caf\u00e9", "printable ASCII"),
     ("e_custom", "must be e_ followed by a 20-character xid"),
+    ("oldest", "are start= values, not ids"),
+    ("index:7", "are start= values, not ids"),
 ])
 def test_ids_that_cannot_name_an_event_are_400_with_the_reason(server, event_id, reason):
     response = publish(server.port, "app.x", 1, id=event_id)
