@@ -6,6 +6,7 @@ DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False, "c
 
 extensions = [
     Extension("busd._core", ["busd/_core.pyx"]),
+    Extension("busd.bus._sublist", ["busd/bus/_sublist.pyx"]),
     Extension("busd.store.local._framing", ["busd/store/local/_framing.pyx"], libraries=["z"]),
     Extension("busd.store.local._crypto", ["busd/store/local/_crypto.pyx"], libraries=["z"]),
 ]

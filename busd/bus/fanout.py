@@ -2,16 +2,21 @@
 
 Every subscription is registered by id (acks find it there). A consumer of a stored
 namespace that reached the head joins its namespace's *live* set: what the store appends
-is pushed to it in the same step, framed once per distinct pattern. A manual-ack consumer
-at the head *waits* instead, and is woken by the next append. Inbox subscriptions are
-registered under their subject and get inbox events as they are routed; nothing is stored.
+is pushed to it in the same step, framed once per distinct pattern. The live set is
+indexed by pattern (busd/bus/_sublist.pyx), so an append costs work for the patterns its
+records match, not for every live reader: a reader that nothing matched is not visited,
+and learns where the stream stands (`cursor`) when it leaves the live set. A manual-ack
+consumer at the head *waits* instead, and is woken by the next append. Inbox subscriptions
+are registered under their subject and get inbox events as they are routed; nothing is
+stored.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from busd._core import Pattern, sse_frame, sse_frame_matching
+from busd._core import Pattern, sse_frame
+from busd.bus._sublist import Sublist
 from busd.bus.inbox_owners import InboxOwners
 from busd.server.metrics import Metrics
 from busd.wire import INBOX_NAMESPACE
@@ -31,6 +36,7 @@ class Reader(Subscriber, Protocol):
 
     namespace: str
     pattern: Pattern
+    cursor: int  # the next index to deliver
     paused: bool
     done: bool
     live: bool
@@ -54,13 +60,23 @@ class InboxReader(Subscriber, Protocol):
         ...
 
 
+class LiveGroup:
+    """The live readers of one pattern: one frame of each append goes to all of them."""
+
+    __slots__ = ("readers",)
+
+    def __init__(self) -> None:
+        self.readers: list[Reader] = []
+
+
 class FanOut:
     """The registry of subscriptions and the push of new records and inbox events to them."""
 
     def __init__(self, namespaces: tuple[str, ...], metrics: Metrics) -> None:
         self.metrics = metrics
         self.consumers: dict[bytes, Subscriber] = {}
-        self.live: dict[str, list[Reader]] = {ns: [] for ns in namespaces}
+        self.live: dict[str, Sublist] = {ns: Sublist() for ns in namespaces}
+        self.pushed: dict[str, int] = dict.fromkeys(namespaces, 0)  # next_index of the last push
         self.waiting: dict[str, set[Reader]] = {ns: set() for ns in namespaces}
         self.inboxes: dict[bytes, set[InboxReader]] = {}
         self.inbox_owners = InboxOwners(
@@ -93,33 +109,45 @@ class FanOut:
         """A reader at the head starts receiving records straight from the append path."""
         if not reader.live:
             reader.live = True
-            self.live[reader.namespace].append(reader)
+            index, pattern = self.live[reader.namespace], reader.pattern.pattern
+            group = index.get(pattern)
+            if group is None:
+                group = LiveGroup()
+                index.insert(pattern, group)
+            group.readers.append(reader)
 
     def leave_live(self, reader: Reader) -> None:
+        """Out of the live set; its cursor moves past every append pushed so far (those
+        it was not sent matched nothing of its pattern)."""
         if reader.live:
             reader.live = False
-            self.live[reader.namespace].remove(reader)
+            reader.cursor = max(reader.cursor, self.pushed[reader.namespace])
+            index, pattern = self.live[reader.namespace], reader.pattern.pattern
+            group = index.get(pattern)
+            group.readers.remove(reader)
+            if not group.readers:
+                index.delete(pattern)
 
     def wait_for_append(self, reader: Reader) -> None:
         self.waiting[reader.namespace].add(reader)
 
     # -- delivery -------------------------------------------------------------------------
     def push(self, namespace: str, records: list[bytes], next_index: int) -> None:
-        """Push appended records to live readers: framed once per distinct pattern."""
-        framed: dict[bytes, tuple[bytes, int]] = {}
-        events_out = self.metrics.events_out
-        for reader in tuple(self.live[namespace]):
-            if reader.paused or reader.done:
-                continue
-            pattern = reader.pattern
-            chunk = framed.get(pattern.pattern)
-            if chunk is None:
-                if pattern.matches_all:
-                    chunk = framed[pattern.pattern] = (sse_frame(records), len(records))
-                else:
-                    chunk = framed[pattern.pattern] = sse_frame_matching(records, pattern)
-            events_out[namespace] += chunk[1]
-            reader.push(chunk[0], next_index)
+        """Push appended records to the live readers they match: framed once per pattern,
+        counted once per pattern."""
+        index = self.live[namespace]
+        if index:
+            delivered = 0
+            for group, matched in index.split(records):
+                chunk = sse_frame(matched)
+                readers = 0
+                for reader in tuple(group.readers):
+                    if not (reader.paused or reader.done):
+                        reader.push(chunk, next_index)
+                        readers += 1
+                delivered += readers * len(matched)
+            self.metrics.events_out[namespace] += delivered
+        self.pushed[namespace] = next_index
         waiting = self.waiting[namespace]
         if waiting:
             self.waiting[namespace] = set()

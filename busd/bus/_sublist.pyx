@@ -1,0 +1,217 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The subscription index: which subscribed patterns a subject matches, without trying
+every pattern on every record.
+
+Literal patterns (most subscriptions: one exact subject) sit in a dict keyed by the
+subject itself. Wildcard patterns sit in a token trie, as in NATS's sublist: a node per
+token, a `*` child for one-token wildcards, and at each node the values whose pattern
+ends there (`here`) or ends there with `>` (`rest`: zero or more further tokens, so
+`a.x.>` matches `a.x`). Tokens split on `.`. A bounded cache remembers what each recent
+subject matched, since a trie walk costs a dict lookup per token and per `*` branch; any
+insert or delete empties it.
+
+tests/oracle.py holds a plain-Python twin (`sublist_match`) that the tests compare with.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.ref cimport PyObject
+from libc.string cimport memchr
+
+from busd._core cimport SUBJECT_AFTER_ID, _id_end
+
+CACHE_MAX = 4096  # subjects whose matches are remembered; the cache empties when full
+
+cdef tuple NOTHING = ()
+
+
+cdef class _Node:
+    """One trie node: what follows it by token, by `*`, and the values ending here."""
+
+    cdef dict children
+    cdef _Node star
+    cdef list here
+    cdef list rest
+
+    def __cinit__(self):
+        self.children = {}
+        self.star = None
+        self.here = []
+        self.rest = []
+
+    cdef bint empty(self):
+        return not (self.children or self.star is not None or self.here or self.rest)
+
+
+cdef inline bint _is_literal(list tokens):
+    for t in tokens:
+        if t == b"*" or t == b">":
+            return False
+    return True
+
+
+cdef void _walk(_Node node, list tokens, Py_ssize_t i, list out):
+    """Append to out the values of every pattern below node matching tokens[i:]."""
+    cdef Py_ssize_t n = PyList_GET_SIZE(tokens)
+    cdef PyObject* child
+    while True:
+        if node.rest:
+            out.extend(node.rest)
+        if i == n:
+            out.extend(node.here)
+            return
+        if node.star is not None:
+            _walk(node.star, tokens, i + 1, out)
+        child = PyDict_GetItem(node.children, <object>PyList_GET_ITEM(tokens, i))
+        if child == NULL:
+            return
+        node = <_Node>child
+        i += 1
+
+
+cdef class Sublist:
+    """Patterns (validated subscribe patterns, as bytes) mapped to one value each."""
+
+    cdef dict _values    # pattern -> value, every pattern
+    cdef dict _literal   # literal pattern -> value
+    cdef _Node _root     # the wildcard patterns
+    cdef Py_ssize_t _wildcards
+    cdef dict _cache     # subject -> tuple of values (only while there are wildcards)
+
+    def __cinit__(self):
+        self._values = {}
+        self._literal = {}
+        self._root = _Node()
+        self._wildcards = 0
+        self._cache = {}
+
+    def __len__(self):
+        return len(self._values)
+
+    def __contains__(self, bytes pattern):
+        return pattern in self._values
+
+    def get(self, bytes pattern, default=None):
+        return self._values.get(pattern, default)
+
+    @property
+    def cached(self):
+        """How many subjects' matches are remembered (at most CACHE_MAX)."""
+        return len(self._cache)
+
+    def insert(self, bytes pattern not None, value):
+        """Map pattern to value (replacing the value it had)."""
+        cdef list tokens = pattern.split(b".")
+        cdef _Node node
+        old = self._values.get(pattern)
+        self._values[pattern] = value
+        if _is_literal(tokens):
+            self._literal[pattern] = value
+            self._cache.clear()
+            return
+        node = self._leaf(tokens, True)
+        slot = node.rest if tokens[len(tokens) - 1] == b">" else node.here
+        if old is not None:
+            slot.remove(old)
+        else:
+            self._wildcards += 1
+        slot.append(value)
+        self._cache.clear()
+
+    def delete(self, bytes pattern not None):
+        """Forget pattern (nothing happens if it is not there)."""
+        cdef list tokens, path
+        cdef _Node node, parent
+        value = self._values.pop(pattern, None)
+        if value is None:
+            return
+        self._cache.clear()
+        tokens = pattern.split(b".")
+        if _is_literal(tokens):
+            del self._literal[pattern]
+            return
+        self._wildcards -= 1
+        path = []
+        node = self._root
+        for t in tokens[:len(tokens) - 1] if tokens[len(tokens) - 1] == b">" else tokens:
+            path.append((node, t))
+            node = node.star if t == b"*" else node.children[t]
+        (node.rest if tokens[len(tokens) - 1] == b">" else node.here).remove(value)
+        while path and node.empty():  # prune the branch it leaves empty
+            parent, t = path.pop()
+            if t == b"*":
+                parent.star = None
+            else:
+                del parent.children[t]
+            node = parent
+
+    cdef _Node _leaf(self, list tokens, bint create):
+        """The node a wildcard pattern's values hang from (a `>` pattern: its parent)."""
+        cdef _Node node = self._root, nxt
+        cdef Py_ssize_t k = len(tokens) - (1 if tokens[len(tokens) - 1] == b">" else 0), i
+        for i in range(k):
+            t = tokens[i]
+            if t == b"*":
+                if node.star is None:
+                    node.star = _Node()
+                node = node.star
+            else:
+                nxt = node.children.get(t)
+                if nxt is None:
+                    nxt = node.children[t] = _Node()
+                node = nxt
+        return node
+
+    cpdef tuple match(self, bytes subject):
+        """The values of every pattern that subject matches (each once)."""
+        cdef PyObject* hit
+        cdef list out
+        cdef tuple result
+        if self._wildcards == 0:
+            hit = PyDict_GetItem(self._literal, subject)
+            return NOTHING if hit == NULL else (<object>hit,)
+        hit = PyDict_GetItem(self._cache, subject)
+        if hit != NULL:
+            return <tuple>hit
+        out = []
+        hit = PyDict_GetItem(self._literal, subject)
+        if hit != NULL:
+            out.append(<object>hit)
+        _walk(self._root, subject.split(b"."), 0, out)
+        result = tuple(out)
+        if len(self._cache) >= CACHE_MAX:
+            self._cache.clear()
+        self._cache[subject] = result
+        return result
+
+    def split(self, list records not None):
+        """Records (stored records, in order) grouped by the values whose pattern their
+        subject matches: [(value, [record, ...]), ...], each group in record order, groups
+        in the order their first record came."""
+        cdef dict groups = {}
+        cdef Py_ssize_t i, n = PyList_GET_SIZE(records), rn, at
+        cdef const char* r
+        cdef const char* q
+        cdef PyObject* group
+        cdef tuple matched
+        cdef object rec
+        cdef bytes subject
+        for i in range(n):
+            rec = <object>PyList_GET_ITEM(records, i)
+            rn = PyBytes_GET_SIZE(rec)
+            r = PyBytes_AS_STRING(rec)
+            at = _id_end(r, rn) + SUBJECT_AFTER_ID  # the subject follows the id
+            q = NULL if at <= SUBJECT_AFTER_ID or at >= rn else <const char*>memchr(
+                r + at, c'"', <size_t>(rn - at))
+            if q == NULL:
+                raise ValueError("not a record: no subject after its id")
+            subject = PyBytes_FromStringAndSize(r + at, q - r - at)
+            matched = self.match(subject)
+            for value in matched:
+                group = PyDict_GetItem(groups, value)
+                if group == NULL:
+                    groups[value] = [rec]
+                else:
+                    (<list>group).append(rec)
+        return list(groups.items())

@@ -1,0 +1,76 @@
+"""FanOut's live push: only the readers an append matches are visited, one frame per
+pattern, deliveries counted per pattern, and a reader's cursor right when it leaves."""
+
+from __future__ import annotations
+
+from busd._core import Pattern, sse_frame
+from busd.bus.fanout import FanOut
+from busd.server.metrics import Metrics
+
+try:
+    from .test_sublist import record
+except ImportError:
+    from test_sublist import record
+
+
+class FakeReader:
+    """A live reader that keeps what it is pushed."""
+
+    def __init__(self, pattern: bytes) -> None:
+        self.id = pattern + b"#%d" % id(self)
+        self.owner = None
+        self.namespace = "ns"
+        self.pattern = Pattern(pattern)
+        self.cursor = 0
+        self.paused = self.done = self.live = False
+        self.chunks: list[bytes] = []
+
+    def push(self, chunk: bytes, next_index: int) -> None:
+        self.chunks.append(chunk)
+        self.cursor = next_index
+
+    def wake(self) -> None: ...
+
+    def ack(self, event_id: bytes) -> None: ...
+
+
+def live_fanout(*patterns: bytes) -> tuple[FanOut, list[FakeReader]]:
+    fanout = FanOut(("ns",), Metrics(("ns",)))
+    readers = [FakeReader(p) for p in patterns]
+    for r in readers:
+        fanout.add(r)
+        fanout.join_live(r)
+    return fanout, readers
+
+
+def test_each_reader_gets_only_what_matches_framed_once_per_pattern():
+    fanout, (a1, a2, b, rest) = live_fanout(b"ns.a", b"ns.a", b"ns.b", b"ns.>")
+    records = [record(b"ns.a"), record(b"ns.c"), record(b"ns.a")]
+    fanout.push("ns", records, 3)
+    assert a1.chunks == [sse_frame([records[0], records[2]])]
+    assert a2.chunks[0] is a1.chunks[0]
+    assert b.chunks == [] and b.cursor == 0
+    assert rest.chunks == [sse_frame(records)]
+    assert fanout.metrics.events_out["ns"] == 2 + 2 + 3
+
+
+def test_a_reader_nothing_matched_leaves_with_the_cursor_at_the_head():
+    fanout, (a, b) = live_fanout(b"ns.a", b"ns.b")
+    fanout.push("ns", [record(b"ns.a")] * 5, 5)
+    fanout.push("ns", [record(b"ns.a")] * 2, 7)
+    fanout.leave_live(b)
+    assert b.cursor == 7 and not b.live
+    fanout.push("ns", [record(b"ns.b")], 8)
+    assert b.chunks == []
+    assert a.cursor == 7
+
+
+def test_paused_readers_are_skipped_and_the_last_reader_out_drops_the_pattern():
+    fanout, (a1, a2) = live_fanout(b"ns.a", b"ns.a")
+    a1.paused = True
+    fanout.push("ns", [record(b"ns.a")], 1)
+    assert a1.chunks == [] and len(a2.chunks) == 1
+    assert fanout.metrics.events_out["ns"] == 1
+    fanout.remove(a1)
+    fanout.remove(a2)
+    assert len(fanout.live["ns"]) == 0

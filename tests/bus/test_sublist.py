@@ -1,0 +1,101 @@
+"""The subscription index (busd/bus/_sublist.pyx) against its plain-Python oracle."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from busd.bus._sublist import CACHE_MAX, Sublist
+
+try:
+    from . import oracle
+except ImportError:
+    import oracle
+
+TOKENS = (b"a", b"b", b"c")
+subjects = st.lists(st.sampled_from(TOKENS), min_size=1, max_size=4).map(
+    lambda t: b".".join([b"ns", *t]))
+patterns = st.lists(st.sampled_from((*TOKENS, b"*")), min_size=0, max_size=4).flatmap(
+    lambda t: st.sampled_from(
+        ([b".".join([b"ns", *t])] if t else []) + [b".".join([b"ns", *t, b">"])]))
+operations = st.lists(st.tuples(st.booleans(), patterns), max_size=30)
+
+
+def record(subject: bytes) -> bytes:
+    """A stored record's layout: the id, then the subject at its fixed offset."""
+    return b'{"id":"e_' + b"0" * 20 + b'","subject":"' + subject + b'","payload":1}'
+
+
+def build(ops) -> tuple[Sublist, set[bytes]]:
+    """Apply (insert?, pattern) operations to a Sublist and to a plain set of patterns."""
+    index, present = Sublist(), set()
+    for insert, pattern in ops:
+        if insert:
+            index.insert(pattern, pattern)
+            present.add(pattern)
+        else:
+            index.delete(pattern)
+            present.discard(pattern)
+    return index, present
+
+
+@settings(max_examples=400, deadline=None)
+@given(operations, st.lists(subjects, max_size=8))
+def test_match_agrees_with_oracle(ops, probes):
+    index, present = build(ops)
+    assert len(index) == len(present)
+    for subject in probes * 2:  # the second round is answered from the cache
+        got = index.match(subject)
+        assert len(got) == len(set(got))
+        assert set(got) == oracle.sublist_match(present, subject)
+
+
+@settings(max_examples=200, deadline=None)
+@given(operations, st.lists(subjects, max_size=12))
+def test_split_agrees_with_oracle(ops, subs):
+    index, present = build(ops)
+    records = [record(s) for s in subs]
+    assert dict(index.split(records)) == oracle.sublist_split(present, records)
+
+
+def test_zero_or_more_tokens_after_the_final_wildcard():
+    index = Sublist()
+    index.insert(b"ns.x.>", "rest")
+    index.insert(b"ns.*", "star")
+    assert set(index.match(b"ns.x")) == {"rest", "star"}
+    assert index.match(b"ns.x.y.z") == ("rest",)
+    assert index.match(b"ns.y.z") == ()
+
+
+def test_delete_prunes_and_empties_the_cache():
+    index = Sublist()
+    index.insert(b"ns.*.b", 1)
+    assert index.match(b"ns.a.b") == (1,)
+    index.delete(b"ns.*.b")
+    assert index.match(b"ns.a.b") == ()
+    index.insert(b"ns.a.b", 2)
+    assert index.match(b"ns.a.b") == (2,)
+    index.delete(b"ns.a.b")
+    index.delete(b"ns.a.b")  # twice: nothing to do
+    assert len(index) == 0 and index.match(b"ns.a.b") == ()
+
+
+def test_cache_stays_bounded_past_its_limit():
+    index = Sublist()
+    index.insert(b"ns.>", "all")
+    index.insert(b"ns.s7", "seven")
+    for i in range(CACHE_MAX + 100):
+        assert index.cached <= CACHE_MAX
+        assert set(index.match(b"ns.s%d" % i)) == ({"all", "seven"} if i == 7 else {"all"})
+    assert 0 < index.cached <= CACHE_MAX
+
+
+def test_split_refuses_bytes_that_are_not_a_record():
+    index = Sublist()
+    index.insert(b"ns.a", 1)
+    try:
+        index.split([b"short"])
+    except ValueError as exc:
+        assert "not a record" in str(exc)
+    else:
+        raise AssertionError("no ValueError")
