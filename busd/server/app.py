@@ -29,6 +29,7 @@ from busd.server.http import (
     restrict_cors,
 )
 from busd.server.logs import describe_config
+from busd.server.sweep import Sweep
 from busd.server.systemd import notify, watchdog_interval
 from busd.store.interface import Store
 from busd.store.local.log import EncryptionKeyError
@@ -68,6 +69,7 @@ class Server:
                                     fsync_always=config.fsync == "always")
         self.broker = Broker(config, self.store)
         self.connections: set[HttpConnection] = set()
+        self._sweep = Sweep(self.loop, self._housekeep)
         self.broker.metrics.connections = self.connections
         self.api = Api(self.broker, Auth(config.auth_file) if config.auth_file else None)
         self.limits = Limits(config.max_request_size, config.max_event_size,
@@ -170,15 +172,18 @@ class Server:
         self._duties.append(timer)
 
     def _tick(self) -> None:
-        """Once a second: time out slow or idle connections, ping idle streams."""
-        now = time.monotonic()
-        ping_before = now - self.config.ping_interval
-        for conn in tuple(self.connections):
-            if conn.stream is not None:
-                if conn.last_write < ping_before and not conn.write_paused:
-                    conn.write(PING)
-            else:
-                conn.check_timeouts(now)
+        """Once a second: time out slow or idle connections, ping idle streams (a slice
+        of the connections per loop callback, see busd/server/sweep.py)."""
+        self._sweep.start(self.connections)
+
+    def _housekeep(self, conn: HttpConnection, now: float) -> None:
+        if conn not in self.connections:
+            return  # closed since the sweep began
+        if conn.stream is not None:
+            if conn.last_write < now - self.config.ping_interval and not conn.write_paused:
+                conn.write(PING)
+        else:
+            conn.check_timeouts(now)
 
     def reload(self) -> None:
         """SIGHUP: re-read the auth file; connections and streams stay up."""
