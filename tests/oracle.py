@@ -571,20 +571,9 @@ def stamp_events(events, is_batch: bool, new_id, now):
 # --------------------------------------------------------------------------- subscription index
 
 
-def pattern_regex(pattern: bytes) -> re.Pattern:
-    """A subscribe pattern as a regular expression over subjects: `*` is one token, a
-    final `>` zero or more further tokens (so `a.x.>` matches `a.x`)."""
-    toks = pattern.split(b".")
-    rest = toks[-1] == b">"
-    if rest:
-        toks = toks[:-1]
-    body = rb"\.".join(rb"[^.]+" if t == b"*" else re.escape(t) for t in toks)
-    return re.compile(body + (rb"(\.[^.]+)*" if rest else b"") + rb"\Z")
-
-
 def sublist_match(patterns, subject: bytes) -> set[bytes]:
     """busd.bus._sublist.Sublist.match: the patterns that subject matches."""
-    return {p for p in patterns if pattern_regex(p).match(subject)}
+    return {p for p in patterns if match_subject(p, subject)}
 
 
 def sublist_split(patterns, records):

@@ -12,7 +12,7 @@ try:
 except ImportError:
     import oracle
 
-TOKENS = (b"a", b"b", b"c")
+TOKENS = (b"a", b"b", "é".encode(), b"a*")  # any bytes but a dot; "a*" is no wildcard
 subjects = st.lists(st.sampled_from(TOKENS), min_size=1, max_size=4).map(
     lambda t: b".".join([b"ns", *t]))
 patterns = st.lists(st.sampled_from((*TOKENS, b"*")), min_size=0, max_size=4).flatmap(
