@@ -16,6 +16,9 @@ Options:
   --catchup-events N      catchup: N events stored, then read [default: 500000].
   --fanout-consumers N    fanout: live SSE consumers [default: 100].
   --fanout-events N       fanout: M events per run, a multiple of 100 [default: 20000].
+  --fanout-subjects N     fanout: 0 = every consumer on bench.>; N = consumer i on the
+                          literal subject bench.s<i mod N>, the events spread evenly over
+                          the N subjects (M a multiple of N) [default: 0].
   --latency-rate N        latency: events/s [default: 10000].
   --latency-duration S    latency: seconds per run [default: 5].
   --idle-conns N          memory: idle SSE connections [default: 1000].
@@ -107,8 +110,11 @@ BATCH_ITEM = (b'{"id":"","key":"","subject":"bench.created","payload":' + PAYLOA
               + b',"created_at":"0001-01-01T00:00:00Z","index":0}')
 
 
-def batch_body(n: int) -> bytes:
-    return b"[" + b",".join([BATCH_ITEM] * n) + b"]"
+def batch_body(n: int, subjects: list[bytes] | None = None) -> bytes:
+    """n events on bench.created, or on these subjects (one each)."""
+    if subjects is None:
+        return b"[" + b",".join([BATCH_ITEM] * n) + b"]"
+    return b"[" + b",".join(BATCH_ITEM.replace(b"bench.created", s) for s in subjects) + b"]"
 
 
 def post_request(body: bytes) -> bytes:
@@ -725,45 +731,54 @@ async def section_catchup(args, targets: list[Target], row: Row) -> None:
 
 
 async def section_fanout(args, targets: list[Target], row: Row) -> None:
-    k, m, batch = args.fanout_consumers, args.fanout_events, 100
+    k, m, batch, n_subj = args.fanout_consumers, args.fanout_events, 100, args.fanout_subjects
     port = targets[0][1].port
     sem = asyncio.Semaphore(50)
+    subjects = [b"bench.s%d" % j for j in range(n_subj)]
 
-    async def one() -> SSECounter:
+    async def one(i: int) -> SSECounter:
         async with sem:
-            return await SSECounter.open(port, "newest")
+            return await SSECounter.open(port, "newest", subjects[i % n_subj].decode()
+                                         if n_subj else NS + ".%3E")
 
-    consumers = await asyncio.gather(*(one() for _ in range(k)))
+    consumers = await asyncio.gather(*(one(i) for i in range(k)))
     pub = await HttpClient.connect(port)
     base = 1
-    row.notes.append(f"{k} consumers, M={m:,} events in batches of {batch}")
+    per_run = m // n_subj if n_subj else m  # events each consumer gets per run
+    row.notes.append(f"{k} consumers on " + (f"{n_subj:,} distinct subjects" if n_subj
+                                             else f"{NS}.>")
+                     + f", M={m:,} events in batches of {batch}")
     try:
         # Warm-up: one event every consumer must see, so every subscription is live.
-        status, body = await pub.request(post_request(EVENT))
-        if status != 202:
-            raise RuntimeError(f"publish answered {status}: {body[:200]!r}")
+        for warm in ([batch_body(len(subjects[j:j + batch]), subjects[j:j + batch])
+                      for j in range(0, n_subj, batch)] or [EVENT]):
+            status, body = await pub.request(post_request(warm))
+            if status != 202:
+                raise RuntimeError(f"publish answered {status}: {body[:200]!r}")
         await asyncio.wait_for(asyncio.gather(*(c.expect(1) for c in consumers)), 10)
-        req = post_request(batch_body(batch))
+        reqs = [post_request(batch_body(batch, [subjects[(b * batch + j) % n_subj]
+                                                for j in range(batch)] if n_subj else None))
+                for b in range(m // batch if n_subj else 1)]
 
         async def measure(column: str, srv: Server, r: int) -> tuple[float]:
             nonlocal base
-            base += m
+            base += per_run
             waits = [c.expect(base) for c in consumers]
             t0 = time.perf_counter()
-            for _ in range(m // batch):
-                status, body = await pub.request(req)
+            for b in range(m // batch):
+                status, body = await pub.request(reqs[b % len(reqs)])
                 if status != 202:
                     raise RuntimeError(f"batch publish answered {status}: {body[:200]!r}")
             tpub = time.perf_counter() - t0
             try:
                 ends = await asyncio.wait_for(asyncio.gather(*waits), max(30.0, k * m / 20000))
             except TimeoutError:
-                got = sorted(c.count - (base - m) for c in consumers)
+                got = sorted(c.count - (base - per_run) for c in consumers)
                 raise RuntimeError(f"fan-out timed out: per-consumer received min {got[0]:,} "
-                                   f"max {got[-1]:,} of {m:,}") from None
+                                   f"max {got[-1]:,} of {per_run:,}") from None
             log(f"    publish took {tpub:.2f}s, last consumer done after {max(ends) - t0:.2f}s, "
                 f"first after {min(ends) - t0:.2f}s")
-            return (k * m / (max(ends) - t0),)
+            return (k * per_run / (max(ends) - t0),)
 
         await rounds(args, targets, [row], measure)
         over = [c.count - base for c in consumers if c.count != base]
@@ -938,6 +953,7 @@ async def section_memory(args, srv: Server, per_conn: Row, stall: Row, control: 
 def parse_args(argv=None):
     args = parse(__doc__, argv, repeat=int, threads=int, connections=int, batch_connections=int,
                  batch_size=int, catchup_events=int, fanout_consumers=int, fanout_events=int,
+                 fanout_subjects=int,
                  latency_rate=int, latency_duration=float, idle_conns=int, stall_events=int,
                  server_cpus=cpu_list, client_cpus=cpu_list, data_dir=Path, out=Path, json=Path)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -962,6 +978,10 @@ def parse_args(argv=None):
     args.out = args.out or OUT / "latest.md"
     args.json = args.json or OUT / "latest.json"
     args.fanout_events -= args.fanout_events % 100
+    if args.fanout_subjects < 0 or (args.fanout_subjects
+                                    and args.fanout_events % args.fanout_subjects):
+        usage_error(f"--fanout-subjects: {args.fanout_subjects} must be 0 or divide "
+                    f"--fanout-events ({args.fanout_events})")
     return args
 
 
@@ -998,7 +1018,8 @@ def run_section(sec: str, args, ceiling: Server | None, rows: list[Row]) -> None
             rows.append(row)
             asyncio.run(section_catchup(args, targets, row))
         elif sec == "fanout":
-            row = Row("fanout", f"live fan-out, {args.fanout_consumers} SSE consumers",
+            row = Row("fanout", f"live fan-out, {args.fanout_consumers} SSE consumers"
+                      + (f" on {args.fanout_subjects} subjects" if args.fanout_subjects else ""),
                       "deliveries/s")
             rows.append(row)
             asyncio.run(section_fanout(args, targets, row))
