@@ -21,9 +21,9 @@ patterns = st.lists(st.sampled_from((*TOKENS, b"*")), min_size=0, max_size=4).fl
 operations = st.lists(st.tuples(st.booleans(), patterns), max_size=30)
 
 
-def record(subject: bytes) -> bytes:
-    """A stored record's layout: the id, then the subject at its fixed offset."""
-    return b'{"id":"e_' + b"0" * 20 + b'","subject":"' + subject + b'","payload":1}'
+def record(subject: bytes, event_id: bytes = b"e_" + b"0" * 20) -> bytes:
+    """A stored record's layout: the id (busd's own or free-form), then the subject."""
+    return b'{"id":"' + event_id + b'","subject":"' + subject + b'","payload":1}'
 
 
 def build(ops) -> tuple[Sublist, set[bytes]]:
@@ -51,10 +51,11 @@ def test_match_agrees_with_oracle(ops, probes):
 
 
 @settings(max_examples=200, deadline=None)
-@given(operations, st.lists(subjects, max_size=12))
+@given(operations, st.lists(st.tuples(subjects, st.sampled_from(
+    [b"e_" + b"0" * 20, b"order-17", b"x"])), max_size=12))
 def test_split_agrees_with_oracle(ops, subs):
     index, present = build(ops)
-    records = [record(s) for s in subs]
+    records = [record(s, event_id) for s, event_id in subs]
     assert dict(index.split(records)) == oracle.sublist_split(present, records)
 
 
