@@ -439,6 +439,7 @@ class Consumer:
         del self.inflight[event_id]  # to the back: in-flight order is delivery order
         self.inflight[event_id] = entry
         self.fanout.metrics.redelivered += 1
+        self.fanout.metrics.events_out[self.namespace] += 1  # a redelivery is a delivery too
         self.sink.write(sse_frame([record]))
 
 
