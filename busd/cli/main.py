@@ -66,9 +66,9 @@ Server options (BUS_* environment variables take precedence over flags, as in Bu
   --max-batch N            Most events in one POST; each is stored in one step of the event
                            loop, which other clients wait for [env BUS_MAX_BATCH,
                            default 1000].
-  --max-body-memory SIZE   Request bodies buffered at once, all connections together; a
-                           body past it is refused with 503 [env BUS_MAX_BODY_MEMORY,
-                           default 512MiB].
+  --max-body-memory SIZE   Request bodies buffered at once, all connections together;
+                           past it, bodies wait (unread) for room, oldest first
+                           [env BUS_MAX_BODY_MEMORY, default 512MiB].
   --retention-age AGE      Delete whole segments older than this, e.g. 7d, 12h
                            [env BUS_RETENTION_AGE].
   --retention-bytes SIZE   Keep at most this much per namespace, e.g. 10GiB

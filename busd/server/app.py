@@ -17,10 +17,10 @@ from busd._core import sse_chunk
 from busd.bus.broker import Broker
 from busd.server.api import Api
 from busd.server.auth import Auth
+from busd.server.body_budget import BodyBudget
 from busd.server.config import Config, ConfigError
 from busd.server.http import (
     LINGER_INPUT,
-    BodyBudget,
     CorsHttpConnection,
     HttpConnection,
     Limits,
@@ -75,6 +75,7 @@ class Server:
         self.limits = Limits(config.max_request_size, config.max_event_size,
                              config.header_timeout, config.body_timeout, config.idle_timeout)
         self.body_budget = BodyBudget(config.max_body_memory)
+        self.broker.metrics.body_budget = self.body_budget
         self.listeners: list[asyncio.base_events.Server] = []
         self._connection_class = HttpConnection
         if config.cors_origins is not None:

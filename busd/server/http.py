@@ -18,6 +18,7 @@ from email.utils import formatdate
 import httptools
 
 from busd.bus.sink import Stream
+from busd.server.body_budget import BodyBudget, peer_gone
 
 log = logging.getLogger("busd.server.http")
 
@@ -175,20 +176,6 @@ class Limits:
         self.idle_timeout = idle_timeout
 
 
-class BodyBudget:
-    """The request-body bytes buffered by all connections together (`--max-body-memory`):
-    each connection bounds its own body, this bounds their sum. A body that would take the
-    total past the limit is refused (503) rather than waited for, so bodies never wait on
-    each other, and an admitted body is only counted as its bytes arrive (a large
-    Content-Length alone reserves nothing)."""
-
-    __slots__ = ("limit", "used")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-
-
 class Slot:
     """A response position in the pipeline; filled now or later, written in order."""
 
@@ -267,6 +254,7 @@ class HttpConnection(asyncio.Protocol):
         self.is_closed = False
         self.write_paused = False
         self.read_paused = False
+        self.budget_wait = False  # paused until the BodyBudget has room (see body_budget)
         self.state = _IDLE
         self.since = time.monotonic()
         self.last_write = self.since
@@ -490,15 +478,21 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
         self._body_size += len(body)
         self._held += len(body)
-        budget = self.budget
-        budget.used += len(body)
-        if budget.used > budget.limit:
-            self._release_body()
-            self._reject = (503, f"the server holds its limit of {budget.limit} bytes of "
-                                 f"request bodies being received (--max-body-memory); send "
-                                 f"this request again shortly")
-        elif self._body_size > self._body_limit:
+        self.budget.take(self, len(body))
+        if self._body_size > self._body_limit:
             self._past_body_limit()
+
+    def wait_for_budget(self) -> None:
+        """The bodies being received hold --max-body-memory: read no more until granted."""
+        self.budget_wait = True
+        self._pause_reading()
+
+    def budget_granted(self) -> None:
+        """Room again: read on, its --body-timeout counted from now (we were not reading)."""
+        self.budget_wait = False
+        self.since = time.monotonic()
+        if not self.write_paused and len(self.pending) < MAX_PIPELINED:
+            self._resume_reading()
 
     def _past_body_limit(self) -> None:
         """The body outgrew one event: only a batch (a JSON array) may be larger, up to the
@@ -526,7 +520,8 @@ class HttpConnection(asyncio.Protocol):
 
     def _release_body(self) -> None:
         """Drop the body read so far, giving its bytes back to the BodyBudget."""
-        self.budget.used -= self._held
+        if self._held:
+            self.budget.give_back(self, self._held)
         self._held = 0
         self._body = []
 
@@ -646,6 +641,9 @@ class HttpConnection(asyncio.Protocol):
             self.close()
         elif state == _HEADERS and waited > limits.header_timeout:
             self._fail(408, f"request headers not received within {limits.header_timeout:g}s")
+        elif state == _BODY and self.budget_wait:
+            if peer_gone(self.transport.get_extra_info("socket")):
+                self.close()  # connection_lost gives its place and bytes back
         elif state == _BODY and waited > limits.body_timeout:
             self._fail(408, f"request body stalled for more than {limits.body_timeout:g}s")
 
@@ -695,7 +693,8 @@ class HttpConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _resume_reading(self) -> None:
-        if self.read_paused and not self.is_closed and not self._failed:
+        if self.read_paused and not self.is_closed and not self._failed and \
+                not self.budget_wait:
             self.read_paused = False
             self.transport.resume_reading()
 

@@ -26,12 +26,13 @@ class Metrics:
 
     `events_out` is keyed by namespace, plus `_bus_` for inbox deliveries; `delivered`
     counts deliveries a call site did not attribute to a namespace.
-    `connections` is the server's live connection set (set by the server, may be None).
+    `connections` is the server's live connection set, `body_budget` its BodyBudget (both
+    set by the server, may be None).
     """
 
     __slots__ = ("events_in", "bytes_in", "events_out", "delivered", "redelivered", "dropped",
                  "acks", "fsyncs", "fsync_total_seconds", "fsync_max_seconds", "fsync_buckets",
-                 "connections", "started_at")
+                 "connections", "body_budget", "started_at")
 
     def __init__(self, namespaces: tuple[str, ...]) -> None:
         self.events_in = dict.fromkeys(namespaces, 0)
@@ -46,6 +47,7 @@ class Metrics:
         self.fsync_max_seconds = 0.0
         self.fsync_buckets = [0] * (len(FSYNC_BUCKETS) + 1)  # per bucket, not cumulative
         self.connections = None
+        self.body_budget = None
         self.started_at = time.time()
 
     def published(self, namespace: str, events: int, size: int) -> None:
@@ -169,6 +171,15 @@ def render_prometheus(broker, started: float | None = None) -> bytes:
     if metrics.connections is not None:
         out.family("busd_connections", "gauge", "Open HTTP connections.",
                    len(metrics.connections))
+    if metrics.body_budget is not None:
+        budget = metrics.body_budget
+        out.family("busd_body_bytes", "gauge",
+                   "Request-body bytes being received, all connections (--max-body-memory).",
+                   budget.used)
+        out.family("busd_body_bytes_peak", "gauge",
+                   "The most request-body bytes ever held at once.", budget.peak)
+        out.family("busd_body_waiting", "gauge",
+                   "Connections not read until the body budget has room.", budget.waiting)
     out.family("busd_acks_total", "counter", "Acknowledgements received (PUT /).", metrics.acks)
     out.family("busd_redeliveries_total", "counter", "Unacked events sent again.",
                metrics.redelivered)
