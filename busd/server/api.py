@@ -13,6 +13,10 @@ import orjson
 from busd._core import Pattern, TooManyEvents, is_xid, new_xid, scan_body, validate_pattern
 from busd.bus.broker import Broker, Published
 from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer, index_cursor
+from busd.bus.group.dispatcher import ACTIONS
+from busd.bus.group.registry import JoinRefused
+from busd.bus.group.settings import NAME as GROUP_NAME
+from busd.bus.group.settings import SettingsError, parse_delay
 from busd.server.auth import Auth, AuthError, Token
 from busd.server.http import HttpConnection, Request, error_response, origin_form, response
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
@@ -47,6 +51,16 @@ def _query(url: bytes) -> dict[str, str]:
     try:
         return dict(parse_qsl(query.decode("utf-8"), keep_blank_values=True,
                               strict_parsing=False, errors="strict"))
+    except UnicodeDecodeError:
+        raise BadRequest("query string is not valid UTF-8") from None
+
+
+def _all(url: bytes, name: str) -> list[str]:
+    """Every value of a repeated query parameter, in order."""
+    _, _, query = url.partition(b"?")
+    try:
+        return [value for key, value in parse_qsl(query.decode("utf-8"), keep_blank_values=True,
+                                                   errors="strict") if key == name]
     except UnicodeDecodeError:
         raise BadRequest("query string is not valid UTF-8") from None
 
@@ -158,6 +172,10 @@ class Api:
                                               headers=b"Cache-Control: no-store\r\n",
                                               content_type=b"application/json", close=close),
                        close)
+            elif path == b"/groups":
+                if self.auth is not None:
+                    self._authenticate(request)
+                self.groups(conn, request, method, close)
             elif path[:1] != b"/" and (url := origin_form(request.url)) is not request.url:
                 request.url = url  # the absolute form (`http://host/…`) that proxies send
                 self(conn, request)
@@ -305,6 +323,9 @@ class Api:
         if namespace not in broker.namespaces:
             raise BadRequest(f"namespace {namespace!r} is not declared; declared namespaces: "
                              f"{', '.join(sorted(broker.namespaces))}")
+        if "group" in params:
+            self.join_group(conn, request, params, namespace, consumer_id, headers, owner)
+            return
         start, resuming = self._start(params, request)
         consumer = Consumer(broker.fanout, broker.store, conn, consumer_id,
                             Pattern(subject_bytes), namespace, ack, owner)
@@ -406,9 +427,102 @@ class Api:
             if consumer is not None and consumer.owner != token.name:
                 raise AuthError(403, f"token {token.name!r} may not ack for consumer "
                                      f"{consumer_id}: only the token that subscribed may")
-        self.broker.ack(consumer_id.encode(), event_id.encode())
+        action = params.get("action", "") or "ack"
+        if action not in ACTIONS:
+            raise BadRequest(f"invalid action {action[:40]!r}: use ack, nak, term or progress")
+        try:
+            delay = parse_delay(params.get("delay", ""))
+        except SettingsError as exc:
+            raise BadRequest(str(exc)) from None
         close = not request.keep_alive
-        conn.reply(response(202, close=close), close)
+        slot = conn.defer()
+
+        def answer(error: BaseException | None) -> None:
+            conn.fulfil(slot, response(202, close=close) if error is None else error_response(
+                500, f"the group's state could not be written: {error}", close), close)
+
+        try:
+            self.broker.settle(consumer_id.encode(), event_id.encode(), action, delay, answer)
+        except ValueError as exc:
+            conn.fulfil(slot, error_response(400, str(exc), close), close)
+
+    # -- consumer groups (SPEC §3.7) ----------------------------------------------------------
+    def join_group(self, conn: HttpConnection, request: Request, params: dict[str, str],
+                   namespace: str, consumer_id: bytes, headers: bytes, owner: str | None
+                   ) -> None:
+        """Join the group `group=` names, creating it on the first join; then stream."""
+        name = params["group"]
+        if GROUP_NAME.fullmatch(name) is None:
+            raise BadRequest(f"invalid group {name[:80]!r}: 1 to 64 of A-Z a-z 0-9 _ -")
+        subjects = tuple(dict.fromkeys(_all(request.url, "subject")))
+        for subject in subjects:
+            try:
+                validate_pattern(subject.encode())
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            if subject.split(".", 1)[0] != namespace:
+                raise BadRequest(f"all subjects of one subscription must be in one namespace: "
+                                 f"{subject!r} is not in {namespace!r}")
+        max_inflight = _integer(params, "max_inflight", 1)
+        if not 1 <= max_inflight <= 10000:
+            raise BadRequest("invalid max_inflight: must be between 1 and 10000")
+        groups, close = self.broker.groups, not request.keep_alive
+        try:
+            group = groups.find(namespace, name)
+            if group is None:
+                start = params.get("start", "") or "newest"
+                cursor = self._group_start(namespace, start)
+                group = groups.create(namespace, name, subjects, start, cursor, params)
+            member = groups.join(group, subjects, conn, consumer_id, max_inflight, owner)
+        except SettingsError as exc:
+            raise BadRequest(str(exc)) from None
+        except JoinRefused as exc:
+            conn.reply(error_response(exc.status, exc.reason, close), close)
+            return
+        conn.start_stream(lambda: member.start(headers))
+
+    def _group_start(self, namespace: str, start: str) -> int:
+        """The index a new group starts at."""
+        if not (start in ("oldest", "newest") or _valid_id(start, "e_")):
+            raise BadRequest(f"invalid start {start!r}: use oldest, newest or an event id "
+                             "e_<xid>")
+        cursor = self.broker.store.locate(namespace, start.encode())
+        if isinstance(cursor, str):
+            raise BadRequest(f"cannot create the group: {cursor}")
+        return cursor
+
+    def groups(self, conn: HttpConnection, request: Request, method: bytes, close: bool
+               ) -> None:
+        """GET /groups lists (namespace=, name= narrow it), DELETE /groups removes one."""
+        params = _query(request.url)
+        namespace, name = params.get("namespace") or None, params.get("name") or None
+        if namespace is not None and namespace not in self.broker.namespaces:
+            _reply(conn, method, error_response(404, f"namespace {namespace[:80]!r} is not "
+                                                     "declared", close), close)
+            return
+        groups = self.broker.groups
+        if method in (b"GET", b"HEAD"):
+            shown = groups.describe(self.config.namespaces, namespace, name)
+            if name is not None and namespace is not None and not shown[namespace]:
+                answer = error_response(404, f"no group {name[:80]!r} in namespace "
+                                             f"{namespace}", close)
+            else:
+                answer = response(200, orjson.dumps(shown), close=close,
+                                  content_type=b"application/json")
+            _reply(conn, method, answer, close)
+        elif method == b"DELETE":
+            if namespace is None or name is None:
+                raise BadRequest("DELETE /groups needs namespace= and name=")
+            deleted = groups.delete(namespace, name)
+            if deleted is None:
+                conn.reply(error_response(404, f"no group {name[:80]!r} in namespace "
+                                               f"{namespace}", close), close)
+            else:
+                conn.reply(response(200, orjson.dumps(deleted), close=close,
+                                    content_type=b"application/json"), close)
+        else:
+            _reply(conn, method, _not_allowed(method, b"/groups", b"GET, HEAD, DELETE, OPTIONS",
+                                              close), close)
 
     # -- GET /healthz ---------------------------------------------------------------------------
     def health(self) -> dict:
