@@ -173,9 +173,8 @@ class Api:
                                               content_type=b"application/json", close=close),
                        close)
             elif path == b"/groups":
-                if self.auth is not None:
-                    self._authenticate(request)
-                self.groups(conn, request, method, close)
+                token = None if self.auth is None else self._authenticate(request)
+                self.groups(conn, request, method, close, token)
             elif path[:1] != b"/" and (url := origin_form(request.url)) is not request.url:
                 request.url = url  # the absolute form (`http://host/…`) that proxies send
                 self(conn, request)
@@ -324,7 +323,7 @@ class Api:
             raise BadRequest(f"namespace {namespace!r} is not declared; declared namespaces: "
                              f"{', '.join(sorted(broker.namespaces))}")
         if "group" in params:
-            self.join_group(conn, request, params, namespace, consumer_id, headers, owner)
+            self.join_group(conn, request, params, namespace, consumer_id, headers, token)
             return
         start, resuming = self._start(params, request)
         consumer = Consumer(broker.fanout, broker.store, conn, consumer_id,
@@ -448,9 +447,14 @@ class Api:
 
     # -- consumer groups (SPEC §3.7) ----------------------------------------------------------
     def join_group(self, conn: HttpConnection, request: Request, params: dict[str, str],
-                   namespace: str, consumer_id: bytes, headers: bytes, owner: str | None
+                   namespace: str, consumer_id: bytes, headers: bytes, token: Token | None
                    ) -> None:
         """Join the group `group=` names, creating it on the first join; then stream."""
+        close = not request.keep_alive
+        if self.config.store != "local":
+            conn.reply(error_response(501, "consumer groups are served by --store local only "
+                                           "in this version", close), close)
+            return
         name = params["group"]
         if GROUP_NAME.fullmatch(name) is None:
             raise BadRequest(f"invalid group {name[:80]!r}: 1 to 64 of A-Z a-z 0-9 _ -")
@@ -463,10 +467,12 @@ class Api:
             if subject.split(".", 1)[0] != namespace:
                 raise BadRequest(f"all subjects of one subscription must be in one namespace: "
                                  f"{subject!r} is not in {namespace!r}")
+            if token is not None and not token.may_subscribe(subject.encode()):
+                raise AuthError(403, f"token {token.name!r} may not subscribe to {subject!r}")
         max_inflight = _integer(params, "max_inflight", 1)
         if not 1 <= max_inflight <= 10000:
             raise BadRequest("invalid max_inflight: must be between 1 and 10000")
-        groups, close = self.broker.groups, not request.keep_alive
+        groups, owner = self.broker.groups, None if token is None else token.name
         try:
             group = groups.find(namespace, name)
             if group is None:
@@ -491,9 +497,10 @@ class Api:
             raise BadRequest(f"cannot create the group: {cursor}")
         return cursor
 
-    def groups(self, conn: HttpConnection, request: Request, method: bytes, close: bool
-               ) -> None:
-        """GET /groups lists (namespace=, name= narrow it), DELETE /groups removes one."""
+    def groups(self, conn: HttpConnection, request: Request, method: bytes, close: bool,
+               token: Token | None = None) -> None:
+        """GET /groups lists (namespace=, name= narrow it), DELETE /groups removes one (with
+        --auth-file: by a token that may subscribe to every subject of the group)."""
         params = _query(request.url)
         namespace, name = params.get("namespace") or None, params.get("name") or None
         if namespace is not None and namespace not in self.broker.namespaces:
@@ -513,6 +520,11 @@ class Api:
         elif method == b"DELETE":
             if namespace is None or name is None:
                 raise BadRequest("DELETE /groups needs namespace= and name=")
+            group = groups.find(namespace, name)
+            if token is not None and group is not None and not all(
+                    token.may_subscribe(subject.encode()) for subject in group.settings.subjects):
+                raise AuthError(403, f"token {token.name!r} may not delete group {name!r}: it "
+                                     "may not subscribe to all of its subjects")
             deleted = groups.delete(namespace, name)
             if deleted is None:
                 conn.reply(error_response(404, f"no group {name[:80]!r} in namespace "

@@ -349,3 +349,26 @@ def test_deliveries_field_keeps_the_record_json(server):
     assert record["payload"] == {"nested": [1, {"a": "}"}]} and record["deliveries"] == 1
     assert record["key"] == "k" and record["trace_id"] == "t"
     worker.close()
+
+
+def test_retention_deleting_unacked_events_skips_and_counts_them(make_server):
+    server = make_server("orders", "--segment-size", "4KiB", "--retention-bytes", "12KiB")
+    batch(server.port, "orders.created", 5)
+    holder = Worker(server.port, "subject=orders.>&group=g&start=oldest&max_inflight=5")
+    held = holder.take(5)  # never acked
+    batch(server.port, "orders.created", 2000, start=5)  # ~100 KiB: old segments go
+    deadline = time.monotonic() + 5
+    while request(server.port, "GET", "/healthz").json()["namespaces"]["orders"][
+            "first_index"] < 100 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first = request(server.port, "GET", "/healthz").json()["namespaces"]["orders"][
+        "first_index"]
+    assert first >= 100
+    holder.close()
+    worker = Worker(server.port, "subject=orders.>&group=g&max_inflight=1000")
+    got = [e["payload"] for e in worker.take(2005 - first, timeout=5.0)]
+    assert got[0] == first and not set(got) & {e["payload"] for e in held}
+    state = groups(server.port)["orders"]["g"]
+    # the 5 held ones, and the first - 5 the group had not read yet
+    assert state["skipped_by_retention"] == first and state["ack_floor"] >= first
+    worker.close()
