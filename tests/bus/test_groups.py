@@ -372,3 +372,21 @@ def test_retention_deleting_unacked_events_skips_and_counts_them(make_server):
     # the 5 held ones, and the first - 5 the group had not read yet
     assert state["skipped_by_retention"] == first and state["ack_floor"] >= first
     worker.close()
+
+
+def test_metrics_per_group(server):
+    worker = Worker(server.port, "subject=orders.>&group=billing&ack_wait=100ms&max_deliver=2")
+    batch(server.port, "orders.created", 3)
+    worker.take(3)
+    worker.take(3, timeout=2.0)  # each once more, then dead-lettered
+    deadline = time.monotonic() + 3
+    while groups(server.port)["orders"]["billing"]["dead_letters"] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    text = request(server.port, "GET", "/metrics").body.decode()
+    labels = '{namespace="orders",group="billing"}'
+    assert f"busd_group_dead_letters_total{labels} 3" in text
+    assert f"busd_group_redeliveries_total{labels} 3" in text
+    assert f"busd_group_pending{labels} 0" in text
+    assert f"busd_group_lag{labels} 0" in text
+    worker.close()
