@@ -183,6 +183,9 @@ class AsyncSubscription(SubscriptionBase):
     async def _ack(self, event: AsyncEvent, data: Any) -> None:
         await _call(self._state.acked(self._client, event, data))
 
+    async def _settle(self, event: AsyncEvent, action: str, delay: Any) -> None:
+        await _call(self._state.settled(self._client, event, action, delay))
+
     async def aclose(self) -> None:
         self.close()
 

@@ -143,6 +143,9 @@ class Subscription(SubscriptionBase):
     def _ack(self, event: Event, data: Any) -> None:
         _call(self._state.acked(self._client, event, data))
 
+    def _settle(self, event: Event, action: str, delay: Any) -> None:
+        _call(self._state.settled(self._client, event, action, delay))
+
     def __enter__(self) -> Subscription:
         return self
 
