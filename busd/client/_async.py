@@ -233,6 +233,14 @@ class AsyncClient(ClientBase[AsyncSubscription]):
         """Acknowledge an event by ids (what `AsyncEvent.ack()` does first)."""
         await _call(self._ack(consumer_id, event_id))
 
+    async def groups(self, namespace: str | None = None, name: str | None = None) -> dict:
+        """The consumer groups; see `Client.groups`."""
+        return await _call(self._groups(namespace, name))
+
+    async def delete_group(self, namespace: str, name: str) -> dict:
+        """Remove a consumer group; see `Client.delete_group`."""
+        return await _call(self._delete_group(namespace, name))
+
     async def health(self) -> dict | None:
         """busd's `/healthz` report, or None from a server without one; see `Client.health`."""
         return await _call(self._health())

@@ -29,6 +29,8 @@ from busd.client._wire import (
     ack_result,
     ack_target,
     group_target,
+    groups_target,
+    json_result,
     settle_target,
     batch_result,
     encode_batch,
@@ -334,6 +336,14 @@ class ClientBase(Generic[S]):
         return self._request(self._requests.put(settle_target(consumer_id, event_id, action,
                                                               delay)), ack_result,
                              idempotent=True)
+
+    def _groups(self, namespace: str | None, name: str | None) -> Flow:
+        return self._request(self._requests.get(groups_target(namespace, name)), json_result,
+                             idempotent=True)
+
+    def _delete_group(self, namespace: str, name: str) -> Flow:
+        return self._request(self._requests.delete(groups_target(namespace, name)),
+                             json_result)
 
     def _health(self) -> Flow:
         return self._request(self._requests.get("/healthz"), health_result, idempotent=True)

@@ -201,6 +201,14 @@ class Client(ClientBase[Subscription]):
         """Acknowledge an event by ids (what `Event.ack()` does first)."""
         _call(self._ack(consumer_id, event_id))
 
+    def groups(self, namespace: str | None = None, name: str | None = None) -> dict:
+        """The consumer groups (GET /groups): namespace -> group name -> its figures."""
+        return _call(self._groups(namespace, name))
+
+    def delete_group(self, namespace: str, name: str) -> dict:
+        """Remove a consumer group; what it was."""
+        return _call(self._delete_group(namespace, name))
+
     def health(self) -> dict | None:
         """busd's `/healthz` report (version, namespaces with their event counts...), or
         None from a server that has none (Bus, in Go)."""

@@ -221,6 +221,20 @@ def ack_result(resp: Response) -> None:
         raise error_for(resp.status, resp.body)
 
 
+def groups_target(namespace: str | None = None, name: str | None = None) -> str:
+    """GET/DELETE /groups, narrowed to a namespace and a group name."""
+    query = [f"{key}={quote(value, safe='')}" for key, value in
+             (("namespace", namespace), ("name", name)) if value]
+    return "/groups" + ("?" + "&".join(query) if query else "")
+
+
+def json_result(resp: Response) -> Any:
+    """The JSON body of a 200, or the server's error raised."""
+    if resp.status != 200:
+        raise error_for(resp.status, resp.body)
+    return orjson.loads(resp.body)
+
+
 def health_result(resp: Response) -> dict | None:
     """busd's `/healthz` report, or None from a server that has none (Bus, in Go)."""
     if resp.status == 404:
