@@ -1,6 +1,6 @@
 """Consumer groups: three workers share one stream of orders, each order handled once.
 
-Needs a server with the namespace orders:  bus server --namespaces orders
+Needs a server with these namespaces:  bus server --namespaces app,orders,notifications,math,critical
 Run:  python examples/groups.py   (BUS_URL overrides http://localhost:2021)
 
 Each worker is a member of the group "billing": the server hands every orders.> event to
