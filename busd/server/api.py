@@ -17,6 +17,7 @@ from busd.bus.group.dispatcher import ACTIONS
 from busd.bus.group.registry import JoinRefused
 from busd.bus.group.settings import NAME as GROUP_NAME
 from busd.bus.group.settings import SettingsError, parse_delay
+from busd.bus.timesearch import locate_time, parse_start_time
 from busd.server.auth import Auth, AuthError, Token
 from busd.server.http import HttpConnection, Request, error_response, origin_form, response
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
@@ -353,6 +354,8 @@ class Api:
                     cursor = start
                 elif start.startswith(INDEX_START):
                     cursor = index_cursor(broker.store, namespace, start)
+                elif not resuming and (nanos := parse_start_time(start.decode())) is not None:
+                    cursor = locate_time(broker.store, namespace, nanos)
                 else:
                     cursor = broker.store.locate(namespace, start)
             except Exception as exc:  # noqa: BLE001 - one stream's failure, not the group's
@@ -489,10 +492,18 @@ class Api:
 
     def _group_start(self, namespace: str, start: str) -> int:
         """The index a new group starts at."""
-        if not (start in ("oldest", "newest") or _valid_id(start, "e_")):
-            raise BadRequest(f"invalid start {start!r}: use oldest, newest or an event id "
-                             "e_<xid>")
-        cursor = self.broker.store.locate(namespace, start.encode())
+        nanos = parse_start_time(start)
+        if nanos is not None:
+            cursor = locate_time(self.broker.store, namespace, nanos)
+        elif start.startswith(INDEX_START.decode()):
+            if not _valid_index_start(start):
+                raise BadRequest(f"invalid start {start[:80]!r}: index:<n>, n a whole number")
+            cursor = index_cursor(self.broker.store, namespace, start.encode())
+        elif start in ("oldest", "newest") or id_problem(start.encode()) is None:
+            cursor = self.broker.store.locate(namespace, start.encode())
+        else:
+            raise BadRequest(f"invalid start {start[:80]!r}: use oldest, newest, an event "
+                             f"id, index:<n> or an RFC 3339 time ({id_problem(start.encode())})")
         if isinstance(cursor, str):
             raise BadRequest(f"cannot create the group: {cursor}")
         return cursor

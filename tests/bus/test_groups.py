@@ -390,3 +390,25 @@ def test_metrics_per_group(server):
     assert f"busd_group_pending{labels} 0" in text
     assert f"busd_group_lag{labels} 0" in text
     worker.close()
+
+
+def test_start_at_a_time_finds_the_first_event_at_or_after_it(server):
+    batch(server.port, "orders.created", 20)
+    time.sleep(0.05)
+    boundary = time.time_ns()
+    time.sleep(0.05)
+    batch(server.port, "orders.created", 20, start=20)
+    from datetime import datetime, timezone
+    stamp = datetime.fromtimestamp(boundary / 1e9, timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+    plain = SSE(server.port, f"subject=orders.>&start={stamp}")
+    assert [e["payload"] for e in plain.events(20)] == list(range(20, 40))
+    plain.close()
+    worker = Worker(server.port, f"subject=orders.>&group=t&start={stamp}&max_inflight=50")
+    assert [e["payload"] for e in worker.take(20)] == list(range(20, 40))
+    assert worker.no_event(0.2)
+    worker.close()
+    late = SSE(server.port, "subject=orders.>&start=2999-01-01T00:00:00Z")  # after all: live
+    publish(server.port, "orders.created", "new")
+    assert late.events(1)[0]["payload"] == "new"
+    late.close()
