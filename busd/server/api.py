@@ -459,6 +459,11 @@ class Api:
                                            "in this version", close), close)
             return
         name = params["group"]
+        # the group remembers where it is, so a (browser's) Last-Event-ID is moot, but it
+        # must still be well-formed
+        last_event_id = request.headers.get(b"last-event-id", b"").strip(b" \t")
+        if last_event_id and id_problem(last_event_id) is not None:
+            raise BadRequest(f"invalid Last-Event-ID: {id_problem(last_event_id)}")
         if GROUP_NAME.fullmatch(name) is None:
             raise BadRequest(f"invalid group {name[:80]!r}: 1 to 64 of A-Z a-z 0-9 _ -")
         subjects = tuple(dict.fromkeys(_all(request.url, "subject")))
@@ -513,7 +518,9 @@ class Api:
         """GET /groups lists (namespace=, name= narrow it), DELETE /groups removes one (with
         --auth-file: by a token that may subscribe to every subject of the group)."""
         params = _query(request.url)
-        namespace, name = params.get("namespace") or None, params.get("name") or None
+        namespace, name = params.get("namespace") or None, params.get("name")
+        if name is not None and GROUP_NAME.fullmatch(name) is None:
+            raise BadRequest(f"invalid name {name[:80]!r}: 1 to 64 of A-Z a-z 0-9 _ -")
         if namespace is not None and namespace not in self.broker.namespaces:
             _reply(conn, method, error_response(404, f"namespace {namespace[:80]!r} is not "
                                                      "declared", close), close)
