@@ -16,7 +16,7 @@ from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer, index_cursor
 from busd.bus.group.dispatcher import ACTIONS
 from busd.bus.group.registry import JoinRefused
 from busd.bus.group.settings import NAME as GROUP_NAME
-from busd.bus.group.settings import SettingsError, parse_delay
+from busd.bus.group.settings import SettingsError, parse_delay, parse_settings
 from busd.bus.timesearch import locate_time, parse_start_time
 from busd.server.auth import Auth, AuthError, Token
 from busd.server.http import HttpConnection, Request, error_response, origin_form, response
@@ -481,37 +481,75 @@ class Api:
         if not 1 <= max_inflight <= 10000:
             raise BadRequest("invalid max_inflight: must be between 1 and 10000")
         groups, owner = self.broker.groups, None if token is None else token.name
-        try:
-            group = groups.find(namespace, name)
-            if group is None:
-                start = params.get("start", "") or "newest"
-                cursor = self._group_start(namespace, start)
-                group = groups.create(namespace, name, subjects, start, cursor, params)
-            member = groups.join(group, subjects, conn, consumer_id, max_inflight, owner)
-        except SettingsError as exc:
-            raise BadRequest(str(exc)) from None
-        except JoinRefused as exc:
-            conn.reply(error_response(exc.status, exc.reason, close), close)
-            return
-        conn.start_stream(lambda: member.start(headers))
+        start = params.get("start", "") or "newest"
+        if groups.find(namespace, name) is None:
+            try:  # the settings are checked now, where a 400 can still be answered
+                parse_settings(namespace, name, subjects, start, params, "")
+            except SettingsError as exc:
+                raise BadRequest(str(exc)) from None
+            self._check_group_start(start)
 
-    def _group_start(self, namespace: str, start: str) -> int:
-        """The index a new group starts at."""
-        nanos = parse_start_time(start)
-        if nanos is not None:
-            cursor = locate_time(self.broker.store, namespace, nanos)
-        elif start.startswith(INDEX_START.decode()):
+        def refuse(status: int, reason: str) -> None:
+            conn.reply(error_response(status, reason, close=True), close=True)
+
+        def join(cursor: int | str | None) -> None:
+            """Create the group at `cursor` (unless a join created it meanwhile), join it,
+            stream; or answer why not."""
+            try:
+                group = groups.find(namespace, name)
+                if group is None:
+                    if isinstance(cursor, str):
+                        refuse(400, f"cannot create the group: {cursor}")
+                        return
+                    group = groups.create(namespace, name, subjects, start, cursor, params)
+                member = groups.join(group, subjects, conn, consumer_id, max_inflight, owner)
+            except (SettingsError, JoinRefused, OSError) as exc:
+                status = getattr(exc, "status", 400 if isinstance(exc, SettingsError) else 500)
+                refuse(status, str(exc))
+                return
+            member.start(headers)
+
+        def begin() -> None:
+            if groups.find(namespace, name) is not None:
+                join(None)
+                return
+            cursor = self._group_start(namespace, start)
+            if isinstance(cursor, (int, str)):
+                join(cursor)
+                return
+            slot = conn.defer()
+
+            def located(task: asyncio.Future) -> None:
+                error = None if task.cancelled() else task.exception()
+                if error is not None or task.cancelled():
+                    conn.fulfil(slot, lambda: refuse(503, f"cannot look the start event up: "
+                                                          f"{error or 'cancelled'}"))
+                else:
+                    conn.fulfil(slot, lambda: join(task.result()))
+
+            asyncio.ensure_future(cursor).add_done_callback(located)
+
+        conn.start_stream(begin)
+
+    @staticmethod
+    def _check_group_start(start: str) -> None:
+        if start in ("oldest", "newest") or parse_start_time(start) is not None:
+            return
+        if start.startswith(INDEX_START.decode()):
             if not _valid_index_start(start):
                 raise BadRequest(f"invalid start {start[:80]!r}: index:<n>, n a whole number")
-            cursor = index_cursor(self.broker.store, namespace, start.encode())
-        elif start in ("oldest", "newest") or id_problem(start.encode()) is None:
-            cursor = self.broker.store.locate(namespace, start.encode())
-        else:
-            raise BadRequest(f"invalid start {start[:80]!r}: use oldest, newest, an event "
-                             f"id, index:<n> or an RFC 3339 time ({id_problem(start.encode())})")
-        if isinstance(cursor, str):
-            raise BadRequest(f"cannot create the group: {cursor}")
-        return cursor
+        elif id_problem(start.encode()) is not None:
+            raise BadRequest(f"invalid start {start[:80]!r}: use oldest, newest, an event id, "
+                             f"index:<n> or an RFC 3339 time ({id_problem(start.encode())})")
+
+    def _group_start(self, namespace: str, start: str):
+        """Where a new group starts (an index, why not, or an awaitable of either)."""
+        nanos = parse_start_time(start)
+        if nanos is not None:
+            return locate_time(self.broker.store, namespace, nanos)
+        if start.startswith(INDEX_START.decode()):
+            return index_cursor(self.broker.store, namespace, start.encode())
+        return self.broker.store.locate(namespace, start.encode())
 
     def groups(self, conn: HttpConnection, request: Request, method: bytes, close: bool,
                token: Token | None = None) -> None:

@@ -412,3 +412,11 @@ def test_start_at_a_time_finds_the_first_event_at_or_after_it(server):
     publish(server.port, "orders.created", "new")
     assert late.events(1)[0]["payload"] == "new"
     late.close()
+
+
+def test_group_created_after_an_event_id_starts_right_after_it(server):
+    body = [{"subject": "orders.created", "payload": n} for n in range(10)]
+    ids = request(server.port, "POST", "/", body).json()["ids"]
+    worker = Worker(server.port, f"subject=orders.>&group=g&start={ids[3]}&max_inflight=20")
+    assert [e["payload"] for e in worker.take(6)] == list(range(4, 10))
+    worker.close()
