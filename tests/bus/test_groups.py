@@ -420,3 +420,17 @@ def test_group_created_after_an_event_id_starts_right_after_it(server):
     worker = Worker(server.port, f"subject=orders.>&group=g&start={ids[3]}&max_inflight=20")
     assert [e["payload"] for e in worker.take(6)] == list(range(4, 10))
     worker.close()
+
+
+def test_groups_per_namespace_are_bounded(make_server):
+    server = make_server("orders", "--fsync", "never")
+    with Http(server.port) as http:
+        for k in range(256):
+            http.send(f"GET /?subject=orders.>&group=g{k} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            http.close()
+            http = Http(server.port)
+    assert len(groups(server.port)["orders"]) == 256
+    answer = request(server.port, "GET", "/?subject=orders.>&group=one-more")
+    assert answer.status == 409 and b"256" in answer.body
+    assert request(server.port, "DELETE", "/groups?namespace=orders&name=g0").status == 200
+    assert request(server.port, "GET", "/?subject=orders.>&group=one-more").status == 200
