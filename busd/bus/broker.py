@@ -23,6 +23,8 @@ from busd._core import (
 )
 from busd.bus.dedup import ENTRY_BYTES, DedupCache, SnapshotError
 from busd.bus.fanout import FanOut
+from busd.bus.group.member import Member
+from busd.bus.group.registry import Answer, Groups
 from busd.server.config import Config
 from busd.server.metrics import Metrics
 from busd.store.errors import CorruptRecordError, PublishRefused
@@ -70,6 +72,8 @@ class Broker:
         # the dedup cache is saved only with a local log (JetStream dedups by itself)
         self.dedup_path = config.path / DEDUP_FILE if config.store == "local" else None
         self._saved: tuple[int, list[int]] | None = None  # (changes, heads) last saved
+        self.groups = Groups(config.path, store, self.fanout, self.publish, config.fsync,
+                             config.fsync_interval)
 
     # -- start-up, and saving the dedup cache ---------------------------------------------
     def rebuild_dedup(self) -> int:
@@ -279,6 +283,22 @@ class Broker:
             consumer.ack(event_id)
         else:  # the stream may live on another front-end of a clustered store
             self.store.forward_ack(consumer_id, event_id)
+
+    def settle(self, consumer_id: bytes, event_id: bytes, action: str, delay: float,
+               answer: Answer) -> None:
+        """A group member's ack, nak, term or progress; `answer` once the group's state is
+        written. Raises ValueError for an action other than ack on a plain subscription."""
+        consumer = self.fanout.consumers.get(consumer_id)
+        if isinstance(consumer, Member):
+            self.metrics.acks += 1
+            consumer.settle(event_id, action, delay)
+            self.groups.after_commit(answer)
+            return
+        if action != "ack" and consumer is not None:
+            raise ValueError(f"action={action} is for consumer group members (subscribe "
+                             "with group=); this consumer takes plain acks")
+        self.ack(consumer_id, event_id)
+        answer(None)
 
     # -- StoreListener: what the store tells the bus -----------------------------------------
     def appended(self, namespace: str, records: list[bytes], next_index: int) -> None:

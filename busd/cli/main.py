@@ -10,6 +10,7 @@ Commands:
   put       Publish one event.
   get       Subscribe and print events, one JSON line each.
   ack       Acknowledge an event for a consumer.
+  groups    List, inspect or delete consumer groups.
   debug     Read a data directory offline: events and totals, or --verify its CRCs.
   dump      Write whole namespaces to JSON lines (offline with --path, online with --host).
   restore   Put dumped events back with their ids and timestamps.
@@ -120,8 +121,8 @@ GET_USAGE = """bus get: subscribe and print events.
 
 Usage:
   bus get --subject PATTERN [--start START] [--ack MODE] [--redelivery DUR]
-          [--redelivery-count N] [--count N] [--host URL] [--token TOKEN]
-          [--ca-file FILE] [--insecure]
+          [--redelivery-count N] [--group NAME] [--max-inflight N] [--count N]
+          [--host URL] [--token TOKEN] [--ca-file FILE] [--insecure]
   bus get (-h | --help)
 
 Prints each event as one JSON line on stdout and the consumer id on stderr, until
@@ -137,6 +138,11 @@ Options:
                           [default: 5s].
   --redelivery-count N    With auto/manual: deliveries of one event before it is skipped,
                           0 = unlimited [default: 3].
+  --group NAME            Join this consumer group of the pattern's namespace (the first
+                          join creates it, from the start given): each event goes to one
+                          member. Events are acked after printing, unless the ack mode is
+                          manual.
+  --max-inflight N        Unacked events at a time (--group or --ack manual) [default: 1].
   --count N               Exit after printing N events.
   --host URL              The bus [default: http://localhost:2021].
   --token TOKEN           Token of a bus run with --auth-file [env BUS_TOKEN].
@@ -154,6 +160,29 @@ Usage:
 Options:
   --consumer-id ID   The consumer (c_…), printed by `bus get` on stderr.
   --event-id ID      The event (e_…).
+  --host URL         The bus [default: http://localhost:2021].
+  --token TOKEN      Token of a bus run with --auth-file [env BUS_TOKEN].
+  --ca-file FILE     Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
+  --insecure         Do not verify an https:// --host (test set-ups only).
+"""
+
+GROUPS_USAGE = """bus groups: list, inspect or delete consumer groups.
+
+Usage:
+  bus groups [--namespace NS] [--name NAME] [--json] [--host URL] [--token TOKEN]
+             [--ca-file FILE] [--insecure]
+  bus groups --delete --namespace NS --name NAME [--host URL] [--token TOKEN]
+             [--ca-file FILE] [--insecure]
+  bus groups (-h | --help)
+
+A table on a terminal (one line per group: members, pending, lag, ack floor,
+redeliveries, dead letters); JSON (GET /groups) with --json or into a pipe.
+
+Options:
+  --namespace NS     Only this namespace's groups.
+  --name NAME        Only this group (with --namespace: its full figures).
+  --delete           Remove the group (its members' streams end).
+  --json             Print the JSON document even on a terminal.
   --host URL         The bus [default: http://localhost:2021].
   --token TOKEN      Token of a bus run with --auth-file [env BUS_TOKEN].
   --ca-file FILE     Verify an https:// --host with this PEM CA bundle [env BUS_CA_FILE].
@@ -421,7 +450,16 @@ def _get(o: dict) -> int:
     return cli_pubsub.get(bus, o["--subject"], _start(o),
                           _choice(o, "--ack", ("auto", "manual", "none")), o["--redelivery"],
                           _int(o, "--redelivery-count", minimum=-(1 << 31)),
-                          _int(o, "--count", 1) if o["--count"] is not None else 0)
+                          _int(o, "--count", 1) if o["--count"] is not None else 0,
+                          o["--group"], _int(o, "--max-inflight", 1))
+
+
+def _groups(o: dict) -> int:
+    import busd.cli.groups as cli_groups
+
+    if o["--delete"]:
+        return cli_groups.delete(_bus(o), o["--namespace"], o["--name"])
+    return cli_groups.show(_bus(o), o["--namespace"], o["--name"], o["--json"])
 
 
 def _ack(o: dict) -> int:
@@ -481,6 +519,7 @@ _COMMANDS = {
     "put": (PUT_USAGE, _put),
     "get": (GET_USAGE, _get),
     "ack": (ACK_USAGE, _ack),
+    "groups": (GROUPS_USAGE, _groups),
     "debug": (DEBUG_USAGE, _debug),
     "dump": (DUMP_USAGE, _dump),
     "restore": (RESTORE_USAGE, _restore),

@@ -51,15 +51,24 @@ def put(client: Client, subject: str, data: str, trace_id: str | None = None,
 
 
 def get(client: Client, pattern: str, start: str = "newest", ack: str = "none",
-        redelivery: str = "5s", redelivery_count: int = 3, count: int = 0) -> int:
+        redelivery: str = "5s", redelivery_count: int = 3, count: int = 0,
+        group: str | None = None, max_inflight: int = 1) -> int:
     """Subscribe and print every event as one JSON line; `auto` acks after printing. The
-    subscription reconnects by itself, resuming after the last event (`Last-Event-ID`);
-    each connection's consumer id is noted on stderr."""
+    subscription reconnects by itself, resuming after the last event (`Last-Event-ID`),
+    or rejoining its `group` (whose members ack after printing unless `manual`); each
+    connection's consumer id is noted on stderr."""
     manual = ack in ("auto", "manual")
+    if group is not None and ack == "none":
+        ack = "auto"
     printed, noted = 0, None
-    with client.get(pattern, start=start, ack="manual" if manual else "none",
-                    redelivery=redelivery if manual else None,
-                    redelivery_count=redelivery_count if manual else None) as events:
+    if group is not None:
+        subscription = client.get(pattern, start=start, group=group, max_inflight=max_inflight)
+    else:
+        subscription = client.get(pattern, start=start, ack="manual" if manual else "none",
+                                  redelivery=redelivery if manual else None,
+                                  redelivery_count=redelivery_count if manual else None,
+                                  max_inflight=max_inflight if manual else None)
+    with subscription as events:
         noted = _consumer(events.consumer_id, noted)
         for event in events:
             noted = _consumer(events.consumer_id, noted)

@@ -183,6 +183,9 @@ class AsyncSubscription(SubscriptionBase):
     async def _ack(self, event: AsyncEvent, data: Any) -> None:
         await _call(self._state.acked(self._client, event, data))
 
+    async def _settle(self, event: AsyncEvent, action: str, delay: Any) -> None:
+        await _call(self._state.settled(self._client, event, action, delay))
+
     async def aclose(self) -> None:
         self.close()
 
@@ -229,6 +232,14 @@ class AsyncClient(ClientBase[AsyncSubscription]):
     async def ack(self, consumer_id: str, event_id: str) -> None:
         """Acknowledge an event by ids (what `AsyncEvent.ack()` does first)."""
         await _call(self._ack(consumer_id, event_id))
+
+    async def groups(self, namespace: str | None = None, name: str | None = None) -> dict:
+        """The consumer groups; see `Client.groups`."""
+        return await _call(self._groups(namespace, name))
+
+    async def delete_group(self, namespace: str, name: str) -> dict:
+        """Remove a consumer group; see `Client.delete_group`."""
+        return await _call(self._delete_group(namespace, name))
 
     async def health(self) -> dict | None:
         """busd's `/healthz` report, or None from a server without one; see `Client.health`."""

@@ -61,10 +61,15 @@ class Event:
     `put_raw` takes back). `ack()` acknowledges it (with `ack="manual"`) and, if it carries
     a `response_subject` (a request, or a publish waiting for confirmations), sends the
     reply: `ack(data)` replies with `data`, `ack()` with an empty confirmation.
+
+    From a consumer group (`get(..., group=)`): `deliveries` is how often the server has
+    sent it (1 the first time), and besides `ack()` there are `nak(delay=None)` (deliver
+    again, after `delay` seconds/timedelta/"5s"), `term()` (never again: dead-letter it)
+    and `progress()` (still working: restart its ack_wait).
     """
 
     __slots__ = ("id", "subject", "payload", "trace_id", "key", "response_subject",
-                 "_created_at", "consumer_id", "raw", "_sub")
+                 "_created_at", "consumer_id", "raw", "_sub", "deliveries")
 
     def __init__(self, raw: bytes, consumer_id: str, sub: Any) -> None:
         record = loads(raw)
@@ -76,6 +81,7 @@ class Event:
         self.key: str | None = record.get("key")
         self.response_subject: str | None = record.get("response_subject")
         self._created_at: str = record.get("created_at", "")
+        self.deliveries: int = record.get("deliveries", 1)
         self.consumer_id = consumer_id
         self._sub = sub
 
@@ -86,6 +92,18 @@ class Event:
     def ack(self, data: Any = None) -> None:
         """Acknowledge; reply with `data` if this event asks for a reply."""
         self._sub._ack(self, data)  # the Subscription that delivered it
+
+    def nak(self, delay: Any = None) -> None:
+        """Group members: have it delivered again (after `delay`)."""
+        self._sub._settle(self, "nak", delay)
+
+    def term(self) -> None:
+        """Group members: never deliver it again; it goes to the group's dead letters."""
+        self._sub._settle(self, "term", None)
+
+    def progress(self) -> None:
+        """Group members: still working on it; restart its ack_wait."""
+        self._sub._settle(self, "progress", None)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(id={self.id!r}, subject={self.subject!r}, "
@@ -100,3 +118,12 @@ class AsyncEvent(Event):
     async def ack(self, data: Any = None) -> None:  # type: ignore[override]
         """Acknowledge; reply with `data` if this event asks for a reply."""
         await self._sub._ack(self, data)  # the AsyncSubscription that delivered it
+
+    async def nak(self, delay: Any = None) -> None:  # type: ignore[override]
+        await self._sub._settle(self, "nak", delay)
+
+    async def term(self) -> None:  # type: ignore[override]
+        await self._sub._settle(self, "term", None)
+
+    async def progress(self) -> None:  # type: ignore[override]
+        await self._sub._settle(self, "progress", None)

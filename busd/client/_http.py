@@ -60,6 +60,9 @@ class Requests:
     def get(self, target: str) -> bytes:
         return b"GET " + target.encode() + self._tail + b"\r\n"
 
+    def delete(self, target: str) -> bytes:
+        return b"DELETE " + target.encode() + self._tail + b"Content-Length: 0\r\n\r\n"
+
     def get_stream(self, target: str, last_event_id: str | None) -> bytes:
         extra = b"Last-Event-ID: " + last_event_id.encode() + b"\r\n" if last_event_id else b""
         return (b"GET " + target.encode() + self._tail +

@@ -28,6 +28,10 @@ from busd.client._subscription import SubscriptionState
 from busd.client._wire import (
     ack_result,
     ack_target,
+    group_target,
+    groups_target,
+    json_result,
+    settle_target,
     batch_result,
     encode_batch,
     encode_event,
@@ -328,6 +332,19 @@ class ClientBase(Generic[S]):
         return self._request(self._requests.put(ack_target(consumer_id, event_id)), ack_result,
                              idempotent=True)
 
+    def _settle(self, consumer_id: str, event_id: str, action: str, delay: Any) -> Flow:
+        return self._request(self._requests.put(settle_target(consumer_id, event_id, action,
+                                                              delay)), ack_result,
+                             idempotent=True)
+
+    def _groups(self, namespace: str | None, name: str | None) -> Flow:
+        return self._request(self._requests.get(groups_target(namespace, name)), json_result,
+                             idempotent=True)
+
+    def _delete_group(self, namespace: str, name: str) -> Flow:
+        return self._request(self._requests.delete(groups_target(namespace, name)),
+                             json_result)
+
     def _health(self) -> Flow:
         return self._request(self._requests.get("/healthz"), health_result, idempotent=True)
 
@@ -336,7 +353,10 @@ class ClientBase(Generic[S]):
             redelivery: float | timedelta | str | None = None,
             redelivery_count: int | None = None, max_inflight: int | None = None,
             reconnect: bool = True, reconnect_timeout: float | None = None,
-            heartbeat_timeout: float | None = 75.0, idle_timeout: float | None = None) -> S:
+            heartbeat_timeout: float | None = 75.0, idle_timeout: float | None = None,
+            group: str | None = None, ack_wait: float | timedelta | str | None = None,
+            max_deliver: int | None = None, backoff: list | None = None,
+            dead_letter: str | None = None) -> S:
         """Subscribe to `subject` (wildcards `*`, `>`) and iterate over its events: `for`
         with `Client` (live when this returns), `async for` with `AsyncClient` (live once
         `sub = await ac.get(...)` returns).
@@ -351,11 +371,22 @@ class ClientBase(Generic[S]):
         (the server pings every 30 s) counts as dropped. With `idle_timeout` the iteration
         ends (the subscription closes) once no event has come for that many seconds: to
         read what is there and stop.
+
+        `group="billing"` joins that consumer group (created by the first join with
+        `start`, `ack_wait`, `max_deliver`, `backoff`, `dead_letter`): each event goes to
+        one member, and must be `ack()`ed, `nak(delay=)`ed, `term()`ed or kept with
+        `progress()`; `Event.deliveries` counts its deliveries. A reconnect joins again
+        (the server remembers the group's position).
         """
+        if group is not None:
+            target = group_target(subject, group, start, max_inflight, ack_wait, max_deliver,
+                                  backoff, dead_letter)
+        else:
+            target = subscribe_target(subject, start, ack, redelivery, redelivery_count,
+                                      max_inflight)
         state = SubscriptionState(
-            subscribe_target(subject, start, ack, redelivery, redelivery_count, max_inflight),
-            ack == "manual", redelivery_count, reconnect, reconnect_timeout, heartbeat_timeout,
-            idle_timeout)
+            target, ack == "manual" or group is not None, redelivery_count, reconnect,
+            reconnect_timeout, heartbeat_timeout, idle_timeout, group=group is not None)
         sub = self._Subscription(self, state)
         self._subs.add(sub)
         return sub

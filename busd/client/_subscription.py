@@ -26,8 +26,10 @@ class SubscriptionState:
 
     def __init__(self, target: str, manual: bool, redelivery_count: int | None,
                  reconnect: bool, reconnect_timeout: float | None,
-                 heartbeat_timeout: float | None, idle_timeout: float | None = None) -> None:
+                 heartbeat_timeout: float | None, idle_timeout: float | None = None,
+                 group: bool = False) -> None:
         self.target = target
+        self.group = group  # a group member: the server keeps the position, not the SDK
         self.manual = manual
         self.resume = Resume(manual, redelivery_count)
         self.reconnect = reconnect
@@ -84,11 +86,19 @@ class SubscriptionState:
 
     def acked(self, client: Any, event: Event, data: Any) -> Flow:
         """`event.ack(data)`: the ack (with `ack="manual"`), then the reply it asks for."""
-        if self.manual:
+        if self.group:
+            yield from client._settle(event.consumer_id, event.id, "ack", None)
+        elif self.manual:
             yield from client._ack(event.consumer_id, event.id)
             self.resume.acked(event.id)
         if event.response_subject:
             yield from client._put_raw(encode_event(event.response_subject, data))
+
+    def settled(self, client: Any, event: Event, action: str, delay: Any) -> Flow:
+        """A group member's `event.nak(delay)`, `term()` or `progress()`."""
+        if not self.group:
+            raise ValueError(f"{action}() is for consumer group members (get(..., group=))")
+        yield from client._settle(event.consumer_id, event.id, action, delay)
 
     def _reconnect(self, client: Any, sub: Any) -> Flow:
         """Replace the dropped stream: True once reconnected, False if closed (or idle)
@@ -128,6 +138,8 @@ class SubscriptionState:
         if kind == b"msg":
             event = event_cls(data, self.consumer_id or "", sub)
             resume = self.resume
+            if self.group:
+                return event, True
             if not self.manual:
                 resume.last_id = event.id
                 resume.started = True
@@ -145,6 +157,8 @@ class SubscriptionState:
         """(request target, Last-Event-ID) for the next reconnect: after the resume point,
         from the oldest retained event if the server said nothing came before the stream,
         or as first asked when there is no resume point."""
+        if self.group:
+            return self.target, None
         point = self.resume.reconnecting()
         if point == "oldest":
             return _with_start(self.target, "oldest"), None

@@ -143,6 +143,9 @@ class Subscription(SubscriptionBase):
     def _ack(self, event: Event, data: Any) -> None:
         _call(self._state.acked(self._client, event, data))
 
+    def _settle(self, event: Event, action: str, delay: Any) -> None:
+        _call(self._state.settled(self._client, event, action, delay))
+
     def __enter__(self) -> Subscription:
         return self
 
@@ -197,6 +200,14 @@ class Client(ClientBase[Subscription]):
     def ack(self, consumer_id: str, event_id: str) -> None:
         """Acknowledge an event by ids (what `Event.ack()` does first)."""
         _call(self._ack(consumer_id, event_id))
+
+    def groups(self, namespace: str | None = None, name: str | None = None) -> dict:
+        """The consumer groups (GET /groups): namespace -> group name -> its figures."""
+        return _call(self._groups(namespace, name))
+
+    def delete_group(self, namespace: str, name: str) -> dict:
+        """Remove a consumer group; what it was."""
+        return _call(self._delete_group(namespace, name))
 
     def health(self) -> dict | None:
         """busd's `/healthz` report (version, namespaces with their event counts...), or

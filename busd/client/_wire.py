@@ -145,6 +145,37 @@ def ack_target(consumer_id: str, event_id: str) -> str:
     return f"/?consumer_id={quote(consumer_id, safe='')}&event_id={quote(event_id, safe='')}"
 
 
+def group_target(subject: str, group: str, start: str = "newest",
+                 max_inflight: int | None = None, ack_wait: float | timedelta | str | None = None,
+                 max_deliver: int | None = None,
+                 backoff: list[float | timedelta | str] | None = None,
+                 dead_letter: str | None = None) -> str:
+    """The request target that joins (or creates) a consumer group; the settings only
+    matter on creation (SPEC §3.7)."""
+    target = (f"/?subject={quote(subject, safe='')}&group={quote(group, safe='')}"
+              f"&start={quote(start, safe='')}")
+    if max_inflight is not None:
+        target += f"&max_inflight={int(max_inflight)}"
+    if ack_wait is not None:
+        target += f"&ack_wait={go_duration(ack_wait)}"
+    if max_deliver is not None:
+        target += f"&max_deliver={int(max_deliver)}"
+    if backoff:
+        target += "&backoff=" + ",".join(go_duration(step) for step in backoff)
+    if dead_letter:
+        target += f"&dead_letter={quote(dead_letter, safe='')}"
+    return target
+
+
+def settle_target(consumer_id: str, event_id: str, action: str,
+                  delay: float | timedelta | str | None = None) -> str:
+    """A group member's nak (after `delay`), term or progress."""
+    target = ack_target(consumer_id, event_id) + f"&action={action}"
+    if delay is not None:
+        target += f"&delay={go_duration(delay)}"
+    return target
+
+
 def split_url(url: str) -> tuple[bool, str, int, str]:
     """(TLS or not, host, port, Host header) of the server's root: `http[s]://host[:port]`,
     `host[:port]` or `:port` (plain HTTP, on localhost), as `bus --host` takes it too."""
@@ -188,6 +219,20 @@ def batch_result(resp: Response, count: int) -> BatchResult:
 def ack_result(resp: Response) -> None:
     if resp.status != 202:
         raise error_for(resp.status, resp.body)
+
+
+def groups_target(namespace: str | None = None, name: str | None = None) -> str:
+    """GET/DELETE /groups, narrowed to a namespace and a group name."""
+    query = [f"{key}={quote(value, safe='')}" for key, value in
+             (("namespace", namespace), ("name", name)) if value]
+    return "/groups" + ("?" + "&".join(query) if query else "")
+
+
+def json_result(resp: Response) -> Any:
+    """The JSON body of a 200, or the server's error raised."""
+    if resp.status != 200:
+        raise error_for(resp.status, resp.body)
+    return orjson.loads(resp.body)
 
 
 def health_result(resp: Response) -> dict | None:

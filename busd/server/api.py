@@ -13,6 +13,11 @@ import orjson
 from busd._core import Pattern, TooManyEvents, is_xid, new_xid, scan_body, validate_pattern
 from busd.bus.broker import Broker, Published
 from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer, index_cursor
+from busd.bus.group.dispatcher import ACTIONS
+from busd.bus.group.registry import JoinRefused
+from busd.bus.group.settings import NAME as GROUP_NAME
+from busd.bus.group.settings import SettingsError, parse_delay, parse_settings
+from busd.bus.timesearch import locate_time, parse_start_time
 from busd.server.auth import Auth, AuthError, Token
 from busd.server.http import HttpConnection, Request, error_response, origin_form, response
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
@@ -47,6 +52,16 @@ def _query(url: bytes) -> dict[str, str]:
     try:
         return dict(parse_qsl(query.decode("utf-8"), keep_blank_values=True,
                               strict_parsing=False, errors="strict"))
+    except UnicodeDecodeError:
+        raise BadRequest("query string is not valid UTF-8") from None
+
+
+def _all(url: bytes, name: str) -> list[str]:
+    """Every value of a repeated query parameter, in order."""
+    _, _, query = url.partition(b"?")
+    try:
+        return [value for key, value in parse_qsl(query.decode("utf-8"), keep_blank_values=True,
+                                                   errors="strict") if key == name]
     except UnicodeDecodeError:
         raise BadRequest("query string is not valid UTF-8") from None
 
@@ -158,6 +173,9 @@ class Api:
                                               headers=b"Cache-Control: no-store\r\n",
                                               content_type=b"application/json", close=close),
                        close)
+            elif path == b"/groups":
+                token = None if self.auth is None else self._authenticate(request)
+                self.groups(conn, request, method, close, token)
             elif path[:1] != b"/" and (url := origin_form(request.url)) is not request.url:
                 request.url = url  # the absolute form (`http://host/…`) that proxies send
                 self(conn, request)
@@ -305,6 +323,9 @@ class Api:
         if namespace not in broker.namespaces:
             raise BadRequest(f"namespace {namespace!r} is not declared; declared namespaces: "
                              f"{', '.join(sorted(broker.namespaces))}")
+        if "group" in params:
+            self.join_group(conn, request, params, namespace, consumer_id, headers, token)
+            return
         start, resuming = self._start(params, request)
         consumer = Consumer(broker.fanout, broker.store, conn, consumer_id,
                             Pattern(subject_bytes), namespace, ack, owner)
@@ -333,6 +354,8 @@ class Api:
                     cursor = start
                 elif start.startswith(INDEX_START):
                     cursor = index_cursor(broker.store, namespace, start)
+                elif not resuming and (nanos := parse_start_time(start.decode())) is not None:
+                    cursor = locate_time(broker.store, namespace, nanos)
                 else:
                     cursor = broker.store.locate(namespace, start)
             except Exception as exc:  # noqa: BLE001 - one stream's failure, not the group's
@@ -406,9 +429,168 @@ class Api:
             if consumer is not None and consumer.owner != token.name:
                 raise AuthError(403, f"token {token.name!r} may not ack for consumer "
                                      f"{consumer_id}: only the token that subscribed may")
-        self.broker.ack(consumer_id.encode(), event_id.encode())
+        action = params.get("action", "") or "ack"
+        if action not in ACTIONS:
+            raise BadRequest(f"invalid action {action[:40]!r}: use ack, nak, term or progress")
+        try:
+            delay = parse_delay(params.get("delay", ""))
+        except SettingsError as exc:
+            raise BadRequest(str(exc)) from None
         close = not request.keep_alive
-        conn.reply(response(202, close=close), close)
+        slot = conn.defer()
+
+        def answer(error: BaseException | None) -> None:
+            conn.fulfil(slot, response(202, close=close) if error is None else error_response(
+                500, f"the group's state could not be written: {error}", close), close)
+
+        try:
+            self.broker.settle(consumer_id.encode(), event_id.encode(), action, delay, answer)
+        except ValueError as exc:
+            conn.fulfil(slot, error_response(400, str(exc), close), close)
+
+    # -- consumer groups (SPEC §3.7) ----------------------------------------------------------
+    def join_group(self, conn: HttpConnection, request: Request, params: dict[str, str],
+                   namespace: str, consumer_id: bytes, headers: bytes, token: Token | None
+                   ) -> None:
+        """Join the group `group=` names, creating it on the first join; then stream."""
+        close = not request.keep_alive
+        if self.config.store != "local":
+            conn.reply(error_response(501, "consumer groups are served by --store local only "
+                                           "in this version", close), close)
+            return
+        name = params["group"]
+        # the group remembers where it is, so a (browser's) Last-Event-ID is moot, but it
+        # must still be well-formed
+        last_event_id = request.headers.get(b"last-event-id", b"").strip(b" \t")
+        if last_event_id and id_problem(last_event_id) is not None:
+            raise BadRequest(f"invalid Last-Event-ID: {id_problem(last_event_id)}")
+        if GROUP_NAME.fullmatch(name) is None:
+            raise BadRequest(f"invalid group {name[:80]!r}: 1 to 64 of A-Z a-z 0-9 _ -")
+        subjects = tuple(dict.fromkeys(_all(request.url, "subject")))
+        for subject in subjects:
+            try:
+                validate_pattern(subject.encode())
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+            if subject.split(".", 1)[0] != namespace:
+                raise BadRequest(f"all subjects of one subscription must be in one namespace: "
+                                 f"{subject!r} is not in {namespace!r}")
+            if token is not None and not token.may_subscribe(subject.encode()):
+                raise AuthError(403, f"token {token.name!r} may not subscribe to {subject!r}")
+        max_inflight = _integer(params, "max_inflight", 1)
+        if not 1 <= max_inflight <= 10000:
+            raise BadRequest("invalid max_inflight: must be between 1 and 10000")
+        groups, owner = self.broker.groups, None if token is None else token.name
+        start = params.get("start", "") or "newest"
+        if groups.find(namespace, name) is None:
+            try:  # the settings are checked now, where a 400 can still be answered
+                parse_settings(namespace, name, subjects, start, params, "")
+            except SettingsError as exc:
+                raise BadRequest(str(exc)) from None
+            self._check_group_start(start)
+
+        def refuse(status: int, reason: str) -> None:
+            conn.reply(error_response(status, reason, close=True), close=True)
+
+        def join(cursor: int | str | None) -> None:
+            """Create the group at `cursor` (unless a join created it meanwhile), join it,
+            stream; or answer why not."""
+            try:
+                group = groups.find(namespace, name)
+                if group is None:
+                    if isinstance(cursor, str):
+                        refuse(400, f"cannot create the group: {cursor}")
+                        return
+                    group = groups.create(namespace, name, subjects, start, cursor, params)
+                member = groups.join(group, subjects, conn, consumer_id, max_inflight, owner)
+            except (SettingsError, JoinRefused, OSError) as exc:
+                status = getattr(exc, "status", 400 if isinstance(exc, SettingsError) else 500)
+                refuse(status, str(exc))
+                return
+            member.start(headers)
+
+        def begin() -> None:
+            if groups.find(namespace, name) is not None:
+                join(None)
+                return
+            cursor = self._group_start(namespace, start)
+            if isinstance(cursor, (int, str)):
+                join(cursor)
+                return
+            slot = conn.defer()
+
+            def located(task: asyncio.Future) -> None:
+                error = None if task.cancelled() else task.exception()
+                if error is not None or task.cancelled():
+                    conn.fulfil(slot, lambda: refuse(503, f"cannot look the start event up: "
+                                                          f"{error or 'cancelled'}"))
+                else:
+                    conn.fulfil(slot, lambda: join(task.result()))
+
+            asyncio.ensure_future(cursor).add_done_callback(located)
+
+        conn.start_stream(begin)
+
+    @staticmethod
+    def _check_group_start(start: str) -> None:
+        if start in ("oldest", "newest") or parse_start_time(start) is not None:
+            return
+        if start.startswith(INDEX_START.decode()):
+            if not _valid_index_start(start):
+                raise BadRequest(f"invalid start {start[:80]!r}: index:<n>, n a whole number")
+        elif id_problem(start.encode()) is not None:
+            raise BadRequest(f"invalid start {start[:80]!r}: use oldest, newest, an event id, "
+                             f"index:<n> or an RFC 3339 time ({id_problem(start.encode())})")
+
+    def _group_start(self, namespace: str, start: str):
+        """Where a new group starts (an index, why not, or an awaitable of either)."""
+        nanos = parse_start_time(start)
+        if nanos is not None:
+            return locate_time(self.broker.store, namespace, nanos)
+        if start.startswith(INDEX_START.decode()):
+            return index_cursor(self.broker.store, namespace, start.encode())
+        return self.broker.store.locate(namespace, start.encode())
+
+    def groups(self, conn: HttpConnection, request: Request, method: bytes, close: bool,
+               token: Token | None = None) -> None:
+        """GET /groups lists (namespace=, name= narrow it), DELETE /groups removes one (with
+        --auth-file: by a token that may subscribe to every subject of the group)."""
+        params = _query(request.url)
+        namespace, name = params.get("namespace") or None, params.get("name")
+        if name is not None and GROUP_NAME.fullmatch(name) is None:
+            raise BadRequest(f"invalid name {name[:80]!r}: 1 to 64 of A-Z a-z 0-9 _ -")
+        if namespace is not None and namespace not in self.broker.namespaces:
+            _reply(conn, method, error_response(404, f"namespace {namespace[:80]!r} is not "
+                                                     "declared", close), close)
+            return
+        groups = self.broker.groups
+        if method in (b"GET", b"HEAD"):
+            shown = groups.describe(self.config.namespaces, namespace, name)
+            if name is not None and namespace is not None and not shown[namespace]:
+                answer = error_response(404, f"no group {name[:80]!r} in namespace "
+                                             f"{namespace}", close)
+            else:
+                answer = response(200, orjson.dumps(shown), close=close,
+                                  content_type=b"application/json")
+            _reply(conn, method, answer, close)
+        elif method == b"DELETE":
+            if namespace is None or name is None:
+                raise BadRequest("DELETE /groups needs namespace= and name=")
+            group = groups.find(namespace, name)
+            if token is not None and group is not None and not all(
+                    token.may_subscribe(subject.encode()) for subject in group.settings.subjects):
+                raise AuthError(403, f"token {token.name!r} may not delete group {name!r}: it "
+                                     "may not subscribe to all of its subjects")
+            deleted = groups.delete(namespace, name)
+            if deleted is None:
+                conn.reply(error_response(404, f"no group {name[:80]!r} in namespace "
+                                               f"{namespace}", close), close)
+            else:
+                conn.reply(response(200, orjson.dumps(deleted), close=close,
+                                    content_type=b"application/json"), close)
+        else:
+            _reply(conn, method, _not_allowed(method, b"/groups", b"GET, HEAD, DELETE, OPTIONS",
+                                              close), close)
 
     # -- GET /healthz ---------------------------------------------------------------------------
     def health(self) -> dict:

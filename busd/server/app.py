@@ -113,6 +113,8 @@ class Server:
         keys = self.broker.rebuild_dedup()
         log.info("dedup cache rebuilt keys=%d", keys)
         self._save_dedup(wait=True)  # from now on a restart replays only what follows
+        log.info("consumer groups loaded groups=%d",
+                 self.broker.groups.open(self.config.namespaces))
         for sock in sockets:
             try:
                 sock.listen(BACKLOG)  # only now do connections get in
@@ -257,6 +259,7 @@ class Server:
                 conn.close()
             await asyncio.sleep(0)
         finally:
+            self.broker.groups.close()
             await self.store.stop()
         log.info("stopped")
 

@@ -129,6 +129,21 @@ def _process_samples(out: _Exposition) -> None:
         out.family("process_max_fds", "gauge", "Limit on open file descriptors.", soft)
 
 
+def _group_samples(out: _Exposition, groups) -> None:
+    """Per consumer group: pending, lag, redeliveries, dead letters (GET /groups has more)."""
+    figures = [({"namespace": g.namespace, "group": g.name}, g) for g in groups]
+    out.family("busd_group_pending", "gauge", "Events delivered to a group and not settled.",
+               [(labels, len(g.pending)) for labels, g in figures])
+    out.family("busd_group_lag", "gauge", "Matching events a group has not delivered yet.",
+               [(labels, g.lag()) for labels, g in figures])
+    out.family("busd_group_members", "gauge", "Members connected to a group.",
+               [(labels, len(g.members)) for labels, g in figures])
+    out.family("busd_group_redeliveries_total", "counter", "Events a group delivered again.",
+               [(labels, g.counters.redeliveries) for labels, g in figures])
+    out.family("busd_group_dead_letters_total", "counter", "Events a group dead-lettered.",
+               [(labels, g.counters.dead_letters) for labels, g in figures])
+
+
 def render_prometheus(broker, started: float | None = None) -> bytes:
     """The Prometheus text exposition of the broker's counters and the store's sizes.
 
@@ -186,6 +201,7 @@ def render_prometheus(broker, started: float | None = None) -> bytes:
     out.family("busd_events_dropped_total", "counter",
                "Events given up on (redelivery_count reached, or an inbox consumer not "
                "reading).", metrics.dropped)
+    _group_samples(out, broker.groups.groups.values())
     out.histogram("busd_fsync_seconds", "Duration of one group fsync of the logs.",
                   FSYNC_BUCKETS, metrics.fsync_buckets, metrics.fsync_total_seconds)
     out.family("busd_fsync_seconds_max", "gauge", "Longest fsync since start.",

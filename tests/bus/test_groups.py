@@ -1,0 +1,436 @@
+"""Consumer groups on the local store (SPEC §3.7), against real server processes."""
+
+from __future__ import annotations
+
+import json
+import queue
+import socket
+import threading
+import time
+
+import pytest
+from busclient import SSE, Http, publish, request
+
+
+def batch(port: int, subject: str, count: int, start: int = 0) -> None:
+    """Publish `count` events (payload = their number) in batches of 500."""
+    for first in range(start, start + count, 500):
+        body = [{"subject": subject, "payload": n}
+                for n in range(first, min(first + 500, start + count))]
+        assert request(port, "POST", "/", body).status == 202
+
+
+class Worker:
+    """One group member: its stream (read by a thread into a queue, so waiting for an event
+    that must not come never breaks the socket), and a keep-alive connection for acks."""
+
+    def __init__(self, port: int, query: str) -> None:
+        self.port = port
+        self.sse = SSE(port, query)
+        assert self.sse.status == 200, self.sse.status
+        self.id = self.sse.consumer_id
+        self.http = Http(port)
+        self.messages: queue.Queue = queue.Queue()
+        self.sse.sock.settimeout(None)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            while (message := self.sse.message(timeout=None)) is not None:
+                self.messages.put(message)
+        except (OSError, ValueError):
+            pass
+        self.messages.put(None)
+
+    def message(self, timeout: float = 5.0) -> dict | None:
+        """The next SSE message (None: the stream ended); queue.Empty after `timeout`."""
+        return self.messages.get(timeout=timeout)
+
+    def take(self, count: int, timeout: float = 5.0) -> list[dict]:
+        """The next `count` events (decoded records); TimeoutError if they do not come."""
+        found, deadline = [], time.monotonic() + timeout
+        while len(found) < count:
+            try:
+                message = self.message(max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"got {len(found)} of {count} events") from None
+            if message is None:
+                raise ConnectionError(f"stream ended after {len(found)} of {count} events")
+            if message.get("event") == "msg":
+                found.append(json.loads(message["data"]))
+        return found
+
+    def no_event(self, wait: float = 0.5) -> bool:
+        try:
+            self.take(1, wait)
+        except TimeoutError:
+            return True
+        return False
+
+    def settle(self, event: dict, action: str = "", extra: str = "") -> int:
+        target = f"/?consumer_id={self.id}&event_id={event['id']}"
+        if action:
+            target += f"&action={action}"
+        return self.http.request("PUT", target + extra).status
+
+    def close(self) -> None:
+        self.sse.sock.shutdown(socket.SHUT_RDWR)
+        self.sse.close()
+        self.http.close()
+
+
+def groups(port: int, query: str = "") -> dict:
+    answer = request(port, "GET", "/groups" + query)
+    assert answer.status == 200, answer
+    return answer.json()
+
+
+def test_three_members_share_the_events_each_acked_once(server):
+    workers = [Worker(server.port, "subject=orders.>&group=billing&start=oldest"
+                                   "&max_inflight=20") for _ in range(3)]
+    total = 10_000
+    seen: list[list[int]] = [[] for _ in workers]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        worker = workers[k]
+        try:
+            while True:
+                event = worker.take(1, timeout=2.0)[0]
+                assert event["deliveries"] == 1
+                seen[k].append(event["payload"])
+                assert worker.settle(event) == 202
+        except TimeoutError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    batch(server.port, "orders.created", total)
+    for thread in threads:
+        thread.join(30)
+    assert not errors, errors
+    everything = sorted(n for got in seen for n in got)
+    assert everything == list(range(total))  # each event once, none lost
+    for got in seen:  # nobody idle while the others had a backlog
+        assert len(got) > total / 3 * 0.5, [len(g) for g in seen]
+        assert got == sorted(got)  # in index order per member
+    state = groups(server.port)["orders"]["billing"]
+    assert state["acked"] == total and state["pending"] == 0 and state["lag"] == 0
+    assert state["ack_floor"] == state["cursor"] == total
+    for worker in workers:
+        worker.close()
+
+
+def test_a_member_that_disconnects_gives_its_events_back_at_once(server):
+    batch(server.port, "orders.created", 10)
+    first = Worker(server.port, "subject=orders.>&group=g&start=oldest&max_inflight=4")
+    held = first.take(4)
+    second = Worker(server.port, "subject=orders.>&group=g&max_inflight=10")
+    rest = second.take(6)
+    assert {e["payload"] for e in held + rest} == set(range(10))
+    first.close()
+    started = time.monotonic()
+    again = second.take(4, timeout=1.0)  # not after ack_wait (30 s)
+    assert time.monotonic() - started < 1.0
+    assert sorted(e["payload"] for e in again) == sorted(e["payload"] for e in held)
+    assert all(e["deliveries"] == 2 for e in again)
+    assert groups(server.port)["orders"]["g"]["redeliveries"] == 4
+    second.close()
+
+
+def test_kill_9_loses_no_unacked_event_and_redelivers_no_acked_one(make_server):
+    server = make_server("orders")
+    batch(server.port, "orders.created", 300)
+    worker = Worker(server.port, "subject=orders.>&group=g&start=oldest&max_inflight=100")
+    acked = set()
+    for _ in range(150):
+        event = worker.take(1)[0]
+        if event["payload"] % 3:  # a third stays unacked
+            assert worker.settle(event) == 202
+            acked.add(event["payload"])
+    server.kill()  # SIGKILL: nothing flushed at exit
+    worker.close()
+    server.start()
+    worker = Worker(server.port, "subject=orders.>&group=g&max_inflight=400")
+    got = [e["payload"] for e in worker.take(300 - len(acked), timeout=5.0)]
+    assert sorted(got) == sorted(set(range(300)) - acked)
+    assert worker.no_event(0.3)
+    worker.close()
+
+
+def test_nak_with_delay_waits_before_the_redelivery(server):
+    worker = Worker(server.port, "subject=orders.>&group=g")
+    publish(server.port, "orders.created", 1)
+    event = worker.take(1)[0]
+    naked = time.monotonic()
+    assert worker.settle(event, "nak", "&delay=600ms") == 202
+    again = worker.take(1, timeout=3.0)[0]
+    assert time.monotonic() - naked >= 0.55
+    assert again["id"] == event["id"] and again["deliveries"] == 2
+    assert worker.settle(again, "nak") == 202  # no delay: at once
+    started = time.monotonic()
+    third = worker.take(1)[0]
+    assert third["deliveries"] == 3 and time.monotonic() - started < 0.3
+    worker.close()
+
+
+def test_backoff_schedule_spaces_the_redeliveries(server):
+    worker = Worker(server.port, "subject=orders.>&group=g&backoff=200ms,500ms&max_deliver=0")
+    publish(server.port, "orders.created", 1)
+    times = []
+    for _ in range(4):
+        worker.take(1, timeout=3.0)
+        times.append(time.monotonic())
+    since = [t - times[0] for t in times[1:]]  # from the first: robust to a late read
+    assert 0.1 <= since[0] < 0.5, since
+    assert 0.6 <= since[1] < 1.0, since
+    assert 1.1 <= since[2] < 1.5, since  # the last step repeats
+    worker.close()
+
+
+def test_max_deliver_dead_letters_with_reason_and_count(server):
+    watcher = SSE(server.port, "subject=orders.dlq.>")
+    worker = Worker(server.port, "subject=orders.>&group=billing&ack_wait=100ms&max_deliver=3")
+    publish(server.port, "orders.created", {"n": 1})
+    deliveries = [e["deliveries"] for e in worker.take(3, timeout=3.0)]
+    assert deliveries == [1, 2, 3]
+    letter = watcher.events(1, timeout=3.0)[0]
+    assert letter["subject"] == "orders.dlq.billing"
+    assert letter["payload"]["reason"] == "max_deliver"
+    assert letter["payload"]["deliveries"] == 3
+    assert letter["payload"]["group"] == "billing"
+    assert letter["payload"]["event"]["payload"] == {"n": 1}
+    assert worker.no_event(0.4)  # its own dead letter does not come back to the group
+    state = groups(server.port)["orders"]["billing"]
+    assert state["dead_letters"] == 1 and state["pending"] == 0
+    watcher.close()
+    worker.close()
+
+
+def test_term_dead_letters_at_once_on_the_chosen_subject(server):
+    watcher = SSE(server.port, "subject=orders.poison")
+    worker = Worker(server.port, "subject=orders.created&group=g&dead_letter=orders.poison")
+    publish(server.port, "orders.created", 7)
+    event = worker.take(1)[0]
+    assert worker.settle(event, "term") == 202
+    letter = watcher.events(1, timeout=2.0)[0]
+    assert letter["payload"]["reason"] == "term"
+    assert letter["payload"]["event"]["id"] == event["id"]
+    assert worker.no_event(0.3)
+    worker.close()
+    watcher.close()
+
+
+def test_progress_restarts_ack_wait(server):
+    worker = Worker(server.port, "subject=orders.>&group=g&ack_wait=400ms")
+    publish(server.port, "orders.created", 1)
+    event = worker.take(1)[0]
+    for _ in range(4):
+        time.sleep(0.2)
+        assert worker.settle(event, "progress") == 202
+    assert worker.no_event(0.1)  # 0.9 s after delivery: not redelivered
+    again = worker.take(1, timeout=1.0)[0]
+    assert again["deliveries"] == 2
+    worker.close()
+
+
+def test_two_groups_on_one_pattern_each_get_everything(server):
+    a = Worker(server.port, "subject=orders.>&group=a")
+    b = Worker(server.port, "subject=orders.>&group=b")
+    batch(server.port, "orders.created", 20)
+    for worker in (a, b):
+        got = []
+        for _ in range(20):
+            event = worker.take(1)[0]
+            got.append(event["payload"])
+            assert worker.settle(event) == 202
+        assert got == list(range(20))
+        worker.close()
+
+
+def test_group_created_from_oldest_reads_the_history(server):
+    batch(server.port, "orders.created", 30)
+    later = Worker(server.port, "subject=orders.>&group=late")  # default: newest
+    worker = Worker(server.port, "subject=orders.>&group=g&start=oldest&max_inflight=100")
+    assert [e["payload"] for e in worker.take(30)] == list(range(30))
+    assert later.no_event(0.3)
+    worker.close()
+    later.close()
+
+
+def test_groups_endpoint_lists_and_delete_ends_members(server):
+    worker = Worker(server.port, "subject=orders.*&group=billing&max_inflight=3&ack_wait=2s"
+                                 "&max_deliver=4&backoff=1s,2s")
+    publish(server.port, "orders.created", 1)
+    worker.take(1)
+    shown = groups(server.port)
+    assert set(shown) == {"app", "orders", "math"} and shown["app"] == {}
+    state = shown["orders"]["billing"]
+    assert state["subjects"] == ["orders.*"]
+    assert state["settings"] == {"start": "newest", "ack_wait_s": 2.0, "max_deliver": 4,
+                                 "backoff_s": [1.0, 2.0], "dead_letter": "orders.dlq.billing"}
+    assert [m["consumer_id"] for m in state["members"]] == [worker.id]
+    assert state["members"][0]["inflight"] == 1 and state["pending"] == 1
+    assert groups(server.port, "?namespace=orders&name=billing") == {"orders": {
+        "billing": groups(server.port)["orders"]["billing"]}}
+    assert request(server.port, "GET", "/groups?namespace=orders&name=nope").status == 404
+    assert request(server.port, "GET", "/groups?namespace=nope").status == 404
+    deleted = request(server.port, "DELETE", "/groups?namespace=orders&name=billing")
+    assert deleted.status == 200 and deleted.json()["name"] == "billing"
+    message = worker.message()
+    while message.get("event") != "error":
+        message = worker.message()
+    assert "deleted" in message["data"]
+    assert groups(server.port)["orders"] == {}
+    assert request(server.port, "DELETE", "/groups?namespace=orders&name=billing").status == 404
+    assert request(server.port, "DELETE", "/groups?namespace=orders").status == 400
+    assert request(server.port, "POST", "/groups").status == 405
+    worker.close()
+
+
+def test_deleted_group_is_gone_after_a_restart(make_server):
+    server = make_server("orders")
+    Worker(server.port, "subject=orders.>&group=g").close()
+    assert request(server.port, "DELETE", "/groups?namespace=orders&name=g").status == 200
+    server.restart()
+    assert groups(server.port) == {"orders": {}}
+
+
+def test_join_with_another_pattern_is_a_conflict(server):
+    worker = Worker(server.port, "subject=orders.>&group=g")
+    answer = request(server.port, "GET", "/?subject=orders.created&group=g")
+    assert answer.status == 409 and b"orders.>" in answer.body
+    worker.close()
+
+
+@pytest.mark.parametrize("query, word", [
+    ("subject=orders.>&group=bad name", "group"),
+    ("subject=orders.>&group=" + "x" * 65, "group"),
+    ("subject=orders.>&group=g&ack_wait=fast", "ack_wait"),
+    ("subject=orders.>&group=g&ack_wait=1ns", "ack_wait"),
+    ("subject=orders.>&group=g&max_deliver=-1", "max_deliver"),
+    ("subject=orders.>&group=g&backoff=1s,,2s", "backoff"),
+    ("subject=orders.>&group=g&dead_letter=app.x", "dead_letter"),
+    ("subject=orders.>&group=g&dead_letter=orders.*", "dead_letter"),
+    ("subject=orders.>&group=g&start=e_00000000000000000000", "group"),
+    ("subject=orders.>&subject=app.x&group=g", "namespace"),
+    ("subject=orders.>&group=g&max_inflight=0", "max_inflight"),
+])
+def test_bad_group_options_are_refused_with_a_reason(shared_server, query, word):
+    answer = request(shared_server.port, "GET", "/?" + query.replace(" ", "%20"))
+    assert answer.status == 400, answer
+    assert word.encode() in answer.body
+    assert groups(shared_server.port)["orders"] == {}  # nothing was created
+
+
+def test_settle_actions_are_checked(shared_server):
+    port = shared_server.port
+    target = "/?consumer_id=c_00000000000000000000&event_id=e_00000000000000000000"
+    assert request(port, "PUT", target + "&action=maybe").status == 400
+    assert request(port, "PUT", target + "&action=nak&delay=soon").status == 400
+    assert request(port, "PUT", target + "&action=nak&delay=1s").status == 202  # idempotent
+    plain = SSE(port, "subject=orders.>&ack=manual")
+    answer = request(port, "PUT", f"/?consumer_id={plain.consumer_id}&event_id="
+                                  "e_00000000000000000000&action=nak")
+    assert answer.status == 400 and b"group" in answer.body
+    plain.close()
+
+
+def test_deliveries_field_keeps_the_record_json(server):
+    worker = Worker(server.port, "subject=orders.>&group=g")
+    publish(server.port, "orders.created", {"nested": [1, {"a": "}"}]}, key="k", trace_id="t")
+    message = worker.message()
+    while message.get("event") != "msg":
+        message = worker.message()
+    record = json.loads(message["data"])
+    assert record["payload"] == {"nested": [1, {"a": "}"}]} and record["deliveries"] == 1
+    assert record["key"] == "k" and record["trace_id"] == "t"
+    worker.close()
+
+
+def test_retention_deleting_unacked_events_skips_and_counts_them(make_server):
+    server = make_server("orders", "--segment-size", "4KiB", "--retention-bytes", "12KiB")
+    batch(server.port, "orders.created", 5)
+    holder = Worker(server.port, "subject=orders.>&group=g&start=oldest&max_inflight=5")
+    held = holder.take(5)  # never acked
+    batch(server.port, "orders.created", 2000, start=5)  # ~100 KiB: old segments go
+    deadline = time.monotonic() + 5
+    while request(server.port, "GET", "/healthz").json()["namespaces"]["orders"][
+            "first_index"] < 100 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    first = request(server.port, "GET", "/healthz").json()["namespaces"]["orders"][
+        "first_index"]
+    assert first >= 100
+    holder.close()
+    worker = Worker(server.port, "subject=orders.>&group=g&max_inflight=1000")
+    got = [e["payload"] for e in worker.take(2005 - first, timeout=5.0)]
+    assert got[0] == first and not set(got) & {e["payload"] for e in held}
+    state = groups(server.port)["orders"]["g"]
+    # the 5 held ones, and the first - 5 the group had not read yet
+    assert state["skipped_by_retention"] == first and state["ack_floor"] >= first
+    worker.close()
+
+
+def test_metrics_per_group(server):
+    worker = Worker(server.port, "subject=orders.>&group=billing&ack_wait=100ms&max_deliver=2")
+    batch(server.port, "orders.created", 3)
+    worker.take(3)
+    worker.take(3, timeout=2.0)  # each once more, then dead-lettered
+    deadline = time.monotonic() + 3
+    while groups(server.port)["orders"]["billing"]["dead_letters"] < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    text = request(server.port, "GET", "/metrics").body.decode()
+    labels = '{namespace="orders",group="billing"}'
+    assert f"busd_group_dead_letters_total{labels} 3" in text
+    assert f"busd_group_redeliveries_total{labels} 3" in text
+    assert f"busd_group_pending{labels} 0" in text
+    assert f"busd_group_lag{labels} 0" in text
+    worker.close()
+
+
+def test_start_at_a_time_finds_the_first_event_at_or_after_it(server):
+    batch(server.port, "orders.created", 20)
+    time.sleep(0.05)
+    boundary = time.time_ns()
+    time.sleep(0.05)
+    batch(server.port, "orders.created", 20, start=20)
+    from datetime import datetime, timezone
+    stamp = datetime.fromtimestamp(boundary / 1e9, timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S.%fZ")
+    plain = SSE(server.port, f"subject=orders.>&start={stamp}")
+    assert [e["payload"] for e in plain.events(20)] == list(range(20, 40))
+    plain.close()
+    worker = Worker(server.port, f"subject=orders.>&group=t&start={stamp}&max_inflight=50")
+    assert [e["payload"] for e in worker.take(20)] == list(range(20, 40))
+    assert worker.no_event(0.2)
+    worker.close()
+    late = SSE(server.port, "subject=orders.>&start=2999-01-01T00:00:00Z")  # after all: live
+    publish(server.port, "orders.created", "new")
+    assert late.events(1)[0]["payload"] == "new"
+    late.close()
+
+
+def test_group_created_after_an_event_id_starts_right_after_it(server):
+    body = [{"subject": "orders.created", "payload": n} for n in range(10)]
+    ids = request(server.port, "POST", "/", body).json()["ids"]
+    worker = Worker(server.port, f"subject=orders.>&group=g&start={ids[3]}&max_inflight=20")
+    assert [e["payload"] for e in worker.take(6)] == list(range(4, 10))
+    worker.close()
+
+
+def test_groups_per_namespace_are_bounded(make_server):
+    server = make_server("orders", "--fsync", "never")
+    with Http(server.port) as http:
+        for k in range(256):
+            http.send(f"GET /?subject=orders.>&group=g{k} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            http.close()
+            http = Http(server.port)
+    assert len(groups(server.port)["orders"]) == 256
+    answer = request(server.port, "GET", "/?subject=orders.>&group=one-more")
+    assert answer.status == 409 and b"256" in answer.body
+    assert request(server.port, "DELETE", "/groups?namespace=orders&name=g0").status == 200
+    assert request(server.port, "GET", "/?subject=orders.>&group=one-more").status == 200
