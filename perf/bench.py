@@ -52,7 +52,7 @@ Sections (see perf/README.md for what each one measures):
   batch     wrk, 8 connections, 100 events per POST (JSON array): busd vs ceiling
   catchup   N events stored first, then one SSE consumer from start=oldest: events/s
   fanout    100 live SSE consumers on bench.>, M events published in batches: deliveries/s
-  latency   one publisher at a fixed rate, one SSE consumer: publish->receive p50/p99
+  latency   one publisher at a fixed rate, one SSE consumer: publish->receive p50/p99/p99.9
   memory    RSS per idle SSE connection; RSS growth under a consumer that never reads
 
 The servers run on --server-cpus (taskset), this process and wrk on --client-cpus, so the
@@ -790,7 +790,7 @@ async def section_fanout(args, targets: list[Target], row: Row) -> None:
             c.close()
 
 
-async def section_latency(args, targets: list[Target], p50: Row, p99: Row) -> None:
+async def section_latency(args, targets: list[Target], p50: Row, p99: Row, p999: Row) -> None:
     rate, dur, warm = args.latency_rate, args.latency_duration, 0.5
     total = int(rate * dur)
     request_head = (b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
@@ -801,7 +801,7 @@ async def section_latency(args, targets: list[Target], p50: Row, p99: Row) -> No
     p50.notes.append(f"{rate:,}/s for {dur:g}s, first {warm}s dropped, single-event POSTs "
                      "pipelined on 1 conn")
 
-    async def measure(column: str, srv: Server, r: int) -> tuple[float, float]:
+    async def measure(column: str, srv: Server, r: int) -> tuple[float, float, float]:
         run = f"{column} run {r + 1}"
         _, cons = await asyncio.get_running_loop().create_connection(
             lambda: SSELatency(sse_request("newest")), "127.0.0.1", srv.port)
@@ -855,7 +855,8 @@ async def section_latency(args, targets: list[Target], p50: Row, p99: Row) -> No
         if len(cons.samples) != cons.count - 1:
             p99.notes.append(f"{run}: parsed {len(cons.samples):,} timestamps of "
                              f"{cons.count - 1:,} events")
-        q50, q99 = lat[len(lat) // 2] / 1e3, lat[min(len(lat) - 1, int(len(lat) * 0.99))] / 1e3
+        q50, q99, q999 = (lat[min(len(lat) - 1, int(len(lat) * q))] / 1e3
+                          for q in (0.5, 0.99, 0.999))
         stall_ms = max_lag * 1e3 / rate
         if stall_ms > 10:
             p99.notes.append(f"{run}: the bench client itself stalled ~{stall_ms:,.0f} ms (max "
@@ -865,9 +866,9 @@ async def section_latency(args, targets: list[Target], p50: Row, p99: Row) -> No
             f"p99.9 {lat[int(len(lat) * 0.999)] / 1e3:,.0f} µs  max {lat[-1] / 1e3:,.0f} µs  "
             f"({len(lat):,} samples, sent {total:,} in {send_s:.2f}s = {total / send_s:,.0f}/s, "
             f"max burst {max_lag})")
-        return q50, q99
+        return q50, q99, q999
 
-    await rounds(args, targets, [p50, p99], measure)
+    await rounds(args, targets, [p50, p99, p999], measure)
 
 
 def stalled_consumer(port: int) -> socket.socket:
@@ -1026,8 +1027,9 @@ def run_section(sec: str, args, ceiling: Server | None, rows: list[Row]) -> None
         elif sec == "latency":
             p50 = Row("latency", f"publish→receive p50 @ {args.latency_rate:,}/s", "µs")
             p99 = Row("latency", f"publish→receive p99 @ {args.latency_rate:,}/s", "µs")
-            rows += [p50, p99]
-            asyncio.run(section_latency(args, targets, p50, p99))
+            p999 = Row("latency", f"publish→receive p99.9 @ {args.latency_rate:,}/s", "µs")
+            rows += [p50, p99, p999]
+            asyncio.run(section_latency(args, targets, p50, p99, p999))
         elif sec == "memory":
             per = Row("memory-connection", "RSS per idle SSE connection", "KiB", digits=1)
             ctl = Row("memory-growth", "RSS growth, publish with no consumer", "MiB", digits=1)
