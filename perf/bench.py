@@ -19,6 +19,10 @@ Options:
   --fanout-subjects N     fanout: 0 = every consumer on bench.>; N = consumer i on the
                           literal subject bench.s<i mod N>, the events spread evenly over
                           the N subjects (M a multiple of N) [default: 0].
+  --fanout-publishers N   fanout: publisher connections, the batches dealt out among
+                          them [default: 4].
+  --fanout-window N       fanout: batch POSTs each publisher keeps in flight (pipelined)
+                          [default: 8].
   --latency-rate N        latency: events/s [default: 10000].
   --latency-duration S    latency: seconds per run [default: 5].
   --idle-conns N          memory: idle SSE connections [default: 1000].
@@ -81,6 +85,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -742,12 +747,14 @@ async def section_fanout(args, targets: list[Target], row: Row) -> None:
                                          if n_subj else NS + ".%3E")
 
     consumers = await asyncio.gather(*(one(i) for i in range(k)))
-    pub = await HttpClient.connect(port)
+    pubs = [await HttpClient.connect(port) for _ in range(args.fanout_publishers)]
+    pub = pubs[0]
     base = 1
     per_run = m // n_subj if n_subj else m  # events each consumer gets per run
     row.notes.append(f"{k} consumers on " + (f"{n_subj:,} distinct subjects" if n_subj
                                              else f"{NS}.>")
-                     + f", M={m:,} events in batches of {batch}")
+                     + f", M={m:,} events in batches of {batch} over {len(pubs)} connections, "
+                     f"{args.fanout_window} in flight on each")
     try:
         # Warm-up: one event every consumer must see, so every subscription is live.
         for warm in ([batch_body(len(subjects[j:j + batch]), subjects[j:j + batch])
@@ -765,10 +772,9 @@ async def section_fanout(args, targets: list[Target], row: Row) -> None:
             base += per_run
             waits = [c.expect(base) for c in consumers]
             t0 = time.perf_counter()
-            for b in range(m // batch):
-                status, body = await pub.request(reqs[b % len(reqs)])
-                if status != 202:
-                    raise RuntimeError(f"batch publish answered {status}: {body[:200]!r}")
+            await asyncio.gather(*(pipelined(c, [reqs[b % len(reqs)] for b in
+                                                 range(i, m // batch, len(pubs))])
+                                   for i, c in enumerate(pubs)))
             tpub = time.perf_counter() - t0
             try:
                 ends = await asyncio.wait_for(asyncio.gather(*waits), max(30.0, k * m / 20000))
@@ -780,13 +786,29 @@ async def section_fanout(args, targets: list[Target], row: Row) -> None:
                 f"first after {min(ends) - t0:.2f}s")
             return (k * per_run / (max(ends) - t0),)
 
+        async def pipelined(c: HttpClient, todo: list[bytes]) -> None:
+            """Send todo on c, `--fanout-window` requests in flight: the publisher's round
+            trips must not be what the row measures."""
+            in_flight: deque[asyncio.Future] = deque()
+
+            async def answered() -> None:
+                status, body = await in_flight.popleft()
+                if status != 202:
+                    raise RuntimeError(f"batch publish answered {status}: {body[:200]!r}")
+
+            for req in todo:
+                in_flight.append(asyncio.ensure_future(c.request(req)))
+                if len(in_flight) >= args.fanout_window:
+                    await answered()
+            while in_flight:
+                await answered()
+
         await rounds(args, targets, [row], measure)
         over = [c.count - base for c in consumers if c.count != base]
         if over:
             row.notes.append(f"{len(over)} consumers got an unexpected count ({over[:5]}…)")
     finally:
-        pub.close()
-        for c in consumers:
+        for c in (*pubs, *consumers):
             c.close()
 
 
@@ -954,6 +976,7 @@ async def section_memory(args, srv: Server, per_conn: Row, stall: Row, control: 
 def parse_args(argv=None):
     args = parse(__doc__, argv, repeat=int, threads=int, connections=int, batch_connections=int,
                  batch_size=int, catchup_events=int, fanout_consumers=int, fanout_events=int,
+                 fanout_publishers=int, fanout_window=int,
                  fanout_subjects=int,
                  latency_rate=int, latency_duration=float, idle_conns=int, stall_events=int,
                  server_cpus=cpu_list, client_cpus=cpu_list, data_dir=Path, out=Path, json=Path)
@@ -979,6 +1002,8 @@ def parse_args(argv=None):
     args.out = args.out or OUT / "latest.md"
     args.json = args.json or OUT / "latest.json"
     args.fanout_events -= args.fanout_events % 100
+    if args.fanout_publishers < 1 or args.fanout_window < 1:
+        usage_error("--fanout-publishers and --fanout-window: give at least 1")
     if args.fanout_subjects < 0 or (args.fanout_subjects
                                     and args.fanout_events % args.fanout_subjects):
         usage_error(f"--fanout-subjects: {args.fanout_subjects} must be 0 or divide "
