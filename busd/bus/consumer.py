@@ -91,6 +91,12 @@ class Consumer:
     fetch's completion, the start) runs inside `_guard`: whatever one step raises ends
     this stream with an `error` event and a log line, and no other stream notices."""
 
+    # one per open stream, 100,000 of them idle on one process: no per-instance dict
+    __slots__ = ("fanout", "store", "sink", "loop", "id", "owner", "pattern", "namespace",
+                 "ack_policy", "cursor", "paused", "done", "live", "_scheduled", "_fetching",
+                 "inflight", "inflight_bytes", "_ahead", "_ahead_index", "_timer",
+                 "_refetching", "_refetched_run")
+
     def __init__(self, fanout: FanOut, store: Store, sink: Sink, consumer_id: bytes,
                  pattern: Pattern, namespace: str, ack: AckPolicy | None,
                  owner: str | None = None) -> None:
