@@ -53,11 +53,16 @@ cdef inline long long _xid_sec(const unsigned char* p) noexcept nogil:
 
 
 cdef class Pattern:
-    cdef readonly bytes pattern
+    cdef readonly bytes pattern        # the first of `patterns`
+    cdef readonly tuple patterns       # every pattern of the filter, sorted, each once
     cdef readonly bytes namespace
-    cdef readonly bint matches_all
-    cdef readonly bint is_literal
+    cdef readonly bint matches_all     # one of them is `<namespace>.>`
+    cdef readonly bint is_literal      # one pattern, no wildcard
+    cdef bint _all
+    cdef bint _literal
+    cdef tuple _others                 # a Pattern per further pattern
     cdef bint _matches(self, const unsigned char* s, Py_ssize_t n) noexcept
+    cdef bint _matches_one(self, const unsigned char* s, Py_ssize_t n) noexcept
 
 
 cdef class ParsedEvent:

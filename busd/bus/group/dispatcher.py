@@ -91,7 +91,7 @@ class Group:
         self.store = store
         self.host = host
         self.loop = asyncio.get_running_loop()
-        self.patterns = [Pattern(subject.encode()) for subject in settings.subjects]
+        self.pattern = Pattern(*(subject.encode() for subject in settings.subjects))
         self.dead_letter_subject = settings.dead_letter.encode()
         self.counters = counters
         self.members: list[Member] = []
@@ -261,12 +261,8 @@ class Group:
 
     def _matches(self, record: bytes) -> bool:
         subject = record_subject(record)
-        if subject == self.dead_letter_subject:  # its own dead letters never come back
-            return False
-        for pattern in self.patterns:
-            if pattern.matches(subject):
-                return True
-        return False
+        # its own dead letters never come back
+        return subject != self.dead_letter_subject and self.pattern.matches(subject)
 
     def _at_cursor(self) -> bytes | None:
         """The record at the cursor from a read-ahead buffer; None at the head (the
@@ -424,7 +420,7 @@ class Group:
         rest assumed to match (an upper bound)."""
         store, ns = self.store, self.namespace
         head, index = store.next_index(ns), max(self.counters.cursor, store.first_index(ns))
-        if len(self.patterns) == 1 and self.patterns[0].matches_all:
+        if self.pattern.matches_all:
             return head - index
         stop, matched = min(head, index + LAG_SCAN_RECORDS), 0
         while index < stop:
