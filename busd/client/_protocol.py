@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
@@ -349,7 +349,7 @@ class ClientBase(Generic[S]):
         return self._request(self._requests.get("/healthz"), health_result, idempotent=True)
 
     # -- subscriptions ---------------------------------------------------------------------
-    def get(self, subject: str, *, start: str = "newest", ack: str = "none",
+    def get(self, subject: str | Sequence[str], *, start: str = "newest", ack: str = "none",
             redelivery: float | timedelta | str | None = None,
             redelivery_count: int | None = None, max_inflight: int | None = None,
             reconnect: bool = True, reconnect_timeout: float | None = None,
@@ -357,7 +357,8 @@ class ClientBase(Generic[S]):
             group: str | None = None, ack_wait: float | timedelta | str | None = None,
             max_deliver: int | None = None, backoff: list | None = None,
             dead_letter: str | None = None) -> S:
-        """Subscribe to `subject` (wildcards `*`, `>`) and iterate over its events: `for`
+        """Subscribe to `subject` (wildcards `*`, `>`; or a list of up to 32 patterns of one
+        namespace: an event that matches several comes once) and iterate over its events: `for`
         with `Client` (live when this returns), `async for` with `AsyncClient` (live once
         `sub = await ac.get(...)` returns).
 
