@@ -158,7 +158,7 @@ def group_target(subject: str | Sequence[str], group: str, start: str = "newest"
                  max_inflight: int | None = None, ack_wait: float | timedelta | str | None = None,
                  max_deliver: int | None = None,
                  backoff: list[float | timedelta | str] | None = None,
-                 dead_letter: str | None = None) -> str:
+                 dead_letter: str | None = None, max_pending: int | None = None) -> str:
     """The request target that joins (or creates) a consumer group; the settings only
     matter on creation (SPEC §3.7)."""
     target = (f"/?{subjects_query(subject)}&group={quote(group, safe='')}"
@@ -173,6 +173,8 @@ def group_target(subject: str | Sequence[str], group: str, start: str = "newest"
         target += "&backoff=" + ",".join(go_duration(step) for step in backoff)
     if dead_letter:
         target += f"&dead_letter={quote(dead_letter, safe='')}"
+    if max_pending is not None:
+        target += f"&max_pending={int(max_pending)}"
     return target
 
 

@@ -9,7 +9,8 @@ redelivery reads the record back from the store, so memory does not grow with pa
 
 Members get events round-robin among those with room (max_inflight) whose socket is not
 full, so no member idles while another has a backlog it cannot take. The cursor stops
-when PENDING_LIMIT events are pending (naks with long delays cannot grow it further).
+when the group's `max_pending` events are pending (naks with long delays cannot grow it
+further), and goes on as they are settled.
 Every change is recorded in the journal and committed by the registry once per loop
 iteration; acks are answered after that write.
 """
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("busd.bus.group")
 
-PENDING_LIMIT = 50_000
 READ_AHEAD_BYTES = 256 << 10
 SCAN_PER_STEP = 20_000  # records examined per step before yielding to the loop
 LAG_SCAN_RECORDS = 100_000  # GET /groups counts matching events exactly up to this far
@@ -242,7 +242,7 @@ class Group:
             record = self._record(entry)
             if record is not None:
                 return entry, record
-        if len(self.pending) >= PENDING_LIMIT:
+        if len(self.pending) >= self.settings.max_pending:
             return None, b""
         counters = self.counters
         while budget[0] > 0:
