@@ -6,6 +6,7 @@ plain-Python reference implementation of every public function, and
 tests/test_core.py checks that both agree on random inputs.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
@@ -183,6 +184,7 @@ cdef inline const unsigned char* _find_dot(const unsigned char* p, Py_ssize_t n)
     return <const unsigned char*>memchr(p, c'.', <size_t>n)
 
 
+@cython.final
 cdef class Pattern:
     """A compiled subscription filter: one subscribe pattern, or several of one namespace
     (a subject matches if it matches any of them, so an event is selected once however
@@ -222,7 +224,7 @@ cdef class Pattern:
                 return True
         return False
 
-    cdef bint _matches_one(self, const unsigned char* s, Py_ssize_t sn) noexcept:
+    cdef inline bint _matches_one(self, const unsigned char* s, Py_ssize_t sn) noexcept:
         """This filter's first pattern only."""
         cdef const unsigned char* pat = <const unsigned char*>PyBytes_AS_STRING(self.pattern)
         cdef Py_ssize_t pn = PyBytes_GET_SIZE(self.pattern)
