@@ -257,8 +257,9 @@ cdef class Pattern:
             si = se + 1 if se < sn else sn + 1
 
     def matches(self, bytes subject not None):
-        """True if the subject matches this pattern (any of them): `*` is one segment, a last `>` zero or
-        more (Bus's rule; in NATS `>` is one or more, so `a.x.>` would miss `a.x`)."""
+        """True if the subject matches this pattern (any of them): `*` is one segment, a
+        last `>` zero or more (Bus's rule; in NATS `>` is one or more, so `a.x.>` would miss
+        `a.x`)."""
         return self._matches(<const unsigned char*>PyBytes_AS_STRING(subject),
                              PyBytes_GET_SIZE(subject))
 
