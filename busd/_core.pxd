@@ -1,6 +1,7 @@
 # Declarations of busd._core for the other Cython modules to cimport: its extension types,
 # and the wire facts every module reads records and xids by.
 
+cimport cython
 from libc.stdint cimport uint32_t
 from libc.string cimport memchr
 
@@ -52,12 +53,18 @@ cdef inline long long _xid_sec(const unsigned char* p) noexcept nogil:
             | (v5 << 2) | (v6 >> 3))
 
 
+@cython.final
 cdef class Pattern:
-    cdef readonly bytes pattern
+    cdef readonly bytes pattern        # the first of `patterns`
+    cdef readonly tuple patterns       # every pattern of the filter, sorted, each once
     cdef readonly bytes namespace
-    cdef readonly bint matches_all
-    cdef readonly bint is_literal
+    cdef readonly bint matches_all     # one of them is `<namespace>.>`
+    cdef readonly bint is_literal      # one pattern, no wildcard
+    cdef bint _all
+    cdef bint _literal
+    cdef tuple _others                 # a Pattern per further pattern
     cdef bint _matches(self, const unsigned char* s, Py_ssize_t n) noexcept
+    cdef inline bint _matches_one(self, const unsigned char* s, Py_ssize_t n) noexcept
 
 
 cdef class ParsedEvent:

@@ -6,8 +6,10 @@ plain-Python reference implementation of every public function, and
 tests/test_core.py checks that both agree on random inputs.
 """
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint32_t
 from libc.string cimport memchr, memcmp, memcpy
@@ -182,30 +184,56 @@ cdef inline const unsigned char* _find_dot(const unsigned char* p, Py_ssize_t n)
     return <const unsigned char*>memchr(p, c'.', <size_t>n)
 
 
+@cython.final
 cdef class Pattern:
-    """A compiled subscribe pattern (assumed validated with validate_pattern)."""
+    """A compiled subscription filter: one subscribe pattern, or several of one namespace
+    (a subject matches if it matches any of them, so an event is selected once however
+    many it matches). The patterns are assumed validated with validate_pattern."""
 
-    def __cinit__(self, bytes pattern not None):
+    def __cinit__(self, bytes pattern not None, *more):
         cdef Py_ssize_t dot
+        cdef list alternatives = sorted(dict.fromkeys((pattern, *more)))
+        for other in alternatives:
+            if type(other) is not bytes:
+                raise TypeError(f"pattern must be bytes, not {type(other).__name__}")
+        pattern = alternatives[0]
+        self.patterns = tuple(alternatives)
         self.pattern = pattern
         dot = pattern.find(b".")
         self.namespace = pattern if dot < 0 else pattern[:dot]
         toks = pattern.split(b".")
-        self.matches_all = (len(toks) == 2 and toks[1] == b">" and toks[0] != b"*")
-        self.is_literal = not (b"*" in toks or toks[len(toks) - 1] == b">")
+        self._all = (len(toks) == 2 and toks[1] == b">" and toks[0] != b"*")
+        self._literal = not (b"*" in toks or toks[len(toks) - 1] == b">")
+        self._others = tuple(Pattern(other) for other in alternatives[1:])
+        for other in self._others:
+            if (<Pattern>other).namespace != self.namespace:
+                raise ValueError(f"patterns of one filter must share a namespace: "
+                                 f"{(<Pattern>other).pattern!r} is not in {self.namespace!r}")
+        self.matches_all = self._all or any((<Pattern>o)._all for o in self._others)
+        self.is_literal = self._literal and not self._others
 
     def __repr__(self):
-        return f"Pattern({self.pattern!r})"
+        return f"Pattern({', '.join(map(repr, self.patterns))})"
 
     cdef bint _matches(self, const unsigned char* s, Py_ssize_t sn) noexcept:
+        cdef Py_ssize_t i
+        if self._matches_one(s, sn):
+            return True
+        for i in range(PyTuple_GET_SIZE(self._others)):
+            if (<Pattern>PyTuple_GET_ITEM(self._others, i))._matches_one(s, sn):
+                return True
+        return False
+
+    cdef inline bint _matches_one(self, const unsigned char* s, Py_ssize_t sn) noexcept:
+        """This filter's first pattern only."""
         cdef const unsigned char* pat = <const unsigned char*>PyBytes_AS_STRING(self.pattern)
         cdef Py_ssize_t pn = PyBytes_GET_SIZE(self.pattern)
         cdef Py_ssize_t nsl
         cdef Py_ssize_t p = 0, si = 0, pe, se, plen
         cdef const unsigned char* q
-        if self.is_literal:
+        if self._literal:
             return sn == pn and memcmp(s, pat, <size_t>sn) == 0
-        if self.matches_all:  # `ns.>`: `ns` itself, or anything under `ns.`
+        if self._all:  # `ns.>`: `ns` itself, or anything under `ns.`
             nsl = pn - 2
             return ((sn == nsl or (sn > nsl and s[nsl] == c'.'))
                     and memcmp(s, pat, <size_t>nsl) == 0)
@@ -229,8 +257,9 @@ cdef class Pattern:
             si = se + 1 if se < sn else sn + 1
 
     def matches(self, bytes subject not None):
-        """True if the subject matches this pattern: `*` is one segment, a last `>` zero or
-        more (Bus's rule; in NATS `>` is one or more, so `a.x.>` would miss `a.x`)."""
+        """True if the subject matches this pattern (any of them): `*` is one segment, a
+        last `>` zero or more (Bus's rule; in NATS `>` is one or more, so `a.x.>` would miss
+        `a.x`)."""
         return self._matches(<const unsigned char*>PyBytes_AS_STRING(subject),
                              PyBytes_GET_SIZE(subject))
 

@@ -113,15 +113,27 @@ def match_subject(pattern: bytes, subject: bytes) -> bool:
 
 
 class Pattern:
-    def __init__(self, pattern: bytes):
-        toks = pattern.split(b".")
-        self.pattern = pattern
-        self.namespace = toks[0]
-        self.matches_all = len(toks) == 2 and toks[1] == b">" and toks[0] != b"*"
-        self.is_literal = not (b"*" in toks or toks[-1] == b">")
+    """busd._core.Pattern: one pattern or several of one namespace, matching any."""
+
+    def __init__(self, pattern: bytes, *more: bytes):
+        self.patterns = tuple(sorted({pattern, *more}))
+        self.pattern = self.patterns[0]
+        self.namespace = self.pattern.split(b".")[0]
+        if any(p.split(b".")[0] != self.namespace for p in self.patterns):
+            raise ValueError("patterns of one filter must share a namespace")
+        every = [p.split(b".") for p in self.patterns]
+        self.matches_all = any(len(t) == 2 and t[1] == b">" and t[0] != b"*" for t in every)
+        self.is_literal = len(every) == 1 and not (b"*" in every[0] or every[0][-1] == b">")
 
     def matches(self, subject: bytes) -> bool:
-        return match_subject(self.pattern, subject)
+        return any(match_subject(p, subject) for p in self.patterns)
+
+
+def _any_of(pattern) -> Pattern:
+    """A Pattern (or the oracle's) as the oracle's; bytes as a one-pattern one."""
+    if isinstance(pattern, bytes):
+        return Pattern(pattern)
+    return Pattern(*pattern.patterns)
 
 
 # --------------------------------------------------------------------------- JSON scan
@@ -400,18 +412,18 @@ def sse_frame(records, start=0, end=-1) -> bytes:
 
 
 def sse_frame_matching(records, pattern):
-    pat = pattern.pattern if hasattr(pattern, "pattern") else pattern
-    picked = [r for r in records if match_subject(pat, record_subject(r))]
+    pat = _any_of(pattern)
+    picked = [r for r in records if pat.matches(record_subject(r))]
     return sse_chunk(b"".join(sse_message(r) for r in picked)), len(picked)
 
 
 def first_matching(records, pattern, start=0, end=-1) -> int:
-    pat = pattern.pattern if hasattr(pattern, "pattern") else pattern
+    pat = _any_of(pattern)
     if end < 0 or end > len(records):
         end = len(records)
     start = max(start, 0)
     for i in range(start, end):
-        if match_subject(pat, record_subject(records[i])):
+        if pat.matches(record_subject(records[i])):
             return i
     return max(start, end)
 
@@ -571,15 +583,17 @@ def stamp_events(events, is_batch: bool, new_id, now):
 # --------------------------------------------------------------------------- subscription index
 
 
-def sublist_match(patterns, subject: bytes) -> set[bytes]:
-    """busd.bus._sublist.Sublist.match: the patterns that subject matches."""
-    return {p for p in patterns if match_subject(p, subject)}
+def sublist_match(pairs, subject: bytes) -> set:
+    """busd.bus._sublist.Sublist.match: the values of the (pattern, value) pairs whose
+    pattern the subject matches."""
+    return {value for pattern, value in pairs if match_subject(pattern, subject)}
 
 
-def sublist_split(patterns, records):
-    """Sublist.split: records grouped per matching pattern, in record order."""
-    out: dict[bytes, list[bytes]] = {}
+def sublist_split(pairs, records):
+    """Sublist.split: records grouped per matching value, in record order, each record
+    once per value."""
+    out: dict = {}
     for rec in records:
-        for p in sorted(sublist_match(patterns, record_subject(rec))):
-            out.setdefault(p, []).append(rec)
+        for value in sublist_match(pairs, record_subject(rec)):
+            out.setdefault(value, []).append(rec)
     return out

@@ -10,6 +10,10 @@ ends there (`here`) or ends there with `>` (`rest`: zero or more further tokens,
 subject matched, since a trie walk costs a dict lookup per token and per `*` branch; any
 insert or delete empties it.
 
+A pattern may carry several values, and a value may sit under several patterns (a
+subscription with several `subject=`): a subject gets each value once, however many of
+its patterns it matches.
+
 tests/oracle.py holds a plain-Python twin (`sublist_match`) that the tests compare with.
 """
 
@@ -71,12 +75,14 @@ cdef void _walk(_Node node, list tokens, Py_ssize_t i, list out):
 
 
 cdef class Sublist:
-    """Patterns (validated subscribe patterns, as bytes) mapped to one value each."""
+    """Patterns (validated subscribe patterns, as bytes) mapped to values: a many-to-many
+    map."""
 
-    cdef dict _values    # pattern -> value, every pattern
-    cdef dict _literal   # literal pattern -> value
+    cdef dict _values    # pattern -> list of its values, every pattern
+    cdef dict _literal   # literal pattern -> tuple of its values
     cdef _Node _root     # the wildcard patterns
-    cdef Py_ssize_t _wildcards
+    cdef Py_ssize_t _wildcards  # (pattern, value) pairs in the trie
+    cdef Py_ssize_t _pairs      # (pattern, value) pairs in all
     cdef dict _cache     # subject -> tuple of values (only while there are wildcards)
 
     def __cinit__(self):
@@ -84,16 +90,19 @@ cdef class Sublist:
         self._literal = {}
         self._root = _Node()
         self._wildcards = 0
+        self._pairs = 0
         self._cache = {}
 
     def __len__(self):
-        return len(self._values)
+        """How many (pattern, value) pairs."""
+        return self._pairs
 
     def __contains__(self, bytes pattern):
         return pattern in self._values
 
-    def get(self, bytes pattern, default=None):
-        return self._values.get(pattern, default)
+    def values(self, bytes pattern not None):
+        """The values under pattern (empty when it has none)."""
+        return tuple(self._values.get(pattern, ()))
 
     @property
     def cached(self):
@@ -101,35 +110,40 @@ cdef class Sublist:
         return len(self._cache)
 
     def insert(self, bytes pattern not None, value):
-        """Map pattern to value (replacing the value it had)."""
+        """Put value under pattern (nothing happens if it is there already)."""
         cdef list tokens = pattern.split(b".")
+        cdef list values = self._values.setdefault(pattern, [])
         cdef _Node node
-        old = self._values.get(pattern)
-        self._values[pattern] = value
+        if value in values:
+            return
+        values.append(value)
+        self._pairs += 1
+        self._cache.clear()
         if _is_literal(tokens):
-            self._literal[pattern] = value
-            self._cache.clear()
+            self._literal[pattern] = tuple(values)
             return
         node = self._leaf(tokens, True)
-        slot = node.rest if tokens[len(tokens) - 1] == b">" else node.here
-        if old is not None:
-            slot.remove(old)
-        else:
-            self._wildcards += 1
-        slot.append(value)
-        self._cache.clear()
+        (node.rest if tokens[len(tokens) - 1] == b">" else node.here).append(value)
+        self._wildcards += 1
 
-    def delete(self, bytes pattern not None):
-        """Forget pattern (nothing happens if it is not there)."""
+    def delete(self, bytes pattern not None, value):
+        """Take value from under pattern (nothing happens if it is not there)."""
         cdef list tokens, path
+        cdef list values = self._values.get(pattern)
         cdef _Node node, parent
-        value = self._values.pop(pattern, None)
-        if value is None:
+        if values is None or value not in values:
             return
+        values.remove(value)
+        if not values:
+            del self._values[pattern]
+        self._pairs -= 1
         self._cache.clear()
         tokens = pattern.split(b".")
         if _is_literal(tokens):
-            del self._literal[pattern]
+            if values:
+                self._literal[pattern] = tuple(values)
+            else:
+                del self._literal[pattern]
             return
         self._wildcards -= 1
         path = []
@@ -164,22 +178,22 @@ cdef class Sublist:
         return node
 
     cpdef tuple match(self, bytes subject):
-        """The values of every pattern that subject matches (each once)."""
+        """The values of every pattern that subject matches (each value once)."""
         cdef PyObject* hit
         cdef list out
         cdef tuple result
         if self._wildcards == 0:
             hit = PyDict_GetItem(self._literal, subject)
-            return NOTHING if hit == NULL else (<object>hit,)
+            return NOTHING if hit == NULL else <tuple>hit
         hit = PyDict_GetItem(self._cache, subject)
         if hit != NULL:
             return <tuple>hit
         out = []
         hit = PyDict_GetItem(self._literal, subject)
         if hit != NULL:
-            out.append(<object>hit)
+            out.extend(<tuple>hit)
         _walk(self._root, subject.split(b"."), 0, out)
-        result = tuple(out)
+        result = tuple(out) if len(out) < 2 else tuple(dict.fromkeys(out))
         if len(self._cache) >= CACHE_MAX:
             self._cache.clear()
         self._cache[subject] = result

@@ -2,8 +2,10 @@
 
 Every subscription is registered by id (acks find it there). A consumer of a stored
 namespace that reached the head joins its namespace's *live* set: what the store appends
-is pushed to it in the same step, framed once per distinct pattern. The live set is
-indexed by pattern (busd/bus/_sublist.pyx), so an append costs work for the patterns its
+is pushed to it in the same step, framed once per distinct filter (a pattern, or the set of
+patterns of a subscription with several `subject=`). The live set is indexed by pattern
+(busd/bus/_sublist.pyx; a filter of several patterns sits under each of them, and gets a
+record once however many it matches), so an append costs work for the patterns its
 records match, not for every live reader: a reader that nothing matched is not visited,
 and learns where the stream stands (`cursor`) when it leaves the live set. A manual-ack
 consumer at the head *waits* instead, and is woken by the next append. Inbox subscriptions
@@ -61,7 +63,7 @@ class InboxReader(Subscriber, Protocol):
 
 
 class LiveGroup:
-    """The live readers of one pattern: one frame of each append goes to all of them."""
+    """The live readers of one filter: one frame of each append goes to all of them."""
 
     __slots__ = ("readers",)
 
@@ -76,6 +78,9 @@ class FanOut:
         self.metrics = metrics
         self.consumers: dict[bytes, Subscriber] = {}
         self.live: dict[str, Sublist] = {ns: Sublist() for ns in namespaces}
+        # the LiveGroup of each filter (its patterns) with live readers, per namespace
+        self.live_groups: dict[str, dict[tuple[bytes, ...], LiveGroup]] = {
+            ns: {} for ns in namespaces}
         self.pushed: dict[str, int] = dict.fromkeys(namespaces, 0)  # next_index of the last push
         self.waiting: dict[str, set[Reader]] = {ns: set() for ns in namespaces}
         self.inboxes: dict[bytes, set[InboxReader]] = {}
@@ -109,11 +114,13 @@ class FanOut:
         """A reader at the head starts receiving records straight from the append path."""
         if not reader.live:
             reader.live = True
-            index, pattern = self.live[reader.namespace], reader.pattern.pattern
-            group = index.get(pattern)
+            groups, patterns = self.live_groups[reader.namespace], reader.pattern.patterns
+            group = groups.get(patterns)
             if group is None:
-                group = LiveGroup()
-                index.insert(pattern, group)
+                group = groups[patterns] = LiveGroup()
+                index = self.live[reader.namespace]
+                for pattern in patterns:
+                    index.insert(pattern, group)
             group.readers.append(reader)
 
     def leave_live(self, reader: Reader) -> None:
@@ -122,19 +129,22 @@ class FanOut:
         if reader.live:
             reader.live = False
             reader.cursor = max(reader.cursor, self.pushed[reader.namespace])
-            index, pattern = self.live[reader.namespace], reader.pattern.pattern
-            group = index.get(pattern)
+            groups, patterns = self.live_groups[reader.namespace], reader.pattern.patterns
+            group = groups[patterns]
             group.readers.remove(reader)
             if not group.readers:
-                index.delete(pattern)
+                del groups[patterns]
+                index = self.live[reader.namespace]
+                for pattern in patterns:
+                    index.delete(pattern, group)
 
     def wait_for_append(self, reader: Reader) -> None:
         self.waiting[reader.namespace].add(reader)
 
     # -- delivery -------------------------------------------------------------------------
     def push(self, namespace: str, records: list[bytes], next_index: int) -> None:
-        """Push appended records to the live readers they match: framed once per pattern,
-        counted once per pattern."""
+        """Push appended records to the live readers they match: framed once per filter,
+        each record once per reader however many of its patterns it matches."""
         index = self.live[namespace]
         if index:
             delivered = 0

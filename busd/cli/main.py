@@ -120,7 +120,7 @@ Options:
 GET_USAGE = """bus get: subscribe and print events.
 
 Usage:
-  bus get --subject PATTERN [--start START] [--ack MODE] [--redelivery DUR]
+  bus get (--subject PATTERN)... [--start START] [--ack MODE] [--redelivery DUR]
           [--redelivery-count N] [--group NAME] [--max-inflight N] [--count N]
           [--host URL] [--token TOKEN] [--ca-file FILE] [--insecure]
   bus get (-h | --help)
@@ -129,7 +129,8 @@ Prints each event as one JSON line on stdout and the consumer id on stderr, unti
 interrupted (or --count events).
 
 Options:
-  --subject PATTERN       What to receive: app.orders.created, app.*, app.> …
+  --subject PATTERN       What to receive: app.orders.created, app.*, app.> …; repeat it
+                          for several patterns of one namespace (each event comes once).
   --start START           oldest, newest, or an event id e_… to start right after it
                           [default: newest].
   --ack MODE              auto: ack each event after printing it; manual: print it and wait
@@ -447,7 +448,7 @@ def _get(o: dict) -> int:
 
     bus = _bus(o)
     _duration(o, "--redelivery")
-    return cli_pubsub.get(bus, o["--subject"], _start(o),
+    return cli_pubsub.get(bus, tuple(o["--subject"]), _start(o),
                           _choice(o, "--ack", ("auto", "manual", "none")), o["--redelivery"],
                           _int(o, "--redelivery-count", minimum=-(1 << 31)),
                           _int(o, "--count", 1) if o["--count"] is not None else 0,

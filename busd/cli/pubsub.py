@@ -50,7 +50,7 @@ def put(client: Client, subject: str, data: str, trace_id: str | None = None,
     return 0
 
 
-def get(client: Client, pattern: str, start: str = "newest", ack: str = "none",
+def get(client: Client, pattern: str | tuple[str, ...], start: str = "newest", ack: str = "none",
         redelivery: str = "5s", redelivery_count: int = 3, count: int = 0,
         group: str | None = None, max_inflight: int = 1) -> int:
     """Subscribe and print every event as one JSON line; `auto` acks after printing. The

@@ -16,7 +16,7 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import Any, Generic, Protocol, TypeVar
@@ -349,15 +349,16 @@ class ClientBase(Generic[S]):
         return self._request(self._requests.get("/healthz"), health_result, idempotent=True)
 
     # -- subscriptions ---------------------------------------------------------------------
-    def get(self, subject: str, *, start: str = "newest", ack: str = "none",
+    def get(self, subject: str | Sequence[str], *, start: str = "newest", ack: str = "none",
             redelivery: float | timedelta | str | None = None,
             redelivery_count: int | None = None, max_inflight: int | None = None,
             reconnect: bool = True, reconnect_timeout: float | None = None,
             heartbeat_timeout: float | None = 75.0, idle_timeout: float | None = None,
             group: str | None = None, ack_wait: float | timedelta | str | None = None,
             max_deliver: int | None = None, backoff: list | None = None,
-            dead_letter: str | None = None) -> S:
-        """Subscribe to `subject` (wildcards `*`, `>`) and iterate over its events: `for`
+            dead_letter: str | None = None, max_pending: int | None = None) -> S:
+        """Subscribe to `subject` (wildcards `*`, `>`; or a list of up to 32 patterns of one
+        namespace: an event that matches several comes once) and iterate over its events: `for`
         with `Client` (live when this returns), `async for` with `AsyncClient` (live once
         `sub = await ac.get(...)` returns).
 
@@ -373,14 +374,14 @@ class ClientBase(Generic[S]):
         read what is there and stop.
 
         `group="billing"` joins that consumer group (created by the first join with
-        `start`, `ack_wait`, `max_deliver`, `backoff`, `dead_letter`): each event goes to
-        one member, and must be `ack()`ed, `nak(delay=)`ed, `term()`ed or kept with
-        `progress()`; `Event.deliveries` counts its deliveries. A reconnect joins again
+        `start`, `ack_wait`, `max_deliver`, `backoff`, `dead_letter`, `max_pending`): each
+        event goes to one member, and must be `ack()`ed, `nak(delay=)`ed, `term()`ed or kept
+        with `progress()`; `Event.deliveries` counts its deliveries. A reconnect joins again
         (the server remembers the group's position).
         """
         if group is not None:
             target = group_target(subject, group, start, max_inflight, ack_wait, max_deliver,
-                                  backoff, dead_letter)
+                                  backoff, dead_letter, max_pending)
         else:
             target = subscribe_target(subject, start, ack, redelivery, redelivery_count,
                                       max_inflight)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -119,7 +119,16 @@ def go_duration(value: float | int | timedelta | str) -> str:
     return f"{round(secs * 1000)}ms"
 
 
-def subscribe_target(subject: str, start: str = "newest", ack: str = "none",
+def subjects_query(subject: str | Sequence[str]) -> str:
+    """`subject=…` once per pattern: one pattern, or several of one namespace (each
+    matching event comes once)."""
+    patterns = [subject] if isinstance(subject, str) else list(subject)
+    if not patterns:
+        raise ValueError("subscribe to at least one subject pattern")
+    return "&".join(f"subject={quote(pattern, safe='')}" for pattern in patterns)
+
+
+def subscribe_target(subject: str | Sequence[str], start: str = "newest", ack: str = "none",
                      redelivery: float | int | timedelta | str | None = None,
                      redelivery_count: int | None = None,
                      max_inflight: int | None = None) -> str:
@@ -131,7 +140,7 @@ def subscribe_target(subject: str, start: str = "newest", ack: str = "none",
             or re.fullmatch(r"index:[0-9]{1,18}", start)):
         raise ValueError(f"start must be 'oldest', 'newest', an event id or index:<n>, "
                          f"not {start!r}")
-    target = f"/?subject={quote(subject, safe='')}&start={quote(start, safe='')}&ack={ack}"
+    target = f"/?{subjects_query(subject)}&start={quote(start, safe='')}&ack={ack}"
     if redelivery is not None:
         target += f"&redelivery={go_duration(redelivery)}"
     if redelivery_count is not None:
@@ -145,14 +154,14 @@ def ack_target(consumer_id: str, event_id: str) -> str:
     return f"/?consumer_id={quote(consumer_id, safe='')}&event_id={quote(event_id, safe='')}"
 
 
-def group_target(subject: str, group: str, start: str = "newest",
+def group_target(subject: str | Sequence[str], group: str, start: str = "newest",
                  max_inflight: int | None = None, ack_wait: float | timedelta | str | None = None,
                  max_deliver: int | None = None,
                  backoff: list[float | timedelta | str] | None = None,
-                 dead_letter: str | None = None) -> str:
+                 dead_letter: str | None = None, max_pending: int | None = None) -> str:
     """The request target that joins (or creates) a consumer group; the settings only
     matter on creation (SPEC §3.7)."""
-    target = (f"/?subject={quote(subject, safe='')}&group={quote(group, safe='')}"
+    target = (f"/?{subjects_query(subject)}&group={quote(group, safe='')}"
               f"&start={quote(start, safe='')}")
     if max_inflight is not None:
         target += f"&max_inflight={int(max_inflight)}"
@@ -164,6 +173,8 @@ def group_target(subject: str, group: str, start: str = "newest",
         target += "&backoff=" + ",".join(go_duration(step) for step in backoff)
     if dead_letter:
         target += f"&dead_letter={quote(dead_letter, safe='')}"
+    if max_pending is not None:
+        target += f"&max_pending={int(max_pending)}"
     return target
 
 

@@ -40,6 +40,9 @@ DEFAULT_REDELIVERY_COUNT = 3
 # resending up to max_inflight events, the reader's bandwidth spent on duplicates.
 MIN_REDELIVERY = 0.1
 STATS_PATH = b"/stats"  # the console's counters (busd.server.stats)
+# `subject=` patterns one subscription (or group) may have: each costs a match per record
+# scanned and a place in the live index
+MAX_SUBJECTS = 32
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
@@ -64,6 +67,37 @@ def _all(url: bytes, name: str) -> list[str]:
                                                    errors="strict") if key == name]
     except UnicodeDecodeError:
         raise BadRequest("query string is not valid UTF-8") from None
+
+
+def subscription_subjects(url: bytes, token: Token | None) -> tuple[str, ...]:
+    """The distinct `subject=` patterns of a subscription or a group join, in order: valid,
+    at most MAX_SUBJECTS, all of one namespace, each one the token may subscribe to
+    (raises BadRequest, AuthError)."""
+    subjects = tuple(dict.fromkeys(_all(url, "subject")))
+    if not subjects or subjects == ("",):
+        raise BadRequest("missing subject: GET /?subject=<pattern> subscribes "
+                         "(e.g. subject=orders.>)")
+    if len(subjects) > MAX_SUBJECTS:
+        raise BadRequest(f"too many subject= patterns ({len(subjects)}): one subscription "
+                         f"takes at most {MAX_SUBJECTS}")
+    namespace = subjects[0].split(".", 1)[0]
+    for subject in subjects:
+        try:
+            validate_pattern(subject.encode())
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        if subject.split(".", 1)[0] != namespace:
+            raise BadRequest(f"all subjects of one subscription must be in one namespace: "
+                             f"{subject!r} is not in {namespace!r}")
+    if namespace == INBOX_NAMESPACE and len(subjects) > 1:
+        raise BadRequest("an inbox (_bus_) subscription takes one subject")
+    if token is not None:
+        for subject in subjects:
+            if not token.may_subscribe(subject.encode()):
+                raise AuthError(403, f"token {token.name!r} may not subscribe to {subject!r}: "
+                                     "its subscribe patterns do not cover every subject it "
+                                     "matches")
+    return subjects
 
 
 def _not_allowed(method: bytes, path: bytes, allow: bytes, close: bool) -> bytes:
@@ -290,19 +324,9 @@ class Api:
     def subscribe(self, conn: HttpConnection, request: Request,
                      token: Token | None = None) -> None:
         params = _query(request.url)
-        subject = params.get("subject", "")
-        if not subject:
-            raise BadRequest("missing subject: GET /?subject=<pattern> subscribes "
-                             "(e.g. subject=orders.>)")
-        subject_bytes = subject.encode()
-        try:
-            validate_pattern(subject_bytes)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        if token is not None and not token.may_subscribe(subject_bytes):
-            raise AuthError(403, f"token {token.name!r} may not subscribe to {subject!r}: "
-                                 "its subscribe patterns do not cover every subject it matches")
-        namespace = subject.split(".", 1)[0]
+        subjects = subscription_subjects(request.url, token)
+        subject_bytes = subjects[0].encode()
+        namespace = subjects[0].split(".", 1)[0]
         ack = self._ack_policy(params)
         consumer_id = b"c_" + new_xid()
         headers = b"X-Bus-Consumer-Id: " + consumer_id + b"\r\n"
@@ -314,7 +338,7 @@ class Api:
             if owner is not None:
                 bound = broker.fanout.inbox_owners.claim(subject_bytes, owner)
                 if bound is not None:
-                    raise AuthError(403, f"token {owner!r} may not subscribe to {subject!r}: "
+                    raise AuthError(403, f"token {owner!r} may not subscribe to {subjects[0]!r}: "
                                          f"the inbox belongs to the token that subscribed to "
                                          f"it first")
             inbox = InboxConsumer(broker.fanout, conn, consumer_id, subject_bytes, owner)
@@ -324,11 +348,13 @@ class Api:
             raise BadRequest(f"namespace {namespace!r} is not declared; declared namespaces: "
                              f"{', '.join(sorted(broker.namespaces))}")
         if "group" in params:
-            self.join_group(conn, request, params, namespace, consumer_id, headers, token)
+            self.join_group(conn, request, params, namespace, subjects, consumer_id, headers,
+                            token)
             return
         start, resuming = self._start(params, request)
         consumer = Consumer(broker.fanout, broker.store, conn, consumer_id,
-                            Pattern(subject_bytes), namespace, ack, owner)
+                            Pattern(*(subject.encode() for subject in subjects)), namespace,
+                            ack, owner)
 
         def begin(cursor: int | str, definite: bool = True) -> None:
             """Stream from `cursor`, or say why not: in the stream's `error` event (the Go
@@ -450,8 +476,8 @@ class Api:
 
     # -- consumer groups (SPEC §3.7) ----------------------------------------------------------
     def join_group(self, conn: HttpConnection, request: Request, params: dict[str, str],
-                   namespace: str, consumer_id: bytes, headers: bytes, token: Token | None
-                   ) -> None:
+                   namespace: str, subjects: tuple[str, ...], consumer_id: bytes,
+                   headers: bytes, token: Token | None) -> None:
         """Join the group `group=` names, creating it on the first join; then stream."""
         close = not request.keep_alive
         if self.config.store != "local":
@@ -466,17 +492,6 @@ class Api:
             raise BadRequest(f"invalid Last-Event-ID: {id_problem(last_event_id)}")
         if GROUP_NAME.fullmatch(name) is None:
             raise BadRequest(f"invalid group {name[:80]!r}: 1 to 64 of A-Z a-z 0-9 _ -")
-        subjects = tuple(dict.fromkeys(_all(request.url, "subject")))
-        for subject in subjects:
-            try:
-                validate_pattern(subject.encode())
-            except ValueError as exc:
-                raise BadRequest(str(exc)) from None
-            if subject.split(".", 1)[0] != namespace:
-                raise BadRequest(f"all subjects of one subscription must be in one namespace: "
-                                 f"{subject!r} is not in {namespace!r}")
-            if token is not None and not token.may_subscribe(subject.encode()):
-                raise AuthError(403, f"token {token.name!r} may not subscribe to {subject!r}")
         max_inflight = _integer(params, "max_inflight", 1)
         if not 1 <= max_inflight <= 10000:
             raise BadRequest("invalid max_inflight: must be between 1 and 10000")

@@ -741,6 +741,32 @@ def test_first_matching_matches_oracle(recs, pattern, start, end):
         oracle.first_matching(recs, pattern)
 
 
+A_PATTERNS = [b"a.b", b"a.*", b"a.>", b"a.*.c", b"a.b.c", b"a.x"]
+
+
+@FAST
+@given(st.lists(records(), max_size=8), st.lists(st.sampled_from(A_PATTERNS), min_size=1,
+                                                 max_size=4),
+       st.integers(-2, 10), st.integers(-2, 10))
+def test_several_patterns_select_what_any_of_them_matches_once(recs, patterns, start, end):
+    """A filter of several patterns (several subject=) against the oracle: a record that
+    matches two of them is selected once, in record order."""
+    p, o = core.Pattern(*patterns), oracle.Pattern(*patterns)
+    assert (p.patterns, p.pattern, p.namespace, p.matches_all, p.is_literal) == (
+        o.patterns, o.pattern, o.namespace, o.matches_all, o.is_literal)
+    assert core.sse_frame_matching(recs, p) == oracle.sse_frame_matching(recs, o)
+    assert core.first_matching(recs, p, start, end) == oracle.first_matching(recs, o, start, end)
+    for rec in recs:
+        subject = oracle.record_subject(rec)
+        assert p.matches(subject) == o.matches(subject)
+
+
+def test_several_patterns_must_share_a_namespace():
+    with pytest.raises(ValueError, match="share a namespace"):
+        core.Pattern(b"a.b", b"b.>")
+    assert core.Pattern(b"a.x", b"a.*", b"a.x").patterns == (b"a.*", b"a.x")
+
+
 @FAST
 @given(st.binary(max_size=300))
 def test_sse_chunk_matches_oracle(text):

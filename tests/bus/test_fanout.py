@@ -16,11 +16,11 @@ except ImportError:
 class FakeReader:
     """A live reader that keeps what it is pushed."""
 
-    def __init__(self, pattern: bytes) -> None:
-        self.id = pattern + b"#%d" % id(self)
+    def __init__(self, *patterns: bytes) -> None:
+        self.id = patterns[0] + b"#%d" % id(self)
         self.owner = None
         self.namespace = "ns"
-        self.pattern = Pattern(pattern)
+        self.pattern = Pattern(*patterns)
         self.cursor = 0
         self.paused = self.done = self.live = False
         self.chunks: list[bytes] = []
@@ -81,3 +81,21 @@ def test_a_consumer_carries_no_per_instance_dict():
     from busd.bus.consumer import Consumer
 
     assert Consumer.__dictoffset__ == 0 and Consumer.__weakrefoffset__ == 0
+
+
+def test_a_reader_of_several_patterns_gets_each_record_once_in_order():
+    fanout, (single,) = live_fanout(b"ns.a")
+    multi, same = FakeReader(b"ns.a", b"ns.>"), FakeReader(b"ns.>", b"ns.a")
+    for reader in (multi, same):
+        fanout.add(reader)
+        fanout.join_live(reader)
+    records = [record(b"ns.a"), record(b"ns.b"), record(b"ns.a")]
+    fanout.push("ns", records, 3)
+    assert multi.chunks == [sse_frame(records)]  # ns.a matched both patterns: sent once
+    assert same.chunks[0] is multi.chunks[0]  # one filter, one frame
+    assert single.chunks == [sse_frame([records[0], records[2]])]
+    assert fanout.metrics.events_out["ns"] == 3 + 3 + 2
+    fanout.remove(multi)
+    fanout.remove(same)
+    assert fanout.live["ns"].values(b"ns.a") == (fanout.live_groups["ns"][(b"ns.a",)],)
+    assert b"ns.>" not in fanout.live["ns"]

@@ -271,7 +271,8 @@ def test_groups_endpoint_lists_and_delete_ends_members(server):
     state = shown["orders"]["billing"]
     assert state["subjects"] == ["orders.*"]
     assert state["settings"] == {"start": "newest", "ack_wait_s": 2.0, "max_deliver": 4,
-                                 "backoff_s": [1.0, 2.0], "dead_letter": "orders.dlq.billing"}
+                                 "backoff_s": [1.0, 2.0], "dead_letter": "orders.dlq.billing",
+                                 "max_pending": 50_000}
     assert [m["consumer_id"] for m in state["members"]] == [worker.id]
     assert state["members"][0]["inflight"] == 1 and state["pending"] == 1
     assert groups(server.port, "?namespace=orders&name=billing") == {"orders": {

@@ -18,7 +18,8 @@ subjects = st.lists(st.sampled_from(TOKENS), min_size=1, max_size=4).map(
 patterns = st.lists(st.sampled_from((*TOKENS, b"*")), min_size=0, max_size=4).flatmap(
     lambda t: st.sampled_from(
         ([b".".join([b"ns", *t])] if t else []) + [b".".join([b"ns", *t, b">"])]))
-operations = st.lists(st.tuples(st.booleans(), patterns), max_size=30)
+# (insert?, pattern, value): values sit under several patterns, patterns carry several
+operations = st.lists(st.tuples(st.booleans(), patterns, st.sampled_from("uvw")), max_size=30)
 
 
 def record(subject: bytes, event_id: bytes = b"e_" + b"0" * 20) -> bytes:
@@ -26,16 +27,17 @@ def record(subject: bytes, event_id: bytes = b"e_" + b"0" * 20) -> bytes:
     return b'{"id":"' + event_id + b'","subject":"' + subject + b'","payload":1}'
 
 
-def build(ops) -> tuple[Sublist, set[bytes]]:
-    """Apply (insert?, pattern) operations to a Sublist and to a plain set of patterns."""
+def build(ops) -> tuple[Sublist, set[tuple[bytes, str]]]:
+    """Apply (insert?, pattern, value) operations to a Sublist and to a plain set of
+    (pattern, value) pairs."""
     index, present = Sublist(), set()
-    for insert, pattern in ops:
+    for insert, pattern, value in ops:
         if insert:
-            index.insert(pattern, pattern)
-            present.add(pattern)
+            index.insert(pattern, value)
+            present.add((pattern, value))
         else:
-            index.delete(pattern)
-            present.discard(pattern)
+            index.delete(pattern, value)
+            present.discard((pattern, value))
     return index, present
 
 
@@ -72,13 +74,27 @@ def test_delete_prunes_and_empties_the_cache():
     index = Sublist()
     index.insert(b"ns.*.b", 1)
     assert index.match(b"ns.a.b") == (1,)
-    index.delete(b"ns.*.b")
+    index.delete(b"ns.*.b", 1)
     assert index.match(b"ns.a.b") == ()
     index.insert(b"ns.a.b", 2)
     assert index.match(b"ns.a.b") == (2,)
-    index.delete(b"ns.a.b")
-    index.delete(b"ns.a.b")  # twice: nothing to do
+    index.delete(b"ns.a.b", 2)
+    index.delete(b"ns.a.b", 2)  # twice: nothing to do
     assert len(index) == 0 and index.match(b"ns.a.b") == ()
+
+
+def test_a_value_under_several_patterns_is_matched_once():
+    index = Sublist()
+    for pattern in (b"ns.a", b"ns.*", b"ns.>"):
+        index.insert(pattern, "multi")
+    index.insert(b"ns.a", "one")
+    assert len(index) == 4 and index.values(b"ns.a") == ("multi", "one")
+    assert sorted(index.match(b"ns.a")) == ["multi", "one"]
+    records = [record(b"ns.a"), record(b"ns.b")]
+    assert dict(index.split(records)) == {"multi": records, "one": records[:1]}
+    index.delete(b"ns.*", "multi")
+    index.delete(b"ns.>", "multi")
+    assert sorted(index.match(b"ns.a")) == ["multi", "one"] and index.match(b"ns.b") == ()
 
 
 def test_cache_stays_bounded_past_its_limit():

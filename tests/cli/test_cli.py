@@ -96,7 +96,8 @@ def test_bad_flag_values_exit_2_with_one_line_naming_the_flag(argv, flag, capsys
     (["debug", "--verify=yes"], "bus debug: --verify takes no value"),
     (["put", "--subject", "app.a", "--data", "1", "2"],
      "bus put: unexpected argument '2' (a value goes right after its flag)"),
-    (["get", "--subject", "app.a", "--subject", "app.b"], "bus get: --subject is given twice"),
+    (["put", "--subject", "app.a", "--subject", "app.b", "--data", "1"],
+     "bus put: --subject is given twice"),
     (["dump", "--output", "a", "--output-dir", "b"],
      "bus dump: --output and --output-dir cannot be used together"),
     (["dump", "--host", ":1", "--secret-key", "k", "--output", "-"],
@@ -146,6 +147,15 @@ def test_put_then_get_prints_the_stored_event(server):
     assert first == (f'{{"id":"{event_id}","subject":"app.orders","trace_id":"req-1",'
                      f'"key":"k-1","created_at":"{created_at}","payload":{{"n": 1, "s": "é"}}}}')
     assert json.loads(second)["payload"] == "plain text"
+
+
+def test_get_with_several_subjects_prints_each_matching_event_once(server):
+    for subject, n in (("app.a.x", 0), ("app.c", 1), ("app.b", 2), ("app.a.y", 3)):
+        publish(server.port, subject, n)
+    got = bus("get", "--host", host(server), "--subject", "app.a.*", "--subject", "app.a.>",
+              "--subject", "app.b", "--start", "oldest", "--count", "3")
+    assert got.returncode == 0, got.stderr
+    assert [json.loads(line)["payload"] for line in got.stdout.splitlines()] == [0, 2, 3]
 
 
 def test_put_with_a_key_seen_before_fails_with_the_reason(server):

@@ -361,6 +361,14 @@ def test_idle_timeout_ends_the_iteration_after_a_quiet_spell(client):
     assert 0.3 <= time.monotonic() - t0 < 2 and sub.closed
 
 
+def test_get_takes_several_patterns_of_one_namespace(client):
+    a, b = topic(), topic()
+    client.put_batch([{"subject": subject, "data": n}
+                      for n, subject in enumerate((a, b, topic(), a))])
+    sub = client.get([a, b, a], start="oldest", idle_timeout=0.3)
+    assert [e.payload for e in sub] == [0, 1, 3]
+
+
 def test_health_is_the_servers_report(bus, client):
     report = client.health()
     assert report["status"] == "ok" and set(report["namespaces"]) == {"app", "orders", "math"}

@@ -31,6 +31,7 @@ from busd.client._wire import (
     encode_event,
     encode_raw_batch,
     go_duration,
+    group_target,
     new_inbox,
     split_url,
     subscribe_target,
@@ -83,6 +84,15 @@ def test_batch_body_and_item_checks():
 ])
 def test_redelivery_accepts_seconds_timedelta_and_go_durations(value, wire):
     assert go_duration(value) == wire
+
+
+def test_several_patterns_and_max_pending_reach_the_query():
+    assert subscribe_target(["app.a.*", "app.b>"]).startswith(
+        "/?subject=app.a.%2A&subject=app.b%3E&start=newest")
+    assert group_target(("orders.a", "orders.b"), "g", max_pending=7) == (
+        "/?subject=orders.a&subject=orders.b&group=g&start=newest&max_pending=7")
+    with pytest.raises(ValueError, match="at least one"):
+        subscribe_target([])
 
 
 def test_bad_durations_and_urls_are_refused():

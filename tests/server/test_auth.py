@@ -115,6 +115,15 @@ def test_subscription_allowed_only_if_every_matching_subject_is(auth_server, sec
             assert pattern.encode() in body and b"cover" in body
 
 
+def test_several_subjects_need_every_one_allowed(auth_server):
+    both = "subject=" + quote("app.*") + "&subject=" + quote("app.x.>")
+    with SSE(auth_server.port, both, headers=bearer(BILLING)) as sse:
+        assert sse.status == 403  # app.* is allowed, app.x.> is not
+        assert b"app.x.>" in sse.file.read(int(sse.headers["content-length"]))
+    with SSE(auth_server.port, "subject=app.*&subject=app.b", headers=bearer(BILLING)) as sse:
+        assert sse.status == 200
+
+
 def test_eventsource_token_in_query_and_inbox_open_to_every_token(auth_server):
     port = auth_server.port
     with SSE(port, f"subject=orders.>&token={READER}") as sse:

@@ -9,7 +9,8 @@ redelivery reads the record back from the store, so memory does not grow with pa
 
 Members get events round-robin among those with room (max_inflight) whose socket is not
 full, so no member idles while another has a backlog it cannot take. The cursor stops
-when PENDING_LIMIT events are pending (naks with long delays cannot grow it further).
+when the group's `max_pending` events are pending (naks with long delays cannot grow it
+further), and goes on as they are settled.
 Every change is recorded in the journal and committed by the registry once per loop
 iteration; acks are answered after that write.
 """
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("busd.bus.group")
 
-PENDING_LIMIT = 50_000
 READ_AHEAD_BYTES = 256 << 10
 SCAN_PER_STEP = 20_000  # records examined per step before yielding to the loop
 LAG_SCAN_RECORDS = 100_000  # GET /groups counts matching events exactly up to this far
@@ -91,7 +91,7 @@ class Group:
         self.store = store
         self.host = host
         self.loop = asyncio.get_running_loop()
-        self.patterns = [Pattern(subject.encode()) for subject in settings.subjects]
+        self.pattern = Pattern(*(subject.encode() for subject in settings.subjects))
         self.dead_letter_subject = settings.dead_letter.encode()
         self.counters = counters
         self.members: list[Member] = []
@@ -242,7 +242,7 @@ class Group:
             record = self._record(entry)
             if record is not None:
                 return entry, record
-        if len(self.pending) >= PENDING_LIMIT:
+        if len(self.pending) >= self.settings.max_pending:
             return None, b""
         counters = self.counters
         while budget[0] > 0:
@@ -261,12 +261,8 @@ class Group:
 
     def _matches(self, record: bytes) -> bool:
         subject = record_subject(record)
-        if subject == self.dead_letter_subject:  # its own dead letters never come back
-            return False
-        for pattern in self.patterns:
-            if pattern.matches(subject):
-                return True
-        return False
+        # its own dead letters never come back
+        return subject != self.dead_letter_subject and self.pattern.matches(subject)
 
     def _at_cursor(self) -> bytes | None:
         """The record at the cursor from a read-ahead buffer; None at the head (the
@@ -424,7 +420,7 @@ class Group:
         rest assumed to match (an upper bound)."""
         store, ns = self.store, self.namespace
         head, index = store.next_index(ns), max(self.counters.cursor, store.first_index(ns))
-        if len(self.patterns) == 1 and self.patterns[0].matches_all:
+        if self.pattern.matches_all:
             return head - index
         stop, matched = min(head, index + LAG_SCAN_RECORDS), 0
         while index < stop:

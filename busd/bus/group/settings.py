@@ -15,6 +15,9 @@ DEFAULT_MAX_DELIVER = 5
 MIN_WAIT = 0.01  # shorter waits turn unacked events into a flood of copies
 MAX_WAIT = 7 * 86400.0
 MAX_BACKOFF_STEPS = 32
+# delivered, unsettled events a group may hold (JetStream's MaxAckPending): the cursor waits
+# there, so naks with long delays cannot grow a group's memory further
+MAX_PENDING = 50_000
 
 
 class SettingsError(ValueError):
@@ -57,6 +60,7 @@ class GroupSettings:
     backoff: tuple[float, ...]
     dead_letter: str
     created_at: str
+    max_pending: int = MAX_PENDING
 
     def wait_after(self, deliveries: int) -> float:
         """How long delivery number `deliveries` may stay unsettled before the next one:
@@ -71,20 +75,20 @@ class GroupSettings:
                 "subjects": list(self.subjects), "start": self.start,
                 "ack_wait_s": self.ack_wait, "max_deliver": self.max_deliver,
                 "backoff_s": list(self.backoff), "dead_letter": self.dead_letter,
-                "created_at": self.created_at}
+                "created_at": self.created_at, "max_pending": self.max_pending}
 
     @classmethod
     def from_json(cls, data: dict) -> GroupSettings:
         return cls(data["namespace"], data["name"], tuple(data["subjects"]), data["start"],
                    float(data["ack_wait_s"]), int(data["max_deliver"]),
                    tuple(float(b) for b in data["backoff_s"]), data["dead_letter"],
-                   data["created_at"])
+                   data["created_at"], int(data.get("max_pending", MAX_PENDING)))
 
     def shown(self) -> dict:
         """The `settings` object of GET /groups."""
         return {"start": self.start, "ack_wait_s": self.ack_wait,
                 "max_deliver": self.max_deliver, "backoff_s": list(self.backoff),
-                "dead_letter": self.dead_letter}
+                "dead_letter": self.dead_letter, "max_pending": self.max_pending}
 
 
 def parse_settings(namespace: str, name: str, subjects: tuple[str, ...], start: str,
@@ -102,6 +106,14 @@ def parse_settings(namespace: str, name: str, subjects: tuple[str, ...], start: 
     else:
         raise SettingsError(f"invalid max_deliver {text[:40]!r}: a whole number >= 0 "
                             "(0: unlimited)")
+    text = params.get("max_pending", "")
+    if not text:
+        max_pending = MAX_PENDING
+    elif re.fullmatch(r"[0-9]{1,9}", text) and 1 <= int(text) <= MAX_PENDING:
+        max_pending = int(text)
+    else:
+        raise SettingsError(f"invalid max_pending {text[:40]!r}: a whole number from 1 to "
+                            f"{MAX_PENDING}")
     backoff: tuple[float, ...] = ()
     if params.get("backoff"):
         steps = params["backoff"].split(",")
@@ -117,4 +129,4 @@ def parse_settings(namespace: str, name: str, subjects: tuple[str, ...], start: 
         raise SettingsError(f"invalid dead_letter {dead_letter[:80]!r}: a subject (no "
                             f"wildcards) in the group's namespace {namespace}")
     return GroupSettings(namespace, name, subjects, start, ack_wait, max_deliver, backoff,
-                         dead_letter, created_at)
+                         dead_letter, created_at, max_pending)
