@@ -24,6 +24,7 @@ from busd._core import (
 from busd.bus.dedup import ENTRY_BYTES, DedupCache, SnapshotError
 from busd.bus.fanout import FanOut
 from busd.bus.group.member import Member
+from busd.bus.group.jetstream import JetStreamGroups
 from busd.bus.group.registry import Answer, Groups
 from busd.server.config import Config
 from busd.server.metrics import Metrics
@@ -72,7 +73,8 @@ class Broker:
         # the dedup cache is saved only with a local log (JetStream dedups by itself)
         self.dedup_path = config.path / DEDUP_FILE if config.store == "local" else None
         self._saved: tuple[int, list[int]] | None = None  # (changes, heads) last saved
-        self.groups = Groups(config.path, store, self.fanout, self.publish, config.fsync,
+        registry = JetStreamGroups if config.store == "jetstream" else Groups
+        self.groups = registry(config.path, store, self.fanout, self.publish, config.fsync,
                              config.fsync_interval)
 
     # -- start-up, and saving the dedup cache ---------------------------------------------

@@ -911,6 +911,12 @@ class JetStreamStore:
         else:
             heapq.heappush(tail.waiters, (seq, id(answer), answer, time.monotonic()))
 
+    def send(self, subject: str, data: bytes, reply: str = "") -> None:
+        """A core NATS message, in order after everything queued before it (group acks,
+        pull requests)."""
+        self._outbox.append((subject, data, reply, None))
+        self._wake.set()
+
     def publish_inbox(self, subject: bytes, record: bytes) -> None:
         """Inbox events ride core NATS to the other front-ends (never stored)."""
         self._outbox.append((subject.decode(), record, "", None))
