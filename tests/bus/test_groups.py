@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from busclient import SSE, publish, request
+from busclient import SSE, Http, publish, request
 from groupworker import Worker, batch, groups
 
 
