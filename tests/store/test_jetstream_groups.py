@@ -145,14 +145,14 @@ def test_term_dead_letters_at_once(frontends):  # noqa: F811
     (a,) = frontends(1)
     watcher = SSE(a.port, "subject=orders.poison")
     worker = Worker(a.port, "subject=orders.created&group=g&dead_letter=orders.poison"
-                            "&start=oldest")
+                            "&start=oldest&ack_wait=300ms")
     publish(a.port, "orders.created", 7)
     event = worker.take(1)[0]
     assert worker.settle(event, "term") == 202
     letter = watcher.events(1, timeout=2.0)[0]
     assert letter["payload"]["reason"] == "term" and letter["payload"]["deliveries"] == 1
     assert letter["payload"]["event"]["id"] == event["id"]
-    assert worker.no_event(0.5)
+    assert worker.no_event(0.8)  # past ack_wait: termed for good
     worker.close()
     watcher.close()
 
