@@ -82,3 +82,28 @@ def groups(port: int, query: str = "") -> dict:
     answer = request(port, "GET", "/groups" + query)
     assert answer.status == 200, answer
     return answer.json()
+
+
+def ack_each(workers: list[Worker]) -> tuple[list[list], list[BaseException], list]:
+    """Each worker, in a thread of its own, acks every event it gets (each must be a first
+    delivery) until none comes for 2 s: (payloads seen per worker, errors, the threads)."""
+    seen: list[list] = [[] for _ in workers]
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        worker = workers[k]
+        try:
+            while True:
+                event = worker.take(1, timeout=2.0)[0]
+                assert event["deliveries"] == 1
+                seen[k].append(event["payload"])
+                assert worker.settle(event) == 202
+        except TimeoutError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(workers))]
+    for thread in threads:
+        thread.start()
+    return seen, errors, threads

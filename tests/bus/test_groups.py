@@ -3,37 +3,18 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
 from busclient import SSE, Http, publish, request
-from groupworker import Worker, batch, groups
+from groupworker import Worker, ack_each, batch, groups
 
 
 def test_three_members_share_the_events_each_acked_once(server):
     workers = [Worker(server.port, "subject=orders.>&group=billing&start=oldest"
                                    "&max_inflight=20") for _ in range(3)]
     total = 10_000
-    seen: list[list[int]] = [[] for _ in workers]
-    errors: list[BaseException] = []
-
-    def work(k: int) -> None:
-        worker = workers[k]
-        try:
-            while True:
-                event = worker.take(1, timeout=2.0)[0]
-                assert event["deliveries"] == 1
-                seen[k].append(event["payload"])
-                assert worker.settle(event) == 202
-        except TimeoutError:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
-    for thread in threads:
-        thread.start()
+    seen, errors, threads = ack_each(workers)
     batch(server.port, "orders.created", total)
     for thread in threads:
         thread.join(30)

@@ -3,7 +3,6 @@ group, so members on different busd front-ends compete for the same events."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -17,7 +16,7 @@ if nats_server_binary() is None:
                 allow_module_level=True)
 
 from busclient import SSE, publish, request  # noqa: E402
-from groupworker import Worker, batch, groups  # noqa: E402
+from groupworker import Worker, ack_each, batch, groups  # noqa: E402
 from test_jetstream import frontends  # noqa: E402,F401 - the fixture
 
 
@@ -32,6 +31,17 @@ def wait_for_group(port: int, namespace: str, name: str, timeout: float = 5.0) -
     raise TimeoutError(f"group {name} not listed on port {port}")
 
 
+def settled_state(port: int, name: str, ok, timeout: float = 3.0) -> dict:
+    """The group's GET /groups figures once `ok(state)` (they are refreshed every second)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = groups(port)["orders"][name]
+        if ok(state):
+            return state
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+
+
 def test_members_on_two_frontends_share_events_each_acked_once(frontends):  # noqa: F811
     a, b = frontends(2)
     query = "subject=orders.>&group=billing&start=oldest&max_inflight=20"
@@ -39,25 +49,7 @@ def test_members_on_two_frontends_share_events_each_acked_once(frontends):  # no
     wait_for_group(b.port, "orders", "billing")
     workers = [first, Worker(b.port, query), Worker(a.port, query)]
     total = 600
-    seen: list[list[int]] = [[] for _ in workers]
-    errors: list[BaseException] = []
-
-    def work(k: int) -> None:
-        worker = workers[k]
-        try:
-            while True:
-                event = worker.take(1, timeout=2.0)[0]
-                assert event["deliveries"] == 1
-                seen[k].append(event["payload"])
-                assert worker.settle(event) == 202
-        except TimeoutError:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
-    for thread in threads:
-        thread.start()
+    seen, errors, threads = ack_each(workers)
     batch(a.port, "orders.created", total)
     for thread in threads:
         thread.join(30)
@@ -65,13 +57,7 @@ def test_members_on_two_frontends_share_events_each_acked_once(frontends):  # no
     assert sorted(n for got in seen for n in got) == list(range(total))
     assert all(seen), [len(got) for got in seen]  # every member took a share
     assert len(seen[1]) > 0  # the member on the other front-end too
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        state = groups(b.port)["orders"]["billing"]
-        if state["pending"] == 0 and state["lag"] == 0:
-            break
-        time.sleep(0.1)
-    assert state["pending"] == 0 and state["lag"] == 0, state
+    state = settled_state(b.port, "billing", lambda s: s["pending"] == s["lag"] == 0)
     assert state["ack_floor"] == total
     for worker in workers:
         worker.close()
@@ -166,13 +152,7 @@ def test_groups_endpoint_lists_and_delete_ends_members_everywhere(frontends):  #
     state = wait_for_group(b.port, "orders", "audit")
     assert state["settings"]["ack_wait_s"] == 5.0 and state["settings"]["max_deliver"] == 4
     worker_b = Worker(b.port, query)
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
-        state = groups(a.port)["orders"]["audit"]
-        if state["pending"] == 2 and state["lag"] == 8:
-            break
-        time.sleep(0.1)
-    assert (state["pending"], state["lag"]) == (2, 8), state
+    settled_state(a.port, "audit", lambda s: (s["pending"], s["lag"]) == (2, 8))
     answer = request(b.port, "DELETE", "/groups?namespace=orders&name=audit")
     assert answer.status == 200 and answer.json()["name"] == "audit"
     for worker in (worker_b, worker_a):

@@ -25,10 +25,10 @@ from collections.abc import Callable
 
 import orjson
 
-from busd.bus.group.dispatcher import with_deliveries
+from busd.bus.group.dispatcher import next_with_room, with_deliveries
 from busd.bus.group.journal import Counters
 from busd.bus.group.member import Member
-from busd.bus.group.registry import MAX_GROUPS_PER_NAMESPACE, Groups, JoinRefused
+from busd.bus.group.registry import Groups, JoinRefused
 from busd.bus.group.settings import GroupSettings, parse_settings
 from busd._core import now_rfc3339, record_id
 
@@ -254,13 +254,9 @@ class JetStreamGroup:
         member.send([with_deliveries(record, deliveries)])
 
     def _member_with_room(self) -> Member | None:
-        members, count = self.members, len(self.members)
-        for k in range(count):
-            member = members[(self._turn + k) % count]
-            if len(member.inflight) < member.max_inflight:
-                self._turn = (self._turn + k + 1) % count
-                return member
-        return None
+        """Round-robin over the members with room (a paused one too: it was pulled for)."""
+        member, self._turn = next_with_room(self.members, self._turn, False)
+        return member
 
     def _forget(self, index: int) -> None:
         held = self.pending.pop(index, None)
@@ -442,9 +438,7 @@ class JetStreamGroups(Groups):
         if settings.backoff and 0 < settings.max_deliver <= len(settings.backoff):
             raise JoinRefused(400, f"max_deliver ({settings.max_deliver}) must be more than "
                                    f"the backoff steps ({len(settings.backoff)}) on JetStream")
-        if sum(1 for ns, _ in self.groups if ns == namespace) >= MAX_GROUPS_PER_NAMESPACE:
-            raise JoinRefused(409, f"namespace {namespace} has {MAX_GROUPS_PER_NAMESPACE} "
-                                   "groups, the most it may: delete one first")
+        self.check_room(namespace)
         log.info("group created ns=%s group=%s subjects=%s start_seq=%d", namespace, name,
                  ",".join(subjects), cursor + 1)
         return self._add(settings, cursor + 1)
