@@ -299,7 +299,11 @@ class Broker:
         if action != "ack" and consumer is not None:
             raise ValueError(f"action={action} is for consumer group members (subscribe "
                              "with group=); this consumer takes plain acks")
-        self.ack(consumer_id, event_id)
+        if consumer is None and action != "ack":  # a member on another front-end, maybe
+            self.metrics.acks += 1
+            self.store.forward_ack(consumer_id, event_id, action, delay)
+        else:
+            self.ack(consumer_id, event_id)
         answer(None)
 
     # -- StoreListener: what the store tells the bus -----------------------------------------
@@ -309,11 +313,16 @@ class Broker:
     def inbox_event(self, subject: bytes, record: bytes) -> None:
         self.fanout.route_inbox(subject, record)
 
-    def ack_forwarded(self, consumer_id: bytes, event_id: bytes) -> None:
+    def ack_forwarded(self, consumer_id: bytes, event_id: bytes, action: str = "ack",
+                      delay: float = 0.0) -> None:
         """It carries no token, so it only applies to consumers of an open bus (no
-        --auth-file owner)."""
+        --auth-file owner). A nak, term or progress only to a group member."""
         consumer = self.fanout.consumers.get(consumer_id)
-        if consumer is not None and consumer.owner is None:
+        if consumer is None or consumer.owner is not None:
+            return
+        if isinstance(consumer, Member):
+            consumer.settle(event_id, action, delay)
+        elif action == "ack":
             consumer.ack(event_id)
 
     def published(self, namespace: str, events: int, size: int) -> None:

