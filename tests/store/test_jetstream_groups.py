@@ -95,6 +95,18 @@ def test_a_member_that_disconnects_naks_at_once(frontends):  # noqa: F811
     other.close()
 
 
+def test_a_frontend_shut_down_hands_its_events_over_at_once(frontends):  # noqa: F811
+    a, b = frontends(2)
+    query = "subject=orders.>&group=g&start=oldest&max_inflight=3"  # ack_wait 30s
+    leaving = Worker(a.port, query)
+    batch(a.port, "orders.created", 3)
+    leaving.take(3)
+    other = Worker(b.port, query)
+    assert a.stop() == 0  # SIGTERM: its members leave, and their naks go out first
+    assert [e["deliveries"] for e in other.take(3, timeout=2.0)] == [2, 2, 2]
+    other.close()
+
+
 def test_nak_with_delay_waits_before_the_redelivery(frontends):  # noqa: F811
     (a,) = frontends(1)
     worker = Worker(a.port, "subject=orders.>&group=g")
