@@ -251,6 +251,8 @@ class JetStreamGroup:
         self.pending[index] = held
         self.by_id[record_id(record)] = index
         member.inflight.add(index)
+        if deliveries > 1:
+            self.counters.redeliveries += 1
         member.send([with_deliveries(record, deliveries)])
 
     def _member_with_room(self) -> Member | None:
@@ -339,7 +341,7 @@ class JetStreamGroup:
                 "next_index": self.store.next_index(self.namespace),
                 "pending": int(info.get("num_ack_pending", 0)),
                 "acked": counters.acked, "lag": self.lag(),
-                "redeliveries": int(info.get("num_redelivered", 0)),
+                "redeliveries": counters.redeliveries,
                 "dead_letters": counters.dead_letters, "skipped_by_retention": 0,
                 "jetstream_consumer": self.durable}
 
