@@ -1,12 +1,18 @@
 """Consumer-group delivery rate: 3 members, max_inflight=100, acks pipelined.
 
-Usage:  python perf/group_bench.py [EVENTS] [REPEATS]   (defaults 60000, 3)
+Usage:  python perf/group_bench.py [EVENTS] [REPEATS] [local|jetstream]
+        (defaults 60000, 3, local)
 
 Stores EVENTS events, then measures (a) a plain subscription reading them from oldest
 (ack=none: the baseline, delivery without acks) and (b) a group of 3 members from
 oldest, each acking every event on a keep-alive connection, pipelined; the time until
 every event is acked (the group's `acked` figure). The server runs on CPU 0 (taskset),
 this process on CPU 1. Prints the medians and the ratio.
+
+With `jetstream`, busd runs with --store jetstream over a real 3-node cluster (busd and
+the three nats-servers on CPU 0) and the baseline is the cluster's own durable consumer:
+3 nats-py pull subscriptions on one durable (explicit ack, fetches of 100, every message
+acked), driven from this process without busd.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import urllib.request
 
 EVENTS = int(sys.argv[1]) if len(sys.argv) > 1 else 60_000
 REPEATS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+STORE = sys.argv[3] if len(sys.argv) > 3 else "local"
 
 
 def free_port() -> int:
@@ -32,10 +39,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(path: str, port: int) -> subprocess.Popen:
+def start_server(path: str, port: int, *flags: str) -> subprocess.Popen:
     proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "busd", "server",
                              "--addr", f"127.0.0.1:{port}", "--path", path,
-                             "--namespaces", "bench"], stderr=subprocess.DEVNULL)
+                             "--namespaces", "bench", *flags], stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), 0.1).close()
@@ -123,12 +130,81 @@ async def group(port: int, name: str) -> float:
     return time.perf_counter() - started
 
 
+async def raw_durable(urls: str, name: str) -> float:
+    """The cluster's own rate: 3 pull subscriptions on one durable, every message acked."""
+    import nats
+    from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+    nc = await nats.connect(urls.split(","))
+    js = nc.jetstream()
+    config = ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT,
+                            deliver_policy=DeliverPolicy.ALL, max_ack_pending=50_000)
+    await js.add_consumer("bench", config)
+    acked = [0]
+
+    async def member() -> None:
+        sub = await js.pull_subscribe_bind(name, "bench")
+        while acked[0] < EVENTS:
+            try:
+                messages = await sub.fetch(100, timeout=1)
+            except nats.errors.TimeoutError:
+                continue
+            for message in messages:
+                await message.ack()
+            acked[0] += len(messages)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(member() for _ in range(3)))
+    await nc.flush()
+    seconds = time.perf_counter() - started
+    await nc.close()
+    return seconds
+
+
 def cpu_seconds(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def main_jetstream() -> None:
+    """busd's JetStream groups against the cluster's own durable consumer, same run."""
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from natscluster import NatsCluster
+
+    os.sched_setaffinity(0, {1})
+    with tempfile.TemporaryDirectory() as path:
+        cluster = NatsCluster(Path(path) / "nats").start()
+        for proc in cluster.procs:
+            subprocess.run(["taskset", "-p", "-c", "0", str(proc.pid)], check=True,
+                           stdout=subprocess.DEVNULL)
+        port = free_port()
+        server = start_server(path, port, "--store", "jetstream", "--nats-url", cluster.urls,
+                              "--replicas", "3", "--log-level", "WARN")
+        try:
+            fill(port)
+            raws, groups = [], []
+            for k in range(REPEATS):
+                raws.append(EVENTS / asyncio.run(raw_durable(cluster.urls, f"raw{k}")))
+                groups.append(EVENTS / asyncio.run(group(port, f"g{k}")))
+        finally:
+            server.terminate()
+            server.wait()
+            cluster.close()
+    r, g = statistics.median(raws), statistics.median(groups)
+    print(f"events={EVENTS} repeats={REPEATS} store=jetstream (3 nodes, R3)")
+    print(f"nats-py durable, 3 pull subscriptions, fetch 100, acked: median {r:,.0f} ev/s "
+          f"{[round(x) for x in raws]}")
+    print(f"busd group of 3, max_inflight=100, acks pipelined: median {g:,.0f} ev/s acked "
+          f"{[round(x) for x in groups]}")
+    print(f"ratio busd group/raw durable: {g / r:.3f}")
+
+
 def main() -> None:
+    if STORE == "jetstream":
+        main_jetstream()
+        return
     os.sched_setaffinity(0, {1})
     with tempfile.TemporaryDirectory() as path:
         port = free_port()

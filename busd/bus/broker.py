@@ -24,6 +24,7 @@ from busd._core import (
 from busd.bus.dedup import ENTRY_BYTES, DedupCache, SnapshotError
 from busd.bus.fanout import FanOut
 from busd.bus.group.member import Member
+from busd.bus.group.jetstream import JetStreamGroups
 from busd.bus.group.registry import Answer, Groups
 from busd.server.config import Config
 from busd.server.metrics import Metrics
@@ -72,7 +73,8 @@ class Broker:
         # the dedup cache is saved only with a local log (JetStream dedups by itself)
         self.dedup_path = config.path / DEDUP_FILE if config.store == "local" else None
         self._saved: tuple[int, list[int]] | None = None  # (changes, heads) last saved
-        self.groups = Groups(config.path, store, self.fanout, self.publish, config.fsync,
+        registry = JetStreamGroups if config.store == "jetstream" else Groups
+        self.groups = registry(config.path, store, self.fanout, self.publish, config.fsync,
                              config.fsync_interval)
 
     # -- start-up, and saving the dedup cache ---------------------------------------------
@@ -297,7 +299,11 @@ class Broker:
         if action != "ack" and consumer is not None:
             raise ValueError(f"action={action} is for consumer group members (subscribe "
                              "with group=); this consumer takes plain acks")
-        self.ack(consumer_id, event_id)
+        if consumer is None and action != "ack":  # a member on another front-end, maybe
+            self.metrics.acks += 1
+            self.store.forward_ack(consumer_id, event_id, action, delay)
+        else:
+            self.ack(consumer_id, event_id)
         answer(None)
 
     # -- StoreListener: what the store tells the bus -----------------------------------------
@@ -307,11 +313,16 @@ class Broker:
     def inbox_event(self, subject: bytes, record: bytes) -> None:
         self.fanout.route_inbox(subject, record)
 
-    def ack_forwarded(self, consumer_id: bytes, event_id: bytes) -> None:
+    def ack_forwarded(self, consumer_id: bytes, event_id: bytes, action: str = "ack",
+                      delay: float = 0.0) -> None:
         """It carries no token, so it only applies to consumers of an open bus (no
-        --auth-file owner)."""
+        --auth-file owner). A nak, term or progress only to a group member."""
         consumer = self.fanout.consumers.get(consumer_id)
-        if consumer is not None and consumer.owner is None:
+        if consumer is None or consumer.owner is not None:
+            return
+        if isinstance(consumer, Member):
+            consumer.settle(event_id, action, delay)
+        elif action == "ack":
             consumer.ack(event_id)
 
     def published(self, namespace: str, events: int, size: int) -> None:

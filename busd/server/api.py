@@ -480,10 +480,6 @@ class Api:
                    headers: bytes, token: Token | None) -> None:
         """Join the group `group=` names, creating it on the first join; then stream."""
         close = not request.keep_alive
-        if self.config.store != "local":
-            conn.reply(error_response(501, "consumer groups are served by --store local only "
-                                           "in this version", close), close)
-            return
         name = params["group"]
         # the group remembers where it is, so a (browser's) Last-Event-ID is moot, but it
         # must still be well-formed

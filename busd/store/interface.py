@@ -33,8 +33,10 @@ class StoreListener(Protocol):
         """An inbox event published through another front-end."""
         ...
 
-    def ack_forwarded(self, consumer_id: bytes, event_id: bytes) -> None:
-        """An ack another front-end received for a consumer that may be here."""
+    def ack_forwarded(self, consumer_id: bytes, event_id: bytes, action: str = "ack",
+                      delay: float = 0.0) -> None:
+        """An ack (or a group's nak, term, progress) another front-end received for a
+        consumer that may be here."""
         ...
 
     def published(self, namespace: str, events: int, size: int) -> None:
@@ -111,8 +113,10 @@ class Store(Protocol):
         """An inbox event this front-end routed: pass it to the other front-ends."""
         ...
 
-    def forward_ack(self, consumer_id: bytes, event_id: bytes) -> None:
-        """An ack for a consumer not held here: pass it to the other front-ends."""
+    def forward_ack(self, consumer_id: bytes, event_id: bytes, action: str = "ack",
+                    delay: float = 0.0) -> None:
+        """An ack (or a group's nak, term, progress) for a consumer not held here: pass it
+        to the other front-ends."""
         ...
 
     # -- reading --------------------------------------------------------------------------

@@ -79,6 +79,19 @@ def with_deliveries(record: bytes, deliveries: int) -> bytes:
     return b'%s,"deliveries":%d}' % (record[:-1], deliveries)
 
 
+def next_with_room(members: list[Member], turn: int, skip_paused: bool
+                   ) -> tuple[Member | None, int]:
+    """Round-robin from `turn`: the next member with room (max_inflight), and the turn
+    after it (so no member idles while another has a backlog)."""
+    count = len(members)
+    for k in range(count):
+        member = members[(turn + k) % count]
+        if (not (skip_paused and member.paused)
+                and len(member.inflight) < member.max_inflight):
+            return member, (turn + k + 1) % count
+    return None, turn
+
+
 class Group:
     """One group: its members, its pending events, its cursor and its timers."""
 
@@ -222,14 +235,8 @@ class Group:
         self._arm()
 
     def _member_with_room(self) -> Member | None:
-        members = self.members
-        count = len(members)
-        for k in range(count):
-            member = members[(self._turn + k) % count]
-            if not member.paused and len(member.inflight) < member.max_inflight:
-                self._turn = (self._turn + k + 1) % count
-                return member
-        return None
+        member, self._turn = next_with_room(self.members, self._turn, True)
+        return member
 
     def _next_delivery(self, budget: list[int]) -> tuple[Pending | None, bytes]:
         """The next event to deliver: one that is ready again first, else the next

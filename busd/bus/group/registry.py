@@ -115,9 +115,7 @@ class Groups:
         """A new group whose cursor is `cursor` (raises SettingsError, JoinRefused)."""
         settings = parse_settings(namespace, name, subjects, start, params,
                                   now_rfc3339().decode())
-        if sum(1 for ns, _ in self.groups if ns == namespace) >= MAX_GROUPS_PER_NAMESPACE:
-            raise JoinRefused(409, f"namespace {namespace} has {MAX_GROUPS_PER_NAMESPACE} "
-                                   "groups, the most it may: delete one first")
+        self.check_room(namespace)
         folder = self._folder(namespace)
         folder.mkdir(parents=True, exist_ok=True)
         meta = folder / f"{name}.json"
@@ -136,6 +134,12 @@ class Groups:
         log.info("group created ns=%s group=%s subjects=%s cursor=%d", namespace, name,
                  ",".join(subjects), cursor)
         return group
+
+    def check_room(self, namespace: str) -> None:
+        """Raises JoinRefused when the namespace has as many groups as it may."""
+        if sum(1 for ns, _ in self.groups if ns == namespace) >= MAX_GROUPS_PER_NAMESPACE:
+            raise JoinRefused(409, f"namespace {namespace} has {MAX_GROUPS_PER_NAMESPACE} "
+                                   "groups, the most it may: delete one first")
 
     def join(self, group: Group, subjects: tuple[str, ...], sink, consumer_id: bytes,
              max_inflight: int, owner: str | None) -> Member:

@@ -48,6 +48,7 @@ EVENT_ID_HEADER = "Bus-Event-Id"
 # + consumer id: acks forwarded between front-ends. Outside the inbox space and every
 # namespace (a namespace name cannot hold `$`), so no client can publish or subscribe there.
 ACK_SUBJECT = "$BUSD.ack."
+SETTLE_HEADER = "Busd-Settle"  # "<action> <delay seconds>" of a forwarded nak/term/progress
 # Free-form ids carry no second to search by: each one stored gets a marker in the stream
 # IDS_STREAM + namespace, on subject IDS_SUBJECT + namespace + "." + a hash of the id, one
 # message per subject, its data the event's stream sequence (checked against the event).
@@ -911,25 +912,41 @@ class JetStreamStore:
         else:
             heapq.heappush(tail.waiters, (seq, id(answer), answer, time.monotonic()))
 
+    def send(self, subject: str, data: bytes, reply: str = "") -> None:
+        """A core NATS message, in order after everything queued before it (group acks,
+        pull requests)."""
+        self._outbox.append((subject, data, reply, None))
+        self._wake.set()
+
     def publish_inbox(self, subject: bytes, record: bytes) -> None:
         """Inbox events ride core NATS to the other front-ends (never stored)."""
         self._outbox.append((subject.decode(), record, "", None))
         self._wake.set()
 
-    def forward_ack(self, consumer_id: bytes, event_id: bytes) -> None:
-        """An ack for a consumer this front-end does not hold: to the others, core NATS.
-        Front-ends name consumers c_<xid>; any other id (acks check only the prefix) is
-        held by none, and would not make a NATS subject."""
+    def forward_ack(self, consumer_id: bytes, event_id: bytes, action: str = "ack",
+                    delay: float = 0.0) -> None:
+        """An ack (or a group member's nak, term, progress: header SETTLE_HEADER) for a
+        consumer this front-end does not hold: to the others, core NATS. Front-ends name
+        consumers c_<xid>; any other id (acks check only the prefix) is held by none, and
+        would not make a NATS subject."""
         if len(consumer_id) != 22 or not is_xid(consumer_id[2:]):
             return
-        self._outbox.append((ACK_SUBJECT + consumer_id.decode(), event_id, "", None))
+        headers = None if action == "ack" else \
+            b"NATS/1.0\r\n%s: %s %r\r\n\r\n" % (SETTLE_HEADER.encode(), action.encode(), delay)
+        self._outbox.append((ACK_SUBJECT + consumer_id.decode(), event_id, "", headers))
         self._wake.set()
 
     async def _on_inbox(self, msg) -> None:
         self._listener.inbox_event(msg.subject.encode(), msg.data)
 
     async def _on_ack(self, msg) -> None:
-        self._listener.ack_forwarded(msg.subject[len(ACK_SUBJECT):].encode(), msg.data)
+        action, _, delay = ((msg.headers or {}).get(SETTLE_HEADER) or "ack").partition(" ")
+        try:
+            seconds = float(delay or 0)
+        except ValueError:
+            return
+        self._listener.ack_forwarded(msg.subject[len(ACK_SUBJECT):].encode(), msg.data,
+                                     action, seconds)
 
     # -- housekeeping ------------------------------------------------------------------------------
     def _spawn(self, coro) -> None:

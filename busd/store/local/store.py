@@ -337,7 +337,8 @@ class LocalStore:
     def publish_inbox(self, subject: bytes, record: bytes) -> None:
         """One process: the broker's routing reached every inbox subscriber there is."""
 
-    def forward_ack(self, consumer_id: bytes, event_id: bytes) -> None:
+    def forward_ack(self, consumer_id: bytes, event_id: bytes, action: str = "ack",
+                    delay: float = 0.0) -> None:
         """One process: a consumer that is not here does not exist."""
 
     async def fetch(self, namespace: str, start_index: int, max_bytes: int
