@@ -276,7 +276,7 @@ class Consumer:
             return
         self._fetching = True
         store, ns = self.store, self.namespace
-        task = self.loop.create_task(
+        task = asyncio.ensure_future(  # a future the store returns has started already
             store.fetch_sse(ns, self.cursor, max_bytes, self._select) if self.ack_policy is None
             else store.fetch(ns, self.cursor, max_bytes))
         task.add_done_callback(lambda task: self._guard(self._fetched, task))

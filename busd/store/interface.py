@@ -130,11 +130,12 @@ class Store(Protocol):
         from start_index on). Raises as `read` does."""
         ...
 
-    async def fetch_sse(self, namespace: str, start_index: int, max_bytes: int,
-                        pattern: Pattern | None) -> tuple[int, bytes, int, int]:
+    def fetch_sse(self, namespace: str, start_index: int, max_bytes: int,
+                  pattern: Pattern | None) -> Awaitable[tuple[int, bytes, int, int]]:
         """What `fetch` gets, as the SSE chunk of the records that match pattern (None:
         all, busd._core.sse_of): (index of the first, chunk or b"", records in it, records
-        read). How catch-up reads: a store may frame (and open) them off the loop."""
+        read). How catch-up reads: a store may frame (and open) them off the loop, and
+        start doing so before the caller yields (a future, not a coroutine)."""
         ...
 
     def locate(self, namespace: str, start: bytes) -> int | str | Awaitable[int | str]:

@@ -354,14 +354,19 @@ class LocalStore:
             self._visible(namespace, start_index), False)
         return start_index, records
 
-    async def fetch_sse(self, namespace: str, start_index: int, max_bytes: int,
-                        pattern: Pattern | None) -> tuple[int, bytes, int, int]:
+    def fetch_sse(self, namespace: str, start_index: int, max_bytes: int,
+                  pattern: Pattern | None) -> asyncio.Future:
         """As `fetch`, the records framed as SSE in the worker thread, which also opens
-        them if the log is encrypted (that work overlaps the loop's)."""
-        chunk, matched, count = await self._loop.run_in_executor(
-            self._read_executor, self._logs[namespace].read_sse, start_index, max_bytes,
-            self._visible(namespace, start_index), pattern, False)
-        return start_index, chunk, matched, count
+        them if the log is encrypted. The read is handed to the worker now, not when the
+        caller next yields, so it overlaps what the loop does meanwhile."""
+        return self._loop.run_in_executor(
+            self._read_executor, self._read_sse, namespace, start_index, max_bytes,
+            self._visible(namespace, start_index), pattern)
+
+    def _read_sse(self, namespace: str, start_index: int, max_bytes: int, max_records: int,
+                  pattern: Pattern | None) -> tuple[int, bytes, int, int]:
+        return (start_index, *self._logs[namespace].read_sse(start_index, max_bytes,
+                                                             max_records, pattern, False))
 
     def locate(self, namespace: str, start: bytes) -> int | str | Awaitable[int | str]:
         """Serving, an id is searched for in a read worker (it may read and index a whole
