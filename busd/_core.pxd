@@ -3,7 +3,7 @@
 
 cimport cython
 from libc.stdint cimport uint32_t
-from libc.string cimport memchr
+from libc.string cimport memchr, memcpy
 
 # A stored record is one JSON object that starts with its id, then its subject (make_record):
 #     {"id":"<event id>","subject":"<subject>",...}
@@ -37,6 +37,73 @@ cdef inline Py_ssize_t _id_end(const char* r, Py_ssize_t n) noexcept nogil:
     if q == NULL or <const char*>q == r + ID_AT:
         return -1
     return <const char*>q - r
+
+
+cdef inline Py_ssize_t _subject_end(const char* r, Py_ssize_t n, Py_ssize_t* start) noexcept nogil:
+    """End offset of the subject of record r[:n], its start in start[0]; -1 if none."""
+    cdef const char* q
+    cdef Py_ssize_t s = _id_end(r, n)
+    if s < 0:
+        return -1
+    s += SUBJECT_AFTER_ID
+    start[0] = s
+    if n <= s:
+        return -1
+    q = <const char*>memchr(r + s, c'"', <size_t>(n - s))
+    if q == NULL:
+        return -1
+    return q - r
+
+
+# SSE: one HTTP/1.1 chunk ("%x\r\n" + text + "\r\n") holding one message per record,
+#     "id: " + event id + "\nevent: msg\ndata: " + record + "\n\n"
+# written by _core's sse_frame (records in memory) and _framing's sse_from_frames (records
+# in a read buffer), both with these.
+cdef enum:
+    SSE_OVERHEAD = 4 + 18 + 2   # a message's bytes besides its id and its record
+
+
+cdef inline int _hex_len(Py_ssize_t v) noexcept nogil:
+    cdef int k = 1
+    while v >= 16:
+        v >>= 4
+        k += 1
+    return k
+
+
+cdef inline char* _put_hex(char* o, Py_ssize_t v, int k) noexcept nogil:
+    cdef int i
+    for i in range(k - 1, -1, -1):
+        o[i] = b"0123456789abcdef"[v & 15]
+        v >>= 4
+    return o + k
+
+
+cdef inline char* _put_chunk_head(char* o, Py_ssize_t text) noexcept nogil:
+    """The size line of a chunk of `text` bytes; the position after it."""
+    o = _put_hex(o, text, _hex_len(text))
+    o[0] = c'\r'
+    o[1] = c'\n'
+    return o + 2
+
+
+cdef inline Py_ssize_t _chunk_size(Py_ssize_t text) noexcept nogil:
+    """Bytes of the chunk of `text` bytes."""
+    return _hex_len(text) + 2 + text + 2
+
+
+cdef inline char* _put_sse(char* o, const char* r, Py_ssize_t n, Py_ssize_t id_end) noexcept nogil:
+    """The SSE message of record r[:n], whose id ends at id_end (_id_end); the position
+    after it (SSE_OVERHEAD + id_end - ID_AT + n bytes)."""
+    memcpy(o, b"id: ", 4)
+    memcpy(o + 4, r + ID_AT, <size_t>(id_end - ID_AT))
+    o += 4 + id_end - ID_AT
+    memcpy(o, b"\nevent: msg\ndata: ", 18)
+    memcpy(o + 18, r, <size_t>n)
+    o += 18 + n
+    o[0] = c'\n'
+    o[1] = c'\n'
+    return o + 2
 
 
 # base32hex value of each byte (the rs/xid alphabet 0-9a-v), 0xFF for any other byte

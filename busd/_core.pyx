@@ -25,7 +25,7 @@ __all__ = [
     "validate_subject", "validate_pattern", "Pattern", "match_subject",
     "scan_body", "TooManyEvents", "ParsedEvent", "make_record", "stamp_events", "record_id",
     "record_subject",
-    "sse_chunk", "sse_frame", "sse_frame_matching", "first_matching",
+    "sse_chunk", "sse_frame", "sse_frame_matching", "sse_of", "first_matching",
     "new_xid", "xid_time", "is_xid", "now_rfc3339", "parse_rfc3339", "format_rfc3339",
     "MAX_DEPTH",
 ]
@@ -1008,22 +1008,6 @@ def record_id(bytes rec not None):
     return rec[ID_AT:e]
 
 
-cdef inline Py_ssize_t _subject_end(const char* r, Py_ssize_t n, Py_ssize_t* start) noexcept nogil:
-    """End offset of the subject of record r[:n], its start in start[0]; -1 if none."""
-    cdef const char* q
-    cdef Py_ssize_t s = _id_end(r, n)
-    if s < 0:
-        return -1
-    s += SUBJECT_AFTER_ID
-    start[0] = s
-    if n <= s:
-        return -1
-    q = <const char*>memchr(r + s, c'"', <size_t>(n - s))
-    if q == NULL:
-        return -1
-    return q - r
-
-
 _NO_SUBJECT = "not a record: no subject after the id"
 
 # The offsets busd/_core.pxd declares, for tests/test_wire.py to compare with busd.wire.
@@ -1042,43 +1026,18 @@ def record_subject(bytes rec not None):
 
 # --------------------------------------------------------------------------- SSE
 
-cdef inline int _hex_len(Py_ssize_t v) noexcept nogil:
-    cdef int k = 1
-    while v >= 16:
-        v >>= 4
-        k += 1
-    return k
-
-
-cdef inline char* _put_hex(char* o, Py_ssize_t v, int k) noexcept nogil:
-    cdef int i
-    for i in range(k - 1, -1, -1):
-        o[i] = HEXDIGITS[v & 15]
-        v >>= 4
-    return o + k
-
-
 def sse_chunk(bytes text not None):
     """Wrap bytes as one HTTP/1.1 chunk ("%x\\r\\n" + text + "\\r\\n"); b"" for empty text."""
     cdef Py_ssize_t n = PyBytes_GET_SIZE(text)
-    cdef int hk
     cdef bytes out
     cdef char* o
     if n == 0:
         return EMPTY
-    hk = _hex_len(n)
-    out = PyBytes_FromStringAndSize(NULL, hk + 2 + n + 2)
-    o = PyBytes_AS_STRING(out)
-    o = _put_hex(o, n, hk)
-    o = _put(o, b"\r\n", 2)
+    out = PyBytes_FromStringAndSize(NULL, _chunk_size(n))
+    o = _put_chunk_head(PyBytes_AS_STRING(out), n)
     o = _put(o, PyBytes_AS_STRING(text), n)
     _put(o, b"\r\n", 2)
     return out
-
-
-# "id: " + event id + "\nevent: msg\ndata: " + rec + "\n\n"
-cdef enum:
-    SSE_OVERHEAD = 4 + 18 + 2
 
 
 cdef inline Py_ssize_t _sse_size(object r) except -1:
@@ -1092,30 +1051,21 @@ cdef inline Py_ssize_t _sse_size(object r) except -1:
     return SSE_OVERHEAD + e - ID_AT + PyBytes_GET_SIZE(<bytes>r)
 
 
-cdef inline char* _put_sse(char* o, bytes rec) noexcept:
+cdef inline char* _put_record_sse(char* o, bytes rec) noexcept:
     cdef const char* r = PyBytes_AS_STRING(rec)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(rec)
-    o = _put(o, b"id: ", 4)
-    o = _put(o, r + ID_AT, _id_end(r, n) - ID_AT)
-    o = _put(o, b"\nevent: msg\ndata: ", 18)
-    o = _put(o, r, n)
-    o[0] = c'\n'
-    o[1] = c'\n'
-    return o + 2
+    return _put_sse(o, r, n, _id_end(r, n))
 
 
 cdef bytes _frame(list records, Py_ssize_t start, Py_ssize_t end, const unsigned char* sel,
                   Py_ssize_t text):
     """One chunk holding the SSE messages of records[start:end] (only sel[i - start] if sel)."""
-    cdef int hk = _hex_len(text)
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, hk + 2 + text + 2)
-    cdef char* o = PyBytes_AS_STRING(out)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, _chunk_size(text))
+    cdef char* o = _put_chunk_head(PyBytes_AS_STRING(out), text)
     cdef Py_ssize_t i
-    o = _put_hex(o, text, hk)
-    o = _put(o, b"\r\n", 2)
     for i in range(start, end):
         if sel == NULL or sel[i - start]:
-            o = _put_sse(o, <bytes>PyList_GET_ITEM(records, i))
+            o = _put_record_sse(o, <bytes>PyList_GET_ITEM(records, i))
     _put(o, b"\r\n", 2)
     return out
 
@@ -1162,6 +1112,14 @@ def sse_frame_matching(list records not None, Pattern pattern not None):
         return _frame(records, 0, n, sel, text), count
     finally:
         PyMem_Free(sel)
+
+
+def sse_of(list records not None, Pattern pattern=None):
+    """The chunk of the records that match pattern (None: all of them) and how many those
+    are: sse_frame or sse_frame_matching."""
+    if pattern is None:
+        return sse_frame(records), PyList_GET_SIZE(records)
+    return sse_frame_matching(records, pattern)
 
 
 def first_matching(list records not None, Pattern pattern not None, Py_ssize_t start=0,

@@ -13,9 +13,12 @@ most one socket buffer, never an unbounded queue.
 
 The store's `read` serves what it has in memory and answers None for the rest, which
 `fetch` gets asynchronously (local store: a disk read in a worker thread, so a cold page
-cache stalls no other connection; JetStream: records older than its in-memory tail); the
-stream then goes on from `read`, and the step that finds the head and joins the live set
-stays one synchronous step on the loop, so the seam is the same for every store.
+cache stalls no other connection; JetStream: records older than its in-memory tail);
+catching up, `fetch_sse` gets them already framed as SSE (the local store frames, and
+opens if encrypted, in the worker), and the next chunk is fetched while this one is
+written, so reading and deciphering overlap the loop's socket work. The stream then goes
+on from `read`, and the step that finds the head and joins the live set stays one
+synchronous step on the loop, so the seam is the same for every store.
 """
 
 from __future__ import annotations
@@ -25,14 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from busd._core import (
-    Pattern,
-    first_matching,
-    record_id,
-    sse_chunk,
-    sse_frame,
-    sse_frame_matching,
-)
+from busd._core import Pattern, first_matching, record_id, sse_chunk, sse_frame, sse_of
 from busd.bus.fanout import FanOut
 from busd.bus.sink import Sink
 from busd.store.errors import CorruptRecordError, HistoryTruncatedError
@@ -107,6 +103,7 @@ class Consumer:
         self.id = consumer_id
         self.owner = owner
         self.pattern = pattern
+        self._select = None if pattern.matches_all else pattern  # what sse_of filters by
         self.namespace = namespace
         self.ack_policy = ack
         self.cursor = 0
@@ -251,7 +248,10 @@ class Consumer:
                       f"start={INDEX_START.decode()}{index + 1}")
 
     def _catch_up(self) -> None:
-        """Read one chunk of history; reschedule until at the head, then go live."""
+        """Read one chunk of history; reschedule until at the head, then go live. A fetch
+        that is out owns the cursor: the stream goes on when it lands (_fetched)."""
+        if self._fetching:
+            return
         store, ns = self.store, self.namespace
         if self.cursor < store.next_index(ns):
             records = store.read(ns, self.cursor, CATCH_UP_BYTES, disk=False)
@@ -268,33 +268,39 @@ class Consumer:
             self.fanout.join_live(self)
 
     def _write(self, records: list[bytes]) -> None:
-        if self.pattern.matches_all:
-            chunk, matched = sse_frame(records), len(records)
-        else:
-            chunk, matched = sse_frame_matching(records, self.pattern)
+        self._send(*sse_of(records, self._select))
+
+    def _send(self, chunk: bytes, matched: int) -> None:
         if chunk:
             self.fanout.metrics.events_out[self.namespace] += matched
             self.sink.write(chunk)
 
     def _fetch(self, max_bytes: int) -> None:
-        """Have the store get records that are not at hand; the stream goes on when they
-        are here."""
+        """Have the store get records that are not at hand (catching up: already framed as
+        SSE, off the loop); the stream goes on when they are here."""
         if self._fetching:
             return
         self._fetching = True
-        task = self.loop.create_task(self.store.fetch(self.namespace, self.cursor, max_bytes))
+        store, ns = self.store, self.namespace
+        task = asyncio.ensure_future(  # a future the store returns has started already
+            store.fetch_sse(ns, self.cursor, max_bytes, self._select) if self.ack_policy is None
+            else store.fetch(ns, self.cursor, max_bytes))
         task.add_done_callback(lambda task: self._guard(self._fetched, task))
 
     def _fetched(self, task: asyncio.Task) -> None:
         self._fetching = False
         if self.done or task.cancelled():
             return
-        first, records = task.result()  # what the read raised ends the stream (_guard)
         if self.ack_policy is None:
-            if first >= self.cursor:
-                self._write(records)
-                self.cursor = first + len(records)
+            first, chunk, matched, count = task.result()  # what it raised ends the stream
+            if first == self.cursor:
+                self.cursor = first + count
+                if count and not self.paused and self.cursor < self.store.next_index(
+                        self.namespace):  # the next chunk is read while this one goes out
+                    self._fetch(CATCH_UP_BYTES)
+                self._send(chunk, matched)
         else:
+            first, records = task.result()
             self._ahead, self._ahead_index = records, first
             self.cursor = max(self.cursor, first)
         self._schedule()

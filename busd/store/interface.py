@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
-from busd._core import ParsedEvent
+from busd._core import ParsedEvent, Pattern
 from busd.store.errors import PublishRefused
 
 Stored = Callable[[int | PublishRefused], None]  # the first index of a publish, or why not
@@ -132,6 +132,14 @@ class Store(Protocol):
                     ) -> tuple[int, list[bytes]]:
         """What `read` answered None for: (index of the first, a contiguous run of records
         from start_index on). Raises as `read` does."""
+        ...
+
+    def fetch_sse(self, namespace: str, start_index: int, max_bytes: int,
+                  pattern: Pattern | None) -> Awaitable[tuple[int, bytes, int, int]]:
+        """What `fetch` gets, as the SSE chunk of the records that match pattern (None:
+        all, busd._core.sse_of): (index of the first, chunk or b"", records in it, records
+        read). How catch-up reads: a store may frame (and open) them off the loop, and
+        start doing so before the caller yields (a future, not a coroutine)."""
         ...
 
     def locate(self, namespace: str, start: bytes) -> int | str | Awaitable[int | str]:

@@ -684,3 +684,80 @@ def test_log_matches_a_list_model(tmp_path_factory, ops, cached):
     assert read_all(nslog) == model[first:]
     assert nslog.verify() == []
     nslog.close()
+
+
+# -- read_sse: catch-up's read, SSE framed from the read buffer ----------------------------------
+def free_rec(i: int, size: int) -> bytes:
+    """A record with a free-form id of its own length and a subject of unusual bytes."""
+    head = b'{"id":"ord %d/%s","subject":"a.\xc3\xa9\\\\%d","payload":"' % (i, b"k" * (i % 90), i % 3)
+    return head + b"x" * max(0, size - len(head) - 2) + b'"}'
+
+
+@pytest.mark.parametrize("secret", [None, "s3cret"])
+def test_read_sse_is_the_sse_of_what_read_answers(tmp_path, secret):
+    """From every start, with read sizes that cut records anywhere in the read buffer,
+    from the segment files and from the cache, with and without a pattern; a corrupt
+    record is raised when it comes first, as read raises it."""
+    from busd._core import Pattern, sse_of
+    nslog, _ = open_log(tmp_path, cache_bytes=4000, segment_bytes=30_000, secret_key=secret,
+                        block_size=64)
+    rnd = random.Random(7)
+    records = [free_rec(i, rnd.randrange(40, 700)) if i % 3 else rec(T0, i, rnd.randrange(60, 700))
+               for i in range(300)]
+    for k in range(0, 300, 7):
+        nslog.append(records[k:k + 7])
+    nslog.close()
+    seg = segment_files(tmp_path)[-1]
+    data = bytearray(seg.read_bytes())
+    data[16 + 8 + 30] ^= 1  # the first record of the open segment
+    seg.write_bytes(data)
+    nslog, report = open_log(tmp_path, cache_bytes=4000, secret_key=secret, block_size=64)
+    assert report.corrupt_records == [bad := int(seg.stem)]
+    assert len(segment_files(tmp_path)) > 2
+    for pattern in (None, Pattern(b"a.*"), Pattern(b"orders.created")):
+        for start in range(300):
+            for max_bytes in (1, 500, 2000, 9000):
+                for cache in (True, False):
+                    try:
+                        want = nslog.read(start, max_bytes, 40, cache=cache)
+                    except CorruptRecordError:
+                        assert start == bad
+                        with pytest.raises(CorruptRecordError):
+                            nslog.read_sse(start, max_bytes, 40, pattern, cache=cache)
+                        continue
+                    got = nslog.read_sse(start, max_bytes, 40, pattern, cache=cache)
+                    assert got == (*sse_of(want, pattern), len(want)), (start, max_bytes)
+    assert nslog.read_sse(300, 1000, 40, None) == (b"", 0, 0)
+    nslog.close()
+
+
+def test_fetch_sse_reads_in_a_worker_and_stops_at_the_durable_head(tmp_path, monkeypatch):
+    """Catch-up's fetch frames (and opens) in a busd-read thread, never past what readers
+    may see: under fsync_always, only what is fsynced."""
+    import asyncio
+
+    from busd._core import sse_of
+    threads = []
+    real = NamespaceLog.read_sse
+
+    def read_sse(self, *args):
+        threads.append(threading.current_thread().name)
+        return real(self, *args)
+
+    monkeypatch.setattr(NamespaceLog, "read_sse", read_sse)
+    store = LocalStore(tmp_path, ["orders"], fsync_always=True, secret_key="k")
+    records = [rec(T0, i) for i in range(20)]
+
+    async def main():
+        await store.start(listener=None)
+        try:
+            store.log("orders").append(records)
+            store._unannounced["orders"] = 5  # written, not yet fsynced
+            first, chunk, matched, count = await store.fetch_sse("orders", 3, 1 << 20, None)
+            assert (first, count, matched) == (3, 12, 12)
+            assert chunk == sse_of(records[3:15])[0]
+        finally:
+            await store.stop()
+
+    asyncio.run(main())
+    assert threads and all(name.startswith("busd-read") for name in threads)

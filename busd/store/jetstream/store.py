@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from busd._core import ParsedEvent, is_xid, new_xid, record_id
+from busd._core import ParsedEvent, Pattern, is_xid, new_xid, record_id, sse_of
 from busd.server.config import Config, ConfigError
 from busd.store.errors import HistoryTruncatedError, PublishRefused
 from busd.store.interface import Stored, StoreListener, Synced
@@ -580,6 +580,11 @@ class JetStreamStore:
         self._outbox.append((f"{API}DIRECT.GET.{ns}", orjson.dumps(request), reply, None))
         self._wake.set()
         return await future
+
+    async def fetch_sse(self, namespace: str, start_index: int, max_bytes: int,
+                        pattern: Pattern | None) -> tuple[int, bytes, int, int]:
+        first, records = await self.fetch(namespace, start_index, max_bytes)
+        return (first, *sse_of(records, pattern), len(records))
 
     async def fetch(self, namespace: str, start_index: int, max_bytes: int
                     ) -> tuple[int, list[bytes]]:

@@ -17,6 +17,17 @@ cdef inline Py_ssize_t sealed_record_size(Py_ssize_t n, Py_ssize_t bs) noexcept 
     return C_TAG + n + C_OVER * _blocks(n, bs)
 
 
+cdef inline Py_ssize_t _plain_size(Py_ssize_t sealed, Py_ssize_t bs) noexcept nogil:
+    """Plaintext bytes of a sealed blob of this length, or -1 if no record seals to it."""
+    cdef Py_ssize_t full = bs + C_OVER, k
+    if sealed <= C_OVER:
+        return -1
+    k = (sealed + full - 1) // full
+    if sealed - (k - 1) * full <= C_OVER:
+        return -1
+    return sealed - C_OVER * k
+
+
 cdef int _check_block_size(Py_ssize_t bs) except -1
 
 

@@ -81,17 +81,6 @@ cdef inline Py_ssize_t _sealed_size(Py_ssize_t n, Py_ssize_t bs) noexcept nogil:
     return n + C_OVER * _blocks(n, bs)
 
 
-cdef inline Py_ssize_t _plain_size(Py_ssize_t sealed, Py_ssize_t bs) noexcept nogil:
-    """Plaintext bytes of a sealed record of this length, or -1 if no record seals to it."""
-    cdef Py_ssize_t full = bs + C_OVER, k
-    if sealed <= C_OVER:
-        return -1
-    k = (sealed + full - 1) // full
-    if sealed - (k - 1) * full <= C_OVER:
-        return -1
-    return sealed - C_OVER * k
-
-
 cdef int _check_block_size(Py_ssize_t bs) except -1:
     if bs < 1 or bs > FRAME_MAX_BODY:
         raise ValueError(f"block size {bs} outside 1..{FRAME_MAX_BODY}")

@@ -1,5 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Segment-file framing: frames and CRCs, frame scanning, xid seconds, the sparse index.
+"""Segment-file framing: frames and CRCs, frame scanning, SSE straight from frames, xid
+seconds, the sparse index.
 
 These are the per-record loops of the log (busd/store/local/log.py), kept in C because they run once
 per stored or served event. Everything that is not a per-record loop stays in log.py.
@@ -18,12 +19,26 @@ from libc.string cimport memcpy, memcmp
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport malloc, free
 
-from busd._core cimport ID_AT, ID_END, ID_LEN, XID_AT, _xid_sec
+from busd._core cimport (
+    ID_AT,
+    ID_END,
+    ID_LEN,
+    SSE_OVERHEAD,
+    XID_AT,
+    Pattern,
+    _chunk_size,
+    _id_end,
+    _put_chunk_head,
+    _put_sse,
+    _subject_end,
+    _xid_sec,
+)
 from busd.store.local._crypto cimport (
     C_TAG,
     Codec,
     _blocks,
     _check_block_size,
+    _plain_size,
     sealed_record_size,
 )
 
@@ -174,6 +189,113 @@ def scan_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, bint want_rec
     finally:
         PyBuffer_Release(&view)
     return records, off, n, status
+
+
+cdef struct _Span:
+    const unsigned char* rec  # the record (in the read buffer, or opened into the arena)
+    Py_ssize_t n              # its bytes
+    Py_ssize_t body           # its frame's body bytes
+    Py_ssize_t frame          # offset of its frame in the read buffer
+    Py_ssize_t id_end         # where its id ends (_id_end), or -1: not served
+
+
+def sse_from_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, Pattern pattern=None,
+                    Codec codec=None, Py_ssize_t block_size=0):
+    """Walk frames from offset as scan_frames does and write the SSE messages of their
+    records (only those whose subject matches pattern, if one is given) as one HTTP chunk,
+    copied once from the buffer (busd._core.sse_frame writes the same chunk from a list of
+    records; busd._core.sse_frame_matching when a pattern is given): (chunk or b"",
+    end_offset, n_records, n_matched, status).
+
+    With a codec, the records are opened first into one scratch arena, without the GIL, so
+    the loop thread runs while a read worker deciphers. A crc-valid frame that holds no
+    record (no id; no subject, when a pattern is given) or does not open stops the walk as corrupt, as a bad crc
+    does: status 2 with end_offset at that frame, the records before it served."""
+    if codec is not None:
+        _check_block_size(block_size)
+    cdef Py_buffer view
+    PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
+    cdef const unsigned char* buf = <const unsigned char*>view.buf
+    cdef Py_ssize_t size = view.len, off = offset, n = 0, blen = 0, cap = 0, i, plain = 0
+    cdef Py_ssize_t text = 0, matched = 0, arena_bytes = 0, subject = 0, subject_end
+    cdef int status = FRAME_OK
+    cdef _Span* spans = NULL
+    cdef unsigned char* arena = NULL
+    cdef unsigned char* w
+    cdef char* o
+    cdef bytes out
+    try:
+        if off < 0 or off > size:
+            raise ValueError(f"offset {offset} outside buffer of {size} bytes")
+        cap = (size - off) // (FRAME_HEAD + 1) + 1
+        if 0 <= max_records < cap:
+            cap = max_records
+        spans = <_Span*>malloc(cap * sizeof(_Span) + 1)
+        if spans == NULL:
+            raise MemoryError()
+        with nogil:  # the frames: lengths and crcs
+            while n < cap and off < size:
+                status = _frame_at(buf, size, off, True, &blen)
+                if status:
+                    break
+                if codec is not None:
+                    plain = _plain_size(blen - C_TAG, block_size)
+                    if plain < 1:
+                        status = FRAME_CORRUPT
+                        break
+                    arena_bytes += plain
+                spans[n].rec = buf + off + FRAME_HEAD
+                spans[n].n = blen if codec is None else plain
+                spans[n].body = blen
+                spans[n].frame = off
+                off += FRAME_HEAD + blen
+                n += 1
+        if codec is not None and n:
+            arena = <unsigned char*>malloc(arena_bytes)
+            if arena == NULL:
+                raise MemoryError()
+            with nogil:  # the cipher, the costly part
+                w = arena
+                for i in range(n):
+                    if codec._open_record(spans[i].rec, spans[i].body, block_size, w) != 0:
+                        n, off, status = i, spans[i].frame, FRAME_CORRUPT
+                        break
+                    spans[i].rec = w
+                    w += spans[i].n
+        for i in range(n):  # ids, subjects and the pattern
+            spans[i].id_end = _id_end(<const char*>spans[i].rec, spans[i].n)
+            if spans[i].id_end < 0:
+                n, off, status = i, spans[i].frame, FRAME_CORRUPT
+                break
+            if pattern is not None:
+                subject_end = _subject_end(<const char*>spans[i].rec, spans[i].n, &subject)
+                if subject_end < 0:
+                    n, off, status = i, spans[i].frame, FRAME_CORRUPT
+                    break
+                if not pattern._matches(spans[i].rec + subject, subject_end - subject):
+                    spans[i].id_end = -1
+                    continue
+            text += SSE_OVERHEAD + spans[i].id_end - ID_AT + spans[i].n
+            matched += 1
+        if matched == 0:
+            return EMPTY_BYTES, off, n, 0, status
+        out = PyBytes_FromStringAndSize(NULL, _chunk_size(text))
+        o = PyBytes_AS_STRING(out)
+        with nogil:
+            o = _put_chunk_head(o, text)
+            for i in range(n):
+                if spans[i].id_end >= 0:
+                    o = _put_sse(o, <const char*>spans[i].rec, spans[i].n, spans[i].id_end)
+            o[0] = c'\r'
+            o[1] = c'\n'
+        return out, off, n, matched, status
+    finally:
+        PyBuffer_Release(&view)
+        free(spans)
+        free(arena)
+
+
+cdef bytes EMPTY_BYTES = b""
 
 
 def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle, Py_ssize_t at,

@@ -67,9 +67,10 @@ from busd.store.local._framing import (
     frame_ok,
     frame_records,
     scan_frames,
+    sse_from_frames,
     xid_seconds,
 )
-from busd._core import record_id
+from busd._core import Pattern, record_id, sse_of
 from busd.store.local.crypto import (
     KEYCHECK_NAME,
     Codec,
@@ -90,6 +91,7 @@ INDEX_EVERY_RECORDS = 64
 INDEX_EVERY_BYTES = 64 << 10
 MAX_RETIRED_FDS = 8  # rolled-but-unsynced fds kept for sync(); beyond, a roll syncs inline
 READ_FDS = 16  # read fds kept open per namespace
+READ_MAX_RECORDS = 65536  # records one read returns at most
 HINTS = 1024  # remembered (next index -> file position) of recent reads
 MAX_BATCH_BYTES = 1 << 31  # index offsets are u32
 FIND_RUN_BYTES = 1 << 20  # adjacent candidate blocks are read together up to this size
@@ -254,7 +256,7 @@ class NamespaceLog:
         self._lock = threading.Lock()  # fd bookkeeping shared with sync(); never held for I/O
         self._sync_mutex = threading.Lock()  # one sync()/close() at a time
         # read fds, hints, lazy indexes and the segment list, shared by the loop thread
-        # and the read workers (read_from_disk); held for one bounded read at a time
+        # and the read workers (read(cache=False)); held for one bounded read at a time
         self._read_mutex = threading.RLock()
         self._dir_dirty = False
         # a failed write whose cut-back also failed: (file, size to cut it back to)
@@ -751,17 +753,33 @@ class NamespaceLog:
 
     # -- reading ------------------------------------------------------------------------------
     def read(self, start_index: int, max_bytes: int = 1 << 20,
-             max_records: int = 65536) -> list[bytes]:
+             max_records: int = READ_MAX_RECORDS, cache: bool = True) -> list[bytes]:
         """Records from start_index on, in order; [] at the head. Returns at least one record
         when there is one (even if larger than max_bytes), and stops before a corrupt record
-        unless that is the first one asked for (then CorruptRecordError)."""
-        if start_index < self.first_index:
+        unless that is the first one asked for (then CorruptRecordError). cache=False: from
+        the segment files only, safe in a read worker while the loop thread appends (the
+        recent-records cache, which the loop changes, is not touched)."""
+        return self._read(start_index, max_bytes, max_records, cache, _Records)
+
+    def read_sse(self, start_index: int, max_bytes: int, max_records: int,
+                 pattern: Pattern | None, cache: bool = True) -> tuple[bytes, int, int]:
+        """What `read` answers, as the SSE chunk of those of its records that match
+        pattern (None: all): (chunk or b"", records in it, records read). From the segment
+        files the chunk is written straight from the read buffer (sse_from_frames: no bytes
+        object per record, sealed records opened without the GIL)."""
+        return self._read(start_index, max_bytes, max_records, cache, _Sse(pattern))
+
+    def _read(self, start: int, max_bytes: int, max_records: int, cache: bool, walk):
+        if start < self.first_index:
             raise HistoryTruncatedError(self.first_index)
-        if start_index >= self._next or max_records <= 0:
-            return []
-        if self._cache and start_index >= self._cache_first:
-            return self._cache_read(start_index, max_bytes, max_records)
-        return self._read_disk(start_index, max_bytes, max_records)
+        if start >= self._next or max_records <= 0:
+            return walk.of_records([])
+        if cache and self._cache and start >= self._cache_first:
+            return walk.of_records(self._cache_read(start, max_bytes, max_records))
+        with self._read_mutex:  # retention may have run since the check above
+            if start < self.first_index:
+                raise HistoryTruncatedError(self.first_index)
+            return self._read_segments(start, max_bytes, max_records, walk)
 
     def in_memory(self, start_index: int) -> bool:
         """`read(start_index)` needs no disk: at or past the head, in the recent-records
@@ -769,25 +787,11 @@ class NamespaceLog:
         return (start_index >= self._next or start_index < self.first_index
                 or bool(self._cache) and start_index >= self._cache_first)
 
-    def read_from_disk(self, start_index: int, max_bytes: int = 1 << 20,
-                       max_records: int = 65536) -> list[bytes]:
-        """As `read`, from the segment files only: safe in a worker thread while the loop
-        thread appends (the cache, which the loop changes, is not touched)."""
-        with self._read_mutex:
-            if start_index < self.first_index:
-                raise HistoryTruncatedError(self.first_index)
-            if start_index >= self._next or max_records <= 0:
-                return []
-            return self._read_disk(start_index, max_bytes, max_records)
-
     def _segment_of(self, index: int) -> _Segment:
         return self._segments[bisect.bisect_right(self._firsts, index) - 1]
 
-    def _read_disk(self, start: int, max_bytes: int, max_records: int) -> list[bytes]:
-        with self._read_mutex:
-            return self._read_segments(start, max_bytes, max_records)
-
-    def _read_segments(self, start: int, max_bytes: int, max_records: int) -> list[bytes]:
+    def _read_segments(self, start: int, max_bytes: int, max_records: int, walk):
+        """walk's answer for the frames of one pread from start on (within one segment)."""
         seg = self._segment_of(start)
         rel = start - seg.first
         index = self._ensure_index(seg)
@@ -799,10 +803,9 @@ class NamespaceLog:
         fd = self._read_fd(seg)
         hint = self._hints.pop(start, None)
         if hint is not None and hint[0] is seg:
-            offset, skip_buf = hint[1], None
+            offset = hint[1]
         else:
             b, block_rel, offset = index.locate(rel)
-            skip_buf = None
             if rel != block_rel:  # step over the block's earlier records by their lengths
                 _, _, boff, bend = index.block(b)
                 skip_buf = _pread_exact(fd, bend - boff, boff)
@@ -812,14 +815,14 @@ class NamespaceLog:
                 offset = boff + pos
         want = min(max(max_bytes, 8), index.end_offset - offset)
         buf = _pread_exact(fd, want, offset)
-        records, end, n, status = self._scan(seg, buf, 0, limit)
+        result, end, n, status = walk.of_frames(self, seg, buf, limit)
         if n == 0:
             if status == TRUNCATED:  # one record bigger than max_bytes
                 head = buf if len(buf) >= 8 else _pread_exact(fd, 8, offset)
                 length = _U32.unpack_from(head)[0] if len(head) >= 8 else 0
                 if 0 < length <= MAX_BODY and offset + 8 + length <= index.end_offset:
                     buf = _pread_exact(fd, 8 + length, offset)
-                    records, end, n, status = self._scan(seg, buf, 0, 1)
+                    result, end, n, status = walk.of_frames(self, seg, buf, 1)
             if n == 0:
                 log.error("corrupt record ns=%s segment=%s index=%d offset=%d",
                           self.name, seg.path.name, start, offset)
@@ -828,7 +831,7 @@ class NamespaceLog:
             self._hints.clear()
         if rel + n < index.n_records:
             self._hints[start + n] = (seg, offset + end)
-        return records
+        return result
 
     def _read_fd(self, seg: _Segment) -> int:
         fd = self._rfds.pop(seg.first, None)
@@ -1074,11 +1077,11 @@ class NamespaceLog:
 
     def _read_one(self, index: int, use_cache: bool = True) -> bytes | None:
         """The record at index; None when the log does not hold it or it is corrupt
-        (use_cache=False: from the segment files only, as `read_from_disk`)."""
+        (use_cache=False: from the segment files only, as `read(cache=False)`)."""
         if not self.first_index <= index < self._next:
             return None
         try:
-            records = (self.read if use_cache else self.read_from_disk)(index, 1, 1)
+            records = self.read(index, 1, 1, cache=use_cache)
         except CorruptRecordError:
             return None
         return records[0] if records else None
@@ -1334,3 +1337,32 @@ def _next_valid_frame(buf, offset: int, size: int, codec: Codec | None = None,
         if frame_ok(buf, c - 8):
             return c - 8
         pos = c + 1
+
+
+class _Records:
+    """What a read makes of the records it finds: the records (`read`)."""
+
+    @staticmethod
+    def of_records(records: list[bytes]) -> list[bytes]:
+        return records
+
+    @staticmethod
+    def of_frames(nslog: NamespaceLog, seg: _Segment, buf, limit: int):
+        return nslog._scan(seg, buf, 0, limit)
+
+
+class _Sse:
+    """What a read makes of the records it finds: their SSE chunk (`read_sse`)."""
+
+    __slots__ = ("pattern",)
+
+    def __init__(self, pattern: Pattern | None) -> None:
+        self.pattern = pattern
+
+    def of_records(self, records: list[bytes]) -> tuple[bytes, int, int]:
+        return (*sse_of(records, self.pattern), len(records))
+
+    def of_frames(self, nslog: NamespaceLog, seg: _Segment, buf, limit: int):
+        chunk, end, n, matched, status = sse_from_frames(buf, 0, limit, self.pattern,
+                                                         nslog.codec, seg.block_size)
+        return (chunk, matched, n), end, n, status

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from busd._core import ParsedEvent
+from busd._core import ParsedEvent, Pattern
 from busd.store.errors import LogOpenError, LogWriteError, PublishRefused
 from busd.store.interface import Stored, StoreListener, Synced
 from busd.store.local.log import NamespaceLog, RecoveryReport
@@ -124,7 +124,12 @@ class LocalStore:
         nslog = self._logs[namespace]
         if not disk and not nslog.in_memory(start_index):
             return None
-        return nslog.read(start_index, max_bytes, self.next_index(namespace) - start_index)
+        return nslog.read(start_index, max_bytes, self._visible(namespace, start_index))
+
+    def _visible(self, namespace: str, start_index: int) -> int:
+        """How many records from start_index on a reader may see: every read stops at
+        `next_index`, the durable head under fsync_always."""
+        return self.next_index(namespace) - start_index
 
     def find_id(self, namespace: str, event_id: bytes) -> int | None:
         return self._logs[namespace].find_id(event_id)
@@ -343,12 +348,26 @@ class LocalStore:
 
     async def fetch(self, namespace: str, start_index: int, max_bytes: int
                     ) -> tuple[int, list[bytes]]:
-        """What `read(disk=False)` did not have in memory, read in a worker thread (up to
-        the head readers may see as it is now)."""
+        """What `read(disk=False)` did not have in memory, read from the segment files in a
+        worker thread (up to the head readers may see as it is now)."""
         records = await self._loop.run_in_executor(
-            self._read_executor, self._logs[namespace].read_from_disk, start_index, max_bytes,
-            self.next_index(namespace) - start_index)
+            self._read_executor, self._logs[namespace].read, start_index, max_bytes,
+            self._visible(namespace, start_index), False)
         return start_index, records
+
+    def fetch_sse(self, namespace: str, start_index: int, max_bytes: int,
+                  pattern: Pattern | None) -> asyncio.Future:
+        """As `fetch`, the records framed as SSE in the worker thread, which also opens
+        them if the log is encrypted. The read is handed to the worker now, not when the
+        caller next yields, so it overlaps what the loop does meanwhile."""
+        return self._loop.run_in_executor(
+            self._read_executor, self._read_sse, namespace, start_index, max_bytes,
+            self._visible(namespace, start_index), pattern)
+
+    def _read_sse(self, namespace: str, start_index: int, max_bytes: int, max_records: int,
+                  pattern: Pattern | None) -> tuple[int, bytes, int, int]:
+        return (start_index, *self._logs[namespace].read_sse(start_index, max_bytes,
+                                                             max_records, pattern, False))
 
     def locate(self, namespace: str, start: bytes) -> int | str | Awaitable[int | str]:
         """Serving, an id is searched for in a read worker (it may read and index a whole
