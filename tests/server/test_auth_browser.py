@@ -11,16 +11,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from authfile import token_entry, write_auth_file
 from busclient import publish, request
 
 TOKEN = "browser-secret-1"
-AUTH = f"""
-[[token]]
-name = "page"
-secret = "{TOKEN}"
-publish = ["app.>"]
-subscribe = ["app.>"]
-"""
+AUTH = token_entry("page", ["app.>"], ["app.>"], secret=TOKEN)
 
 PAGE = b"""<!doctype html><meta charset="utf-8"><title>busd page</title>
 <script>
@@ -78,8 +73,7 @@ def wait_for(page, expression: str, timeout: float = 15.0):
 
 def test_browser_eventsource_cors_fetch_and_resume_after_restart(make_server, tmp_path,
                                                                  page_origin, browser):
-    auth = tmp_path / "tokens.toml"
-    auth.write_text(AUTH)
+    auth = write_auth_file(tmp_path, AUTH)
     server = make_server("app", "--auth-file", str(auth))
     bus = f"http://127.0.0.1:{server.port}"
     page = browser.new_page()
