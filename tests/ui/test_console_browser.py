@@ -60,6 +60,11 @@ class Console:
         if until:
             self.wait_text("#tail-status", until)
 
+    def give_token(self, token: str) -> None:
+        self.page.wait_for_selector("#token-form", state="visible")
+        self.page.fill("#token-input", token)
+        self.page.click("#token-form button[type=submit]")
+
     def received(self, count: int) -> None:
         self.page.wait_for_function("(n) => document.querySelector('#tail-count')"
                                     ".textContent === String(n)", arg=count)
@@ -220,6 +225,22 @@ def test_a_pattern_filters_history_and_live_events(make_server, open_tab):
                                                       "app.b.x"]
 
 
+def test_a_tail_from_a_time_shows_what_was_created_at_or_after_it(make_server, open_tab):
+    server = make_server("app")
+    published_ids(server.port, "app.before", 3)
+    time.sleep(0.01)
+    first = publish(server.port, "app.after", {"n": 0})
+    since = first.headers["x-bus-event-created-at"]  # at it: included
+    after = [first.headers["x-bus-event-id"]] + published_ids(server.port, "app.after", 2)
+    tab = open_tab(server)
+    tab.tail("app.>", start="time", value=since)
+    tab.received(3)
+    after += published_ids(server.port, "app.live", 1)
+    tab.received(4)
+    time.sleep(0.2)  # an event from before the time would have arrived by now
+    assert [row["id"] for row in tab.rows()] == after[::-1]
+
+
 def test_a_start_the_bus_cannot_use_shows_its_reason_and_stops(make_server, open_tab):
     server = make_server("app")
     tab = open_tab(server, expected_errors=("status of 400",))  # the refused subscription
@@ -255,6 +276,137 @@ def test_pause_keeps_the_streams_place_and_loses_nothing(make_server, open_tab, 
     time.sleep(0.2)  # a duplicate would arrive now
     assert tab.text("#tail-count") == "19"
     assert [row["id"] for row in tab.rows()] == more[::-1][:10]
+    live = published_ids(server.port, "app.live", 1)  # the stream opened again is live
+    tab.received(20)
+    assert [row["id"] for row in tab.rows()] == (more + live)[::-1][:10]
+
+
+def settle(port: int, member: SSE, event_id: str, action: str) -> None:
+    answer = request(port, "PUT", f"/?consumer_id={member.consumer_id}&event_id={event_id}"
+                                  f"&action={action}")
+    assert answer.status == 202, answer
+
+
+def billing_group(port: int) -> dict:
+    """GET /groups' entry for group billing of namespace orders."""
+    answer = request(port, "GET", "/groups?namespace=orders&name=billing")
+    assert answer.status == 200, answer
+    return answer.json()["orders"]["billing"]
+
+
+def busy_group(port: int) -> tuple[SSE, list[str]]:
+    """Group billing on orders.created with one member holding 3 events (the second delivered
+    thrice), 4 more waiting behind them, and one dead letter (the first event, termed).
+    The member's stream and the 8 event ids."""
+    ids = [publish(port, "orders.created", {"order": n, "items": ["a", "b"]},
+                   trace_id=f"req-{n}").headers["x-bus-event-id"] for n in range(8)]
+    member = SSE(port, "subject=orders.created&group=billing&start=oldest&max_inflight=3")
+    assert member.status == 200
+    assert [event["id"] for event in member.events(3)] == ids[:3]
+    settle(port, member, ids[0], "term")
+    assert member.events(1)[0]["id"] == ids[3]
+    for _ in range(2):
+        settle(port, member, ids[1], "nak")
+        assert member.events(1)[0]["id"] == ids[1]
+    deadline = time.monotonic() + 5
+    while billing_group(port)["dead_letters"] == 0:  # stored as an event, after the term
+        assert time.monotonic() < deadline, "the dead letter was not stored"
+        time.sleep(0.02)
+    return member, ids
+
+
+def test_the_groups_page_shows_the_figures_of_get_groups(make_server, open_tab, shots):
+    server = make_server("app,orders")
+    member, _ = busy_group(server.port)
+    tab = open_tab(server)
+    tab.view("groups")
+    row = "#groups-table tr[data-group='orders/billing']"
+    tab.page.wait_for_selector(row)
+    shown = tab.page.eval_on_selector_all(
+        row + " td[data-figure]", "cells => Object.fromEntries(cells.map(c => "
+                                  "[c.dataset.figure, Number(c.textContent)]))")
+    group = billing_group(server.port)
+    assert shown == {"members": len(group["members"]), "pending": group["pending"],
+                     "lag": group["lag"], "redeliveries": group["redeliveries"],
+                     "dead_letters": group["dead_letters"]}
+    assert shown == {"members": 1, "pending": 3, "lag": 4, "redeliveries": 2,
+                     "dead_letters": 1}
+    assert tab.text(row + " td:nth-child(3)") == "orders.created"
+    assert tab.text("#groups-status") == "1 group"
+    tab.screenshot(shots, "groups")
+    member.close()
+
+
+def test_a_dead_letter_is_republished_to_its_original_subject(make_server, open_tab, shots):
+    server = make_server("app,orders")
+    member, ids = busy_group(server.port)
+    tab = open_tab(server)
+    tab.view("groups")
+    tab.page.click("#groups-table tr[data-group='orders/billing'] button.dead-letters")
+    letter = "#dead-letter-rows .event"
+    tab.page.wait_for_selector(letter)
+    assert tab.page.get_attribute(letter, "data-id") == ids[0]  # the original event
+    assert "term after 1 delivery" in tab.text(letter)
+    tab.page.click(letter + " button.republish")
+    tab.wait_text(letter + " .outcome", "republished as")
+    republished = tab.text(letter + " .outcome").rsplit(" ", 1)[1]
+    tab.screenshot(shots, "dead-letters")
+    with SSE(server.port, f"subject=orders.created&start={ids[-1]}") as sse:
+        [event] = sse.events(1)
+    assert event["id"] == republished != ids[0]
+    assert (event["subject"], event["payload"], event["trace_id"]) == \
+        ("orders.created", {"order": 0, "items": ["a", "b"]}, "req-0")
+    member.close()
+
+
+def test_deleting_a_group_asks_first(make_server, open_tab):
+    server = make_server("app,orders")
+    member, _ = busy_group(server.port)
+    tab = open_tab(server)
+    tab.view("groups")
+    row = "#groups-table tr[data-group='orders/billing']"
+    questions: list[str] = []
+
+    def answer(dialog, accept: bool) -> None:
+        questions.append(dialog.message)
+        dialog.accept() if accept else dialog.dismiss()
+
+    tab.page.once("dialog", lambda dialog: answer(dialog, False))
+    tab.page.click(row + " button.delete")
+    assert len(questions) == 1 and "Delete consumer group billing of orders?" in questions[0]
+    time.sleep(0.2)  # a delete sent anyway would have landed now
+    assert billing_group(server.port)["members"]
+    assert tab.page.is_visible(row)
+
+    tab.page.once("dialog", lambda dialog: answer(dialog, True))
+    tab.page.click(row + " button.delete")
+    tab.page.wait_for_selector(row, state="detached")
+    assert request(server.port, "GET", "/groups?namespace=orders").json() == {"orders": {}}
+    assert tab.text("#groups-status") == "no consumer groups yet"
+    ended = [member.message() for _ in range(2)]  # the member is told, and its stream ends
+    assert any("was deleted" in (message or {}).get("data", "") for message in ended), ended
+    member.close()
+
+
+def test_a_delete_the_bus_refuses_shows_its_reason_and_keeps_the_group(make_server,
+                                                                       open_tab, tmp_path):
+    admin = "console-admin-2"
+    auth = write_auth_file(tmp_path, AUTH, token_entry("admin", [">"], [">"], secret=admin))
+    server = make_server("app,orders", "--auth-file", str(auth))
+    member = SSE(server.port, "subject=orders.created&group=billing",
+                 headers={"Authorization": f"Bearer {admin}"})
+    assert member.status == 200
+    tab = open_tab(server, expected_errors=("status of 401", "status of 403"))
+    tab.give_token(TOKEN)  # it may not subscribe to orders.created, so not delete its group
+    tab.view("groups")
+    tab.page.once("dialog", lambda dialog: dialog.accept())
+    tab.page.click("#groups-table tr[data-group='orders/billing'] button.delete")
+    tab.wait_text("#groups-error", "403")
+    assert "may not delete group 'billing'" in tab.text("#groups-error")
+    assert tab.page.is_visible("#groups-table tr[data-group='orders/billing']")
+    assert request(server.port, "GET", "/groups", headers={"Authorization": f"Bearer {admin}"}
+                   ).json()["orders"]["billing"]["members"]
+    member.close()
 
 
 def test_an_authd_bus_asks_for_a_token_refuses_a_wrong_one_and_keeps_it_in_the_tab(
@@ -265,17 +417,13 @@ def test_an_authd_bus_asks_for_a_token_refuses_a_wrong_one_and_keeps_it_in_the_t
     event_id = request(server.port, "POST", "/", {"subject": "app.secret", "payload": 1},
                        {"Authorization": f"Bearer {TOKEN}"}).headers["x-bus-event-id"]
     tab = open_tab(server, expected_errors=("status of 401",))
-    tab.page.wait_for_selector("#token-form", state="visible")
-    assert tab.page.is_hidden("#app")
-    tab.page.fill("#token-input", "not-the-token")
-    tab.page.click("#token-form button[type=submit]")
+    tab.give_token("not-the-token")
     tab.wait_text("#token-error", "unknown token")
     assert tab.page.is_hidden("#app")
     assert tab.page.evaluate("sessionStorage.getItem('busd.token')") is None
     tab.screenshot(shots, "token-refused")
 
-    tab.page.fill("#token-input", TOKEN)
-    tab.page.click("#token-form button[type=submit]")
+    tab.give_token(TOKEN)
     tab.page.wait_for_selector("#namespaces .card[data-namespace=app]")
     assert tab.page.evaluate("[sessionStorage.getItem('busd.token'), localStorage.length]") \
         == [TOKEN, 0]
