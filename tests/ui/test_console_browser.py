@@ -411,9 +411,7 @@ def test_a_delete_the_bus_refuses_shows_its_reason_and_keeps_the_group(make_serv
 
 def test_an_authd_bus_asks_for_a_token_refuses_a_wrong_one_and_keeps_it_in_the_tab(
         make_server, open_tab, tmp_path, shots):
-    auth = tmp_path / "tokens.toml"
-    auth.write_text(AUTH)
-    server = make_server("app", "--auth-file", str(auth))
+    server = make_server("app", "--auth-file", str(write_auth_file(tmp_path, AUTH)))
     event_id = request(server.port, "POST", "/", {"subject": "app.secret", "payload": 1},
                        {"Authorization": f"Bearer {TOKEN}"}).headers["x-bus-event-id"]
     tab = open_tab(server, expected_errors=("status of 401",))
