@@ -91,7 +91,7 @@ class Consumer:
     __slots__ = ("fanout", "store", "sink", "loop", "id", "owner", "pattern", "namespace",
                  "ack_policy", "cursor", "paused", "done", "live", "_scheduled", "_fetching",
                  "inflight", "inflight_bytes", "_ahead", "_ahead_index", "_timer",
-                 "_refetching", "_refetched_run")
+                 "_refetching", "_refetched_run", "_select")
 
     def __init__(self, fanout: FanOut, store: Store, sink: Sink, consumer_id: bytes,
                  pattern: Pattern, namespace: str, ack: AckPolicy | None,
