@@ -22,9 +22,11 @@ from busd.server.body_budget import BodyBudget, peer_gone
 
 log = logging.getLogger("busd.server.http")
 
+# Bus's CORS headers, with DELETE added for `DELETE /groups` (a page on another origin,
+# the console served elsewhere, deletes a group after a preflight)
 CORS_HEADERS = (
     b"Access-Control-Allow-Origin: *\r\n"
-    b"Access-Control-Allow-Methods: GET, POST, PUT, OPTIONS\r\n"
+    b"Access-Control-Allow-Methods: GET, POST, PUT, DELETE, OPTIONS\r\n"
     b"Access-Control-Allow-Headers: Content-Type, Authorization, Last-Event-ID, X-BUS-EVENT-ID, "
     b"X-BUS-EVENT-CREATED-AT, X-BUS-EVENT-INDEX, X-BUS-CONSUMER-ID\r\n"
     b"Access-Control-Expose-Headers: X-BUS-EVENT-ID, X-BUS-EVENT-CREATED-AT, "

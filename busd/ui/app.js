@@ -187,6 +187,10 @@ function last(series) {
   return series.length ? series[series.length - 1].toFixed(1) : "–";
 }
 
+function counted(count, one, many = one + "s") {
+  return `${count} ${count === 1 ? one : many}`;
+}
+
 function formatBytes(bytes) {
   const units = ["B", "KiB", "MiB", "GiB", "TiB"];
   let unit = 0;
@@ -424,20 +428,21 @@ const groups = {
         count += 1;
       }
     }
-    $("groups-status").textContent = count ? `${count} groups` : "no consumer groups yet";
+    $("groups-status").textContent = count ? counted(count, "group") : "no consumer groups yet";
   },
 
   row(namespace, group) {
     const row = el("tr");
     row.dataset.group = namespace + "/" + group.name;
-    const members = el("td", "number", String(group.members.length));
-    members.title = group.members.map((m) => `${m.consumer_id} (${m.inflight} in flight)`)
-      .join("\n");
     row.append(el("td", "", namespace), el("td", "", group.name),
-               el("td", "", group.subjects.join(", ")), members);
-    for (const key of ["pending", "lag", "redeliveries", "dead_letters"]) {
-      row.append(el("td", "number", String(group[key])));
+               el("td", "", group.subjects.join(", ")));
+    const figures = {members: group.members.length, pending: group.pending, lag: group.lag,
+                     redeliveries: group.redeliveries, dead_letters: group.dead_letters};
+    for (const [key, value] of Object.entries(figures)) {
+      row.appendChild(el("td", "number", String(value))).dataset.figure = key;
     }
+    row.cells[3].title = group.members
+      .map((m) => `${m.consumer_id} (${m.inflight} in flight)`).join("\n");
     const actions = row.appendChild(el("td"));
     const letters = actions.appendChild(el("button", "dead-letters", "Dead letters"));
     letters.type = "button";
@@ -452,13 +457,16 @@ const groups = {
     if (!confirm(`Delete consumer group ${name} of ${namespace}? Its members are ` +
                  "disconnected and its position is lost (its dead letters stay).")) return;
     const query = new URLSearchParams({namespace, name});
+    let refused = "";
     try {
       const answer = await call("DELETE", "/groups?" + query.toString());
-      if (!answer.ok) $("groups-error").textContent = "not deleted: " + await reason(answer);
+      if (!answer.ok) refused = "not deleted: " + await reason(answer);
     } catch (error) {
-      report($("groups-error"), error);
+      if (error instanceof Unauthorized) return;
+      refused = "not deleted: " + error.message;
     }
-    this.refresh();
+    await this.refresh();  // it clears the error line: say why after it
+    if (refused) $("groups-error").textContent = refused;
   },
 
   openDeadLetters(group) {
@@ -498,7 +506,7 @@ const groups = {
     const row = eventRow(original.subject ? original : letter);
     const meta = row.querySelector(".meta");
     meta.append(el("span", "reason", `${info.reason || "dead letter"} after ` +
-                                     `${info.deliveries} deliveries`));
+                                     counted(info.deliveries, "delivery", "deliveries")));
     const button = meta.appendChild(el("button", "republish", "Republish"));
     button.type = "button";
     const outcome = meta.appendChild(el("span", "outcome"));

@@ -10,7 +10,7 @@ from busclient import SSE, Http, build_request, publish, read_response, request
 
 CORS = {
     "access-control-allow-origin": "*",
-    "access-control-allow-methods": "GET, POST, PUT, OPTIONS",
+    "access-control-allow-methods": "GET, POST, PUT, DELETE, OPTIONS",  # Bus's, and DELETE
 }
 XID = re.compile(r"^e_[0-9a-v]{20}$")
 
@@ -186,6 +186,12 @@ def test_supplied_id_and_created_at_are_kept(server):
 def test_options_and_cors(server):
     response = request(server.port, "OPTIONS", "/anything")
     assert response.status == 204
+    preflight = request(server.port, "OPTIONS", "/groups?namespace=app&name=g", headers={
+        "Origin": "http://localhost:8080", "Access-Control-Request-Method": "DELETE",
+        "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status == 204
+    assert "DELETE" in preflight.headers["access-control-allow-methods"].split(", ")
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]
     assert "Last-Event-ID" in response.headers["access-control-allow-headers"]
     assert "X-BUS-CONSUMER-ID" in response.headers["access-control-expose-headers"]
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 import pytest
+from authfile import token_entry, write_auth_file
 from busclient import SSE, request
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -24,26 +25,12 @@ BILLING = "billing-secret-1"
 READER = "reader-secret-22"
 ADMIN = "admin-secret-333"
 
-AUTH_TOML = f"""
-[[token]]
-name = "billing"
-secret = "{BILLING}"
-publish = ["orders.>"]
-subscribe = ["orders.>", "app.*"]
-
-[[token]]
-name = "reader"
-secret_sha256 = "{hashlib.sha256(READER.encode()).hexdigest()}"
-publish = []
-subscribe = ["orders.*", "orders.*.>"]
-
-[[token]]
-name = "admin"
-secret = "{ADMIN}"
-publish = [">"]
-subscribe = [">"]
-restore = true
-"""
+AUTH_TOML = "\n".join([
+    token_entry("billing", ["orders.>"], ["orders.>", "app.*"], secret=BILLING),
+    token_entry("reader", [], ["orders.*", "orders.*.>"],
+                secret_sha256=hashlib.sha256(READER.encode()).hexdigest()),
+    token_entry("admin", [">"], [">"], secret=ADMIN, restore=True),
+])
 
 
 def bearer(secret: str) -> dict[str, str]:
@@ -56,8 +43,7 @@ def post(port, body, secret=None, target="/"):
 
 @pytest.fixture
 def auth_server(make_server, tmp_path):
-    path = tmp_path / "tokens.toml"
-    path.write_text(AUTH_TOML)
+    path = write_auth_file(tmp_path, AUTH_TOML)
     server = make_server("app,orders,payments", "--auth-file", str(path), "--log-level", "DEBUG")
     server.auth_path = path
     return server

@@ -11,16 +11,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from busclient import publish, request
+from authfile import token_entry, write_auth_file
+from busclient import SSE, publish, request
 
 TOKEN = "browser-secret-1"
-AUTH = f"""
-[[token]]
-name = "page"
-secret = "{TOKEN}"
-publish = ["app.>"]
-subscribe = ["app.>"]
-"""
+AUTH = token_entry("page", ["app.>"], ["app.>"], secret=TOKEN)
 
 PAGE = b"""<!doctype html><meta charset="utf-8"><title>busd page</title>
 <script>
@@ -43,6 +38,12 @@ async function publish(bus, token, payload) {
   });
   return {status: answer.status, id: answer.headers.get("X-Bus-Event-Id"),
           text: await answer.text()};
+}
+async function removeGroup(bus, token, namespace, name) {
+  const answer = await fetch(`${bus}/groups?namespace=${namespace}&name=${name}`, {
+    method: "DELETE", headers: {"Authorization": "Bearer " + token},
+  });
+  return {status: answer.status, text: await answer.text()};
 }
 </script><p>busd test page</p>
 """
@@ -78,8 +79,7 @@ def wait_for(page, expression: str, timeout: float = 15.0):
 
 def test_browser_eventsource_cors_fetch_and_resume_after_restart(make_server, tmp_path,
                                                                  page_origin, browser):
-    auth = tmp_path / "tokens.toml"
-    auth.write_text(AUTH)
+    auth = write_auth_file(tmp_path, AUTH)
     server = make_server("app", "--auth-file", str(auth))
     bus = f"http://127.0.0.1:{server.port}"
     page = browser.new_page()
@@ -163,3 +163,19 @@ def test_a_page_on_another_origin_cannot_publish_with_no_cors(make_server, page_
                          f"http://127.0.0.1:{server.port}")
     assert sent == "opaque"  # the browser sent it, and shows the page nothing
     assert request(server.port, "GET", "/healthz").json()["namespaces"]["app"]["events"] == 0
+
+
+def test_a_page_on_another_origin_deletes_a_group_after_a_preflight(make_server, tmp_path,
+                                                                   page_origin, browser):
+    server = make_server("app", "--auth-file", str(write_auth_file(tmp_path, AUTH)))
+    member = SSE(server.port, f"subject=app.>&group=workers&token={TOKEN}")
+    assert member.status == 200
+    page = browser.new_page()
+    page.goto(page_origin + "/")
+    answer = page.evaluate("([bus, token]) => removeGroup(bus, token, 'app', 'workers')",
+                           [f"http://127.0.0.1:{server.port}", TOKEN])
+    assert answer["status"] == 200 and '"name":"workers"' in answer["text"], answer
+    assert request(server.port, "GET", "/groups", headers={"Authorization": f"Bearer {TOKEN}"}
+                   ).json() == {"app": {}}
+    member.close()
+    page.close()
