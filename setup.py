@@ -4,11 +4,15 @@ from setuptools import Extension, setup
 
 DIRECTIVES = {"language_level": 3, "boundscheck": False, "wraparound": False, "cdivision": True}
 
+FRAME_CRC = "busd/store/local/crc32_fold.h"  # included by both through _frame.pxd
+
 extensions = [
     Extension("busd._core", ["busd/_core.pyx"]),
     Extension("busd.bus._sublist", ["busd/bus/_sublist.pyx"]),
-    Extension("busd.store.local._framing", ["busd/store/local/_framing.pyx"], libraries=["z"]),
-    Extension("busd.store.local._crypto", ["busd/store/local/_crypto.pyx"], libraries=["z"]),
+    Extension("busd.store.local._framing", ["busd/store/local/_framing.pyx"], libraries=["z"],
+              depends=[FRAME_CRC]),
+    Extension("busd.store.local._crypto", ["busd/store/local/_crypto.pyx"], libraries=["z"],
+              depends=[FRAME_CRC]),
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=DIRECTIVES))

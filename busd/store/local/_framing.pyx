@@ -53,7 +53,8 @@ from busd.store.local._frame cimport (
     _frame_at,
     _rd32,
     _wr32,
-    crc32,
+    crc32_folds as crc32_folds_c,
+    frame_crc32,
 )
 
 MAGIC = b"BUSDSEG1"
@@ -98,6 +99,11 @@ cdef unsigned char* _scratch(Codec codec, Py_ssize_t block_size) except? NULL:
     return p
 
 
+def crc32_folds() -> bool:
+    """Whether the frames' crc32 runs folded (PCLMULQDQ) on this CPU, not zlib's."""
+    return crc32_folds_c() != 0
+
+
 def frame_records(list records, Codec codec=None, Py_ssize_t block_size=0,
                   nonces=None) -> bytes:
     """All records framed (length, crc32, body) into one new bytes object. With a codec
@@ -133,14 +139,14 @@ def frame_records(list records, Codec codec=None, Py_ssize_t block_size=0,
         src = <const unsigned char*>PyBytes_AS_STRING(r)
         if codec is None:
             _wr32(dst, <uint32_t>size)
-            _wr32(dst + 4, <uint32_t>crc32(0, src, <unsigned int>size))
+            _wr32(dst + 4, frame_crc32(0, src, size))
             memcpy(dst + FRAME_HEAD, src, size)
             dst += FRAME_HEAD + size
         else:
             body = sealed_record_size(size, block_size)
             np = codec._seal_body(src, size, block_size, dst + FRAME_HEAD, np)
             _wr32(dst, <uint32_t>body)
-            _wr32(dst + 4, <uint32_t>crc32(0, dst + FRAME_HEAD, <unsigned int>body))
+            _wr32(dst + 4, frame_crc32(0, dst + FRAME_HEAD, body))
             dst += FRAME_HEAD + body
     return out
 
@@ -330,10 +336,10 @@ def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle,
                 if (blen > C_TAG and memcmp(body, PyBytes_AS_STRING(tag), C_TAG) == 0
                         and codec.open_head(body, blen, block_size, scratch) >= at + nlen
                         and memcmp(scratch + at, nd, nlen) == 0
-                        and <uint32_t>crc32(0, body, length) == _rd32(buf + off + 4)):
+                        and frame_crc32(0, body, length) == _rd32(buf + off + 4)):
                     return n
             elif blen >= at + nlen and memcmp(body + at, nd, nlen) == 0:
-                if <uint32_t>crc32(0, body, length) == _rd32(buf + off + 4):
+                if frame_crc32(0, body, length) == _rd32(buf + off + 4):
                     return n
             off += FRAME_HEAD + blen
             n += 1
