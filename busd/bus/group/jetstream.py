@@ -36,7 +36,6 @@ log = logging.getLogger("busd.bus.group.jetstream")
 
 DURABLE_PREFIX = "busd_g_"
 SETTINGS_KEY = "busd_group"
-MAX_ACK_PENDING = 50_000  # the cluster-wide bound of a group's unsettled events
 PULL_EXPIRES = 1.0  # a pull request waits this long for messages
 TICK = 0.05  # local ack_wait expiry and stale pull requests
 REFRESH = 1.0  # consumer info and the cluster's list of groups
@@ -53,7 +52,8 @@ def consumer_config(settings: GroupSettings, start_seq: int) -> dict:
     """The durable consumer a group is."""
     config = {"durable_name": DURABLE_PREFIX + settings.name, "ack_policy": "explicit",
               "ack_wait": _ns(settings.ack_wait), "max_deliver": settings.max_deliver or -1,
-              "max_ack_pending": MAX_ACK_PENDING, "deliver_policy": "by_start_sequence",
+              # max_pending bounds the group's unsettled events cluster-wide
+              "max_ack_pending": settings.max_pending, "deliver_policy": "by_start_sequence",
               "opt_start_seq": start_seq, "max_waiting": 512,
               "metadata": {SETTINGS_KEY: orjson.dumps(settings.to_json()).decode()}}
     if settings.backoff:
