@@ -17,7 +17,7 @@ if nats_server_binary() is None:
                 allow_module_level=True)
 
 from busclient import SSE, Http, publish, request  # noqa: E402
-from groupworker import Worker, ack_each, batch, groups  # noqa: E402
+from groupworker import Worker, ack_each, batch, groups, settled_state  # noqa: E402
 from test_jetstream import frontends  # noqa: E402,F401 - the fixture
 
 
@@ -30,17 +30,6 @@ def wait_for_group(port: int, namespace: str, name: str, timeout: float = 5.0) -
             return shown[name]
         time.sleep(0.1)
     raise TimeoutError(f"group {name} not listed on port {port}")
-
-
-def settled_state(port: int, name: str, ok, timeout: float = 3.0) -> dict:
-    """The group's GET /groups figures once `ok(state)` (they are refreshed every second)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = groups(port)["orders"][name]
-        if ok(state):
-            return state
-        assert time.monotonic() < deadline, state
-        time.sleep(0.1)
 
 
 def test_members_on_two_frontends_share_events_each_acked_once(frontends):  # noqa: F811
