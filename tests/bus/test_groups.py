@@ -142,7 +142,8 @@ def test_term_dead_letters_at_once_on_the_chosen_subject(store_server):
 
 def test_progress_restarts_ack_wait(store_server):
     server = store_server
-    worker = Worker(server.port, "subject=orders.>&group=g&ack_wait=400ms")
+    # room for one more: on JetStream a redelivery comes only to a member with room
+    worker = Worker(server.port, "subject=orders.>&group=g&ack_wait=400ms&max_inflight=2")
     publish(server.port, "orders.created", 1)
     event = worker.take(1)[0]
     for _ in range(4):
