@@ -125,6 +125,24 @@ def test_max_deliver_dead_letters_with_reason_and_count(store_server):
     worker.close()
 
 
+def test_its_own_dead_letters_are_neither_delivered_nor_lag(store_server):
+    """The group's pattern (the whole namespace) matches its dead-letter subject: the dead
+    letter stored past the cursor of a group whose only member is full is not lag."""
+    server = store_server
+    worker = Worker(server.port, "subject=orders.>&group=g&start=oldest")  # max_inflight 1
+    batch(server.port, "orders.created", 2)
+    first = worker.take(1)[0]
+    assert worker.settle(first, "term") == 202
+    second = worker.take(1)[0]  # the member is full again: the cursor waits after it
+    settled_state(server.port, "g", lambda s: s["dead_letters"] == 1 and s["next_index"] == 3
+                  and s["cursor"] == 2)
+    time.sleep(1.5)  # JetStream's figures are refreshed every second
+    assert groups(server.port)["orders"]["g"]["lag"] == 0
+    assert worker.settle(second) == 202
+    assert worker.no_event(0.4)
+    worker.close()
+
+
 def test_term_dead_letters_at_once_on_the_chosen_subject(store_server):
     server = store_server
     watcher = SSE(server.port, "subject=orders.poison")

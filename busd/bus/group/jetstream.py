@@ -30,7 +30,7 @@ from busd.bus.group.journal import Counters
 from busd.bus.group.member import Member
 from busd.bus.group.registry import Groups, JoinRefused
 from busd.bus.group.settings import GroupSettings, parse_settings
-from busd._core import now_rfc3339, record_id
+from busd._core import Pattern, now_rfc3339, record_id
 
 log = logging.getLogger("busd.bus.group.jetstream")
 
@@ -40,6 +40,7 @@ PULL_EXPIRES = 1.0  # a pull request waits this long for messages
 TICK = 0.05  # local ack_wait expiry and stale pull requests
 REFRESH = 1.0  # consumer info and the cluster's list of groups
 MAX_PULLS = 8  # pull requests outstanding per group on one front-end
+LETTERS_AHEAD = 1000  # own dead letters past the cursor looked up per refresh (at most)
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_CONSUMER_EXISTS = 10148
 
@@ -95,6 +96,7 @@ class JetStreamGroup:
         self.pending: dict[int, Held] = {}  # index → what a member here holds
         self.by_id: dict[bytes, int] = {}
         self.info: dict = {}
+        self._letters_ahead = 0  # of the consumer's num_pending: never delivered
         self.ready = False  # the consumer exists
         # once open: None, or the JoinRefused every join waiting for it gets
         self.opened: asyncio.Future[JoinRefused | None] = self.loop.create_future()
@@ -284,11 +286,29 @@ class JetStreamGroup:
 
     async def _refresh(self) -> None:
         try:
-            self.info = await self.store._api(f"CONSUMER.INFO.{self.namespace}.{self.durable}",
-                                              None, timeout=1.0)
+            info = await self.store._api(f"CONSUMER.INFO.{self.namespace}.{self.durable}",
+                                         None, timeout=1.0)
+            self._letters_ahead = await self._own_letters_ahead(info)
+            self.info = info
         except Exception as exc:  # noqa: BLE001 - keep the last known figures
             if getattr(exc, "err_code", None) == ERR_CONSUMER_NOT_FOUND and not self.done:
                 self.host.vanished(self)
+
+    async def _own_letters_ahead(self, info: dict) -> int:
+        """How many of the consumer's num_pending are the group's own dead letters (it
+        acks them unseen when it gets there): at most LETTERS_AHEAD, so lag stays an
+        upper bound."""
+        settings = self.settings  # the creator's, once open
+        # a pattern matching the whole namespace matches the group's own dead letters
+        sees = Pattern(*(s.encode() for s in settings.subjects)).matches(
+            settings.dead_letter.encode())
+        if not sees or not info.get("num_pending"):
+            return 0
+        after = (info.get("delivered") or {}).get("stream_seq", 0)
+        found = await self.store._direct_get(self.namespace, {
+            "seq": after + 1, "next_by_subj": settings.dead_letter,
+            "batch": LETTERS_AHEAD, "max_bytes": 1 << 20})
+        return len(found)
 
     # -- dead letters ---------------------------------------------------------------------
     def _term(self, held: Held) -> None:
@@ -328,7 +348,7 @@ class JetStreamGroup:
 
     # -- introspection --------------------------------------------------------------------
     def lag(self) -> int:
-        return int(self.info.get("num_pending", 0))
+        return max(0, int(self.info.get("num_pending", 0)) - self._letters_ahead)
 
     def describe(self) -> dict:
         info = self.info
