@@ -479,7 +479,6 @@ class Api:
                    namespace: str, subjects: tuple[str, ...], consumer_id: bytes,
                    headers: bytes, token: Token | None) -> None:
         """Join the group `group=` names, creating it on the first join; then stream."""
-        close = not request.keep_alive
         name = params["group"]
         # the group remembers where it is, so a (browser's) Last-Event-ID is moot, but it
         # must still be well-formed

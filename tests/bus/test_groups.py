@@ -146,14 +146,15 @@ def test_its_own_dead_letters_are_neither_delivered_nor_lag(store_server):
 def test_term_dead_letters_at_once_on_the_chosen_subject(store_server):
     server = store_server
     watcher = SSE(server.port, "subject=orders.poison")
-    worker = Worker(server.port, "subject=orders.created&group=g&dead_letter=orders.poison")
+    worker = Worker(server.port, "subject=orders.created&group=g&dead_letter=orders.poison"
+                                 "&ack_wait=300ms")
     publish(server.port, "orders.created", 7)
     event = worker.take(1)[0]
     assert worker.settle(event, "term") == 202
     letter = watcher.events(1, timeout=2.0)[0]
-    assert letter["payload"]["reason"] == "term"
+    assert letter["payload"]["reason"] == "term" and letter["payload"]["deliveries"] == 1
     assert letter["payload"]["event"]["id"] == event["id"]
-    assert worker.no_event(0.3)
+    assert worker.no_event(0.8)  # past ack_wait: termed for good
     worker.close()
     watcher.close()
 

