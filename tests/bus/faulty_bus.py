@@ -57,6 +57,20 @@ def locate_fails(patch: pytest.MonkeyPatch) -> None:
 
 
 @fault
+def group_create_fails(patch: pytest.MonkeyPatch) -> None:
+    """Creating a group in the `broken` namespace raises something unforeseen."""
+    from busd.bus.group.registry import Groups
+    real = Groups.create
+
+    def create(self, namespace, *args, **kwargs):
+        if namespace == BROKEN:
+            raise RuntimeError("injected: group create failed")
+        return real(self, namespace, *args, **kwargs)
+
+    patch.setattr(Groups, "create", create)
+
+
+@fault
 def first_answer_fails(patch: pytest.MonkeyPatch) -> None:
     """Answering the publish stored at index 0 raises."""
     import busd.server.api as api

@@ -115,6 +115,22 @@ def test_an_unforeseen_append_error_answers_500_and_publishing_goes_on(faulty_se
         assert [e["payload"] for e in stream.events(1)] == [1]
 
 
+@pytest.mark.parametrize("faults, start, reason", [
+    ("group-create-fails", "newest", b"injected: group create failed"),
+    ("locate-fails", "oldest", b"injected: locate failed"),
+])
+def test_a_group_join_that_raises_answers_500_with_the_reason(faulty_server, faults, start,
+                                                               reason):
+    server = faulty_server(faults)
+    port = server.port
+    answer = request(port, "GET", f"/?subject=broken.>&group=g&start={start}")
+    assert answer.status == 500 and reason in answer.body, answer
+    assert "group join failed" in server.log()
+    with SSE(port, "subject=app.>&group=g") as member:  # other groups are joined as ever
+        assert member.status == 200
+        assert request(port, "GET", "/groups?namespace=broken").json() == {"broken": {}}
+
+
 def test_disk_reads_of_a_catch_up_stall_nobody_else(faulty_server):
     """Each disk read takes 0.2 s: the search for a start id and a consumer catching up
     12 MB (more than the 8 MiB kept in memory) wait for them off the loop, so /healthz

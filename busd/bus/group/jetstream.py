@@ -30,17 +30,17 @@ from busd.bus.group.journal import Counters
 from busd.bus.group.member import Member
 from busd.bus.group.registry import Groups, JoinRefused
 from busd.bus.group.settings import GroupSettings, parse_settings
-from busd._core import now_rfc3339, record_id
+from busd._core import Pattern, now_rfc3339, record_id
 
 log = logging.getLogger("busd.bus.group.jetstream")
 
 DURABLE_PREFIX = "busd_g_"
 SETTINGS_KEY = "busd_group"
-MAX_ACK_PENDING = 50_000  # the cluster-wide bound of a group's unsettled events
 PULL_EXPIRES = 1.0  # a pull request waits this long for messages
 TICK = 0.05  # local ack_wait expiry and stale pull requests
 REFRESH = 1.0  # consumer info and the cluster's list of groups
 MAX_PULLS = 8  # pull requests outstanding per group on one front-end
+LETTERS_AHEAD = 1000  # own dead letters past the cursor looked up per refresh (at most)
 ERR_CONSUMER_NOT_FOUND = 10014
 ERR_CONSUMER_EXISTS = 10148
 
@@ -53,7 +53,8 @@ def consumer_config(settings: GroupSettings, start_seq: int) -> dict:
     """The durable consumer a group is."""
     config = {"durable_name": DURABLE_PREFIX + settings.name, "ack_policy": "explicit",
               "ack_wait": _ns(settings.ack_wait), "max_deliver": settings.max_deliver or -1,
-              "max_ack_pending": MAX_ACK_PENDING, "deliver_policy": "by_start_sequence",
+              # max_pending bounds the group's unsettled events cluster-wide
+              "max_ack_pending": settings.max_pending, "deliver_policy": "by_start_sequence",
               "opt_start_seq": start_seq, "max_waiting": 512,
               "metadata": {SETTINGS_KEY: orjson.dumps(settings.to_json()).decode()}}
     if settings.backoff:
@@ -95,7 +96,10 @@ class JetStreamGroup:
         self.pending: dict[int, Held] = {}  # index → what a member here holds
         self.by_id: dict[bytes, int] = {}
         self.info: dict = {}
+        self._letters_ahead = 0  # of the consumer's num_pending: never delivered
         self.ready = False  # the consumer exists
+        # once open: None, or the JoinRefused every join waiting for it gets
+        self.opened: asyncio.Future[JoinRefused | None] = self.loop.create_future()
         self.done = False
         self._turn = 0
         self._pulls: dict[str, list] = {}  # token → [messages still expected, deadline]
@@ -282,11 +286,29 @@ class JetStreamGroup:
 
     async def _refresh(self) -> None:
         try:
-            self.info = await self.store._api(f"CONSUMER.INFO.{self.namespace}.{self.durable}",
-                                              None, timeout=1.0)
+            info = await self.store._api(f"CONSUMER.INFO.{self.namespace}.{self.durable}",
+                                         None, timeout=1.0)
+            self._letters_ahead = await self._own_letters_ahead(info)
+            self.info = info
         except Exception as exc:  # noqa: BLE001 - keep the last known figures
             if getattr(exc, "err_code", None) == ERR_CONSUMER_NOT_FOUND and not self.done:
                 self.host.vanished(self)
+
+    async def _own_letters_ahead(self, info: dict) -> int:
+        """How many of the consumer's num_pending are the group's own dead letters (it
+        acks them unseen when it gets there): at most LETTERS_AHEAD, so lag stays an
+        upper bound."""
+        settings = self.settings  # the creator's, once open
+        # a pattern matching the whole namespace matches the group's own dead letters
+        sees = Pattern(*(s.encode() for s in settings.subjects)).matches(
+            settings.dead_letter.encode())
+        if not sees or not info.get("num_pending"):
+            return 0
+        after = (info.get("delivered") or {}).get("stream_seq", 0)
+        found = await self.store._direct_get(self.namespace, {
+            "seq": after + 1, "next_by_subj": settings.dead_letter,
+            "batch": LETTERS_AHEAD, "max_bytes": 1 << 20})
+        return len(found)
 
     # -- dead letters ---------------------------------------------------------------------
     def _term(self, held: Held) -> None:
@@ -326,7 +348,7 @@ class JetStreamGroup:
 
     # -- introspection --------------------------------------------------------------------
     def lag(self) -> int:
-        return int(self.info.get("num_pending", 0))
+        return max(0, int(self.info.get("num_pending", 0)) - self._letters_ahead)
 
     def describe(self) -> dict:
         info = self.info
@@ -406,23 +428,34 @@ class JetStreamGroups(Groups):
         self.groups[settings.namespace, settings.name] = group
 
         async def opening() -> None:
+            """Open it; joins wait for this, so the one that lost a race to create the
+            group with other subjects gets its 409 instead of a stream."""
+            refusal = None
             try:
                 await group.open(start_seq)
-            except Exception as exc:  # noqa: BLE001 - its members are told why
+            except Exception as exc:  # noqa: BLE001 - the joins waiting are told why
                 log.error("group consumer not opened ns=%s group=%s error=%r",
                           settings.namespace, settings.name, exc)
-                self._drop(group, f"cannot open the group's JetStream consumer: {exc}")
-                return
-            theirs = group.cluster_settings()
-            if theirs is not None and theirs.subjects != settings.subjects:
-                self._drop(group, f"group {settings.name} of namespace {settings.namespace} "
-                                  f"subscribes to {','.join(theirs.subjects)}: use another "
-                                  f"group name")
-            elif theirs is not None:
-                group.settings = theirs
+                refusal = JoinRefused(503, f"cannot open the group's JetStream consumer: {exc}")
+            else:
+                theirs = group.cluster_settings()
+                if theirs is not None and theirs.subjects != settings.subjects:
+                    refusal = JoinRefused(409, f"group {settings.name} of namespace "
+                                               f"{settings.namespace} subscribes to "
+                                               f"{','.join(theirs.subjects)}, not "
+                                               f"{','.join(settings.subjects)}: use another "
+                                               f"group name")
+                elif theirs is not None:
+                    group.settings = theirs
+            if refusal is not None:
+                self._drop(group, refusal.reason)
+            group.opened.set_result(refusal)
 
         self.store._spawn(opening())
         return group
+
+    def opened(self, group: JetStreamGroup) -> asyncio.Future[JoinRefused | None]:
+        return group.opened
 
     def _drop(self, group: JetStreamGroup, reason: str) -> None:
         if self.groups.get((group.namespace, group.name)) is group:

@@ -135,6 +135,11 @@ class Groups:
                  ",".join(subjects), cursor)
         return group
 
+    def opened(self, group: Group) -> asyncio.Future[JoinRefused | None] | None:
+        """While a store opens the group (JetStream finds or makes its consumer): a future
+        of None, or of the JoinRefused a join gets; None: ready (a local group always)."""
+        return None
+
     def check_room(self, namespace: str) -> None:
         """Raises JoinRefused when the namespace has as many groups as it may."""
         if sum(1 for ns, _ in self.groups if ns == namespace) >= MAX_GROUPS_PER_NAMESPACE:
