@@ -67,10 +67,14 @@ class Worker:
         return False
 
     def settle(self, event: dict, action: str = "", extra: str = "") -> int:
-        target = f"/?consumer_id={self.id}&event_id={event['id']}"
+        return self.settle_ids([event["id"]], action, extra).status
+
+    def settle_ids(self, event_ids: list[str], action: str = "", extra: str = ""):
+        """One PUT settling every id in `event_ids` (a batch): the response."""
+        target = f"/?consumer_id={self.id}" + "".join(f"&event_id={i}" for i in event_ids)
         if action:
             target += f"&action={action}"
-        return self.http.request("PUT", target + extra).status
+        return self.http.request("PUT", target + extra)
 
     def close(self) -> None:
         self.sse.sock.shutdown(socket.SHUT_RDWR)

@@ -277,33 +277,28 @@ class Broker:
         return added
 
     # -- acks ---------------------------------------------------------------------------------
-    def ack(self, consumer_id: bytes, event_id: bytes) -> None:
-        """Acks are idempotent: unknown consumers or events are fine (SPEC §3.3)."""
-        self.metrics.acks += 1
-        consumer = self.fanout.consumers.get(consumer_id)
-        if consumer is not None:
-            consumer.ack(event_id)
-        else:  # the stream may live on another front-end of a clustered store
-            self.store.forward_ack(consumer_id, event_id)
-
-    def settle(self, consumer_id: bytes, event_id: bytes, action: str, delay: float,
+    def settle(self, consumer_id: bytes, event_ids: list[bytes], action: str, delay: float,
                answer: Answer) -> None:
-        """A group member's ack, nak, term or progress; `answer` once the group's state is
-        written. Raises ValueError for an action other than ack on a plain subscription."""
+        """A consumer's ack, nak, term or progress of each of `event_ids` (acks are idempotent:
+        unknown consumers or events are fine, SPEC §3.3); `answer` once, when the group's state
+        is written. Raises ValueError for an action other than ack on a
+        plain subscription (before anything is settled)."""
         consumer = self.fanout.consumers.get(consumer_id)
+        self.metrics.acks += len(event_ids)
         if isinstance(consumer, Member):
-            self.metrics.acks += 1
-            consumer.settle(event_id, action, delay)
+            for event_id in event_ids:
+                consumer.settle(event_id, action, delay)
             self.groups.after_commit(answer)
             return
         if action != "ack" and consumer is not None:
+            self.metrics.acks -= len(event_ids)
             raise ValueError(f"action={action} is for consumer group members (subscribe "
                              "with group=); this consumer takes plain acks")
-        if consumer is None and action != "ack":  # a member on another front-end, maybe
-            self.metrics.acks += 1
-            self.store.forward_ack(consumer_id, event_id, action, delay)
-        else:
-            self.ack(consumer_id, event_id)
+        for event_id in event_ids:
+            if consumer is not None:
+                consumer.ack(event_id)
+            else:  # the stream may live on another front-end of a clustered store
+                self.store.forward_ack(consumer_id, event_id, action, delay)
         answer(None)
 
     # -- StoreListener: what the store tells the bus -----------------------------------------

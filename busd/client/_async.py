@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Generator, Iterable, Mapping
 from typing import Any
 
+from busd.client._acks import AckQueue, Slot
 from busd.client._events import AsyncEvent, BatchResult, PutResult
 from busd.client._http import Response
 from busd.client._protocol import ClientBase, Flow, Run
@@ -143,6 +144,7 @@ class AsyncSubscription(SubscriptionBase):
 
     def __init__(self, client: AsyncClient, state: SubscriptionState) -> None:
         super().__init__(client, state, asyncio.Event())
+        self._acks = AckQueue()
         self._opened = False
         self._run = Run(state.events(client, self))
 
@@ -181,7 +183,40 @@ class AsyncSubscription(SubscriptionBase):
             pass
 
     async def _ack(self, event: AsyncEvent, data: Any) -> None:
-        await _call(self._state.acked(self._client, event, data))
+        if not self._state.group:
+            await _call(self._state.acked(self._client, event, data))
+            return
+        loop = asyncio.get_running_loop()
+        slot = Slot(event.consumer_id, event.id, loop.create_future())
+        if self._acks.add(slot):
+            loop.create_task(self._send_acks())
+        await asyncio.shield(slot.wake)
+        if slot.error is not None:
+            raise slot.error
+        await _call(self._state.replied(self._client, event, data))
+
+    async def _send_acks(self) -> None:
+        """The sender: one PUT at a time of the acks waiting (those of this loop tick
+        too), until none is left."""
+        await asyncio.sleep(0)  # the acks made in this loop tick go in the first PUT
+        queue = self._acks
+        while True:
+            target, batch = queue.take()
+            error: BaseException | None = None
+            try:
+                await _call(self._client._settle_target(target))
+            except BusError as exc:
+                error = exc
+            except BaseException:
+                error = BusConnectionError("the ack was cut short (cancelled)")
+                raise
+            finally:
+                leader = queue.answered(batch, error)
+                for slot in batch:
+                    if not slot.wake.done():
+                        slot.wake.set_result(None)
+            if leader is None:
+                return
 
     async def _settle(self, event: AsyncEvent, action: str, delay: Any) -> None:
         await _call(self._state.settled(self._client, event, action, delay))

@@ -337,6 +337,10 @@ class ClientBase(Generic[S]):
                                                               delay)), ack_result,
                              idempotent=True)
 
+    def _settle_target(self, target: str) -> Flow:
+        """A PUT settling what `target` lists (several acks at once: see `_acks`)."""
+        return self._request(self._requests.put(target), ack_result, idempotent=True)
+
     def _groups(self, namespace: str | None, name: str | None) -> Flow:
         return self._request(self._requests.get(groups_target(namespace, name)), json_result,
                              idempotent=True)

@@ -85,12 +85,15 @@ class SubscriptionState:
         self.close()
 
     def acked(self, client: Any, event: Event, data: Any) -> Flow:
-        """`event.ack(data)`: the ack (with `ack="manual"`), then the reply it asks for."""
-        if self.group:
-            yield from client._settle(event.consumer_id, event.id, "ack", None)
-        elif self.manual:
+        """`event.ack(data)` but a group member's (the shells coalesce those, see `_acks`):
+        the ack (with `ack="manual"`), then the reply it asks for."""
+        if self.manual:
             yield from client._ack(event.consumer_id, event.id)
             self.resume.acked(event.id)
+        yield from self.replied(client, event, data)
+
+    def replied(self, client: Any, event: Event, data: Any) -> Flow:
+        """The reply an acked event asks for (a request's, or a confirmation), if any."""
         if event.response_subject:
             yield from client._put_raw(encode_event(event.response_subject, data))
 

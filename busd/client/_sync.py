@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from busd.client._acks import AckQueue, Slot
 from busd.client._events import BatchResult, Event, PutResult
 from busd.client._http import Response
 from busd.client._protocol import ClientBase, Flow, Run
@@ -119,6 +120,8 @@ class Subscription(SubscriptionBase):
 
     def __init__(self, client: Client, state: SubscriptionState) -> None:
         super().__init__(client, state, threading.Event())
+        self._acks = AckQueue()
+        self._acks_lock = threading.Lock()
         _call(state.connect(client))
         self._run = Run(state.events(client, self))
 
@@ -141,7 +144,56 @@ class Subscription(SubscriptionBase):
         self._wake.wait(delay)
 
     def _ack(self, event: Event, data: Any) -> None:
-        _call(self._state.acked(self._client, event, data))
+        if not self._state.group:
+            _call(self._state.acked(self._client, event, data))
+            return
+        slot = Slot(event.consumer_id, event.id, threading.Event())
+        with self._acks_lock:
+            lead = self._acks.add(slot)
+        try:
+            while not lead:
+                slot.wake.wait()
+                slot.wake.clear()
+                with self._acks_lock:
+                    lead = slot.lead and not slot.done
+                    if slot.done:
+                        break
+            if lead:
+                self._send_acks()
+        except BaseException:
+            self._abandon(slot)
+            raise
+        if slot.error is not None:
+            raise slot.error
+        _call(self._state.replied(self._client, event, data))
+
+    def _send_acks(self) -> None:
+        """Lead: one PUT of the waiting acks (this one's first), then the next leader."""
+        with self._acks_lock:
+            target, batch = self._acks.take()
+        error: BaseException | None = None
+        try:
+            _call(self._client._settle_target(target))
+        except BusError as exc:
+            error = exc
+        except BaseException:
+            error = BusConnectionError("the ack was cut short (interrupted)")
+            raise
+        finally:
+            with self._acks_lock:
+                leader = self._acks.answered(batch, error)
+            for slot in batch:
+                slot.wake.set()
+            if leader is not None:
+                leader.wake.set()
+
+    def _abandon(self, slot: Slot) -> None:
+        """A caller interrupted while waiting: its ack is dropped if not sent yet, and a
+        lead it was given passes on."""
+        with self._acks_lock:
+            leader = self._acks.abandon(slot)
+        if leader is not None:
+            leader.wake.set()
 
     def _settle(self, event: Event, action: str, delay: Any) -> None:
         _call(self._state.settled(self._client, event, action, delay))

@@ -43,6 +43,7 @@ STATS_PATH = b"/stats"  # the console's counters (busd.server.stats)
 # `subject=` patterns one subscription (or group) may have: each costs a match per record
 # scanned and a place in the live index
 MAX_SUBJECTS = 32
+MAX_SETTLE_IDS = 1000  # event_id= values one PUT may settle
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 
 
@@ -50,23 +51,22 @@ class BadRequest(Exception):
     """A request parameter that cannot be used; answered 400 with this reason."""
 
 
-def _query(url: bytes) -> dict[str, str]:
+def _pairs(url: bytes) -> list[tuple[str, str]]:
+    """The query's (name, value) pairs, in order."""
     _, _, query = url.partition(b"?")
     try:
-        return dict(parse_qsl(query.decode("utf-8"), keep_blank_values=True,
-                              strict_parsing=False, errors="strict"))
+        return parse_qsl(query.decode("utf-8"), keep_blank_values=True, errors="strict")
     except UnicodeDecodeError:
         raise BadRequest("query string is not valid UTF-8") from None
+
+
+def _query(url: bytes) -> dict[str, str]:
+    return dict(_pairs(url))
 
 
 def _all(url: bytes, name: str) -> list[str]:
     """Every value of a repeated query parameter, in order."""
-    _, _, query = url.partition(b"?")
-    try:
-        return [value for key, value in parse_qsl(query.decode("utf-8"), keep_blank_values=True,
-                                                   errors="strict") if key == name]
-    except UnicodeDecodeError:
-        raise BadRequest("query string is not valid UTF-8") from None
+    return [value for key, value in _pairs(url) if key == name]
 
 
 def subscription_subjects(url: bytes, token: Token | None) -> tuple[str, ...]:
@@ -151,15 +151,20 @@ def _valid_id(value: str, prefix: str) -> bool:
     return len(value) == 22 and value.startswith(prefix) and is_xid(value[2:].encode())
 
 
-def check_ack_ids(consumer_id: str, event_id: str) -> None:
-    """Bus checks only an ack's prefixes, so busd needs only a `c_…` consumer id and a
-    non-empty event id (free-form event ids, not `e_…`, are acked too): ids that name no
-    consumer or no event in flight are acked as a no-op (202). Raises BadRequest else."""
+def check_ack_ids(consumer_id: str, event_ids: list[str]) -> None:
+    """Bus checks only an ack's prefixes, so busd needs only a `c_…` consumer id and
+    non-empty event ids (free-form event ids, not `e_…`, are acked too): ids that name no
+    consumer or no event in flight are acked as a no-op (202). Several `event_id=` settle
+    them all at once (at most MAX_SETTLE_IDS: the bound of one request's work). Raises
+    BadRequest else."""
     if not consumer_id.startswith("c_"):
         raise BadRequest(f"invalid or missing consumer_id {consumer_id!r}: expected c_…, the "
                          "X-Bus-Consumer-Id of the subscription")
-    if not event_id:
+    if not event_ids or not all(event_ids):
         raise BadRequest("missing event_id: the id of the event to acknowledge")
+    if len(event_ids) > MAX_SETTLE_IDS:
+        raise BadRequest(f"too many event_id: {len(event_ids)} in one PUT, at most "
+                         f"{MAX_SETTLE_IDS}")
 
 
 def _valid_index_start(value: str) -> bool:
@@ -447,9 +452,11 @@ class Api:
     # -- PUT / ----------------------------------------------------------------------------------
     def ack(self, conn: HttpConnection, request: Request,
                token: Token | None = None) -> None:
-        params = _query(request.url)
-        consumer_id, event_id = params.get("consumer_id", ""), params.get("event_id", "")
-        check_ack_ids(consumer_id, event_id)
+        pairs = _pairs(request.url)
+        params = dict(pairs)
+        consumer_id = params.get("consumer_id", "")
+        event_ids = [value for key, value in pairs if key == "event_id"]
+        check_ack_ids(consumer_id, event_ids)
         if token is not None:
             consumer = self.broker.fanout.consumers.get(consumer_id.encode())
             if consumer is not None and consumer.owner != token.name:
@@ -470,7 +477,8 @@ class Api:
                 500, f"the group's state could not be written: {error}", close), close)
 
         try:
-            self.broker.settle(consumer_id.encode(), event_id.encode(), action, delay, answer)
+            self.broker.settle(consumer_id.encode(), [eid.encode() for eid in event_ids], action,
+                               delay, answer)
         except ValueError as exc:
             conn.fulfil(slot, error_response(400, str(exc), close), close)
 

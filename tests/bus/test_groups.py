@@ -52,17 +52,21 @@ def test_a_member_that_disconnects_gives_its_events_back_at_once(store_server):
     second.close()
 
 
-def test_kill_9_loses_no_unacked_event_and_redelivers_no_acked_one(make_server):
+@pytest.mark.parametrize("per_put", [1, 25])
+def test_kill_9_loses_no_unacked_event_and_redelivers_no_acked_one(make_server, per_put):
     """Local only: the group's journal is what survives (JetStream keeps the state)."""
     server = make_server("orders")
     batch(server.port, "orders.created", 300)
     worker = Worker(server.port, "subject=orders.>&group=g&start=oldest&max_inflight=100")
-    acked = set()
+    acked, batch_of = set(), {}
     for _ in range(150):
         event = worker.take(1)[0]
         if event["payload"] % 3:  # a third stays unacked
-            assert worker.settle(event) == 202
-            acked.add(event["payload"])
+            batch_of[event["id"]] = event["payload"]
+        if len(batch_of) == per_put:  # `per_put` acks in one PUT
+            assert worker.settle_ids(list(batch_of)).status == 202
+            acked.update(batch_of.values())
+            batch_of.clear()
     server.kill()  # SIGKILL: nothing flushed at exit
     worker.close()
     server.start()
@@ -283,6 +287,42 @@ def test_settle_actions_are_checked(shared_server):
                                   "e_00000000000000000000&action=nak")
     assert answer.status == 400 and b"group" in answer.body
     plain.close()
+
+
+def test_one_put_settles_every_listed_id_exactly_once(server):
+    batch(server.port, "orders.created", 40)
+    worker = Worker(server.port, "subject=orders.>&group=g&start=oldest&max_inflight=40")
+    events = worker.take(40)
+    acked, rest = events[:30], events[30:]
+    ids = [e["id"] for e in acked]
+    # an id twice, one never delivered, one free-form: each listed id once, the rest no-op
+    answer = worker.settle_ids(ids + ids[:5] + ["e_00000000000000000000", "unknown"])
+    assert answer.status == 202, answer
+    state = groups(server.port)["orders"]["g"]
+    assert state["acked"] == 30 and state["pending"] == 10
+    assert worker.settle_ids(ids).status == 202  # again: idempotent
+    assert groups(server.port)["orders"]["g"]["acked"] == 30
+    assert worker.settle_ids([e["id"] for e in rest], "nak").status == 202  # one action
+    again = worker.take(10, timeout=2.0)  # the nak'ed ones only, at once
+    assert sorted(e["payload"] for e in again) == [e["payload"] for e in rest]
+    assert all(e["deliveries"] == 2 for e in again)
+    assert worker.no_event(0.3)
+    worker.close()
+
+
+def test_a_settle_past_the_bound_or_with_an_empty_id_is_refused_whole(server):
+    batch(server.port, "orders.created", 10)
+    worker = Worker(server.port, "subject=orders.>&group=g&start=oldest&max_inflight=10")
+    ids = [e["id"] for e in worker.take(10)]
+    over = worker.settle_ids(ids + [f"x{n}" for n in range(991)])  # 1,001 ids
+    assert over.status == 400 and b"at most 1000" in over.body, over
+    empty = worker.settle_ids(ids + [""])
+    assert empty.status == 400 and b"event_id" in empty.body, empty
+    assert groups(server.port)["orders"]["g"]["acked"] == 0  # nothing was settled
+    assert worker.settle_ids(ids + [f"x{n}" for n in range(990)]).status == 202  # 1,000
+    state = groups(server.port)["orders"]["g"]
+    assert state["acked"] == 10 and state["pending"] == 0
+    worker.close()
 
 
 def test_deliveries_field_keeps_the_record_json(store_server):

@@ -156,6 +156,25 @@ def test_settles_sent_to_another_frontend_reach_the_member(frontends):  # noqa: 
     worker.close()
 
 
+def test_one_put_settles_several_events_here_and_forwarded(frontends):  # noqa: F811
+    a, b = frontends(2)
+    worker = Worker(a.port, "subject=orders.>&group=g&start=oldest&max_inflight=10")
+    batch(a.port, "orders.created", 10)
+    events = worker.take(10)
+    acked, naked = events[:6], events[6:]
+    assert worker.settle_ids([e["id"] for e in acked] + ["unknown"]).status == 202
+    assert worker.settle_ids([e["id"] for e in naked], "nak").status == 202
+    again = worker.take(4, timeout=2.0)  # ack_wait is 30s: only the naks bring them back
+    assert sorted(e["id"] for e in again) == sorted(e["id"] for e in naked)
+    assert worker.no_event(0.3)  # the acked six do not come back
+    worker.http.close()
+    worker.http = Http(b.port)  # the batch goes to front-end b; the member is on a
+    assert worker.settle_ids([e["id"] for e in again]).status == 202
+    state = settled_state(a.port, "g", lambda s: s["ack_floor"] == 10)
+    assert state["pending"] == 0 and state["acked"] == 10
+    worker.close()
+
+
 def test_killing_the_consumer_leader_under_load_loses_no_event(frontends,  # noqa: F811
                                                                 nats_cluster):
     """Members on two front-ends ack while events flow and the node leading the group's
