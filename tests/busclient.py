@@ -15,6 +15,15 @@ import time
 from pathlib import Path
 
 
+def rss_kib(pid: int) -> int:
+    """A server process's resident memory, for the tests of its bounds."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from busclient import SSE, build_request, publish, read_response, request
+from busclient import SSE, build_request, publish, read_response, request, rss_kib
 
 from groupworker import Worker, batch, groups, settled_state
 
@@ -126,3 +126,26 @@ def test_a_group_holds_at_most_1024_members_and_a_refused_join_changes_nothing(s
     finally:
         for sse in members:
             sse.close()
+
+
+def test_memory_does_not_follow_the_acked_events(make_server):
+    """Each delivery sets a deadline; a settled event's must not stay behind. With a long
+    ack_wait, 100,000 acked events left ~13 MiB of stale deadlines on the server."""
+    server = make_server("orders")
+    total, step = 100_000, 500
+    batch(server.port, "orders.created", total)
+    worker = Worker(server.port, f"subject=orders.>&group=g&start=oldest&ack_wait=1h"
+                                 f"&max_inflight={step}")
+    try:
+        pid = server.proc.pid
+        for done in range(0, total, step):
+            if done == 10_000:
+                before = rss_kib(pid)
+            events = worker.take(step, 10.0)
+            assert worker.settle_ids([e["id"] for e in events]).status == 202
+        state = settled_state(server.port, "g", lambda s: s["acked"] == total)
+        assert state["pending"] == 0
+        grown_mib = (rss_kib(pid) - before) / 1024
+        assert grown_mib < 4, f"the server grew {grown_mib:.1f} MiB over 90,000 acked events"
+    finally:
+        worker.close()

@@ -10,8 +10,7 @@ import socket
 import threading
 import time
 
-from busclient import SSE, Http, ack, build_request, request
-from server.test_slow_clients import rss_kib
+from busclient import SSE, Http, ack, build_request, request, rss_kib
 
 BIG = 100_000  # bytes of payload per event, as the issue measured
 BIG_EVENTS = 300

@@ -6,15 +6,7 @@ import json
 import socket
 import time
 
-from busclient import SSE, Http, build_request, read_response, request
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+from busclient import SSE, Http, build_request, read_response, request, rss_kib
 
 
 def test_a_thousand_pipelined_publishes_are_answered_in_order(server):
@@ -37,14 +29,14 @@ def test_stalled_consumer_does_not_grow_memory_and_loses_nothing(server):
     stalled.sendall(build_request("GET", "/?subject=app.>&start=newest"))
     time.sleep(0.3)  # the subscription is live before publishing starts
     pid = server.proc.pid
-    before = rss_mib(pid)
+    before = rss_kib(pid) / 1024
     pad = "x" * 200
     with Http(server.port) as http:
         for start in range(0, total, per_request):
             body = json.dumps([{"subject": "app.slow", "payload": {"n": n, "pad": pad}}
                                for n in range(start, start + per_request)]).encode()
             assert http.request("POST", "/", body).status == 202
-    grown = rss_mib(pid) - before
+    grown = rss_kib(pid) / 1024 - before
     print(f"rss growth {grown:.1f} MiB")
     assert grown < 20, f"server memory grew {grown:.1f} MiB behind one stalled consumer"
     # the stalled consumer now reads everything, in order, exactly once

@@ -10,19 +10,11 @@ import threading
 import time
 
 import pytest
-from busclient import SSE, Http, build_request, publish, read_response, request
+from busclient import SSE, Http, build_request, publish, read_response, request, rss_kib
 
 IDLE_STREAMS = 5000
 IDLE_STREAM_BUDGET_KIB = 16  # the core issue's bound per idle SSE connection
 STALLED_BUDGET_MIB = 1  # ... and per consumer that stops reading
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def publish_latency(port: int) -> float:

@@ -221,9 +221,7 @@ class Group:
             entry.state = INFLIGHT
             entry.member = member
             member.inflight.add(entry.index)
-            entry.token += 1
-            entry.due = loop_time + self.settings.wait_after(entry.deliveries)
-            heapq.heappush(self.timers, (entry.due, entry.token, entry.index))
+            self._push_timer(entry, loop_time + self.settings.wait_after(entry.deliveries))
             self.journal.deliver(entry.index, entry.deliveries)
             batches.setdefault(member, []).append(with_deliveries(record, entry.deliveries))
         for member, records in batches.items():
@@ -378,14 +376,20 @@ class Group:
 
     # -- timers ---------------------------------------------------------------------------
     def _time(self, entry: Pending, seconds: float) -> None:
+        self._push_timer(entry, self.loop.time() + seconds)
+        self._arm()
+
+    def _push_timer(self, entry: Pending, due: float) -> None:
+        """Entry's deadline; the older ones go stale (its token). Settled events leave
+        theirs in the heap, so it is rebuilt from the live ones when they are outnumbered:
+        without that, a group acking fast holds every deadline of the last ack_wait."""
         entry.token += 1
-        entry.due = self.loop.time() + seconds
-        heapq.heappush(self.timers, (entry.due, entry.token, entry.index))
-        if len(self.timers) > 2 * len(self.pending) + 64:  # drop stale entries
+        entry.due = due
+        heapq.heappush(self.timers, (due, entry.token, entry.index))
+        if len(self.timers) > 2 * len(self.pending) + 64:
             self.timers = [(e.due, e.token, e.index) for e in self.pending.values()
                            if e.state in (INFLIGHT, WAITING)]
             heapq.heapify(self.timers)
-        self._arm()
 
     def _arm(self) -> None:
         if not self.timers or self.done:
