@@ -4,7 +4,6 @@ durations going out; results and errors coming back."""
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
@@ -16,7 +15,7 @@ import orjson
 from busd.client._events import BatchResult, PutResult
 from busd.client._http import Response
 from busd.client.errors import error_for
-from busd.wire import INBOX_PREFIX, id_problem, loads, parse_duration
+from busd.wire import INBOX_PREFIX, id_problem, index_start, loads, parse_duration
 
 _BATCH_FIELDS = frozenset(("subject", "data", "key", "trace_id"))
 
@@ -137,7 +136,7 @@ def subscribe_target(subject: str | Sequence[str], start: str = "newest", ack: s
     if ack not in ("none", "manual"):
         raise ValueError(f"ack must be 'none' or 'manual', not {ack!r}")
     if not (start in ("oldest", "newest") or id_problem(start.encode()) is None
-            or re.fullmatch(r"index:[0-9]{1,18}", start)):
+            or index_start(start) is not None):
         raise ValueError(f"start must be 'oldest', 'newest', an event id or index:<n>, "
                          f"not {start!r}")
     target = f"/?{subjects_query(subject)}&start={quote(start, safe='')}&ack={ack}"

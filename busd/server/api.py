@@ -25,7 +25,8 @@ from busd.server.stats import snapshot
 from busd.server.ui import Console
 from busd.store.errors import PublishRefused
 from busd.version import __version__
-from busd.wire import INBOX_NAMESPACE, INDEX_START, ZERO_TIME, id_problem, parse_duration
+from busd.wire import (INBOX_NAMESPACE, INDEX_START, ZERO_TIME, id_problem, index_start,
+                       parse_duration)
 
 log = logging.getLogger("busd.server.api")
 
@@ -160,13 +161,6 @@ def check_ack_ids(consumer_id: str, event_id: str) -> None:
                          "X-Bus-Consumer-Id of the subscription")
     if not event_id:
         raise BadRequest("missing event_id: the id of the event to acknowledge")
-
-
-def _valid_index_start(value: str) -> bool:
-    """`index:<n>`, n a plain decimal (no sign, at most 18 digits)."""
-    digits = value[len(INDEX_START):]
-    return value.startswith(INDEX_START.decode()) and digits.isascii() and \
-        digits.isdigit() and len(digits) <= 18
 
 
 class Api:
@@ -378,8 +372,8 @@ class Api:
             try:
                 if isinstance(start, str):  # why the start cannot be served
                     cursor = start
-                elif start.startswith(INDEX_START):
-                    cursor = index_cursor(broker.store, namespace, start)
+                elif (index := index_start(start.decode())) is not None:
+                    cursor = index_cursor(broker.store, namespace, index)
                 elif not resuming and (nanos := parse_start_time(start.decode())) is not None:
                     cursor = locate_time(broker.store, namespace, nanos)
                 else:
@@ -421,7 +415,7 @@ class Api:
             start = last_event_id.strip(" \t")
         if start in ("oldest", "newest") or id_problem(start.encode()) is None:
             return start.encode(), resuming
-        if not resuming and _valid_index_start(start):
+        if not resuming and index_start(start) is not None:
             return start.encode(), False
         name = "Last-Event-ID" if resuming else "start"
         reason = (f"invalid {name} {start!r}: use oldest, newest, an event id "
@@ -547,7 +541,7 @@ class Api:
         if start in ("oldest", "newest") or parse_start_time(start) is not None:
             return
         if start.startswith(INDEX_START.decode()):
-            if not _valid_index_start(start):
+            if index_start(start) is None:
                 raise BadRequest(f"invalid start {start[:80]!r}: index:<n>, n a whole number")
         elif id_problem(start.encode()) is not None:
             raise BadRequest(f"invalid start {start[:80]!r}: use oldest, newest, an event id, "
@@ -558,8 +552,8 @@ class Api:
         nanos = parse_start_time(start)
         if nanos is not None:
             return locate_time(self.broker.store, namespace, nanos)
-        if start.startswith(INDEX_START.decode()):
-            return index_cursor(self.broker.store, namespace, start.encode())
+        if (index := index_start(start)) is not None:
+            return index_cursor(self.broker.store, namespace, index)
         return self.broker.store.locate(namespace, start.encode())
 
     def groups(self, conn: HttpConnection, request: Request, method: bytes, close: bool,
