@@ -170,8 +170,7 @@ class Broker:
             return None
         self._saved = (self.dedup.changes, heads)
         marks = {}
-        for ns in self.config.namespaces:
-            head = self.store.next_index(ns)
+        for ns, head in zip(self.config.namespaces, heads):
             last = b""
             if head > self.store.first_index(ns):
                 try:
