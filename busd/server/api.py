@@ -6,6 +6,8 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -161,6 +163,23 @@ def check_ack_ids(consumer_id: str, event_id: str) -> None:
                          "X-Bus-Consumer-Id of the subscription")
     if not event_id:
         raise BadRequest("missing event_id: the id of the event to acknowledge")
+
+
+def _when_located(conn: HttpConnection, search: Awaitable, found: Callable[[Any], None],
+                  failed: Callable[[str], None]) -> None:
+    """`found(where)` once the start `search` answers, or `failed(why)` if it raises or is
+    cancelled; either in this stream's place in the connection's response order."""
+    slot = conn.defer()
+
+    def located(task: asyncio.Future) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None or task.cancelled():
+            conn.fulfil(slot, lambda: failed(f"cannot look the start event up: "
+                                             f"{error or 'cancelled'}"))
+        else:
+            conn.fulfil(slot, lambda: found(task.result()))
+
+    asyncio.ensure_future(search).add_done_callback(located)
 
 
 class Api:
@@ -385,18 +404,8 @@ class Api:
                 return
             if isinstance(cursor, (int, str)):
                 begin(cursor)
-                return
-            slot = conn.defer()
-
-            def located(task: asyncio.Future) -> None:
-                error = None if task.cancelled() else task.exception()
-                if error is not None or task.cancelled():  # no verdict on the id: clients retry
-                    conn.fulfil(slot, lambda: begin(f"cannot look the start event up: "
-                                                    f"{error or 'cancelled'}", False))
-                else:
-                    conn.fulfil(slot, lambda: begin(task.result()))
-
-            asyncio.ensure_future(cursor).add_done_callback(located)
+            else:  # no verdict on the id when the search fails: clients retry
+                _when_located(conn, cursor, begin, lambda reason: begin(reason, False))
 
         conn.start_stream(locate)
 
@@ -521,18 +530,8 @@ class Api:
             cursor = self._group_start(namespace, start)
             if isinstance(cursor, (int, str)):
                 join(cursor)
-                return
-            slot = conn.defer()
-
-            def located(task: asyncio.Future) -> None:
-                error = None if task.cancelled() else task.exception()
-                if error is not None or task.cancelled():
-                    conn.fulfil(slot, lambda: refuse(503, f"cannot look the start event up: "
-                                                          f"{error or 'cancelled'}"))
-                else:
-                    conn.fulfil(slot, lambda: join(task.result()))
-
-            asyncio.ensure_future(cursor).add_done_callback(located)
+            else:
+                _when_located(conn, cursor, join, lambda reason: refuse(503, reason))
 
         conn.start_stream(begin)
 
