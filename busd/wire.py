@@ -30,6 +30,7 @@ MAX_ID_BYTES = 128  # of a free-form id (one the publisher chose)
 INDEX_START = b"index:"  # start=index:<n> delivers from index n: how a client steps over a
 #                         corrupt record (the `error` event names the n to use)
 START_WORDS = (b"oldest", b"newest")  # start= values that are not ids
+_INDEX_START = re.compile(r"index:([0-9]{1,18})")  # a plain decimal: no sign, fits an int64
 _XID_ID = re.compile(rb"e_[0-9a-v]{19}[0g]")  # e_ + an xid rs/xid decodes (low 4 bits zero)
 _FREE_FORM_ID = re.compile(rb'[!#-\[\]-~]([ !#-\[\]-~]*[!#-\[\]-~])?')  # length checked apart
 
@@ -64,6 +65,13 @@ def id_problem(event_id: bytes) -> str | None:
     return None
 
 
+
+
+def index_start(start: str) -> int | None:
+    """The n of a well-formed `start=index:<n>`, or None: the one parser, so that the
+    server, its groups and the SDK refuse the same values (`index:`, `index:-1`, 19 digits)."""
+    match = _INDEX_START.fullmatch(start)
+    return None if match is None else int(match.group(1))
 
 
 def loads(data: bytes | str) -> Any:

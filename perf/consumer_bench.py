@@ -47,8 +47,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
-from docopt import docopt
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from opts import parse  # noqa: E402
 
 NS = "bench"
 PAD_100K = "x" * 100_000
@@ -160,15 +163,14 @@ def stalled_run(code: str, readers: int, events: int, data: Path, cpus: str,
         shutil.rmtree(path, ignore_errors=True)
 
 
-def stalled(args: dict, codes: list[str], data: Path) -> None:
-    readers, events, cpus = int(args["--readers"]), int(args["--events"]), args["--server-cpus"]
-    draining = args["--draining"]
+def stalled(args: SimpleNamespace, codes: list[str], data: Path) -> None:
+    readers, events, cpus, draining = args.readers, args.events, args.server_cpus, args.draining
     kind = "draining, never-acking" if draining else "stalled"
     print(f"| code | control MiB | {readers} {kind} readers MiB | extra MiB |")
     print("|---|---|---|---|")
     for code in codes:
         control, stalled_ = [], []
-        for _ in range(int(args["--repeat"])):
+        for _ in range(args.repeat):
             control.append(stalled_run(code, 0, events, data, cpus, draining))
             stalled_.append(stalled_run(code, readers, events, data, cpus, draining))
         extra = statistics.median(s - c for s, c in zip(stalled_, control))
@@ -242,17 +244,17 @@ def cold_run(code: str, path: Path, cpus: str, rate: int, seconds: float,
         server.stop()
 
 
-def coldcatchup(args: dict, codes: list[str], data: Path) -> None:
-    cpus, rate, seconds = args["--server-cpus"], int(args["--rate"]), float(args["--seconds"])
+def coldcatchup(args: SimpleNamespace, codes: list[str], data: Path) -> None:
+    cpus, rate, seconds = args.server_cpus, args.rate, args.seconds
     path = Path(tempfile.mkdtemp(dir=data))
     try:
-        fill(codes[0], path, float(args["--gib"]), cpus)
+        fill(codes[0], path, args.gib, cpus)
         print("| code | consumer | publish p50 ms | publish p99 ms | MiB caught up |")
         print("|---|---|---|---|---|")
         for code in codes:
             for catch_up in (False, True):
                 runs = [cold_run(code, path, cpus, rate, seconds, catch_up)
-                        for _ in range(int(args["--repeat"]))]
+                        for _ in range(args.repeat)]
                 p50 = statistics.median(r[0] for r in runs)
                 p99 = statistics.median(r[1] for r in runs)
                 read = statistics.median(r[2] for r in runs) / (1 << 20)
@@ -263,13 +265,14 @@ def coldcatchup(args: dict, codes: list[str], data: Path) -> None:
 
 
 def main() -> None:
-    args = docopt(__doc__)
-    os.sched_setaffinity(0, {int(c) for c in args["--client-cpus"].split(",")})
-    codes = args["--code"].split(",")
-    data = Path(args["--data-dir"] or tempfile.gettempdir())
-    print(f"# {' '.join(sys.argv[1:])}  server cpus {args['--server-cpus']}, "
-          f"client cpus {args['--client-cpus']}")
-    if args["stalled"]:
+    args = parse(__doc__, repeat=int, readers=int, events=int, gib=float, rate=int,
+                 seconds=float)
+    os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
+    codes = args.code.split(",")
+    data = Path(args.data_dir or tempfile.gettempdir())
+    print(f"# {' '.join(sys.argv[1:])}  server cpus {args.server_cpus}, "
+          f"client cpus {args.client_cpus}")
+    if args.stalled:
         stalled(args, codes, data)
     else:
         coldcatchup(args, codes, data)

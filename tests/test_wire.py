@@ -67,3 +67,12 @@ def test_ids_of_busd_own_form():
     assert wire.is_xid_id(b"e_" + _core.new_xid())
     assert not wire.is_xid_id(b"e_d4o7ehksdud4d8c68bg1")  # rs/xid refuses: low bits set
     assert wire.id_problem(b"e_d4o7ehksdud4d8c68bg1") is not None
+
+
+def test_index_starts_have_one_parser():
+    """The server, its groups and the SDK all refuse what wire.index_start refuses."""
+    assert wire.index_start("index:0") == 0
+    assert wire.index_start("index:" + "9" * 18) == 10 ** 18 - 1
+    for bad in ("index:", "index:-1", "index:+1", "index:1x", "index: 1", "index:1\n",
+                "index:" + "9" * 19, "index:١", "Index:1", "oldest"):
+        assert wire.index_start(bad) is None, bad

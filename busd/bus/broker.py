@@ -28,7 +28,7 @@ from busd.bus.group.jetstream import JetStreamGroups
 from busd.bus.group.registry import Answer, Groups
 from busd.server.config import Config
 from busd.server.metrics import Metrics
-from busd.store.errors import CorruptRecordError, PublishRefused
+from busd.store.errors import CorruptRecordError, PublishRefused, records_between
 from busd.store.interface import Store
 from busd.wire import INBOX_NAMESPACE
 
@@ -141,22 +141,15 @@ class Broker:
         """(subject, key, created_at seconds) of each keyed record from `index` on, read
         as the publish read it (lone surrogates are valid JSON here, not to orjson), so
         the keys are the same bytes."""
-        while index < self.store.next_index(ns):
-            try:
-                records = self.store.read(ns, index, DEDUP_READ_BYTES)
-            except CorruptRecordError:  # reported to readers; must not stop start-up
-                log.warning("dedup rebuild skips a corrupt record ns=%s index=%d", ns, index)
-                index += 1
-                continue
-            if not records:
-                break
-            index += len(records)
-            for record in records:
-                if b'"key":' in record:
-                    (event,) = scan_body(record)[1]
-                    if event.key_value:
-                        yield (event.subject, event.key_value,
-                               parse_rfc3339(event.created_at) / 1e9)
+        def skip(exc: CorruptRecordError) -> None:  # readers hear of it; start-up goes on
+            log.warning("dedup rebuild skips a corrupt record ns=%s index=%d", ns, exc.index)
+
+        for record in records_between(lambda at: self.store.read(ns, at, DEDUP_READ_BYTES),
+                                      index, self.store.next_index(ns), skip):
+            if b'"key":' in record:
+                (event,) = scan_body(record)[1]
+                if event.key_value:
+                    yield (event.subject, event.key_value, parse_rfc3339(event.created_at) / 1e9)
 
     def save_dedup(self, force: bool = False, step_keys: int = 0):
         """The cache as a file's contents, marked with the logs' heads, in pieces of about
@@ -170,8 +163,7 @@ class Broker:
             return None
         self._saved = (self.dedup.changes, heads)
         marks = {}
-        for ns in self.config.namespaces:
-            head = self.store.next_index(ns)
+        for ns, head in zip(self.config.namespaces, heads):
             last = b""
             if head > self.store.first_index(ns):
                 try:

@@ -53,10 +53,10 @@ def greeting(consumer_id: bytes) -> bytes:
     return sse_chunk(b"retry: 2000\nevent: consumer\ndata: " + consumer_id + b"\n\n")
 
 
-def index_cursor(store: Store, namespace: str, start: bytes) -> int | str:
-    """The cursor for `start=index:<n>`, or why it cannot be served (an index below the
-    oldest retained one is answered as any read of deleted history is)."""
-    index, head = int(start[len(INDEX_START):]), store.next_index(namespace)
+def index_cursor(store: Store, namespace: str, index: int) -> int | str:
+    """The cursor for `start=index:<n>` (n = `index`), or why it cannot be served (an index
+    below the oldest retained one is answered as any read of deleted history is)."""
+    head = store.next_index(namespace)
     if index > head:
         return f"index {index} is beyond the head of namespace {namespace} (next index {head})"
     return index

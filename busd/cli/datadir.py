@@ -22,6 +22,7 @@ from busd._core import record_id, scan_body, stamp_events
 from busd.cli.output import CommandError, UsageError
 from busd.server.config import NAMESPACE_RE, parse_namespaces
 from busd.store.local.log import CorruptRecordError, EncryptionKeyError, LogError, NamespaceLog
+from busd.store.errors import records_between
 from busd.store.local.store import LOCK_NAME, LocalStore, StoreLockedError, lock_holder
 from busd.wire import INBOX_NAMESPACE
 
@@ -158,23 +159,16 @@ class Reader:
         naming its namespace, segment and offset — or, with skip_corrupt, reported to
         on_corrupt(error) and stepped over."""
         nslog = self.logs[ns]
-        index, end = nslog.first_index, nslog.next_index
-        while index < end:
-            try:
-                records = nslog.read(index, READ_CHUNK_BYTES)
-            except CorruptRecordError as exc:
-                if not skip_corrupt:
-                    raise CommandError(f"corrupt record namespace={ns} "
-                                       f"segment={exc.segment_path} index={exc.index} "
-                                       f"offset={exc.offset}") from None
-                if on_corrupt is not None:
-                    on_corrupt(exc)
-                index += 1
-                continue
-            if not records:
-                break
-            index += len(records)
-            yield from records
+
+        def corrupt(exc: CorruptRecordError) -> None:
+            if not skip_corrupt:
+                raise CommandError(f"corrupt record namespace={ns} segment={exc.segment_path} "
+                                   f"index={exc.index} offset={exc.offset}") from None
+            if on_corrupt is not None:
+                on_corrupt(exc)
+
+        yield from records_between(lambda at: nslog.read(at, READ_CHUNK_BYTES),
+                                   nslog.first_index, nslog.next_index, corrupt)
 
 
 def open_store(path: Path, namespaces: list[str], secret_key: str | None = None,

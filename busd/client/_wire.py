@@ -4,9 +4,8 @@ durations going out; results and errors coming back."""
 from __future__ import annotations
 
 import base64
-import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -16,7 +15,7 @@ import orjson
 from busd.client._events import BatchResult, PutResult
 from busd.client._http import Response
 from busd.client.errors import error_for
-from busd.wire import INBOX_PREFIX, id_problem, loads, parse_duration
+from busd.wire import INBOX_PREFIX, id_problem, index_start, loads, parse_duration
 
 _BATCH_FIELDS = frozenset(("subject", "data", "key", "trace_id"))
 
@@ -128,6 +127,12 @@ def subjects_query(subject: str | Sequence[str]) -> str:
     return "&".join(f"subject={quote(pattern, safe='')}" for pattern in patterns)
 
 
+def _options(*options: tuple[str, Any, Callable[[Any], object]]) -> str:
+    """`&name=shown value` for each option that is set: None leaves it to the server."""
+    return "".join(f"&{name}={show(value)}" for name, value, show in options
+                   if value is not None)
+
+
 def subscribe_target(subject: str | Sequence[str], start: str = "newest", ack: str = "none",
                      redelivery: float | int | timedelta | str | None = None,
                      redelivery_count: int | None = None,
@@ -137,17 +142,13 @@ def subscribe_target(subject: str | Sequence[str], start: str = "newest", ack: s
     if ack not in ("none", "manual"):
         raise ValueError(f"ack must be 'none' or 'manual', not {ack!r}")
     if not (start in ("oldest", "newest") or id_problem(start.encode()) is None
-            or re.fullmatch(r"index:[0-9]{1,18}", start)):
+            or index_start(start) is not None):
         raise ValueError(f"start must be 'oldest', 'newest', an event id or index:<n>, "
                          f"not {start!r}")
-    target = f"/?{subjects_query(subject)}&start={quote(start, safe='')}&ack={ack}"
-    if redelivery is not None:
-        target += f"&redelivery={go_duration(redelivery)}"
-    if redelivery_count is not None:
-        target += f"&redelivery_count={int(redelivery_count)}"
-    if max_inflight is not None:
-        target += f"&max_inflight={int(max_inflight)}"
-    return target
+    return (f"/?{subjects_query(subject)}&start={quote(start, safe='')}&ack={ack}"
+            + _options(("redelivery", redelivery, go_duration),
+                       ("redelivery_count", redelivery_count, int),
+                       ("max_inflight", max_inflight, int)))
 
 
 def ack_target(consumer_id: str, event_id: str) -> str:
@@ -161,30 +162,22 @@ def group_target(subject: str | Sequence[str], group: str, start: str = "newest"
                  dead_letter: str | None = None, max_pending: int | None = None) -> str:
     """The request target that joins (or creates) a consumer group; the settings only
     matter on creation (SPEC §3.7)."""
-    target = (f"/?{subjects_query(subject)}&group={quote(group, safe='')}"
-              f"&start={quote(start, safe='')}")
-    if max_inflight is not None:
-        target += f"&max_inflight={int(max_inflight)}"
-    if ack_wait is not None:
-        target += f"&ack_wait={go_duration(ack_wait)}"
-    if max_deliver is not None:
-        target += f"&max_deliver={int(max_deliver)}"
-    if backoff:
-        target += "&backoff=" + ",".join(go_duration(step) for step in backoff)
-    if dead_letter:
-        target += f"&dead_letter={quote(dead_letter, safe='')}"
-    if max_pending is not None:
-        target += f"&max_pending={int(max_pending)}"
-    return target
+    return (f"/?{subjects_query(subject)}&group={quote(group, safe='')}"
+            f"&start={quote(start, safe='')}"
+            + _options(("max_inflight", max_inflight, int),
+                       ("ack_wait", ack_wait, go_duration),
+                       ("max_deliver", max_deliver, int),
+                       ("backoff", backoff or None,
+                        lambda steps: ",".join(go_duration(step) for step in steps)),
+                       ("dead_letter", dead_letter or None, lambda name: quote(name, safe="")),
+                       ("max_pending", max_pending, int)))
 
 
 def settle_target(consumer_id: str, event_id: str, action: str,
                   delay: float | timedelta | str | None = None) -> str:
     """A group member's nak (after `delay`), term or progress."""
-    target = ack_target(consumer_id, event_id) + f"&action={action}"
-    if delay is not None:
-        target += f"&delay={go_duration(delay)}"
-    return target
+    return (ack_target(consumer_id, event_id) + f"&action={action}"
+            + _options(("delay", delay, go_duration)))
 
 
 def split_url(url: str) -> tuple[bool, str, int, str]:

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -25,7 +27,8 @@ from busd.server.stats import snapshot
 from busd.server.ui import Console
 from busd.store.errors import PublishRefused
 from busd.version import __version__
-from busd.wire import INBOX_NAMESPACE, INDEX_START, ZERO_TIME, id_problem, parse_duration
+from busd.wire import (INBOX_NAMESPACE, INDEX_START, ZERO_TIME, id_problem, index_start,
+                       parse_duration)
 
 log = logging.getLogger("busd.server.api")
 
@@ -167,11 +170,21 @@ def check_ack_ids(consumer_id: str, event_ids: list[str]) -> None:
                          f"{MAX_SETTLE_IDS}")
 
 
-def _valid_index_start(value: str) -> bool:
-    """`index:<n>`, n a plain decimal (no sign, at most 18 digits)."""
-    digits = value[len(INDEX_START):]
-    return value.startswith(INDEX_START.decode()) and digits.isascii() and \
-        digits.isdigit() and len(digits) <= 18
+def _when_located(conn: HttpConnection, search: Awaitable, found: Callable[[Any], None],
+                  failed: Callable[[str], None]) -> None:
+    """`found(where)` once the start `search` answers, or `failed(why)` if it raises or is
+    cancelled; either in this stream's place in the connection's response order."""
+    slot = conn.defer()
+
+    def located(task: asyncio.Future) -> None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None or task.cancelled():
+            conn.fulfil(slot, lambda: failed(f"cannot look the start event up: "
+                                             f"{error or 'cancelled'}"))
+        else:
+            conn.fulfil(slot, lambda: found(task.result()))
+
+    asyncio.ensure_future(search).add_done_callback(located)
 
 
 class Api:
@@ -383,8 +396,8 @@ class Api:
             try:
                 if isinstance(start, str):  # why the start cannot be served
                     cursor = start
-                elif start.startswith(INDEX_START):
-                    cursor = index_cursor(broker.store, namespace, start)
+                elif (index := index_start(start.decode())) is not None:
+                    cursor = index_cursor(broker.store, namespace, index)
                 elif not resuming and (nanos := parse_start_time(start.decode())) is not None:
                     cursor = locate_time(broker.store, namespace, nanos)
                 else:
@@ -396,18 +409,8 @@ class Api:
                 return
             if isinstance(cursor, (int, str)):
                 begin(cursor)
-                return
-            slot = conn.defer()
-
-            def located(task: asyncio.Future) -> None:
-                error = None if task.cancelled() else task.exception()
-                if error is not None or task.cancelled():  # no verdict on the id: clients retry
-                    conn.fulfil(slot, lambda: begin(f"cannot look the start event up: "
-                                                    f"{error or 'cancelled'}", False))
-                else:
-                    conn.fulfil(slot, lambda: begin(task.result()))
-
-            asyncio.ensure_future(cursor).add_done_callback(located)
+            else:  # no verdict on the id when the search fails: clients retry
+                _when_located(conn, cursor, begin, lambda reason: begin(reason, False))
 
         conn.start_stream(locate)
 
@@ -426,7 +429,7 @@ class Api:
             start = last_event_id.strip(" \t")
         if start in ("oldest", "newest") or id_problem(start.encode()) is None:
             return start.encode(), resuming
-        if not resuming and _valid_index_start(start):
+        if not resuming and index_start(start) is not None:
             return start.encode(), False
         name = "Last-Event-ID" if resuming else "start"
         reason = (f"invalid {name} {start!r}: use oldest, newest, an event id "
@@ -565,18 +568,8 @@ class Api:
                 return
             if isinstance(cursor, (int, str)):
                 join(cursor)
-                return
-            slot = conn.defer()
-
-            def located(task: asyncio.Future) -> None:
-                error = None if task.cancelled() else task.exception()
-                if error is not None or task.cancelled():
-                    conn.fulfil(slot, lambda: refuse(503, f"cannot look the start event up: "
-                                                          f"{error or 'cancelled'}"))
-                else:
-                    conn.fulfil(slot, lambda: join(task.result()))
-
-            asyncio.ensure_future(cursor).add_done_callback(located)
+            else:
+                _when_located(conn, cursor, join, lambda reason: refuse(503, reason))
 
         conn.start_stream(begin)
 
@@ -585,7 +578,7 @@ class Api:
         if start in ("oldest", "newest") or parse_start_time(start) is not None:
             return
         if start.startswith(INDEX_START.decode()):
-            if not _valid_index_start(start):
+            if index_start(start) is None:
                 raise BadRequest(f"invalid start {start[:80]!r}: index:<n>, n a whole number")
         elif id_problem(start.encode()) is not None:
             raise BadRequest(f"invalid start {start[:80]!r}: use oldest, newest, an event id, "
@@ -596,8 +589,8 @@ class Api:
         nanos = parse_start_time(start)
         if nanos is not None:
             return locate_time(self.broker.store, namespace, nanos)
-        if start.startswith(INDEX_START.decode()):
-            return index_cursor(self.broker.store, namespace, start.encode())
+        if (index := index_start(start)) is not None:
+            return index_cursor(self.broker.store, namespace, index)
         return self.broker.store.locate(namespace, start.encode())
 
     def groups(self, conn: HttpConnection, request: Request, method: bytes, close: bool,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -48,6 +49,24 @@ class CorruptRecordError(LogError):
     def __str__(self) -> str:
         return (f"corrupt record index={self.index} segment={self.segment_path} "
                 f"offset={self.offset}")
+
+
+def records_between(read: Callable[[int], list[bytes]], index: int, end: int,
+                    on_corrupt: Callable[[CorruptRecordError], None]) -> Iterator[bytes]:
+    """The records [index, end), `read(index)` giving a chunk from index on; a corrupt one
+    goes to `on_corrupt` (which may raise to stop) and is stepped over, so that one bad
+    record does not end a scan of a whole log."""
+    while index < end:
+        try:
+            records = read(index)
+        except CorruptRecordError as exc:
+            on_corrupt(exc)
+            index += 1
+            continue
+        if not records:
+            return
+        index += len(records)
+        yield from records
 
 
 class PublishRefused(Exception):

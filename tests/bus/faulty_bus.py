@@ -9,6 +9,7 @@ or fails one publish, loudly, and that everything else goes on.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import sys
 import time
@@ -68,6 +69,22 @@ def group_create_fails(patch: pytest.MonkeyPatch) -> None:
         return real(self, namespace, *args, **kwargs)
 
     patch.setattr(Groups, "create", create)
+
+
+@fault
+def locate_fails_later(patch: pytest.MonkeyPatch) -> None:
+    """Finding where a `broken` stream starts takes a round trip (as a search on disk does),
+    then raises."""
+    real = LocalStore.locate
+
+    async def fails() -> None:
+        await asyncio.sleep(0)
+        raise RuntimeError("injected: locate failed later")
+
+    def locate(self, namespace, start):
+        return fails() if namespace == BROKEN else real(self, namespace, start)
+
+    patch.setattr(LocalStore, "locate", locate)
 
 
 @fault

@@ -91,6 +91,19 @@ def test_a_stream_start_failing_inside_a_groups_answers_spares_the_rest(faulty_s
         sock.close()
 
 
+def test_a_start_search_failing_later_ends_that_stream_or_join_with_the_reason(faulty_server):
+    """A search for the start that answers on a later turn and fails: the stream gets an
+    `error` event (no verdict on the start: clients retry), a group's first join a 503."""
+    server = faulty_server("locate-fails-later")
+    reason = "cannot look the start event up: injected: locate failed later"
+    with SSE(server.port, "subject=broken.>&start=oldest") as stream:
+        assert stream_error(stream) == reason
+    answer = request(server.port, "GET", "/?subject=broken.>&group=g&start=oldest")
+    assert (answer.status, answer.body.decode().strip()) == (503, reason)
+    assert not request(server.port, "GET", "/groups").json()["broken"], "no group created"
+    assert publish(server.port, "app.x", 0).status == 202
+
+
 def test_an_answer_that_raises_does_not_stop_the_rest_of_the_group(faulty_server):
     server = faulty_server("hold-groups,first-answer-fails")
     port = server.port

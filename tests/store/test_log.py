@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from logtools import read_all
 
+from busd.store.errors import records_between
 from busd.store.local import _framing as F
 from busd.store.local.log import (
     CorruptRecordError,
@@ -761,3 +762,23 @@ def test_fetch_sse_reads_in_a_worker_and_stops_at_the_durable_head(tmp_path, mon
 
     asyncio.run(main())
     assert threads and all(name.startswith("busd-read") for name in threads)
+
+
+def test_records_between_steps_over_a_corrupt_record_unless_told_to_stop():
+    """The scans of a whole log (dedup rebuild, `bus debug`, find_id's runs) share it."""
+    log = [b"r%d" % i for i in range(10)]
+
+    def read(index):  # two records a chunk; index 3 is corrupt
+        if index == 3:
+            raise CorruptRecordError(3, "seg", 30)
+        return log[index:min(index + 2, 3 if index < 3 else 10)]
+
+    skipped = []
+    assert list(records_between(read, 0, 10, skipped.append)) == log[:3] + log[4:]
+    assert [exc.index for exc in skipped] == [3]
+
+    def stop(exc):
+        raise RuntimeError(f"stopped at {exc.index}")
+
+    with pytest.raises(RuntimeError, match="stopped at 3"):
+        list(records_between(read, 0, 10, stop))

@@ -54,6 +54,7 @@ from busd.store.errors import (
     LogError,
     LogOpenError,
     LogWriteError,
+    records_between,
 )
 from busd.store.local._framing import (
     CORRUPT,
@@ -1033,18 +1034,8 @@ class NamespaceLog:
 
     def _ids_between(self, start: int, end: int) -> set[bytes]:
         """The ids of records [start, end), stepping over a corrupt one."""
-        ids: set[bytes] = set()
-        while start < end:
-            try:
-                records = self.read(start, FIND_RUN_BYTES, end - start)
-            except CorruptRecordError:
-                start += 1
-                continue
-            if not records:
-                break
-            ids.update(record[ID_AT:ID_AT + ID_LEN] for record in records)
-            start += len(records)
-        return ids
+        return {record[ID_AT:ID_AT + ID_LEN] for record in records_between(
+            lambda at: self.read(at, FIND_RUN_BYTES, end - at), start, end, lambda exc: None)}
 
     def _runs(self, seg: _Segment, index: SegmentIndex, blocks: list[int]):
         """Candidate blocks merged into contiguous runs (one pread each), newest first."""
