@@ -22,6 +22,9 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         self.writes.append(data)
 
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.writes.append(b"".join(chunks))
+
     def set_write_buffer_limits(self, high: int | None = None) -> None: ...
 
     def close(self) -> None:
@@ -142,7 +145,7 @@ def test_a_failing_connection_does_not_keep_the_others_from_being_written():
         def broken(data: bytes) -> None:
             raise RuntimeError("transport broke")
 
-        tbad.write = broken
+        tbad.write = tbad.writelines = broken
         bad.write(sse_chunk(b"data: 1\n\n"))
         good.write(sse_chunk(b"data: 2\n\n"))
         await iterations(5)
