@@ -629,12 +629,12 @@ class HttpConnection(asyncio.Protocol):
         with the stream's other small writes until the loop has caught up (coalesce.py)."""
         if self.is_closed:
             return
-        self.last_write = time.monotonic()
         if not self.chunked:
             data = _dechunk(data)
         unsent = self._unsent
         if unsent is None:
             if len(data) >= MAX_HELD:
+                self.last_write = time.monotonic()
                 self.transport.write(data)
                 return
             self._unsent, self._unsent_bytes = [data], len(data)
@@ -653,6 +653,7 @@ class HttpConnection(asyncio.Protocol):
         if unsent is not None:
             self._unsent = None
             if not self.is_closed:
+                self.last_write = time.monotonic()
                 self.transport.writelines(unsent)  # uvloop: one writev, no copy
 
     def end_stream(self, last_chunk: bytes = b"") -> None:
