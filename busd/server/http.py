@@ -666,6 +666,7 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def close(self) -> None:
+        self.flush()  # the transport sends what it buffered before it closes: held bytes too
         self.is_closed = True
         self.transport.close()  # again, for one that lingers
 

@@ -151,3 +151,12 @@ def test_a_failing_connection_does_not_keep_the_others_from_being_written():
         await iterations(5)
         assert tgood.writes == [sse_chunk(b"data: 2\n\n")]
     asyncio.run(main())
+
+
+def test_closing_a_connection_sends_what_is_held_first():
+    async def main() -> None:
+        conn, transport = streaming(WriteCoalescer())
+        conn.write(sse_chunk(b"data: last\n\n"))
+        conn.close()
+        assert transport.writes == [sse_chunk(b"data: last\n\n")] and transport.closed
+    asyncio.run(main())
