@@ -14,7 +14,12 @@ A pattern may carry several values, and a value may sit under several patterns (
 subscription with several `subject=`): a subject gets each value once, however many of
 its patterns it matches.
 
-tests/oracle.py holds a plain-Python twin (`sublist_match`) that the tests compare with.
+`split_sse` is the live fan-out's one pass over an append: its records grouped per value
+and each group framed as one SSE chunk (the frame busd._core.sse_frame writes), so the
+fan-out makes no Python call per group but the pushes.
+
+tests/oracle.py holds plain-Python twins (`sublist_match`, `sublist_split`, `sse_frame`)
+that the tests compare with.
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -23,7 +28,8 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.ref cimport PyObject
 from libc.string cimport memchr
 
-from busd._core cimport SUBJECT_AFTER_ID, _id_end
+from busd._core cimport (
+    ID_AT, SSE_OVERHEAD, SUBJECT_AFTER_ID, _chunk_size, _id_end, _put_chunk_head, _put_sse)
 
 CACHE_MAX = 4096  # subjects whose matches are remembered; the cache empties when full
 
@@ -229,3 +235,34 @@ cdef class Sublist:
                 else:
                     (<list>group).append(rec)
         return list(groups.items())
+
+    def split_sse(self, list records not None):
+        """split's groups, each as one SSE chunk: [(value, chunk, records in it), ...]."""
+        cdef list out = []
+        cdef list group
+        for value, group in self.split(records):
+            out.append((value, _sse_of_group(group), PyList_GET_SIZE(group)))
+        return out
+
+
+cdef bytes _sse_of_group(list group):
+    """The chunk of a group's records (each has an id: split checked it)."""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(group), text = 0, rn
+    cdef const char* r
+    cdef bytes rec, out
+    cdef char* o
+    for i in range(n):
+        rec = <bytes>PyList_GET_ITEM(group, i)
+        r = PyBytes_AS_STRING(rec)
+        rn = PyBytes_GET_SIZE(rec)
+        text += SSE_OVERHEAD + _id_end(r, rn) - ID_AT + rn
+    out = PyBytes_FromStringAndSize(NULL, _chunk_size(text))
+    o = _put_chunk_head(PyBytes_AS_STRING(out), text)
+    for i in range(n):
+        rec = <bytes>PyList_GET_ITEM(group, i)
+        r = PyBytes_AS_STRING(rec)
+        rn = PyBytes_GET_SIZE(rec)
+        o = _put_sse(o, r, rn, _id_end(r, rn))
+    o[0] = c'\r'
+    o[1] = c'\n'
+    return out

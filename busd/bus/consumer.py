@@ -67,6 +67,10 @@ def sse_message(event: bytes, data: bytes) -> bytes:
     return sse_chunk(b"event: " + event + b"\ndata: " + data + b"\n\n")
 
 
+def _reraise(exc: BaseException) -> None:
+    raise exc
+
+
 class AckPolicy:
     """Manual-ack settings: how often and how many times to deliver, how many in flight."""
 
@@ -211,13 +215,15 @@ class Consumer:
 
     # -- delivery -----------------------------------------------------------------------
     def push(self, chunk: bytes, next_index: int) -> None:
-        """Live delivery from the append path: `chunk` holds the framed matching records."""
-        self._guard(self._push, chunk, next_index)
-
-    def _push(self, chunk: bytes, next_index: int) -> None:
-        if chunk:
-            self.sink.write(chunk)
-        self.cursor = next_index
+        """Live delivery from the append path: `chunk` holds the framed matching records.
+        Called once per delivery of a fan-out, so it runs its step itself and enters
+        `_guard` only with what that raised."""
+        try:
+            if chunk:
+                self.sink.write(chunk)
+            self.cursor = next_index
+        except Exception as exc:  # noqa: BLE001 - handled as any step's failure
+            self._guard(_reraise, exc)
 
     def wake(self) -> None:
         """New records were appended (manual-ack consumers waiting at the head)."""

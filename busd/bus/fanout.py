@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from busd._core import Pattern, sse_frame
+from busd._core import Pattern
 from busd.bus._sublist import Sublist
 from busd.bus.inbox_owners import InboxOwners
 from busd.server.metrics import Metrics
@@ -148,14 +148,13 @@ class FanOut:
         index = self.live[namespace]
         if index:
             delivered = 0
-            for group, matched in index.split(records):
-                chunk = sse_frame(matched)
+            for group, chunk, matched in index.split_sse(records):
                 readers = 0
                 for reader in tuple(group.readers):
                     if not (reader.paused or reader.done):
                         reader.push(chunk, next_index)
                         readers += 1
-                delivered += readers * len(matched)
+                delivered += readers * matched
             self.metrics.events_out[namespace] += delivered
         self.pushed[namespace] = next_index
         waiting = self.waiting[namespace]

@@ -19,6 +19,7 @@ from busd.bus.broker import Broker
 from busd.server.api import Api
 from busd.server.auth import Auth
 from busd.server.body_budget import BodyBudget
+from busd.server.coalesce import WriteCoalescer
 from busd.server.config import Config, ConfigError
 from busd.server.http import (
     LINGER_INPUT,
@@ -77,6 +78,7 @@ class Server:
                              config.header_timeout, config.body_timeout, config.idle_timeout)
         self.body_budget = BodyBudget(config.max_body_memory)
         self.broker.metrics.body_budget = self.body_budget
+        self.coalescer = WriteCoalescer()
         self.listeners: list[asyncio.base_events.Server] = []
         self._connection_class = HttpConnection
         if config.cors_origins is not None:
@@ -91,7 +93,7 @@ class Server:
         if len(self.connections) >= self.config.max_connections:
             return _Refuse(self.config.max_connections)
         return self._connection_class(self.api, self.limits, self.connections,
-                                      self.body_budget)
+                                      self.body_budget, self.coalescer)
 
     async def start(self) -> None:
         """Raises ConfigError (the one line to print names the flag) when --addr, --path or

@@ -19,6 +19,7 @@ import httptools
 
 from busd.bus.sink import Stream
 from busd.server.body_budget import BodyBudget, peer_gone
+from busd.server.coalesce import MAX_HELD, WriteCoalescer
 
 log = logging.getLogger("busd.server.http")
 
@@ -243,8 +244,10 @@ class HttpConnection(asyncio.Protocol):
     is the stream's Sink (busd/bus/sink.py): the stream never sees the transport."""
 
     def __init__(self, handler: Callable[[HttpConnection, Request], None], limits: Limits,
-                 connections: set[HttpConnection], budget: BodyBudget) -> None:
+                 connections: set[HttpConnection], budget: BodyBudget,
+                 coalescer: WriteCoalescer) -> None:
         self.handler = handler
+        self.coalescer = coalescer
         self.limits = limits
         self.connections = connections
         self.budget = budget
@@ -260,6 +263,8 @@ class HttpConnection(asyncio.Protocol):
         self.state = _IDLE
         self.since = time.monotonic()
         self.last_write = self.since
+        self._unsent: list[bytes] | None = None  # stream bytes held back (coalesce.py)
+        self._unsent_bytes = 0
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._header_bytes = 0  # the URL and the header lines httptools has reported
@@ -284,6 +289,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_closed = True
+        self._unsent = None
         self.connections.discard(self)
         self.pending.clear()
         self._release_body()
@@ -619,20 +625,48 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.set_write_buffer_limits(high=high_water)
 
     def write(self, data: bytes) -> None:
-        """Send one chunk of the stream (just its data on a close-delimited stream)."""
-        if not self.is_closed:
-            self.last_write = time.monotonic()
-            self.transport.write(data if self.chunked else _dechunk(data))
+        """Send one chunk of the stream (just its data on a close-delimited stream): held
+        with the stream's other small writes until the loop has caught up (coalesce.py)."""
+        if self.is_closed:
+            return
+        if not self.chunked:
+            data = _dechunk(data)
+        unsent = self._unsent
+        if unsent is None:
+            if len(data) >= MAX_HELD:
+                self.last_write = time.monotonic()
+                self.transport.write(data)
+                return
+            self._unsent, self._unsent_bytes = [data], len(data)
+            self.coalescer.hold(self)
+        else:
+            unsent.append(data)
+            self._unsent_bytes += len(data)
+            if self._unsent_bytes >= MAX_HELD:
+                self.flush()
+                return
+        self.coalescer.writes += 1
+
+    def flush(self) -> None:
+        """Write the stream bytes held so far, in one system call."""
+        unsent = self._unsent
+        if unsent is not None:
+            self._unsent = None
+            if not self.is_closed:
+                self.last_write = time.monotonic()
+                self.transport.writelines(unsent)  # uvloop: one writev, no copy
 
     def end_stream(self, last_chunk: bytes = b"") -> None:
         """Finish the stream and close the connection."""
         self.stream = None
+        self.flush()
         if not self.is_closed:
             self.transport.write(last_chunk + b"0\r\n\r\n" if self.chunked else
                                  _dechunk(last_chunk))
             self.close()
 
     def close(self) -> None:
+        self.flush()  # the transport sends what it buffered before it closes: held bytes too
         self.is_closed = True
         self.transport.close()  # again, for one that lingers
 

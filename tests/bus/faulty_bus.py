@@ -116,6 +116,20 @@ def first_append_fails(patch: pytest.MonkeyPatch) -> None:
 
 
 @fault
+def live_write_fails(patch: pytest.MonkeyPatch) -> None:
+    """Writing a live push of a `broken.*` event to its stream raises."""
+    from busd.server.http import HttpConnection
+    real = HttpConnection.write
+
+    def write(self, data):
+        if b'"subject":"broken.' in data and b"event: msg" in data:
+            raise RuntimeError("injected: live write failed")
+        return real(self, data)
+
+    patch.setattr(HttpConnection, "write", write)
+
+
+@fault
 def slow_disk(patch: pytest.MonkeyPatch) -> None:
     """Every read of segment files (for records, or in search of an id) takes 0.2 s more,
     as from a cold disk."""

@@ -180,3 +180,14 @@ def test_disk_reads_of_a_catch_up_stall_nobody_else(faulty_server):
         got = [e["payload"]["n"] for e in stream.events(1210, timeout=20)]
     assert got == list(range(1210))
     assert max(latencies) < 0.1, f"/healthz took {max(latencies) * 1000:.0f} ms"
+
+
+def test_a_live_push_that_fails_ends_that_stream_loudly_and_others_go_on(faulty_server):
+    server = faulty_server("live-write-fails")
+    port = server.port
+    with SSE(port, "subject=broken.>") as broken, SSE(port, "subject=app.>") as healthy:
+        assert publish(port, "broken.x", 1).status == 202
+        assert publish(port, "app.x", 2).status == 202
+        assert "injected: live write failed" in stream_error(broken)
+        assert [e["payload"] for e in healthy.events(1)] == [2]
+    assert "subscription step failed" in server.log()

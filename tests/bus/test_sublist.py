@@ -59,6 +59,9 @@ def test_split_agrees_with_oracle(ops, subs):
     index, present = build(ops)
     records = [record(s, event_id) for s, event_id in subs]
     assert dict(index.split(records)) == oracle.sublist_split(present, records)
+    assert {value: (chunk, count) for value, chunk, count in index.split_sse(records)} == {
+        value: (oracle.sse_frame(group), len(group))
+        for value, group in oracle.sublist_split(present, records).items()}
 
 
 def test_zero_or_more_tokens_after_the_final_wildcard():

@@ -1,0 +1,66 @@
+"""Small stream writes held per connection while the loop is busy, then written together.
+
+Live fan-out to many subscriptions on distinct subjects gives each stream about one event
+per append; one socket write (a syscall, ~4 µs on loopback) per event was half the
+server's CPU (perf/RESULTS.md, "Fan-out: writes coalesced"). So a stream's small writes
+are held, and a connection's held bytes go out in one write: once a loop iteration passed
+in which no stream write was held (the loop has caught up), once the connection holds
+MAX_HELD bytes, or MAX_DELAY after the first write held. An idle server writes two loop
+iterations later than it would have; a busy one writes many events per syscall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Protocol
+
+log = logging.getLogger("busd.server.coalesce")
+
+MAX_HELD = 64 << 10  # bytes one connection holds; a larger write goes out at once
+MAX_DELAY = 0.02  # seconds a held write may wait while the loop stays busy
+
+
+class Holder(Protocol):
+    def flush(self) -> None:
+        """Write what this connection holds."""
+        ...
+
+
+class WriteCoalescer:
+    """The connections that hold bytes, and when they are written."""
+
+    __slots__ = ("held", "writes", "_seen", "_since", "_scheduled", "max_delay")
+
+    def __init__(self, max_delay: float = MAX_DELAY) -> None:
+        self.held: dict[Holder, None] = {}  # in the order they started holding
+        self.writes = 0  # writes held so far (a busy loop keeps adding to it)
+        self.max_delay = max_delay
+        self._seen = -1
+        self._since = 0.0
+        self._scheduled = False
+
+    def hold(self, conn: Holder) -> None:
+        """conn started holding bytes: it is flushed with the others."""
+        self.held[conn] = None
+        if not self._scheduled:
+            self._scheduled = True
+            self._seen = -1
+            self._since = time.monotonic()
+            asyncio.get_running_loop().call_soon(self._tick)
+
+    def _tick(self) -> None:
+        """Once per loop iteration while writes keep being held (bounded by max_delay),
+        then write everything held."""
+        if self._seen != self.writes and time.monotonic() - self._since < self.max_delay:
+            self._seen = self.writes
+            asyncio.get_running_loop().call_soon(self._tick)
+            return
+        self._scheduled = False
+        held, self.held = self.held, {}
+        for conn in held:
+            try:
+                conn.flush()
+            except Exception:  # noqa: BLE001 - one connection's failure holds up no other
+                log.exception("writing held stream bytes failed")
