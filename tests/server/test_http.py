@@ -270,17 +270,26 @@ def test_bodies_past_the_budget_wait_their_turn_and_all_are_stored(make_server):
     connections are not read until there is room, so every body gets in, and what is held
     never passes the budget plus one body (the oldest, which goes on) plus one read."""
     port = make_server("app", "--max-body-memory", "1MiB").port
-    body, answers, together = event_body(900_000), [], threading.Barrier(6, timeout=5)
+    body, answers, go_on = event_body(900_000), [], threading.Event()
 
     def upload() -> None:
         with Http(port) as http:
             http.send(post_head(len(body)) + body[:300_000])
-            together.wait()  # six bodies begun: more than the budget, once they go on
+            assert go_on.wait(10)
             for start in range(300_000, len(body), 64 << 10):
                 http.send(body[start:start + (64 << 10)])
             answers.append(read_response(http.file).status)
 
-    in_threads(*[upload] * 6)
+    def release_when_past_the_budget() -> None:
+        """Six bodies begun hold more than the budget once the server has read them; sent
+        on before that, the server may read one whole body first and never reach it."""
+        deadline = time.monotonic() + 10
+        while body_gauges(port)["busd_body_bytes"] <= BUDGET:
+            assert time.monotonic() < deadline, body_gauges(port)
+            time.sleep(0.01)
+        go_on.set()
+
+    in_threads(*[upload] * 6, release_when_past_the_budget)
     assert answers == [202] * 6, answers
     gauges = body_gauges(port)
     assert BUDGET < gauges["busd_body_bytes_peak"] <= BUDGET + len(body) + (256 << 10), gauges
