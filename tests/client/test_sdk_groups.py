@@ -13,7 +13,7 @@ from busd import AsyncClient, Client
 def test_members_share_and_settle(store_server):
     server = store_server
     with Client(f"http://127.0.0.1:{server.port}", timeout=10) as client:
-        a = client.get("orders.>", group="billing", max_inflight=5, ack_wait="300ms")
+        a = client.get("orders.>", group="billing", max_inflight=5)
         b = client.get("orders.>", group="billing", max_inflight=5)
         client.put_batch([{"subject": "orders.new", "data": n} for n in range(6)])
         first = [next(a) for _ in range(3)]
