@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import uvloop
 
 from busd import AsyncClient, Client
+from busd.client.errors import ServerError
 
 
 def test_members_share_and_settle(store_server):
@@ -90,3 +94,109 @@ def test_async_group_member(store_server):
             await sub.aclose()
 
     uvloop.run(main())
+
+
+# -- a member's acks coalesced into batched PUTs (busd/client/_acks.py) -------------------------
+EVENTS = 300
+
+
+def spy_on_settles(client, fails) -> list[list[str]]:
+    """The event ids of each settle PUT the client sends; a PUT for which `fails(ids)` is
+    true is not sent and raises a ServerError instead (as a 500 would)."""
+    sent: list[list[str]] = []
+    real = client._settle_target
+
+    def settle(target: str):
+        ids = parse_qs(urlsplit(target).query)["event_id"]
+        sent.append(ids)
+        return refuse() if fails(ids) else real(target)
+
+    def refuse():
+        raise ServerError("refused by the test", 500)
+        yield  # a flow
+
+    client._settle_target = settle
+    return sent
+
+
+def poisoned(ids: list[str], every: int = 7) -> set[str]:
+    return set(ids[::every])
+
+
+def check_outcomes(sent, outcomes: dict[str, BaseException | None], bad: set[str]) -> None:
+    """Every ack went out once, and raised exactly when the PUT that carried it failed."""
+    assert sorted(i for ids in sent for i in ids) == sorted(outcomes)
+    failed = {i for ids in sent if bad & set(ids) for i in ids}
+    assert {i for i, error in outcomes.items() if error is not None} == failed
+    assert all(isinstance(e, ServerError) for e in outcomes.values() if e is not None)
+
+
+def settled(url: str, group: str, expected: tuple[int, int]) -> tuple[int, int]:
+    """The group's (acked, pending) once they are `expected`, or after 5 s (JetStream's
+    figures are the consumer info of up to a second ago)."""
+    deadline = time.monotonic() + 5
+    with Client(url) as client:
+        while True:
+            state = client.groups("orders", group)["orders"][group]
+            if (state["acked"], state["pending"]) == expected or time.monotonic() > deadline:
+                return state["acked"], state["pending"]
+            time.sleep(0.1)
+
+
+def test_async_acks_of_one_tick_go_in_one_put(store_server):
+    url = f"http://127.0.0.1:{store_server.port}"
+
+    async def main() -> None:
+        async with AsyncClient(url, timeout=10) as client:
+            sub = await client.get("orders.>", group="g", max_inflight=EVENTS)
+            await client.put_batch([{"subject": "orders.new", "data": n}
+                                    for n in range(EVENTS)])
+            events = [await sub.__anext__() for _ in range(EVENTS)]
+            bad = poisoned([e.id for e in events[100:]])
+            sent = spy_on_settles(client, lambda ids: bool(bad & set(ids)))
+            first = await asyncio.gather(*(e.ack() for e in events[:100]))
+            assert first == [None] * 100 and len(sent) == 1  # one tick, one PUT
+            rest = await asyncio.gather(*(e.ack() for e in events[100:]),
+                                        return_exceptions=True)
+            check_outcomes(sent, dict(zip((e.id for e in events), first + rest)), bad)
+            failed = sum(error is not None for error in rest)
+            expected = (EVENTS - failed, failed)
+            assert settled(url, "g", expected) == expected  # (blocks the loop a moment)
+            await sub.aclose()
+
+    uvloop.run(main())
+
+
+def test_sync_acks_from_threads_coalesce_while_a_put_is_out(store_server):
+    url = f"http://127.0.0.1:{store_server.port}"
+    with Client(url, timeout=10) as client:
+        sub = client.get("orders.>", group="g", max_inflight=EVENTS)
+        client.put_batch([{"subject": "orders.new", "data": n} for n in range(EVENTS)])
+        events = [next(sub) for _ in range(EVENTS)]
+        bad = poisoned([e.id for e in events])
+        sent = spy_on_settles(client, lambda ids: bool(bad & set(ids)))
+        outcomes: dict[str, BaseException | None] = {}
+        start = threading.Barrier(8)
+
+        def worker(mine) -> None:
+            start.wait()
+            for event in mine:
+                try:
+                    event.ack()
+                    outcomes[event.id] = None
+                except ServerError as exc:
+                    outcomes[event.id] = exc
+
+        threads = [threading.Thread(target=worker, args=(events[n::8],)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert len(outcomes) == EVENTS
+        check_outcomes(sent, outcomes, bad)
+        assert len(sent) < EVENTS / 2, len(sent)  # eight acking at once share PUTs
+        failed = sum(error is not None for error in outcomes.values())
+        assert 0 < failed < EVENTS  # both outcomes were tried
+        expected = (EVENTS - failed, failed)
+        assert settled(url, "g", expected) == expected
+        sub.close()
