@@ -64,11 +64,13 @@ def free_port() -> int:
 
 
 def start_server(args, path: str, port: int, *flags: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(Path(args.code).resolve()))
+    # run in the tree too: `python -m` puts the working directory before PYTHONPATH, so
+    # started from another checkout it would import that checkout's busd
+    code = str(Path(args.code).resolve())
     proc = subprocess.Popen(["taskset", "-c", args.server_cpus, sys.executable, "-m", "busd",
                              "server", "--addr", f"127.0.0.1:{port}", "--path", path,
                              "--namespaces", "bench", *flags], stderr=subprocess.DEVNULL,
-                            env=env)
+                            env=dict(os.environ, PYTHONPATH=code), cwd=code)
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), 0.1).close()
@@ -256,7 +258,14 @@ async def raw_durable(urls: str, name: str, events: int) -> float:
     js = nc.jetstream()
     config = ConsumerConfig(durable_name=name, ack_policy=AckPolicy.EXPLICIT,
                             deliver_policy=DeliverPolicy.ALL, max_ack_pending=50_000)
-    await js.add_consumer("bench", config)
+    for attempt in range(20):  # the cluster's meta leader may still be settling
+        try:
+            await js.add_consumer("bench", config)
+            break
+        except nats.js.errors.ServiceUnavailableError:
+            if attempt == 19:
+                raise
+            await asyncio.sleep(0.5)
     acked = [0]
 
     async def member() -> None:
@@ -264,7 +273,7 @@ async def raw_durable(urls: str, name: str, events: int) -> float:
         while acked[0] < events:
             try:
                 messages = await sub.fetch(100, timeout=1)
-            except nats.errors.TimeoutError:
+            except asyncio.TimeoutError:  # nats-py raises either this or its subclass
                 continue
             for message in messages:
                 await message.ack()
