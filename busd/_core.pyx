@@ -27,12 +27,14 @@ __all__ = [
     "record_subject",
     "sse_chunk", "sse_frame", "sse_frame_matching", "sse_of", "first_matching",
     "new_xid", "xid_time", "is_xid", "now_rfc3339", "parse_rfc3339", "format_rfc3339",
-    "MAX_DEPTH",
+    "MAX_DEPTH", "MAX_FIELD_BYTES",
 ]
 
 cdef enum:
     C_MAX_DEPTH = 512
+    C_MAX_FIELD_BYTES = 256  # of a key or trace_id, as JSON text without its quotes
 MAX_DEPTH = C_MAX_DEPTH
+MAX_FIELD_BYTES = C_MAX_FIELD_BYTES
 
 cdef bytes EMPTY = b""
 
@@ -929,6 +931,11 @@ cdef char* _put_esc(char* out, bytes s, Py_ssize_t esc_size) noexcept:
 
 
 def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_at not None):
+    """The stored record of an event (see _make_record)."""
+    return _make_record(ev, event_id, created_at)
+
+
+cdef bytes _make_record(ParsedEvent ev, bytes event_id, bytes created_at):
     """The stored record of an event: one JSON object on one line (no trailing newline).
 
     Layout: {"id":"<event_id>","subject":"<subject>"[,"trace_id":<raw>][,"key":<raw>]
@@ -1214,14 +1221,11 @@ def _xid_encode_raw(bytes raw not None):
     return out
 
 
-cdef void _new_xid_into(char* out) noexcept:
-    """Write a new 20-char xid (rs/xid layout and encoding) at out."""
+cdef void _new_xid_into(char* out, uint32_t secs) noexcept:
+    """Write a new 20-char xid (rs/xid layout and encoding) made at `secs` at out."""
     global _counter
     cdef unsigned char raw[12]
-    cdef timespec ts
-    cdef uint32_t secs, c
-    clock_gettime(CLOCK_REALTIME, &ts)
-    secs = <uint32_t>ts.tv_sec
+    cdef uint32_t c
     _counter += 1
     c = _counter
     raw[0] = (secs >> 24) & 0xFF
@@ -1242,17 +1246,19 @@ cdef void _new_xid_into(char* out) noexcept:
 def new_xid():
     """A new 20-char xid (rs/xid layout and encoding)."""
     cdef bytes out = PyBytes_FromStringAndSize(NULL, XID_LEN)
-    _new_xid_into(PyBytes_AS_STRING(out))
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    _new_xid_into(PyBytes_AS_STRING(out), <uint32_t>ts.tv_sec)
     return out
 
 
-cdef bytes _new_event_id():
-    """b"e_" + a new xid, built in place."""
+cdef bytes _new_event_id(uint32_t secs):
+    """b"e_" + a new xid made at `secs`, built in place."""
     cdef bytes out = PyBytes_FromStringAndSize(NULL, ID_LEN)
     cdef char* o = PyBytes_AS_STRING(out)
     o[0] = c'e'
     o[1] = c'_'
-    _new_xid_into(o + 2)
+    _new_xid_into(o + 2, secs)
     return out
 
 
@@ -1363,11 +1369,16 @@ cdef char _cached_prefix[19]
 
 def now_rfc3339():
     """Current UTC time in Go's time.RFC3339Nano form, e.g. b"2026-11-27T13:35:21.96607724Z"."""
-    global _cached_sec
     cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return _rfc3339_of(&ts)
+
+
+cdef bytes _rfc3339_of(timespec* ts):
+    """A clock reading in RFC3339Nano form (the seconds' part formatted once per second)."""
+    global _cached_sec
     cdef char buf[32]
     cdef int k
-    clock_gettime(CLOCK_REALTIME, &ts)
     if ts.tv_sec != _cached_sec:
         if _fmt_seconds(ts.tv_sec, _cached_prefix) < 0:
             raise ValueError("clock outside years 0000-9999")
@@ -1480,24 +1491,16 @@ cdef inline Py_ssize_t _namespace_len(bytes subject) noexcept:
     return <const char*>memchr(p, c'.', <size_t>PyBytes_GET_SIZE(subject)) - p
 
 
-cdef tuple _identity(ParsedEvent ev):
-    """(event id, created_at): the publisher's (as restore sends them) or freshly assigned."""
-    cdef bytes event_id = ev.id, created_at = ev.created_at
-    if PyBytes_GET_SIZE(event_id):
-        problem = id_problem(event_id)
-        if problem is not None:
-            raise ValueError(problem)
-    else:
-        event_id = _new_event_id()
-    if PyBytes_GET_SIZE(created_at) == 0 or created_at == ZERO_TIME:
-        created_at = now_rfc3339()
-    else:
-        try:
-            created_at = format_rfc3339(parse_rfc3339(created_at))
-        except ValueError:
-            raise ValueError(f"invalid created_at '{_show(created_at)}': expected RFC 3339, "
-                             "e.g. 2026-11-27T13:20:58.365157351Z") from None
-    return event_id, created_at
+cdef Py_ssize_t MAX_FIELD_JSON = C_MAX_FIELD_BYTES + 2  # with the quotes of a JSON string
+
+
+cdef bytes _created_at(bytes given):
+    """A publisher's created_at, in the one form records keep."""
+    try:
+        return format_rfc3339(parse_rfc3339(given))
+    except ValueError:
+        raise ValueError(f"invalid created_at '{_show(given)}': expected RFC 3339, "
+                         "e.g. 2026-11-27T13:20:58.365157351Z") from None
 
 
 def stamp_events(list events not None, bint is_batch):
@@ -1505,39 +1508,68 @@ def stamp_events(list events not None, bint is_batch):
 
     Returns (namespace, ids, created_ats, records, keyed) where keyed lists the
     (subject, key) pairs of events that carry a dedup key. Raises ValueError with the
-    one-line reason of a 400: bad subject or response_subject, a batch spanning
-    namespaces, a batch with a response_subject or on the inbox namespace, a bad id or
-    created_at. Whether the namespace is declared is the caller's business.
+    one-line reason of a 400: a key or trace_id longer than MAX_FIELD_BYTES, bad subject or
+    response_subject, a batch spanning namespaces, a batch with a response_subject or on
+    the inbox namespace, a bad id or created_at. Whether the namespace is declared is the
+    caller's business.
+
+    The clock is read once per publish: the events it stamps share their created_at. A
+    batch's events mostly share a subject too, checked once.
     """
     cdef Py_ssize_t i, n = PyList_GET_SIZE(events)
     cdef ParsedEvent ev
-    cdef bytes namespace = None
+    cdef bytes namespace = None, checked = None, subject, event_id, created_at, now = None
     cdef Py_ssize_t ns_len = 0, m
     cdef list ids = [], stamps = [], records = [], keyed = []
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
     for i in range(n):
         ev = <ParsedEvent>PyList_GET_ITEM(events, i)
-        validate_subject(ev.subject)
-        m = _namespace_len(ev.subject)
-        if namespace is None:
-            namespace = ev.subject[:m]
-            ns_len = m
-        elif m != ns_len or memcmp(PyBytes_AS_STRING(ev.subject), PyBytes_AS_STRING(namespace),
-                                   <size_t>m) != 0:
-            raise ValueError(f"a batch must stay in one namespace: found '{_show(namespace)}' "
-                             f"and '{_show(ev.subject[:m])}'")
+        if PyBytes_GET_SIZE(ev.key) > MAX_FIELD_JSON or \
+                PyBytes_GET_SIZE(ev.trace_id) > MAX_FIELD_JSON:
+            field = "key" if PyBytes_GET_SIZE(ev.key) > MAX_FIELD_JSON else "trace_id"
+            where = f"batch item {i}: " if is_batch else ""
+            raise ValueError(f"{where}field {field} is longer than {MAX_FIELD_BYTES} bytes")
+        subject = ev.subject
+        if checked is None or PyBytes_GET_SIZE(subject) != PyBytes_GET_SIZE(checked) or \
+                memcmp(PyBytes_AS_STRING(subject), PyBytes_AS_STRING(checked),
+                       <size_t>PyBytes_GET_SIZE(subject)) != 0:
+            _check_tokens(subject, False)
+            m = _namespace_len(subject)
+            if namespace is None:
+                namespace = subject[:m]
+                ns_len = m
+            elif m != ns_len or memcmp(PyBytes_AS_STRING(subject),
+                                       PyBytes_AS_STRING(namespace), <size_t>m) != 0:
+                raise ValueError(f"a batch must stay in one namespace: found "
+                                 f"'{_show(namespace)}' and '{_show(subject[:m])}'")
+            checked = subject
         if PyBytes_GET_SIZE(ev.response_subject):
             if is_batch:
                 raise ValueError("events in a batch cannot have a response_subject")
             try:
-                validate_subject(ev.response_subject)
+                _check_tokens(ev.response_subject, False)
             except ValueError as exc:
                 raise ValueError(f"response_subject: {exc}") from None
         if PyBytes_GET_SIZE(ev.key_value):
-            keyed.append((ev.subject, ev.key_value))
-        event_id, created_at = _identity(ev)
+            keyed.append((subject, ev.key_value))
+        event_id = ev.id
+        if PyBytes_GET_SIZE(event_id):
+            problem = id_problem(event_id)
+            if problem is not None:
+                raise ValueError(problem)
+        else:
+            event_id = _new_event_id(<uint32_t>ts.tv_sec)
+        created_at = ev.created_at
+        if PyBytes_GET_SIZE(created_at) == 0 or created_at == ZERO_TIME:
+            if now is None:
+                now = _rfc3339_of(&ts)
+            created_at = now
+        else:
+            created_at = _created_at(created_at)
         ids.append(event_id)
         stamps.append(created_at)
-        records.append(make_record(ev, event_id, created_at))
+        records.append(_make_record(ev, event_id, created_at))
     if is_batch and namespace == INBOX_NS:
         raise ValueError("inbox (_bus_) subjects cannot be published in a batch")
     return namespace, ids, stamps, records, keyed

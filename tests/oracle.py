@@ -534,12 +534,17 @@ def id_problem(event_id: bytes) -> str | None:
 
 
 ZERO_TIME = b"0001-01-01T00:00:00Z"
+MAX_FIELD_BYTES = 256  # of a key or trace_id, as JSON text without its quotes
 
 
 def stamp_events(events, is_batch: bool, new_id, now):
     """Reference for busd._core.stamp_events; `new_id()`/`now()` stand in for the clock."""
-    namespace, ids, stamps, records, keyed = None, [], [], [], []
-    for ev in events:
+    namespace, ids, stamps, records, keyed, stamp = None, [], [], [], [], None
+    for i, ev in enumerate(events):
+        if len(ev.key) > MAX_FIELD_BYTES + 2 or len(ev.trace_id) > MAX_FIELD_BYTES + 2:
+            field = "key" if len(ev.key) > MAX_FIELD_BYTES + 2 else "trace_id"
+            where = f"batch item {i}: " if is_batch else ""
+            raise ValueError(f"{where}field {field} is longer than {MAX_FIELD_BYTES} bytes")
         validate_subject(ev.subject)
         ns = ev.subject.split(b".", 1)[0]
         if namespace is None:
@@ -564,8 +569,9 @@ def stamp_events(events, is_batch: bool, new_id, now):
         else:
             event_id = new_id()
         created_at = ev.created_at
-        if not created_at or created_at == ZERO_TIME:
-            created_at = now()
+        if not created_at or created_at == ZERO_TIME:  # one clock reading per publish
+            stamp = now() if stamp is None else stamp
+            created_at = stamp
         else:
             try:
                 created_at = format_rfc3339(parse_rfc3339(created_at))

@@ -35,7 +35,6 @@ from busd.wire import INBOX_NAMESPACE
 log = logging.getLogger("busd.bus.broker")
 
 INBOX = INBOX_NAMESPACE.encode()
-MAX_FIELD_BYTES = 256  # of a key or trace_id, as JSON text without its quotes
 RECORD_ENVELOPE = 64 << 10  # room a record has beyond --max-event-size (as the HTTP layer
 # gives a single event's body): its subject, other fields and stamps
 DEDUP_FILE = "dedup.snapshot"  # the saved dedup cache, in the data directory
@@ -198,12 +197,6 @@ class Broker:
         Raises PublishRefused for a publish refused at once (400 for anything invalid, 409
         for an id the store holds or a key seen before); `done` is then never called.
         """
-        for i, event in enumerate(events):
-            if len(event.key) > MAX_FIELD_BYTES + 2 or len(event.trace_id) > MAX_FIELD_BYTES + 2:
-                field = "key" if len(event.key) > MAX_FIELD_BYTES + 2 else "trace_id"
-                where = f"batch item {i}: " if is_batch else ""
-                raise PublishRefused(400, f"{where}field {field} is longer than "
-                                          f"{MAX_FIELD_BYTES} bytes")
         try:
             namespace, ids, stamps, records, keyed = stamp_events(events, is_batch)
         except ValueError as exc:

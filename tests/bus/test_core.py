@@ -418,6 +418,31 @@ def test_a_lone_surrogate_subject_is_refused_as_not_utf8():
         core.stamp_events(events, False)
 
 
+@pytest.mark.parametrize("field", ["key", "trace_id"])
+def test_a_batch_item_with_a_long_field_is_named(field):
+    """Item 1's 257-byte field is the fault reported, though item 2's subject is bad too."""
+    long = json.dumps("k" * 257)
+    body = (b'[{"subject":"a.b"},{"subject":"a.b","%s":%s},{"subject":"a..b"}]'
+            % (field.encode(), long.encode()))
+    _, events = core.scan_body(body)
+    want = f"batch item 1: field {field} is longer than 256 bytes"
+    with pytest.raises(ValueError, match=want):
+        core.stamp_events(events, True)
+    assert outcome(oracle.stamp_events, events, True, lambda: b"e_" + core.new_xid(),
+                   core.now_rfc3339) == ("err", want)
+    _, events = core.scan_body(b'{"subject":"a.b","%s":%s}' % (field.encode(), long[:-2].encode() + b'"'))
+    assert core.stamp_events(events, False)[3][0].count(b"k" * 256) == 1  # 256 bytes: taken
+
+
+def test_one_publish_is_stamped_at_one_time():
+    """The clock is read once per publish: its events share their created_at, and their
+    ids (made at the same second) still sort in order."""
+    _, events = core.scan_body(b'[' + b",".join([b'{"subject":"a.b"}'] * 50) + b"]")
+    _, ids, stamps, _, _ = core.stamp_events(events, True)
+    assert len(set(stamps)) == 1 and ids == sorted(ids) and len(set(ids)) == 50
+    assert core.parse_rfc3339(stamps[0]) // 10**9 == core.xid_time(ids[0][2:])
+
+
 def test_last_duplicate_wins_and_raw_tokens():
     _, (ev,) = core.scan_body(GOOD_JSON[8])
     assert (ev.key, ev.key_value, ev.payload) == (b'"k2"', b"k2", b"[2]")
