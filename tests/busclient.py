@@ -12,7 +12,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def rss_kib(pid: int) -> int:
@@ -22,6 +26,19 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 5.0, interval: float = 0.05, *,
+               what: str | Callable[[], str]) -> T:
+    """Poll condition() until it gives a true value, and return that value; after `timeout`
+    seconds fail the test saying `what` (a string, or a callable giving one, e.g. a server's
+    log, called only on failure)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"after {timeout} s: {what() if callable(what) else what}")
+        time.sleep(interval)
+    return value
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 
-from busclient import SSE, Http, request
+from busclient import SSE, Http, request, wait_until
 
 
 def batch(port: int, subject: str, count: int, start: int = 0) -> None:
@@ -92,13 +92,12 @@ def settled_state(port: int, name: str, ok, timeout: float = 3.0,
                   namespace: str = "orders") -> dict:
     """The group as GET /groups shows it once `ok(state)`: at once on the local store; on
     JetStream the cluster's figures (pending, lag, floors) are refreshed every second."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def settled() -> dict | None:
         state = groups(port)[namespace].get(name)
-        if state is not None and ok(state):
-            return state
-        assert time.monotonic() < deadline, state
-        time.sleep(0.1)
+        return state if state is not None and ok(state) else None
+
+    return wait_until(settled, timeout, interval=0.1,
+                      what=lambda: f"group {name} not settled: {groups(port)[namespace].get(name)}")
 
 
 def ack_each(workers: list[Worker]) -> tuple[list[list], list[BaseException], list]:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from busclient import publish, request
+from busclient import publish, request, wait_until
 
 from busd.bus.broker import DEDUP_FILE
 
@@ -28,10 +28,8 @@ def restart(server, how: str) -> None:
 
 def wait_for_a_save(snapshot: Path, before: bytes) -> None:
     """Until the server's periodic save (every 10 s) has replaced the saved cache `before`."""
-    deadline = time.monotonic() + 60
-    while snapshot.read_bytes() == before:
-        assert time.monotonic() < deadline, "no save of the dedup cache within 60 s"
-        time.sleep(0.2)
+    wait_until(lambda: snapshot.read_bytes() != before, timeout=60, interval=0.2,
+               what="no save of the dedup cache")
 
 
 @pytest.mark.parametrize("how", ["stop", "kill"])

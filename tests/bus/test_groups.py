@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from busclient import SSE, Http, publish, request
+from busclient import SSE, Http, publish, request, wait_until
 from groupworker import Worker, ack_each, batch, groups, settled_state
 
 
@@ -345,13 +345,14 @@ def test_retention_deleting_unacked_events_skips_and_counts_them(make_server):
     holder = Worker(server.port, "subject=orders.>&group=g&start=oldest&max_inflight=5")
     held = holder.take(5)  # never acked
     batch(server.port, "orders.created", 2000, start=5)  # ~100 KiB: old segments go
-    deadline = time.monotonic() + 5
-    while request(server.port, "GET", "/healthz").json()["namespaces"]["orders"][
-            "first_index"] < 100 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    first = request(server.port, "GET", "/healthz").json()["namespaces"]["orders"][
-        "first_index"]
-    assert first >= 100
+
+    def first_index() -> int:
+        return request(server.port, "GET", "/healthz").json()["namespaces"]["orders"][
+            "first_index"]
+
+    wait_until(lambda: first_index() >= 100, interval=0.1,
+               what=lambda: f"retention kept the first events: first_index {first_index()}")
+    first = first_index()
     holder.close()
     worker = Worker(server.port, "subject=orders.>&group=g&max_inflight=1000")
     got = [e["payload"] for e in worker.take(2005 - first, timeout=5.0)]

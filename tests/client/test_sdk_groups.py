@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import uvloop
+from busclient import wait_until
 
 from busd import AsyncClient, Client
 from busd.client.errors import ServerError
@@ -132,16 +133,16 @@ def check_outcomes(sent, outcomes: dict[str, BaseException | None], bad: set[str
     assert all(isinstance(e, ServerError) for e in outcomes.values() if e is not None)
 
 
-def settled(url: str, group: str, expected: tuple[int, int]) -> tuple[int, int]:
-    """The group's (acked, pending) once they are `expected`, or after 5 s (JetStream's
+def wait_until_settled(url: str, group: str, expected: tuple[int, int]) -> None:
+    """Until the group's (acked, pending) are `expected`, for up to 5 s (JetStream's
     figures are the consumer info of up to a second ago)."""
-    deadline = time.monotonic() + 5
     with Client(url) as client:
-        while True:
+        def figures() -> tuple[int, int]:
             state = client.groups("orders", group)["orders"][group]
-            if (state["acked"], state["pending"]) == expected or time.monotonic() > deadline:
-                return state["acked"], state["pending"]
-            time.sleep(0.1)
+            return state["acked"], state["pending"]
+
+        wait_until(lambda: figures() == expected, interval=0.1,
+                   what=lambda: f"(acked, pending) {figures()}, not {expected}")
 
 
 def test_async_acks_of_one_tick_go_in_one_put(store_server):
@@ -162,7 +163,7 @@ def test_async_acks_of_one_tick_go_in_one_put(store_server):
             check_outcomes(sent, dict(zip((e.id for e in events), first + rest)), bad)
             failed = sum(error is not None for error in rest)
             expected = (EVENTS - failed, failed)
-            assert settled(url, "g", expected) == expected  # (blocks the loop a moment)
+            wait_until_settled(url, "g", expected)  # (blocks the loop a moment)
             await sub.aclose()
 
     uvloop.run(main())
@@ -199,5 +200,5 @@ def test_sync_acks_from_threads_coalesce_while_a_put_is_out(store_server):
         failed = sum(error is not None for error in outcomes.values())
         assert 0 < failed < EVENTS  # both outcomes were tried
         expected = (EVENTS - failed, failed)
-        assert settled(url, "g", expected) == expected
+        wait_until_settled(url, "g", expected)
         sub.close()

@@ -8,7 +8,16 @@ import threading
 import time
 
 import pytest
-from busclient import SSE, Http, _read_head, build_request, publish, read_response, request
+from busclient import (
+    SSE,
+    Http,
+    _read_head,
+    build_request,
+    publish,
+    read_response,
+    request,
+    wait_until,
+)
 
 UPGRADE = {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
            "HTTP2-Settings": "AAMAAABkAARAAAAAAAIAAAAA"}  # what `curl --http2 http://…` sends
@@ -283,10 +292,8 @@ def test_bodies_past_the_budget_wait_their_turn_and_all_are_stored(make_server):
     def release_when_past_the_budget() -> None:
         """Six bodies begun hold more than the budget once the server has read them; sent
         on before that, the server may read one whole body first and never reach it."""
-        deadline = time.monotonic() + 10
-        while body_gauges(port)["busd_body_bytes"] <= BUDGET:
-            assert time.monotonic() < deadline, body_gauges(port)
-            time.sleep(0.01)
+        wait_until(lambda: body_gauges(port)["busd_body_bytes"] > BUDGET, timeout=10,
+                   interval=0.01, what=lambda: f"not past the budget: {body_gauges(port)}")
         go_on.set()
 
     in_threads(*[upload] * 6, release_when_past_the_budget)
@@ -337,11 +344,9 @@ def test_a_waiting_client_that_leaves_frees_its_place(make_server):
         time.sleep(0.2)
         assert body_gauges(port)["busd_body_waiting"] == 2
         leaver.close()
-        deadline = time.monotonic() + 3
-        while body_gauges(port)["busd_body_waiting"] != 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: body_gauges(port)["busd_body_waiting"] == 1, timeout=3, interval=0.1,
+                   what=lambda: f"the leaver's place was not given back: {body_gauges(port)}")
         gauges = body_gauges(port)
-        assert gauges["busd_body_waiting"] == 1, gauges
         assert gauges["busd_body_bytes"] <= 800_000 + 300_000, gauges
         for sent in range(800_000, 800_004):  # the holder trickles; the patient waits 2 s
             holder.send(first[sent:sent + 1])

@@ -10,7 +10,7 @@ import signal
 import socket
 import time
 
-from busclient import BusServer, Http, publish, request
+from busclient import BusServer, Http, publish, request, wait_until
 
 SLOW_START = """
 import asyncio
@@ -34,11 +34,15 @@ LocalStore._sync_logs = slow_sync_logs
 
 
 def wait_for_log(server: BusServer, text: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in server.log():
+    def logged() -> bool:
+        """Whether `text` is in the log; a server that exited without it fails at once."""
+        if text in server.log():
+            return True
         assert server.proc.poll() is None, f"exited with {server.proc.returncode}:\n{server.log()}"
-        assert time.monotonic() < deadline, f"no {text!r} in the log:\n{server.log()}"
-        time.sleep(0.02)
+        return False
+
+    wait_until(logged, timeout, interval=0.02,
+               what=lambda: f"no {text!r} in the log:\n{server.log()}")
 
 
 def test_signals_during_a_long_start_neither_kill_nor_get_lost(tmp_path):

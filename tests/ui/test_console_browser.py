@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from authfile import token_entry, write_auth_file
-from busclient import SSE, publish, request
+from busclient import SSE, publish, request, wait_until
 
 TOKEN = "console-token-1"
 AUTH = token_entry("console", ["app.>"], ["app.>"], secret=TOKEN)
@@ -308,10 +308,8 @@ def busy_group(port: int) -> tuple[SSE, list[str]]:
     for _ in range(2):
         settle(port, member, ids[1], "nak")
         assert member.events(1)[0]["id"] == ids[1]
-    deadline = time.monotonic() + 5
-    while billing_group(port)["dead_letters"] == 0:  # stored as an event, after the term
-        assert time.monotonic() < deadline, "the dead letter was not stored"
-        time.sleep(0.02)
+    wait_until(lambda: billing_group(port)["dead_letters"] > 0,  # an event, after the term
+               interval=0.02, what="the dead letter was not stored")
     return member, ids
 
 
