@@ -24,7 +24,7 @@ from busd.wire import INBOX_NAMESPACE, id_problem
 __all__ = [
     "validate_subject", "validate_pattern", "Pattern", "match_subject",
     "scan_body", "TooManyEvents", "ParsedEvent", "make_record", "stamp_events", "record_id",
-    "record_subject",
+    "record_subject", "records_size",
     "sse_chunk", "sse_frame", "sse_frame_matching", "sse_of", "first_matching",
     "new_xid", "xid_time", "is_xid", "now_rfc3339", "parse_rfc3339", "format_rfc3339",
     "MAX_DEPTH", "MAX_FIELD_BYTES",
@@ -1005,6 +1005,19 @@ cdef bytes _make_record(ParsedEvent ev, bytes event_id, bytes created_at):
                     pstart[i] = c' '
     o[0] = c'}'
     return out
+
+
+def records_size(list records not None):
+    """sum(map(len, records)) of a list of bytes, without an int object per record: a batch
+    publish asks for it on every request."""
+    cdef Py_ssize_t i, total = 0
+    cdef object rec
+    for i in range(PyList_GET_SIZE(records)):
+        rec = <object>PyList_GET_ITEM(records, i)
+        if type(rec) is not bytes:
+            raise TypeError(f"records_size takes a list of bytes, not {type(rec).__name__}")
+        total += PyBytes_GET_SIZE(rec)
+    return total
 
 
 def record_id(bytes rec not None):

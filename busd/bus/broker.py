@@ -17,6 +17,7 @@ from busd._core import (
     ParsedEvent,
     parse_rfc3339,
     record_id,
+    records_size,
     scan_body,
     stamp_events,
     supplied_ids,
@@ -201,7 +202,7 @@ class Broker:
             namespace, ids, stamps, records, keyed = stamp_events(events, is_batch)
         except ValueError as exc:
             raise PublishRefused(400, str(exc)) from None
-        if sum(map(len, records)) > self.max_record:
+        if records_size(records) > self.max_record:
             for i, record in enumerate(records):
                 if len(record) > self.max_record:
                     where = f"batch item {i}" if is_batch else "the event"

@@ -443,6 +443,17 @@ def test_one_publish_is_stamped_at_one_time():
     assert core.parse_rfc3339(stamps[0]) // 10**9 == core.xid_time(ids[0][2:])
 
 
+@given(st.lists(st.binary(max_size=300), max_size=50))
+def test_records_size_is_the_sum_of_their_lengths(records):
+    assert core.records_size(records) == sum(map(len, records))
+
+
+def test_records_size_takes_only_bytes():
+    for bad in ([b"x", "y"], [bytearray(b"x")], [None]):
+        with pytest.raises(TypeError):
+            core.records_size(bad)
+
+
 def test_last_duplicate_wins_and_raw_tokens():
     _, (ev,) = core.scan_body(GOOD_JSON[8])
     assert (ev.key, ev.key_value, ev.payload) == (b'"k2"', b"k2", b"[2]")

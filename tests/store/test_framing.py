@@ -403,3 +403,26 @@ def test_sse_from_frames_deciphers_without_the_gil():
     assert n == 200_000
     inside = [t0] + [t for t in ticks if t0 < t < t1] + [t1]
     assert max(b - a for a, b in zip(inside, inside[1:])) < (t1 - t0) / 4
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=50), st.integers(0, 1 << 40),
+       st.integers(0, 5))
+def test_append_ends_matches_accumulate(records, total, already):
+    """The recent-records cache's ends, appended after those it holds."""
+    from array import array
+    from itertools import accumulate
+    ends = array("q", range(already))
+    want = array("q", range(already))
+    want.extend(list(accumulate(map(len, records), initial=total))[1:])
+    assert F.append_ends(ends, records, total) == (want[-1] if records else total)
+    assert ends == want
+
+
+def test_append_ends_refuses_what_is_not_bytes_and_changes_nothing():
+    from array import array
+    ends = array("q", [5])
+    for bad_ends, bad_records in ((array("i"), [b"x"]), (ends, [b"x", "y"]),
+                                  (ends, [bytearray(b"x")])):
+        with pytest.raises(TypeError):
+            F.append_ends(bad_ends, bad_records, 0)
+    assert ends == array("q", [5])

@@ -380,6 +380,25 @@ def frame_ok(buffer, Py_ssize_t offset) -> int:
     return blen if st == 0 else 0
 
 
+def append_ends(array.array ends not None, list records not None, long long total):
+    """Append to `ends`, an array('q'), each record's end counted on from `total` (as
+    accumulate(map(len, records), initial=total) without its first), and return the last:
+    the recent-records cache keeps one per stored record."""
+    cdef Py_ssize_t i, n = PyList_GET_SIZE(records), base = len(ends)
+    cdef object rec
+    if ends.ob_descr.typecode != c'q':
+        raise TypeError("append_ends needs an array('q')")
+    for i in range(n):
+        if type(<object>PyList_GET_ITEM(records, i)) is not bytes:
+            raise TypeError("append_ends takes a list of bytes")
+    array.resize_smart(ends, base + n)
+    for i in range(n):
+        rec = <object>PyList_GET_ITEM(records, i)
+        total += PyBytes_GET_SIZE(rec)
+        ends.data.as_longlongs[base + i] = total
+    return total
+
+
 cdef array.array _UINT_TEMPLATE = _array_mod.array("I")
 
 

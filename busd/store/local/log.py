@@ -63,6 +63,7 @@ from busd.store.local._framing import (
     MAX_BODY,
     TRUNCATED,
     SegmentIndex,
+    append_ends,
     find_in_records,
     find_record,
     frame_ok,
@@ -725,10 +726,7 @@ class NamespaceLog:
             self._cache_clear()
             self._cache_first = first
         self._cache.extend(records)
-        ends = accumulate(map(len, records), initial=self._cache_total)
-        next(ends)
-        self._cache_ends.extend(ends)
-        self._cache_total = self._cache_ends[-1]
+        self._cache_total = append_ends(self._cache_ends, records, self._cache_total)
         if self._cache_total - self._cache_base > self.cache_bytes + (self.cache_bytes >> 2):
             k = bisect.bisect_right(self._cache_ends, self._cache_total - self.cache_bytes)
             if k:

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from busd._core import ParsedEvent, Pattern
+from busd._core import ParsedEvent, Pattern, records_size
 from busd.store.errors import LogOpenError, LogWriteError, PublishRefused
 from busd.store.interface import Stored, StoreListener, Synced
 from busd.store.local.log import NamespaceLog, RecoveryReport
@@ -272,7 +272,7 @@ class LocalStore:
                 log.exception("append failed unexpectedly ns=%s", namespace)
                 _refuse(pendings, LogWriteError(f"unexpected error: {exc!r}"))
                 continue
-            self._listener.published(namespace, len(records), sum(map(len, records)))
+            self._listener.published(namespace, len(records), records_size(records))
             written.append((namespace, first, records, pendings))
         if not written:
             return
