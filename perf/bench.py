@@ -78,7 +78,6 @@ import platform
 import re
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -92,7 +91,12 @@ from pathlib import Path
 
 import httptools
 import uvloop
-from opts import parse, usage_error
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import harness  # noqa: E402
+from harness import BUSD, cpu_list, cpu_seconds, cpus_allowed, log  # noqa: E402
+from opts import parse, usage_error  # noqa: E402
 
 PERF = Path(__file__).resolve().parent
 REPO = PERF.parent
@@ -102,7 +106,6 @@ PEER_SECTIONS = ("publish", "batch", "catchup", "latency")
 SATURATED = 0.9  # the harness and wrk this busy on their CPUs: the load may be their limit
 CROWDED = 0.1  # other work taking this much of the server CPUs during a run is worth a note
 METERED = 1.0  # seconds: shorter runs are too short for /proc's 10 ms ticks to say much
-TICK = os.sysconf("SC_CLK_TCK")
 
 MARK = b"\nevent: msg\n"
 ML = len(MARK) - 1
@@ -133,112 +136,39 @@ def sse_request(start: str, subject: str = NS + ".%3E") -> bytes:
             ).encode()
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 # --------------------------------------------------------------------------- servers
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_list(text: str) -> list[int]:
-    """CPU numbers from `taskset -c` syntax: ``0``, ``0,2``, ``1-3``."""
-    cpus: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        cpus.update(range(int(low), int(high or low) + 1))
-    if not cpus:
-        raise ValueError("no CPU in it")
-    return sorted(cpus)
-
-
-def cpus_allowed(pid: int | str = "self") -> list[int]:
-    """The CPUs the kernel lets a process run on (its Cpus_allowed_list)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("Cpus_allowed_list:"):
-                return cpu_list(line.split(":", 1)[1].strip())
-    raise RuntimeError(f"no Cpus_allowed_list for pid {pid}")
-
-
-class Server:
-    """A server subprocess we started ourselves; stopped by its own pid only. With ``cpus``
-    it runs under `taskset -c`, checked once it accepts connections."""
+class Server(harness.Server):
+    """A server under test of bench.py (and of the scripts importing it): a fresh --path
+    under ``data_root`` for each, the checkout as working directory, its output appended
+    to perf/out/NAME.log, whose end a failed start quotes."""
 
     def __init__(self, name: str, template: list[str] | str, data_root: Path | None,
                  cpus: list[int] | None = None) -> None:
-        self.name = name
-        self.port = free_port()
-        self.tmp = tempfile.mkdtemp(prefix=f"busd-bench-{name}-", dir=data_root) if data_root else None
-        subst = {"python": sys.executable, "port": str(self.port),
-                 "addr": f"127.0.0.1:{self.port}", "path": self.tmp or ""}
-        if isinstance(template, str):
-            self.cmd = [a.format(**subst) for a in shlex.split(template)]
-        else:
-            self.cmd = [a.format(**subst) for a in template]
-        self.cpus = cpus
-        if cpus:
-            self.cmd = ["taskset", "-c", ",".join(map(str, cpus)), *self.cmd]
+        self.tmp = (tempfile.mkdtemp(prefix=f"busd-bench-{name}-", dir=data_root)
+                    if data_root else None)
+        super().__init__(template, cpus, name=name, path=self.tmp or "", cwd=REPO,
+                         stderr=subprocess.STDOUT)
         OUT.mkdir(parents=True, exist_ok=True)
         self.logpath = OUT / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> Server:
-        logf = open(self.logpath, "ab")
-        logf.write(f"\n=== {time.strftime('%H:%M:%S')} {shlex.join(self.cmd)}\n".encode())
-        logf.flush()
-        self.proc = subprocess.Popen(self.cmd, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
-        logf.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                tail = self.logpath.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before "
-                                   f"accepting connections:\n{tail}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"{self.name} did not accept connections within {timeout}s")
-                time.sleep(0.05)
-                continue
-            got = cpus_allowed(self.proc.pid)
-            if self.cpus and got != self.cpus:
-                self.stop()
-                raise RuntimeError(f"{self.name} runs on CPUs {got}, not {self.cpus}")
-            log(f"  {self.name} pid {self.proc.pid} on CPUs {got}, port {self.port}")
-            return self
+        with open(self.logpath, "ab") as logf:
+            logf.write(f"\n=== {time.strftime('%H:%M:%S')} {shlex.join(self.cmd)}\n".encode())
+            logf.flush()
+            self.popen["stdout"] = logf
+            super().start(timeout)
+        log(f"  {self.name} pid {self.proc.pid} on CPUs {cpus_allowed(self.proc.pid)}, "
+            f"port {self.port}")
+        return self
 
-    def rss_kib(self, key: str = "VmRSS") -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        return 0
+    def output(self) -> str:
+        return self.logpath.read_text(errors="replace")[-2000:]
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                log(f"  {self.name} (pid {self.proc.pid}) ignored SIGTERM for 10s: SIGKILL")
-                self.proc.kill()
-                self.proc.wait(5)
+        super().stop()
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> Server:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------- clients
@@ -566,16 +496,6 @@ def cpu_ticks() -> dict[int, tuple[int, int]]:
                 t = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
                 out[int(name[3:])] = (sum(t) - t[3] - t[4], sum(t))
     return out
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process and its waited-for children, in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return sum(int(x) for x in fields[11:15]) / TICK
-    except OSError:
-        return 0.0
 
 
 def children_cpu() -> float:
@@ -996,8 +916,7 @@ def parse_args(argv=None):
         usage_error(f"--peer-name: {args.peer_name!r} must be letters, digits, '.', '_' or '-', "
                     "and neither busd nor ceiling")
     if args.busd_cmd is None:
-        args.busd_cmd = ["{python}", "-m", "busd", "server", "--addr", "{addr}", "--path", "{path}",
-                         "--namespaces", NS, "--fsync", "interval"]
+        args.busd_cmd = [*BUSD, "--namespaces", NS, "--fsync", "interval"]
     args.data_dir = args.data_dir or Path(tempfile.gettempdir())
     args.out = args.out or OUT / "latest.md"
     args.json = args.json or OUT / "latest.json"

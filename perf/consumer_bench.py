@@ -38,10 +38,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,16 +49,11 @@ from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from harness import BUSD, Server, cpu_list, in_tree  # noqa: E402
 from opts import parse  # noqa: E402
 
 NS = "bench"
 PAD_100K = "x" * 100_000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def request(sock: socket.socket, method: str, target: str, body: bytes = b"") -> bytes:
@@ -85,41 +78,17 @@ def request(sock: socket.socket, method: str, target: str, body: bytes = b"") ->
     return head
 
 
-class Server:
-    def __init__(self, code: str, path: Path, cpus: str) -> None:
-        self.port = free_port()  # (-m puts the working directory first: run in `code`)
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("BUS_")},
-               "PYTHONPATH": str(Path(code).resolve()), "PYTHONDONTWRITEBYTECODE": "1"}
-        self.proc = subprocess.Popen(
-            ["taskset", "-c", cpus, sys.executable, "-m", "busd", "server", "--addr",
-             f"127.0.0.1:{self.port}", "--path", str(path), "--namespaces", NS],
-            env=env, cwd=code, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("server did not start")
+def start(code: str, path: Path, cpus: str) -> Server:
+    """Tree `code`'s busd on `path`, with none of our BUS_ settings; 30 s to stop, as it
+    fsyncs at close what it was just filled with (a GiB, coldcatchup)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return Server([*BUSD, "--namespaces", NS], cpus, path=str(path), grace=30,
+                  **in_tree(code, env)).start(timeout=60)
 
-    def connect(self) -> socket.socket:
-        return socket.create_connection(("127.0.0.1", self.port), timeout=30)
 
-    def rss_mib(self) -> float:
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def connect(server: Server) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", server.port), timeout=30)
 
 
 def drain(sock: socket.socket) -> None:
@@ -133,13 +102,13 @@ def drain(sock: socket.socket) -> None:
 def stalled_run(code: str, readers: int, events: int, data: Path, cpus: str,
                 draining: bool) -> float:
     path = Path(tempfile.mkdtemp(dir=data))
-    server = Server(code, path, cpus)
+    server = start(code, path, cpus)
     try:
-        with server.connect() as sock:
+        with connect(server) as sock:
             for n in range(events):
                 body = json.dumps({"subject": f"{NS}.big", "payload": {"n": n, "pad": PAD_100K}})
                 request(sock, "POST", "/", body.encode())
-        before = server.rss_mib()
+        before = server.rss_kib() / 1024
         held = []
         for _ in range(readers):
             sock = socket.socket()
@@ -153,7 +122,7 @@ def stalled_run(code: str, readers: int, events: int, data: Path, cpus: str,
             if draining:
                 threading.Thread(target=drain, args=(sock,), daemon=True).start()
         time.sleep(3)
-        grown = server.rss_mib() - before
+        grown = server.rss_kib() / 1024 - before
         for sock in held:
             sock.shutdown(socket.SHUT_RDWR)
             sock.close()
@@ -179,9 +148,9 @@ def stalled(args: SimpleNamespace, codes: list[str], data: Path) -> None:
 
 
 def fill(code: str, path: Path, gib: float, cpus: str) -> None:
-    server = Server(code, path, cpus)
+    server = start(code, path, cpus)
     try:
-        with server.connect() as sock:
+        with connect(server) as sock:
             pad, total, n = "y" * 10_000, 0, 0
             while total < gib * (1 << 30):
                 body = json.dumps([{"subject": f"{NS}.cold", "payload": {"n": n + k, "pad": pad}}
@@ -202,11 +171,11 @@ def cold_run(code: str, path: Path, cpus: str, rate: int, seconds: float,
              catch_up: bool) -> tuple[float, float, int]:
     """(p50 ms, p99 ms, bytes the consumer read) of publishes during a cold catch-up."""
     drop_caches()
-    server = Server(code, path, cpus)
+    server = start(code, path, cpus)
     stop, got = threading.Event(), [0]
 
     def consume() -> None:
-        with server.connect() as sock:
+        with connect(server) as sock:
             sock.sendall(f"GET /?subject={NS}.%3E&start=oldest HTTP/1.1\r\nHost: x\r\n\r\n"
                          .encode())
             sock.settimeout(0.5)
@@ -225,7 +194,7 @@ def cold_run(code: str, path: Path, cpus: str, rate: int, seconds: float,
             reader.start()
             time.sleep(0.2)
         latencies = []
-        with server.connect() as sock:
+        with connect(server) as sock:
             body = json.dumps({"subject": f"{NS}.live", "payload": 1}).encode()
             started = time.monotonic()
             for k in range(int(rate * seconds)):
@@ -267,7 +236,7 @@ def coldcatchup(args: SimpleNamespace, codes: list[str], data: Path) -> None:
 def main() -> None:
     args = parse(__doc__, repeat=int, readers=int, events=int, gib=float, rate=int,
                  seconds=float)
-    os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
+    os.sched_setaffinity(0, cpu_list(args.client_cpus))
     codes = args.code.split(",")
     data = Path(args.data_dir or tempfile.gettempdir())
     print(f"# {' '.join(sys.argv[1:])}  server cpus {args.server_cpus}, "

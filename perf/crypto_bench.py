@@ -51,14 +51,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bench  # noqa: E402  (perf/bench.py)
+import harness  # noqa: E402
 from opts import parse  # noqa: E402
 
 SECRET = "crypto-bench-secret"
 
 
 def busd_cmd(encrypted: bool, block_size: int) -> list[str]:
-    cmd = ["{python}", "-m", "busd", "server", "--addr", "{addr}", "--path", "{path}",
-           "--namespaces", bench.NS, "--fsync", "interval"]
+    cmd = [*harness.BUSD, "--namespaces", bench.NS, "--fsync", "interval"]
     if encrypted:
         cmd += ["--secret-key", SECRET, "--block-size", str(block_size)]
     return cmd

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,31 +32,13 @@ from pathlib import Path
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BUSD, Server, cpu_list  # noqa: E402
 from opts import parse  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = b'{"subject":"bench.created","payload":{"order":12345,"total":99.5}}'
 REQUEST = (b"POST / HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
            b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
-
-
-def start(mode: str, cpus: str, data: Path) -> tuple[subprocess.Popen, int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen(["taskset", "-c", cpus, sys.executable, "-m", "busd", "server",
-                             "--addr", f"127.0.0.1:{port}", "--path", str(data / mode),
-                             "--namespaces", "bench", "--fsync", mode],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"busd --fsync {mode} did not start")
 
 
 async def publisher(port: int, until: float, samples: list[float]) -> None:
@@ -90,17 +70,18 @@ def run(port: int, connections: int, seconds: float) -> tuple[float, float, floa
 
 def main() -> None:
     args = parse(__doc__, rounds=int, duration=float)
-    os.sched_setaffinity(0, {int(c) for c in args.client_cpus.split(",")})
+    os.sched_setaffinity(0, cpu_list(args.client_cpus))
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.data_dir) as tmp:
-        servers = {mode: start(mode, args.server_cpus, Path(tmp))
+        servers = {mode: Server([*BUSD, "--namespaces", "bench", "--fsync", mode],
+                                args.server_cpus, path=str(Path(tmp) / mode), cwd=REPO).start()
                    for mode in ("always", "interval")}
         try:
             for connections in map(int, args.connections.split(",")):
                 results: dict[str, list[tuple[float, float, float]]] = {m: [] for m in servers}
                 for _ in range(args.rounds):
-                    for mode, (_, port) in servers.items():
-                        results[mode].append(run(port, connections, args.duration))
+                    for mode, server in servers.items():
+                        results[mode].append(run(server.port, connections, args.duration))
                 medians = {m: [statistics.median(r[k] for r in rs) for k in range(3)]
                            for m, rs in results.items()}
                 a, i = medians["always"], medians["interval"]
@@ -112,9 +93,8 @@ def main() -> None:
                 print(f"  always/interval: p50 ×{a[0] / i[0]:.1f}, p99 ×{a[1] / i[1]:.1f}, "
                       f"req/s ×{a[2] / i[2]:.2f}")
         finally:
-            for proc, _ in servers.values():
-                proc.terminate()
-                proc.wait(timeout=10)
+            for server in servers.values():
+                server.stop()
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,10 @@ from pathlib import Path
 
 import uvloop
 
-from opts import parse
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import BUSD, Server, cpu_list, cpu_seconds, in_tree  # noqa: E402
+from opts import parse  # noqa: E402
 
 ID_LINE = re.compile(rb"(?m)^id: ([^\r\n]+)")
 CONSUMER = re.compile(rb"event: consumer\ndata: (c_[0-9a-v]+)")
@@ -57,27 +59,10 @@ BATCH_URL_BYTES = 15_000  # under the server's 16 KiB URL bound
 PROFILE_RATE = 200
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(args, path: str, port: int, *flags: str) -> subprocess.Popen:
-    # run in the tree too: `python -m` puts the working directory before PYTHONPATH, so
-    # started from another checkout it would import that checkout's busd
-    code = str(Path(args.code).resolve())
-    proc = subprocess.Popen(["taskset", "-c", args.server_cpus, sys.executable, "-m", "busd",
-                             "server", "--addr", f"127.0.0.1:{port}", "--path", path,
-                             "--namespaces", "bench", *flags], stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, PYTHONPATH=code), cwd=code)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
+def start_server(args, path: str, *flags: str) -> Server:
+    """A busd of --code on `path`, accepting connections."""
+    return Server([*BUSD, "--namespaces", "bench"], args.server_cpus, *flags, path=path,
+                  **in_tree(args.code)).start()
 
 
 def fill(port: int, first: int, count: int) -> None:
@@ -182,33 +167,21 @@ async def measure(port: int, mode: str, events: int, query: str, members: int) -
     return seconds
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def group_query(name: str) -> str:
     return f"subject=bench.>&group={name}&start=oldest&max_inflight=100"
 
 
 def run_local(args) -> None:
     with tempfile.TemporaryDirectory() as path:
-        port = free_port()
-        proc = start_server(args, path, port)
+        server = start_server(args, path)
+        port = server.port
         spy = None
         try:
             fill(port, 0, args.events)
             if args.profile:
                 spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")),
                                         "record", "-r", str(PROFILE_RATE), "-f", "raw", "-o",
-                                        args.profile, "-p", str(proc.pid)],
+                                        args.profile, "-p", str(server.proc.pid)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
             rates = {mode: [] for mode in args.modes}
@@ -217,17 +190,16 @@ def run_local(args) -> None:
                 for mode in args.modes:
                     query = ("subject=bench.>&start=oldest" if mode == "plain"
                              else group_query(f"{mode}{k}"))
-                    before = cpu_seconds(proc.pid)
+                    before = cpu_seconds(server.proc.pid)
                     seconds = uvloop.run(measure(port, mode, args.events, query, 1 if
                                                  mode == "plain" else 3))
                     rates[mode].append(args.events / seconds)
-                    busy[mode].append((cpu_seconds(proc.pid) - before) / seconds)
+                    busy[mode].append((cpu_seconds(server.proc.pid) - before) / seconds)
         finally:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
                 spy.wait()
-            proc.terminate()
-            proc.wait()
+            server.stop()
     report(args, rates, busy)
 
 
@@ -297,9 +269,9 @@ def run_jetstream(args) -> None:
         for proc in cluster.procs:
             subprocess.run(["taskset", "-p", "-c", args.server_cpus, str(proc.pid)],
                            check=True, stdout=subprocess.DEVNULL)
-        port = free_port()
-        server = start_server(args, path, port, "--store", "jetstream", "--nats-url",
+        server = start_server(args, path, "--store", "jetstream", "--nats-url",
                               cluster.urls, "--replicas", "3", "--log-level", "WARN")
+        port = server.port
         modes = ["raw" if mode == "plain" else mode for mode in args.modes]
         rates: dict[str, list[float]] = {mode: [] for mode in modes}
         try:
@@ -314,8 +286,7 @@ def run_jetstream(args) -> None:
                                                      group_query(f"{mode}{k}"), 3))
                     rates[mode].append(args.events / seconds)
         finally:
-            server.terminate()
-            server.wait()
+            server.stop()
             cluster.close()
     report(args, rates, {})
 
@@ -323,27 +294,26 @@ def run_jetstream(args) -> None:
 def run_memory(args) -> None:
     """State file and RSS after N and 10 N acked events: they must not follow the acks."""
     with tempfile.TemporaryDirectory() as path:
-        port = free_port()
-        proc = start_server(args, path, port)
+        server = start_server(args, path)
+        port = server.port
         try:
             total = 0
             for count in (args.events, 9 * args.events):
                 fill(port, total, count)
                 total += count
-                before = rss_kib(proc.pid)
+                before = server.rss_kib()
                 uvloop.run(measure(port, "batched", count, group_query("mem"), 3))
                 time.sleep(0.5)  # the last commit
                 size = sum(file.stat().st_size for file in Path(path).rglob("mem.state"))
                 print(f"acked {total:,} events: group state file {size:,} B, server VmRSS "
-                      f"{before:,} KiB before these acks, {rss_kib(proc.pid):,} KiB after")
+                      f"{before:,} KiB before these acks, {server.rss_kib():,} KiB after")
         finally:
-            proc.terminate()
-            proc.wait()
+            server.stop()
 
 
 def main() -> None:
     args = parse(__doc__, events=int, repeat=int, modes=lambda v: v.split(","))
-    os.sched_setaffinity(0, {int(cpu) for cpu in args.client_cpus.split(",")})
+    os.sched_setaffinity(0, cpu_list(args.client_cpus))
     if args.memory:
         run_memory(args)
     elif args.store == "jetstream":

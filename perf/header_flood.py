@@ -36,10 +36,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402  (perf/bench.py: Server, CPU lists, machine info)
+import bench  # noqa: E402  (perf/bench.py: Server, machine info)
+import harness  # noqa: E402
 from opts import parse  # noqa: E402
 
-BUSD = "{python} -m busd server --addr {addr} --path {path} --namespaces bench"
+BUSD = [*harness.BUSD, "--namespaces", "bench"]
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
 ENDLESS_HEAD = b"GET / HTTP/1.1\r\nHost: bench\r\nX-Endless: "
 
@@ -108,10 +109,11 @@ def attack(port: int, attackers: int, piece: int, stop, cut) -> None:
 def measured(server: bench.Server, args) -> tuple[float, float, float, float, float]:
     """One phase of probing: p50, p99, max (ms), busd's CPU use (cores) and how busy its
     CPUs were with anyone's work (a neighbour's too), in fractions of their capacity."""
-    ticks, wall, used = bench.cpu_ticks(), time.perf_counter(), bench.cpu_seconds(server.proc.pid)
+    ticks, wall = bench.cpu_ticks(), time.perf_counter()
+    used = harness.cpu_seconds(server.proc.pid)
     ordered = sorted(probe(server.port, args.seconds, args.interval))
     wall = time.perf_counter() - wall
-    busd = (bench.cpu_seconds(server.proc.pid) - used) / wall
+    busd = (harness.cpu_seconds(server.proc.pid) - used) / wall
     now = bench.cpu_ticks()
     total = sum(now[c][1] - ticks[c][1] for c in args.server_cpus)
     busy = sum(now[c][0] - ticks[c][0] for c in args.server_cpus) / total if total else 0.0
@@ -127,7 +129,7 @@ def shown(figures) -> str:
 
 def main() -> int:
     args = parse(__doc__, rounds=int, seconds=float, interval=float, attackers=int,
-                 piece=int, server_cpus=bench.cpu_list, client_cpus=bench.cpu_list)
+                 piece=int, server_cpus=harness.cpu_list, client_cpus=harness.cpu_list)
     os.sched_setaffinity(0, args.client_cpus)
     for line in bench.machine():
         print(line)

@@ -44,6 +44,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench  # noqa: E402
+import harness  # noqa: E402
 from opts import parse  # noqa: E402
 
 BATCH = 2000  # connections opened before their answers are awaited
@@ -117,16 +118,16 @@ async def latency(args, srv, label: str) -> tuple[float, float, float]:
 
 def main() -> None:
     args = parse(__doc__, streams=int, per_address=int, rate=int, seconds=float, repeat=int,
-                 server_cpus=bench.cpu_list, client_cpus=bench.cpu_list)
+                 server_cpus=harness.cpu_list, client_cpus=harness.cpu_list)
     limit = raise_nofile(args.streams + 1000)
     n = min(args.streams, limit - 1000)
     if n < args.streams:
         bench.log(f"RLIMIT_NOFILE allows {limit:,}: holding {n:,} streams, not {args.streams:,}")
     os.sched_setaffinity(0, args.client_cpus)
     args.latency_rate, args.latency_duration = args.rate, args.seconds
-    cmd = ([] if args.tree is None else ["env", "-C", args.tree]) + ["{python}", "-m", "busd", "server", "--addr", "{addr}", "--path", "{path}",
-           "--namespaces", "bench,idle", "--fsync", "interval", "--max-connections",
-           str(n + 100), "--ping-interval", args.ping_interval]
+    cmd = ([] if args.tree is None else ["env", "-C", args.tree]) + [
+        *harness.BUSD, "--namespaces", "bench,idle", "--fsync", "interval",
+        "--max-connections", str(n + 100), "--ping-interval", args.ping_interval]
     with bench.Server("busd", cmd, Path(tempfile.gettempdir()), args.server_cpus) as srv:
         bench.log(f"busd pid {srv.proc.pid}, RSS {srv.rss_kib():,} KiB; loadavg "
                   f"{bench.show_load(bench.loadavg())}")

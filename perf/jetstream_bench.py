@@ -59,10 +59,10 @@ from bench import (  # noqa: E402
     SSECounter,
     batch_body,
     children_cpu,
-    cpu_seconds,
     post_request,
     run_wrk,
 )
+from harness import BUSD, cpu_seconds  # noqa: E402
 from natscluster import NatsCluster  # noqa: E402
 from opts import parse  # noqa: E402
 
@@ -242,8 +242,7 @@ def main(argv=None) -> int:
             cluster.delete_streams([NS])
             servers = []
             for i in range(frontends):
-                cmd = ["{python}", "-m", "busd", "server", "--addr", "{addr}", "--path", "{path}",
-                       "--namespaces", NS, "--log-level", "WARN"]
+                cmd = [*BUSD, "--namespaces", NS, "--log-level", "WARN"]
                 if config != "local":
                     cmd += ["--store", "jetstream", "--nats-url", cluster.urls, "--replicas", "3"]
                 servers.append(Server(f"{config}-{i}", cmd, root).start())

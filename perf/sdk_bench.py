@@ -52,6 +52,7 @@ sys.path.insert(0, str(PERF))
 sys.path.insert(0, str(PERF.parent))
 
 import bench  # noqa: E402  (perf/bench.py: Server, raw clients, bulk publishing, machine info)
+import harness  # noqa: E402
 from opts import parse, usage_error  # noqa: E402
 
 from busd import AsyncClient, Client  # noqa: E402
@@ -67,8 +68,7 @@ SUBJECT = "bench.created"
 DATA = {"n": 12345678, "user": "user-42", "ok": True}
 BODY = orjson.dumps({"subject": SUBJECT, "payload": DATA})
 SECTIONS = ("sync", "threads", "async", "consume")
-BUSD_CMD = ("{python} -m busd server --addr {addr} --path {path} --namespaces bench "
-            "--fsync interval")
+BUSD_CMD = [*harness.BUSD, "--namespaces", "bench", "--fsync", "interval"]
 
 
 class Row:

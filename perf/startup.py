@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,13 +39,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BUSD, Server  # noqa: E402
 from opts import parse  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def fill(path: Path, megabytes: int, event_kb: int, free_ids: int) -> int:
@@ -69,33 +62,14 @@ def fill(path: Path, megabytes: int, event_kb: int, free_ids: int) -> int:
 
 
 def start_once(python: str, path: Path, cpus: str, timeout: float, extra: list[str]) -> float:
-    """Seconds from exec to the first accepted connect."""
-    port = free_port()
-    command = ["taskset", "-c", cpus, python, "-m", "busd", "server", "--path",
-               str(path), "--addr", f"127.0.0.1:{port}", "--namespaces", "bench",
-               "--log-level", "WARN", *extra]
+    """Seconds from exec to the first accepted connect, polled every millisecond."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    server = Server([*BUSD, "--namespaces", "bench", "--log-level", "WARN"], cpus, *extra,
+                    path=str(path), python=python, env=env, stderr=subprocess.PIPE)
     try:
-        while True:
-            elapsed = time.perf_counter() - started
-            if elapsed > timeout or proc.poll() is not None:
-                raise RuntimeError(f"server did not listen within {timeout}s: "
-                                   f"{proc.stderr.read().decode(errors='replace')}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return elapsed
-            except OSError:
-                time.sleep(0.001)
+        return server.start(timeout, poll=0.001).ready_after
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server.stop()
 
 
 def main() -> None:
