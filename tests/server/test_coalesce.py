@@ -70,6 +70,17 @@ def body(writes: list[bytes]) -> bytes:
     return b"".join(writes)
 
 
+def test_a_lone_write_on_a_quiet_loop_goes_out_at_once():
+    async def main() -> None:
+        conn, transport = streaming(WriteCoalescer())
+        for i in range(3):
+            conn.write(sse_chunk(b"data: %d\n\n" % i))
+            assert transport.writes == [sse_chunk(b"data: %d\n\n" % i)]  # not held
+            transport.writes.clear()
+            await iterations(2)  # no other write in that iteration: the next is a first again
+    asyncio.run(main())
+
+
 def test_writes_of_one_iteration_go_out_in_one_transport_write_in_order():
     async def main() -> None:
         coalescer = WriteCoalescer()
@@ -78,9 +89,9 @@ def test_writes_of_one_iteration_go_out_in_one_transport_write_in_order():
         for chunk in chunks:
             a.write(chunk)
             b.write(chunk)
-        assert ta.writes == [] and tb.writes == []
+        assert ta.writes == [chunks[0]] and tb.writes == []  # the first starts the watch
         await iterations(5)
-        assert ta.writes == [b"".join(chunks)] and tb.writes == ta.writes
+        assert ta.writes == [chunks[0], b"".join(chunks[1:])] and tb.writes == [b"".join(chunks)]
     asyncio.run(main())
 
 
@@ -88,12 +99,14 @@ def test_held_writes_wait_while_writes_keep_coming_then_go_once_the_loop_is_quie
     async def main() -> None:
         coalescer = WriteCoalescer(max_delay=3600)
         conn, transport = streaming(coalescer)
-        for i in range(20):  # a write in every iteration: the loop is busy
+        for i in range(0, 40, 2):  # two writes in every iteration: the loop is busy
             conn.write(sse_chunk(b"data: %d\n\n" % i))
+            conn.write(sse_chunk(b"data: %d\n\n" % (i + 1)))
             await asyncio.sleep(0)
-        assert transport.writes == []
+        assert transport.writes == [sse_chunk(b"data: 0\n\n")]
         await iterations(5)
-        assert transport.writes == [body(sse_chunk(b"data: %d\n\n" % i) for i in range(20))]
+        assert transport.writes[1:] == [body(sse_chunk(b"data: %d\n\n" % i)
+                                             for i in range(1, 40))]
     asyncio.run(main())
 
 
@@ -101,10 +114,11 @@ def test_a_busy_loop_still_writes_after_max_delay():
     async def main() -> None:
         coalescer = WriteCoalescer(max_delay=0)
         conn, transport = streaming(coalescer)
-        conn.write(sse_chunk(b"data: 1\n\n"))
-        conn.write(sse_chunk(b"data: 2\n\n"))  # the tick sees writes, but the delay is over
+        conn.write(sse_chunk(b"data: 1\n\n"))  # goes out, and starts the watch
+        conn.write(sse_chunk(b"data: 2\n\n"))
+        conn.write(sse_chunk(b"data: 3\n\n"))  # the tick sees writes, but the delay is over
         await iterations(1)
-        assert len(transport.writes) == 1
+        assert transport.writes[1:] == [sse_chunk(b"data: 2\n\n") + sse_chunk(b"data: 3\n\n")]
     asyncio.run(main())
 
 
@@ -145,11 +159,12 @@ def test_a_failing_connection_does_not_keep_the_others_from_being_written():
         def broken(data: bytes) -> None:
             raise RuntimeError("transport broke")
 
+        good.write(sse_chunk(b"data: 1\n\n"))  # goes out, and starts the watch
         tbad.write = tbad.writelines = broken
         bad.write(sse_chunk(b"data: 1\n\n"))
         good.write(sse_chunk(b"data: 2\n\n"))
         await iterations(5)
-        assert tgood.writes == [sse_chunk(b"data: 2\n\n")]
+        assert tgood.writes == [sse_chunk(b"data: 1\n\n"), sse_chunk(b"data: 2\n\n")]
     asyncio.run(main())
 
 
