@@ -1,8 +1,8 @@
 """/healthz latency while clients send headers that never end, beside a control run.
 
 Each round runs two phases of --seconds each, control first: one keep-alive client asks
-`GET /healthz` every --interval and records each answer's latency; in the attack phase
---attackers connections (in a process of their own) meanwhile send
+`GET /healthz` every --interval and records each answer's latency; in the attack phase,
+meanwhile, --attackers connections (in a process of their own) send
 `GET / HTTP/1.1\\r\\nX-Endless: ` and then `a` bytes in --piece-sized writes for as long as
 the server takes them, reconnecting whenever it cuts them off (busd answers 431 past 64 KiB
 of head). Prints the p50/p99/max of both phases, their medians over the rounds and the

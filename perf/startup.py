@@ -64,8 +64,11 @@ def fill(path: Path, megabytes: int, event_kb: int, free_ids: int) -> int:
 def start_once(python: str, path: Path, cpus: str, timeout: float, extra: list[str]) -> float:
     """Seconds from exec to the first accepted connect, polled every millisecond."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BUS_")}
+    # run beside the data dir: `python -m` imports from its working directory first, so
+    # started in a checkout, a baseline python would import that checkout's busd
     server = Server([*BUSD, "--namespaces", "bench", "--log-level", "WARN"], cpus, *extra,
-                    path=str(path), python=python, env=env, stderr=subprocess.PIPE)
+                    path=str(path), python=python, env=env, stderr=subprocess.PIPE,
+                    cwd=str(path.parent))
     try:
         return server.start(timeout, poll=0.001).ready_after
     finally:
