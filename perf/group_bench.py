@@ -247,6 +247,9 @@ async def raw_durable(urls: str, name: str, events: int) -> float:
                 messages = await sub.fetch(100, timeout=1)
             except asyncio.TimeoutError:  # nats-py raises either this or its subclass
                 continue
+            except nats.js.errors.ServiceUnavailableError:  # the consumer's leader moving
+                await asyncio.sleep(0.1)
+                continue
             for message in messages:
                 await message.ack()
             acked[0] += len(messages)
