@@ -1544,9 +1544,7 @@ def stamp_events(list events not None, bint is_batch):
             where = f"batch item {i}: " if is_batch else ""
             raise ValueError(f"{where}field {field} is longer than {MAX_FIELD_BYTES} bytes")
         subject = ev.subject
-        if checked is None or PyBytes_GET_SIZE(subject) != PyBytes_GET_SIZE(checked) or \
-                memcmp(PyBytes_AS_STRING(subject), PyBytes_AS_STRING(checked),
-                       <size_t>PyBytes_GET_SIZE(subject)) != 0:
+        if checked is None or subject != checked:
             _check_tokens(subject, False)
             m = _namespace_len(subject)
             if namespace is None:
