@@ -39,15 +39,15 @@ class WriteCoalescer:
         self.held: dict[Holder, None] = {}  # in the order they started holding
         self.writes = 0  # writes held so far (a busy loop keeps adding to it)
         self.max_delay = max_delay
-        self._seen = 0  # self.writes at the last tick
+        self._seen = 0  # self.writes when the watch started or last ticked
         self._since = 0.0
         self._scheduled = False
 
-    def busy(self) -> bool:
-        """Whether a stream write is to be held. The first write while no watch runs is not:
-        it goes out at once (an idle server sends a lone event with no delay) and starts the
+    def should_hold(self) -> bool:
+        """Whether a stream write is to be held. The first while no watch runs is not: it
+        goes out at once (an idle server sends a lone event with no delay) and starts the
         watch, under which what follows is held until a loop iteration passes without a held
-        write, or max_delay. A loop making one stream write per iteration so writes each at
+        write, or max_delay. So a loop making one stream write per iteration writes each at
         once: holding it would save no system call."""
         if self._scheduled:
             return True
@@ -58,7 +58,7 @@ class WriteCoalescer:
         return False
 
     def hold(self, conn: Holder) -> None:
-        """conn started holding bytes (while busy()): it is flushed with the others."""
+        """conn started holding bytes (should_hold() said so): it is flushed with the others."""
         self.held[conn] = None
 
     def _tick(self) -> None:

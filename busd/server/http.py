@@ -633,7 +633,7 @@ class HttpConnection(asyncio.Protocol):
             data = _dechunk(data)
         unsent = self._unsent
         if unsent is None:
-            if len(data) >= MAX_HELD or not self.coalescer.busy():
+            if len(data) >= MAX_HELD or not self.coalescer.should_hold():
                 self.last_write = time.monotonic()
                 self.transport.write(data)
                 return
