@@ -421,16 +421,16 @@ def test_a_lone_surrogate_subject_is_refused_as_not_utf8():
 @pytest.mark.parametrize("field", ["key", "trace_id"])
 def test_a_batch_item_with_a_long_field_is_named(field):
     """Item 1's 257-byte field is the fault reported, though item 2's subject is bad too."""
-    long = json.dumps("k" * 257)
-    body = (b'[{"subject":"a.b"},{"subject":"a.b","%s":%s},{"subject":"a..b"}]'
-            % (field.encode(), long.encode()))
+    name, long, longest = (field.encode(), json.dumps("k" * 257).encode(),
+                           json.dumps("k" * 256).encode())
+    body = b'[{"subject":"a.b"},{"subject":"a.b","%s":%s},{"subject":"a..b"}]' % (name, long)
     _, events = core.scan_body(body)
     want = f"batch item 1: field {field} is longer than 256 bytes"
     with pytest.raises(ValueError, match=want):
         core.stamp_events(events, True)
     assert outcome(oracle.stamp_events, events, True, lambda: b"e_" + core.new_xid(),
                    core.now_rfc3339) == ("err", want)
-    _, events = core.scan_body(b'{"subject":"a.b","%s":%s}' % (field.encode(), long[:-2].encode() + b'"'))
+    _, events = core.scan_body(b'{"subject":"a.b","%s":%s}' % (name, longest))
     assert core.stamp_events(events, False)[3][0].count(b"k" * 256) == 1  # 256 bytes: taken
 
 

@@ -3,6 +3,8 @@
 import mmap
 import struct
 import zlib
+from array import array
+from itertools import accumulate
 
 import pytest
 from hypothesis import given, settings
@@ -409,8 +411,6 @@ def test_sse_from_frames_deciphers_without_the_gil():
        st.integers(0, 5))
 def test_append_ends_matches_accumulate(records, total, already):
     """The recent-records cache's ends, appended after those it holds."""
-    from array import array
-    from itertools import accumulate
     ends = array("q", range(already))
     want = array("q", range(already))
     want.extend(list(accumulate(map(len, records), initial=total))[1:])
@@ -419,7 +419,6 @@ def test_append_ends_matches_accumulate(records, total, already):
 
 
 def test_append_ends_refuses_what_is_not_bytes_and_changes_nothing():
-    from array import array
     ends = array("q", [5])
     for bad_ends, bad_records in ((array("i"), [b"x"]), (ends, [b"x", "y"]),
                                   (ends, [bytearray(b"x")])):
