@@ -1,3 +1,4 @@
+# cython: annotation_typing=False, wraparound=True, boundscheck=True, cdivision=False
 """HTTP/1.1 on one connection: httptools parsing, keep-alive, pipelining, limits and flow control.
 
 The connection knows HTTP, not logs: every complete request goes to `handler(conn, request)`,
@@ -239,7 +240,7 @@ class _ChunkLines:
 _IDLE, _HEADERS, _BODY, _WAITING, _STREAM = range(5)
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection:
     """One client connection. Created by the server's protocol factory. Once it streams, it
     is the stream's Sink (busd/bus/sink.py): the stream never sees the transport."""
 

@@ -117,16 +117,18 @@ def first_append_fails(patch: pytest.MonkeyPatch) -> None:
 
 @fault
 def live_write_fails(patch: pytest.MonkeyPatch) -> None:
-    """Writing a live push of a `broken.*` event to its stream raises."""
+    """Writing a live push of a `broken.*` event to its stream raises. (HttpConnection is
+    compiled, so the server is given a subclass rather than a patched method.)"""
+    from busd.server import app
     from busd.server.http import HttpConnection
-    real = HttpConnection.write
 
-    def write(self, data):
-        if b'"subject":"broken.' in data and b"event: msg" in data:
-            raise RuntimeError("injected: live write failed")
-        return real(self, data)
+    class FailingWrites(HttpConnection):
+        def write(self, data):
+            if b'"subject":"broken.' in data and b"event: msg" in data:
+                raise RuntimeError("injected: live write failed")
+            return super().write(data)
 
-    patch.setattr(HttpConnection, "write", write)
+    patch.setattr(app, "HttpConnection", FailingWrites)
 
 
 @fault

@@ -1,0 +1,70 @@
+# The C layout of http.py's classes when it is compiled (setup.py): typed attributes and
+# C-level calls between the methods of one connection. http.py itself stays the source,
+# and runs uncompiled as the oracle in tests/server/test_http_compiled.py.
+
+cdef class Request:
+    cdef public object method, url, headers, body
+    cdef public bint keep_alive
+
+
+cdef class Limits:
+    cdef public Py_ssize_t max_body, max_event_body
+    cdef public double header_timeout, body_timeout, idle_timeout
+
+
+cdef class Slot:
+    cdef public object data
+    cdef public bint close
+
+
+cdef class _ChunkLines:
+    cdef bint in_line
+    cdef object at
+    cdef Py_ssize_t carry, base
+
+    cpdef Py_ssize_t line_end(self, bytes read, Py_ssize_t body_size)
+    cpdef bint data_end(self, Py_ssize_t body_size)
+    cpdef Py_ssize_t read_end(self, bytes read, Py_ssize_t body_size)
+
+
+cdef class HttpConnection:
+    cdef public object handler, coalescer, limits, connections, budget, transport, parser
+    cdef public object pending, stream
+    cdef public bint chunked, is_closed, write_paused, read_paused, budget_wait
+    cdef public int state
+    cdef public double since, last_write
+    cdef public object _unsent
+    cdef public Py_ssize_t _unsent_bytes
+    # CorsHttpConnection, a Python subclass, reads the headers and refuses a request
+    cdef public dict _headers
+    cdef public object _reject
+    cdef bytes _url
+    cdef Py_ssize_t _header_bytes, _head_bytes, _begun
+    cdef list _body
+    cdef Py_ssize_t _body_size, _held, _ignored, _linger_input, _body_limit
+    cdef object _linger
+    cdef _ChunkLines _chunks
+    cdef bytes _read
+    cdef bint _failed
+
+    cpdef reply(self, data, bint close=*)
+    cpdef Slot defer(self)
+    cpdef fulfil(self, Slot slot, data, bint close=*)
+    cpdef write(self, data)
+    cpdef flush(self)
+    cpdef close(self)
+    cpdef _write_response(self, data, bint close)
+    cdef _count_head(self, bytes read, int before, Py_ssize_t begun)
+    cdef _head_too_large(self)
+    cdef _ignore(self, Py_ssize_t size)
+    cdef _repeated(self, bytes name, bytes value)
+    cdef _start_chunked(self, bytes coding)
+    cdef _chunk_line_too_long(self)
+    cdef bint _body_skipped(self)
+    cdef _past_body_limit(self)
+    cdef _refuse_body(self, str reason)
+    cdef _release_body(self)
+    cdef _idle(self)
+    cdef _fail(self, int status, str reason)
+    cdef _pause_reading(self)
+    cdef _resume_reading(self)

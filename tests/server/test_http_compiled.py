@@ -1,0 +1,206 @@
+"""busd/server/http.py runs compiled (setup.py, with http.pxd's C types): the same bytes,
+cut into the same pieces, must make the compiled connection and the uncompiled source
+(the oracle) do the same — the same requests handed on, the same bytes written, the same
+pauses, closes and state."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import re
+from importlib.machinery import SourceFileLoader
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import busd.server.http as compiled
+from busd.server.body_budget import BodyBudget
+from busd.server.coalesce import WriteCoalescer
+
+SOURCE = Path(compiled.__file__).with_name("http.py")
+
+
+def _load_source():
+    loader = SourceFileLoader("busd_http_oracle", str(SOURCE))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+oracle = _load_source()
+DATE = re.compile(rb"Date: [^\r]*\r\n")
+
+
+def test_the_installed_module_is_the_compiled_one() -> None:
+    assert compiled.__file__.endswith(".so"), compiled.__file__
+    assert oracle.__file__.endswith("http.py")
+    assert compiled.HttpConnection is not oracle.HttpConnection
+
+
+class Transcript:
+    """A transport and a handler that write down everything a connection does."""
+
+    def __init__(self, module) -> None:
+        self.module = module
+        self.log: list[tuple] = []
+        self.deferred: list = []
+        self.closing = False
+
+    # transport
+    def write(self, data: bytes) -> None:
+        self.log.append(("write", DATE.sub(b"Date: -\r\n", bytes(data))))
+
+    def writelines(self, chunks) -> None:
+        self.write(b"".join(chunks))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.log.append(("eof",))
+
+    def pause_reading(self) -> None:
+        self.log.append(("pause",))
+
+    def resume_reading(self) -> None:
+        self.log.append(("resume",))
+
+    def close(self) -> None:
+        self.closing = True
+        self.log.append(("close",))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def set_write_buffer_limits(self, high=None) -> None: ...
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+    # stream
+    def pause(self) -> None:
+        self.log.append(("stream-pause",))
+
+    def resume(self) -> None:
+        self.log.append(("stream-resume",))
+
+    def closed(self) -> None:
+        self.log.append(("stream-closed",))
+
+    # handler
+    def handle(self, conn, request) -> None:
+        self.log.append(("request", request.method, request.url,
+                         sorted(request.headers.items()), bytes(request.body),
+                         bool(request.keep_alive)))
+        path = request.url.partition(b"?")[0]
+        http = self.module
+        if path == b"/defer":
+            self.deferred.append((conn, conn.defer()))
+        elif path == b"/stream":
+            def begin() -> None:
+                conn.attach_stream(self, b"X-Test: 1\r\n")
+                conn.write(b"5\r\nhello\r\n")
+                conn.flush()
+            conn.start_stream(begin)
+        elif path == b"/close":
+            conn.reply(http.response(200, b"bye", close=True), True)
+        else:
+            body = b"%d %s" % (len(request.body), request.method)
+            conn.reply(http.response(200, body, close=not request.keep_alive),
+                       not request.keep_alive)
+
+    def answer_deferred(self) -> None:
+        """What a group commit does at the end of a loop iteration."""
+        deferred, self.deferred = self.deferred, []
+        for conn, slot in deferred:
+            conn.fulfil(slot, self.module.response(202, b"stored"))
+
+
+def run(module, pieces: list[bytes], limits: tuple, cls: str = "HttpConnection"
+        ) -> list[tuple]:
+    async def drive() -> list[tuple]:
+        transcript = Transcript(module)
+        conn = getattr(module, cls)(transcript.handle, module.Limits(*limits), set(),
+                                    BodyBudget(1 << 20), WriteCoalescer())
+        conn.connection_made(transcript)
+        for piece in pieces:
+            conn.data_received(piece)
+            transcript.answer_deferred()
+            await asyncio.sleep(0)
+        transcript.log.append(("state", conn.state, conn.is_closed, conn.read_paused,
+                               conn.write_paused, len(conn.pending), conn.stream is not None))
+        conn.connection_lost(None)
+        return transcript.log
+
+    module.CorsHttpConnection.allowed = frozenset({b"http://o"})
+    try:
+        return asyncio.run(drive())
+    finally:
+        module.CorsHttpConnection.allowed = frozenset()
+
+
+def post(path: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    return b"POST %s HTTP/1.1\r\nHost: t\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        path, extra, len(body), body)
+
+
+def chunked(path: bytes, chunks: list[bytes], extension: bytes = b"") -> bytes:
+    framed = b"".join(b"%x%s\r\n%s\r\n" % (len(c), extension, c) for c in chunks if c)
+    return b"POST %s HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n%s0\r\n\r\n" % (
+        path, framed)
+
+
+BODY = st.binary(max_size=300)
+PATH = st.sampled_from([b"/", b"/defer", b"/close", b"/stream", b"/x?subject=a.b",
+                        b"http://h:1/defer", b"*"])
+REQUESTS = st.one_of(
+    st.builds(post, PATH, BODY),
+    st.builds(post, PATH, st.binary(min_size=1, max_size=40).map(lambda b: b"[" + b * 3000)),
+    st.builds(post, PATH, st.binary(min_size=1, max_size=40).map(lambda b: b"{" + b * 3000)),
+    st.builds(post, PATH, BODY, st.sampled_from([
+        b"Expect: 100-continue\r\n", b"Connection: close\r\n", b"X-A: 1\r\nX-a: 2\r\n",
+        b"Host: again\r\n", b"Upgrade: h2c\r\nConnection: Upgrade\r\n",
+        b"Origin: http://o\r\n", b"Origin: http://p\r\n", b"X-Long: " + b"v" * 70_000 + b"\r\n"])),
+    st.builds(chunked, PATH, st.lists(BODY, max_size=3),
+              st.sampled_from([b"", b";ext=1", b";" + b"e" * 5000])),
+    st.builds(lambda p: b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % p, PATH),
+    st.builds(lambda p: b"GET %s HTTP/1.0\r\n\r\n" % p, PATH),
+    st.just(b"GET / HTTP/1.1\r\n\r\n"),  # no Host
+    st.just(b"GET /" + b"u" * 17_000 + b" HTTP/1.1\r\nHost: t\r\n\r\n"),
+    st.just(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 999999999\r\n\r\n"),
+    st.just(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n"),
+    st.just(b"\r\n"),
+    st.just(b"GARBAGE\r\n\r\n"),
+)
+LIMITS = st.sampled_from([(1 << 20, 0, 10.0, 10.0, 10.0), (70_000, 0, 10.0, 10.0, 10.0),
+                          (200, 0, 10.0, 10.0, 10.0)])
+
+
+@st.composite
+def cut(draw) -> list[bytes]:
+    data = b"".join(draw(st.lists(REQUESTS, min_size=1, max_size=5)))
+    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=8)))
+    if draw(st.booleans()):  # slowly: the first part a byte at a time
+        cuts = sorted(set(cuts) | set(range(min(len(data), 40))))
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cut(), LIMITS, st.sampled_from(["HttpConnection", "CorsHttpConnection"]))
+def test_compiled_connection_does_what_the_source_does(pieces: list[bytes], limits, cls
+                                                       ) -> None:
+    assert run(compiled, pieces, limits, cls) == run(oracle, pieces, limits, cls)
+
+
+def test_the_comparison_sees_a_difference() -> None:
+    """The transcript is not blind: one byte more in one answer is a different log."""
+    pieces = [post(b"/", b'{"a":1}'), post(b"/defer", b"x")]
+    limits = (1 << 20, 0, 10.0, 10.0, 10.0)
+    base = run(oracle, pieces, limits)
+    assert run(compiled, pieces, limits) == base
+    assert any(entry[0] == "request" for entry in base)
+    assert any(entry[0] == "write" and b"stored" in entry[1] for entry in base)
+    assert run(oracle, [pieces[0] + b" "], limits) != base
