@@ -34,7 +34,8 @@ Options:
   --busd-cmd CMD          Server under test; placeholders {python} {port} {addr} {path}
                           (default: {python} -m busd server on {addr} and {path}, namespace
                           bench, fsync interval).
-  --ceiling-cmd CMD       The bare-stack server publish and batch compare with
+  --ceiling-cmd CMD       The bare-stack server publish and batch compare with; latency
+                          starts it with --relay, as its floor
                           [default: {python} perf/ceiling.py --port {port}].
   --peer-cmd CMD          Another server (e.g. a Go Bus) measured beside busd in publish,
                           batch, catchup and latency, started like --busd-cmd.
@@ -56,7 +57,8 @@ Sections (see perf/README.md for what each one measures):
   batch     wrk, 8 connections, 100 events per POST (JSON array): busd vs ceiling
   catchup   N events stored first, then one SSE consumer from start=oldest: events/s
   fanout    100 live SSE consumers on bench.>, M events published in batches: deliveries/s
-  latency   one publisher at a fixed rate, one SSE consumer: publish->receive p50/p99/p99.9
+  latency   one publisher at a fixed rate, one SSE consumer: publish->receive p50/p99/p99.9,
+            beside the ceiling relaying each POST to the stream
   memory    RSS per idle SSE connection; RSS growth under a consumer that never reads
 
 The servers run on --server-cpus (taskset), this process and wrk on --client-cpus, so the
@@ -951,6 +953,9 @@ def run_section(sec: str, args, ceiling: Server | None, rows: list[Row]) -> None
                    for column, cmd in specs]
         if sec in ("publish", "batch"):
             targets.insert(1, ("ceiling", ceiling))
+        elif sec == "latency":  # the floor: the bare stack relaying each POST to the stream
+            targets.insert(1, ("ceiling", stack.enter_context(
+                Server("ceiling", args.ceiling_cmd + " --relay", None, args.server_cpus))))
         if sec == "publish":
             row = Row("publish", f"publish, 1 event/POST, {args.connections} conns", "req/s")
             rows.append(row)

@@ -10,6 +10,12 @@ It stores nothing, validates nothing and never streams.
 busd's publish rate divided by this server's, measured in the same run on the same
 machine, is the fraction of the stack's ceiling that busd achieves.
 
+With --relay it is the floor of the publish→receive latency instead: a GET becomes a
+chunked SSE stream, and each POST's body is written at once, as one `event: msg` frame,
+to every stream. What busd's latency has beyond this server's is busd's; what they share
+is the machine's and the stack's. (A separate mode, so the publish ceiling pays nothing
+for it: httptools calls on_body only on a protocol that has one.)
+
 Usage:
   ceiling.py [options]
 
@@ -17,6 +23,7 @@ Options:
   -h, --help    Show this help.
   --host HOST   Address to listen on [default: 127.0.0.1].
   --port PORT   Port to listen on [default: 2099].
+  --relay       Relay each POST's body to every GET stream (the latency floor).
 """
 
 from __future__ import annotations
@@ -105,10 +112,46 @@ class CeilingProtocol(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(host: str, port: int) -> None:
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\n" + CORS + b"Content-Type: text/event-stream\r\n"
+               b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+
+class RelayProtocol(CeilingProtocol):
+    """The ceiling with streams: a GET subscribes, a POST's body goes out to every stream
+    (one chunk each, written at once) before its 202."""
+
+    __slots__ = ("body",)
+    streams: set = set()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body: list[bytes] = []
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_method() == b"GET":
+            self.out.append(STREAM_HEAD)
+            self.streams.add(self.transport)
+            return
+        frame = b"id: e\nevent: msg\ndata: " + b"".join(self.body) + b"\n\n"
+        self.body.clear()
+        chunk = b"%x\r\n%s\r\n" % (len(frame), frame)
+        for stream in self.streams:
+            stream.write(chunk)
+        super().on_message_complete()
+
+    def connection_lost(self, exc) -> None:
+        self.streams.discard(self.transport)
+        super().connection_lost(exc)
+
+
+async def serve(host: str, port: int, relay: bool) -> None:
     loop = asyncio.get_running_loop()
     _refresh_date(loop)
-    server = await loop.create_server(CeilingProtocol, host, port, backlog=4096, reuse_address=True)
+    server = await loop.create_server(RelayProtocol if relay else CeilingProtocol, host, port,
+                                      backlog=4096, reuse_address=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -119,7 +162,7 @@ async def serve(host: str, port: int) -> None:
 def main() -> None:
     args = parse(__doc__, port=int)
     uvloop.install()
-    asyncio.run(serve(args.host, args.port))
+    asyncio.run(serve(args.host, args.port, args.relay))
 
 
 if __name__ == "__main__":
