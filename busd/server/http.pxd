@@ -64,6 +64,7 @@ cdef class HttpConnection:
     cdef _past_body_limit(self)
     cdef _refuse_body(self, str reason)
     cdef _release_body(self)
+    cdef _forget_request(self)
     cdef _idle(self)
     cdef _fail(self, int status, str reason)
     cdef _pause_reading(self)

@@ -1,4 +1,5 @@
-# cython: annotation_typing=False, wraparound=True, boundscheck=True, cdivision=False
+# cython: annotation_typing=False, nonecheck=True
+# cython: wraparound=True, boundscheck=True, cdivision=False
 """HTTP/1.1 on one connection: httptools parsing, keep-alive, pipelining, limits and flow control.
 
 The connection knows HTTP, not logs: every complete request goes to `handler(conn, request)`,
@@ -536,6 +537,7 @@ class HttpConnection:
 
     def on_message_complete(self) -> None:
         if self._reject is not None or self.stream is not None or self.is_closed:
+            self._forget_request()
             self._release_body()
             return
         pieces = self._body
@@ -548,16 +550,23 @@ class HttpConnection:
         request = Request(self.parser.get_method(), self._url, self._headers, body,
                           self.parser.should_keep_alive())
         self.state = _WAITING
-        self._url = b""
-        self._headers = {}
-        self._header_bytes = 0
-        self._body_size = 0
+        self._forget_request()
         try:
             self.handler(self, request)
         finally:  # the handler has taken what it keeps of the body
             self._release_body()
         if self.state == _WAITING and not self.pending and self.stream is None:
             self._idle()
+
+    def _forget_request(self) -> None:
+        """The next request starts with no URL or headers of this one's: also when this one
+        is dropped (the connection failed or closed, and httptools parses the rest of the
+        read), or the next would, say, take this one's Content-Length beside its own
+        Transfer-Encoding and be read as neither."""
+        self._url = b""
+        self._headers = {}
+        self._header_bytes = 0
+        self._body_size = 0
 
     # -- answering ----------------------------------------------------------------------
     def reply(self, data: bytes, close: bool = False) -> None:

@@ -426,3 +426,21 @@ def test_a_million_event_batch_is_refused_without_stalling_others(server):
         thread.join()
     assert worst[0] < 1.0, f"another publisher waited {worst[0]:.2f}s"
     assert answer.status == 413 and b"--max-batch (1000)" in answer.body, answer
+
+
+
+
+def test_requests_read_after_a_stream_starts_do_not_inherit_each_others_headers(server):
+    """httptools parses a read to its end, past the request that turned the connection into
+    a stream: the requests after it are dropped, each with its own headers. (A chunked one
+    that took the Content-Length of the one before crashed the compiled connection, and
+    with it the server; a one-byte Host is the same object each time, so not a repeat.)"""
+    with Http(server.port) as http:
+        http.send(b"GET /?subject=app.%3E HTTP/1.1\r\nHost: t\r\n\r\n"
+                  b'POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 31\r\n\r\n'
+                  b'{"subject":"app.b","payload":2}'
+                  b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nhello\r\n0\r\n\r\n")
+        assert read_response(http.file).status == 200
+    assert request(server.port, "GET", "/healthz").status == 200
+    assert stored(server.port) == 0

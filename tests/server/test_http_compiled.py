@@ -9,6 +9,7 @@ import asyncio
 import importlib.util
 import re
 from importlib.machinery import SourceFileLoader
+from itertools import pairwise
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
@@ -185,10 +186,10 @@ def cut(draw) -> list[bytes]:
     if draw(st.booleans()):  # slowly: the first part a byte at a time
         cuts = sorted(set(cuts) | set(range(min(len(data), 40))))
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [data[a:b] for a, b in pairwise(bounds) if b > a]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cut(), LIMITS, st.sampled_from(["HttpConnection", "CorsHttpConnection"]))
 def test_compiled_connection_does_what_the_source_does(pieces: list[bytes], limits, cls
                                                        ) -> None:
