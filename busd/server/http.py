@@ -243,7 +243,9 @@ _IDLE, _HEADERS, _BODY, _WAITING, _STREAM = range(5)
 
 class HttpConnection:
     """One client connection. Created by the server's protocol factory. Once it streams, it
-    is the stream's Sink (busd/bus/sink.py): the stream never sees the transport."""
+    is the stream's Sink (busd/bus/sink.py): the stream never sees the transport. An asyncio
+    protocol by its methods, not by inheritance: compiled, it is a cdef class (http.pxd),
+    which cannot subclass asyncio.Protocol."""
 
     def __init__(self, handler: Callable[[HttpConnection, Request], None], limits: Limits,
                  connections: set[HttpConnection], budget: BodyBudget,
@@ -559,10 +561,10 @@ class HttpConnection:
             self._idle()
 
     def _forget_request(self) -> None:
-        """The next request starts with no URL or headers of this one's: also when this one
-        is dropped (the connection failed or closed, and httptools parses the rest of the
-        read), or the next would, say, take this one's Content-Length beside its own
-        Transfer-Encoding and be read as neither."""
+        """Clear the URL and headers of the request that ended, of a dropped one too (the
+        connection became a stream or closed, and httptools parses on to the end of the
+        read): else the next request carries them, e.g. this one's Content-Length beside
+        its own Transfer-Encoding."""
         self._url = b""
         self._headers = {}
         self._header_bytes = 0
