@@ -9,6 +9,7 @@ FRAME_CRC = "busd/store/local/crc32_fold.h"  # included by both through _frame.p
 extensions = [
     Extension("busd._core", ["busd/_core.pyx"]),
     Extension("busd.bus._sublist", ["busd/bus/_sublist.pyx"]),
+    Extension("busd.server.body_budget", ["busd/server/body_budget.py"]),
     Extension("busd.server.http", ["busd/server/http.py"]),
     Extension("busd.store.local._framing", ["busd/store/local/_framing.pyx"], libraries=["z"],
               depends=[FRAME_CRC]),

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False, nonecheck=True
 """The request-body bytes buffered by all connections together (`--max-body-memory`).
 
 Each connection bounds its own body; this bounds their sum. Bytes are counted as they

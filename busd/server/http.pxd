@@ -2,6 +2,8 @@
 # C-level calls between the methods of one connection. http.py itself stays the source,
 # and runs uncompiled as the oracle in tests/server/test_http_compiled.py.
 
+from busd.server.body_budget cimport BodyBudget
+
 cdef class Request:
     cdef public object method, url, headers, body
     cdef public bint keep_alive
@@ -28,7 +30,8 @@ cdef class _ChunkLines:
 
 
 cdef class HttpConnection:
-    cdef public object handler, coalescer, limits, connections, budget, transport, parser
+    cdef public object handler, coalescer, limits, connections, transport, parser
+    cdef public BodyBudget budget
     cdef public object pending, stream
     cdef public bint chunked, is_closed, write_paused, read_paused, budget_wait
     cdef public int state
