@@ -5,27 +5,13 @@ connections, and count the same bytes."""
 
 from __future__ import annotations
 
-import importlib.util
-from importlib.machinery import SourceFileLoader
-from pathlib import Path
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from source_module import load_source
 
 import busd.server.body_budget as compiled
 
-SOURCE = Path(compiled.__file__).with_name("body_budget.py")
-
-
-def _load_source():
-    loader = SourceFileLoader("busd_body_budget_oracle", str(SOURCE))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-oracle = _load_source()
+oracle = load_source(compiled)
 
 
 class Connection:

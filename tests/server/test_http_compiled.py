@@ -6,31 +6,18 @@ pauses, closes and state."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import re
-from importlib.machinery import SourceFileLoader
 from itertools import pairwise
-from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from source_module import load_source
 
 import busd.server.http as compiled
 from busd.server.body_budget import BodyBudget
 from busd.server.coalesce import WriteCoalescer
 
-SOURCE = Path(compiled.__file__).with_name("http.py")
-
-
-def _load_source():
-    loader = SourceFileLoader("busd_http_oracle", str(SOURCE))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-oracle = _load_source()
+oracle = load_source(compiled)
 DATE = re.compile(rb"Date: [^\r]*\r\n")
 
 
