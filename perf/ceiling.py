@@ -5,7 +5,7 @@ per request: parse it with ``httptools.HttpRequestParser`` (keep-alive and pipel
 supported) and answer with a fixed ``202 Accepted`` carrying the same headers busd's
 publish answer carries (SPEC §3 CORS headers, X-BUS-EVENT-ID / -CREATED-AT / -INDEX
 with fixed values, a Date header refreshed once per second, ``Content-Length: 0``).
-It stores nothing, validates nothing and never streams.
+It stores nothing, validates nothing and, without --relay, never streams.
 
 busd's publish rate divided by this server's, measured in the same run on the same
 machine, is the fraction of the stack's ceiling that busd achieves.

@@ -12,6 +12,8 @@ Options:
   -h, --help              Show this help.
   --requests-per-conn N   Requests fed to each of the 32 connections [default: 2000].
   --batch N               Events per request, 0 = one event, not an array [default: 0].
+  --http-only             Also busd's HTTP connection alone: a handler that answers a
+                          fixed 202 at once (what the connection costs without the bus).
 """
 
 from __future__ import annotations
@@ -83,11 +85,18 @@ async def main(args: SimpleNamespace) -> None:
         await server.store.start(server.broker)
         busd_us = await drive([server._new_connection() for _ in range(32)], request,
                               args.requests_per_conn)
+        if args.http_only:
+            conns = [server._new_connection() for _ in range(32)]
+            for conn in conns:
+                conn.handler = lambda conn, _request: conn.reply(ceiling.RESPONSE)
+            http_us = await drive(conns, request, args.requests_per_conn)
         await server.store.stop()
     ceiling_us = await drive([ceiling.CeilingProtocol() for _ in range(32)], request,
                              args.requests_per_conn)
     per = f"request of {args.batch} events" if args.batch else "request"
     print(f"busd     {busd_us:6.2f} µs per {per}")
+    if args.http_only:
+        print(f"http     {http_us:6.2f} µs per {per} (busd's connection, a fixed answer)")
     print(f"ceiling  {ceiling_us:6.2f} µs per {per}")
 
 
