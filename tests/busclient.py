@@ -91,6 +91,10 @@ class BusServer:
 
     def start(self, timeout: float = 15.0) -> BusServer:
         self.spawn()
+        return self.wait_listening(timeout)
+
+    def wait_listening(self, timeout: float = 15.0) -> BusServer:
+        """Until the spawned server accepts connections; an exit fails with its log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -318,6 +318,27 @@ def test_killing_a_frontend_drops_only_its_connections(frontends):
         assert sse.no_event(0.3)
 
 
+def test_a_frontend_started_before_its_cluster_waits_for_it(tmp_path):
+    """One node of three up: no meta leader, so JetStream answers nothing. busd waits,
+    saying so, and once the other two join it creates its streams and serves."""
+    cluster = NatsCluster(tmp_path / "nats")
+    try:
+        cluster.start_node(0)
+        server = BusServer(tmp_path / "fe", "app", *jetstream_args(cluster))
+        server.spawn()
+        wait_until(lambda: server.proc.poll() is None and "waiting for JetStream" in server.log(),
+                   timeout=30, interval=0.1, what=lambda: f"busd did not wait:\n{server.log()}")
+        cluster.start_node(1)
+        cluster.start_node(2)
+        server.wait_listening(timeout=60)
+        assert publish(server.port, "app.created", 1).status == 202
+        with SSE(server.port, "subject=app.>&start=oldest") as sse:
+            assert [e["payload"] for e in sse.events(1)] == [1]
+        assert server.stop() == 0
+    finally:
+        cluster.close()
+
+
 def start_fails(nats_cluster: NatsCluster, tmp_path, *args: str) -> str:
     cmd = [sys.executable, "-m", "busd", "server", "--addr", "127.0.0.1:0", "--path",
            str(tmp_path / "unused"), "--namespaces", "app", *args]

@@ -59,6 +59,9 @@ STATUS = "Status"
 HEARTBEAT_SECONDS = 1.0  # idle heartbeat of the tail consumers
 STALL_SECONDS = 2.5  # no message nor heartbeat for this long: recreate the tail consumer
 CONNECT_TIMEOUT = 10.0  # start-up: no NATS server reachable for this long is an error
+# start-up: JetStream API requests that get no answer (a cluster that has not formed, or a
+# stream electing its leader) or find no peers yet are asked again for this long
+START_TIMEOUT = 60.0
 PUBLISH_TIMEOUT = 5.0  # no PubAck within this: answer 504 (outcome unknown)
 VISIBLE_TIMEOUT = 2.0  # acked but not yet in this front-end's tail: answer anyway
 TAIL_BYTES = 32 << 20  # in-memory tail per namespace
@@ -69,6 +72,7 @@ FIND_WINDOW = 20_000  # records scanned after the time probe before falling back
 DEFAULT_DUP_WINDOW = 120.0  # JetStream's own default duplicate window, seconds
 ERR_STREAM_NOT_FOUND = 10059
 ERR_NO_PEERS = 10005
+ERR_UNANSWERED = -1  # ours: the request got no answer within its timeout
 ERR_BATCH_DUPLICATE_ID = 10201
 ERR_DUPLICATE_IN_PROCESS = 10158  # the same Nats-Msg-Id is being stored right now
 ERR_BATCH_TOO_LARGE = 10199
@@ -198,6 +202,7 @@ class JetStreamStore:
         self._tasks: list[asyncio.Task] = []
         self._closing = False
         self._pending_ids: dict[str, set[bytes]] = {ns: set() for ns in self.namespaces}
+        self._start_deadline = 0.0  # until then, `_api` asks an unanswered request again
 
     # -- start-up ---------------------------------------------------------------------------
     async def start(self, listener: StoreListener) -> dict[str, str]:
@@ -205,6 +210,7 @@ class JetStreamStore:
         from nats.errors import NoServersError
 
         self._listener = listener
+        self._start_deadline = time.monotonic() + START_TIMEOUT
 
         async def on_error(exc: Exception) -> None:
             log.warning("nats error=%r", exc)
@@ -257,10 +263,25 @@ class JetStreamStore:
         await self.nc.subscribe(ACK_SUBJECT + "*", cb=self._on_ack,
                                 pending_msgs_limit=0, pending_bytes_limit=0)
         self._tasks.append(self.loop.create_task(self._housekeeping()))
+        self._start_deadline = 0.0
         return reports
 
     async def _api(self, what: str, body: dict | None, timeout: float = 5.0) -> dict:
-        """One JetStream API request; its JSON answer, or JetStreamError with the reason."""
+        """A JetStream API request's JSON answer, or JetStreamError with the reason. While
+        starting, one nobody answers or that finds no peers yet is asked again until
+        START_TIMEOUT: a daemon started with its cluster (a reboot, a rolling restart)
+        waits for it rather than exiting."""
+        while True:
+            try:
+                return await self._api_once(what, body, timeout)
+            except JetStreamError as exc:
+                waiting = getattr(exc, "err_code", None) in (ERR_UNANSWERED, ERR_NO_PEERS)
+                if not waiting or time.monotonic() + timeout > self._start_deadline:
+                    raise
+                log.warning("waiting for JetStream request=%s reason=%r", what, str(exc))
+                await asyncio.sleep(0.25)
+
+    async def _api_once(self, what: str, body: dict | None, timeout: float) -> dict:
         from nats.errors import NoRespondersError
         from nats.errors import TimeoutError as NatsTimeout
         try:
@@ -270,7 +291,9 @@ class JetStreamStore:
             raise JetStreamError(f"{what}: no JetStream responders (is JetStream enabled and "
                                  f"does the cluster have a leader?)") from None
         except (TimeoutError, NatsTimeout):
-            raise JetStreamError(f"{what}: no answer within {timeout:g}s") from None
+            exc = JetStreamError(f"{what}: no answer within {timeout:g}s")
+            exc.err_code = ERR_UNANSWERED  # type: ignore[attr-defined]
+            raise exc from None
         answer = orjson.loads(msg.data)
         error = answer.get("error")
         if error:
@@ -299,14 +322,7 @@ class JetStreamStore:
         except JetStreamError as exc:
             if getattr(exc, "err_code", None) != ERR_STREAM_NOT_FOUND:
                 raise
-            for attempt in range(40):  # a cluster that is starting may lack peers for a while
-                try:
-                    info = await self._api(f"STREAM.CREATE.{ns}", want, timeout=15.0)
-                    break
-                except JetStreamError as exc:
-                    if getattr(exc, "err_code", None) != ERR_NO_PEERS or attempt == 39:
-                        raise
-                    await asyncio.sleep(0.25)
+            info = await self._api(f"STREAM.CREATE.{ns}", want, timeout=15.0)
             created = True
         have = info["config"]
         if have.get("subjects") != want["subjects"]:
