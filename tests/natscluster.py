@@ -82,7 +82,9 @@ class NatsCluster:
             self.kill(node)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until JetStream answers with a meta leader (clustered API requests work)."""
+        """Until JetStream answers with a meta leader (clustered API requests work) and
+        every stream has a leader and current replicas: after a node's restart, a stream
+        it led (an idle one elects slowly) answers nothing until then."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
@@ -92,8 +94,11 @@ class NatsCluster:
                 answer = run(_request(self.urls, "$JS.API.STREAM.CREATE.ready_probe", probe))
                 if "error" not in answer:
                     self.delete_streams(["ready_probe"])
-                    return
-                last = answer["error"]
+                    last = run(_unsettled_streams(self.urls)) if self.size > 1 else None
+                    if not last:
+                        return
+                else:
+                    last = answer["error"]
             except Exception as exc:  # noqa: BLE001 - not up yet
                 last = exc
             time.sleep(0.2)
@@ -117,6 +122,27 @@ async def _request(urls: str, subject: str, body: bytes, timeout: float = 5.0) -
     try:
         msg = await nc.request(subject, body, timeout=timeout)
         return json.loads(msg.data)
+    finally:
+        await nc.close()
+
+
+async def _unsettled_streams(urls: str) -> list[str]:
+    """The streams without a leader or with a replica that is not current."""
+    import nats
+    nc = await nats.connect(servers=urls.split(","), connect_timeout=2,
+                            max_reconnect_attempts=1)
+    try:
+        names = json.loads((await nc.request("$JS.API.STREAM.NAMES", b"", timeout=5)).data)
+        unsettled = []
+        for name in names.get("streams") or []:
+            info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{name}", b"",
+                                                timeout=5)).data)
+            cluster = info.get("cluster") or {}
+            replicas = cluster.get("replicas") or []
+            if "error" in info or not cluster.get("leader") or not all(
+                    r.get("current") for r in replicas):
+                unsettled.append(name)
+        return unsettled
     finally:
         await nc.close()
 
