@@ -271,6 +271,7 @@ class JetStreamStore:
         starting, one nobody answers or that finds no peers yet is asked again until
         START_TIMEOUT: a daemon started with its cluster (a reboot, a rolling restart)
         waits for it rather than exiting."""
+        attempt = 0
         while True:
             try:
                 return await self._api_once(what, body, timeout)
@@ -279,7 +280,8 @@ class JetStreamStore:
                 if not waiting or time.monotonic() + timeout > self._start_deadline:
                     raise
                 log.warning("waiting for JetStream request=%s reason=%r", what, str(exc))
-                await asyncio.sleep(0.25)
+                attempt += 1
+                await asyncio.sleep(min(1.0, 0.25 * attempt))
 
     async def _api_once(self, what: str, body: dict | None, timeout: float) -> dict:
         from nats.errors import NoRespondersError
