@@ -79,7 +79,12 @@ ERR_BATCH_TOO_LARGE = 10199
 
 
 class JetStreamError(Exception):
-    """A JetStream API call failed; the message says which and why."""
+    """A JetStream API call failed; the message says which and why, `err_code` is
+    JetStream's error code (ERR_UNANSWERED: no answer came; None: not from the API)."""
+
+    def __init__(self, message: str, err_code: int | None = None) -> None:
+        super().__init__(message)
+        self.err_code = err_code
 
 
 def msg_id(subject: bytes, key: bytes) -> str:
@@ -276,8 +281,8 @@ class JetStreamStore:
             try:
                 return await self._api_once(what, body, timeout)
             except JetStreamError as exc:
-                waiting = getattr(exc, "err_code", None) in (ERR_UNANSWERED, ERR_NO_PEERS)
-                if not waiting or time.monotonic() + timeout > self._start_deadline:
+                if (exc.err_code not in (ERR_UNANSWERED, ERR_NO_PEERS)
+                        or time.monotonic() + timeout > self._start_deadline):
                     raise
                 log.warning("waiting for JetStream request=%s reason=%r", what, str(exc))
                 attempt += 1
@@ -293,16 +298,13 @@ class JetStreamStore:
             raise JetStreamError(f"{what}: no JetStream responders (is JetStream enabled and "
                                  f"does the cluster have a leader?)") from None
         except (TimeoutError, NatsTimeout):
-            exc = JetStreamError(f"{what}: no answer within {timeout:g}s")
-            exc.err_code = ERR_UNANSWERED  # type: ignore[attr-defined]
-            raise exc from None
+            raise JetStreamError(f"{what}: no answer within {timeout:g}s",
+                                 ERR_UNANSWERED) from None
         answer = orjson.loads(msg.data)
         error = answer.get("error")
         if error:
-            exc = JetStreamError(f"{what}: {error.get('description')} "
-                                 f"(code {error.get('err_code')})")
-            exc.err_code = error.get("err_code")  # type: ignore[attr-defined]
-            raise exc
+            raise JetStreamError(f"{what}: {error.get('description')} "
+                                 f"(code {error.get('err_code')})", error.get("err_code"))
         return answer
 
     async def _ensure_stream(self, ns: str, version: tuple[int, int]) -> str:
@@ -322,7 +324,7 @@ class JetStreamStore:
             info = await self._api(f"STREAM.INFO.{ns}", None)
             created = False
         except JetStreamError as exc:
-            if getattr(exc, "err_code", None) != ERR_STREAM_NOT_FOUND:
+            if exc.err_code != ERR_STREAM_NOT_FOUND:
                 raise
             info = await self._api(f"STREAM.CREATE.{ns}", want, timeout=15.0)
             created = True
@@ -354,7 +356,7 @@ class JetStreamStore:
         try:
             await self._api(f"STREAM.INFO.{IDS_STREAM}{ns}", None)
         except JetStreamError as exc:
-            if getattr(exc, "err_code", None) != ERR_STREAM_NOT_FOUND:
+            if exc.err_code != ERR_STREAM_NOT_FOUND:
                 raise
             await self._api(f"STREAM.CREATE.{IDS_STREAM}{ns}", want, timeout=15.0)
 
