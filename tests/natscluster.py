@@ -94,7 +94,7 @@ class NatsCluster:
                 answer = run(_request(self.urls, "$JS.API.STREAM.CREATE.ready_probe", probe))
                 if "error" not in answer:
                     self.delete_streams(["ready_probe"])
-                    last = run(_unsettled_streams(self.urls)) if self.size > 1 else None
+                    last = self.unsettled_streams() if self.size > 1 else None
                     if not last:
                         return
                 else:
@@ -110,6 +110,18 @@ class NatsCluster:
     def stream_info(self, name: str) -> dict:
         return run(_request(self.urls, f"$JS.API.STREAM.INFO.{name}", b""))
 
+    def unsettled_streams(self) -> list[str]:
+        """The streams without a leader or with a replica that is not current."""
+        names = run(_request(self.urls, "$JS.API.STREAM.NAMES", b"")).get("streams") or []
+        unsettled = []
+        for name in names:
+            info = self.stream_info(name)
+            cluster = info.get("cluster") or {}
+            if "error" in info or not cluster.get("leader") or not all(
+                    r.get("current") for r in cluster.get("replicas") or []):
+                unsettled.append(name)
+        return unsettled
+
 
 def run(coro):
     return asyncio.run(coro)
@@ -122,27 +134,6 @@ async def _request(urls: str, subject: str, body: bytes, timeout: float = 5.0) -
     try:
         msg = await nc.request(subject, body, timeout=timeout)
         return json.loads(msg.data)
-    finally:
-        await nc.close()
-
-
-async def _unsettled_streams(urls: str) -> list[str]:
-    """The streams without a leader or with a replica that is not current."""
-    import nats
-    nc = await nats.connect(servers=urls.split(","), connect_timeout=2,
-                            max_reconnect_attempts=1)
-    try:
-        names = json.loads((await nc.request("$JS.API.STREAM.NAMES", b"", timeout=5)).data)
-        unsettled = []
-        for name in names.get("streams") or []:
-            info = json.loads((await nc.request(f"$JS.API.STREAM.INFO.{name}", b"",
-                                                timeout=5)).data)
-            cluster = info.get("cluster") or {}
-            replicas = cluster.get("replicas") or []
-            if "error" in info or not cluster.get("leader") or not all(
-                    r.get("current") for r in replicas):
-                unsettled.append(name)
-        return unsettled
     finally:
         await nc.close()
 
