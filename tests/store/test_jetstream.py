@@ -322,12 +322,14 @@ def test_a_frontend_started_before_its_cluster_waits_for_it(tmp_path):
     """One node of three up: no meta leader, so JetStream answers nothing. busd waits,
     saying so, and once the other two join it creates its streams and serves."""
     cluster = NatsCluster(tmp_path / "nats")
+    server = BusServer(tmp_path / "fe", "app", *jetstream_args(cluster))
     try:
         cluster.start_node(0)
-        server = BusServer(tmp_path / "fe", "app", *jetstream_args(cluster))
         server.spawn()
-        wait_until(lambda: server.proc.poll() is None and "waiting for JetStream" in server.log(),
-                   timeout=30, interval=0.1, what=lambda: f"busd did not wait:\n{server.log()}")
+        wait_until(lambda: "waiting for JetStream" in server.log()
+                   or server.proc.poll() is not None, timeout=30, interval=0.1,
+                   what=lambda: f"busd did not wait:\n{server.log()}")
+        assert server.proc.poll() is None, f"busd did not wait:\n{server.log()}"
         cluster.start_node(1)
         cluster.start_node(2)
         server.wait_listening(timeout=60)
@@ -336,6 +338,8 @@ def test_a_frontend_started_before_its_cluster_waits_for_it(tmp_path):
             assert [e["payload"] for e in sse.events(1)] == [1]
         assert server.stop() == 0
     finally:
+        if server.proc is not None and server.proc.poll() is None:
+            server.kill()
         cluster.close()
 
 
