@@ -428,8 +428,6 @@ def test_a_million_event_batch_is_refused_without_stalling_others(server):
     assert answer.status == 413 and b"--max-batch (1000)" in answer.body, answer
 
 
-
-
 def test_requests_read_after_a_stream_starts_do_not_inherit_each_others_headers(server):
     """httptools parses a read to its end, past the request that turned the connection into
     a stream: the requests after it are dropped, each with its own headers. (A chunked one
