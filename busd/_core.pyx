@@ -1598,3 +1598,90 @@ def supplied_ids(list events not None):
         if PyBytes_GET_SIZE(ev.id):
             out.append(ev.id)
     return out
+
+
+# --------------------------------------------------------------------------- publish answers
+
+cdef inline Py_ssize_t _decimal(long long v, char* buf) noexcept nogil:
+    """v in decimal into buf (at least 21 bytes), from its end; the count written."""
+    cdef unsigned long long u = <unsigned long long>(-v) if v < 0 else <unsigned long long>v
+    cdef Py_ssize_t k = 0
+    while True:
+        k += 1
+        buf[21 - k] = c'0' + <char>(u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if v < 0:
+        k += 1
+        buf[21 - k] = c'-'
+    return k
+
+
+cdef inline Py_ssize_t _bytes_item_size(list items, Py_ssize_t i) except -1:
+    cdef object item = <object>PyList_GET_ITEM(items, i)
+    if type(item) is not bytes:
+        raise TypeError(f"published_response takes lists of bytes, not {type(item).__name__}")
+    return PyBytes_GET_SIZE(item)
+
+
+def published_response(bytes head not None, list ids not None, list created_at not None,
+                       long long first_index, bint is_batch, bint close):
+    """The whole `202` answer to a stored publish, after `head` (status line, CORS, Date):
+    one event's id, created_at and index as X-Bus-Event-* headers, or a batch's
+    {"count","first_index","ids"} body. Every publish is answered with one, so it is built
+    in one buffer instead of Python's formatting of three pieces (~0.5 µs a request)."""
+    cdef char index_buf[21]
+    cdef char length_buf[21]
+    cdef char count_buf[21]
+    cdef Py_ssize_t index_n = _decimal(first_index, index_buf), count_n = 0, length_n
+    cdef Py_ssize_t n = PyList_GET_SIZE(ids), i, body = 0, size
+    cdef bytes out, item
+    cdef char* o
+    if n == 0 or (not is_batch and PyList_GET_SIZE(created_at) == 0):
+        raise ValueError("published_response needs an id (and a created_at) per event")
+    size = PyBytes_GET_SIZE(head) + (19 if close else 0)
+    if is_batch:
+        count_n = _decimal(n, count_buf)
+        body = 36 + count_n + index_n + 3 * (n - 1)  # {"count":,"first_index":,"ids":[""]}
+        for i in range(n):
+            body += _bytes_item_size(ids, i)
+        length_n = _decimal(body, length_buf)
+        size += 32 + 20 + length_n + body  # Content-Type: application/json, Content-Length
+    else:
+        size += (16 + _bytes_item_size(ids, 0) + 26 + _bytes_item_size(created_at, 0) + 21
+                 + index_n + 2 + 21)
+    out = PyBytes_FromStringAndSize(NULL, size)
+    o = _put(PyBytes_AS_STRING(out), PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head))
+    if is_batch:
+        o = _put(o, b"Content-Type: application/json\r\n", 32)
+        if close:
+            o = _put(o, b"Connection: close\r\n", 19)
+        o = _put(o, b"Content-Length: ", 16)
+        o = _put(o, length_buf + 21 - length_n, length_n)
+        o = _put(o, b"\r\n\r\n", 4)
+        o = _put(o, b'{"count":', 9)
+        o = _put(o, count_buf + 21 - count_n, count_n)
+        o = _put(o, b',"first_index":', 15)
+        o = _put(o, index_buf + 21 - index_n, index_n)
+        o = _put(o, b',"ids":["', 9)
+        for i in range(n):
+            if i:
+                o = _put(o, b'","', 3)
+            item = <bytes>PyList_GET_ITEM(ids, i)
+            o = _put(o, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
+        _put(o, b'"]}', 3)
+    else:
+        item = <bytes>PyList_GET_ITEM(ids, 0)
+        o = _put(o, b"X-Bus-Event-Id: ", 16)
+        o = _put(o, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
+        item = <bytes>PyList_GET_ITEM(created_at, 0)
+        o = _put(o, b"\r\nX-Bus-Event-Created-At: ", 26)
+        o = _put(o, PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
+        o = _put(o, b"\r\nX-Bus-Event-Index: ", 21)
+        o = _put(o, index_buf + 21 - index_n, index_n)
+        o = _put(o, b"\r\n", 2)
+        if close:
+            o = _put(o, b"Connection: close\r\n", 19)
+        _put(o, b"Content-Length: 0\r\n\r\n", 21)
+    return out

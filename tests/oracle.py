@@ -586,6 +586,23 @@ def stamp_events(events, is_batch: bool, new_id, now):
     return namespace, ids, stamps, records, keyed
 
 
+# --------------------------------------------------------------------------- publish answers
+
+
+def published_response(head: bytes, ids, created_at, first_index: int, is_batch: bool,
+                       close: bool) -> bytes:
+    """busd._core.published_response, as busd.server.http.response formats a 202."""
+    if is_batch:
+        body = b'{"count":%d,"first_index":%d,"ids":["%s"]}' % (len(ids), first_index,
+                                                               b'","'.join(ids))
+        return b"".join((head, b"Content-Type: application/json\r\n",
+                         b"Connection: close\r\n" if close else b"",
+                         b"Content-Length: %d\r\n\r\n" % len(body), body))
+    return b"".join((head, b"X-Bus-Event-Id: %s\r\nX-Bus-Event-Created-At: %s\r\n"
+                           b"X-Bus-Event-Index: %d\r\n" % (ids[0], created_at[0], first_index),
+                     b"Connection: close\r\n" if close else b"", b"Content-Length: 0\r\n\r\n"))
+
+
 # --------------------------------------------------------------------------- subscription index
 
 

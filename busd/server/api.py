@@ -12,7 +12,8 @@ from urllib.parse import parse_qsl
 
 import orjson
 
-from busd._core import Pattern, TooManyEvents, is_xid, new_xid, scan_body, validate_pattern
+from busd._core import (Pattern, TooManyEvents, is_xid, new_xid, published_response, scan_body,
+                        validate_pattern)
 from busd.bus.broker import Broker, Published
 from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer, index_cursor
 from busd.bus.group.dispatcher import ACTIONS
@@ -21,7 +22,8 @@ from busd.bus.group.settings import NAME as GROUP_NAME
 from busd.bus.group.settings import SettingsError, parse_delay, parse_settings
 from busd.bus.timesearch import locate_time, parse_start_time
 from busd.server.auth import Auth, AuthError, Token
-from busd.server.http import HttpConnection, Request, error_response, origin_form, response
+from busd.server.http import (HttpConnection, Request, error_response, origin_form, response,
+                              status_head)
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
 from busd.server.stats import snapshot
 from busd.server.ui import Console
@@ -322,16 +324,10 @@ class Api:
         def done(outcome: Published | PublishRefused) -> None:
             if isinstance(outcome, PublishRefused):
                 conn.fulfil(slot, error_response(outcome.status, outcome.reason, close), close)
-            elif is_batch:
-                body = b'{"count":%d,"first_index":%d,"ids":["%s"]}' % (
-                    len(outcome.ids), outcome.first_index, b'","'.join(outcome.ids))
-                conn.fulfil(slot, response(202, body, content_type=b"application/json",
-                                           close=close), close)
             else:
-                headers = b"X-Bus-Event-Id: %s\r\nX-Bus-Event-Created-At: %s\r\n" \
-                          b"X-Bus-Event-Index: %d\r\n" % (outcome.ids[0], outcome.created_at[0],
-                                                           outcome.first_index)
-                conn.fulfil(slot, response(202, headers=headers, close=close), close)
+                conn.fulfil(slot, published_response(status_head(202), outcome.ids,
+                                                      outcome.created_at, outcome.first_index,
+                                                      is_batch, close), close)
 
         try:
             self.broker.publish(events, is_batch, done)

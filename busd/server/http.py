@@ -89,6 +89,12 @@ class _Heads:
         return head
 
 
+def status_head(status: int) -> bytes:
+    """A response's first lines (status, CORS, Date): what busd._core.published_response
+    builds the answer to a publish on."""
+    return _Heads.get(status)
+
+
 def response(status: int, body: bytes = b"", headers: bytes = b"",
              content_type: bytes = b"text/plain; charset=utf-8", close: bool = False) -> bytes:
     """One complete HTTP/1.1 response with the CORS headers every busd answer carries."""

@@ -91,14 +91,14 @@ def locate_fails_later(patch: pytest.MonkeyPatch) -> None:
 def first_answer_fails(patch: pytest.MonkeyPatch) -> None:
     """Answering the publish stored at index 0 raises."""
     import busd.server.api as api
-    real = api.response
+    real = api.published_response
 
-    def response(status, body=b"", *args, headers=b"", **kwargs):
-        if b"X-Bus-Event-Index: 0\r\n" in headers:
+    def published_response(head, ids, created_at, first_index, *args):
+        if first_index == 0:
             raise RuntimeError("injected: answering failed")
-        return real(status, body, *args, headers=headers, **kwargs)
+        return real(head, ids, created_at, first_index, *args)
 
-    patch.setattr(api, "response", response)
+    patch.setattr(api, "published_response", published_response)
 
 
 @fault

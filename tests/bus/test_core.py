@@ -454,6 +454,24 @@ def test_records_size_takes_only_bytes():
             core.records_size(bad)
 
 
+@FAST
+@given(st.binary(max_size=200), st.lists(st.binary(max_size=40), min_size=1, max_size=30),
+       st.binary(max_size=40), st.integers(-1, 2**63 - 1), st.booleans(), st.booleans())
+def test_the_answer_to_a_publish_is_the_oracles(head, ids, created_at, first_index, is_batch,
+                                                close):
+    args = (head, ids, [created_at], first_index, is_batch, close)
+    assert core.published_response(*args) == oracle.published_response(*args)
+
+
+def test_the_answer_to_a_publish_refuses_what_it_cannot_answer():
+    with pytest.raises(ValueError):
+        core.published_response(b"", [], [], 0, True, False)
+    with pytest.raises(ValueError):
+        core.published_response(b"", [b"id"], [], 0, False, False)
+    with pytest.raises(TypeError):
+        core.published_response(b"", [b"id", "id"], [b"t"], 0, True, False)
+
+
 def test_last_duplicate_wins_and_raw_tokens():
     _, (ev,) = core.scan_body(GOOD_JSON[8])
     assert (ev.key, ev.key_value, ev.payload) == (b'"k2"', b"k2", b"[2]")
