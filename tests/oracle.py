@@ -591,16 +591,22 @@ def stamp_events(events, is_batch: bool, new_id, now):
 
 def published_response(head: bytes, ids, created_at, first_index: int, is_batch: bool,
                        close: bool) -> bytes:
-    """busd._core.published_response, as busd.server.http.response formats a 202."""
+    """busd._core.published_response: the 202 that busd.server.http.response formats for
+    the API's headers or batch body (the shared formatter every other answer goes through),
+    with `head` in place of its status, CORS and Date lines."""
+    from busd.server.http import response, status_head
     if is_batch:
         body = b'{"count":%d,"first_index":%d,"ids":["%s"]}' % (len(ids), first_index,
                                                                b'","'.join(ids))
-        return b"".join((head, b"Content-Type: application/json\r\n",
-                         b"Connection: close\r\n" if close else b"",
-                         b"Content-Length: %d\r\n\r\n" % len(body), body))
-    return b"".join((head, b"X-Bus-Event-Id: %s\r\nX-Bus-Event-Created-At: %s\r\n"
-                           b"X-Bus-Event-Index: %d\r\n" % (ids[0], created_at[0], first_index),
-                     b"Connection: close\r\n" if close else b"", b"Content-Length: 0\r\n\r\n"))
+        fields = {"body": body, "content_type": b"application/json"}
+    else:
+        headers = b"X-Bus-Event-Id: %s\r\nX-Bus-Event-Created-At: %s\r\n" \
+                  b"X-Bus-Event-Index: %d\r\n" % (ids[0], created_at[0], first_index)
+        fields = {"headers": headers}
+    while True:  # again if the Date's second turned between the two calls
+        real, formatted = status_head(202), response(202, close=close, **fields)
+        if formatted.startswith(real):
+            return head + formatted[len(real):]
 
 
 # --------------------------------------------------------------------------- subscription index
