@@ -36,6 +36,7 @@ cdef class HttpConnection:
     cdef public bint chunked, is_closed, write_paused, read_paused, budget_wait
     cdef public int state
     cdef public double since, last_write
+    cdef double _read_at
     cdef public object _unsent
     cdef public Py_ssize_t _unsent_bytes
     # CorsHttpConnection, a Python subclass, reads the headers and refuses a request
@@ -68,7 +69,7 @@ cdef class HttpConnection:
     cdef _refuse_body(self, str reason)
     cdef _release_body(self)
     cdef _forget_request(self)
-    cdef _idle(self)
+    cdef _idle(self, double now)
     cdef _fail(self, int status, str reason)
     cdef _pause_reading(self)
     cdef _resume_reading(self)

@@ -273,6 +273,7 @@ class HttpConnection:
         self.state = _IDLE
         self.since = time.monotonic()
         self.last_write = self.since
+        self._read_at = self.since  # when data_received was last entered
         self._unsent: list[bytes] | None = None  # stream bytes held back (coalesce.py)
         self._unsent_bytes = 0
         self._url = b""
@@ -311,6 +312,7 @@ class HttpConnection:
 
     def data_received(self, data: bytes) -> None:
         # a streaming (or failed) connection does not take further requests
+        self._read_at = time.monotonic()  # the callbacks' clock: these bytes came together
         while data and self.stream is None and not self._failed:
             self._read = data
             before, begun = self.state, self._begun
@@ -395,7 +397,7 @@ class HttpConnection:
         """A request's first byte: --header-timeout runs from here, whatever came before
         it in the same read."""
         self.state = _HEADERS
-        self.since = time.monotonic()
+        self.since = self._read_at
         self._begun += 1
 
     def on_url(self, url: bytes) -> None:
@@ -430,7 +432,7 @@ class HttpConnection:
         if length is None and b"transfer-encoding" in headers and self._reject is None:
             self._start_chunked(headers[b"transfer-encoding"])
         self.state = _BODY
-        self.since = time.monotonic()
+        self.since = self._read_at
         limits = self.limits
         self._body_limit = limits.max_event_body
         if self._reject is not None:
@@ -490,7 +492,7 @@ class HttpConnection:
         return False
 
     def on_body(self, body: bytes) -> None:
-        self.since = time.monotonic()
+        self.since = self._read_at
         if self._reject is not None:
             return
         self._body.append(body)
@@ -564,7 +566,7 @@ class HttpConnection:
         finally:  # the handler has taken what it keeps of the body
             self._release_body()
         if self.state == _WAITING and not self.pending and self.stream is None:
-            self._idle()
+            self._idle(self._read_at)
 
     def _forget_request(self) -> None:
         """Clear the URL and headers of the request that ended, of a dropped one too (the
@@ -608,7 +610,7 @@ class HttpConnection:
             self._write_response(head.data, head.close)
         if not pending and not self.is_closed and self.stream is None:
             if self.state == _WAITING:
-                self._idle()
+                self._idle(time.monotonic())
             if not self.write_paused:
                 self._resume_reading()
 
@@ -714,9 +716,10 @@ class HttpConnection:
                 self._linger_input = LINGER_HEAD_INPUT
             self._linger = linger(self.transport)
 
-    def _idle(self) -> None:
+    def _idle(self, now: float) -> None:
+        """--idle-timeout runs from `now`, when the last answer went out."""
         self.state = _IDLE
-        self.since = time.monotonic()
+        self.since = now
 
     def _fail(self, status: int, reason: str) -> None:
         """Answer a request we cannot parse or accept, then drop the connection.
