@@ -14,7 +14,7 @@ import orjson
 
 from busd._core import (Pattern, TooManyEvents, is_xid, new_xid, published_response, scan_body,
                         validate_pattern)
-from busd.bus.broker import Broker, Published
+from busd.bus.broker import Broker
 from busd.bus.consumer import AckPolicy, Consumer, InboxConsumer, index_cursor
 from busd.bus.group.dispatcher import ACTIONS
 from busd.bus.group.registry import JoinRefused
@@ -321,12 +321,11 @@ class Api:
                     return
         slot = conn.defer()
 
-        def done(outcome: Published | PublishRefused) -> None:
+        def done(ids: list[bytes], stamps: list[bytes], outcome: int | PublishRefused) -> None:
             if isinstance(outcome, PublishRefused):
                 conn.fulfil(slot, error_response(outcome.status, outcome.reason, close), close)
             else:
-                conn.fulfil(slot, published_response(status_head(202), outcome.ids,
-                                                      outcome.created_at, outcome.first_index,
+                conn.fulfil(slot, published_response(status_head(202), ids, stamps, outcome,
                                                       is_batch, close), close)
 
         try:

@@ -201,7 +201,7 @@ class Groups:
         body = body.replace(b'"\\u0000"', record)
         _, events = scan_body(body, 1)
 
-        def stored(outcome) -> None:
+        def stored(_ids, _stamps, outcome) -> None:
             if isinstance(outcome, PublishRefused):
                 log.error("dead letter not stored ns=%s group=%s reason=%r", group.namespace,
                           group.name, outcome.reason)
@@ -210,7 +210,7 @@ class Groups:
         try:
             self.publish(events, False, stored)
         except PublishRefused as exc:
-            stored(exc)
+            stored(None, None, exc)
 
     # -- answering after the commit ---------------------------------------------------------
     def after_commit(self, answer: Answer) -> None:
