@@ -245,7 +245,7 @@ async def raw_durable(urls: str, name: str, events: int) -> float:
         while acked[0] < events:
             try:
                 messages = await sub.fetch(100, timeout=1)
-            except asyncio.TimeoutError:  # nats-py raises either this or its subclass
+            except TimeoutError:  # nats-py raises either this or its subclass
                 continue
             except nats.js.errors.ServiceUnavailableError:  # the consumer's leader moving
                 await asyncio.sleep(0.1)

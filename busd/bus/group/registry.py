@@ -21,9 +21,9 @@ import orjson
 
 from busd._core import now_rfc3339, scan_body
 from busd.bus.group.dispatcher import Group
-from busd.bus.group.journal import Counters, Journal
+from busd.bus.group.journal import Journal
 from busd.bus.group.member import Member
-from busd.bus.group.settings import GroupSettings, SettingsError, parse_settings
+from busd.bus.group.settings import GroupSettings, parse_settings
 from busd.store.errors import PublishRefused
 from busd.store.interface import Store
 
