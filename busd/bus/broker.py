@@ -45,7 +45,7 @@ DEDUP_READ_BYTES = 4 << 20  # one log read while rebuilding the dedup cache
 # What a publish answers: the events' ids and created_at stamps, then the index of the first
 # (-1: routed to an inbox) or why the store refused them. Three arguments, not an object
 # holding them: one allocation less on every publish (perf/RESULTS.md, 2026-12-06).
-PublishCallback = Callable[[list[bytes], list[bytes], "int | PublishRefused"], None]
+PublishCallback = Callable[[list[bytes], list[bytes], int | PublishRefused], None]
 
 
 class Broker:

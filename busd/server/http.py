@@ -717,7 +717,8 @@ class HttpConnection:
             self._linger = linger(self.transport)
 
     def _idle(self, now: float) -> None:
-        """--idle-timeout runs from `now`, when the last answer went out."""
+        """--idle-timeout runs from `now`: the read the request came in (an answer given at
+        once goes out in that same callback) or the time a deferred answer was sent."""
         self.state = _IDLE
         self.since = now
 

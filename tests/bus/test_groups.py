@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
 from busclient import SSE, Http, publish, request, wait_until
 from groupworker import Worker, ack_each, batch, groups, settled_state
-from datetime import UTC
 
 
 def test_three_members_share_the_events_each_acked_once(store_server):
@@ -388,7 +388,6 @@ def test_start_at_a_time_finds_the_first_event_at_or_after_it(store_server):
     boundary = time.time_ns()
     time.sleep(0.05)
     batch(server.port, "orders.created", 20, start=20)
-    from datetime import datetime
     stamp = datetime.fromtimestamp(boundary / 1e9, UTC).strftime(
         "%Y-%m-%dT%H:%M:%S.%fZ")
     plain = SSE(server.port, f"subject=orders.>&start={stamp}")
