@@ -48,6 +48,16 @@ def test_api_conforms_to_openapi(case, live):
     case.call_and_validate(base_url=base_url, timeout=0.3, excluded_checks=EXCLUDED)
 
 
+def test_every_operation_is_a_test_of_its_own(request):
+    """The suite runs on pytest-xdist, which hands tests to its workers by node id: tests
+    sharing one run once for all (pytest 9 gives every operation's test the function's id,
+    hence `pytest<9` in the test extra)."""
+    ids = [item.nodeid for item in request.session.items
+           if item.originalname == "test_api_conforms_to_openapi"]
+    operations = [result.ok().label for result in schema.get_all_operations()]
+    assert len(set(ids)) == len(operations) == 15, ids
+
+
 def test_document_lists_every_route():
     text = DOC.read_text()
     for route in ("/:", "/healthz:", "/metrics:", "/stats:", "/ui:", "post:", "get:", "put:", "options:",
