@@ -6,7 +6,7 @@ Usage:
 Options:
   -h, --help              Show this help.
   --only LIST             Comma-separated sections to run
-                          [default: publish,batch,catchup,fanout,latency,memory].
+                          [default: publish,batch,catchup,fanout,subjects,latency,memory].
   -R N, --repeat N        Repeats per measurement, the median is reported [default: 3].
   --duration D            wrk duration per run (publish, batch) [default: 5s].
   --threads N             wrk threads [default: 1].
@@ -14,15 +14,16 @@ Options:
   --batch-connections N   batch: wrk connections [default: 8].
   --batch-size N          batch: events per request [default: 100].
   --catchup-events N      catchup: N events stored, then read [default: 500000].
-  --fanout-consumers N    fanout: live SSE consumers [default: 100].
+  --fanout-consumers N    fanout: live SSE consumers, all on bench.> [default: 100].
   --fanout-events N       fanout: M events per run, a multiple of 100 [default: 20000].
-  --fanout-subjects N     fanout: 0 = every consumer on bench.>; N = consumer i on the
-                          literal subject bench.s<i mod N>, the events spread evenly over
-                          the N subjects (M a multiple of N) [default: 0].
-  --fanout-publishers N   fanout: publisher connections, the batches dealt out among
-                          them [default: 4].
-  --fanout-window N       fanout: batch POSTs each publisher keeps in flight (pipelined)
-                          [default: 8].
+  --subjects N            subjects: N consumers, consumer i on the literal subject
+                          bench.s<i> [default: 1000].
+  --subjects-events M     subjects: events per run, spread evenly over the N subjects
+                          (a multiple of 100 and of N) [default: 200000].
+  --fanout-publishers N   fanout, subjects: publisher connections, the batches dealt out
+                          among them [default: 4].
+  --fanout-window N       fanout, subjects: batch POSTs each publisher keeps in flight
+                          (pipelined) [default: 8].
   --latency-rate N        latency: events/s [default: 10000].
   --latency-duration S    latency: seconds per run [default: 5].
   --idle-conns N          memory: idle SSE connections [default: 1000].
@@ -57,6 +58,8 @@ Sections (see perf/README.md for what each one measures):
   batch     wrk, 8 connections, 100 events per POST (JSON array): busd vs ceiling
   catchup   N events stored first, then one SSE consumer from start=oldest: events/s
   fanout    100 live SSE consumers on bench.>, M events published in batches: deliveries/s
+  subjects  1,000 live SSE consumers on 1,000 distinct literal subjects, the events spread
+            over them: deliveries/s
   latency   one publisher at a fixed rate, one SSE consumer: publish->receive p50/p99/p99.9,
             beside the ceiling relaying each POST to the stream
   memory    RSS per idle SSE connection; RSS growth under a consumer that never reads
@@ -103,7 +106,7 @@ from opts import parse, usage_error  # noqa: E402
 PERF = Path(__file__).resolve().parent
 REPO = PERF.parent
 OUT = PERF / "out"
-SECTIONS = ("publish", "batch", "catchup", "fanout", "latency", "memory")
+SECTIONS = ("publish", "batch", "catchup", "fanout", "subjects", "latency", "memory")
 PEER_SECTIONS = ("publish", "batch", "catchup", "latency")
 SATURATED = 0.9  # the harness and wrk this busy on their CPUs: the load may be their limit
 CROWDED = 0.1  # other work taking this much of the server CPUs during a run is worth a note
@@ -660,8 +663,11 @@ async def section_catchup(args, targets: list[Target], row: Row) -> None:
     await rounds(args, targets, [row], measure)
 
 
-async def section_fanout(args, targets: list[Target], row: Row) -> None:
-    k, m, batch, n_subj = args.fanout_consumers, args.fanout_events, 100, args.fanout_subjects
+async def section_fanout(args, targets: list[Target], row: Row, k: int, m: int,
+                         n_subj: int) -> None:
+    """k live consumers, all on bench.> (n_subj 0) or consumer i on the literal subject
+    bench.s<i mod n_subj>; m events a run, in batches, round-robin over the subjects."""
+    batch = 100
     port = targets[0][1].port
     sem = asyncio.Semaphore(50)
     subjects = [b"bench.s%d" % j for j in range(n_subj)]
@@ -901,8 +907,7 @@ async def section_memory(args, srv: Server, per_conn: Row, stall: Row, control: 
 def parse_args(argv=None):
     args = parse(__doc__, argv, repeat=int, threads=int, connections=int, batch_connections=int,
                  batch_size=int, catchup_events=int, fanout_consumers=int, fanout_events=int,
-                 fanout_publishers=int, fanout_window=int,
-                 fanout_subjects=int,
+                 fanout_publishers=int, fanout_window=int, subjects=int, subjects_events=int,
                  latency_rate=int, latency_duration=float, idle_conns=int, stall_events=int,
                  server_cpus=cpu_list, client_cpus=cpu_list, data_dir=Path, out=Path, json=Path)
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -928,10 +933,10 @@ def parse_args(argv=None):
     args.fanout_events -= args.fanout_events % 100
     if args.fanout_publishers < 1 or args.fanout_window < 1:
         usage_error("--fanout-publishers and --fanout-window: give at least 1")
-    if args.fanout_subjects < 0 or (args.fanout_subjects
-                                    and args.fanout_events % args.fanout_subjects):
-        usage_error(f"--fanout-subjects: {args.fanout_subjects} must be 0 or divide "
-                    f"--fanout-events ({args.fanout_events})")
+    if (args.subjects < 1 or args.subjects_events < 100 or args.subjects_events % 100
+            or args.subjects_events % args.subjects):
+        usage_error(f"--subjects-events: {args.subjects_events} must be a multiple of 100 and "
+                    f"of --subjects ({args.subjects}), which must be at least 1")
     return args
 
 
@@ -971,11 +976,17 @@ def run_section(sec: str, args, ceiling: Server | None, rows: list[Row]) -> None
             rows.append(row)
             asyncio.run(section_catchup(args, targets, row))
         elif sec == "fanout":
-            row = Row("fanout", f"live fan-out, {args.fanout_consumers} SSE consumers"
-                      + (f" on {args.fanout_subjects} subjects" if args.fanout_subjects else ""),
-                      "deliveries/s")
+            row = Row("fanout", f"live fan-out, {args.fanout_consumers} SSE consumers on "
+                                f"{NS}.>", "deliveries/s")
             rows.append(row)
-            asyncio.run(section_fanout(args, targets, row))
+            asyncio.run(section_fanout(args, targets, row, args.fanout_consumers,
+                                       args.fanout_events, 0))
+        elif sec == "subjects":  # in the fan-out chart: a row of the same group
+            row = Row("fanout", f"live fan-out, {args.subjects:,} SSE consumers on "
+                                f"{args.subjects:,} distinct subjects", "deliveries/s")
+            rows.append(row)
+            asyncio.run(section_fanout(args, targets, row, args.subjects,
+                                       args.subjects_events, args.subjects))
         elif sec == "latency":
             p50 = Row("latency", f"publish→receive p50 @ {args.latency_rate:,}/s", "µs",
                       paced=True)
