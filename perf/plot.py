@@ -11,7 +11,8 @@ Options:
 group (publish, batch, catchup, fanout, latency, memory-connection, memory-growth): for
 each benchmark of the group a bar per server (busd, the ceiling, the peer) at its median,
 a dot per run so the spread shows, and the same-run ratios busd/ceiling and busd/peer
-under the benchmark's name. The subtitle says when, with which pinning and at which
+under the benchmark's name (on a log axis where a group's medians differ more than 10×,
+so a small bar stays readable). The subtitle says when, with which pinning and at which
 loadavg the figures were taken: a chart without it would be a number without its run.
 Needs matplotlib: pip install -e '.[perf]'.
 """
@@ -33,6 +34,7 @@ from opts import parse  # noqa: E402
 OUT = Path(__file__).resolve().parent / "out"
 COLORS = {"busd": "#1f6fb4", "ceiling": "#a8a8a8"}
 PEER_COLOR = "#e8841a"
+LOG_SPAN = 10  # a group whose medians differ more than this is drawn on a log axis
 
 
 def number(value: float) -> str:
@@ -61,6 +63,10 @@ def chart(group: str, rows: list[dict], result: dict, path: Path) -> None:
         labels.append(textwrap.fill(r["name"], 28) + (f"\n{ratios}" if ratios else ""))
     ax.set_xticks(range(len(rows)), labels, fontsize=8)
     ax.set_ylabel(rows[0]["unit"])
+    values = [v for r in rows for v in r["median"].values() if v > 0]
+    if values and max(values) > LOG_SPAN * min(values):  # e.g. fan-out: 10 M beside 0.5 M
+        ax.set_yscale("log")
+        ax.set_ylabel(rows[0]["unit"] + " (log scale)")
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: number(v)))
     ax.margins(y=0.12)
     ax.legend(fontsize=8)
