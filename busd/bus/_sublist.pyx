@@ -209,6 +209,18 @@ cdef class Sublist:
         """Records (stored records, in order) grouped by the values whose pattern their
         subject matches: [(value, [record, ...]), ...], each group in record order, groups
         in the order their first record came."""
+        return list(self._groups(records).items())
+
+    def split_sse(self, list records not None):
+        """split's groups, each as one SSE chunk: [(value, chunk, records in it), ...]."""
+        cdef list out = []
+        cdef list group
+        for value, group in self._groups(records).items():
+            out.append((value, _sse_of_group(group), PyList_GET_SIZE(group)))
+        return out
+
+    cdef dict _groups(self, list records):
+        """value -> its records, in record order (a dict keeps the order values came)."""
         cdef dict groups = {}
         cdef Py_ssize_t i, n = PyList_GET_SIZE(records), rn, at
         cdef const char* r
@@ -234,15 +246,7 @@ cdef class Sublist:
                     groups[value] = [rec]
                 else:
                     (<list>group).append(rec)
-        return list(groups.items())
-
-    def split_sse(self, list records not None):
-        """split's groups, each as one SSE chunk: [(value, chunk, records in it), ...]."""
-        cdef list out = []
-        cdef list group
-        for value, group in self.split(records):
-            out.append((value, _sse_of_group(group), PyList_GET_SIZE(group)))
-        return out
+        return groups
 
 
 cdef bytes _sse_of_group(list group):

@@ -149,12 +149,19 @@ class FanOut:
         if index:
             delivered = 0
             for group, chunk, matched in index.split_sse(records):
-                readers = 0
-                for reader in tuple(group.readers):
+                readers = group.readers
+                if len(readers) == 1:  # distinct subscriptions: no copy, no inner loop
+                    reader = readers[0]
                     if not (reader.paused or reader.done):
                         reader.push(chunk, next_index)
-                        readers += 1
-                delivered += readers * matched
+                        delivered += matched
+                    continue
+                pushed = 0
+                for reader in tuple(readers):  # a push may make a reader leave the group
+                    if not (reader.paused or reader.done):
+                        reader.push(chunk, next_index)
+                        pushed += 1
+                delivered += pushed * matched
             self.metrics.events_out[namespace] += delivered
         self.pushed[namespace] = next_index
         waiting = self.waiting[namespace]

@@ -76,6 +76,16 @@ def test_paused_readers_are_skipped_and_the_last_reader_out_drops_the_pattern():
     assert len(fanout.live["ns"]) == 0
 
 
+def test_a_paused_or_ended_reader_alone_on_its_pattern_is_skipped():
+    """Distinct subscriptions take push's one-reader path: it skips them the same way."""
+    fanout, (paused, ended, live) = live_fanout(b"ns.a", b"ns.b", b"ns.c")
+    paused.paused, ended.done = True, True
+    fanout.push("ns", [record(b"ns.a"), record(b"ns.b"), record(b"ns.c")], 3)
+    assert paused.chunks == [] and ended.chunks == [] and len(live.chunks) == 1
+    assert live.cursor == 3 and paused.cursor == 0
+    assert fanout.metrics.events_out["ns"] == 1
+
+
 def test_a_consumer_carries_no_per_instance_dict():
     """One per open stream, 100,000 idle ones on a process: __slots__, not a dict each."""
     from busd.bus.consumer import Consumer
