@@ -682,7 +682,7 @@ async def section_fanout(args, targets: list[Target], row: Row, k: int, m: int,
     pub = pubs[0]
     base = 1
     per_run = m // n_subj if n_subj else m  # events each consumer gets per run
-    row.notes.append(f"{k} consumers on " + (f"{n_subj:,} distinct subjects" if n_subj
+    row.notes.append(f"{k:,} consumers on " + (f"{n_subj:,} distinct subjects" if n_subj
                                              else f"{NS}.>")
                      + f", M={m:,} events in batches of {batch} over {len(pubs)} connections, "
                      f"{args.fanout_window} in flight on each")

@@ -150,7 +150,9 @@ class FanOut:
             delivered = 0
             for group, chunk, matched in index.split_sse(records):
                 readers = group.readers
-                if len(readers) == 1:  # distinct subscriptions: no copy, no inner loop
+                # distinct subscriptions: no copy, no inner loop (folding this case into
+                # the loop below made push 15 % slower, perf/fanout_match.py)
+                if len(readers) == 1:
                     reader = readers[0]
                     if not (reader.paused or reader.done):
                         reader.push(chunk, next_index)
