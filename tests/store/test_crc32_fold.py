@@ -53,6 +53,15 @@ def test_edge_lengths_match_zlib(length):
             assert crcs_written(lead + [fill])[-1] == zlib.crc32(fill)
 
 
+@pytest.mark.parametrize("steps", [64, 80, 128, 144])
+def test_every_last_partial_block_matches_zlib(steps):
+    """After the 64- and 16-byte steps, each of the 1..15 bytes that can be left over."""
+    for rest in range(1, 16):
+        for fill in (bytes((i * 131 + 7) & 0xFF for i in range(steps + rest)),
+                     b"\xff" * (steps + rest)):
+            assert crcs_written([fill])[-1] == zlib.crc32(fill), (steps, rest)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(min_size=1, max_size=3000), min_size=1, max_size=8))
 def test_random_bodies_match_zlib(bodies):
