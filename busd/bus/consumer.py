@@ -14,9 +14,10 @@ most one socket buffer, never an unbounded queue.
 The store's `read` serves what it has in memory and answers None for the rest, which
 `fetch` gets asynchronously (local store: a disk read in a worker thread, so a cold page
 cache stalls no other connection; JetStream: records older than its in-memory tail);
-catching up, `fetch_sse` gets them already framed as SSE (the local store frames, and
-opens if encrypted, in the worker), and the next chunk is fetched while this one is
-written, so reading and deciphering overlap the loop's socket work. The stream then goes
+catching up, `fetch_sse` gets them already framed as SSE (the local store frames what
+the page cache holds of a plain log at once, on the loop, and the rest, or an encrypted
+log's records, in the worker), and the next chunk is fetched while this one is written,
+so a disk read or the cipher overlaps the loop's socket work. The stream then goes
 on from `read`, and the step that finds the head and joins the live set stays one
 synchronous step on the loop, so the seam is the same for every store.
 """

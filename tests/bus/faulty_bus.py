@@ -18,7 +18,7 @@ from collections.abc import Callable
 import pytest
 
 from busd.cli.main import main
-from busd.store.local.log import NamespaceLog
+from busd.store.local.log import NamespaceLog, WouldBlock
 from busd.store.local.store import LocalStore
 
 FAULTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {}
@@ -134,15 +134,22 @@ def live_write_fails(patch: pytest.MonkeyPatch) -> None:
 @fault
 def slow_disk(patch: pytest.MonkeyPatch) -> None:
     """Every read of segment files (for records, or in search of an id) takes 0.2 s more,
-    as from a cold disk."""
-    for name in ("_read_segments", "_find_in_run"):
-        real = getattr(NamespaceLog, name)
+    as from a cold disk, whose records the page cache never holds: a read asked not to
+    wait (the loop's catch-up read) is refused at once."""
+    read_segments, find_in_run = NamespaceLog._read_segments, NamespaceLog._find_in_run
 
-        def slow(self, *args, real=real):
-            time.sleep(0.2)
-            return real(self, *args)
+    def slow_read(self, start, max_bytes, max_records, walk, nowait):
+        if nowait:
+            raise WouldBlock
+        time.sleep(0.2)
+        return read_segments(self, start, max_bytes, max_records, walk, nowait)
 
-        patch.setattr(NamespaceLog, name, slow)
+    def slow_find(self, *args):
+        time.sleep(0.2)
+        return find_in_run(self, *args)
+
+    patch.setattr(NamespaceLog, "_read_segments", slow_read)
+    patch.setattr(NamespaceLog, "_find_in_run", slow_find)
 
 
 @fault

@@ -21,6 +21,7 @@ from busd.store.local.log import (
     LogOpenError,
     LogWriteError,
     NamespaceLog,
+    WouldBlock,
 )
 from busd.store.local.store import LocalStore, StoreLockedError
 
@@ -732,9 +733,110 @@ def test_read_sse_is_the_sse_of_what_read_answers(tmp_path, secret):
     nslog.close()
 
 
+def test_read_sse_nowait_answers_as_the_blocking_read_or_not_at_all(tmp_path, monkeypatch):
+    """nowait (the loop thread's catch-up read) answers what the blocking read answers, from
+    every start and read size, once a segment's index and file are open; until then, while
+    a read worker holds the log, or when the page cache lacks the bytes, it raises
+    WouldBlock and touches nothing."""
+    from busd._core import Pattern
+
+    from busd.store.local import log as log_mod
+    nslog, _ = open_log(tmp_path, cache_bytes=4000, segment_bytes=30_000)
+    rnd = random.Random(3)
+    for k in range(0, 300, 7):
+        nslog.append([rec(T0, i, rnd.randrange(60, 700)) for i in range(k, min(k + 7, 300))])
+    nslog.close()
+    nslog, _ = open_log(tmp_path, cache_bytes=4000)
+    with pytest.raises(WouldBlock):  # a closed segment's index is not loaded yet
+        nslog.read_sse(0, 2000, 40, None, cache=False, nowait=True)
+    nslog.read_sse(0, 2000, 40, None, cache=False)  # a worker's read loads and opens it
+    for pattern in (None, Pattern(b"orders.*")):
+        for start in range(300):
+            for max_bytes in (1, 500, 9000):
+                want = nslog.read_sse(start, max_bytes, 40, pattern, cache=False)
+                got = nslog.read_sse(start, max_bytes, 40, pattern, cache=False, nowait=True)
+                assert got == want, (start, max_bytes)
+
+    holding, release = threading.Event(), threading.Event()
+
+    def worker_read() -> None:
+        with nslog._read_mutex:
+            holding.set()
+            release.wait(5)
+
+    worker = threading.Thread(target=worker_read)
+    worker.start()
+    holding.wait(5)
+    try:
+        with pytest.raises(WouldBlock):
+            nslog.read_sse(10, 2000, 40, None, cache=False, nowait=True)
+    finally:
+        release.set()
+        worker.join()
+
+    def not_cached(fd, buffers, offset, flags=0):
+        assert flags == log_mod.RWF_NOWAIT
+        raise BlockingIOError(errno.EAGAIN, "would block")
+
+    monkeypatch.setattr(log_mod.os, "preadv", not_cached)
+    with pytest.raises(WouldBlock):
+        nslog.read_sse(10, 2000, 40, None, cache=False, nowait=True)
+    monkeypatch.setattr(log_mod.os, "preadv", lambda fd, buffers, offset, flags=0: 3)
+    with pytest.raises(WouldBlock):  # partly cached: the worker reads it whole
+        nslog.read_sse(10, 2000, 40, None, cache=False, nowait=True)
+    nslog.close()
+
+
+def test_fetch_sse_frames_cached_records_on_the_loop_and_the_rest_in_a_worker(
+        tmp_path, monkeypatch):
+    """Catch-up from a plain log: what the page cache holds is framed on the loop thread,
+    at once (no thread switch); a read that would need the disk goes to a busd-read worker,
+    and both answer the same."""
+    import asyncio
+
+    from busd._core import sse_of
+
+    from busd.store.local import log as log_mod
+    threads = []
+    real = NamespaceLog.read_sse
+
+    def read_sse(self, *args, **kw):
+        threads.append((threading.current_thread().name, kw.get("nowait", False)))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(NamespaceLog, "read_sse", read_sse)
+    store = LocalStore(tmp_path, ["orders"])
+    records = [rec(T0, i) for i in range(40)]
+    cached = os.preadv
+
+    async def main():
+        await store.start(listener=None)
+        try:
+            store.log("orders").append(records)
+            answers = [await store.fetch_sse("orders", 3, 1 << 20, None) for _ in range(2)]
+            monkeypatch.setattr(log_mod.os, "preadv", lambda *a: (_ for _ in ()).throw(
+                BlockingIOError(errno.EAGAIN, "would block")))
+            answers.append(await store.fetch_sse("orders", 3, 1 << 20, None))
+            monkeypatch.setattr(log_mod.os, "preadv", cached)
+            with pytest.raises(HistoryTruncatedError):  # raised as a worker's read raises it
+                await store.fetch_sse("orders", -1, 1 << 20, None)
+        finally:
+            await store.stop()
+        return answers
+
+    answers = asyncio.run(main())
+    assert answers == [(3, sse_of(records[3:])[0], 37, 37)] * 3
+    loop_thread = threading.main_thread().name
+    # the first read opens the segment's file in a worker; the next is the loop's alone
+    assert threads[:2] == [(loop_thread, True), ("busd-read_0", False)]
+    assert threads[2] == (loop_thread, True)
+    assert threads[3:5] == [(loop_thread, True), ("busd-read_0", False)]
+
+
 def test_fetch_sse_reads_in_a_worker_and_stops_at_the_durable_head(tmp_path, monkeypatch):
-    """Catch-up's fetch frames (and opens) in a busd-read thread, never past what readers
-    may see: under fsync_always, only what is fsynced."""
+    """An encrypted log's catch-up fetch frames and opens in a busd-read thread (the
+    cipher overlaps the loop), never past what readers may see: under fsync_always, only
+    what is fsynced."""
     import asyncio
 
     from busd._core import sse_of

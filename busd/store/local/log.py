@@ -211,7 +211,19 @@ def _write_all(fd: int, data: bytes) -> None:
             written += n
 
 
-def _pread_exact(fd: int, size: int, offset: int) -> bytes:
+class WouldBlock(Exception):  # noqa: N818 - a signal, not an error
+    """A read asked not to wait (`nowait`) needs the disk, or a read worker holds the log:
+    hand it to a worker instead."""
+
+
+# pread(RWF_NOWAIT): Linux ≥ 4.14 answers from the page cache or fails with EAGAIN
+RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)
+_NOWAIT_UNSUPPORTED = (errno_mod.EAGAIN, errno_mod.EOPNOTSUPP, errno_mod.EINVAL)
+
+
+def _pread_exact(fd: int, size: int, offset: int, nowait: bool = False) -> bytes | bytearray:
+    if nowait:
+        return _pread_cached(fd, size, offset)
     data = os.pread(fd, size, offset)
     while len(data) < size:  # only at end of file for regular files
         more = os.pread(fd, size - len(data), offset + len(data))
@@ -219,6 +231,23 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
             break
         data += more
     return data
+
+
+def _pread_cached(fd: int, size: int, offset: int) -> bytearray:
+    """All `size` bytes from the page cache, or WouldBlock (some would come from the disk,
+    or the kernel or file system cannot tell)."""
+    if RWF_NOWAIT is None:
+        raise WouldBlock
+    buf = bytearray(size)
+    try:
+        got = os.preadv(fd, [buf], offset, RWF_NOWAIT)
+    except OSError as exc:
+        if exc.errno in _NOWAIT_UNSUPPORTED:
+            raise WouldBlock from None
+        raise
+    if got < size:  # partly cached: a blocking read gets the rest
+        raise WouldBlock
+    return buf
 
 
 class NamespaceLog:
@@ -761,24 +790,35 @@ class NamespaceLog:
         return self._read(start_index, max_bytes, max_records, cache, _Records)
 
     def read_sse(self, start_index: int, max_bytes: int, max_records: int,
-                 pattern: Pattern | None, cache: bool = True) -> tuple[bytes, int, int]:
+                 pattern: Pattern | None, cache: bool = True,
+                 nowait: bool = False) -> tuple[bytes, int, int]:
         """What `read` answers, as the SSE chunk of those of its records that match
         pattern (None: all): (chunk or b"", records in it, records read). From the segment
         files the chunk is written straight from the read buffer (sse_from_frames: no bytes
-        object per record, sealed records opened without the GIL)."""
-        return self._read(start_index, max_bytes, max_records, cache, _Sse(pattern))
+        object per record, sealed records opened without the GIL).
 
-    def _read(self, start: int, max_bytes: int, max_records: int, cache: bool, walk):
+        nowait: on the loop thread, never waiting: WouldBlock when the read would need the
+        disk (not in the page cache, a segment's index or file not open yet) or a read
+        worker holds the log."""
+        return self._read(start_index, max_bytes, max_records, cache, _Sse(pattern), nowait)
+
+    def _read(self, start: int, max_bytes: int, max_records: int, cache: bool, walk,
+              nowait: bool = False):
         if start < self.first_index:
             raise HistoryTruncatedError(self.first_index)
         if start >= self._next or max_records <= 0:
             return walk.of_records([])
         if cache and self._cache and start >= self._cache_first:
             return walk.of_records(self._cache_read(start, max_bytes, max_records))
-        with self._read_mutex:  # retention may have run since the check above
+        # retention may have run since the check above
+        if not self._read_mutex.acquire(blocking=not nowait):
+            raise WouldBlock
+        try:
             if start < self.first_index:
                 raise HistoryTruncatedError(self.first_index)
-            return self._read_segments(start, max_bytes, max_records, walk)
+            return self._read_segments(start, max_bytes, max_records, walk, nowait)
+        finally:
+            self._read_mutex.release()
 
     def in_memory(self, start_index: int) -> bool:
         """`read(start_index)` needs no disk: at or past the head, in the recent-records
@@ -789,10 +829,13 @@ class NamespaceLog:
     def _segment_of(self, index: int) -> _Segment:
         return self._segments[bisect.bisect_right(self._firsts, index) - 1]
 
-    def _read_segments(self, start: int, max_bytes: int, max_records: int, walk):
+    def _read_segments(self, start: int, max_bytes: int, max_records: int, walk,
+                       nowait: bool):
         """walk's answer for the frames of one pread from start on (within one segment)."""
         seg = self._segment_of(start)
         rel = start - seg.first
+        if nowait and (seg.index is None or seg.first not in self._rfds):
+            raise WouldBlock  # reading its index or opening its file may wait for the disk
         index = self._ensure_index(seg)
         if rel in seg.corrupt:
             raise CorruptRecordError(start, seg.path, seg.corrupt[rel])
@@ -807,20 +850,20 @@ class NamespaceLog:
             b, block_rel, offset = index.locate(rel)
             if rel != block_rel:  # step over the block's earlier records by their lengths
                 _, _, boff, bend = index.block(b)
-                skip_buf = _pread_exact(fd, bend - boff, boff)
+                skip_buf = _pread_exact(fd, bend - boff, boff, nowait)
                 _, pos, n, _ = scan_frames(skip_buf, 0, rel - block_rel, False, False)
                 if n != rel - block_rel:
                     raise CorruptRecordError(start, seg.path, boff + pos)
                 offset = boff + pos
         want = min(max(max_bytes, 8), index.end_offset - offset)
-        buf = _pread_exact(fd, want, offset)
+        buf = _pread_exact(fd, want, offset, nowait)
         result, end, n, status = walk.of_frames(self, seg, buf, limit)
         if n == 0:
             if status == TRUNCATED:  # one record bigger than max_bytes
-                head = buf if len(buf) >= 8 else _pread_exact(fd, 8, offset)
+                head = buf if len(buf) >= 8 else _pread_exact(fd, 8, offset, nowait)
                 length = _U32.unpack_from(head)[0] if len(head) >= 8 else 0
                 if 0 < length <= MAX_BODY and offset + 8 + length <= index.end_offset:
-                    buf = _pread_exact(fd, 8 + length, offset)
+                    buf = _pread_exact(fd, 8 + length, offset, nowait)
                     result, end, n, status = walk.of_frames(self, seg, buf, 1)
             if n == 0:
                 log.error("corrupt record ns=%s segment=%s index=%d offset=%d",

@@ -29,7 +29,7 @@ from pathlib import Path
 from busd._core import ParsedEvent, Pattern, records_size
 from busd.store.errors import LogOpenError, LogWriteError, PublishRefused
 from busd.store.interface import Stored, StoreListener, Synced
-from busd.store.local.log import NamespaceLog, RecoveryReport
+from busd.store.local.log import NamespaceLog, RecoveryReport, WouldBlock
 from busd.wire import ID_AT, ID_END
 
 log = logging.getLogger("busd.store.local.store")
@@ -357,12 +357,28 @@ class LocalStore:
 
     def fetch_sse(self, namespace: str, start_index: int, max_bytes: int,
                   pattern: Pattern | None) -> asyncio.Future:
-        """As `fetch`, the records framed as SSE in the worker thread, which also opens
-        them if the log is encrypted. The read is handed to the worker now, not when the
-        caller next yields, so it overlaps what the loop does meanwhile."""
+        """As `fetch`, the records framed as SSE. What the page cache holds of a plain log
+        is read and framed at once, on the loop: a worker's read and its answer wake a
+        thread twice per chunk, and where a woken core had gone idle that cost more than
+        the read itself (perf/RESULTS.md, catch-up on the loop). What needs the disk, and
+        an encrypted log (the cipher, which the worker overlaps with the loop), goes to a
+        worker thread, now, not when the caller next yields."""
+        visible = self._visible(namespace, start_index)
+        nslog = self._logs[namespace]
+        if nslog.codec is None:
+            future = self._loop.create_future()
+            try:
+                future.set_result((start_index, *nslog.read_sse(
+                    start_index, max_bytes, visible, pattern, False, nowait=True)))
+                return future
+            except WouldBlock:
+                pass
+            except Exception as exc:  # noqa: BLE001 - as the worker's read would raise it
+                future.set_exception(exc)
+                return future
         return self._loop.run_in_executor(
             self._read_executor, self._read_sse, namespace, start_index, max_bytes,
-            self._visible(namespace, start_index), pattern)
+            visible, pattern)
 
     def _read_sse(self, namespace: str, start_index: int, max_bytes: int, max_records: int,
                   pattern: Pattern | None) -> tuple[int, bytes, int, int]:
