@@ -735,21 +735,20 @@ def test_read_sse_is_the_sse_of_what_read_answers(tmp_path, secret):
 
 def test_read_sse_nowait_answers_as_the_blocking_read_or_not_at_all(tmp_path, monkeypatch):
     """nowait (the loop thread's catch-up read) answers what the blocking read answers, from
-    every start and read size, once a segment's index and file are open; until then, while
-    a read worker holds the log, or when the page cache lacks the bytes, it raises
-    WouldBlock and touches nothing."""
+    every start and read size, in segments this log wrote, once their files are open. It
+    raises WouldBlock, touching nothing, for a segment's first read (the file is opened in
+    a worker), for segments from before the log was opened, while a read worker holds the
+    log, and when the page cache lacks the bytes: that segment is then the workers' for
+    good (their reads start the kernel's readahead, which the loop must not)."""
     from busd._core import Pattern
-
     from busd.store.local import log as log_mod
     nslog, _ = open_log(tmp_path, cache_bytes=4000, segment_bytes=30_000)
     rnd = random.Random(3)
     for k in range(0, 300, 7):
         nslog.append([rec(T0, i, rnd.randrange(60, 700)) for i in range(k, min(k + 7, 300))])
-    nslog.close()
-    nslog, _ = open_log(tmp_path, cache_bytes=4000)
-    with pytest.raises(WouldBlock):  # a closed segment's index is not loaded yet
+    assert len(segment_files(tmp_path)) > 3
+    with pytest.raises(WouldBlock):  # its file is not open for reading yet
         nslog.read_sse(0, 2000, 40, None, cache=False, nowait=True)
-    nslog.read_sse(0, 2000, 40, None, cache=False)  # a worker's read loads and opens it
     for pattern in (None, Pattern(b"orders.*")):
         for start in range(300):
             for max_bytes in (1, 500, 9000):
@@ -778,12 +777,23 @@ def test_read_sse_nowait_answers_as_the_blocking_read_or_not_at_all(tmp_path, mo
         assert flags == log_mod.RWF_NOWAIT
         raise BlockingIOError(errno.EAGAIN, "would block")
 
-    monkeypatch.setattr(log_mod.os, "preadv", not_cached)
-    with pytest.raises(WouldBlock):
-        nslog.read_sse(10, 2000, 40, None, cache=False, nowait=True)
-    monkeypatch.setattr(log_mod.os, "preadv", lambda fd, buffers, offset, flags=0: 3)
-    with pytest.raises(WouldBlock):  # partly cached: the worker reads it whole
-        nslog.read_sse(10, 2000, 40, None, cache=False, nowait=True)
+    with monkeypatch.context() as patch:
+        patch.setattr(log_mod.os, "preadv", not_cached)
+        with pytest.raises(WouldBlock):
+            nslog.read_sse(10, 2000, 40, None, cache=False, nowait=True)
+        with pytest.raises(WouldBlock):  # partly cached: the worker reads it whole
+            patch.setattr(log_mod.os, "preadv", lambda fd, buffers, offset, flags=0: 3)
+            nslog.read_sse(150, 2000, 40, None, cache=False, nowait=True)
+    assert nslog.read_sse(280, 2000, 40, None, cache=False, nowait=True)  # other segments
+    for start in (10, 150):  # those two segments stay with the workers
+        with pytest.raises(WouldBlock):
+            nslog.read_sse(start, 2000, 40, None, cache=False, nowait=True)
+    nslog.close()
+
+    nslog, _ = open_log(tmp_path, cache_bytes=4000)
+    nslog.read_sse(280, 2000, 40, None, cache=False)  # a worker's read opens the file
+    with pytest.raises(WouldBlock):  # written before this log was opened
+        nslog.read_sse(280, 2000, 40, None, cache=False, nowait=True)
     nslog.close()
 
 

@@ -160,7 +160,8 @@ class RecoveryReport:
 class _Segment:
     """One segment file: where it starts, its size, and (once loaded) its sparse index."""
 
-    __slots__ = ("block_size", "corrupt", "count", "first", "index", "path", "size", "summary")
+    __slots__ = ("block_size", "cached", "corrupt", "count", "first", "index", "path", "size",
+                 "summary")
 
     def __init__(self, first: int, path: Path, size: int, block_size: int = 0) -> None:
         self.block_size = block_size  # encrypted: the block size its records are sealed in
@@ -171,6 +172,11 @@ class _Segment:
         self.index: SegmentIndex | None = None
         self.corrupt: dict[int, int] = {}  # relative index -> offset of known corrupt records
         self.summary: tuple[int, int] | None = None  # (min, max) xid seconds, -1 if none
+        # all of it written by this process and none found missing from the page cache:
+        # the loop may read it (nowait). A segment from before, or one the page cache has
+        # lost part of, is read by the workers: those reads start the kernel's readahead,
+        # which (8 MiB a window on some machines) takes milliseconds to set off.
+        self.cached = False
 
     @property
     def idx_path(self) -> Path:
@@ -637,6 +643,7 @@ class NamespaceLog:
         self._set_dir_dirty()
         seg = _Segment(first, path, HEADER_SIZE, self.block_size if self.codec else 0)
         seg.index = self._new_index()
+        seg.cached = True
         return seg
 
     # -- appending --------------------------------------------------------------------------
@@ -833,9 +840,17 @@ class NamespaceLog:
                        nowait: bool):
         """walk's answer for the frames of one pread from start on (within one segment)."""
         seg = self._segment_of(start)
+        if nowait and not (seg.cached and seg.index is not None and seg.first in self._rfds):
+            raise WouldBlock  # loading its index or opening its file may wait for the disk
+        try:
+            return self._read_frames(seg, start, max_bytes, max_records, walk, nowait)
+        except WouldBlock:
+            seg.cached = False  # the page cache lost some: the workers read it from now on
+            raise
+
+    def _read_frames(self, seg: _Segment, start: int, max_bytes: int, max_records: int,
+                     walk, nowait: bool):
         rel = start - seg.first
-        if nowait and (seg.index is None or seg.first not in self._rfds):
-            raise WouldBlock  # reading its index or opening its file may wait for the disk
         index = self._ensure_index(seg)
         if rel in seg.corrupt:
             raise CorruptRecordError(start, seg.path, seg.corrupt[rel])
