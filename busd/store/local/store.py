@@ -358,8 +358,8 @@ class LocalStore:
     def fetch_sse(self, namespace: str, start_index: int, max_bytes: int,
                   pattern: Pattern | None) -> asyncio.Future:
         """As `fetch`, the records framed as SSE. What the page cache holds of a plain log
-        is read and framed at once, on the loop: a worker's read and its answer wake a
-        thread twice per chunk, and where a woken core had gone idle that cost more than
+        is read and framed at once, on the loop: handing each chunk to a worker and back
+        (two thread wakeups and GIL handovers, ~5 context switches a chunk) cost more than
         the read itself (perf/RESULTS.md, catch-up on the loop). What needs the disk, and
         an encrypted log (the cipher, which the worker overlaps with the loop), goes to a
         worker thread, now, not when the caller next yields."""
