@@ -737,15 +737,17 @@ def test_read_sse_nowait_answers_as_the_blocking_read_or_not_at_all(tmp_path, mo
     """nowait (the loop thread's catch-up read) answers what the blocking read answers, from
     every start and read size, in segments this log wrote, once their files are open. It
     raises WouldBlock, touching nothing, for a segment's first read (the file is opened in
-    a worker), for segments from before the log was opened, while a read worker holds the
-    log, and when the page cache lacks the bytes: that segment is then the workers' for
-    good (their reads start the kernel's readahead, which the loop must not)."""
+    a worker), for a first record longer than the read (up to --max-event-size: too long
+    for one loop step), for segments from before the log was opened, while a read worker
+    holds the log, and when the page cache lacks the bytes: that segment is then the
+    workers' for good (their reads start the kernel's readahead, which the loop must not)."""
     from busd._core import Pattern
     from busd.store.local import log as log_mod
     nslog, _ = open_log(tmp_path, cache_bytes=4000, segment_bytes=30_000)
     rnd = random.Random(3)
+    records = [rec(T0, i, rnd.randrange(60, 700)) for i in range(300)]
     for k in range(0, 300, 7):
-        nslog.append([rec(T0, i, rnd.randrange(60, 700)) for i in range(k, min(k + 7, 300))])
+        nslog.append(records[k:k + 7])
     assert len(segment_files(tmp_path)) > 3
     with pytest.raises(WouldBlock):  # its file is not open for reading yet
         nslog.read_sse(0, 2000, 40, None, cache=False, nowait=True)
@@ -753,8 +755,14 @@ def test_read_sse_nowait_answers_as_the_blocking_read_or_not_at_all(tmp_path, mo
         for start in range(300):
             for max_bytes in (1, 500, 9000):
                 want = nslog.read_sse(start, max_bytes, 40, pattern, cache=False)
+                if 8 + len(records[start]) > max(max_bytes, 8):
+                    with pytest.raises(WouldBlock):
+                        nslog.read_sse(start, max_bytes, 40, pattern, cache=False, nowait=True)
+                    continue
                 got = nslog.read_sse(start, max_bytes, 40, pattern, cache=False, nowait=True)
                 assert got == want, (start, max_bytes)
+    # a long record leaves its segment to the loop: only a miss in the page cache does not
+    assert nslog.read_sse(10, 9000, 40, None, cache=False, nowait=True)[2] > 0
 
     holding, release = threading.Event(), threading.Event()
 

@@ -218,8 +218,12 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class WouldBlock(Exception):  # noqa: N818 - a signal, not an error
-    """A read asked not to wait (`nowait`) needs the disk, or a read worker holds the log:
-    hand it to a worker instead."""
+    """A read asked not to wait (`nowait`) needs the disk, a read worker holds the log, or
+    the read is too long for one loop step: hand it to a worker instead."""
+
+
+class _NotCached(WouldBlock):  # noqa: N818
+    """The page cache lacks some of the bytes."""
 
 
 # pread(RWF_NOWAIT): Linux ≥ 4.14 answers from the page cache or fails with EAGAIN
@@ -243,16 +247,16 @@ def _pread_cached(fd: int, size: int, offset: int) -> bytearray:
     """All `size` bytes from the page cache, or WouldBlock (some would come from the disk,
     or the kernel or file system cannot tell)."""
     if RWF_NOWAIT is None:
-        raise WouldBlock
+        raise _NotCached
     buf = bytearray(size)
     try:
         got = os.preadv(fd, [buf], offset, RWF_NOWAIT)
     except OSError as exc:
         if exc.errno in _NOWAIT_UNSUPPORTED:
-            raise WouldBlock from None
+            raise _NotCached from None
         raise
     if got < size:  # partly cached: a blocking read gets the rest
-        raise WouldBlock
+        raise _NotCached
     return buf
 
 
@@ -844,7 +848,7 @@ class NamespaceLog:
             raise WouldBlock  # loading its index or opening its file may wait for the disk
         try:
             return self._read_frames(seg, start, max_bytes, max_records, walk, nowait)
-        except WouldBlock:
+        except _NotCached:
             seg.cached = False  # the page cache lost some: the workers read it from now on
             raise
 
@@ -875,6 +879,8 @@ class NamespaceLog:
         result, end, n, status = walk.of_frames(self, seg, buf, limit)
         if n == 0:
             if status == TRUNCATED:  # one record bigger than max_bytes
+                if nowait:  # up to --max-event-size: a worker's read, not one loop step
+                    raise WouldBlock
                 head = buf if len(buf) >= 8 else _pread_exact(fd, 8, offset, nowait)
                 length = _U32.unpack_from(head)[0] if len(head) >= 8 else 0
                 if 0 < length <= MAX_BODY and offset + 8 + length <= index.end_offset:
