@@ -809,8 +809,9 @@ class NamespaceLog:
         object per record, sealed records opened without the GIL).
 
         nowait: on the loop thread, never waiting: WouldBlock when the read would need the
-        disk (not in the page cache, a segment's index or file not open yet) or a read
-        worker holds the log."""
+        disk (not all in the page cache, the segment's file not open yet, or the segment
+        not written by this process), when a read worker holds the log, or when the first
+        record is longer than max_bytes."""
         return self._read(start_index, max_bytes, max_records, cache, _Sse(pattern), nowait)
 
     def _read(self, start: int, max_bytes: int, max_records: int, cache: bool, walk,
@@ -881,10 +882,10 @@ class NamespaceLog:
             if status == TRUNCATED:  # one record bigger than max_bytes
                 if nowait:  # up to --max-event-size: a worker's read, not one loop step
                     raise WouldBlock
-                head = buf if len(buf) >= 8 else _pread_exact(fd, 8, offset, nowait)
+                head = buf if len(buf) >= 8 else _pread_exact(fd, 8, offset)
                 length = _U32.unpack_from(head)[0] if len(head) >= 8 else 0
                 if 0 < length <= MAX_BODY and offset + 8 + length <= index.end_offset:
-                    buf = _pread_exact(fd, 8 + length, offset, nowait)
+                    buf = _pread_exact(fd, 8 + length, offset)
                     result, end, n, status = walk.of_frames(self, seg, buf, 1)
             if n == 0:
                 log.error("corrupt record ns=%s segment=%s index=%d offset=%d",
