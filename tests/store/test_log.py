@@ -733,6 +733,13 @@ def test_read_sse_is_the_sse_of_what_read_answers(tmp_path, secret):
     nslog.close()
 
 
+def _not_in_page_cache(fd, buffers, offset, flags=0):
+    """os.preadv for bytes the page cache lacks: what RWF_NOWAIT answers then."""
+    from busd.store.local import log as log_mod
+    assert flags == log_mod.RWF_NOWAIT
+    raise BlockingIOError(errno.EAGAIN, "would block")
+
+
 def test_read_sse_nowait_answers_as_the_blocking_read_or_not_at_all(tmp_path, monkeypatch):
     """nowait (the loop thread's catch-up read) answers what the blocking read answers, from
     every start and read size, in segments this log wrote, once their files are open. It
@@ -761,7 +768,7 @@ def test_read_sse_nowait_answers_as_the_blocking_read_or_not_at_all(tmp_path, mo
                     continue
                 got = nslog.read_sse(start, max_bytes, 40, pattern, cache=False, nowait=True)
                 assert got == want, (start, max_bytes)
-    # a long record leaves its segment to the loop: only a miss in the page cache does not
+    # a long record does not take its segment from the loop (only a page-cache miss does)
     assert nslog.read_sse(10, 9000, 40, None, cache=False, nowait=True)[2] > 0
 
     holding, release = threading.Event(), threading.Event()
@@ -781,12 +788,8 @@ def test_read_sse_nowait_answers_as_the_blocking_read_or_not_at_all(tmp_path, mo
         release.set()
         worker.join()
 
-    def not_cached(fd, buffers, offset, flags=0):
-        assert flags == log_mod.RWF_NOWAIT
-        raise BlockingIOError(errno.EAGAIN, "would block")
-
     with monkeypatch.context() as patch:
-        patch.setattr(log_mod.os, "preadv", not_cached)
+        patch.setattr(log_mod.os, "preadv", _not_in_page_cache)
         with pytest.raises(WouldBlock):
             nslog.read_sse(10, 2000, 40, None, cache=False, nowait=True)
         with pytest.raises(WouldBlock):  # partly cached: the worker reads it whole
@@ -832,8 +835,7 @@ def test_fetch_sse_frames_cached_records_on_the_loop_and_the_rest_in_a_worker(
         try:
             store.log("orders").append(records)
             answers = [await store.fetch_sse("orders", 3, 1 << 20, None) for _ in range(2)]
-            monkeypatch.setattr(log_mod.os, "preadv", lambda *a: (_ for _ in ()).throw(
-                BlockingIOError(errno.EAGAIN, "would block")))
+            monkeypatch.setattr(log_mod.os, "preadv", _not_in_page_cache)
             answers.append(await store.fetch_sse("orders", 3, 1 << 20, None))
             monkeypatch.setattr(log_mod.os, "preadv", cached)
             with pytest.raises(HistoryTruncatedError):  # raised as a worker's read raises it

@@ -228,12 +228,11 @@ class _NotCached(WouldBlock):  # noqa: N818
 
 # pread(RWF_NOWAIT): Linux ≥ 4.14 answers from the page cache or fails with EAGAIN
 RWF_NOWAIT = getattr(os, "RWF_NOWAIT", None)
-_NOWAIT_UNSUPPORTED = (errno_mod.EAGAIN, errno_mod.EOPNOTSUPP, errno_mod.EINVAL)
+# not in the page cache (EAGAIN), or a kernel or file system that cannot tell
+_NOT_FROM_CACHE = (errno_mod.EAGAIN, errno_mod.EOPNOTSUPP, errno_mod.EINVAL)
 
 
-def _pread_exact(fd: int, size: int, offset: int, nowait: bool = False) -> bytes | bytearray:
-    if nowait:
-        return _pread_cached(fd, size, offset)
+def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     data = os.pread(fd, size, offset)
     while len(data) < size:  # only at end of file for regular files
         more = os.pread(fd, size - len(data), offset + len(data))
@@ -244,7 +243,7 @@ def _pread_exact(fd: int, size: int, offset: int, nowait: bool = False) -> bytes
 
 
 def _pread_cached(fd: int, size: int, offset: int) -> bytearray:
-    """All `size` bytes from the page cache, or WouldBlock (some would come from the disk,
+    """All `size` bytes from the page cache, or _NotCached (some would come from the disk,
     or the kernel or file system cannot tell)."""
     if RWF_NOWAIT is None:
         raise _NotCached
@@ -252,7 +251,7 @@ def _pread_cached(fd: int, size: int, offset: int) -> bytearray:
     try:
         got = os.preadv(fd, [buf], offset, RWF_NOWAIT)
     except OSError as exc:
-        if exc.errno in _NOWAIT_UNSUPPORTED:
+        if exc.errno in _NOT_FROM_CACHE:
             raise _NotCached from None
         raise
     if got < size:  # partly cached: a blocking read gets the rest
@@ -856,6 +855,7 @@ class NamespaceLog:
     def _read_frames(self, seg: _Segment, start: int, max_bytes: int, max_records: int,
                      walk, nowait: bool):
         rel = start - seg.first
+        pread = _pread_cached if nowait else _pread_exact
         index = self._ensure_index(seg)
         if rel in seg.corrupt:
             raise CorruptRecordError(start, seg.path, seg.corrupt[rel])
@@ -870,13 +870,13 @@ class NamespaceLog:
             b, block_rel, offset = index.locate(rel)
             if rel != block_rel:  # step over the block's earlier records by their lengths
                 _, _, boff, bend = index.block(b)
-                skip_buf = _pread_exact(fd, bend - boff, boff, nowait)
+                skip_buf = pread(fd, bend - boff, boff)
                 _, pos, n, _ = scan_frames(skip_buf, 0, rel - block_rel, False, False)
                 if n != rel - block_rel:
                     raise CorruptRecordError(start, seg.path, boff + pos)
                 offset = boff + pos
         want = min(max(max_bytes, 8), index.end_offset - offset)
-        buf = _pread_exact(fd, want, offset, nowait)
+        buf = pread(fd, want, offset)
         result, end, n, status = walk.of_frames(self, seg, buf, limit)
         if n == 0:
             if status == TRUNCATED:  # one record bigger than max_bytes
