@@ -6,11 +6,11 @@
  * (perf/catchup_read.py, "crc walk"). Folding 16 bytes per PCLMULQDQ pair is the method of
  * Gopal et al., "Fast CRC Computation for Generic Polynomials Using PCLMULQDQ" (Intel,
  * 2009); the constants are x^(k) mod P(x) for this polynomial, bit-reflected, as that paper
- * derives them. The last 1..15 bytes are folded too: handing them to zlib cost 16 of the
- * 34 ns that checking a 190-byte record took, more than its other 176 bytes (see the tail
- * step below). Inputs shorter than 64 bytes, CPUs without PCLMULQDQ/SSE4.1 and other
- * architectures go to zlib, which stays the reference (tests/store/test_crc32_fold.py
- * compares the two on random and edge-case inputs).
+ * derives them. The last 1..15 bytes are folded too (the tail step below): handed to
+ * zlib, they made checking a 237-byte record 0.036 µs instead of 0.024
+ * (perf/catchup_read.py, "crc walk"). Inputs shorter than 64 bytes, CPUs without
+ * PCLMULQDQ/SSE4.1 and other architectures go to zlib, which stays the reference
+ * (tests/store/test_crc32_fold.py compares the two on random and edge-case inputs).
  */
 #ifndef BUSD_CRC32_FOLD_H
 #define BUSD_CRC32_FOLD_H
