@@ -134,6 +134,8 @@ cdef class Pattern:
     cdef inline bint _matches_one(self, const unsigned char* s, Py_ssize_t n) noexcept
 
 
+@cython.final
+@cython.no_gc  # bytes and None only: no cycle can run through it, so the collector skips it
 cdef class ParsedEvent:
     cdef readonly bytes subject
     cdef readonly bytes id
@@ -142,4 +144,6 @@ cdef class ParsedEvent:
     cdef readonly bytes trace_id
     cdef readonly bytes key
     cdef readonly bytes key_value
-    cdef readonly object payload
+    cdef bytes _body                   # the publish body holding the payload; None: no payload
+    cdef Py_ssize_t _payload_at, _payload_end
+    cdef bint _payload_breaks          # raw line breaks (JSON whitespace) in the payload

@@ -9,6 +9,7 @@ tests/test_core.py checks that both agree on random inputs.
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint32_t
@@ -298,14 +299,16 @@ cdef enum:
 cdef struct Span:
     Py_ssize_t start    # first byte of the value (the quote for strings); -1 when absent
     Py_ssize_t end      # one past the last byte
-    bint esc            # string value contains backslash escapes
+    bint esc            # string value contains backslash escapes (the payload: raw line breaks)
 
 cdef struct Scanner:
     const unsigned char* buf
+    PyObject* body      # the bytes object buf points into
     Py_ssize_t n
     Py_ssize_t err_pos
     const char* err_msg
     bint str_esc        # did the last scanned string contain escapes
+    Py_ssize_t breaks   # raw CR and LF bytes skipped as whitespace so far
     int sem_code
     int sem_field
     Py_ssize_t sem_item
@@ -317,11 +320,15 @@ cdef inline Py_ssize_t _fail(Scanner* sc, Py_ssize_t pos, const char* msg) noexc
     return -1
 
 
-cdef inline Py_ssize_t _ws(const unsigned char* b, Py_ssize_t pos, Py_ssize_t n) noexcept nogil:
+cdef inline Py_ssize_t _ws(Scanner* sc, const unsigned char* b, Py_ssize_t pos,
+                          Py_ssize_t n) noexcept nogil:
     cdef unsigned char c
     while pos < n:
         c = b[pos]
-        if c == c' ' or c == c'\n' or c == c'\r' or c == c'\t':
+        if c == c' ' or c == c'\t':
+            pos += 1
+        elif c == c'\n' or c == c'\r':
+            sc.breaks += 1
             pos += 1
         else:
             break
@@ -470,7 +477,7 @@ cdef inline Py_ssize_t _open(Scanner* sc, const unsigned char* b, Py_ssize_t n, 
     more[0] = False
     if depth > C_MAX_DEPTH:
         return _fail(sc, pos, "nesting deeper than 512")
-    pos = _ws(b, pos + 1, n)
+    pos = _ws(sc, b, pos + 1, n)
     if pos < n and b[pos] == close:
         return pos + 1
     more[0] = True
@@ -488,20 +495,20 @@ cdef inline Py_ssize_t _key(Scanner* sc, const unsigned char* b, Py_ssize_t n,
 cdef inline Py_ssize_t _colon(Scanner* sc, const unsigned char* b, Py_ssize_t n,
                               Py_ssize_t pos) noexcept nogil:
     """pos is after a member's key: the position of its value (past ':'), or -1."""
-    pos = _ws(b, pos, n)
+    pos = _ws(sc, b, pos, n)
     if pos >= n or b[pos] != c':':
         return _fail(sc, pos, "expected ':'")
-    return _ws(b, pos + 1, n)
+    return _ws(sc, b, pos + 1, n)
 
 
 cdef inline Py_ssize_t _next(Scanner* sc, const unsigned char* b, Py_ssize_t n, Py_ssize_t pos,
                              unsigned char close, bint* more) noexcept nogil:
     """pos is after an item of a container that `close` ends: the position of the next item
     (more set) or after `close`; -1 if neither follows."""
-    pos = _ws(b, pos, n)
+    pos = _ws(sc, b, pos, n)
     more[0] = pos < n and b[pos] == c','
     if more[0]:
-        return _ws(b, pos + 1, n)
+        return _ws(sc, b, pos + 1, n)
     if pos < n and b[pos] == close:
         return pos + 1
     return _fail(sc, pos, "expected ',' or '}'" if close == c'}' else "expected ',' or ']'")
@@ -646,6 +653,16 @@ cdef bytes _decoded(const unsigned char* b, Span* sp):
         PyMem_Free(tmp)
 
 
+cdef inline bytes _decoded_like(const unsigned char* b, Span* sp, bytes like):
+    """_decoded, but `like` itself when the span holds the same text unescaped: a batch's
+    events mostly share their subject and created_at, and one object serves them all."""
+    cdef Py_ssize_t ln = sp.end - sp.start - 2
+    if (like is not None and sp.start >= 0 and not sp.esc and ln == PyBytes_GET_SIZE(like)
+            and ln and memcmp(b + sp.start + 1, PyBytes_AS_STRING(like), <size_t>ln) == 0):
+        return like
+    return _decoded(b, sp)
+
+
 cdef inline bytes _raw(const unsigned char* b, Span* sp):
     """The raw token of a string span including quotes; b"" when absent or the empty string."""
     if sp.start < 0 or sp.end - sp.start <= 2:
@@ -694,12 +711,12 @@ cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t i
     Shape errors are recorded in sc.sem_* (first one wins) and scanning continues.
     """
     cdef const unsigned char* b = sc.buf
-    cdef Py_ssize_t n = sc.n, kstart, kend
+    cdef Py_ssize_t n = sc.n, kstart, kend, breaks
     cdef Span spans[N_FIELDS]
     cdef Span* sp
     cdef int f, i
     cdef unsigned char c
-    cdef ParsedEvent ev
+    cdef ParsedEvent ev, prev
     cdef bint more = False
     for i in range(N_FIELDS):
         spans[i].start = -1
@@ -728,10 +745,12 @@ cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t i
             c = b[pos]
             if f == F_PAYLOAD:
                 sp.start = pos
+                breaks = sc.breaks
                 pos = _scan_value(sc, pos, depth)
                 if pos < 0:
                     return -1
                 sp.end = pos
+                sp.esc = sc.breaks != breaks
             elif c == c'"':
                 sp.start = pos
                 pos = _scan_string(sc, pos)
@@ -762,19 +781,22 @@ cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t i
         sc.sem_code = SEM_MISSING_SUBJECT
         sc.sem_item = item
         return pos
+    prev = <ParsedEvent>PyList_GET_ITEM(events, PyList_GET_SIZE(events) - 1) if events else None
     ev = ParsedEvent.__new__(ParsedEvent)
-    ev.subject = _decoded(b, sp)
+    ev.subject = _decoded_like(b, sp, None if prev is None else prev.subject)
     ev.id = _decoded(b, &spans[F_ID])
-    ev.created_at = _decoded(b, &spans[F_CREATED_AT])
+    ev.created_at = _decoded_like(b, &spans[F_CREATED_AT],
+                                  ZERO_TIME if prev is None else prev.created_at)
     ev.response_subject = _decoded(b, &spans[F_RESPONSE_SUBJECT])
     ev.trace_id = _raw(b, &spans[F_TRACE_ID])
     ev.key = _raw(b, &spans[F_KEY])
     ev.key_value = _decoded(b, &spans[F_KEY])
     sp = &spans[F_PAYLOAD]
-    if sp.start >= 0:
-        ev.payload = PyBytes_FromStringAndSize(<const char*>b + sp.start, sp.end - sp.start)
-    else:
-        ev.payload = None
+    if sp.start >= 0:  # the payload stays in the body: _make_record copies it from there
+        ev._body = <bytes>sc.body
+        ev._payload_at = sp.start
+        ev._payload_end = sp.end
+        ev._payload_breaks = sp.esc
     events.append(ev)
     return pos
 
@@ -790,7 +812,18 @@ cdef class ParsedEvent:
         self.trace_id = EMPTY
         self.key = EMPTY
         self.key_value = EMPTY
-        self.payload = None
+
+    @property
+    def payload(self):
+        """The payload's raw JSON as sent, or None (a new bytes object on each access)."""
+        if self._body is None:
+            return None
+        return self._body[self._payload_at:self._payload_end]
+
+    @property
+    def payload_size(self):
+        """len(payload), 0 without one, and no copy."""
+        return self._payload_end - self._payload_at
 
     def __repr__(self):
         return (f"ParsedEvent(subject={self.subject!r}, id={self.id!r}, "
@@ -818,14 +851,16 @@ def scan_body(bytes body not None, Py_ssize_t max_events=-1):
     cdef list events = []
     cdef bint is_batch = False, more = False
     sc.buf = b
+    sc.body = <PyObject*>body
     sc.n = n
     sc.err_pos = 0
     sc.err_msg = NULL
     sc.str_esc = False
+    sc.breaks = 0
     sc.sem_code = SEM_NONE
     sc.sem_field = 0
     sc.sem_item = -1
-    pos = _ws(b, 0, n)
+    pos = _ws(&sc, b, 0, n)
     if pos >= n:
         raise ValueError("empty body")
     if b[pos] == c'{':
@@ -854,7 +889,7 @@ def scan_body(bytes body not None, Py_ssize_t max_events=-1):
         if pos >= 0:
             sc.sem_code = SEM_NOT_OBJECT
     if pos >= 0:
-        pos = _ws(b, pos, n)
+        pos = _ws(&sc, b, pos, n)
         if pos < n:
             pos = _fail(&sc, pos, "unexpected data after the JSON value")
     if pos < 0:
@@ -946,7 +981,6 @@ cdef bytes _make_record(ParsedEvent ev, bytes event_id, bytes created_at):
     """
     cdef Py_ssize_t size, e_subj, e_rs = 0, e_ca = 0, pl_n = 0
     cdef bytes trace_id = ev.trace_id, key = ev.key, rs = ev.response_subject
-    cdef bytes payload = None
     cdef bytes out
     cdef char* o
     cdef char* pstart
@@ -966,9 +1000,8 @@ cdef bytes _make_record(ParsedEvent ev, bytes event_id, bytes created_at):
     if PyBytes_GET_SIZE(created_at):
         e_ca = _esc_size(created_at)
         size += 15 + e_ca + 1                            # ,"created_at":"…"
-    if ev.payload is not None:
-        payload = <bytes>ev.payload
-        pl_n = PyBytes_GET_SIZE(payload)
+    if ev._body is not None:
+        pl_n = ev._payload_end - ev._payload_at
         size += 11 + pl_n                                # ,"payload":
     out = PyBytes_FromStringAndSize(NULL, size)
     o = PyBytes_AS_STRING(out)
@@ -994,12 +1027,11 @@ cdef bytes _make_record(ParsedEvent ev, bytes event_id, bytes created_at):
         o = _put_esc(o, created_at, e_ca)
         o[0] = c'"'
         o += 1
-    if payload is not None:
+    if ev._body is not None:
         o = _put(o, b',"payload":', 11)
         pstart = o
-        o = _put(o, PyBytes_AS_STRING(payload), pl_n)
-        if (memchr(pstart, c'\n', <size_t>pl_n) != NULL
-                or memchr(pstart, c'\r', <size_t>pl_n) != NULL):
+        o = _put(o, PyBytes_AS_STRING(ev._body) + ev._payload_at, pl_n)
+        if ev._payload_breaks:
             for i in range(pl_n):
                 if pstart[i] == c'\n' or pstart[i] == c'\r':
                     pstart[i] = c' '

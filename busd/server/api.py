@@ -314,8 +314,8 @@ class Api:
         limit = self.config.max_event_size  # on each payload; the HTTP layer bounds bodies
         if len(body) > limit:
             for event in events:
-                if event.payload is not None and len(event.payload) > limit:
-                    conn.reply(error_response(413, f"an event's payload of {len(event.payload)} "
+                if event.payload_size > limit:
+                    conn.reply(error_response(413, f"an event's payload of {event.payload_size} "
                                                    f"bytes is larger than --max-event-size "
                                                    f"({limit} bytes)", close), close)
                     return
