@@ -967,10 +967,12 @@ cdef char* _put_esc(char* out, bytes s, Py_ssize_t esc_size) noexcept:
 
 def make_record(ParsedEvent ev not None, bytes event_id not None, bytes created_at not None):
     """The stored record of an event (see _make_record)."""
-    return _make_record(ev, event_id, created_at)
+    return _make_record(ev, event_id, False, created_at, _esc_size(ev.subject),
+                        _esc_size(created_at))
 
 
-cdef bytes _make_record(ParsedEvent ev, bytes event_id, bytes created_at):
+cdef bytes _make_record(ParsedEvent ev, bytes event_id, bint id_made, bytes created_at,
+                        Py_ssize_t e_subj, Py_ssize_t e_ca):
     """The stored record of an event: one JSON object on one line (no trailing newline).
 
     Layout: {"id":"<event_id>","subject":"<subject>"[,"trace_id":<raw>][,"key":<raw>]
@@ -978,17 +980,19 @@ cdef bytes _make_record(ParsedEvent ev, bytes event_id, bytes created_at):
     event_id is written as it is (busd.wire.id_problem keeps '"' and '\\' out of it), so
     the id and the subject are found from ID_AT on (busd/_core.pxd).
     Line breaks in the payload (only possible as JSON whitespace) become spaces.
+    e_subj and e_ca are the subject's and created_at's escaped sizes (_esc_size), which a
+    batch's events share with their subject and created_at objects; id_made: the id is one
+    of ours, so it needs no check.
     """
-    cdef Py_ssize_t size, e_subj, e_rs = 0, e_ca = 0, pl_n = 0
+    cdef Py_ssize_t size, e_rs = 0, pl_n = 0
     cdef bytes trace_id = ev.trace_id, key = ev.key, rs = ev.response_subject
     cdef bytes out
     cdef char* o
     cdef char* pstart
     cdef Py_ssize_t i, id_n = PyBytes_GET_SIZE(event_id)
-    if not 0 < id_n <= MAX_ID_BYTES or memchr(PyBytes_AS_STRING(event_id), c'"',
-                                              <size_t>id_n) != NULL:
+    if not id_made and (not 0 < id_n <= MAX_ID_BYTES or memchr(PyBytes_AS_STRING(event_id),
+                                                              c'"', <size_t>id_n) != NULL):
         raise ValueError(f"event id must be 1-{MAX_ID_BYTES} bytes without '\"'")
-    e_subj = _esc_size(ev.subject)
     size = ID_AT + id_n + SUBJECT_AFTER_ID + e_subj + 1 + 1       # {"id":"…","subject":"…"}
     if PyBytes_GET_SIZE(trace_id):
         size += 12 + PyBytes_GET_SIZE(trace_id)          # ,"trace_id":
@@ -998,7 +1002,6 @@ cdef bytes _make_record(ParsedEvent ev, bytes event_id, bytes created_at):
         e_rs = _esc_size(rs)
         size += 21 + e_rs + 1                            # ,"response_subject":"…"
     if PyBytes_GET_SIZE(created_at):
-        e_ca = _esc_size(created_at)
         size += 15 + e_ca + 1                            # ,"created_at":"…"
     if ev._body is not None:
         pl_n = ev._payload_end - ev._payload_at
@@ -1564,7 +1567,9 @@ def stamp_events(list events not None, bint is_batch):
     cdef Py_ssize_t i, n = PyList_GET_SIZE(events)
     cdef ParsedEvent ev
     cdef bytes namespace = None, checked = None, subject, event_id, created_at, now = None
-    cdef Py_ssize_t ns_len = 0, m
+    cdef bytes sized_ca = None
+    cdef Py_ssize_t ns_len = 0, m, e_subj = 0, e_ca = 0
+    cdef bint id_made
     cdef list ids = [], stamps = [], records = [], keyed = []
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
@@ -1587,6 +1592,7 @@ def stamp_events(list events not None, bint is_batch):
                 raise ValueError(f"a batch must stay in one namespace: found "
                                  f"'{_show(namespace)}' and '{_show(subject[:m])}'")
             checked = subject
+            e_subj = _esc_size(subject)
         if PyBytes_GET_SIZE(ev.response_subject):
             if is_batch:
                 raise ValueError("events in a batch cannot have a response_subject")
@@ -1597,12 +1603,13 @@ def stamp_events(list events not None, bint is_batch):
         if PyBytes_GET_SIZE(ev.key_value):
             keyed.append((subject, ev.key_value))
         event_id = ev.id
-        if PyBytes_GET_SIZE(event_id):
+        id_made = not PyBytes_GET_SIZE(event_id)
+        if id_made:
+            event_id = _new_event_id(<uint32_t>ts.tv_sec)
+        else:
             problem = id_problem(event_id)
             if problem is not None:
                 raise ValueError(problem)
-        else:
-            event_id = _new_event_id(<uint32_t>ts.tv_sec)
         created_at = ev.created_at
         if PyBytes_GET_SIZE(created_at) == 0 or created_at == ZERO_TIME:
             if now is None:
@@ -1610,9 +1617,11 @@ def stamp_events(list events not None, bint is_batch):
             created_at = now
         else:
             created_at = _created_at(created_at)
+        if created_at is not sized_ca:
+            sized_ca, e_ca = created_at, _esc_size(created_at)
         ids.append(event_id)
         stamps.append(created_at)
-        records.append(_make_record(ev, event_id, created_at))
+        records.append(_make_record(ev, event_id, id_made, created_at, e_subj, e_ca))
     if is_batch and namespace == INBOX_NS:
         raise ValueError("inbox (_bus_) subjects cannot be published in a batch")
     return namespace, ids, stamps, records, keyed
