@@ -485,6 +485,31 @@ def machine() -> list[str]:
     ]
 
 
+PROBE_BYTES = 2 << 30  # more than a VM keeps of recently freed pages before it hands them back
+
+
+def page_cache_writes(directory: Path) -> str:
+    """How fast this machine gives a growing file new page-cache pages: 2 GiB written
+    twice, the first into whatever memory the kernel hands out, the second into the pages
+    the first freed (its file deleted just before). A VM that hands its free memory back to
+    the host (virtio-balloon free page reporting) pays a host fault on every page it takes
+    fresh, so a log that grows, as the batch row's does, is written at the first rate (the
+    ceiling writes nothing); a machine without that shows two close figures."""
+    block, rates = bytes(1 << 20), []
+    for _ in range(2):
+        fd, path = tempfile.mkstemp(dir=directory, prefix="busd-bench-probe-")
+        try:
+            started = time.perf_counter()
+            for _ in range(PROBE_BYTES // len(block)):
+                os.write(fd, block)
+            rates.append(PROBE_BYTES / (time.perf_counter() - started) / 1e6)
+        finally:
+            os.close(fd)
+            os.unlink(path)
+    return (f"page-cache writes: {rates[0]:,.0f} MB/s into the memory the kernel gave, "
+            f"{rates[1]:,.0f} MB/s into pages just freed")
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -1015,6 +1040,8 @@ def main(argv=None) -> int:
     except (ImportError, ValueError, OSError):
         pass
     info = machine()  # before pinning: its nproc is the machine's, not the client CPUs'
+    if "batch" in args.only:
+        info.append(page_cache_writes(args.data_dir))
     os.sched_setaffinity(0, args.client_cpus)  # wrk and every thread started later inherit it
     info.append(f"pinning: servers on CPUs {args.server_cpus} (taskset -c), this process and "
                 f"wrk on CPUs {cpus_allowed()}, wrk -t{args.threads}")
