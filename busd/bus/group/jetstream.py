@@ -402,7 +402,13 @@ class JetStreamGroups(Groups):
             await asyncio.sleep(REFRESH)
 
     async def _learn(self, namespace: str) -> None:
-        """Groups created by other front-ends (and gone ones) in this namespace."""
+        """Groups created by other front-ends (and gone ones) in this namespace.
+
+        Gone means ready before the listing began and not in it: a group whose consumer is
+        created while the listing is out (a join at start-up, say) is missing from it and
+        alive, and was dropped, its members' streams ended, when any ready one counted."""
+        ready_before = [group for (ns, _), group in self.groups.items()
+                        if ns == namespace and group.ready]
         found: dict[str, GroupSettings] = {}
         offset = 0
         for _ in range(8):  # pages of 256: the groups and the front-ends' tail consumers
@@ -419,8 +425,8 @@ class JetStreamGroups(Groups):
         for name, settings in found.items():
             if (namespace, name) not in self.groups:
                 self._add(settings, None)
-        for (ns, name), group in list(self.groups.items()):
-            if ns == namespace and name not in found and group.ready:
+        for group in ready_before:
+            if group.name not in found and self.groups.get((namespace, group.name)) is group:
                 self.vanished(group)
 
     def _add(self, settings: GroupSettings, start_seq: int | None) -> JetStreamGroup:
