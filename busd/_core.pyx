@@ -299,7 +299,7 @@ cdef enum:
 cdef struct Span:
     Py_ssize_t start    # first byte of the value (the quote for strings); -1 when absent
     Py_ssize_t end      # one past the last byte
-    bint esc            # string value contains backslash escapes (the payload: raw line breaks)
+    bint esc            # string value contains backslash escapes
 
 cdef struct Scanner:
     const unsigned char* buf
@@ -658,7 +658,7 @@ cdef inline bytes _decoded_like(const unsigned char* b, Span* sp, bytes like):
     events mostly share their subject and created_at, and one object serves them all."""
     cdef Py_ssize_t ln = sp.end - sp.start - 2
     if (like is not None and sp.start >= 0 and not sp.esc and ln == PyBytes_GET_SIZE(like)
-            and ln and memcmp(b + sp.start + 1, PyBytes_AS_STRING(like), <size_t>ln) == 0):
+            and memcmp(b + sp.start + 1, PyBytes_AS_STRING(like), <size_t>ln) == 0):
         return like
     return _decoded(b, sp)
 
@@ -717,7 +717,7 @@ cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t i
     cdef int f, i
     cdef unsigned char c
     cdef ParsedEvent ev, prev
-    cdef bint more = False
+    cdef bint more = False, payload_breaks = False
     for i in range(N_FIELDS):
         spans[i].start = -1
     pos = _open(sc, b, n, pos, depth, c'}', &more)
@@ -750,7 +750,7 @@ cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t i
                 if pos < 0:
                     return -1
                 sp.end = pos
-                sp.esc = sc.breaks != breaks
+                payload_breaks = sc.breaks != breaks
             elif c == c'"':
                 sp.start = pos
                 pos = _scan_string(sc, pos)
@@ -796,7 +796,7 @@ cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t i
         ev._body = <bytes>sc.body
         ev._payload_at = sp.start
         ev._payload_end = sp.end
-        ev._payload_breaks = sp.esc
+        ev._payload_breaks = payload_breaks
     events.append(ev)
     return pos
 
