@@ -1,3 +1,5 @@
+# cython: annotation_typing=False, nonecheck=True
+# cython: wraparound=True, boundscheck=True, cdivision=False
 """The bus itself: validation of events, dedup, publishing through the store, acks.
 
 Nothing here knows HTTP or which store it has: results go back through callbacks, new

@@ -1,3 +1,5 @@
+# cython: annotation_typing=False, nonecheck=True
+# cython: wraparound=True, boundscheck=True, cdivision=False
 """The HTTP API of SPEC §3: turns requests into broker calls and outcomes into responses."""
 
 from __future__ import annotations

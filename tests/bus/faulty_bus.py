@@ -18,11 +18,22 @@ from collections.abc import Callable
 import pytest
 
 from busd.cli.main import main
+from busd.server import app
 from busd.store.local.log import NamespaceLog, WouldBlock
 from busd.store.local.store import LocalStore
 
 FAULTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {}
 BROKEN = "broken"  # the namespace the read faults hit
+
+
+class FaultyStore(LocalStore):
+    """The server's store, whose methods the faults replace: LocalStore is compiled and
+    takes no patched methods, a Python subclass of it does."""
+
+
+def patch_store(patch: pytest.MonkeyPatch, name: str, method: Callable) -> None:
+    patch.setattr(FaultyStore, name, method)
+    patch.setattr(app, "LocalStore", FaultyStore)
 
 
 def fault(function: Callable[[pytest.MonkeyPatch], None]) -> Callable:
@@ -54,7 +65,7 @@ def locate_fails(patch: pytest.MonkeyPatch) -> None:
             raise RuntimeError("injected: locate failed")
         return real(self, namespace, start)
 
-    patch.setattr(LocalStore, "locate", locate)
+    patch_store(patch, "locate", locate)
 
 
 @fault
@@ -84,7 +95,7 @@ def locate_fails_later(patch: pytest.MonkeyPatch) -> None:
     def locate(self, namespace, start):
         return fails() if namespace == BROKEN else real(self, namespace, start)
 
-    patch.setattr(LocalStore, "locate", locate)
+    patch_store(patch, "locate", locate)
 
 
 @fault
@@ -119,7 +130,6 @@ def first_append_fails(patch: pytest.MonkeyPatch) -> None:
 def live_write_fails(patch: pytest.MonkeyPatch) -> None:
     """Writing a live push of a `broken.*` event to its stream raises. (HttpConnection is
     compiled, so the server is given a subclass rather than a patched method.)"""
-    from busd.server import app
     from busd.server.http import HttpConnection
 
     class FailingWrites(HttpConnection):
@@ -166,7 +176,7 @@ def hold_groups(patch: pytest.MonkeyPatch) -> None:
         self.held = False
         real(self)
 
-    patch.setattr(LocalStore, "_commit", commit)
+    patch_store(patch, "_commit", commit)
 
 
 if __name__ == "__main__":

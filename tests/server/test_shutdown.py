@@ -12,24 +12,25 @@ import time
 
 from busclient import BusServer, Http, publish, request, wait_until
 
+# LocalStore is compiled and takes no patched methods: the server gets a subclass
 SLOW_START = """
 import asyncio
-from busd.store.local.store import LocalStore
-_start = LocalStore.start
-async def slow_start(self, listener):  # a long recovery
-    await asyncio.sleep(2)
-    return await _start(self, listener)
-LocalStore.start = slow_start
+from busd.server import app
+class SlowStart(app.LocalStore):
+    async def start(self, listener):  # a long recovery
+        await asyncio.sleep(2)
+        return await super().start(listener)
+app.LocalStore = SlowStart
 """
 
 SLOW_FSYNC = """
 import time
-from busd.store.local.store import LocalStore
-_sync_logs = LocalStore._sync_logs
-def slow_sync_logs(self, namespaces):  # a disk that takes 5 s to flush
-    time.sleep(5)
-    return _sync_logs(self, namespaces)
-LocalStore._sync_logs = slow_sync_logs
+from busd.server import app
+class SlowFsync(app.LocalStore):
+    def _sync_logs(self, namespaces):  # a disk that takes 5 s to flush
+        time.sleep(5)
+        return super()._sync_logs(namespaces)
+app.LocalStore = SlowFsync
 """
 
 

@@ -1,3 +1,5 @@
+# cython: annotation_typing=False, nonecheck=True
+# cython: wraparound=True, boundscheck=True, cdivision=False
 """LocalStore: the namespaces' logs in one data directory, and the Store interface over them.
 
 Serving (after `start`), publishes that arrive in one loop iteration form a *group*: per

@@ -1,0 +1,10 @@
+# The C layout of broker.py's Broker when it is compiled (setup.py): typed attributes for
+# the publish path. broker.py stays the source, and runs uncompiled as the oracle in
+# tests/server/test_publish_compiled.py. (A test that needs a different Broker method
+# gives the server a subclass: a compiled class takes no patched methods.)
+
+cdef class Broker:
+    cdef public object config, store, namespaces, dedup, metrics, fanout, groups
+    cdef public object dedup_path, _saved
+    cdef public dict faults, _declared
+    cdef public Py_ssize_t max_record

@@ -1,0 +1,8 @@
+# The C layout of api.py's Api when it is compiled (setup.py): its attributes typed, so that
+# routing a request reads them as struct fields. api.py stays the source, and runs
+# uncompiled as the oracle in tests/server/test_publish_compiled.py.
+
+cdef class Api:
+    cdef public object broker, config, auth, console
+    cdef public Py_ssize_t max_batch
+    cdef public double started

@@ -1,0 +1,10 @@
+# The C layout of store.py's LocalStore when it is compiled (setup.py): typed attributes for
+# the group commit. store.py stays the source, and runs uncompiled as the oracle in
+# tests/server/test_publish_compiled.py. (A test that needs a different LocalStore method
+# gives the server a subclass: a compiled class takes no patched methods.)
+
+cdef class LocalStore:
+    cdef public object root, _lock_fd, _listener, _loop, _sync_executor, _read_executor
+    cdef public list namespaces, _sync_waiting
+    cdef public dict _logs, _group, _group_ids, _unannounced, failed
+    cdef public bint fsync_always, _commit_scheduled, _sync_running
