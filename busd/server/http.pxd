@@ -2,7 +2,22 @@
 # C-level calls between the methods of one connection. http.py itself stays the source,
 # and runs uncompiled as the oracle in tests/server/test_http_compiled.py.
 
+cimport cython
+
 from busd.server.body_budget cimport BodyBudget
+
+
+cdef class _Heads:
+    cdef public double second
+    cdef dict cache
+
+    @cython.locals(now=double)
+    cpdef bytes get(self, int status)
+
+
+cdef _Heads _HEADS
+
+cpdef bytes status_head(int status)
 
 cdef class Request:
     cdef public object method, url, headers, body
@@ -30,7 +45,8 @@ cdef class _ChunkLines:
 
 
 cdef class HttpConnection:
-    cdef public object handler, coalescer, limits, connections, transport, parser
+    cdef public object handler, coalescer, connections, transport, parser
+    cdef public Limits limits
     cdef public BodyBudget budget
     cdef public object pending, stream
     cdef public bint chunked, is_closed, write_paused, read_paused, budget_wait
@@ -53,6 +69,7 @@ cdef class HttpConnection:
 
     cpdef reply(self, data, bint close=*)
     cpdef Slot defer(self)
+    @cython.locals(head=Slot)
     cpdef fulfil(self, Slot slot, data, bint close=*)
     cpdef write(self, data)
     cpdef flush(self)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
+from time import monotonic
+from time import time as wall_clock
 
 import httptools
 
@@ -65,42 +66,45 @@ def restrict_cors(origins: tuple[str, ...]) -> None:
     CORS_HEADERS = b"".join(line + b"\r\n" for line in CORS_HEADERS.split(b"\r\n")
                             if line and not line.startswith(b"Access-Control-Allow-Origin:"))
     CORS_HEADERS += b"Vary: Origin\r\n"
-    _Heads.second = 0
+    _HEADS.second = 0
     CorsHttpConnection.allowed = frozenset(origin.encode() for origin in origins)
 
 
 class _Heads:
     """Status line + CORS + `Date:` per status, rebuilt at most once per second."""
 
-    second = 0
-    cache: dict[int, bytes] = {}
+    def __init__(self) -> None:
+        self.second = 0.0  # the whole second the cached heads are dated
+        self.cache: dict[int, bytes] = {}
 
-    @classmethod
-    def get(cls, status: int) -> bytes:
-        now = int(time.time())
-        if now != cls.second:
-            cls.second = now
-            cls.cache = {}
-        head = cls.cache.get(status)
+    def get(self, status: int) -> bytes:
+        now = wall_clock()  # compared as a float: int() of it costs more than the lookup
+        if not self.second <= now < self.second + 1:  # a new second, or the clock stepped
+            self.second = float(int(now))
+            self.cache = {}
+        head = self.cache.get(status)
         if head is None:
-            head = cls.cache[status] = b"".join((
+            head = self.cache[status] = b"".join((
                 b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown")), CORS_HEADERS,
-                b"Date: ", formatdate(now, usegmt=True).encode(), b"\r\n"))
+                b"Date: ", formatdate(self.second, usegmt=True).encode(), b"\r\n"))
         return head
+
+
+_HEADS = _Heads()
 
 
 def status_head(status: int) -> bytes:
     """A response's first lines (status, CORS, Date): what busd._core.published_response
     builds the answer to a publish on."""
-    return _Heads.get(status)
+    return _HEADS.get(status)
 
 
 def response(status: int, body: bytes = b"", headers: bytes = b"",
              content_type: bytes = b"text/plain; charset=utf-8", close: bool = False) -> bytes:
     """One complete HTTP/1.1 response with the CORS headers every busd answer carries."""
     if not body and not close:
-        return b"%s%sContent-Length: 0\r\n\r\n" % (_Heads.get(status), headers)
-    return b"".join((_Heads.get(status), headers,
+        return b"%s%sContent-Length: 0\r\n\r\n" % (_HEADS.get(status), headers)
+    return b"".join((_HEADS.get(status), headers,
                      b"Content-Type: " + content_type + b"\r\n" if body else b"",
                      b"Connection: close\r\n" if close else b"",
                      b"Content-Length: %d\r\n\r\n" % len(body), body))
@@ -109,7 +113,7 @@ def response(status: int, body: bytes = b"", headers: bytes = b"",
 def not_modified(headers: bytes, close: bool = False) -> bytes:
     """A 304: the head alone, with no Content-Length (it would have to be the full body's,
     RFC 9110 §8.6), so the connection stays usable for the next request."""
-    return b"".join((_Heads.get(304), headers, b"Connection: close\r\n" if close else b"",
+    return b"".join((_HEADS.get(304), headers, b"Connection: close\r\n" if close else b"",
                      b"\r\n"))
 
 
@@ -121,7 +125,7 @@ def error_response(status: int, reason: str, close: bool = False) -> bytes:
 def stream_head(headers: bytes, chunked: bool) -> bytes:
     """The status line and headers of an SSE response: its body follows chunked, or
     delimited by the connection's close."""
-    return b"".join((_Heads.get(200), headers,
+    return b"".join((_HEADS.get(200), headers,
                      b"Content-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                      b"X-Accel-Buffering: no\r\n",
                      b"Transfer-Encoding: chunked\r\n\r\n" if chunked else
@@ -271,7 +275,7 @@ class HttpConnection:
         self.read_paused = False
         self.budget_wait = False  # paused until the BodyBudget has room (see body_budget)
         self.state = _IDLE
-        self.since = time.monotonic()
+        self.since = monotonic()
         self.last_write = self.since
         self._read_at = self.since  # when data_received was last entered
         self._unsent: list[bytes] | None = None  # stream bytes held back (coalesce.py)
@@ -312,7 +316,7 @@ class HttpConnection:
 
     def data_received(self, data: bytes) -> None:
         # a streaming (or failed) connection does not take further requests
-        self._read_at = time.monotonic()  # the callbacks' clock: these bytes came together
+        self._read_at = monotonic()  # the callbacks' clock: these bytes came together
         while data and self.stream is None and not self._failed:
             self._read = data
             before, begun = self.state, self._begun
@@ -510,7 +514,7 @@ class HttpConnection:
     def budget_granted(self) -> None:
         """Room again: read on, its --body-timeout counted from now (we were not reading)."""
         self.budget_wait = False
-        self.since = time.monotonic()
+        self.since = monotonic()
         if not self.write_paused and len(self.pending) < MAX_PIPELINED:
             self._resume_reading()
 
@@ -610,7 +614,7 @@ class HttpConnection:
             self._write_response(head.data, head.close)
         if not pending and not self.is_closed and self.stream is None:
             if self.state == _WAITING:
-                self._idle(time.monotonic())
+                self._idle(monotonic())
             if not self.write_paused:
                 self._resume_reading()
 
@@ -639,7 +643,7 @@ class HttpConnection:
         self.state = _STREAM
         self._resume_reading()  # see _ignore
         if not self.is_closed:
-            self.last_write = time.monotonic()
+            self.last_write = monotonic()
             self.transport.write(stream_head(headers, self.chunked))
             if high_water is not None:
                 self.transport.set_write_buffer_limits(high=high_water)
@@ -654,7 +658,7 @@ class HttpConnection:
         unsent = self._unsent
         if unsent is None:
             if len(data) >= MAX_HELD or not self.coalescer.should_hold():
-                self.last_write = time.monotonic()
+                self.last_write = monotonic()
                 self.transport.write(data)
                 return
             self._unsent, self._unsent_bytes = [data], len(data)
@@ -673,7 +677,7 @@ class HttpConnection:
         if unsent is not None:
             self._unsent = None
             if not self.is_closed:
-                self.last_write = time.monotonic()
+                self.last_write = monotonic()
                 self.transport.writelines(unsent)  # uvloop: one writev, no copy
 
     def end_stream(self, last_chunk: bytes = b"") -> None:
