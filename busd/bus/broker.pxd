@@ -8,3 +8,9 @@ cdef class Broker:
     cdef public object dedup_path, _saved
     cdef public dict faults, _declared
     cdef public Py_ssize_t max_record
+
+
+cdef class Stored:
+    cdef object dedup, done
+    cdef str namespace
+    cdef list ids, stamps, reserved

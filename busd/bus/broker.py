@@ -50,6 +50,37 @@ DEDUP_READ_BYTES = 4 << 20  # one log read while rebuilding the dedup cache
 PublishCallback = Callable[[list[bytes], list[bytes], int | PublishRefused], None]
 
 
+class Stored:
+    """What the store calls back with a publish's outcome (its first index, or why not):
+    settles or drops the dedup keys it reserved, then answers the publisher. One object,
+    where a closure cost two on every publish."""
+
+    def __init__(self, dedup: DedupCache, namespace: str, ids: list[bytes],
+                 stamps: list[bytes], reserved: list | None, done: PublishCallback) -> None:
+        self.dedup = dedup
+        self.namespace = namespace
+        self.ids = ids
+        self.stamps = stamps
+        self.reserved = reserved
+        self.done = done
+
+    def __call__(self, outcome: int | PublishRefused) -> None:
+        """Called once per publish of a group, in a loop over the group's publishes: what
+        answering one of them raises (it may start a stream pipelined behind it) is
+        logged, and the rest are answered all the same."""
+        if self.reserved:  # a key taken by events not known to be durable stays unsaved
+            if isinstance(outcome, int):
+                for entry in self.reserved:
+                    self.dedup.settle(entry)
+            elif not outcome.keys_taken:
+                for entry in self.reserved:
+                    self.dedup.discard(entry)
+        try:
+            self.done(self.ids, self.stamps, outcome)
+        except Exception:  # noqa: BLE001 - one answer's failure, not the group's
+            log.exception("answering a publish failed ns=%s", self.namespace)
+
+
 class Broker:
     """Owns the namespaces (through the store), the subscriptions (through the fan-out)
     and the dedup state."""
@@ -225,24 +256,8 @@ class Broker:
             except PublishRefused:
                 self.store.release_ids(name, supplied)
                 raise
-
-        def stored(outcome: int | PublishRefused) -> None:
-            """Called once per publish of a group, in a loop over the group's publishes:
-            what answering one of them raises (it may start a stream pipelined behind it)
-            is logged, and the rest are answered all the same."""
-            if reserved:  # a key taken by events not known to be durable stays unsaved
-                if isinstance(outcome, int):
-                    for entry in reserved:
-                        self.dedup.settle(entry)
-                elif not outcome.keys_taken:
-                    for entry in reserved:
-                        self.dedup.discard(entry)
-            try:
-                done(ids, stamps, outcome)
-            except Exception:  # noqa: BLE001 - one answer's failure, not the group's
-                log.exception("answering a publish failed ns=%s", name)
-
-        self.store.publish(name, events, records, reserved is not None, stored)
+        self.store.publish(name, events, records, reserved is not None,
+                           Stored(self.dedup, name, ids, stamps, reserved, done))
 
     def _reserve_keys(self, keyed: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Refuse (409) a key seen before; else remember it, as the event is about to land."""

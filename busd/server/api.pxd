@@ -2,7 +2,16 @@
 # routing a request reads them as struct fields. api.py stays the source, and runs
 # uncompiled as the oracle in tests/server/test_publish_compiled.py.
 
+from busd.server.http cimport HttpConnection, Slot
+
+
 cdef class Api:
     cdef public object broker, config, auth, console
-    cdef public Py_ssize_t max_batch
+    cdef public Py_ssize_t max_batch, max_event_size
     cdef public double started
+
+
+cdef class PublishAnswer:
+    cdef HttpConnection conn
+    cdef Slot slot
+    cdef bint close, is_batch

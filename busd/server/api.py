@@ -24,7 +24,7 @@ from busd.bus.group.settings import NAME as GROUP_NAME
 from busd.bus.group.settings import SettingsError, parse_delay, parse_settings
 from busd.bus.timesearch import locate_time, parse_start_time
 from busd.server.auth import Auth, AuthError, Token
-from busd.server.http import (HttpConnection, Request, error_response, origin_form, response,
+from busd.server.http import (HttpConnection, Request, Slot, error_response, origin_form, response,
                               status_head)
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
 from busd.server.stats import snapshot
@@ -191,6 +191,26 @@ def _when_located(conn: HttpConnection, search: Awaitable, found: Callable[[Any]
     asyncio.ensure_future(search).add_done_callback(located)
 
 
+class PublishAnswer:
+    """Answers a publish, in its place on its connection, once the broker has the outcome
+    (the broker's PublishCallback): one object, where a closure cost two on every publish."""
+
+    def __init__(self, conn: HttpConnection, slot: Slot, close: bool, is_batch: bool) -> None:
+        self.conn = conn
+        self.slot = slot
+        self.close = close
+        self.is_batch = is_batch
+
+    def __call__(self, ids: list[bytes], stamps: list[bytes],
+                 outcome: int | PublishRefused) -> None:
+        if isinstance(outcome, PublishRefused):
+            answer = error_response(outcome.status, outcome.reason, self.close)
+        else:
+            answer = published_response(status_head(202), ids, stamps, outcome, self.is_batch,
+                                        self.close)
+        self.conn.fulfil(self.slot, answer, self.close)
+
+
 class Api:
     """Routes one request: `POST`, `GET`, `PUT` on any path that is not one of busd's own
     (`/`, `//`, `/bus/` …: the Bus API), `OPTIONS *`, and busd's own endpoints."""
@@ -198,7 +218,8 @@ class Api:
     def __init__(self, broker: Broker, auth: Auth | None = None) -> None:
         self.broker = broker
         self.config = broker.config
-        self.max_batch = broker.config.max_batch  # read on every publish
+        self.max_batch = broker.config.max_batch  # both read on every publish
+        self.max_event_size = broker.config.max_event_size
         self.started = time.monotonic()
         self.auth = auth  # None: open bus, and no auth work on any request
         self.console = Console() if broker.config.ui else None
@@ -313,7 +334,7 @@ class Api:
                     raise AuthError(403, f"token {token.name!r} may not supply an event's id "
                                          f"or created_at: only a token with restore = true "
                                          f"may write history")
-        limit = self.config.max_event_size  # on each payload; the HTTP layer bounds bodies
+        limit = self.max_event_size  # on each payload; the HTTP layer bounds bodies
         if len(body) > limit:
             for event in events:
                 if event.payload_size > limit:
@@ -322,16 +343,8 @@ class Api:
                                                    f"({limit} bytes)", close), close)
                     return
         slot = conn.defer()
-
-        def done(ids: list[bytes], stamps: list[bytes], outcome: int | PublishRefused) -> None:
-            if isinstance(outcome, PublishRefused):
-                conn.fulfil(slot, error_response(outcome.status, outcome.reason, close), close)
-            else:
-                conn.fulfil(slot, published_response(status_head(202), ids, stamps, outcome,
-                                                      is_batch, close), close)
-
         try:
-            self.broker.publish(events, is_batch, done)
+            self.broker.publish(events, is_batch, PublishAnswer(conn, slot, close, is_batch))
         except PublishRefused as exc:
             conn.fulfil(slot, error_response(exc.status, exc.reason, close), close)
 
