@@ -1539,6 +1539,20 @@ cdef inline Py_ssize_t _namespace_len(bytes subject) noexcept:
     return <const char*>memchr(p, c'.', <size_t>PyBytes_GET_SIZE(subject)) - p
 
 
+cdef bytes _last_namespace = b""  # the namespace the last publish went to
+
+
+cdef bytes _namespace_of(bytes subject, Py_ssize_t m):
+    """The first `m` bytes of `subject`: the object the publish before got when it had the
+    same namespace, as most do (no new bytes, and a hash the broker's lookup has cached)."""
+    global _last_namespace
+    if m == PyBytes_GET_SIZE(_last_namespace) and memcmp(
+            PyBytes_AS_STRING(subject), PyBytes_AS_STRING(_last_namespace), <size_t>m) == 0:
+        return _last_namespace
+    _last_namespace = subject[:m]
+    return _last_namespace
+
+
 cdef Py_ssize_t MAX_FIELD_JSON = C_MAX_FIELD_BYTES + 2  # with the quotes of a JSON string
 
 
@@ -1585,7 +1599,7 @@ def stamp_events(list events not None, bint is_batch):
             _check_tokens(subject, False)
             m = _namespace_len(subject)
             if namespace is None:
-                namespace = subject[:m]
+                namespace = _namespace_of(subject, m)
                 ns_len = m
             elif m != ns_len or memcmp(PyBytes_AS_STRING(subject),
                                        PyBytes_AS_STRING(namespace), <size_t>m) != 0:
