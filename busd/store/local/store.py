@@ -279,11 +279,16 @@ class LocalStore:
         if not written:
             return
         if self.fsync_always:
-            for namespace, _, records, _ in written:
-                self._unannounced[namespace] += len(records)
-            self._when_synced(lambda failures: self._settle(written))
+            self._settle_when_synced(written)
         else:
             self._settle(written)
+
+    def _settle_when_synced(self, written: list[_Written]) -> None:
+        """Under fsync_always: held unannounced until the fsync that covers them. (Its own
+        method: a lambda in _commit would make every commit build a closure scope.)"""
+        for namespace, _, records, _ in written:
+            self._unannounced[namespace] += len(records)
+        self._when_synced(lambda failures: self._settle(written))
 
     def _settle(self, written: list[_Written]) -> None:
         """Announce the group's records and answer its publishes, in index order; a
