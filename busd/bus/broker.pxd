@@ -9,6 +9,8 @@ cdef class Broker:
     cdef public dict faults, _declared
     cdef public Py_ssize_t max_record
 
+    cpdef publish(self, list events, bint is_batch, done)
+
 
 cdef class Stored:
     cdef object dedup, done

@@ -2,13 +2,17 @@
 # routing a request reads them as struct fields. api.py stays the source, and runs
 # uncompiled as the oracle in tests/server/test_publish_compiled.py.
 
-from busd.server.http cimport HttpConnection, Slot
+from busd.bus.broker cimport Broker
+from busd.server.http cimport HttpConnection, Request, Slot
 
 
 cdef class Api:
-    cdef public object broker, config, auth, console
+    cdef public Broker broker
+    cdef public object config, auth, console
     cdef public Py_ssize_t max_batch, max_event_size
     cdef public double started
+
+    cpdef publish(self, HttpConnection conn, Request request, token=*)
 
 
 cdef class PublishAnswer:
