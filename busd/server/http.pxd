@@ -48,7 +48,9 @@ cdef class HttpConnection:
     cdef public object handler, coalescer, connections, transport, parser
     cdef public Limits limits
     cdef public BodyBudget budget
-    cdef public object pending, stream
+    cdef public list pending
+    cdef public object stream
+    cdef object _feed, _method, _keep_alive, _send  # bound methods of the parser, transport
     cdef public bint chunked, is_closed, write_paused, read_paused, budget_wait
     cdef public int state
     cdef public double since, last_write

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections import deque
 from collections.abc import Callable
 from email.utils import formatdate
 from time import monotonic
@@ -267,7 +266,13 @@ class HttpConnection:
         self.budget = budget
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
-        self.pending: deque[Slot] = deque()
+        # bound once, as the transport's write is: every request calls them, and finding a
+        # method by name costs about what the call does
+        self._feed = self.parser.feed_data
+        self._method = self.parser.get_method
+        self._keep_alive = self.parser.should_keep_alive
+        self._send: Callable[[bytes], None] | None = None
+        self.pending: list[Slot] = []  # at most MAX_PIPELINED
         self.stream: Stream | None = None
         self.chunked = True  # how the stream's body is framed (see start_stream)
         self.is_closed = False
@@ -300,6 +305,7 @@ class HttpConnection:
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._send = transport.write  # type: ignore[attr-defined]
         self.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -321,7 +327,7 @@ class HttpConnection:
             self._read = data
             before, begun = self.state, self._begun
             try:
-                self.parser.feed_data(data)
+                self._feed(data)
                 data = b""
             except httptools.HttpParserUpgrade as exc:
                 # that request was answered in HTTP/1.1, which RFC 9110 §7.8 allows: so
@@ -561,8 +567,7 @@ class HttpConnection:
             body = b"".join(pieces)
         else:
             return
-        request = Request(self.parser.get_method(), self._url, self._headers, body,
-                          self.parser.should_keep_alive())
+        request = Request(self._method(), self._url, self._headers, body, self._keep_alive())
         self.state = _WAITING
         self._forget_request()
         try:
@@ -604,7 +609,7 @@ class HttpConnection:
         slot.close = slot.close or close  # hang_up may have marked it already
         pending = self.pending
         while pending and pending[0].data is not None:
-            head = pending.popleft()
+            head = pending.pop(0)
             if self.is_closed:
                 return
             if callable(head.data):
@@ -644,7 +649,7 @@ class HttpConnection:
         self._resume_reading()  # see _ignore
         if not self.is_closed:
             self.last_write = monotonic()
-            self.transport.write(stream_head(headers, self.chunked))
+            self._send(stream_head(headers, self.chunked))
             if high_water is not None:
                 self.transport.set_write_buffer_limits(high=high_water)
 
@@ -659,7 +664,7 @@ class HttpConnection:
         if unsent is None:
             if len(data) >= MAX_HELD or not self.coalescer.should_hold():
                 self.last_write = monotonic()
-                self.transport.write(data)
+                self._send(data)
                 return
             self._unsent, self._unsent_bytes = [data], len(data)
             self.coalescer.hold(self)
@@ -685,7 +690,7 @@ class HttpConnection:
         self.stream = None
         self.flush()
         if not self.is_closed:
-            self.transport.write(last_chunk + b"0\r\n\r\n" if self.chunked else
+            self._send(last_chunk + b"0\r\n\r\n" if self.chunked else
                                  _dechunk(last_chunk))
             self.close()
 
@@ -711,7 +716,7 @@ class HttpConnection:
     def _write_response(self, data: bytes, close: bool) -> None:
         if self.is_closed:
             return
-        self.transport.write(data)
+        self._send(data)
         if close:
             self.is_closed = self._failed = True  # nothing more is parsed or written
             self.read_paused = False
