@@ -25,7 +25,7 @@ cdef class Request:
 
 
 cdef class Limits:
-    cdef public Py_ssize_t max_body, max_event_body
+    cdef public Py_ssize_t max_body, max_event_body, event_body_digits
     cdef public double header_timeout, body_timeout, idle_timeout
 
 

@@ -178,13 +178,15 @@ class Limits:
     event, at most `max_event_body`: `--max-event-size` for its payload plus an envelope.
     """
 
-    __slots__ = ("max_body", "max_event_body", "header_timeout", "body_timeout",
-                 "idle_timeout")
+    __slots__ = ("max_body", "max_event_body", "event_body_digits", "header_timeout",
+                 "body_timeout", "idle_timeout")
 
     def __init__(self, max_body: int, max_event_size: int, header_timeout: float,
                  body_timeout: float, idle_timeout: float) -> None:
         self.max_body = max_body
         self.max_event_body = max_event_size + EVENT_ENVELOPE
+        # a Content-Length with fewer digits is below max_event_body, and is not parsed
+        self.event_body_digits = len(str(self.max_event_body))
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
         self.idle_timeout = idle_timeout
@@ -450,7 +452,8 @@ class HttpConnection:
         if b"host" not in headers and self.parser.get_http_version() != "1.0":
             self._reject = (400, "missing Host header: HTTP/1.1 requires one (RFC 9112 §3.2)")
             return
-        if length is not None and length.isdigit() and int(length) > limits.max_event_body:
+        if length is not None and len(length) >= limits.event_body_digits and \
+                length.isdigit() and int(length) > limits.max_event_body:
             if int(length) > limits.max_body:
                 self._reject = (413, f"request body of {int(length)} bytes is larger than the "
                                      f"limit of {limits.max_body} bytes")
