@@ -19,6 +19,7 @@ cdef _Heads _HEADS
 
 cpdef bytes status_head(int status)
 
+@cython.freelist(64)  # one per request: reused, not allocated
 cdef class Request:
     cdef public object method, url, headers, body
     cdef public bint keep_alive
@@ -29,6 +30,7 @@ cdef class Limits:
     cdef public double header_timeout, body_timeout, idle_timeout
 
 
+@cython.freelist(64)  # one per request
 cdef class Slot:
     cdef public object data
     cdef public bint close
