@@ -21,7 +21,8 @@ cpdef bytes status_head(int status)
 
 @cython.freelist(64)  # one per request: reused, not allocated
 cdef class Request:
-    cdef public object method, url, headers, body
+    cdef public bytes method, url, body
+    cdef public dict headers
     cdef public bint keep_alive
 
 
