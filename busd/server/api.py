@@ -225,10 +225,6 @@ class Api:
         self.console = Console() if broker.config.ui else None
 
     def __call__(self, conn: HttpConnection, request: Request) -> None:
-        self.route(conn, request)
-
-    def route(self, conn: HttpConnection, request: Request) -> None:
-        """The handler's work (a method of its own: compiled, its arguments are typed)."""
         method = request.method
         path = request.url.partition(b"?")[0]
         close = not request.keep_alive
@@ -259,7 +255,7 @@ class Api:
                 self.groups(conn, request, method, close, token)
             elif path[:1] != b"/" and (url := origin_form(request.url)) is not request.url:
                 request.url = url  # the absolute form (`http://host/…`) that proxies send
-                self.route(conn, request)
+                self(conn, request)
             else:
                 _reply(conn, method, self._resource(method, path, close), close)
         except BadRequest as exc:
