@@ -3,8 +3,6 @@
 # tests/server/test_publish_compiled.py. (A test that needs a different Broker method
 # gives the server a subclass: a compiled class takes no patched methods.)
 
-cimport cython
-
 cdef class Broker:
     cdef public object config, store, namespaces, dedup, metrics, fanout, groups
     cdef public object dedup_path, _saved
@@ -14,7 +12,6 @@ cdef class Broker:
     cpdef publish(self, list events, bint is_batch, done)
 
 
-@cython.freelist(64)  # one per publish in flight
 cdef class Stored:
     cdef object dedup, done
     cdef str namespace

@@ -2,8 +2,6 @@
 # routing a request reads them as struct fields. api.py stays the source, and runs
 # uncompiled as the oracle in tests/server/test_publish_compiled.py.
 
-cimport cython
-
 from busd.bus.broker cimport Broker
 from busd.server.http cimport HttpConnection, Request, Slot
 
@@ -17,7 +15,6 @@ cdef class Api:
     cpdef publish(self, HttpConnection conn, Request request, token=*)
 
 
-@cython.freelist(64)  # one per publish in flight
 cdef class PublishAnswer:
     cdef HttpConnection conn
     cdef Slot slot

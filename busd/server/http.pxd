@@ -19,7 +19,6 @@ cdef _Heads _HEADS
 
 cpdef bytes status_head(int status)
 
-@cython.freelist(64)  # one per request: reused, not allocated
 cdef class Request:
     cdef public bytes method, url, body
     cdef public dict headers
@@ -31,7 +30,6 @@ cdef class Limits:
     cdef public double header_timeout, body_timeout, idle_timeout
 
 
-@cython.freelist(64)  # one per request
 cdef class Slot:
     cdef public object data
     cdef public bint close
