@@ -12,6 +12,8 @@ Options:
   -h, --help              Show this help.
   --requests-per-conn N   Requests fed to each of the 32 connections [default: 2000].
   --batch N               Events per request, 0 = one event, not an array [default: 0].
+  --note-bytes N          A text field of N plain bytes added to each event's payload, as
+                          real events carry (the bench's strings are 0-20 bytes) [default: 0].
   --http-only             Also busd's HTTP connection alone: a handler that answers a
                           fixed 202 at once (what the connection costs without the bus).
   --parts                 Also the body's scan (`scan_body`) and stamping (`stamp_events`)
@@ -88,7 +90,9 @@ def per_event_ns(step, events: int, calls: int = 2000) -> float:
 
 
 async def main(args: SimpleNamespace) -> None:
-    body = json.dumps([EVENT] * args.batch if args.batch else EVENT,
+    event = EVENT if not args.note_bytes else \
+        {**EVENT, "payload": {**EVENT["payload"], "note": "n" * args.note_bytes}}
+    body = json.dumps([event] * args.batch if args.batch else event,
                       separators=(",", ":")).encode()
     request = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s" % (
         len(body), body)
@@ -120,4 +124,4 @@ async def main(args: SimpleNamespace) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(parse(__doc__, requests_per_conn=int, batch=int)))
+    uvloop.run(main(parse(__doc__, requests_per_conn=int, batch=int, note_bytes=int)))
