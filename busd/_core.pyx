@@ -825,7 +825,6 @@ cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t i
     return pos
 
 
-@cython.freelist(256)  # reused request after request (a larger batch allocates the rest)
 cdef class ParsedEvent:
     """One event of a publish body (see scan_body)."""
 
