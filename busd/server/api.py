@@ -224,9 +224,13 @@ class Api:
         self.auth = auth  # None: open bus, and no auth work on any request
         self.console = Console() if broker.config.ui else None
 
-    def __call__(self, conn: HttpConnection, request: Request) -> None:
-        method = request.method
-        path = request.url.partition(b"?")[0]
+    def route(self, conn: HttpConnection, request: Request) -> None:
+        """The connection's handler. (A method, not `__call__`: the connection calls a bound
+        method by vectorcall, a callable object through a tuple of its arguments.)"""
+        method, url = request.method, request.url
+        # `/` is every publish's and ack's target; `b"?" in url` costs more than partition
+        # (CPython tries the needle as an int first, and formats the TypeError it clears)
+        path = url if url == b"/" else url.partition(b"?")[0]
         close = not request.keep_alive
         try:
             if method == b"OPTIONS":
@@ -255,7 +259,7 @@ class Api:
                 self.groups(conn, request, method, close, token)
             elif path[:1] != b"/" and (url := origin_form(request.url)) is not request.url:
                 request.url = url  # the absolute form (`http://host/…`) that proxies send
-                self(conn, request)
+                self.route(conn, request)
             else:
                 _reply(conn, method, self._resource(method, path, close), close)
         except BadRequest as exc:

@@ -92,7 +92,7 @@ class Server:
     def _new_connection(self) -> asyncio.Protocol:
         if len(self.connections) >= self.config.max_connections:
             return _Refuse(self.config.max_connections)
-        return self._connection_class(self.api, self.limits, self.connections,
+        return self._connection_class(self.api.route, self.limits, self.connections,
                                       self.body_budget, self.coalescer)
 
     async def start(self) -> None:
