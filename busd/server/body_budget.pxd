@@ -7,5 +7,6 @@ cdef class BodyBudget:
     cdef dict _bodies, _reading, _waiting
 
     cpdef take(self, conn, Py_ssize_t size)
+    cpdef passed(self, Py_ssize_t size)
     cpdef give_back(self, conn, Py_ssize_t size)
     cdef _grant(self, conn)

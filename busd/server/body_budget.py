@@ -2,8 +2,10 @@
 """The request-body bytes buffered by all connections together (`--max-body-memory`).
 
 Each connection bounds its own body; this bounds their sum. Bytes are counted as they
-arrive (a large Content-Length alone reserves nothing). Past the limit, connections stop
-being read (transport paused) and wait, oldest body first, until room comes back.
+arrive, at the end of each read that leaves a body incomplete (a large Content-Length alone
+reserves nothing; a body read whole in one read is never counted, as the read holds it
+anyway). Past the limit, connections stop being read (transport paused) and wait, oldest
+body first, until room comes back.
 
 Deadlock-free: half-received bodies that wait could hold the whole budget and wait on each
 other forever, so the oldest body being received is never paused; it may go over the
@@ -56,6 +58,11 @@ class BodyBudget:
                 other.wait_for_budget()
         elif self._waiting:
             self._grant(next(iter(self._waiting)))  # room left: let one more in per read
+
+    def passed(self, size: int) -> None:
+        """A body of `size` bytes came and went within one read of its connection, which
+        holds them anyway: never taken, it counts towards the peak only."""
+        self.peak = max(self.peak, self.used + size)
 
     def give_back(self, conn: Waiter, size: int) -> None:
         """conn's body is done with (stored, answered, refused, or its client gone)."""

@@ -79,6 +79,7 @@ cdef class HttpConnection:
     cpdef close(self)
     cpdef _write_response(self, data, bint close)
     cdef _count_head(self, bytes read, int before, Py_ssize_t begun)
+    cdef _count_body(self)
     cdef _head_too_large(self)
     cdef _ignore(self, Py_ssize_t size)
     cdef _repeated(self, bytes name, bytes value)

@@ -294,7 +294,7 @@ class HttpConnection:
         self._begun = 0  # requests begun on this connection (on_message_begin)
         self._body: list[bytes] = []
         self._body_size = 0
-        self._held = 0  # of this body's bytes, those counted in the BodyBudget
+        self._held = 0  # of this body's bytes, those counted in the BodyBudget (see _count_body)
         self._ignored = 0  # bytes a streaming or lingering client sent, dropped
         self._linger: asyncio.TimerHandle | None = None
         self._linger_input = LINGER_INPUT
@@ -344,6 +344,8 @@ class HttpConnection:
                     self._reject = (400, f"malformed HTTP request: {exc}")
             if self.state == _HEADERS and self._reject is None:
                 self._count_head(self._read, before, self._begun - begun)
+            elif self.state == _BODY and self._body_size > self._held and self._reject is None:
+                self._count_body()
             if self._chunks is not None and \
                     self._chunks.read_end(self._read, self._body_size) > MAX_CHUNK_LINE:
                 self._chunk_line_too_long()
@@ -373,6 +375,14 @@ class HttpConnection:
                 self._head_bytes += max(0, len(read) - line_start - len(self._url))
         if self._head_bytes > MAX_HEADER_BYTES:
             self._head_too_large()
+
+    def _count_body(self) -> None:
+        """The body is still incomplete after this read: count what came of it in the
+        BodyBudget now. A body that begins and ends within one read is never counted (only
+        towards the peak): the read holds its bytes anyway, and registering it with the
+        budget and taking it out again cost more than the rest of its connection's work."""
+        self.budget.take(self, self._body_size - self._held)
+        self._held = self._body_size
 
     def _head_too_large(self) -> None:
         if self._reject is None:
@@ -510,8 +520,6 @@ class HttpConnection:
             return
         self._body.append(body)
         self._body_size += len(body)
-        self._held += len(body)
-        self.budget.take(self, len(body))
         if self._body_size > self._body_limit:
             self._past_body_limit()
 
@@ -563,6 +571,8 @@ class HttpConnection:
             self._forget_request()
             self._release_body()
             return
+        if self._body_size > self._held:
+            self.budget.passed(self._body_size - self._held)
         pieces = self._body
         if len(pieces) == 1:
             body = pieces[0]

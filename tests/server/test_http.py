@@ -328,6 +328,19 @@ def test_half_sent_bodies_filling_the_budget_do_not_wait_on_each_other(make_serv
     assert stored(port) == 4
 
 
+def test_a_body_read_whole_counts_towards_the_peak(make_server):
+    """A body that arrives in the read its head came in is never registered with the budget
+    (the read holds its bytes anyway), yet busd_body_bytes_peak still counts it."""
+    port = make_server("app", "--max-body-memory", "1MiB").port
+    body = event_body(40_000)
+    with Http(port) as http:
+        http.send(post_head(len(body)) + body)
+        assert read_response(http.file).status == 202
+    gauges = body_gauges(port)
+    assert gauges["busd_body_bytes_peak"] >= len(body), gauges
+    assert gauges["busd_body_bytes"] == gauges["busd_body_waiting"] == 0, gauges
+
+
 def test_a_waiting_client_that_leaves_frees_its_place(make_server):
     """A connection waiting for room is not read, yet its client's close is noticed
     (within about a second): its place and bytes are given back. One that waits longer
