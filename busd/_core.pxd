@@ -147,3 +147,6 @@ cdef class ParsedEvent:
     cdef bytes _body                   # the publish body holding the payload; None: no payload
     cdef Py_ssize_t _payload_at, _payload_end
     cdef bint _payload_breaks          # raw line breaks (JSON whitespace) in the payload
+
+
+cpdef bytes header_name(bytes raw)

@@ -589,6 +589,11 @@ def stamp_events(events, is_batch: bool, new_id, now):
 # --------------------------------------------------------------------------- publish answers
 
 
+def header_name(raw: bytes) -> bytes:
+    """busd._core.header_name: a header name as the connection keys it."""
+    return raw.lower()
+
+
 def published_response(head: bytes, ids, created_at, first_index: int, is_batch: bool,
                        close: bool) -> bytes:
     """busd._core.published_response: the 202 that busd.server.http.response formats for

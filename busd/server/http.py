@@ -19,6 +19,7 @@ from time import time as wall_clock
 
 import httptools
 
+from busd._core import header_name
 from busd.bus.sink import Stream
 from busd.server.body_budget import BodyBudget, peer_gone
 from busd.server.coalesce import MAX_HELD, WriteCoalescer
@@ -433,7 +434,7 @@ class HttpConnection:
         if self._header_bytes > MAX_HEADER_BYTES:
             self._head_too_large()
             return
-        name = name.lower()
+        name = header_name(name)
         # setdefault returns the earlier value of a repeated name (not of a repeated one-byte
         # value: CPython shares those objects, and such a repeat says nothing new)
         if self._headers.setdefault(name, value) is not value:

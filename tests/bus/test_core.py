@@ -847,6 +847,27 @@ def test_sse_chunk_matches_oracle(text):
     assert core.sse_chunk(text) == oracle.sse_chunk(text)
 
 
+HEADER_SPELLINGS = [b"Host", b"content-length", b"Content-Type", b"CONTENT-TYPE",
+                    b"Last-Event-ID", b"Last-Event-Id", b"If-None-Match", b"X-Bus-Event-Id",
+                    b"Hos", b"Hostx", b"\xc4ost", b"H\x00st", b"", b"A" * 24, b"A" * 25]
+
+
+@FAST
+@given(st.one_of(st.sampled_from(HEADER_SPELLINGS), st.binary(max_size=40),
+                 st.text("aAzZ-_@[`{", max_size=26).map(str.encode)))
+def test_header_name_matches_oracle(raw):
+    assert core.header_name(raw) == oracle.header_name(raw)
+
+
+def test_header_names_busd_reads_are_shared_objects():
+    """The names the connection and API look up come back as one object each, whatever
+    the spelling: no allocation, and the hash is already known."""
+    for name in (b"host", b"content-length", b"transfer-encoding", b"expect", b"origin",
+                 b"authorization", b"last-event-id", b"if-none-match"):
+        assert core.header_name(name.upper()) is core.header_name(name.title()), name
+        assert core.header_name(name) == name
+
+
 def test_sse_frame_edge_cases():
     assert core.sse_frame([]) == b""
     assert core.sse_frame_matching([], core.Pattern(b"a.>")) == (b"", 0)
