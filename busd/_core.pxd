@@ -150,3 +150,4 @@ cdef class ParsedEvent:
 
 
 cpdef bytes header_name(bytes raw)
+cpdef double monotonic()

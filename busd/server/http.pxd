@@ -4,7 +4,7 @@
 
 cimport cython
 
-from busd._core cimport header_name
+from busd._core cimport header_name, monotonic
 from busd.server.body_budget cimport BodyBudget
 
 

@@ -14,12 +14,11 @@ import logging
 import re
 from collections.abc import Callable
 from email.utils import formatdate
-from time import monotonic
 from time import time as wall_clock
 
 import httptools
 
-from busd._core import header_name
+from busd._core import header_name, monotonic
 from busd.bus.sink import Stream
 from busd.server.body_budget import BodyBudget, peer_gone
 from busd.server.coalesce import MAX_HELD, WriteCoalescer
@@ -424,7 +423,7 @@ class HttpConnection:
         self._begun += 1
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        self._url = url if not self._url else self._url + url  # once, unless split by reads
         self._header_bytes += len(url)
         if len(self._url) > MAX_URL_BYTES and self._reject is None:
             self._reject = (414, f"request target longer than {MAX_URL_BYTES} bytes")
@@ -622,8 +621,11 @@ class HttpConnection:
         slot.data = data
         slot.close = slot.close or close  # hang_up may have marked it already
         pending = self.pending
-        while pending and pending[0].data is not None:
-            head = pending.pop(0)
+        while pending:
+            head = pending[0]
+            if head.data is None:
+                break
+            del pending[0]
             if self.is_closed:
                 return
             if callable(head.data):
