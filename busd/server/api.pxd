@@ -3,7 +3,7 @@
 # uncompiled as the oracle in tests/server/test_publish_compiled.py.
 
 from busd.bus.broker cimport Broker
-from busd.server.http cimport HttpConnection, Request, Slot
+from busd.server.http cimport HttpConnection, Request, Slot, status_head
 
 
 cdef class Api:

@@ -203,11 +203,11 @@ class PublishAnswer:
 
     def __call__(self, ids: list[bytes], stamps: list[bytes],
                  outcome: int | PublishRefused) -> None:
-        if isinstance(outcome, PublishRefused):
-            answer = error_response(outcome.status, outcome.reason, self.close)
-        else:
+        if isinstance(outcome, int):  # a flag test, where isinstance of a class is a call
             answer = published_response(status_head(202), ids, stamps, outcome, self.is_batch,
                                         self.close)
+        else:
+            answer = error_response(outcome.status, outcome.reason, self.close)
         self.conn.fulfil(self.slot, answer, self.close)
 
 
