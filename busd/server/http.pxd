@@ -16,6 +16,11 @@ cdef class _Heads:
     cpdef bytes get(self, int status)
 
 
+# limits and states the connection compares on every request, as C values (module globals
+# of Python are boxed for each comparison)
+cdef Py_ssize_t MAX_URL_BYTES, MAX_HEADER_BYTES, MAX_PIPELINED, MAX_CHUNK_LINE
+cdef int _IDLE, _HEADERS, _BODY, _WAITING, _STREAM
+
 cdef _Heads _HEADS
 
 cpdef bytes status_head(int status)
