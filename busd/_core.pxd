@@ -151,3 +151,8 @@ cdef class ParsedEvent:
 
 cpdef bytes header_name(bytes raw)
 cpdef double monotonic()
+cpdef Py_ssize_t records_size(list records) except -1
+cpdef tuple scan_body(bytes body, Py_ssize_t max_events=*)
+cpdef tuple stamp_events(list events, bint is_batch)
+cpdef bytes published_response(bytes head, list ids, list created_at, long long first_index,
+                               bint is_batch, bint close)

@@ -3,6 +3,9 @@
 # tests/server/test_publish_compiled.py. (A test that needs a different Broker method
 # gives the server a subclass: a compiled class takes no patched methods.)
 
+from busd._core cimport records_size, stamp_events
+
+
 cdef class Broker:
     cdef public object config, store, namespaces, dedup, metrics, fanout, groups
     cdef public object dedup_path, _saved

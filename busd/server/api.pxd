@@ -2,6 +2,7 @@
 # routing a request reads them as struct fields. api.py stays the source, and runs
 # uncompiled as the oracle in tests/server/test_publish_compiled.py.
 
+from busd._core cimport published_response, scan_body
 from busd.bus.broker cimport Broker
 from busd.server.http cimport HttpConnection, Request, Slot, status_head
 

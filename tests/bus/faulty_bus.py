@@ -100,16 +100,18 @@ def locate_fails_later(patch: pytest.MonkeyPatch) -> None:
 
 @fault
 def first_answer_fails(patch: pytest.MonkeyPatch) -> None:
-    """Answering the publish stored at index 0 raises."""
-    import busd.server.api as api
-    real = api.published_response
+    """Answering the publish stored at index 0 raises, as the answer reaches its connection.
+    (The compiled API builds the answer by C calls, so the fault sits in a subclass of the
+    connection.)"""
+    from busd.server.http import HttpConnection
 
-    def published_response(head, ids, created_at, first_index, *args):
-        if first_index == 0:
-            raise RuntimeError("injected: answering failed")
-        return real(head, ids, created_at, first_index, *args)
+    class FailingAnswers(HttpConnection):
+        def fulfil(self, slot, data, close=False):
+            if isinstance(data, bytes) and b"\r\nX-Bus-Event-Index: 0\r\n" in data:
+                raise RuntimeError("injected: answering failed")
+            return super().fulfil(slot, data, close)
 
-    patch.setattr(api, "published_response", published_response)
+    patch.setattr(app, "HttpConnection", FailingAnswers)
 
 
 @fault

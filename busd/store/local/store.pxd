@@ -3,6 +3,9 @@
 # tests/server/test_publish_compiled.py. (A test that needs a different LocalStore method
 # gives the server a subclass: a compiled class takes no patched methods.)
 
+from busd._core cimport records_size
+
+
 cdef class LocalStore:
     cdef public object root, _lock_fd, _listener, _loop, _sync_executor, _read_executor
     cdef public list namespaces, _sync_waiting
