@@ -20,6 +20,7 @@ cdef class _Heads:
 # of Python are boxed for each comparison)
 cdef Py_ssize_t MAX_URL_BYTES, MAX_HEADER_BYTES, MAX_PIPELINED, MAX_CHUNK_LINE
 cdef int _IDLE, _HEADERS, _BODY, _WAITING, _STREAM
+cdef bytes _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT
 
 cdef _Heads _HEADS
 

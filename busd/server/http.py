@@ -56,6 +56,10 @@ MAX_PIPELINED = 64  # pending responses per connection before we stop reading
 EVENT_ENVELOPE = 64 << 10  # room a single event's body has beyond its payload's limit
 MAX_CHUNK_LINE = 4 << 10  # a chunk's size line: hex size, extensions, CRLF
 _ABSOLUTE_FORM = re.compile(rb"https?://[^/?]*", re.IGNORECASE)  # scheme and authority
+# the names every request's header dict is asked for, as header_name gives them: the dict
+# finds such a key by identity, where an equal object of our own would be compared byte by byte
+_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT = (
+    header_name(name) for name in (b"host", b"content-length", b"transfer-encoding", b"expect"))
 
 
 def restrict_cors(origins: tuple[str, ...]) -> None:
@@ -442,7 +446,7 @@ class HttpConnection:
     def _repeated(self, name: bytes, value: bytes) -> None:
         """A second field line of a name: one Host only (RFC 9112 §3.2); others form one
         comma-separated list (RFC 9110 §5.3)."""
-        if name == b"host":
+        if name == _HOST:
             if self._reject is None:
                 self._reject = (400, "more than one Host header")
         else:
@@ -450,16 +454,16 @@ class HttpConnection:
 
     def on_headers_complete(self) -> None:
         headers = self._headers
-        length = headers.get(b"content-length")  # never with Transfer-Encoding (llhttp)
-        if length is None and b"transfer-encoding" in headers and self._reject is None:
-            self._start_chunked(headers[b"transfer-encoding"])
+        length = headers.get(_CONTENT_LENGTH)  # never with Transfer-Encoding (llhttp)
+        if length is None and _TRANSFER_ENCODING in headers and self._reject is None:
+            self._start_chunked(headers[_TRANSFER_ENCODING])
         self.state = _BODY
         self.since = self._read_at
         limits = self.limits
         self._body_limit = limits.max_event_body
         if self._reject is not None:
             return
-        if b"host" not in headers and self.parser.get_http_version() != "1.0":
+        if _HOST not in headers and self.parser.get_http_version() != "1.0":
             self._reject = (400, "missing Host header: HTTP/1.1 requires one (RFC 9112 §3.2)")
             return
         if length is not None and len(length) >= limits.event_body_digits and \
@@ -469,7 +473,7 @@ class HttpConnection:
                                      f"limit of {limits.max_body} bytes")
                 return
             self._body_limit = 0  # the first bytes tell whether a batch may be that large
-        expect = headers.get(b"expect")
+        expect = headers.get(_EXPECT)
         if expect is not None and expect.lower() == b"100-continue":
             self.reply(CONTINUE)  # an interim answer: after those of earlier requests
 
@@ -507,8 +511,8 @@ class HttpConnection:
         a request with Upgrade, as the new protocol's bytes. The Upgrade is ignored (see
         data_received), so such a request is refused."""
         headers = self._headers
-        if self.parser.should_upgrade() and (b"transfer-encoding" in headers or
-                                             headers.get(b"content-length", b"0") != b"0"):
+        if self.parser.should_upgrade() and (_TRANSFER_ENCODING in headers or
+                                             headers.get(_CONTENT_LENGTH, b"0") != b"0"):
             self._reject = (400, "a request body with Upgrade is not supported: send the "
                                  "request without Upgrade (e.g. curl without --http2)")
             return True
@@ -546,7 +550,7 @@ class HttpConnection:
         if start == b"[":
             self._body_limit = limits.max_body
         elif start or self._body_size > limits.max_event_body:
-            length = self._headers.get(b"content-length")
+            length = self._headers.get(_CONTENT_LENGTH)
             size = f"{length.decode()} bytes" if length else f"over {limits.max_event_body} bytes"
             self._refuse_body(f"a body of {size} is larger than one event may be: "
                               f"--max-event-size plus {EVENT_ENVELOPE} bytes for its other "
