@@ -13,6 +13,7 @@ cdef class Api:
     cdef public Py_ssize_t max_batch, max_event_size
     cdef public double started
 
+    cpdef route(self, HttpConnection conn, Request request)
     cpdef publish(self, HttpConnection conn, Request request, token=*)
 
 

@@ -229,7 +229,7 @@ class LocalStore:
     def publish(self, namespace: str, events: Sequence[ParsedEvent], records: list[bytes],
                 dedup: bool, done: Stored) -> None:
         """Join this loop iteration's group (the bus's dedup cache is all the dedup here)."""
-        if namespace in self.failed:
+        if self.failed and namespace in self.failed:  # (an empty dict still hashes the key)
             done(self._out_of_service(namespace))
             return
         group = self._group.get(namespace)
