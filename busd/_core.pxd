@@ -151,6 +151,7 @@ cdef class ParsedEvent:
 
 cpdef bytes header_name(bytes raw)
 cpdef double monotonic()
+cpdef double wall_clock()
 cpdef Py_ssize_t records_size(list records) except -1
 cpdef tuple scan_body(bytes body, Py_ssize_t max_events=*)
 cpdef tuple stamp_events(list events, bint is_batch)

@@ -26,7 +26,7 @@ __all__ = [
     "validate_subject", "validate_pattern", "Pattern", "match_subject",
     "scan_body", "TooManyEvents", "ParsedEvent", "make_record", "stamp_events", "record_id",
     "record_subject", "records_size",
-    "header_name", "monotonic", "sse_chunk", "sse_frame", "sse_frame_matching", "sse_of", "first_matching",
+    "header_name", "monotonic", "wall_clock", "sse_chunk", "sse_frame", "sse_frame_matching", "sse_of", "first_matching",
     "new_xid", "xid_time", "is_xid", "now_rfc3339", "parse_rfc3339", "format_rfc3339",
     "MAX_DEPTH", "MAX_FIELD_BYTES",
 ]
@@ -1687,12 +1687,24 @@ def supplied_ids(list events not None):
 
 # --------------------------------------------------------------------------- clock
 
+cdef inline double _seconds(timespec ts) noexcept nogil:
+    """A clock reading in seconds, rounded as Python rounds it (nanoseconds / 1e9)."""
+    return <double>(<long long>ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9
+
+
 cpdef double monotonic():
     """time.monotonic() (the same clock, CLOCK_MONOTONIC) as a C call: the connection reads
     it on every read and every deferred answer, where time.monotonic() was a Python call."""
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
+    return _seconds(ts)
+
+
+cpdef double wall_clock():
+    """time.time() (CLOCK_REALTIME) as a C call: every answer's Date comes from it."""
+    cdef timespec ts
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return _seconds(ts)
 
 
 # --------------------------------------------------------------------------- HTTP header names

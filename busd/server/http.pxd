@@ -4,13 +4,15 @@
 
 cimport cython
 
-from busd._core cimport header_name, monotonic
+from busd._core cimport header_name, monotonic, wall_clock
 from busd.server.body_budget cimport BodyBudget
 
 
 cdef class _Heads:
     cdef public double second
     cdef dict cache
+    cdef int last_status
+    cdef bytes last_head
 
     @cython.locals(now=double)
     cpdef bytes get(self, int status)

@@ -14,11 +14,10 @@ import logging
 import re
 from collections.abc import Callable
 from email.utils import formatdate
-from time import time as wall_clock
 
 import httptools
 
-from busd._core import header_name, monotonic
+from busd._core import header_name, monotonic, wall_clock
 from busd.bus.sink import Stream
 from busd.server.body_budget import BodyBudget, peer_gone
 from busd.server.coalesce import MAX_HELD, WriteCoalescer
@@ -79,17 +78,23 @@ class _Heads:
     def __init__(self) -> None:
         self.second = 0.0  # the whole second the cached heads are dated
         self.cache: dict[int, bytes] = {}
+        self.last_status = 0  # the status asked for last, and its head: answers come in runs
+        self.last_head = b""
 
     def get(self, status: int) -> bytes:
         now = wall_clock()  # compared as a float: int() of it costs more than the lookup
         if not self.second <= now < self.second + 1:  # a new second, or the clock stepped
             self.second = float(int(now))
             self.cache = {}
+            self.last_status = 0
+        if status == self.last_status:
+            return self.last_head
         head = self.cache.get(status)
         if head is None:
             head = self.cache[status] = b"".join((
                 b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown")), CORS_HEADERS,
                 b"Date: ", formatdate(self.second, usegmt=True).encode(), b"\r\n"))
+        self.last_status, self.last_head = status, head
         return head
 
 

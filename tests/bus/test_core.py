@@ -847,12 +847,15 @@ def test_sse_chunk_matches_oracle(text):
     assert core.sse_chunk(text) == oracle.sse_chunk(text)
 
 
-def test_monotonic_is_time_monotonic():
-    """The same clock as time.monotonic(), read from C: never outside two readings of it."""
+@pytest.mark.parametrize(("clock", "python_clock"), [(core.monotonic, time.monotonic),
+                                                     (core.wall_clock, time.time)])
+def test_the_c_clocks_are_pythons(clock, python_clock):
+    """The same clocks as time.monotonic() and time.time(), read from C: never outside two
+    readings of Python's."""
     for _ in range(1000):
-        before = time.monotonic()
-        now = core.monotonic()
-        assert before <= now <= time.monotonic()
+        before = python_clock()
+        now = clock()
+        assert before <= now <= python_clock()
 
 
 HEADER_SPELLINGS = [b"Host", b"content-length", b"Content-Type", b"CONTENT-TYPE",

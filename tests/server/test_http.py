@@ -455,3 +455,24 @@ def test_requests_read_after_a_stream_starts_do_not_inherit_each_others_headers(
         assert read_response(http.file).status == 200
     assert request(server.port, "GET", "/healthz").status == 200
     assert stored(server.port) == 0
+
+
+def test_status_heads_carry_their_status_and_the_current_second():
+    """status_head keeps the last status's head for the runs answers come in (202s): a
+    different status gets its own head, and a new second a new Date for the same status."""
+    from email.utils import parsedate_to_datetime
+
+    from busd.server.http import status_head
+
+    def date(head: bytes) -> float:
+        line = next(line for line in head.split(b"\r\n") if line.startswith(b"Date: "))
+        return parsedate_to_datetime(line[6:].decode()).timestamp()
+
+    assert status_head(202).startswith(b"HTTP/1.1 202 Accepted\r\n")
+    assert status_head(404).startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert status_head(202).startswith(b"HTTP/1.1 202 Accepted\r\n")
+    time.sleep(1 - time.time() % 1 + 0.01)  # into the next second
+    first = status_head(202)
+    assert date(first) <= time.time() < date(first) + 2
+    time.sleep(1.0)
+    assert date(first) < date(status_head(202)) <= time.time()
