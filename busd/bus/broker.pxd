@@ -4,6 +4,7 @@
 # gives the server a subclass: a compiled class takes no patched methods.)
 
 from busd._core cimport records_size, stamp_events
+from busd.bus.publication cimport Publication
 
 
 cdef class Broker:
@@ -12,10 +13,5 @@ cdef class Broker:
     cdef public dict faults, _declared
     cdef public Py_ssize_t max_record
 
-    cpdef publish(self, list events, bint is_batch, done)
+    cpdef publish(self, list events, bint is_batch, Publication done)
 
-
-cdef class Stored:
-    cdef object dedup, done
-    cdef str namespace
-    cdef list ids, stamps, reserved

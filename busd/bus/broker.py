@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from busd._core import (
@@ -29,6 +28,7 @@ from busd.bus.fanout import FanOut
 from busd.bus.group.member import Member
 from busd.bus.group.jetstream import JetStreamGroups
 from busd.bus.group.registry import Answer, Groups
+from busd.bus.publication import Publication
 from busd.server.config import Config
 from busd.server.metrics import Metrics
 from busd.store.errors import CorruptRecordError, PublishRefused, records_between
@@ -42,43 +42,6 @@ RECORD_ENVELOPE = 64 << 10  # room a record has beyond --max-event-size (as the 
 # gives a single event's body): its subject, other fields and stamps
 DEDUP_FILE = "dedup.snapshot"  # the saved dedup cache, in the data directory
 DEDUP_READ_BYTES = 4 << 20  # one log read while rebuilding the dedup cache
-
-
-# What a publish answers: the events' ids and created_at stamps, then the index of the first
-# (-1: routed to an inbox) or why the store refused them. Three arguments, not an object
-# holding them: one allocation less on every publish (perf/RESULTS.md, 2026-12-06).
-PublishCallback = Callable[[list[bytes], list[bytes], int | PublishRefused], None]
-
-
-class Stored:
-    """What the store calls back with a publish's outcome (its first index, or why not):
-    settles or drops the dedup keys it reserved, then answers the publisher. One object,
-    where a closure cost two on every publish."""
-
-    def __init__(self, dedup: DedupCache, namespace: str, ids: list[bytes],
-                 stamps: list[bytes], reserved: list | None, done: PublishCallback) -> None:
-        self.dedup = dedup
-        self.namespace = namespace
-        self.ids = ids
-        self.stamps = stamps
-        self.reserved = reserved
-        self.done = done
-
-    def __call__(self, outcome: int | PublishRefused) -> None:
-        """Called once per publish of a group, in a loop over the group's publishes: what
-        answering one of them raises (it may start a stream pipelined behind it) is
-        logged, and the rest are answered all the same."""
-        if self.reserved:  # a key taken by events not known to be durable stays unsaved
-            if isinstance(outcome, int):
-                for entry in self.reserved:
-                    self.dedup.settle(entry)
-            elif not outcome.keys_taken:
-                for entry in self.reserved:
-                    self.dedup.discard(entry)
-        try:
-            self.done(self.ids, self.stamps, outcome)
-        except Exception:  # noqa: BLE001 - one answer's failure, not the group's
-            log.exception("answering a publish failed ns=%s", self.namespace)
 
 
 class Broker:
@@ -217,8 +180,8 @@ class Broker:
                 Path(tmp).unlink(missing_ok=True)
 
     # -- publishing -------------------------------------------------------------------------
-    def publish(self, events: list[ParsedEvent], is_batch: bool, done: PublishCallback) -> None:
-        """Validate, then store or route to an inbox; `done` gets the outcome.
+    def publish(self, events: list[ParsedEvent], is_batch: bool, done: Publication) -> None:
+        """Validate, then store or route to an inbox; `done` answers the outcome.
 
         Raises PublishRefused for a publish refused at once (400 for anything invalid, 409
         for an id the store holds or a key seen before); `done` is then never called.
@@ -243,7 +206,7 @@ class Broker:
                                           f"{', '.join(sorted(self.namespaces))}")
             subject, record = events[0].subject, records[0]
             self.fanout.route_inbox(subject, record)
-            done(ids, stamps, -1)
+            done.answer(ids, stamps, -1)
             self.store.publish_inbox(subject, record)
             return
         supplied = supplied_ids(events)
@@ -256,8 +219,8 @@ class Broker:
             except PublishRefused:
                 self.store.release_ids(name, supplied)
                 raise
-        self.store.publish(name, events, records, reserved is not None,
-                           Stored(self.dedup, name, ids, stamps, reserved, done))
+        done.bind(self.dedup, name, ids, stamps, reserved)
+        self.store.publish(name, events, records, reserved is not None, done)
 
     def _reserve_keys(self, keyed: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Refuse (409) a key seen before; else remember it, as the event is about to land."""

@@ -4,6 +4,7 @@
 
 from busd._core cimport published_response, scan_body
 from busd.bus.broker cimport Broker
+from busd.bus.publication cimport Publication
 from busd.server.http cimport HttpConnection, Request, Slot, status_head
 
 
@@ -17,7 +18,9 @@ cdef class Api:
     cpdef publish(self, HttpConnection conn, Request request, token=*)
 
 
-cdef class PublishAnswer:
+cdef class PublishAnswer(Publication):
     cdef HttpConnection conn
     cdef Slot slot
     cdef bint close, is_batch
+
+    cpdef answer(self, list ids, list stamps, outcome)

@@ -22,6 +22,7 @@ from busd.bus.group.dispatcher import ACTIONS
 from busd.bus.group.registry import JoinRefused
 from busd.bus.group.settings import NAME as GROUP_NAME
 from busd.bus.group.settings import SettingsError, parse_delay, parse_settings
+from busd.bus.publication import Publication
 from busd.bus.timesearch import locate_time, parse_start_time
 from busd.server.auth import Auth, AuthError, Token
 from busd.server.http import (HttpConnection, Request, Slot, error_response, origin_form, response,
@@ -191,9 +192,9 @@ def _when_located(conn: HttpConnection, search: Awaitable, found: Callable[[Any]
     asyncio.ensure_future(search).add_done_callback(located)
 
 
-class PublishAnswer:
-    """Answers a publish, in its place on its connection, once the broker has the outcome
-    (the broker's PublishCallback): one object, where a closure cost two on every publish."""
+class PublishAnswer(Publication):
+    """An HTTP publish in flight: answered in its place on its connection once the store
+    has the outcome."""
 
     def __init__(self, conn: HttpConnection, slot: Slot, close: bool, is_batch: bool) -> None:
         self.conn = conn
@@ -201,8 +202,8 @@ class PublishAnswer:
         self.close = close
         self.is_batch = is_batch
 
-    def __call__(self, ids: list[bytes], stamps: list[bytes],
-                 outcome: int | PublishRefused) -> None:
+    def answer(self, ids: list[bytes], stamps: list[bytes],
+               outcome: int | PublishRefused) -> None:
         if isinstance(outcome, int):  # a flag test, where isinstance of a class is a call
             answer = published_response(status_head(202), ids, stamps, outcome, self.is_batch,
                                         self.close)

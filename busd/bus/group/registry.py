@@ -24,6 +24,7 @@ from busd.bus.group.dispatcher import Group
 from busd.bus.group.journal import Journal
 from busd.bus.group.member import Member
 from busd.bus.group.settings import GroupSettings, parse_settings
+from busd.bus.publication import Publication
 from busd.store.errors import PublishRefused
 from busd.store.interface import Store
 
@@ -201,16 +202,11 @@ class Groups:
         body = body.replace(b'"\\u0000"', record)
         _, events = scan_body(body, 1)
 
-        def stored(_ids, _stamps, outcome) -> None:
-            if isinstance(outcome, PublishRefused):
-                log.error("dead letter not stored ns=%s group=%s reason=%r", group.namespace,
-                          group.name, outcome.reason)
-            done(not isinstance(outcome, PublishRefused))
-
+        stored = _DeadLetterStored(group, done)
         try:
             self.publish(events, False, stored)
         except PublishRefused as exc:
-            stored(None, None, exc)
+            stored.answer(None, None, exc)
 
     # -- answering after the commit ---------------------------------------------------------
     def after_commit(self, answer: Answer) -> None:
@@ -285,3 +281,18 @@ def _sync_dir(folder: Path, never: bool) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _DeadLetterStored(Publication):
+    """A dead letter in flight: `done(stored)` once its outcome is known."""
+
+    def __init__(self, group: Group, done: Callable[[bool], None]) -> None:
+        self.group = group
+        self.done = done
+
+    def answer(self, ids: list[bytes] | None, stamps: list[bytes] | None,
+               outcome: int | PublishRefused) -> None:
+        if isinstance(outcome, PublishRefused):
+            log.error("dead letter not stored ns=%s group=%s reason=%r", self.group.namespace,
+                      self.group.name, outcome.reason)
+        self.done(not isinstance(outcome, PublishRefused))
