@@ -157,3 +157,4 @@ cpdef tuple scan_body(bytes body, Py_ssize_t max_events=*)
 cpdef tuple stamp_events(list events, bint is_batch)
 cpdef bytes published_response(bytes head, list ids, list created_at, long long first_index,
                                bint is_batch, bint close)
+cpdef list supplied_ids(list events)

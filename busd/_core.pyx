@@ -1671,10 +1671,12 @@ cpdef tuple stamp_events(list events, bint is_batch):
     return namespace, ids, stamps, records, keyed
 
 
-def supplied_ids(list events not None):
+cpdef list supplied_ids(list events):
     """The ids the publisher gave (restore keeps them), in order; [] when it gave none, as
     publishers almost always do: the broker refuses one a namespace already holds (409),
     and this check must cost next to nothing for everyone else."""
+    if events is None:
+        raise TypeError("supplied_ids() argument 'events' must be list, not None")
     cdef Py_ssize_t i, n = PyList_GET_SIZE(events)
     cdef ParsedEvent ev
     cdef list out = []

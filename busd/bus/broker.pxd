@@ -3,7 +3,7 @@
 # tests/server/test_publish_compiled.py. (A test that needs a different Broker method
 # gives the server a subclass: a compiled class takes no patched methods.)
 
-from busd._core cimport records_size, stamp_events
+from busd._core cimport records_size, stamp_events, supplied_ids
 from busd.bus.publication cimport Publication
 
 
