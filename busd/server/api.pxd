@@ -2,6 +2,8 @@
 # routing a request reads them as struct fields. api.py stays the source, and runs
 # uncompiled as the oracle in tests/server/test_publish_compiled.py.
 
+cimport cython
+
 from busd._core cimport published_response, scan_body
 from busd.bus.broker cimport Broker
 from busd.bus.publication cimport Publication
@@ -24,3 +26,7 @@ cdef class PublishAnswer(Publication):
     cdef bint close, is_batch
 
     cpdef answer(self, list ids, list stamps, outcome)
+
+
+@cython.locals(answer=PublishAnswer)
+cdef PublishAnswer publish_answer(HttpConnection conn, Slot slot, bint close, bint is_batch)

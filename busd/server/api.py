@@ -192,15 +192,18 @@ def _when_located(conn: HttpConnection, search: Awaitable, found: Callable[[Any]
     asyncio.ensure_future(search).add_done_callback(located)
 
 
+def publish_answer(conn: HttpConnection, slot: Slot, close: bool, is_batch: bool
+                   ) -> PublishAnswer:
+    """A PublishAnswer for the request in `slot` (its fields set in C: a constructor's
+    argument parsing cost as much as the object)."""
+    answer = PublishAnswer.__new__(PublishAnswer)
+    answer.conn, answer.slot, answer.close, answer.is_batch = conn, slot, close, is_batch
+    return answer
+
+
 class PublishAnswer(Publication):
     """An HTTP publish in flight: answered in its place on its connection once the store
-    has the outcome."""
-
-    def __init__(self, conn: HttpConnection, slot: Slot, close: bool, is_batch: bool) -> None:
-        self.conn = conn
-        self.slot = slot
-        self.close = close
-        self.is_batch = is_batch
+    has the outcome. Made by publish_answer."""
 
     def answer(self, ids: list[bytes], stamps: list[bytes],
                outcome: int | PublishRefused) -> None:
@@ -349,7 +352,7 @@ class Api:
                     return
         slot = conn.defer()
         try:
-            self.broker.publish(events, is_batch, PublishAnswer(conn, slot, close, is_batch))
+            self.broker.publish(events, is_batch, publish_answer(conn, slot, close, is_batch))
         except PublishRefused as exc:
             conn.fulfil(slot, error_response(exc.status, exc.reason, close), close)
 

@@ -34,6 +34,10 @@ cdef class Request:
     cdef public bint keep_alive
 
 
+@cython.locals(request=Request)
+cdef Request new_request(bytes method, bytes url, dict headers, bytes body, bint keep_alive)
+
+
 cdef class Limits:
     cdef public Py_ssize_t max_body, max_event_body, event_body_digits
     cdef public double header_timeout, body_timeout, idle_timeout
