@@ -26,7 +26,8 @@ __all__ = [
     "validate_subject", "validate_pattern", "Pattern", "match_subject",
     "scan_body", "TooManyEvents", "ParsedEvent", "make_record", "stamp_events", "record_id",
     "record_subject", "records_size",
-    "header_name", "monotonic", "wall_clock", "sse_chunk", "sse_frame", "sse_frame_matching", "sse_of", "first_matching",
+    "header_name", "monotonic", "wall_clock",
+    "sse_chunk", "sse_frame", "sse_frame_matching", "sse_of", "first_matching",
     "new_xid", "xid_time", "is_xid", "now_rfc3339", "parse_rfc3339", "format_rfc3339",
     "MAX_DEPTH", "MAX_FIELD_BYTES",
 ]

@@ -1,5 +1,7 @@
-# The C layout of publication.py's Publication when it is compiled (setup.py): the store,
-# the broker and the API's answer call it in C. publication.py stays the source.
+# The C layout of publication.py's Publication when it is compiled (setup.py): the broker
+# binds it and it calls its subclass's answer in C (the store calls it as any callable, the
+# store interface's Stored). publication.py stays the source, the oracle of
+# tests/bus/test_publication.py.
 
 cdef class Publication:
     cdef object dedup

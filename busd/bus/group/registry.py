@@ -202,7 +202,7 @@ class Groups:
         body = body.replace(b'"\\u0000"', record)
         _, events = scan_body(body, 1)
 
-        stored = _DeadLetterStored(group, done)
+        stored = _DeadLetter(group, done)
         try:
             self.publish(events, False, stored)
         except PublishRefused as exc:
@@ -283,7 +283,7 @@ def _sync_dir(folder: Path, never: bool) -> None:
         os.close(fd)
 
 
-class _DeadLetterStored(Publication):
+class _DeadLetter(Publication):
     """A dead letter in flight: `done(stored)` once its outcome is known."""
 
     def __init__(self, group: Group, done: Callable[[bool], None]) -> None:
