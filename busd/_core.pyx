@@ -8,8 +8,9 @@ tests/test_core.py checks that both agree on random inputs.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New, PyList_SET_ITEM
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport int64_t, uint32_t, uint64_t
@@ -1594,15 +1595,21 @@ cdef bytes _created_at(bytes given):
                          "e.g. 2026-11-27T13:20:58.365157351Z") from None
 
 
+cdef inline void _fill(list items, Py_ssize_t i, object item):
+    """items[i] = item in a list made by PyList_New(n), whose slots hold NULL."""
+    Py_INCREF(item)
+    PyList_SET_ITEM(items, i, item)
+
+
 cpdef tuple stamp_events(list events, bint is_batch):
     """Check a publish's events (SPEC §3.1) and build their stored records.
 
     Returns (namespace, ids, created_ats, records, keyed) where keyed lists the
-    (subject, key) pairs of events that carry a dedup key. Raises ValueError with the
-    one-line reason of a 400: a key or trace_id longer than MAX_FIELD_BYTES, bad subject or
-    response_subject, a batch spanning namespaces, a batch with a response_subject or on
-    the inbox namespace, a bad id or created_at. Whether the namespace is declared is the
-    caller's business.
+    (subject, key) pairs of events that carry a dedup key, None when none does. Raises
+    ValueError with the one-line reason of a 400: a key or trace_id longer than
+    MAX_FIELD_BYTES, bad subject or response_subject, a batch spanning namespaces, a batch
+    with a response_subject or on the inbox namespace, a bad id or created_at. Whether the
+    namespace is declared is the caller's business.
 
     The clock is read once per publish: the events it stamps share their created_at. A
     batch's events mostly share a subject too, checked once.
@@ -1615,7 +1622,10 @@ cpdef tuple stamp_events(list events, bint is_batch):
     cdef bytes sized_ca = None
     cdef Py_ssize_t ns_len = 0, m, e_subj = 0, e_ca = 0
     cdef bint id_made
-    cdef list ids = [], stamps = [], records = [], keyed = []
+    # sized once: appending to an empty list reallocates it (the lists hold NULLs until
+    # filled, which a raise in between leaves to list_dealloc, as it allows)
+    cdef list ids = PyList_New(n), stamps = PyList_New(n), records = PyList_New(n)
+    cdef list keyed = None  # rare: made at the first keyed event
     cdef timespec ts
     clock_gettime(CLOCK_REALTIME, &ts)
     for i in range(n):
@@ -1646,6 +1656,8 @@ cpdef tuple stamp_events(list events, bint is_batch):
             except ValueError as exc:
                 raise ValueError(f"response_subject: {exc}") from None
         if PyBytes_GET_SIZE(ev.key_value):
+            if keyed is None:
+                keyed = []
             keyed.append((subject, ev.key_value))
         event_id = ev.id
         id_made = not PyBytes_GET_SIZE(event_id)
@@ -1664,26 +1676,28 @@ cpdef tuple stamp_events(list events, bint is_batch):
             created_at = _created_at(created_at)
         if created_at is not sized_ca:
             sized_ca, e_ca = created_at, _esc_size(created_at)
-        ids.append(event_id)
-        stamps.append(created_at)
-        records.append(_make_record(ev, event_id, id_made, created_at, e_subj, e_ca))
+        _fill(ids, i, event_id)
+        _fill(stamps, i, created_at)
+        _fill(records, i, _make_record(ev, event_id, id_made, created_at, e_subj, e_ca))
     if is_batch and namespace == INBOX_NS:
         raise ValueError("inbox (_bus_) subjects cannot be published in a batch")
     return namespace, ids, stamps, records, keyed
 
 
 cpdef list supplied_ids(list events):
-    """The ids the publisher gave (restore keeps them), in order; [] when it gave none, as
-    publishers almost always do: the broker refuses one a namespace already holds (409),
-    and this check must cost next to nothing for everyone else."""
+    """The ids the publisher gave (restore keeps them), in order; None when it gave none,
+    as publishers almost always do: the broker refuses one a namespace already holds (409),
+    and this check must cost next to nothing for everyone else (not even an empty list)."""
     if events is None:
         raise TypeError("supplied_ids() argument 'events' must be list, not None")
     cdef Py_ssize_t i, n = PyList_GET_SIZE(events)
     cdef ParsedEvent ev
-    cdef list out = []
+    cdef list out = None
     for i in range(n):
         ev = <ParsedEvent>PyList_GET_ITEM(events, i)
         if PyBytes_GET_SIZE(ev.id):
+            if out is None:
+                out = []
             out.append(ev.id)
     return out
 

@@ -583,7 +583,7 @@ def stamp_events(events, is_batch: bool, new_id, now):
         records.append(make_record(ev, event_id, created_at))
     if is_batch and namespace == b"_bus_":
         raise ValueError("inbox (_bus_) subjects cannot be published in a batch")
-    return namespace, ids, stamps, records, keyed
+    return namespace, ids, stamps, records, keyed or None
 
 
 # --------------------------------------------------------------------------- publish answers

@@ -217,7 +217,8 @@ class Broker:
             try:
                 reserved = self._reserve_keys(keyed)
             except PublishRefused:
-                self.store.release_ids(name, supplied)
+                if supplied:
+                    self.store.release_ids(name, supplied)
                 raise
         done.bind(self.dedup, name, ids, stamps, reserved)
         self.store.publish(name, events, records, reserved is not None, done)

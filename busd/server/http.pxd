@@ -76,7 +76,8 @@ cdef class HttpConnection:
     cdef public object _reject
     cdef bytes _url
     cdef Py_ssize_t _header_bytes, _head_bytes, _begun
-    cdef list _body
+    cdef bytes _body
+    cdef list _body_pieces
     cdef Py_ssize_t _body_size, _held, _ignored, _linger_input, _body_limit
     cdef object _linger
     cdef _ChunkLines _chunks

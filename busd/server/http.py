@@ -303,7 +303,10 @@ class HttpConnection:
         self._header_bytes = 0  # the URL and the header lines httptools has reported
         self._head_bytes = 0  # all of the head so far, while it is incomplete
         self._begun = 0  # requests begun on this connection (on_message_begin)
-        self._body: list[bytes] = []
+        # the body's first piece, alone: most bodies come in one (a list for one piece
+        # would be made, grown and freed for every request); all of them if more came
+        self._body = b""
+        self._body_pieces: list[bytes] | None = None
         self._body_size = 0
         self._held = 0  # of this body's bytes, those counted in the BodyBudget (see _count_body)
         self._ignored = 0  # bytes a streaming or lingering client sent, dropped
@@ -529,7 +532,12 @@ class HttpConnection:
         self.since = self._read_at
         if self._reject is not None:
             return
-        self._body.append(body)
+        if self._body_pieces is not None:
+            self._body_pieces.append(body)
+        elif self._body_size:  # httptools reports no empty piece
+            self._body_pieces = [self._body, body]
+        else:
+            self._body = body
         self._body_size += len(body)
         if self._body_size > self._body_limit:
             self._past_body_limit()
@@ -553,7 +561,7 @@ class HttpConnection:
         if self._body_size > limits.max_body:
             self._refuse_body(f"request body larger than the limit of {limits.max_body} bytes")
             return
-        start = b"".join(self._body).lstrip(b" \t\r\n")[:1]
+        start = self._body_read().lstrip(b" \t\r\n")[:1]
         if start == b"[":
             self._body_limit = limits.max_body
         elif start or self._body_size > limits.max_event_body:
@@ -575,7 +583,12 @@ class HttpConnection:
         if self._held:
             self.budget.give_back(self, self._held)
         self._held = 0
-        self._body = []
+        self._body = b""
+        self._body_pieces = None
+
+    def _body_read(self) -> bytes:
+        """The body so far, in one piece."""
+        return self._body if self._body_pieces is None else b"".join(self._body_pieces)
 
     def on_message_complete(self) -> None:
         if self._reject is not None or self.stream is not None or self.is_closed:
@@ -584,11 +597,8 @@ class HttpConnection:
             return
         if self._body_size > self._held:
             self.budget.passed(self._body_size - self._held)
-        pieces = self._body
-        if len(pieces) == 1:
-            body = pieces[0]
-        elif pieces or not self._body_skipped():
-            body = b"".join(pieces)
+        if self._body_size or not self._body_skipped():
+            body = self._body_read()
         else:
             return
         request = new_request(self._method(), self._url, self._headers, body,
