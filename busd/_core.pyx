@@ -46,6 +46,7 @@ cdef bytes EMPTY = b""
 cdef unsigned char STR_SPECIAL[256]   # bytes a JSON string scan must stop at
 cdef unsigned char ESC_LEN[256]       # output length of a byte when JSON-escaped
 cdef unsigned char HEXVAL[256]        # hex digit value, 0xFF if not hex
+cdef unsigned char TOKEN_PLAIN[256]   # ASCII a token may hold that is no '.', '*' or '>'
 # XID_DEC, declared in busd/_core.pxd for the other modules, is filled here too
 cdef const char* XID_ENC = b"0123456789abcdefghijklmnopqrstuv"
 cdef const char* HEXDIGITS = b"0123456789abcdef"
@@ -55,6 +56,8 @@ cdef void _init_tables() noexcept:
     cdef int i
     for i in range(256):
         STR_SPECIAL[i] = 1 if (i < 0x20 or i >= 0x80 or i == c'"' or i == c'\\') else 0
+        TOKEN_PLAIN[i] = 1 if (i < 0x80 and not _forbidden(i) and i != c'.' and i != c'*'
+                               and i != c'>') else 0
         ESC_LEN[i] = 1
         HEXVAL[i] = 0xFF
         XID_DEC[i] = 0xFF
@@ -151,6 +154,11 @@ cdef _check_tokens(bytes s, bint pattern):
             seg_start = i
             continue
         c = p[i]
+        if TOKEN_PLAIN[c]:  # most of a subject: skip the run of them
+            i += 1
+            while i < n and TOKEN_PLAIN[p[i]]:
+                i += 1
+            continue
         if c == c'*' or c == c'>':
             if not pattern:
                 raise ValueError(f"subject contains a wildcard: '{_show(s)}'")
@@ -392,33 +400,53 @@ cdef uint64_t ONES = 0x0101010101010101ULL   # one in every byte of a word
 cdef uint64_t HIGHS = 0x8080808080808080ULL  # every byte's high bit
 
 
-cdef inline bint _word_special(uint64_t w) noexcept nogil:
-    """Whether any byte of w is one STR_SPECIAL flags (< 0x20, '"', '\\', >= 0x80), by
-    whole-word arithmetic: subtracting 0x20 from every byte sets the high bit of each byte
-    below 0x20; XOR with '"' (or '\\') in every byte zeroes the bytes equal to it, and
-    (v - ONES) & ~v sets the high bit of a zero byte; bytes >= 0x80 have it already. A
-    borrow between bytes only flags a byte above one that is itself special."""
+cdef inline uint64_t _word_special(uint64_t w) noexcept nogil:
+    """The high bit of the bytes of w that STR_SPECIAL flags (< 0x20, '"', '\\', >= 0x80),
+    0 if none, by whole-word arithmetic: subtracting 0x20 from every byte sets the high bit
+    of each byte below 0x20; XOR with '"' (or '\\') in every byte zeroes the bytes equal to
+    it, and (v - ONES) & ~v sets the high bit of a zero byte; bytes >= 0x80 have it already.
+    A borrow between bytes only flags a byte above one that is itself special, so the
+    lowest flagged byte is always the first special one."""
     cdef uint64_t quote = w ^ (ONES * 0x22), backslash = w ^ (ONES * 0x5C)
-    return ((w | (w - ONES * 0x20) | ((quote - ONES) & ~quote)
-             | ((backslash - ONES) & ~backslash)) & HIGHS) != 0
+    return (w | (w - ONES * 0x20) | ((quote - ONES) & ~quote)
+            | ((backslash - ONES) & ~backslash)) & HIGHS
+
+
+cdef extern from *:
+    """
+    /* How many bytes of a word loaded by memcpy come before its lowest flagged one (the
+       first in memory on a little-endian machine); elsewhere 0, and a byte loop finds it. */
+    static inline int busd_bytes_before_flagged(uint64_t mask) {
+    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        return __builtin_ctzll(mask) >> 3;
+    #else
+        (void)mask;
+        return 0;
+    #endif
+    }
+    """
+    int busd_bytes_before_flagged(uint64_t mask) nogil
 
 
 cdef Py_ssize_t _scan_string(Scanner* sc, Py_ssize_t pos) noexcept nogil:
     """b[pos] is '"'. Return the position after the closing quote, or -1.
 
-    Plain text is skipped eight bytes at a time (_word_special), the rest byte by byte:
+    Plain text is skipped eight bytes at a time (_word_special), to the first special byte
+    of the word that holds one, the rest byte by byte:
     payload strings are most of a body's bytes, and this scan was its hottest loop."""
     cdef const unsigned char* b = sc.buf
     cdef Py_ssize_t n = sc.n
     cdef unsigned char c
     cdef int k
     cdef bint esc = False
-    cdef uint64_t word
+    cdef uint64_t word, special
     pos += 1
     while True:
         while pos + 8 <= n:
             memcpy(&word, b + pos, 8)  # an unaligned load, done as one
-            if _word_special(word):
+            special = _word_special(word)
+            if special:
+                pos += busd_bytes_before_flagged(special)  # most strings end in this word
                 break
             pos += 8
         while pos < n and not STR_SPECIAL[b[pos]]:
