@@ -837,7 +837,7 @@ cdef Py_ssize_t _scan_event(Scanner* sc, Py_ssize_t pos, int depth, Py_ssize_t i
         return pos
     prev = <ParsedEvent>PyList_GET_ITEM(events, PyList_GET_SIZE(events) - 1) if events else None
     ev = ParsedEvent.__new__(ParsedEvent)
-    ev.subject = _decoded_like(b, sp, None if prev is None else prev.subject)
+    ev.subject = _decoded_like(b, sp, _last_subject if prev is None else prev.subject)
     ev.id = _decoded(b, &spans[F_ID])
     ev.created_at = _decoded_like(b, &spans[F_CREATED_AT],
                                   ZERO_TIME if prev is None else prev.created_at)
@@ -1611,6 +1611,20 @@ cdef bytes _namespace_of(bytes subject, Py_ssize_t m):
     return _last_namespace
 
 
+# The last subject stamp_events found valid, with what it worked out of it: the scan of the
+# next publish gives its event this same object when the subject's text is the same (most
+# publishes repeat a subject), and a subject that *is* this object needs no second look.
+cdef bytes _last_subject = None
+cdef Py_ssize_t _last_subject_ns_len = 0, _last_subject_esc = 0
+
+
+cdef void _remember_subject(bytes subject) noexcept:
+    global _last_subject, _last_subject_ns_len, _last_subject_esc
+    _last_subject = subject
+    _last_subject_ns_len = _namespace_len(subject)
+    _last_subject_esc = _esc_size(subject)
+
+
 cdef Py_ssize_t MAX_FIELD_JSON = C_MAX_FIELD_BYTES + 2  # with the quotes of a JSON string
 
 
@@ -1665,8 +1679,10 @@ cpdef tuple stamp_events(list events, bint is_batch):
             raise ValueError(f"{where}field {field} is longer than {MAX_FIELD_BYTES} bytes")
         subject = ev.subject
         if checked is None or subject != checked:
-            _check_tokens(subject, False)
-            m = _namespace_len(subject)
+            if subject is not _last_subject:
+                _check_tokens(subject, False)
+                _remember_subject(subject)
+            m = _last_subject_ns_len
             if namespace is None:
                 namespace = _namespace_of(subject, m)
                 ns_len = m
@@ -1675,7 +1691,7 @@ cpdef tuple stamp_events(list events, bint is_batch):
                 raise ValueError(f"a batch must stay in one namespace: found "
                                  f"'{_show(namespace)}' and '{_show(subject[:m])}'")
             checked = subject
-            e_subj = _esc_size(subject)
+            e_subj = _last_subject_esc
         if PyBytes_GET_SIZE(ev.response_subject):
             if is_batch:
                 raise ValueError("events in a batch cannot have a response_subject")
