@@ -11,6 +11,8 @@ cdef class Broker:
     cdef public object config, store, namespaces, dedup, metrics, fanout, groups
     cdef public object dedup_path, _saved
     cdef public dict faults, _declared
+    cdef bytes _last_namespace
+    cdef object _last_name
     cdef public Py_ssize_t max_record
 
     cpdef publish(self, list events, bint is_batch, Publication done)

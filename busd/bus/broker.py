@@ -53,6 +53,10 @@ class Broker:
         self.store = store
         self.namespaces = frozenset(config.namespaces)
         self._declared = {ns.encode(): ns for ns in config.namespaces}
+        # the last publish's namespace, as the object stamp_events gives while it repeats,
+        # and its declared name: an identity test where a lookup by bytes compares them
+        self._last_namespace: bytes | None = None
+        self._last_name: str | None = None
         self.dedup = DedupCache(config.dup_size, config.dup_ttl, max_bytes=config.dup_bytes)
         self.metrics = Metrics(config.namespaces)
         self.fanout = FanOut(config.namespaces, self.metrics)
@@ -198,7 +202,12 @@ class Broker:
                                               f"than --max-event-size ({self.config.max_event_size}"
                                               f" bytes) plus {RECORD_ENVELOPE} for its other "
                                               f"fields")
-        name = self._declared.get(namespace)
+        if namespace is self._last_namespace:
+            name = self._last_name
+        else:
+            name = self._declared.get(namespace)
+            if name is not None:
+                self._last_namespace, self._last_name = namespace, name
         if name is None:
             if namespace != INBOX:
                 raise PublishRefused(400, f"namespace {namespace.decode(errors='replace')!r} "
