@@ -103,6 +103,7 @@ cdef class HttpConnection:
     cdef _past_body_limit(self)
     cdef _refuse_body(self, str reason)
     cdef _release_body(self)
+    cdef bytes _body_read(self)
     cdef _forget_request(self)
     cdef _idle(self, double now)
     cdef _fail(self, int status, str reason)
