@@ -597,11 +597,9 @@ class HttpConnection:
             return
         if self._body_size > self._held:
             self.budget.passed(self._body_size - self._held)
-        if self._body_size or not self._body_skipped():
-            body = self._body_read()
-        else:
+        if not self._body_size and self._body_skipped():
             return
-        request = new_request(self._method(), self._url, self._headers, body,
+        request = new_request(self._method(), self._url, self._headers, self._body_read(),
                               self._keep_alive())
         self.state = _WAITING
         self._forget_request()
