@@ -10,7 +10,9 @@ Usage:
 
 Options:
   -h, --help              Show this help.
-  --requests-per-conn N   Requests fed to each of the 32 connections [default: 2000].
+  --requests-per-conn N   Requests fed to each connection [default: 2000].
+  --connections N         Connections fed one request each per loop iteration, so the
+                          group commit takes N requests at a time [default: 32].
   --batch N               Events per request, 0 = one event, not an array [default: 0].
   --note-bytes N          A text field of N plain bytes added to each event's payload, as
                           real events carry (the bench's strings are 0-20 bytes) [default: 0].
@@ -18,12 +20,20 @@ Options:
                           fixed 202 at once (what the connection costs without the bus).
   --parts                 Also the body's scan (`scan_body`) and stamping (`stamp_events`)
                           alone, ns per event (median of 5 rounds).
+  --subscribers K         K live subscriptions (SSE streams on fake transports), stream i on
+                          the literal subject bench.s<i>, and each request's events dealt
+                          round-robin over those subjects: the fan-out's cost with it, per
+                          delivery (needs --batch; the ceiling is left out). The held
+                          stream writes' time limit is lifted, so how many events go out in
+                          one write follows the loop's iterations, not the speed (valgrind's
+                          included): printed at the end [default: 0].
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import tempfile
 import time
@@ -39,7 +49,7 @@ import ceiling  # noqa: E402
 from opts import parse  # noqa: E402
 
 from busd._core import scan_body, stamp_events  # noqa: E402
-from busd.server.app import Server  # noqa: E402
+from busd.server.app import Server, _freeze_start_up_heap  # noqa: E402
 from busd.server.config import load_config  # noqa: E402
 
 EVENT = {"id": "", "subject": "bench.created", "created_at": "0001-01-01T00:00:00Z",
@@ -60,16 +70,53 @@ class CountingTransport:
     def close(self) -> None: ...
 
 
-async def drive(protocols: list, request: bytes, rounds: int) -> float:
+class StreamTransport(CountingTransport):
+    """An SSE stream's transport: keeps what is written, counted once at the end (a count
+    per write was a tenth of the fan-out's figure; a bytearray instead of the list cost
+    more than the collector's walks of the lists)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.writes = 0  # system calls the writes would be
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+        self.writes += 1
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.written.extend(chunks)
+        self.writes += 1
+
+    def events(self) -> int:
+        return b"".join(self.written).count(b"\nevent: msg\n")
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        ...
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+    def can_write_eof(self) -> bool:
+        return False
+
+
+async def drive(protocols: list, requests: list[bytes], rounds: int) -> float:
+    """Each round, each protocol is fed the next of requests (cycled); µs per request."""
     transports = []
     for protocol in protocols:
         transport = CountingTransport()
         protocol.connection_made(transport)
         transports.append(transport)
     started = time.perf_counter()
+    fed = 0
     for _ in range(rounds):
         for protocol in protocols:
-            protocol.data_received(request)
+            protocol.data_received(requests[fed % len(requests)])
+            fed += 1
         await asyncio.sleep(0)  # one loop iteration: busd's group commit runs here
     await asyncio.sleep(0)
     elapsed = time.perf_counter() - started
@@ -89,32 +136,88 @@ def per_event_ns(step, events: int, calls: int = 2000) -> float:
     return sorted(rounds)[2]
 
 
+def post(body: bytes) -> bytes:
+    return b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s" % (
+        len(body), body)
+
+
+def fanout_requests(event: dict, batch: int, subjects: int) -> list[bytes]:
+    """Batches whose events go round-robin over bench.s0 … bench.s<subjects-1>, as many
+    as it takes to come back to bench.s0."""
+    count = subjects // math.gcd(subjects, batch)
+    return [post(json.dumps([{**event, "subject": f"bench.s{(b * batch + j) % subjects}"}
+                             for j in range(batch)], separators=(",", ":")).encode())
+            for b in range(count)]
+
+
+async def subscribe(server: Server, k: int) -> list[StreamTransport]:
+    """k live SSE streams, stream i on bench.s<i>, from start=newest."""
+    transports = []
+    for i in range(k):
+        conn, transport = server._new_connection(), StreamTransport()
+        conn.connection_made(transport)
+        conn.data_received(b"GET /?subject=bench.s%d&start=newest HTTP/1.1\r\n"
+                           b"Host: 127.0.0.1\r\n\r\n" % i)
+        transports.append(transport)
+    live = server.broker.fanout.live_groups["bench"]
+    for _ in range(1000):
+        if len(live) == k:
+            return transports
+        await asyncio.sleep(0)
+    raise RuntimeError(f"only {len(live)} of {k} subscriptions went live")
+
+
+async def delivered(server: Server, streams: list[StreamTransport]) -> int:
+    """Wait (a bounded while) for the streams' held writes to go out; the events received."""
+    for _ in range(100):
+        if not any(conn._unsent for conn in server.connections):
+            break
+        await asyncio.sleep(0.01)
+    return sum(t.events() for t in streams)
+
+
 async def main(args: SimpleNamespace) -> None:
     event = EVENT if not args.note_bytes else \
         {**EVENT, "payload": {**EVENT["payload"], "note": "n" * args.note_bytes}}
+    if args.subscribers and not args.batch:
+        raise SystemExit("--subscribers needs --batch")
     body = json.dumps([event] * args.batch if args.batch else event,
                       separators=(",", ":")).encode()
-    request = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(body), body)
+    requests = fanout_requests(event, args.batch, args.subscribers) if args.subscribers \
+        else [post(body)]
     with tempfile.TemporaryDirectory() as data:
         config = load_config({"--namespaces": "bench", "--path": data,
                               "--addr": "127.0.0.1:0"}, {})
         server = Server(config)
         await server.store.start(server.broker)
-        busd_us = await drive([server._new_connection() for _ in range(32)], request,
+        _freeze_start_up_heap()  # as the server does once it started
+        streams = await subscribe(server, args.subscribers)
+        busd_us = await drive([server._new_connection() for _ in range(args.connections)],
+                              requests,
                               args.requests_per_conn)
+        if streams:
+            expected = args.connections * args.requests_per_conn * args.batch
+            got = await delivered(server, streams)
+            if got != expected:
+                raise RuntimeError(f"{got:,} events delivered of {expected:,}")
         if args.http_only:
-            conns = [server._new_connection() for _ in range(32)]
+            conns = [server._new_connection() for _ in range(args.connections)]
             for conn in conns:
                 conn.handler = lambda conn, _request: conn.reply(ceiling.RESPONSE)
-            http_us = await drive(conns, request, args.requests_per_conn)
+            http_us = await drive(conns, requests, args.requests_per_conn)
         await server.store.stop()
-    ceiling_us = await drive([ceiling.CeilingProtocol() for _ in range(32)], request,
-                             args.requests_per_conn)
     per = f"request of {args.batch} events" if args.batch else "request"
     print(f"busd     {busd_us:6.2f} µs per {per}")
+    if streams:
+        writes = sum(t.writes for t in streams)
+        print(f"         {args.subscribers:,} subscriptions, each request {args.batch} deliveries"
+              f", {expected / writes:.1f} events a stream write")
+        return
     if args.http_only:
         print(f"http     {http_us:6.2f} µs per {per} (busd's connection, a fixed answer)")
+    ceiling_us = await drive([ceiling.CeilingProtocol() for _ in range(args.connections)],
+                             [post(body)],
+                             args.requests_per_conn)
     print(f"ceiling  {ceiling_us:6.2f} µs per {per}")
     if args.parts:
         is_batch, events = scan_body(body)
@@ -124,4 +227,5 @@ async def main(args: SimpleNamespace) -> None:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(parse(__doc__, requests_per_conn=int, batch=int, note_bytes=int)))
+    uvloop.run(main(parse(__doc__, requests_per_conn=int, connections=int, batch=int,
+                          note_bytes=int, subscribers=int)))
