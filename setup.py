@@ -10,6 +10,7 @@ extensions = [
     Extension("busd._core", ["busd/_core.pyx"]),
     Extension("busd.bus._sublist", ["busd/bus/_sublist.pyx"]),
     Extension("busd.server.body_budget", ["busd/server/body_budget.py"]),
+    Extension("busd.server.coalesce", ["busd/server/coalesce.py"]),
     Extension("busd.server.http", ["busd/server/http.py"]),
     Extension("busd.server.api", ["busd/server/api.py"]),
     Extension("busd.bus.publication", ["busd/bus/publication.py"]),

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False, nonecheck=True
 """Small stream writes held per connection while the loop is busy, then written together.
 
 Live fan-out to many subscriptions on distinct subjects gives each stream about one event
@@ -9,14 +10,19 @@ the connection holds MAX_HELD bytes, or MAX_DELAY after the first write held. Th
 that finds the loop quiet is not held: it starts the watch. So an idle server sends a lone
 event at once (holding it cost ~18 µs of publish→receive p50 and doubled p99), and a busy
 one writes many events per syscall.
+
+Compiled (setup.py, with coalesce.pxd's C layout): the compiled HttpConnection asks
+`should_hold` and counts `writes` once per delivery, as C. The source runs uncompiled as
+the oracle in tests/server/test_coalesce.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Protocol
+
+from busd._core import monotonic
 
 log = logging.getLogger("busd.server.coalesce")
 
@@ -32,8 +38,6 @@ class Holder(Protocol):
 
 class WriteCoalescer:
     """The connections that hold bytes, and when they are written."""
-
-    __slots__ = ("held", "writes", "_seen", "_since", "_scheduled", "max_delay")
 
     def __init__(self, max_delay: float = MAX_DELAY) -> None:
         self.held: dict[Holder, None] = {}  # in the order they started holding
@@ -53,7 +57,7 @@ class WriteCoalescer:
             return True
         self._scheduled = True
         self._seen = self.writes
-        self._since = time.monotonic()
+        self._since = monotonic()
         asyncio.get_running_loop().call_soon(self._tick)
         return False
 
@@ -64,7 +68,7 @@ class WriteCoalescer:
     def _tick(self) -> None:
         """Once per loop iteration while writes keep being held (bounded by max_delay),
         then write everything held."""
-        if self._seen != self.writes and time.monotonic() - self._since < self.max_delay:
+        if self._seen != self.writes and monotonic() - self._since < self.max_delay:
             self._seen = self.writes
             asyncio.get_running_loop().call_soon(self._tick)
             return

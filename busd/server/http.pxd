@@ -6,6 +6,7 @@ cimport cython
 
 from busd._core cimport header_name, monotonic, wall_clock
 from busd.server.body_budget cimport BodyBudget
+from busd.server.coalesce cimport WriteCoalescer
 
 
 cdef class _Heads:
@@ -59,7 +60,8 @@ cdef class _ChunkLines:
 
 
 cdef class HttpConnection:
-    cdef public object handler, coalescer, connections, transport, parser
+    cdef public object handler, connections, transport, parser
+    cdef public WriteCoalescer coalescer
     cdef public Limits limits
     cdef public BodyBudget budget
     cdef public list pending

@@ -1,15 +1,37 @@
 """Stream writes held and written together: one transport write per connection while the
 loop stays busy, in order, never past MAX_HELD bytes, and nothing held is lost at the end
-of a stream."""
+of a stream. coalesce.py and http.py run compiled (setup.py): every test runs on the
+compiled pair and on the uncompiled sources (the oracle), and random writes must give the
+same transport writes through both."""
 
 from __future__ import annotations
 
 import asyncio
+from types import ModuleType, SimpleNamespace
 
+import pytest
 from busd._core import sse_chunk
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from source_module import load_source
+
+import busd.server.coalesce as coalesce_compiled
+import busd.server.http as http_compiled
 from busd.server.body_budget import BodyBudget
-from busd.server.coalesce import MAX_HELD, WriteCoalescer
-from busd.server.http import HttpConnection, Limits
+from busd.server.coalesce import MAX_HELD
+
+COMPILED = SimpleNamespace(http=http_compiled, coalesce=coalesce_compiled)
+SOURCE = SimpleNamespace(http=load_source(http_compiled), coalesce=load_source(coalesce_compiled))
+
+
+def test_the_installed_coalescer_is_the_compiled_one() -> None:
+    assert coalesce_compiled.__file__.endswith(".so"), coalesce_compiled.__file__
+    assert SOURCE.coalesce.__file__.endswith(".py")
+
+
+@pytest.fixture(params=[COMPILED, SOURCE], ids=["compiled", "source"])
+def impl(request) -> SimpleNamespace:
+    return request.param
 
 
 class FakeTransport:
@@ -51,9 +73,12 @@ class FakeStream:
     def end(self) -> None: ...
 
 
-def streaming(coalescer: WriteCoalescer) -> tuple[HttpConnection, FakeTransport]:
-    conn = HttpConnection(lambda conn, request: None, Limits(1 << 20, 1 << 20, 10, 10, 10),
-                          set(), BodyBudget(1 << 20), coalescer)
+def streaming(impl: SimpleNamespace, coalescer) -> tuple[object, FakeTransport]:
+    """A streaming connection of impl's HttpConnection (compiled, or the source)."""
+    http: ModuleType = impl.http
+    conn = http.HttpConnection(lambda conn, request: None,
+                               http.Limits(1 << 20, 1 << 20, 10, 10, 10),
+                               set(), BodyBudget(1 << 20), coalescer)
     transport = FakeTransport()
     conn.connection_made(transport)
     conn.attach_stream(FakeStream(), b"")
@@ -70,9 +95,9 @@ def body(writes: list[bytes]) -> bytes:
     return b"".join(writes)
 
 
-def test_a_lone_write_on_a_quiet_loop_goes_out_at_once():
+def test_a_lone_write_on_a_quiet_loop_goes_out_at_once(impl):
     async def main() -> None:
-        conn, transport = streaming(WriteCoalescer())
+        conn, transport = streaming(impl, impl.coalesce.WriteCoalescer())
         for i in range(3):
             conn.write(sse_chunk(b"data: %d\n\n" % i))
             assert transport.writes == [sse_chunk(b"data: %d\n\n" % i)]  # not held
@@ -81,10 +106,10 @@ def test_a_lone_write_on_a_quiet_loop_goes_out_at_once():
     asyncio.run(main())
 
 
-def test_writes_of_one_iteration_go_out_in_one_transport_write_in_order():
+def test_writes_of_one_iteration_go_out_in_one_transport_write_in_order(impl):
     async def main() -> None:
-        coalescer = WriteCoalescer()
-        (a, ta), (b, tb) = streaming(coalescer), streaming(coalescer)
+        coalescer = impl.coalesce.WriteCoalescer()
+        (a, ta), (b, tb) = streaming(impl, coalescer), streaming(impl, coalescer)
         chunks = [sse_chunk(b"data: %d\n\n" % i) for i in range(10)]
         for chunk in chunks:
             a.write(chunk)
@@ -95,10 +120,10 @@ def test_writes_of_one_iteration_go_out_in_one_transport_write_in_order():
     asyncio.run(main())
 
 
-def test_held_writes_wait_while_writes_keep_coming_then_go_once_the_loop_is_quiet():
+def test_held_writes_wait_while_writes_keep_coming_then_go_once_the_loop_is_quiet(impl):
     async def main() -> None:
-        coalescer = WriteCoalescer(max_delay=3600)
-        conn, transport = streaming(coalescer)
+        coalescer = impl.coalesce.WriteCoalescer(max_delay=3600)
+        conn, transport = streaming(impl, coalescer)
         for i in range(0, 40, 2):  # two writes in every iteration: the loop is busy
             conn.write(sse_chunk(b"data: %d\n\n" % i))
             conn.write(sse_chunk(b"data: %d\n\n" % (i + 1)))
@@ -110,10 +135,10 @@ def test_held_writes_wait_while_writes_keep_coming_then_go_once_the_loop_is_quie
     asyncio.run(main())
 
 
-def test_a_busy_loop_still_writes_after_max_delay():
+def test_a_busy_loop_still_writes_after_max_delay(impl):
     async def main() -> None:
-        coalescer = WriteCoalescer(max_delay=0)
-        conn, transport = streaming(coalescer)
+        coalescer = impl.coalesce.WriteCoalescer(max_delay=0)
+        conn, transport = streaming(impl, coalescer)
         conn.write(sse_chunk(b"data: 1\n\n"))  # goes out, and starts the watch
         conn.write(sse_chunk(b"data: 2\n\n"))
         conn.write(sse_chunk(b"data: 3\n\n"))  # the tick sees writes, but the delay is over
@@ -122,9 +147,9 @@ def test_a_busy_loop_still_writes_after_max_delay():
     asyncio.run(main())
 
 
-def test_a_connection_never_holds_more_than_max_held():
+def test_a_connection_never_holds_more_than_max_held(impl):
     async def main() -> None:
-        conn, transport = streaming(WriteCoalescer())
+        conn, transport = streaming(impl, impl.coalesce.WriteCoalescer())
         small = sse_chunk(b"data: " + b"x" * 1000 + b"\n\n")
         sent = [small] * (3 * MAX_HELD // len(small))
         for chunk in sent:
@@ -138,9 +163,9 @@ def test_a_connection_never_holds_more_than_max_held():
     asyncio.run(main())
 
 
-def test_ending_a_stream_writes_what_is_held_first():
+def test_ending_a_stream_writes_what_is_held_first(impl):
     async def main() -> None:
-        conn, transport = streaming(WriteCoalescer())
+        conn, transport = streaming(impl, impl.coalesce.WriteCoalescer())
         conn.write(sse_chunk(b"data: last\n\n"))
         conn.end_stream(sse_chunk(b"event: error\ndata: bye\n\n"))
         assert body(transport.writes) == (sse_chunk(b"data: last\n\n")
@@ -151,10 +176,10 @@ def test_ending_a_stream_writes_what_is_held_first():
     asyncio.run(main())
 
 
-def test_a_failing_connection_does_not_keep_the_others_from_being_written():
+def test_a_failing_connection_does_not_keep_the_others_from_being_written(impl):
     async def main() -> None:
-        coalescer = WriteCoalescer()
-        (bad, tbad), (good, tgood) = streaming(coalescer), streaming(coalescer)
+        coalescer = impl.coalesce.WriteCoalescer()
+        (bad, tbad), (good, tgood) = streaming(impl, coalescer), streaming(impl, coalescer)
 
         def broken(data: bytes) -> None:
             raise RuntimeError("transport broke")
@@ -168,10 +193,53 @@ def test_a_failing_connection_does_not_keep_the_others_from_being_written():
     asyncio.run(main())
 
 
-def test_closing_a_connection_sends_what_is_held_first():
+def test_closing_a_connection_sends_what_is_held_first(impl):
     async def main() -> None:
-        conn, transport = streaming(WriteCoalescer())
+        conn, transport = streaming(impl, impl.coalesce.WriteCoalescer())
         conn.write(sse_chunk(b"data: last\n\n"))
         conn.close()
         assert transport.writes == [sse_chunk(b"data: last\n\n")] and transport.closed
     asyncio.run(main())
+
+
+STEPS = st.lists(st.one_of(
+    st.tuples(st.just("write"), st.integers(0, 2), st.sampled_from([10, 900, MAX_HELD // 3,
+                                                                     MAX_HELD + 5])),
+    st.tuples(st.just("iterate")),
+    st.tuples(st.just("end"), st.integers(0, 2))), max_size=40)
+
+
+def _chunk(n: int, size: int) -> bytes:
+    return sse_chunk(b"data: %d" % n + b"x" * size + b"\n\n")
+
+
+def _transcript(impl: SimpleNamespace, steps: list[tuple]) -> list[list[bytes]]:
+    """The transport writes of three streams of one coalescer."""
+    async def main() -> list[list[bytes]]:
+        coalescer = impl.coalesce.WriteCoalescer(max_delay=3600)  # no clock in the result
+        streams = [streaming(impl, coalescer) for _ in range(3)]
+        for n, step in enumerate(steps):
+            if step[0] == "write":
+                streams[step[1]][0].write(_chunk(n, step[2]))
+            elif step[0] == "end":
+                streams[step[1]][0].end_stream()
+            else:
+                await asyncio.sleep(0)
+        await iterations(5)
+        return [transport.writes for _, transport in streams]
+    return asyncio.run(main())
+
+
+@settings(max_examples=150, deadline=None)
+@given(STEPS)
+def test_compiled_coalescer_writes_as_the_source_does(steps):
+    compiled = _transcript(COMPILED, steps)
+    assert compiled == _transcript(SOURCE, steps)
+    expected, ended = [b""] * 3, [False] * 3  # each stream: all it was given, in order, once
+    for n, step in enumerate(steps):
+        if step[0] == "write" and not ended[step[1]]:
+            expected[step[1]] += _chunk(n, step[2])
+        elif step[0] == "end" and not ended[step[1]]:
+            expected[step[1]] += b"0\r\n\r\n"
+            ended[step[1]] = True
+    assert [b"".join(writes) for writes in compiled] == expected
