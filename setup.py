@@ -14,6 +14,7 @@ extensions = [
     Extension("busd.server.http", ["busd/server/http.py"]),
     Extension("busd.server.api", ["busd/server/api.py"]),
     Extension("busd.bus.publication", ["busd/bus/publication.py"]),
+    Extension("busd.bus.fanout", ["busd/bus/fanout.py"]),
     Extension("busd.bus.broker", ["busd/bus/broker.py"]),
     Extension("busd.store.local.store", ["busd/store/local/store.py"]),
     Extension("busd.store.local._framing", ["busd/store/local/_framing.pyx"], libraries=["z"],

@@ -1,5 +1,5 @@
 """The uncompiled source of a module busd compiles from Python (setup.py: http.py,
-body_budget.py, coalesce.py, api.py, broker.py, publication.py and store.py, with
+body_budget.py, coalesce.py, api.py, broker.py, publication.py, fanout.py and store.py, with
 their .pxd), loaded beside the compiled one as the oracle of its differential test."""
 
 from __future__ import annotations

@@ -1,11 +1,31 @@
 """FanOut's live push: only the readers an append matches are visited, one frame per
-pattern, deliveries counted per pattern, and a reader's cursor right when it leaves."""
+pattern, deliveries counted per pattern, and a reader's cursor right when it leaves.
+fanout.py runs compiled (setup.py, fanout.pxd): every test runs on the compiled FanOut and
+on the uncompiled source (the oracle), and random joins, pauses and pushes must deliver
+the same through both."""
 
 from __future__ import annotations
 
+import pytest
 from busd._core import Pattern, sse_frame
-from busd.bus.fanout import FanOut
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from source_module import load_source
+
+import busd.bus.fanout as compiled
 from busd.server.metrics import Metrics
+
+SOURCE = load_source(compiled)
+
+
+def test_the_installed_fanout_is_the_compiled_one() -> None:
+    assert compiled.__file__.endswith(".so"), compiled.__file__
+    assert SOURCE.__file__.endswith(".py")
+
+
+@pytest.fixture(params=[compiled, SOURCE], ids=["compiled", "source"])
+def module(request):
+    return request.param
 
 try:
     from .test_sublist import record
@@ -34,8 +54,8 @@ class FakeReader:
     def ack(self, event_id: bytes) -> None: ...
 
 
-def live_fanout(*patterns: bytes) -> tuple[FanOut, list[FakeReader]]:
-    fanout = FanOut(("ns",), Metrics(("ns",)))
+def live_fanout(module, *patterns: bytes) -> tuple[object, list[FakeReader]]:
+    fanout = module.FanOut(("ns",), Metrics(("ns",)))
     readers = [FakeReader(p) for p in patterns]
     for r in readers:
         fanout.add(r)
@@ -43,8 +63,8 @@ def live_fanout(*patterns: bytes) -> tuple[FanOut, list[FakeReader]]:
     return fanout, readers
 
 
-def test_each_reader_gets_only_what_matches_framed_once_per_pattern():
-    fanout, (a1, a2, b, rest) = live_fanout(b"ns.a", b"ns.a", b"ns.b", b"ns.>")
+def test_each_reader_gets_only_what_matches_framed_once_per_pattern(module):
+    fanout, (a1, a2, b, rest) = live_fanout(module, b"ns.a", b"ns.a", b"ns.b", b"ns.>")
     records = [record(b"ns.a"), record(b"ns.c"), record(b"ns.a")]
     fanout.push("ns", records, 3)
     assert a1.chunks == [sse_frame([records[0], records[2]])]
@@ -54,8 +74,8 @@ def test_each_reader_gets_only_what_matches_framed_once_per_pattern():
     assert fanout.metrics.events_out["ns"] == 2 + 2 + 3
 
 
-def test_a_reader_nothing_matched_leaves_with_the_cursor_at_the_head():
-    fanout, (a, b) = live_fanout(b"ns.a", b"ns.b")
+def test_a_reader_nothing_matched_leaves_with_the_cursor_at_the_head(module):
+    fanout, (a, b) = live_fanout(module, b"ns.a", b"ns.b")
     fanout.push("ns", [record(b"ns.a")] * 5, 5)
     fanout.push("ns", [record(b"ns.a")] * 2, 7)
     fanout.leave_live(b)
@@ -65,8 +85,8 @@ def test_a_reader_nothing_matched_leaves_with_the_cursor_at_the_head():
     assert a.cursor == 7
 
 
-def test_paused_readers_are_skipped_and_the_last_reader_out_drops_the_pattern():
-    fanout, (a1, a2) = live_fanout(b"ns.a", b"ns.a")
+def test_paused_readers_are_skipped_and_the_last_reader_out_drops_the_pattern(module):
+    fanout, (a1, a2) = live_fanout(module, b"ns.a", b"ns.a")
     a1.paused = True
     fanout.push("ns", [record(b"ns.a")], 1)
     assert a1.chunks == [] and len(a2.chunks) == 1
@@ -76,9 +96,9 @@ def test_paused_readers_are_skipped_and_the_last_reader_out_drops_the_pattern():
     assert len(fanout.live["ns"]) == 0
 
 
-def test_a_paused_or_ended_reader_alone_on_its_pattern_is_skipped():
+def test_a_paused_or_ended_reader_alone_on_its_pattern_is_skipped(module):
     """Distinct subscriptions take push's one-reader path: it skips them the same way."""
-    fanout, (paused, ended, live) = live_fanout(b"ns.a", b"ns.b", b"ns.c")
+    fanout, (paused, ended, live) = live_fanout(module, b"ns.a", b"ns.b", b"ns.c")
     paused.paused, ended.done = True, True
     fanout.push("ns", [record(b"ns.a"), record(b"ns.b"), record(b"ns.c")], 3)
     assert paused.chunks == [] and ended.chunks == [] and len(live.chunks) == 1
@@ -93,8 +113,8 @@ def test_a_consumer_carries_no_per_instance_dict():
     assert Consumer.__dictoffset__ == 0 and Consumer.__weakrefoffset__ == 0
 
 
-def test_a_reader_of_several_patterns_gets_each_record_once_in_order():
-    fanout, (single,) = live_fanout(b"ns.a")
+def test_a_reader_of_several_patterns_gets_each_record_once_in_order(module):
+    fanout, (single,) = live_fanout(module, b"ns.a")
     multi, same = FakeReader(b"ns.a", b"ns.>"), FakeReader(b"ns.>", b"ns.a")
     for reader in (multi, same):
         fanout.add(reader)
@@ -109,3 +129,64 @@ def test_a_reader_of_several_patterns_gets_each_record_once_in_order():
     fanout.remove(same)
     assert fanout.live["ns"].values(b"ns.a") == (fanout.live_groups["ns"][(b"ns.a",)],)
     assert b"ns.>" not in fanout.live["ns"]
+
+
+FILTERS = [(b"ns.a",), (b"ns.b",), (b"ns.*",), (b"ns.>",), (b"ns.a", b"ns.>"), (b"ns.a.b",),
+           (b"ns.*.b",)]
+SUBJECTS = [b"ns.a", b"ns.b", b"ns.c", b"ns.a.b", b"ns.c.b"]
+
+
+class LeavingReader(FakeReader):
+    """Leaves the live set from inside its second push (as a consumer whose write fills
+    its socket buffer pauses)."""
+
+    def __init__(self, fanout, *patterns: bytes) -> None:
+        super().__init__(*patterns)
+        self.fanout = fanout
+
+    def push(self, chunk: bytes, next_index: int) -> None:
+        super().push(chunk, next_index)
+        if len(self.chunks) == 2:
+            self.fanout.leave_live(self)
+
+
+def _deliveries(module, readers: list[tuple[int, bool]], steps: list[tuple]) -> tuple:
+    """Run steps on a FanOut of module; what every reader got, and the counts."""
+    fanout = module.FanOut(("ns",), Metrics(("ns",)))
+    made = [LeavingReader(fanout, *FILTERS[f]) if leaving else FakeReader(*FILTERS[f])
+            for f, leaving in readers]
+    for reader in made:
+        fanout.add(reader)
+        fanout.join_live(reader)
+    head = 0
+    for step in steps:
+        if step[0] == "push":
+            head += len(step[1])
+            fanout.push("ns", [record(s) for s in step[1]], head)
+            continue
+        reader = made[step[1] % len(made)]
+        if step[0] == "pause":
+            reader.paused = not reader.paused
+        elif step[0] == "done":
+            reader.done = True
+        elif step[0] == "leave":
+            fanout.leave_live(reader)
+        else:
+            fanout.join_live(reader)
+    return ([(r.chunks, r.cursor, r.live) for r in made], fanout.metrics.events_out["ns"],
+            fanout.pushed["ns"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(FILTERS) - 1), st.booleans()), min_size=1,
+                max_size=8),
+       st.lists(st.one_of(
+           st.tuples(st.just("push"), st.lists(st.sampled_from(SUBJECTS), min_size=1,
+                                               max_size=6)),
+           st.tuples(st.sampled_from(["pause", "done", "leave", "join"]),
+                     st.integers(0, 7))), max_size=25))
+def test_compiled_fanout_delivers_as_the_source_does(readers, steps):
+    got = _deliveries(compiled, readers, steps)
+    assert got == _deliveries(SOURCE, readers, steps)
+    pushed = sum(len(step[1]) for step in steps if step[0] == "push")
+    assert got[2] == pushed  # the head every push announced

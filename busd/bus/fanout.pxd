@@ -1,0 +1,17 @@
+# The C layout of fanout.py's FanOut when it is compiled (setup.py): the broker calls push
+# as C, and push's loop over an append's groups (one turn per delivery) runs as C. The
+# source runs uncompiled as the oracle in tests/bus/test_fanout.py.
+
+cimport cython
+
+cdef class LiveGroup:
+    cdef public list readers
+
+
+cdef class FanOut:
+    cdef public object metrics, inbox_owners
+    cdef public dict consumers, live, live_groups, pushed, waiting, inboxes
+
+    @cython.locals(group=LiveGroup, readers=list, delivered=Py_ssize_t, pushed=Py_ssize_t,
+                   matched=Py_ssize_t)
+    cpdef push(self, str namespace, list records, next_index)
