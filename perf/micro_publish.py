@@ -23,10 +23,13 @@ Options:
   --subscribers K         K live subscriptions (SSE streams on fake transports), stream i on
                           the literal subject bench.s<i>, and each request's events dealt
                           round-robin over those subjects: the fan-out's cost with it, per
-                          delivery (needs --batch; the ceiling is left out). The held
-                          stream writes' time limit is lifted, so how many events go out in
-                          one write follows the loop's iterations, not the speed (valgrind's
-                          included): printed at the end [default: 0].
+                          delivery (needs --batch; the ceiling is left out) [default: 0].
+  --quiet-every R         With --subscribers: the loop is left idle every R rounds, and the
+                          held stream writes go out then (their 20 ms limit is lifted, so
+                          the count does not follow the speed, valgrind's included). With 4
+                          connections, 100 events a request and 1,000 subjects, 28 rounds are
+                          ~11 events a stream write, as in perf/bench.py's subjects row
+                          [default: 28].
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import math
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -46,9 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ceiling  # noqa: E402
+from busd._core import scan_body, stamp_events  # noqa: E402
 from opts import parse  # noqa: E402
 
-from busd._core import scan_body, stamp_events  # noqa: E402
 from busd.server.app import Server, _freeze_start_up_heap  # noqa: E402
 from busd.server.config import load_config  # noqa: E402
 
@@ -104,8 +108,11 @@ class StreamTransport(CountingTransport):
         return False
 
 
-async def drive(protocols: list, requests: list[bytes], rounds: int) -> float:
-    """Each round, each protocol is fed the next of requests (cycled); µs per request."""
+async def drive(protocols: list, requests: list[bytes], rounds: int,
+                quiet: Callable[[], Awaitable[None]] | None = None, quiet_every: int = 0
+                ) -> float:
+    """Each round, each protocol is fed the next of requests (cycled); µs per request.
+    Every quiet_every rounds, `quiet` is awaited (the loop left idle)."""
     transports = []
     for protocol in protocols:
         transport = CountingTransport()
@@ -113,11 +120,13 @@ async def drive(protocols: list, requests: list[bytes], rounds: int) -> float:
         transports.append(transport)
     started = time.perf_counter()
     fed = 0
-    for _ in range(rounds):
+    for done in range(1, rounds + 1):
         for protocol in protocols:
             protocol.data_received(requests[fed % len(requests)])
             fed += 1
         await asyncio.sleep(0)  # one loop iteration: busd's group commit runs here
+        if quiet is not None and done % quiet_every == 0:
+            await quiet()
     await asyncio.sleep(0)
     elapsed = time.perf_counter() - started
     answered = sum(t.responses for t in transports)
@@ -167,6 +176,16 @@ async def subscribe(server: Server, k: int) -> list[StreamTransport]:
     raise RuntimeError(f"only {len(live)} of {k} subscriptions went live")
 
 
+def quiet_loop(server: Server) -> Callable[[], Awaitable[None]]:
+    """Loop iterations with no work until the coalescer wrote what it held (bounded)."""
+    async def quiet() -> None:
+        for _ in range(10):
+            if not server.coalescer.held:
+                return
+            await asyncio.sleep(0)
+    return quiet
+
+
 async def delivered(server: Server, streams: list[StreamTransport]) -> int:
     """Wait (a bounded while) for the streams' held writes to go out; the events received."""
     for _ in range(100):
@@ -192,9 +211,16 @@ async def main(args: SimpleNamespace) -> None:
         await server.store.start(server.broker)
         _freeze_start_up_heap()  # as the server does once it started
         streams = await subscribe(server, args.subscribers)
+        if streams:
+            # held stream writes go out when the loop is quiet, here every --quiet-every
+            # rounds, never after the 20 ms limit: valgrind's slowness must not change it
+            server.coalescer.max_delay = 3600.0
+            for transport in streams:  # the heads and greetings are not the fan-out's
+                transport.written.clear()
+                transport.writes = 0
         busd_us = await drive([server._new_connection() for _ in range(args.connections)],
-                              requests,
-                              args.requests_per_conn)
+                              requests, args.requests_per_conn,
+                              quiet_loop(server) if streams else None, args.quiet_every)
         if streams:
             expected = args.connections * args.requests_per_conn * args.batch
             got = await delivered(server, streams)
@@ -228,4 +254,4 @@ async def main(args: SimpleNamespace) -> None:
 
 if __name__ == "__main__":
     uvloop.run(main(parse(__doc__, requests_per_conn=int, connections=int, batch=int,
-                          note_bytes=int, subscribers=int)))
+                          note_bytes=int, subscribers=int, quiet_every=int)))
