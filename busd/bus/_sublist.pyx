@@ -24,14 +24,19 @@ that the tests compare with.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
-from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from cpython.list cimport PyList_CheckExact, PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.ref cimport PyObject
 from libc.string cimport memchr
 
 from busd._core cimport (
     ID_AT, SSE_OVERHEAD, SUBJECT_AFTER_ID, _chunk_size, _id_end, _put_chunk_head, _put_sse)
 
+cdef extern from "Python.h":
+    dict _PyDict_NewPresized(Py_ssize_t minused)  # CPython's own, in its public headers
+
 CACHE_MAX = 4096  # subjects whose matches are remembered; the cache empties when full
+cdef enum:
+    PRESIZE_MAX = 256  # groups an append's dict is made for at first
 
 cdef tuple NOTHING = ()
 
@@ -209,20 +214,26 @@ cdef class Sublist:
         """Records (stored records, in order) grouped by the values whose pattern their
         subject matches: [(value, [record, ...]), ...], each group in record order, groups
         in the order their first record came."""
-        return list(self._groups(records).items())
+        return [(value, group if PyList_CheckExact(group) else [group])
+                for value, group in self._groups(records).items()]
 
     def split_sse(self, list records not None):
         """split's groups, each as one SSE chunk: [(value, chunk, records in it), ...]."""
         cdef list out = []
-        cdef list group
         for value, group in self._groups(records).items():
-            out.append((value, _sse_of_group(group), PyList_GET_SIZE(group)))
+            out.append((value, _sse_of_group(group),
+                        PyList_GET_SIZE(group) if PyList_CheckExact(group) else 1))
         return out
 
     cdef dict _groups(self, list records):
-        """value -> its records, in record order (a dict keeps the order values came)."""
-        cdef dict groups = {}
+        """value -> its records, in record order (a dict keeps the order values came): a
+        value that one record matched maps to that record itself, not a list of it (most of
+        an append's groups, with distinct subscriptions: one list fewer per delivery). The
+        dict is made at the size a batch's records may need (PRESIZE_MAX at most: a large
+        append to a few filters must not pay for a table it leaves empty), so a batch's
+        distinct groups do not make it grow while it is filled."""
         cdef Py_ssize_t i, n = PyList_GET_SIZE(records), rn, at
+        cdef dict groups = _PyDict_NewPresized(min(n, PRESIZE_MAX))
         cdef const char* r
         cdef const char* q
         cdef PyObject* group
@@ -243,27 +254,31 @@ cdef class Sublist:
             for value in matched:
                 group = PyDict_GetItem(groups, value)
                 if group == NULL:
-                    groups[value] = [rec]
-                else:
+                    groups[value] = rec
+                elif PyList_CheckExact(<object>group):
                     (<list>group).append(rec)
+                else:
+                    groups[value] = [<object>group, rec]
         return groups
 
 
-cdef bytes _sse_of_group(list group):
-    """The chunk of a group's records (each has an id: split checked it)."""
-    cdef Py_ssize_t i, n = PyList_GET_SIZE(group), text = 0, rn
+cdef bytes _sse_of_group(object group):
+    """The chunk of a group's records: _groups's record, or list of them (each has an id:
+    _groups checked it)."""
+    cdef bint one = not PyList_CheckExact(group)
+    cdef Py_ssize_t i, n = 1 if one else PyList_GET_SIZE(group), text = 0, rn
     cdef const char* r
     cdef bytes rec, out
     cdef char* o
     for i in range(n):
-        rec = <bytes>PyList_GET_ITEM(group, i)
+        rec = <bytes>group if one else <bytes>PyList_GET_ITEM(group, i)
         r = PyBytes_AS_STRING(rec)
         rn = PyBytes_GET_SIZE(rec)
         text += SSE_OVERHEAD + _id_end(r, rn) - ID_AT + rn
     out = PyBytes_FromStringAndSize(NULL, _chunk_size(text))
     o = _put_chunk_head(PyBytes_AS_STRING(out), text)
     for i in range(n):
-        rec = <bytes>PyList_GET_ITEM(group, i)
+        rec = <bytes>group if one else <bytes>PyList_GET_ITEM(group, i)
         r = PyBytes_AS_STRING(rec)
         rn = PyBytes_GET_SIZE(rec)
         o = _put_sse(o, r, rn, _id_end(r, rn))

@@ -58,10 +58,25 @@ def test_match_agrees_with_oracle(ops, probes):
 def test_split_agrees_with_oracle(ops, subs):
     index, present = build(ops)
     records = [record(s, event_id) for s, event_id in subs]
-    assert dict(index.split(records)) == oracle.sublist_split(present, records)
-    assert {value: (chunk, count) for value, chunk, count in index.split_sse(records)} == {
-        value: (oracle.sse_frame(group), len(group))
-        for value, group in oracle.sublist_split(present, records).items()}
+    groups = oracle.sublist_split(present, records)
+    split = index.split(records)
+    assert dict(split) == groups
+    firsts = [next(i for i, r in enumerate(records) if r is group[0]) for _, group in split]
+    assert firsts == sorted(firsts)  # groups in the order their first record came
+    assert index.split_sse(records) == [(value, oracle.sse_frame(group), len(group))
+                                        for value, group in split]
+
+
+def test_split_of_more_groups_than_its_dict_is_made_for():
+    """Past the groups an append's dict is made for (256), it grows: nothing is lost."""
+    index = Sublist()
+    for i in range(600):
+        index.insert(b"ns.s%d" % i, i)
+    records = [record(b"ns.s%d" % (i % 600)) for i in range(900)]  # 300 groups of two
+    pairs = {(b"ns.s%d" % i, i) for i in range(600)}
+    assert index.split_sse(records) == [
+        (value, oracle.sse_frame(group), len(group))
+        for value, group in oracle.sublist_split(pairs, records).items()]
 
 
 def test_zero_or_more_tokens_after_the_final_wildcard():
