@@ -1,6 +1,6 @@
-# The C layout of fanout.py's FanOut when it is compiled (setup.py): the broker calls push
-# as C, and push's loop over an append's groups (one turn per delivery) runs as C. The
-# source runs uncompiled as the oracle in tests/bus/test_fanout.py.
+# The C layout of fanout.py's FanOut when it is compiled (setup.py): push's loop over an
+# append's groups (one turn per delivery) runs as C, with the groups' reader lists read
+# as C fields. The source runs uncompiled as the oracle in tests/bus/test_fanout.py.
 
 cimport cython
 
