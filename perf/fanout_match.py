@@ -43,7 +43,8 @@ NS = "bench"
 
 
 class CountingReader:
-    """A live reader that counts the bytes it is pushed."""
+    """A live reader that counts the bytes it is written: its own sink (the fan-out writes
+    to `sink.write`; a baseline from before 2026-12-07 14:30 calls `push` instead)."""
 
     def __init__(self, pattern: bytes, n: int) -> None:
         self.id = b"c%d" % n
@@ -53,10 +54,17 @@ class CountingReader:
         self.cursor = 0
         self.paused = self.done = self.live = False
         self.received = 0
+        self.sink = self
+
+    def write(self, chunk: bytes) -> None:
+        self.received += len(chunk)
 
     def push(self, chunk: bytes, next_index: int) -> None:
         self.received += len(chunk)
         self.cursor = next_index
+
+    def push_failed(self, exc: Exception) -> None:
+        raise exc
 
     def wake(self) -> None: ...
 

@@ -88,9 +88,10 @@ class AckPolicy:
 class Consumer:
     """One SSE subscription on a stored namespace.
 
-    Every entry from outside (a scheduled step, the redelivery timer, a live push, a
-    fetch's completion, the start) runs inside `_guard`: whatever one step raises ends
-    this stream with an `error` event and a log line, and no other stream notices."""
+    Every entry from outside (a scheduled step, the redelivery timer, a fetch's
+    completion, the start, and a live delivery that failed: the fan-out writes those to
+    the sink itself) runs inside `_guard`: whatever one step raises ends this stream with
+    an `error` event and a log line, and no other stream notices."""
 
     # one per open stream, 100,000 of them idle on one process: no per-instance dict
     __slots__ = ("fanout", "store", "sink", "loop", "id", "owner", "pattern", "namespace",
@@ -215,16 +216,10 @@ class Consumer:
         self._stop()
 
     # -- delivery -----------------------------------------------------------------------
-    def push(self, chunk: bytes, next_index: int) -> None:
-        """Live delivery from the append path: `chunk` holds the framed matching records.
-        Called once per delivery of a fan-out, so it runs its step itself and enters
-        `_guard` only with what that raised."""
-        try:
-            if chunk:
-                self.sink.write(chunk)
-            self.cursor = next_index
-        except Exception as exc:  # noqa: BLE001 - handled as any step's failure
-            self._guard(_reraise, exc)
+    def push_failed(self, exc: Exception) -> None:
+        """A live delivery (the fan-out writes it to the sink itself, once per delivery)
+        raised: handled as any step's failure."""
+        self._guard(_reraise, exc)
 
     def wake(self) -> None:
         """New records were appended (manual-ack consumers waiting at the head)."""

@@ -5,13 +5,16 @@
 cimport cython
 
 cdef class LiveGroup:
-    cdef public list readers
+    cdef public list readers, writes
 
 
 cdef class FanOut:
     cdef public object metrics, inbox_owners
     cdef public dict consumers, live, live_groups, pushed, waiting, inboxes
 
-    @cython.locals(group=LiveGroup, readers=list, delivered=Py_ssize_t, pushed=Py_ssize_t,
-                   matched=Py_ssize_t)
+    @cython.locals(group=LiveGroup, delivered=Py_ssize_t, pushed=Py_ssize_t,
+                   matched=Py_ssize_t, i=Py_ssize_t)
     cpdef push(self, str namespace, list records, next_index)
+
+
+cdef _deliver(reader, write, chunk, next_index)

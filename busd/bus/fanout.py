@@ -21,11 +21,13 @@ tests/bus/test_fanout.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from busd._core import Pattern
 from busd.bus._sublist import Sublist
 from busd.bus.inbox_owners import InboxOwners
+from busd.bus.sink import Sink
 from busd.server.metrics import Metrics
 from busd.wire import INBOX_NAMESPACE
 
@@ -48,9 +50,10 @@ class Reader(Subscriber, Protocol):
     paused: bool
     done: bool
     live: bool
+    sink: Sink  # live delivery writes an append's framed matching records here
 
-    def push(self, chunk: bytes, next_index: int) -> None:
-        """Live delivery: `chunk` holds the framed records of the append that matched."""
+    def push_failed(self, exc: Exception) -> None:
+        """Writing a live delivery to the sink raised exc."""
         ...
 
     def wake(self) -> None:
@@ -69,10 +72,13 @@ class InboxReader(Subscriber, Protocol):
 
 
 class LiveGroup:
-    """The live readers of one filter: one frame of each append goes to all of them."""
+    """The live readers of one filter: one frame of each append goes to all of them, through
+    each one's `sink.write`, bound once when it joined (a method of the reader called per
+    delivery was a Python call from the compiled push)."""
 
     def __init__(self) -> None:
         self.readers: list[Reader] = []
+        self.writes: list[Callable[[bytes], None]] = []  # readers[i].sink.write
 
 
 class FanOut:
@@ -126,6 +132,7 @@ class FanOut:
                 for pattern in patterns:
                     index.insert(pattern, group)
             group.readers.append(reader)
+            group.writes.append(reader.sink.write)
 
     def leave_live(self, reader: Reader) -> None:
         """Out of the live set; its cursor moves past every append pushed so far (those
@@ -135,7 +142,8 @@ class FanOut:
             reader.cursor = max(reader.cursor, self.pushed[reader.namespace])
             groups, patterns = self.live_groups[reader.namespace], reader.pattern.patterns
             group = groups[patterns]
-            group.readers.remove(reader)
+            i = group.readers.index(reader)
+            del group.readers[i], group.writes[i]
             if not group.readers:
                 del groups[patterns]
                 index = self.live[reader.namespace]
@@ -159,13 +167,16 @@ class FanOut:
                 if len(readers) == 1:
                     reader = readers[0]
                     if not (reader.paused or reader.done):
-                        reader.push(chunk, next_index)
+                        _deliver(reader, group.writes[0], chunk, next_index)
                         delivered += matched
                     continue
                 pushed = 0
-                for reader in tuple(readers):  # a push may make a reader leave the group
+                # copies: a delivery may make a reader leave the group
+                readers, writes = tuple(readers), tuple(group.writes)
+                for i in range(len(readers)):
+                    reader = readers[i]
                     if not (reader.paused or reader.done):
-                        reader.push(chunk, next_index)
+                        _deliver(reader, writes[i], chunk, next_index)
                         pushed += 1
                 delivered += pushed * matched
             self.metrics.events_out[namespace] += delivered
@@ -184,3 +195,14 @@ class FanOut:
                 metrics.events_out[INBOX_NAMESPACE] += 1
             else:
                 metrics.dropped += 1
+
+
+def _deliver(reader: Reader, write: Callable[[bytes], None], chunk: bytes,
+             next_index: int) -> None:
+    """One live delivery: the chunk to the reader's sink, then its cursor past the append.
+    What the write raises is the reader's (it ends that stream), never the push's."""
+    try:
+        write(chunk)
+        reader.cursor = next_index
+    except Exception as exc:  # noqa: BLE001 - handed to the reader, as any step's failure
+        reader.push_failed(exc)

@@ -34,7 +34,7 @@ except ImportError:
 
 
 class FakeReader:
-    """A live reader that keeps what it is pushed."""
+    """A live reader that is its own sink: it keeps what it is written."""
 
     def __init__(self, *patterns: bytes) -> None:
         self.id = patterns[0] + b"#%d" % id(self)
@@ -44,10 +44,14 @@ class FakeReader:
         self.cursor = 0
         self.paused = self.done = self.live = False
         self.chunks: list[bytes] = []
+        self.failures: list[Exception] = []
+        self.sink = self
 
-    def push(self, chunk: bytes, next_index: int) -> None:
+    def write(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
-        self.cursor = next_index
+
+    def push_failed(self, exc: Exception) -> None:
+        self.failures.append(exc)
 
     def wake(self) -> None: ...
 
@@ -106,6 +110,19 @@ def test_a_paused_or_ended_reader_alone_on_its_pattern_is_skipped(module):
     assert fanout.metrics.events_out["ns"] == 1
 
 
+def test_a_write_that_raises_is_its_readers_and_the_others_still_get_theirs(module):
+    fanout, (a, b) = live_fanout(module, b"ns.a", b"ns.a")
+    broken, c = BrokenReader(b"ns.b"), FakeReader(b"ns.b")
+    for reader in (broken, c):
+        fanout.add(reader)
+        fanout.join_live(reader)
+    fanout.push("ns", [record(b"ns.a"), record(b"ns.b")], 2)
+    fanout.push("ns", [record(b"ns.b")], 3)
+    assert [len(r.chunks) for r in (a, b, broken, c)] == [1, 1, 1, 2]
+    assert [repr(e) for e in broken.failures] == ["OSError('the sink broke')"]
+    assert broken.cursor == 2 and c.cursor == 3  # the failed delivery did not move it
+
+
 def test_a_consumer_carries_no_per_instance_dict():
     """One per open stream, 100,000 idle ones on a process: __slots__, not a dict each."""
     from busd.bus.consumer import Consumer
@@ -137,24 +154,36 @@ SUBJECTS = [b"ns.a", b"ns.b", b"ns.c", b"ns.a.b", b"ns.c.b"]
 
 
 class LeavingReader(FakeReader):
-    """Leaves the live set from inside its second push (as a consumer whose write fills
+    """Leaves the live set from inside its second write (as a consumer whose write fills
     its socket buffer pauses)."""
 
     def __init__(self, fanout, *patterns: bytes) -> None:
         super().__init__(*patterns)
         self.fanout = fanout
 
-    def push(self, chunk: bytes, next_index: int) -> None:
-        super().push(chunk, next_index)
+    def write(self, chunk: bytes) -> None:
+        super().write(chunk)
         if len(self.chunks) == 2:
             self.fanout.leave_live(self)
 
 
-def _deliveries(module, readers: list[tuple[int, bool]], steps: list[tuple]) -> tuple:
+class BrokenReader(FakeReader):
+    """Its sink's second write raises."""
+
+    def write(self, chunk: bytes) -> None:
+        if len(self.chunks) == 1:
+            raise OSError("the sink broke")
+        super().write(chunk)
+
+
+KINDS = {"plain": lambda fanout, *p: FakeReader(*p), "leaving": LeavingReader,
+         "broken": lambda fanout, *p: BrokenReader(*p)}
+
+
+def _deliveries(module, readers: list[tuple[int, str]], steps: list[tuple]) -> tuple:
     """Run steps on a FanOut of module; what every reader got, and the counts."""
     fanout = module.FanOut(("ns",), Metrics(("ns",)))
-    made = [LeavingReader(fanout, *FILTERS[f]) if leaving else FakeReader(*FILTERS[f])
-            for f, leaving in readers]
+    made = [KINDS[kind](fanout, *FILTERS[f]) for f, kind in readers]
     for reader in made:
         fanout.add(reader)
         fanout.join_live(reader)
@@ -173,13 +202,13 @@ def _deliveries(module, readers: list[tuple[int, bool]], steps: list[tuple]) -> 
             fanout.leave_live(reader)
         else:
             fanout.join_live(reader)
-    return ([(r.chunks, r.cursor, r.live) for r in made], fanout.metrics.events_out["ns"],
-            fanout.pushed["ns"])
+    return ([(r.chunks, r.cursor, r.live, [repr(e) for e in r.failures]) for r in made],
+            fanout.metrics.events_out["ns"], fanout.pushed["ns"])
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, len(FILTERS) - 1), st.booleans()), min_size=1,
-                max_size=8),
+@given(st.lists(st.tuples(st.integers(0, len(FILTERS) - 1), st.sampled_from(sorted(KINDS))),
+                min_size=1, max_size=8),
        st.lists(st.one_of(
            st.tuples(st.just("push"), st.lists(st.sampled_from(SUBJECTS), min_size=1,
                                                max_size=6)),
