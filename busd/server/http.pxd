@@ -22,6 +22,7 @@ cdef class _Heads:
 # limits and states the connection compares on every request, as C values (module globals
 # of Python are boxed for each comparison)
 cdef Py_ssize_t MAX_URL_BYTES, MAX_HEADER_BYTES, MAX_PIPELINED, MAX_CHUNK_LINE
+cdef Py_ssize_t MAX_HELD  # coalesce.py's, a C value here: write compares it per delivery
 cdef int _IDLE, _HEADERS, _BODY, _WAITING, _STREAM
 cdef bytes _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT
 
