@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -176,23 +177,12 @@ async def subscribe(server: Server, k: int) -> list[StreamTransport]:
     raise RuntimeError(f"only {len(live)} of {k} subscriptions went live")
 
 
-def quiet_loop(server: Server) -> Callable[[], Awaitable[None]]:
+async def written_out(coalescer) -> None:
     """Loop iterations with no work until the coalescer wrote what it held (bounded)."""
-    async def quiet() -> None:
-        for _ in range(10):
-            if not server.coalescer.held:
-                return
-            await asyncio.sleep(0)
-    return quiet
-
-
-async def delivered(server: Server, streams: list[StreamTransport]) -> int:
-    """Wait (a bounded while) for the streams' held writes to go out; the events received."""
-    for _ in range(100):
-        if not any(conn._unsent for conn in server.connections):
-            break
-        await asyncio.sleep(0.01)
-    return sum(t.events() for t in streams)
+    for _ in range(10):
+        if not coalescer.held:
+            return
+        await asyncio.sleep(0)
 
 
 async def main(args: SimpleNamespace) -> None:
@@ -220,10 +210,12 @@ async def main(args: SimpleNamespace) -> None:
                 transport.writes = 0
         busd_us = await drive([server._new_connection() for _ in range(args.connections)],
                               requests, args.requests_per_conn,
-                              quiet_loop(server) if streams else None, args.quiet_every)
+                              partial(written_out, server.coalescer) if streams else None,
+                              args.quiet_every)
         if streams:
             expected = args.connections * args.requests_per_conn * args.batch
-            got = await delivered(server, streams)
+            await written_out(server.coalescer)
+            got = sum(t.events() for t in streams)
             if got != expected:
                 raise RuntimeError(f"{got:,} events delivered of {expected:,}")
         if args.http_only:
