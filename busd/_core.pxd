@@ -150,6 +150,7 @@ cdef class ParsedEvent:
 
 
 cpdef bytes header_name(bytes raw)
+cpdef tuple read_head(bytes data, Py_ssize_t start, bytes method)
 cpdef double monotonic()
 cpdef double wall_clock()
 cpdef Py_ssize_t records_size(list records) except -1

@@ -590,7 +590,8 @@ def stamp_events(events, is_batch: bool, new_id, now):
 
 
 def header_name(raw: bytes) -> bytes:
-    """busd._core.header_name: a header name as the connection keys it."""
+    """busd._core.header_name: a header name as the connection keys it. (read_head's
+    reference is httptools' own callbacks: tests/server/test_request_head.py.)"""
     return raw.lower()
 
 

@@ -4,7 +4,7 @@
 
 cimport cython
 
-from busd._core cimport header_name, monotonic, wall_clock
+from busd._core cimport header_name, monotonic, read_head, wall_clock
 from busd.server.body_budget cimport BodyBudget
 from busd.server.coalesce cimport WriteCoalescer
 
@@ -25,6 +25,7 @@ cdef Py_ssize_t MAX_URL_BYTES, MAX_HEADER_BYTES, MAX_PIPELINED, MAX_CHUNK_LINE
 cdef Py_ssize_t MAX_HELD  # coalesce.py's, a C value here: write compares it per delivery
 cdef int _IDLE, _HEADERS, _BODY, _WAITING, _STREAM
 cdef bytes _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT
+cdef dict _NO_HEADERS
 
 cdef _Heads _HEADS
 
@@ -51,12 +52,13 @@ cdef class Slot:
 
 
 cdef class _ChunkLines:
-    cdef bint in_line
-    cdef object at
-    cdef Py_ssize_t carry, base
+    cdef bint in_line, line_here
+    cdef Py_ssize_t at, carry, base
+    cdef bytes tail
 
     cpdef Py_ssize_t line_end(self, bytes read, Py_ssize_t body_size)
     cpdef bint data_end(self, Py_ssize_t body_size)
+    cpdef Py_ssize_t message_end(self, bytes read)
     cpdef Py_ssize_t read_end(self, bytes read, Py_ssize_t body_size)
 
 
@@ -77,8 +79,9 @@ cdef class HttpConnection:
     # CorsHttpConnection, a Python subclass, reads the headers and refuses a request
     cdef public dict _headers
     cdef public object _reject
-    cdef bytes _url
-    cdef Py_ssize_t _header_bytes, _head_bytes, _begun
+    cdef bytes _url, _method_name
+    cdef Py_ssize_t _request_at, _head_at, _body_at, _body_before
+    cdef bytearray _head_piece
     cdef bytes _body
     cdef list _body_pieces
     cdef Py_ssize_t _body_size, _held, _ignored, _linger_input, _body_limit
@@ -95,11 +98,14 @@ cdef class HttpConnection:
     cpdef flush(self)
     cpdef close(self)
     cpdef _write_response(self, data, bint close)
-    cdef _count_head(self, bytes read, int before, Py_ssize_t begun)
+    cdef _hold_head(self)
+    @cython.locals(start=Py_ssize_t, held=Py_ssize_t, end=Py_ssize_t)
+    cdef _take_head(self)
+    cpdef check_origin(self)
     cdef _count_body(self)
     cdef _head_too_large(self)
+    cdef _target_too_long(self)
     cdef _ignore(self, Py_ssize_t size)
-    cdef _repeated(self, bytes name, bytes value)
     cdef _start_chunked(self, bytes coding)
     cdef _chunk_line_too_long(self)
     cdef bint _body_skipped(self)

@@ -17,7 +17,7 @@ from email.utils import formatdate
 
 import httptools
 
-from busd._core import header_name, monotonic, wall_clock
+from busd._core import HeadError, header_name, monotonic, read_head, wall_clock
 from busd.bus.sink import Stream
 from busd.server.body_budget import BodyBudget, peer_gone
 from busd.server.coalesce import MAX_HELD, WriteCoalescer
@@ -55,6 +55,7 @@ MAX_PIPELINED = 64  # pending responses per connection before we stop reading
 EVENT_ENVELOPE = 64 << 10  # room a single event's body has beyond its payload's limit
 MAX_CHUNK_LINE = 4 << 10  # a chunk's size line: hex size, extensions, CRLF
 _ABSOLUTE_FORM = re.compile(rb"https?://[^/?]*", re.IGNORECASE)  # scheme and authority
+_NO_HEADERS: dict[bytes, bytes] = {}  # a request's until its head is read; never written
 # the names every request's header dict is asked for, as header_name gives them: the dict
 # finds such a key by identity, where an equal object of our own would be compared byte by byte
 _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT = (
@@ -161,6 +162,15 @@ def origin_form(target: bytes) -> bytes:
     return rest if rest.startswith(b"/") else b"/" + rest
 
 
+def _target_length(head: bytearray) -> int:
+    """How long the request target is in a head's first bytes, so far."""
+    start = head.find(b" ") + 1
+    while head[start:start + 1] == b" ":
+        start += 1
+    end = head.find(b" ", start)
+    return (len(head) if end < 0 else end) - start
+
+
 def _dechunk(chunk: bytes) -> bytes:
     """The data of one chunk as `_core.sse_chunk` frames it: hex size line, data, CRLF."""
     return chunk[chunk.index(b"\r\n") + 2:-2] if chunk else chunk
@@ -215,43 +225,55 @@ class Slot:
 
 class _ChunkLines:
     """Measures the size lines of a chunked body (hex size, `;extensions`, CRLF), which
-    llhttp skips without saying how long they were.
+    llhttp skips without saying how long they were, and finds where the body ends.
 
     A size line holds no LF and starts right after one (the header section's last, or the
     CRLF after the previous chunk's data), and chunk data is as long as on_body says: so
     from where a line starts, it ends at the next LF. `at` is where, in the current read,
-    the current line (`in_line`) or chunk data starts; it is None only in the read where
-    the header section ended, if that section did not start the read (unmeasured there).
+    the current line (`in_line`) or chunk data starts. After the last chunk's size line come
+    the trailer fields, if any, and an empty line: the body ends at the first CRLF CRLF
+    from that line's own CRLF on (`tail`: the last bytes of the reads before this one).
     """
 
-    __slots__ = ("in_line", "at", "carry", "base")
+    __slots__ = ("in_line", "at", "carry", "base", "line_here", "tail")
 
-    def __init__(self, at: int | None) -> None:
+    def __init__(self, at: int) -> None:
         self.in_line = True
         self.at = at
         self.carry = 0  # the current line's bytes in earlier reads
         self.base = 0  # the body's size where the current chunk's data starts
+        self.line_here = False  # whether the last size line ended in this read
+        self.tail = b""
 
     def line_end(self, read: bytes, body_size: int) -> int:
-        """At a chunk header: how long the size line that just ended was (0: unknown)."""
-        length = 0
-        if self.at is not None:
-            end = read.find(b"\n", self.at) + 1
-            length, self.at = self.carry + end - self.at, end
-        self.in_line, self.carry, self.base = False, 0, body_size
+        """At a chunk header: how long the size line that just ended was."""
+        end = read.find(b"\n", self.at) + 1
+        length, self.at = self.carry + end - self.at, end
+        self.in_line, self.carry, self.base, self.line_here = False, 0, body_size, True
         return length
 
     def data_end(self, body_size: int) -> bool:
-        """At a chunk's end: whether more follow (the last chunk is empty)."""
+        """At a chunk's end: whether more follow (the last chunk is empty, and ends after
+        the trailer fields)."""
         size = body_size - self.base
-        if self.at is not None:
-            self.at += size + 2
+        if not size:
+            return False
+        self.at += size + 2
         self.in_line = True
-        return size > 0
+        return True
+
+    def message_end(self, read: bytes) -> int:
+        """At the last chunk's end: where, in this read, the body ended. The search starts at
+        the last size line's CRLF if it ended in this read (that CRLF may have begun in the
+        read before), else where this read begins."""
+        data = self.tail + read
+        start = self.at - 2 + len(self.tail) if self.line_here else 0
+        return data.index(b"\r\n\r\n", start) + 4 - len(self.tail)
 
     def read_end(self, read: bytes, body_size: int) -> int:
         """At the end of a read: the bytes so far of an unfinished size line, else 0. The
-        next read goes on with that line, or with the chunk's data."""
+        next read goes on with that line, or with the chunk's data or trailer fields."""
+        self.line_here, self.tail = False, (self.tail + read)[-3:]
         if not self.in_line:
             self.at = self.base - body_size
             return 0
@@ -299,10 +321,16 @@ class HttpConnection:
         self._unsent: list[bytes] | None = None  # stream bytes held back (coalesce.py)
         self._unsent_bytes = 0
         self._url = b""
-        self._headers: dict[bytes, bytes] = {}
-        self._header_bytes = 0  # the URL and the header lines httptools has reported
-        self._head_bytes = 0  # all of the head so far, while it is incomplete
-        self._begun = 0  # requests begun on this connection (on_message_begin)
+        self._method_name = b""  # the request's, as llhttp read it (once: each call a copy)
+        self._headers: dict[bytes, bytes] = _NO_HEADERS
+        # Where requests are in the read being parsed: the head is read from its bytes once
+        # llhttp has accepted it (_take_head), which costs a tenth of hearing each header
+        # from httptools. Offsets in `_read`; -1: not in this read, or not known yet.
+        self._request_at = 0  # where the next request may begin (llhttp skips blank lines)
+        self._head_at = -1  # where the head being read began (-1: in an earlier read)
+        self._head_piece: bytearray | None = None  # its bytes from earlier reads
+        self._body_at = 0  # where the body's bytes in this read begin
+        self._body_before = 0  # the body's size when this read began
         # the body's first piece, alone: most bodies come in one (a list for one piece
         # would be made, grown and freed for every request); all of them if more came
         self._body = b""
@@ -341,7 +369,9 @@ class HttpConnection:
         self._read_at = monotonic()  # the callbacks' clock: these bytes came together
         while data and self.stream is None and not self._failed:
             self._read = data
-            before, begun = self.state, self._begun
+            if self._request_at >= 0:  # no request under way: the next starts in this read
+                self._request_at = 0
+            self._head_at, self._body_at, self._body_before = -1, 0, self._body_size
             try:
                 self._feed(data)
                 data = b""
@@ -357,7 +387,7 @@ class HttpConnection:
                 if self._reject is None:
                     self._reject = (400, f"malformed HTTP request: {exc}")
             if self.state == _HEADERS and self._reject is None:
-                self._count_head(self._read, before, self._begun - begun)
+                self._hold_head()
             elif self.state == _BODY and self._body_size > self._held and self._reject is None:
                 self._count_body()
             if self._chunks is not None and \
@@ -369,26 +399,20 @@ class HttpConnection:
         if data and (self.stream is not None or self.is_closed):
             self._ignore(len(data))
 
-    def _count_head(self, read: bytes, before: int, begun: int) -> None:
-        """The head is still incomplete after this read (`before`: the state it started in,
-        `begun`: how many requests began in it): count it now, not when httptools reports
-        its header lines, which it does only once each has ended (it appends every read to
-        an unfinished line, so a line that never ends would grow unchecked, each append a
-        copy).
-
-        A read that starts inside the head is head up to its end. In the read where the
-        request began, the reported lines count, and its last line, which httptools may
-        still hold back, counts too when no earlier request's bytes are in that read (a
-        body could not be told from it): otherwise the next read is counted whole."""
-        if before == _HEADERS and not begun:
-            self._head_bytes += len(read)
+    def _hold_head(self) -> None:
+        """The head is still incomplete after this read: keep its bytes so far (llhttp
+        keeps none) for _take_head, and refuse it once they pass MAX_HEADER_BYTES. A
+        bytearray, so a head dripped a byte at a time is not copied whole at every read."""
+        read = self._read
+        if self._head_at >= 0:
+            self._head_piece = bytearray(read[self._head_at:].lstrip(b"\r\n"))
         else:
-            self._head_bytes = self._header_bytes
-            if begun == 1 and before in (_IDLE, _WAITING):
-                line_start = read.rfind(b"\n", 0, len(read) - 1) + 1
-                self._head_bytes += max(0, len(read) - line_start - len(self._url))
-        if self._head_bytes > MAX_HEADER_BYTES:
-            self._head_too_large()
+            self._head_piece += read
+        if len(self._head_piece) > MAX_HEADER_BYTES:
+            if _target_length(self._head_piece) > MAX_URL_BYTES:
+                self._target_too_long()
+            else:
+                self._head_too_large()
 
     def _count_body(self) -> None:
         """The body is still incomplete after this read: count what came of it in the
@@ -399,6 +423,7 @@ class HttpConnection:
         self._held = self._body_size
 
     def _head_too_large(self) -> None:
+        self._head_piece = None
         if self._reject is None:
             self._reject = (431, f"request line and headers larger than {MAX_HEADER_BYTES} "
                                  f"bytes")
@@ -434,35 +459,14 @@ class HttpConnection:
         it in the same read."""
         self.state = _HEADERS
         self.since = self._read_at
-        self._begun += 1
-
-    def on_url(self, url: bytes) -> None:
-        self._url = url if not self._url else self._url + url  # once, unless split by reads
-        self._header_bytes += len(url)
-        if len(self._url) > MAX_URL_BYTES and self._reject is None:
-            self._reject = (414, f"request target longer than {MAX_URL_BYTES} bytes")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._head_too_large()
-            return
-        name = header_name(name)
-        # setdefault returns the earlier value of a repeated name (not of a repeated one-byte
-        # value: CPython shares those objects, and such a repeat says nothing new)
-        if self._headers.setdefault(name, value) is not value:
-            self._repeated(name, value)
-
-    def _repeated(self, name: bytes, value: bytes) -> None:
-        """A second field line of a name: one Host only (RFC 9112 §3.2); others form one
-        comma-separated list (RFC 9110 §5.3)."""
-        if name == _HOST:
-            if self._reject is None:
-                self._reject = (400, "more than one Host header")
-        else:
-            self._headers[name] += b", " + value
+        # where it ends is known at on_chunk_complete (chunked) or on_message_complete
+        self._head_at, self._request_at = self._request_at, -1
 
     def on_headers_complete(self) -> None:
+        if self._reject is None:
+            self._take_head()
+        if self._reject is None:
+            self.check_origin()
         headers = self._headers
         length = headers.get(_CONTENT_LENGTH)  # never with Transfer-Encoding (llhttp)
         if length is None and _TRANSFER_ENCODING in headers and self._reject is None:
@@ -487,20 +491,43 @@ class HttpConnection:
         if expect is not None and expect.lower() == b"100-continue":
             self.reply(CONTINUE)  # an interim answer: after those of earlier requests
 
+    def _take_head(self) -> None:
+        """Read the request line and headers llhttp has just accepted from their bytes: this
+        read's from where the head began, after those held from earlier reads (_hold_head)."""
+        data, start, held = self._read, self._head_at, 0
+        if start < 0:
+            held = len(self._head_piece)
+            self._head_piece += data
+            data, start = bytes(self._head_piece), 0
+        self._head_piece = None
+        try:
+            method = self._method()
+            self._url, self._headers, end = read_head(data, start, method)
+        except HeadError as exc:
+            self._reject = (400, str(exc))
+            return
+        self._method_name = method
+        self._body_at, self._body_before = end - held, 0
+        if len(self._url) > MAX_URL_BYTES:
+            self._target_too_long()
+        elif end - start > MAX_HEADER_BYTES:
+            self._head_too_large()
+
+    def _target_too_long(self) -> None:
+        self._head_piece = None
+        self._reject = (414, f"request target longer than {MAX_URL_BYTES} bytes")
+
+    def check_origin(self) -> None:
+        """Every origin may send: CorsHttpConnection refuses some here, before the body."""
+
     def _start_chunked(self, coding: bytes) -> None:
-        """Chunked is the one transfer coding read. Its size lines are measured from where
-        the body starts, known when this request starts the current read: its request line
-        comes first (after any empty lines) and no other request ended in that read yet."""
+        """Chunked is the one transfer coding read; its size lines are measured from where
+        the body starts."""
         if coding.lower() != b"chunked":
             self._reject = (400, f"Transfer-Encoding {coding.decode(errors='replace')!r} is "
                                  f"not supported: send the body chunked, or with Content-Length")
             return
-        start, read = None, self._read
-        leading = len(read) - len(read.lstrip(b"\r\n"))
-        if self.state == _HEADERS and read.startswith(self.parser.get_method() + b" ", leading):
-            end = read.find(b"\r\n\r\n", leading)
-            start = end + 4 if end >= 0 else None
-        self._chunks = _ChunkLines(start)
+        self._chunks = _ChunkLines(self._body_at)
 
     def on_chunk_header(self) -> None:
         if self._reject is None and \
@@ -509,6 +536,7 @@ class HttpConnection:
 
     def on_chunk_complete(self) -> None:
         if self._reject is None and not self._chunks.data_end(self._body_size):
+            self._request_at = self._chunks.message_end(self._read)
             self._chunks = None
 
     def _chunk_line_too_long(self) -> None:
@@ -591,6 +619,8 @@ class HttpConnection:
         return self._body if self._body_pieces is None else b"".join(self._body_pieces)
 
     def on_message_complete(self) -> None:
+        if self._request_at < 0:  # not chunked: the body's bytes in this read end it
+            self._request_at = self._body_at + self._body_size - self._body_before
         if self._reject is not None or self.stream is not None or self.is_closed:
             self._forget_request()
             self._release_body()
@@ -599,7 +629,7 @@ class HttpConnection:
             self.budget.passed(self._body_size - self._held)
         if not self._body_size and self._body_skipped():
             return
-        request = new_request(self._method(), self._url, self._headers, self._body_read(),
+        request = new_request(self._method_name, self._url, self._headers, self._body_read(),
                               self._keep_alive())
         self.state = _WAITING
         self._forget_request()
@@ -616,8 +646,7 @@ class HttpConnection:
         read): else the next request carries them, e.g. this one's Content-Length beside
         its own Transfer-Encoding."""
         self._url = b""
-        self._headers = {}
-        self._header_bytes = 0
+        self._headers = _NO_HEADERS
         self._body_size = 0
 
     # -- answering ----------------------------------------------------------------------
@@ -816,17 +845,16 @@ class CorsHttpConnection(HttpConnection):
     allowed: frozenset[bytes] = frozenset()
     _allow_origin = b""
 
-    def on_headers_complete(self) -> None:
+    def check_origin(self) -> None:
         origin = self._headers.get(b"origin")
         if origin is not None:
             if origin in self.allowed:
                 self._allow_origin = b"Access-Control-Allow-Origin: " + origin + b"\r\n"
             else:
                 self._allow_origin = b""
-                if self._reject is None and self.parser.get_method() in (b"POST", b"PUT"):
+                if self.parser.get_method() in (b"POST", b"PUT"):
                     self._reject = (403, f"origin {origin.decode(errors='replace')} may not "
                                          f"publish or ack: it is not in --cors-origins")
-        super().on_headers_complete()
 
     def _with_origin(self, data: bytes) -> bytes:
         if not self._allow_origin:
