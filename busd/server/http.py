@@ -327,8 +327,7 @@ class HttpConnection:
         # llhttp has accepted it (_take_head), which costs a tenth of hearing each header
         # from httptools. Offsets in `_read`; -1: not in this read, or not known yet.
         self._request_at = 0  # where the next request may begin (llhttp skips blank lines)
-        self._head_at = -1  # where the head being read began (-1: in an earlier read)
-        self._head_piece: bytearray | None = None  # its bytes from earlier reads
+        self._head_piece: bytearray | None = None  # a head's bytes from earlier reads
         self._body_at = 0  # where the body's bytes in this read begin
         self._body_before = 0  # the body's size when this read began
         # the body's first piece, alone: most bodies come in one (a list for one piece
@@ -371,7 +370,7 @@ class HttpConnection:
             self._read = data
             if self._request_at >= 0:  # no request under way: the next starts in this read
                 self._request_at = 0
-            self._head_at, self._body_at, self._body_before = -1, 0, self._body_size
+            self._body_at, self._body_before = 0, self._body_size
             try:
                 self._feed(data)
                 data = b""
@@ -386,10 +385,13 @@ class HttpConnection:
                 data = b""
                 if self._reject is None:
                     self._reject = (400, f"malformed HTTP request: {exc}")
-            if self.state == _HEADERS and self._reject is None:
-                self._hold_head()
-            elif self.state == _BODY and self._body_size > self._held and self._reject is None:
-                self._count_body()
+            if self._reject is None:
+                if self.state == _HEADERS or (self.state != _BODY and self.state != _STREAM
+                                              and not self._failed
+                                              and self._request_at < len(self._read)):
+                    self._hold_head()
+                elif self.state == _BODY and self._body_size > self._held:
+                    self._count_body()
             if self._chunks is not None and \
                     self._chunks.read_end(self._read, self._body_size) > MAX_CHUNK_LINE:
                 self._chunk_line_too_long()
@@ -400,12 +402,18 @@ class HttpConnection:
             self._ignore(len(data))
 
     def _hold_head(self) -> None:
-        """The head is still incomplete after this read: keep its bytes so far (llhttp
-        keeps none) for _take_head, and refuse it once they pass MAX_HEADER_BYTES. A
-        bytearray, so a head dripped a byte at a time is not copied whole at every read."""
-        read = self._read
-        if self._head_at >= 0:
-            self._head_piece = bytearray(read[self._head_at:].lstrip(b"\r\n"))
+        """A head is still incomplete after this read (bytes other than the blank lines
+        llhttp skips follow the last request, or a head held before goes on): keep its bytes
+        so far (llhttp keeps none) for _take_head, and refuse it once they pass
+        MAX_HEADER_BYTES. A bytearray, so a head dripped a byte at a time is not copied
+        whole at every read. --header-timeout runs from the read the head began in."""
+        read, start = self._read, self._request_at
+        if start >= 0:
+            begun = read[start:].lstrip(b"\r\n")
+            if not begun:
+                return
+            self.state, self.since, self._request_at = _HEADERS, self._read_at, -1
+            self._head_piece = bytearray(begun)
         else:
             self._head_piece += read
         if len(self._head_piece) > MAX_HEADER_BYTES:
@@ -454,14 +462,8 @@ class HttpConnection:
             self._resume_reading()
 
     # -- httptools callbacks ----------------------------------------------------------
-    def on_message_begin(self) -> None:
-        """A request's first byte: --header-timeout runs from here, whatever came before
-        it in the same read."""
-        self.state = _HEADERS
-        self.since = self._read_at
-        # where it ends is known at on_chunk_complete (chunked) or on_message_complete
-        self._head_at, self._request_at = self._request_at, -1
-
+    # (no on_message_begin: httptools calls only the callbacks a protocol has, and where a
+    # request begins is known from where the last one ended; see _hold_head, _take_head)
     def on_headers_complete(self) -> None:
         if self._reject is None:
             self._take_head()
@@ -493,8 +495,11 @@ class HttpConnection:
 
     def _take_head(self) -> None:
         """Read the request line and headers llhttp has just accepted from their bytes: this
-        read's from where the head began, after those held from earlier reads (_hold_head)."""
-        data, start, held = self._read, self._head_at, 0
+        read's from where the last request ended, or after the bytes held from earlier reads
+        (_hold_head). Where this one ends is known at on_chunk_complete (chunked) or
+        on_message_complete."""
+        data, start, held = self._read, self._request_at, 0
+        self._request_at = -1
         if start < 0:
             held = len(self._head_piece)
             self._head_piece += data
