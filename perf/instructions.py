@@ -21,6 +21,8 @@ Options:
   --connections N         micro_publish's connections, each fed one request per loop
                           iteration (so N requests per group commit) [default: 32].
   --batch N               Events per request, 0 = one event, not an array [default: 0].
+  --client NAME           micro_publish's request header lines: minimal, wrk or go
+                          [default: minimal].
   --top N                 Functions to list, by the instructions they executed themselves
                           [default: 25].
   --subscribers K         micro_publish's K live subscriptions on distinct subjects (needs
@@ -80,7 +82,7 @@ def main() -> None:
         usage_error(f"{tree} is not a busd checkout (no perf/micro_publish.py)")
     if args.subscribers and not args.batch:
         usage_error("--subscribers needs --batch")
-    n, micro = args.requests_per_conn, ["--batch", str(args.batch),
+    n, micro = args.requests_per_conn, ["--batch", str(args.batch), "--client", args.client,
                                         "--connections", str(args.connections)]
     if args.subscribers:
         micro += ["--subscribers", str(args.subscribers)]

@@ -1,6 +1,6 @@
 """Python cost of one publish request, no sockets: busd's whole path vs the ceiling's protocol.
 
-Feeds the same Go-SDK-shaped POST to 32 in-memory connections (a fake transport counts
+Feeds the same POST to 32 in-memory connections (a fake transport counts
 the responses) and reports µs per request for busd (HttpConnection → Api → Broker → group
 commit into a real log in a temp dir → answer) and for perf/ceiling.py's protocol, in the
 same process. What it leaves out — syscalls, the event loop's polling — costs both alike.
@@ -14,6 +14,10 @@ Options:
   --connections N         Connections fed one request each per loop iteration, so the
                           group commit takes N requests at a time [default: 32].
   --batch N               Events per request, 0 = one event, not an array [default: 0].
+  --client NAME           The request's header lines, as this client sends them: minimal
+                          (Host, Content-Length), wrk (perf/bench.py's: Content-Type too),
+                          go (Go's net/http: User-Agent and Accept-Encoding too); each
+                          header costs the server's parser its own work [default: minimal].
   --note-bytes N          A text field of N plain bytes added to each event's payload, as
                           real events carry (the bench's strings are 0-20 bytes) [default: 0].
   --http-only             Also busd's HTTP connection alone: a handler that answers a
@@ -146,17 +150,24 @@ def per_event_ns(step, events: int, calls: int = 2000) -> float:
     return sorted(rounds)[2]
 
 
-def post(body: bytes) -> bytes:
-    return b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(body), body)
+CLIENT_HEADERS = {
+    "minimal": b"Host: 127.0.0.1\r\nContent-Length: %d\r\n",
+    "wrk": b"Host: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n",
+    "go": b"Host: 127.0.0.1\r\nUser-Agent: Go-http-client/1.1\r\nContent-Length: %d\r\n"
+          b"Content-Type: application/json\r\nAccept-Encoding: gzip\r\n",
+}
 
 
-def fanout_requests(event: dict, batch: int, subjects: int) -> list[bytes]:
+def post(body: bytes, client: str = "minimal") -> bytes:
+    return b"POST / HTTP/1.1\r\n%s\r\n%s" % (CLIENT_HEADERS[client] % len(body), body)
+
+
+def fanout_requests(event: dict, batch: int, subjects: int, client: str) -> list[bytes]:
     """Batches whose events go round-robin over bench.s0 … bench.s<subjects-1>, as many
     as it takes to come back to bench.s0."""
     count = subjects // math.gcd(subjects, batch)
     return [post(json.dumps([{**event, "subject": f"bench.s{(b * batch + j) % subjects}"}
-                             for j in range(batch)], separators=(",", ":")).encode())
+                             for j in range(batch)], separators=(",", ":")).encode(), client)
             for b in range(count)]
 
 
@@ -192,8 +203,10 @@ async def main(args: SimpleNamespace) -> None:
         raise SystemExit("--subscribers needs --batch")
     body = json.dumps([event] * args.batch if args.batch else event,
                       separators=(",", ":")).encode()
-    requests = fanout_requests(event, args.batch, args.subscribers) if args.subscribers \
-        else [post(body)]
+    if args.client not in CLIENT_HEADERS:
+        raise SystemExit(f"--client is one of {', '.join(CLIENT_HEADERS)}")
+    requests = fanout_requests(event, args.batch, args.subscribers, args.client) \
+        if args.subscribers else [post(body, args.client)]
     with tempfile.TemporaryDirectory() as data:
         config = load_config({"--namespaces": "bench", "--path": data,
                               "--addr": "127.0.0.1:0"}, {})
@@ -234,7 +247,7 @@ async def main(args: SimpleNamespace) -> None:
     if args.http_only:
         print(f"http     {http_us:6.2f} µs per {per} (busd's connection, a fixed answer)")
     ceiling_us = await drive([ceiling.CeilingProtocol() for _ in range(args.connections)],
-                             [post(body)],
+                             [post(body, args.client)],
                              args.requests_per_conn)
     print(f"ceiling  {ceiling_us:6.2f} µs per {per}")
     if args.parts:
