@@ -1828,10 +1828,12 @@ cpdef tuple read_head(bytes data, Py_ssize_t start, bytes method):
     cdef const unsigned char* line
     cdef const unsigned char* colon
     cdef const unsigned char* cr
-    cdef Py_ssize_t i = start, url_at, name_at, value_at, size
+    cdef Py_ssize_t i = start, url_at, value_at, size
     cdef dict headers = {}
     cdef bytes target, name, value
     cdef object earlier
+    if not 0 <= start <= n:
+        raise HeadError(f"a head cannot start at {start} of {n} bytes")
     while i < n and (s[i] == 13 or s[i] == 10):
         i += 1
     if i + m >= n or memcmp(s + i, PyBytes_AS_STRING(method), m) != 0 or s[i + m] != 32:
@@ -1855,8 +1857,7 @@ cpdef tuple read_head(bytes data, Py_ssize_t start, bytes method):
         colon = <const unsigned char*>memchr(line, 58, cr - line)
         if colon == NULL:
             break
-        name_at = colon - s + 1
-        value_at = name_at
+        value_at = colon - s + 1
         while value_at < cr - s and (s[value_at] == 32 or s[value_at] == 9):
             value_at += 1
         name = _header_name(line, colon - line)

@@ -116,6 +116,9 @@ def test_read_head_refuses_a_head_that_is_not_there() -> None:
     with pytest.raises(HeadError, match="no end"):
         read_head(b"GET / HTTP/1.1\r\nHost: a\r\n", 0, b"GET")
     assert read_head(b"xxGET / HTTP/1.1\r\n\r\n", 2, b"GET") == (b"/", {}, 20)
+    for start in (-1, 21):
+        with pytest.raises(HeadError, match="cannot start"):
+            read_head(b"xxGET / HTTP/1.1\r\n\r\n", start, b"GET")
 
 
 # -- requests pipelined in pieces -------------------------------------------------------------
