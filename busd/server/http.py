@@ -381,6 +381,11 @@ class HttpConnection:
                 if self.parser.get_method() == b"CONNECT":
                     data = b""
                     self.hang_up()
+            except httptools.HttpParserCallbackError as exc:  # one of ours raised: a bug
+                data = b""
+                log.error("reading a request failed", exc_info=exc.__context__)
+                if self._reject is None:
+                    self._reject = (500, "internal error while reading the request (logged)")
             except httptools.HttpParserError as exc:
                 data = b""
                 if self._reject is None:

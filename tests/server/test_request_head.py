@@ -237,3 +237,24 @@ def test_the_comparison_sees_a_request_with_another_head() -> None:
         (b"POST", b"/", {b"host": b"h", b"x-a": b"1", b"content-length": b"2"}, b"ab")]
     assert handed_on(compiled, [data.replace(b"X-A: 1", b"X-A: 2")], "HttpConnection"
                      )[0] != handed_on(compiled, [data], "HttpConnection")[0]
+
+
+@pytest.mark.parametrize("module", [compiled, source])
+def test_a_callback_that_raises_is_a_logged_500_not_a_malformed_request(module, caplog) -> None:
+    """A bug of ours inside httptools' callbacks is not the client's: 500, and the exception
+    in the log (httptools itself says only "User callback error")."""
+    class Broken(module.HttpConnection):
+        def check_origin(self) -> None:
+            raise RuntimeError("a bug in a hook")
+
+    module.Broken = Broken
+    try:
+        with caplog.at_level("ERROR", logger="busd.server.http"):
+            requests, written = handed_on(module, [b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"], "Broken")
+    finally:
+        del module.Broken
+    assert requests == []
+    assert written.startswith(b"HTTP/1.1 500 "), written[:200]
+    assert b"internal error while reading the request" in written
+    assert any(record.exc_info and "a bug in a hook" in str(record.exc_info[1])
+               for record in caplog.records)
