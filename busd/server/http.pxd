@@ -80,7 +80,7 @@ cdef class HttpConnection:
     cdef public dict _headers
     cdef public object _reject
     cdef bytes _url, _method_name
-    cdef Py_ssize_t _request_at, _body_at, _body_before
+    cdef Py_ssize_t _request_at, _body_at
     cdef bytearray _head_piece
     cdef bytes _body
     cdef list _body_pieces

@@ -328,8 +328,9 @@ class HttpConnection:
         # from httptools. Offsets in `_read`; -1: not in this read, or not known yet.
         self._request_at = 0  # where the next request may begin (llhttp skips blank lines)
         self._head_piece: bytearray | None = None  # a head's bytes from earlier reads
-        self._body_at = 0  # where the body's bytes in this read begin
-        self._body_before = 0  # the body's size when this read began
+        # where the body's first byte is, as an offset in this read: negative once it began
+        # in an earlier read (minus its bytes so far), so _body_at + _body_size is its end
+        self._body_at = 0
         # the body's first piece, alone: most bodies come in one (a list for one piece
         # would be made, grown and freed for every request); all of them if more came
         self._body = b""
@@ -370,7 +371,7 @@ class HttpConnection:
             self._read = data
             if self._request_at >= 0:  # no request under way: the next starts in this read
                 self._request_at = 0
-            self._body_at, self._body_before = 0, self._body_size
+            self._body_at = -self._body_size
             try:
                 self._feed(data)
                 data = b""
@@ -391,12 +392,14 @@ class HttpConnection:
                 if self._reject is None:
                     self._reject = (400, f"malformed HTTP request: {exc}")
             if self._reject is None:
-                if self.state == _HEADERS or (self.state != _BODY and self.state != _STREAM
-                                              and not self._failed
-                                              and self._request_at < len(self._read)):
+                if self.state == _HEADERS:  # a head held before goes on
                     self._hold_head()
-                elif self.state == _BODY and self._body_size > self._held:
-                    self._count_body()
+                elif self.state == _BODY:
+                    if self._body_size > self._held:
+                        self._count_body()
+                elif self.state != _STREAM and not self._failed and \
+                        self._request_at < len(self._read):  # bytes after the last request
+                    self._hold_head()
             if self._chunks is not None and \
                     self._chunks.read_end(self._read, self._body_size) > MAX_CHUNK_LINE:
                 self._chunk_line_too_long()
@@ -517,7 +520,7 @@ class HttpConnection:
             self._reject = (400, str(exc))
             return
         self._method_name = method
-        self._body_at, self._body_before = end - held, 0
+        self._body_at = end - held
         if len(self._url) > MAX_URL_BYTES:
             self._target_too_long()
         elif end - start > MAX_HEADER_BYTES:
@@ -630,7 +633,7 @@ class HttpConnection:
 
     def on_message_complete(self) -> None:
         if self._request_at < 0:  # not chunked: the body's bytes in this read end it
-            self._request_at = self._body_at + self._body_size - self._body_before
+            self._request_at = self._body_at + self._body_size
         if self._reject is not None or self.stream is not None or self.is_closed:
             self._forget_request()
             self._release_body()
