@@ -5,128 +5,22 @@ pauses, closes and state."""
 
 from __future__ import annotations
 
-import asyncio
-import re
 from itertools import pairwise
 
+from http_transcript import run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from source_module import load_source
 
 import busd.server.http as compiled
-from busd.server.body_budget import BodyBudget
-from busd.server.coalesce import WriteCoalescer
 
 oracle = load_source(compiled)
-DATE = re.compile(rb"Date: [^\r]*\r\n")
 
 
 def test_the_installed_module_is_the_compiled_one() -> None:
     assert compiled.__file__.endswith(".so"), compiled.__file__
     assert oracle.__file__.endswith("http.py")
     assert compiled.HttpConnection is not oracle.HttpConnection
-
-
-class Transcript:
-    """A transport and a handler that write down everything a connection does."""
-
-    def __init__(self, module) -> None:
-        self.module = module
-        self.log: list[tuple] = []
-        self.deferred: list = []
-        self.closing = False
-
-    # transport
-    def write(self, data: bytes) -> None:
-        self.log.append(("write", DATE.sub(b"Date: -\r\n", bytes(data))))
-
-    def writelines(self, chunks) -> None:
-        self.write(b"".join(chunks))
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        self.log.append(("eof",))
-
-    def pause_reading(self) -> None:
-        self.log.append(("pause",))
-
-    def resume_reading(self) -> None:
-        self.log.append(("resume",))
-
-    def close(self) -> None:
-        self.closing = True
-        self.log.append(("close",))
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def set_write_buffer_limits(self, high=None) -> None: ...
-
-    def get_extra_info(self, name, default=None):
-        return default
-
-    # stream
-    def pause(self) -> None:
-        self.log.append(("stream-pause",))
-
-    def resume(self) -> None:
-        self.log.append(("stream-resume",))
-
-    def closed(self) -> None:
-        self.log.append(("stream-closed",))
-
-    # handler
-    def handle(self, conn, request) -> None:
-        self.log.append(("request", request.method, request.url,
-                         sorted(request.headers.items()), bytes(request.body),
-                         bool(request.keep_alive)))
-        path = request.url.partition(b"?")[0]
-        http = self.module
-        if path == b"/defer":
-            self.deferred.append((conn, conn.defer()))
-        elif path == b"/stream":
-            def begin() -> None:
-                conn.attach_stream(self, b"X-Test: 1\r\n")
-                conn.write(b"5\r\nhello\r\n")
-                conn.flush()
-            conn.start_stream(begin)
-        elif path == b"/close":
-            conn.reply(http.response(200, b"bye", close=True), True)
-        else:
-            body = b"%d %s" % (len(request.body), request.method)
-            conn.reply(http.response(200, body, close=not request.keep_alive),
-                       not request.keep_alive)
-
-    def answer_deferred(self) -> None:
-        """What a group commit does at the end of a loop iteration."""
-        deferred, self.deferred = self.deferred, []
-        for conn, slot in deferred:
-            conn.fulfil(slot, self.module.response(202, b"stored"))
-
-
-def run(module, pieces: list[bytes], limits: tuple, cls: str = "HttpConnection"
-        ) -> list[tuple]:
-    async def drive() -> list[tuple]:
-        transcript = Transcript(module)
-        conn = getattr(module, cls)(transcript.handle, module.Limits(*limits), set(),
-                                    BodyBudget(1 << 20), WriteCoalescer())
-        conn.connection_made(transcript)
-        for piece in pieces:
-            conn.data_received(piece)
-            transcript.answer_deferred()
-            await asyncio.sleep(0)
-        transcript.log.append(("state", conn.state, conn.is_closed, conn.read_paused,
-                               conn.write_paused, len(conn.pending), conn.stream is not None))
-        conn.connection_lost(None)
-        return transcript.log
-
-    module.CorsHttpConnection.allowed = frozenset({b"http://o"})
-    try:
-        return asyncio.run(drive())
-    finally:
-        module.CorsHttpConnection.allowed = frozenset()
 
 
 def post(path: bytes, body: bytes, extra: bytes = b"") -> bytes:
