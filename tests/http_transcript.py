@@ -88,8 +88,8 @@ class Transcript:
     def answer_deferred(self) -> None:
         """What a group commit does at the end of a loop iteration."""
         deferred, self.deferred = self.deferred, []
-        for conn, slot in deferred:
-            conn.fulfil(slot, self.module.response(202, b"stored"))
+        for conn, ticket in deferred:
+            conn.fulfil(ticket, self.module.response(202, b"stored"))
 
 
 def run(module, pieces: list[bytes], limits: tuple, cls: str = "HttpConnection"
@@ -104,7 +104,7 @@ def run(module, pieces: list[bytes], limits: tuple, cls: str = "HttpConnection"
             transcript.answer_deferred()
             await asyncio.sleep(0)
         transcript.log.append(("state", conn.state, conn.is_closed, conn.read_paused,
-                               conn.write_paused, len(conn.pending), conn.stream is not None))
+                               conn.write_paused, conn.unanswered(), conn.stream is not None))
         conn.connection_lost(None)
         return transcript.log
 

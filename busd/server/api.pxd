@@ -7,7 +7,7 @@ cimport cython
 from busd._core cimport published_response, scan_body
 from busd.bus.broker cimport Broker
 from busd.bus.publication cimport Publication
-from busd.server.http cimport HttpConnection, Request, Slot, status_head
+from busd.server.http cimport HttpConnection, Request, status_head
 
 
 cdef class Api:
@@ -22,11 +22,12 @@ cdef class Api:
 
 cdef class PublishAnswer(Publication):
     cdef HttpConnection conn
-    cdef Slot slot
+    cdef Py_ssize_t ticket
     cdef bint close, is_batch
 
     cpdef answer(self, list ids, list stamps, outcome)
 
 
 @cython.locals(answer=PublishAnswer)
-cdef PublishAnswer publish_answer(HttpConnection conn, Slot slot, bint close, bint is_batch)
+cdef PublishAnswer publish_answer(HttpConnection conn, Py_ssize_t ticket, bint close,
+                                  bint is_batch)

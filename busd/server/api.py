@@ -25,7 +25,7 @@ from busd.bus.group.settings import SettingsError, parse_delay, parse_settings
 from busd.bus.publication import Publication
 from busd.bus.timesearch import locate_time, parse_start_time
 from busd.server.auth import Auth, AuthError, Token
-from busd.server.http import (HttpConnection, Request, Slot, error_response, origin_form, response,
+from busd.server.http import (HttpConnection, Request, error_response, origin_form, response,
                               status_head)
 from busd.server.metrics import PROMETHEUS_TYPE, render_prometheus
 from busd.server.stats import snapshot
@@ -179,25 +179,25 @@ def _when_located(conn: HttpConnection, search: Awaitable, found: Callable[[Any]
                   failed: Callable[[str], None]) -> None:
     """`found(where)` once the start `search` answers, or `failed(why)` if it raises or is
     cancelled; either in this stream's place in the connection's response order."""
-    slot = conn.defer()
+    ticket = conn.defer()
 
     def located(task: asyncio.Future) -> None:
         error = None if task.cancelled() else task.exception()
         if error is not None or task.cancelled():
-            conn.fulfil(slot, lambda: failed(f"cannot look the start event up: "
-                                             f"{error or 'cancelled'}"))
+            conn.fulfil(ticket, lambda: failed(f"cannot look the start event up: "
+                                               f"{error or 'cancelled'}"))
         else:
-            conn.fulfil(slot, lambda: found(task.result()))
+            conn.fulfil(ticket, lambda: found(task.result()))
 
     asyncio.ensure_future(search).add_done_callback(located)
 
 
-def publish_answer(conn: HttpConnection, slot: Slot, close: bool, is_batch: bool
+def publish_answer(conn: HttpConnection, ticket: int, close: bool, is_batch: bool
                    ) -> PublishAnswer:
-    """A PublishAnswer for the request in `slot` (its fields set in C: a constructor's
-    argument parsing cost as much as the object)."""
+    """A PublishAnswer for the request with this ticket (conn.defer's; its fields set in C:
+    a constructor's argument parsing cost as much as the object)."""
     answer = PublishAnswer.__new__(PublishAnswer)
-    answer.conn, answer.slot, answer.close, answer.is_batch = conn, slot, close, is_batch
+    answer.conn, answer.ticket, answer.close, answer.is_batch = conn, ticket, close, is_batch
     return answer
 
 
@@ -212,7 +212,7 @@ class PublishAnswer(Publication):
                                         self.close)
         else:
             answer = error_response(outcome.status, outcome.reason, self.close)
-        self.conn.fulfil(self.slot, answer, self.close)
+        self.conn.fulfil(self.ticket, answer, self.close)
 
 
 class Api:
@@ -350,11 +350,11 @@ class Api:
                                                    f"bytes is larger than --max-event-size "
                                                    f"({limit} bytes)", close), close)
                     return
-        slot = conn.defer()
+        ticket = conn.defer()
         try:
-            self.broker.publish(events, is_batch, publish_answer(conn, slot, close, is_batch))
+            self.broker.publish(events, is_batch, publish_answer(conn, ticket, close, is_batch))
         except PublishRefused as exc:
-            conn.fulfil(slot, error_response(exc.status, exc.reason, close), close)
+            conn.fulfil(ticket, error_response(exc.status, exc.reason, close), close)
 
     # -- GET / --------------------------------------------------------------------------------
     def subscribe(self, conn: HttpConnection, request: Request,
@@ -491,17 +491,17 @@ class Api:
         except SettingsError as exc:
             raise BadRequest(str(exc)) from None
         close = not request.keep_alive
-        slot = conn.defer()
+        ticket = conn.defer()
 
         def answer(error: BaseException | None) -> None:
-            conn.fulfil(slot, response(202, close=close) if error is None else error_response(
+            conn.fulfil(ticket, response(202, close=close) if error is None else error_response(
                 500, f"the group's state could not be written: {error}", close), close)
 
         try:
             self.broker.settle(consumer_id.encode(), [eid.encode() for eid in event_ids], action,
                                delay, answer)
         except ValueError as exc:
-            conn.fulfil(slot, error_response(400, str(exc), close), close)
+            conn.fulfil(ticket, error_response(400, str(exc), close), close)
 
     # -- consumer groups (SPEC §3.7) ----------------------------------------------------------
     def join_group(self, conn: HttpConnection, request: Request, params: dict[str, str],
@@ -560,8 +560,8 @@ class Api:
             or made, so a join that lost a race to create it is refused now), stream."""
             opened = groups.opened(group)
             if opened is not None and not opened.done():
-                slot = conn.defer()
-                opened.add_done_callback(lambda _: conn.fulfil(slot, lambda: enter(group)))
+                ticket = conn.defer()
+                opened.add_done_callback(lambda _: conn.fulfil(ticket, lambda: enter(group)))
                 return
             try:
                 if opened is not None:

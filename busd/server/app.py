@@ -257,7 +257,8 @@ class Server:
                             "waits for it", SHUTDOWN_GRACE_SECONDS)
             self._save_dedup(wait=True, force=True)
             deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
-            while any(c.pending for c in self.connections) and time.monotonic() < deadline:
+            while any(c.unanswered() for c in self.connections) and \
+                    time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             for conn in tuple(self.connections):
                 conn.close()

@@ -46,11 +46,6 @@ cdef class Limits:
     cdef public double header_timeout, body_timeout, idle_timeout
 
 
-cdef class Slot:
-    cdef public object data
-    cdef public bint close
-
-
 cdef class _ChunkLines:
     cdef bint in_line, line_here
     cdef Py_ssize_t at, carry, base
@@ -67,7 +62,8 @@ cdef class HttpConnection:
     cdef public WriteCoalescer coalescer
     cdef public Limits limits
     cdef public BodyBudget budget
-    cdef public list pending
+    cdef Py_ssize_t _tickets, _written, _close_after
+    cdef dict _early
     cdef public object stream
     cdef object _feed, _method, _keep_alive, _send  # bound methods of the parser, transport
     cdef public bint chunked, is_closed, write_paused, read_paused, budget_wait
@@ -91,9 +87,10 @@ cdef class HttpConnection:
     cdef bint _failed
 
     cpdef reply(self, data, bint close=*)
-    cpdef Slot defer(self)
-    @cython.locals(head=Slot)
-    cpdef fulfil(self, Slot slot, data, bint close=*)
+    cpdef Py_ssize_t unanswered(self)
+    cpdef Py_ssize_t defer(self)
+    cpdef fulfil(self, Py_ssize_t ticket, data, bint close=*)
+    cdef _drop_unanswered(self)
     cpdef write(self, data)
     cpdef flush(self)
     cpdef close(self)

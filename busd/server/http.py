@@ -213,16 +213,6 @@ class Limits:
         self.idle_timeout = idle_timeout
 
 
-class Slot:
-    """A response position in the pipeline; filled now or later, written in order."""
-
-    __slots__ = ("data", "close")
-
-    def __init__(self) -> None:
-        self.data: bytes | Callable[[], None] | None = None
-        self.close = False
-
-
 class _ChunkLines:
     """Measures the size lines of a chunked body (hex size, `;extensions`, CRLF), which
     llhttp skips without saying how long they were, and finds where the body ends.
@@ -307,7 +297,13 @@ class HttpConnection:
         self._method = self.parser.get_method
         self._keep_alive = self.parser.should_keep_alive
         self._send: Callable[[bytes], None] | None = None
-        self.pending: list[Slot] = []  # at most MAX_PIPELINED
+        # The answers owed, in request order, as tickets (see defer): the answer to ticket
+        # `_written + 1` goes out as soon as it is given, later ones given before it wait
+        # in `_early`. No object per request: most answers come in order.
+        self._tickets = 0  # the last ticket handed out
+        self._written = 0  # the last ticket answered (or dropped)
+        self._early: dict[int, tuple[bytes | Callable[[], None], bool]] | None = None
+        self._close_after = 0  # hang_up: close once this ticket is answered (0: no)
         self.stream: Stream | None = None
         self.chunked = True  # how the stream's body is framed (see start_stream)
         self.is_closed = False
@@ -356,7 +352,7 @@ class HttpConnection:
         self.is_closed = True
         self._unsent = None
         self.connections.discard(self)
-        self.pending.clear()
+        self._drop_unanswered()
         self._release_body()
         if self._linger is not None:
             self._linger.cancel()
@@ -466,7 +462,7 @@ class HttpConnection:
         self.write_paused = False
         if self.stream is not None:
             self.stream.resume()
-        elif len(self.pending) < MAX_PIPELINED:
+        elif self._tickets - self._written < MAX_PIPELINED:
             self._resume_reading()
 
     # -- httptools callbacks ----------------------------------------------------------
@@ -592,7 +588,7 @@ class HttpConnection:
         """Room again: read on, its --body-timeout counted from now (we were not reading)."""
         self.budget_wait = False
         self.since = monotonic()
-        if not self.write_paused and len(self.pending) < MAX_PIPELINED:
+        if not self.write_paused and self._tickets - self._written < MAX_PIPELINED:
             self._resume_reading()
 
     def _past_body_limit(self) -> None:
@@ -650,7 +646,7 @@ class HttpConnection:
             self.handler(self, request)
         finally:  # the handler has taken what it keeps of the body
             self._release_body()
-        if self.state == _WAITING and not self.pending and self.stream is None:
+        if self.state == _WAITING and self._tickets == self._written and self.stream is None:
             self._idle(self._read_at)
 
     def _forget_request(self) -> None:
@@ -665,41 +661,58 @@ class HttpConnection:
     # -- answering ----------------------------------------------------------------------
     def reply(self, data: bytes, close: bool = False) -> None:
         """Answer the current request now (still in pipeline order)."""
-        if not self.pending:
+        if self._tickets == self._written:
             self._write_response(data, close)
         else:
-            slot = self.defer()
-            self.fulfil(slot, data, close)
+            self.fulfil(self.defer(), data, close)
 
-    def defer(self) -> Slot:
-        """Reserve the current request's place in the response order; `fulfil` it later."""
-        slot = Slot()
-        self.pending.append(slot)
-        if len(self.pending) >= MAX_PIPELINED:
+    def unanswered(self) -> int:
+        """How many requests are still owed an answer."""
+        return self._tickets - self._written
+
+    def defer(self) -> int:
+        """Reserve the current request's place in the response order: a ticket to `fulfil`
+        later."""
+        self._tickets += 1
+        if self._tickets - self._written >= MAX_PIPELINED:
             self._pause_reading()
-        return slot
+        return self._tickets
 
-    def fulfil(self, slot: Slot, data: bytes | Callable[[], None], close: bool = False) -> None:
-        slot.data = data
-        slot.close = slot.close or close  # hang_up may have marked it already
-        pending = self.pending
-        while pending:
-            head = pending[0]
-            if head.data is None:
-                break
-            del pending[0]
+    def fulfil(self, ticket: int, data: bytes | Callable[[], None], close: bool = False
+               ) -> None:
+        """The answer to `ticket`: written now if every earlier one is, else once they are.
+        A callable starts a stream instead (nothing is answered after it)."""
+        if ticket <= self._written:  # dropped: the connection was lost or became a stream
+            return
+        if ticket != self._written + 1:
+            if self._early is None:
+                self._early = {}
+            self._early[ticket] = (data, close)
+            return
+        while True:
+            self._written = ticket
             if self.is_closed:
                 return
-            if callable(head.data):
-                pending.clear()
-                head.data()  # starts a stream: nothing after it on this connection
+            if callable(data):
+                self._drop_unanswered()
+                data()
                 return
-            self._write_response(head.data, head.close)
-        if not pending and not self.is_closed and self.stream is None:
+            self._write_response(data, close or ticket == self._close_after)
+            if self._early is None or ticket + 1 not in self._early:
+                break
+            ticket += 1
+            data, close = self._early.pop(ticket)
+        if self._tickets == self._written and not self.is_closed and self.stream is None:
             if self.state == _WAITING:
                 self._idle(monotonic())
             if not self.write_paused:
                 self._resume_reading()
+
+    def _drop_unanswered(self) -> None:
+        """Owe no answer any more (the connection is lost, or streams): later fulfils of
+        the tickets handed out are dropped."""
+        self._written = self._tickets
+        self._early = None
 
     def start_stream(self, start: Callable[[], None]) -> None:
         """Turn this connection into a response stream once earlier responses are out.
@@ -712,7 +725,7 @@ class HttpConnection:
             self.chunked = chunked
             start()
 
-        if not self.pending:
+        if self._tickets == self._written:
             begin()
         else:
             self.fulfil(self.defer(), begin)
@@ -827,8 +840,8 @@ class HttpConnection:
         answers so far are written."""
         self._failed = True
         self._pause_reading()
-        if self.pending:
-            self.pending[-1].close = True
+        if self._tickets != self._written:
+            self._close_after = self._tickets
         else:
             self.close()
 

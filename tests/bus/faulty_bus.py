@@ -106,10 +106,10 @@ def first_answer_fails(patch: pytest.MonkeyPatch) -> None:
     from busd.server.http import HttpConnection
 
     class FailingAnswers(HttpConnection):
-        def fulfil(self, slot, data, close=False):
+        def fulfil(self, ticket, data, close=False):
             if isinstance(data, bytes) and b"\r\nX-Bus-Event-Index: 0\r\n" in data:
                 raise RuntimeError("injected: answering failed")
-            return super().fulfil(slot, data, close)
+            return super().fulfil(ticket, data, close)
 
     patch.setattr(app, "HttpConnection", FailingAnswers)
 
