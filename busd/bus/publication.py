@@ -4,9 +4,9 @@
 The publisher (the API answering an HTTP request, a group storing a dead letter) makes a
 Publication of its own kind, which says in `answer` what to do with the outcome; the broker
 binds to it what the outcome concerns (the ids and stamps it gave the events, the dedup keys
-it reserved for them) and hands it to the store, which calls it with the outcome: the first
-index, or why not. One object per publish for all three layers, called in C between them
-when compiled (setup.py, publication.pxd).
+it reserved for them) and hands it to the store, which tells it the outcome (it is the
+store's Stored): the first index, or why not. One object per publish for all three layers,
+called in C between them when compiled (setup.py, publication.pxd).
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 
 from busd.store.errors import PublishRefused
+from busd.store.stored import Stored
 
 log = logging.getLogger("busd.bus.publication")
 
 
-class Publication:
+class Publication(Stored):
     """A publish in flight. Subclasses override `answer`."""
 
     def bind(self, dedup, namespace: str, ids: list[bytes], stamps: list[bytes],
@@ -30,18 +31,23 @@ class Publication:
         self.stamps = stamps
         self.reserved = reserved
 
-    def __call__(self, outcome: int | PublishRefused) -> None:
-        """The store's call, once per publish of a group, in a loop over the group's
-        publishes: settles or drops the reserved dedup keys, then answers. What answering
-        raises (it may start a stream pipelined behind it) is logged, and the rest of the
-        group is answered all the same."""
-        if self.reserved:  # a key taken by events not known to be durable stays unsaved
-            if isinstance(outcome, int):
-                for entry in self.reserved:
-                    self.dedup.settle(entry)
-            elif not outcome.keys_taken:
-                for entry in self.reserved:
-                    self.dedup.discard(entry)
+    # The store's calls, once per publish of a group, in a loop over the group's publishes:
+    # each settles or drops the reserved dedup keys, then answers. What answering raises (it
+    # may start a stream pipelined behind it) is logged, and the rest of the group is
+    # answered all the same.
+    def stored(self, first: int) -> None:
+        if self.reserved:
+            for entry in self.reserved:
+                self.dedup.settle(entry)
+        self._answer(first)
+
+    def refused(self, reason: PublishRefused) -> None:
+        if self.reserved and not reason.keys_taken:  # a key taken by events not known to
+            for entry in self.reserved:  # be durable stays unsaved
+                self.dedup.discard(entry)
+        self._answer(reason)
+
+    def _answer(self, outcome: int | PublishRefused) -> None:
         try:
             self.answer(self.ids, self.stamps, outcome)
         except Exception:  # noqa: BLE001 - one answer's failure, not the group's

@@ -15,9 +15,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from busd._core import ParsedEvent, Pattern
-from busd.store.errors import PublishRefused
+from busd.store.stored import Stored
 
-Stored = Callable[[int | PublishRefused], None]  # the first index of a publish, or why not
 Synced = Callable[[BaseException | None], None]
 
 

@@ -3,7 +3,10 @@
 # tests/server/test_publish_compiled.py. (A test that needs a different LocalStore method
 # gives the server a subclass: a compiled class takes no patched methods.)
 
+cimport cython
+
 from busd._core cimport records_size
+from busd.store.stored cimport Stored
 
 
 cdef class LocalStore:
@@ -11,3 +14,6 @@ cdef class LocalStore:
     cdef public list namespaces, _sync_waiting
     cdef public dict _logs, _group, _group_ids, _unannounced, failed
     cdef public bint fsync_always, _commit_scheduled, _sync_running
+
+    @cython.locals(done=Stored, index=Py_ssize_t)
+    cdef _settle(self, list written)

@@ -30,8 +30,9 @@ from pathlib import Path
 
 from busd._core import ParsedEvent, Pattern, records_size
 from busd.store.errors import LogOpenError, LogWriteError, PublishRefused
-from busd.store.interface import Stored, StoreListener, Synced
+from busd.store.interface import StoreListener, Synced
 from busd.store.local.log import NamespaceLog, RecoveryReport, WouldBlock
+from busd.store.stored import Stored
 from busd.wire import ID_AT, ID_END
 
 log = logging.getLogger("busd.store.local.store")
@@ -230,7 +231,7 @@ class LocalStore:
                 dedup: bool, done: Stored) -> None:
         """Join this loop iteration's group (the bus's dedup cache is all the dedup here)."""
         if self.failed and namespace in self.failed:  # (an empty dict still hashes the key)
-            done(self._out_of_service(namespace))
+            done.refused(self._out_of_service(namespace))
             return
         group = self._group.get(namespace)
         if group is None:
@@ -261,7 +262,7 @@ class LocalStore:
             if namespace in self.failed:  # it failed after these joined the group
                 refused = self._out_of_service(namespace)
                 for _, done in pendings:
-                    done(refused)
+                    done.refused(refused)
                 continue
             records = pendings[0][0] if len(pendings) == 1 else \
                 [record for batch, _ in pendings for record in batch]
@@ -302,7 +303,7 @@ class LocalStore:
             self._listener.appended(namespace, records, first + len(records))
             index = first
             for batch, done in pendings:
-                done(index)
+                done.stored(index)
                 index += len(batch)
 
     def fsync(self, done: Synced) -> None:
@@ -425,7 +426,7 @@ def _refuse(pendings: list[tuple[list[bytes], Stored]], exc: LogWriteError) -> N
     log.error("append failed status=%d reason=%r", status, reason)
     refused = PublishRefused(status, reason)
     for _, done in pendings:
-        done(refused)
+        done.refused(refused)
 
 
 def _unconfirmed(namespace: str, first: int, pendings: list[tuple[list[bytes], Stored]],
@@ -438,8 +439,8 @@ def _unconfirmed(namespace: str, first: int, pendings: list[tuple[list[bytes], S
         ids = " ".join(record[ID_AT:ID_END].decode() for record in records)
         last = index + len(records) - 1
         where = f"index {index}" if last == index else f"indexes {index}..{last}"
-        done(PublishRefused(503, f"not confirmed: written to namespace {namespace} at {where} "
-                                 f"but not delivered, as the {reason}; after busd restarts "
-                                 f"they are there or not: look for event ids {ids}",
-                            keys_taken=True))
+        done.refused(PublishRefused(
+            503, f"not confirmed: written to namespace {namespace} at {where} but not "
+                 f"delivered, as the {reason}; after busd restarts they are there or not: "
+                 f"look for event ids {ids}", keys_taken=True))
         index += len(records)
