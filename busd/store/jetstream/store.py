@@ -34,12 +34,23 @@ from typing import Any
 
 import orjson
 
-from busd._core import ParsedEvent, Pattern, is_xid, new_xid, record_id, sse_of
+from busd._core import (
+    ParsedEvent,
+    Pattern,
+    is_xid,
+    new_xid,
+    record_id,
+    records_size,
+    sse_of,
+    supplied_ids,
+)
 from busd.server.config import Config, ConfigError
 from busd.store.errors import HistoryTruncatedError, PublishRefused
 from busd.store.interface import Stored, StoreListener, Synced
 from busd.store.local._framing import xid_seconds
 from busd.wire import ID_END, INBOX_NAMESPACE, RECORD_PREFIX, XID_AT, is_xid_id
+
+Outcome = Callable[[int | PublishRefused], None]  # told a publish's first index, or why not
 
 log = logging.getLogger("busd.store.jetstream.store")
 
@@ -778,13 +789,13 @@ class JetStreamStore:
         once this front-end's tail has them) or a PublishRefused. With `dedup`, keyed events
         carry a Nats-Msg-Id, so the whole cluster refuses a key it has seen."""
         n = len(records)
-        supplied = [event.id for event in events if event.id]
+        supplied = supplied_ids(events)
 
         def stored(outcome: int | PublishRefused) -> None:
             if supplied:
                 self.release_ids(namespace, supplied)
             if not isinstance(outcome, PublishRefused):
-                self._listener.published(namespace, n, sum(map(len, records)))
+                self._listener.published(namespace, n, records_size(records))
             done(outcome)
 
         for record in records:
@@ -800,7 +811,7 @@ class JetStreamStore:
         self._publish_checked(namespace, events, records, dedup, stored)
 
     async def _publish_new_ids(self, namespace, events, records, dedup, supplied,
-                               done: Stored) -> None:
+                               done: Outcome) -> None:
         """Publish events whose ids the publisher chose, unless the stream holds one (409);
         each free-form id stored gets its marker."""
         def finished(outcome: int | PublishRefused) -> None:
@@ -822,7 +833,7 @@ class JetStreamStore:
             return
         self._publish_checked(namespace, events, records, dedup, finished)
 
-    def _publish_checked(self, namespace, events, records, dedup, stored: Stored) -> None:
+    def _publish_checked(self, namespace, events, records, dedup, stored: Outcome) -> None:
         n = len(records)
         subjects = [event.subject for event in events]
         msg_ids = [msg_id(event.subject, event.key_value) if event.key_value else None
