@@ -428,11 +428,39 @@ cdef extern from *:
     int busd_bytes_before_flagged(uint64_t mask) nogil
 
 
+cdef extern from *:
+    """
+    /* How many of the 16 bytes at p come before the first one a string scan must look at
+       ('"', '\\', < 0x20, >= 0x80: what STR_SPECIAL flags), 16 if none, in one SSE2 pass;
+       elsewhere 0, and the word loop goes on. */
+    #if defined(__SSE2__) && defined(__GNUC__) && !defined(BUSD_NO_SIMD)
+    #include <emmintrin.h>
+    static inline int busd_plain16(const unsigned char* p) {
+        __m128i x = _mm_loadu_si128((const __m128i*)p);
+        __m128i control = _mm_cmpeq_epi8(_mm_max_epu8(x, _mm_set1_epi8(0x1F)),
+                                         _mm_set1_epi8(0x1F));
+        __m128i quote = _mm_cmpeq_epi8(x, _mm_set1_epi8(0x22));
+        __m128i backslash = _mm_cmpeq_epi8(x, _mm_set1_epi8(0x5C));
+        int mask = _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(control, quote),
+                                                  _mm_or_si128(backslash, x)));
+        return mask ? __builtin_ctz((unsigned)mask) : 16;
+    }
+    #define BUSD_WORDS 0
+    #else
+    static inline int busd_plain16(const unsigned char* p) { (void)p; return 0; }
+    #define BUSD_WORDS 1
+    #endif
+    """
+    int busd_plain16(const unsigned char* p) nogil
+    const bint BUSD_WORDS
+
+
 cdef Py_ssize_t _scan_string(Scanner* sc, Py_ssize_t pos) noexcept nogil:
     """b[pos] is '"'. Return the position after the closing quote, or -1.
 
-    Plain text is skipped eight bytes at a time (_word_special), to the first special byte
-    of the word that holds one, the rest byte by byte:
+    Plain text is skipped sixteen bytes at a time (busd_plain16, SSE2), then eight
+    (_word_special), to the first special byte of the block that holds one, the rest byte
+    by byte:
     payload strings are most of a body's bytes, and this scan was its hottest loop."""
     cdef const unsigned char* b = sc.buf
     cdef Py_ssize_t n = sc.n
@@ -442,7 +470,12 @@ cdef Py_ssize_t _scan_string(Scanner* sc, Py_ssize_t pos) noexcept nogil:
     cdef uint64_t word, special
     pos += 1
     while True:
-        while pos + 8 <= n:
+        while pos + 16 <= n:
+            k = busd_plain16(b + pos)
+            pos += k
+            if k < 16:
+                break
+        while BUSD_WORDS and pos + 8 <= n:
             memcpy(&word, b + pos, 8)  # an unaligned load, done as one
             special = _word_special(word)
             if special:
