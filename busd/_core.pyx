@@ -432,7 +432,7 @@ cdef extern from *:
     """
     /* How many of the 16 bytes at p come before the first one a string scan must look at
        ('"', '\\', < 0x20, >= 0x80: what STR_SPECIAL flags), 16 if none, in one SSE2 pass;
-       elsewhere 0, and the word loop goes on. */
+       elsewhere 0 (BUSD_SSE2 is 0 there), and the word loop takes over. */
     #if defined(__SSE2__) && defined(__GNUC__) && !defined(BUSD_NO_SIMD)
     #include <emmintrin.h>
     static inline int busd_plain16(const unsigned char* p) {
@@ -445,22 +445,22 @@ cdef extern from *:
                                                   _mm_or_si128(backslash, x)));
         return mask ? __builtin_ctz((unsigned)mask) : 16;
     }
-    #define BUSD_WORDS 0
+    #define BUSD_SSE2 1
     #else
     static inline int busd_plain16(const unsigned char* p) { (void)p; return 0; }
-    #define BUSD_WORDS 1
+    #define BUSD_SSE2 0
     #endif
     """
     int busd_plain16(const unsigned char* p) nogil
-    const bint BUSD_WORDS
+    const bint BUSD_SSE2
 
 
 cdef Py_ssize_t _scan_string(Scanner* sc, Py_ssize_t pos) noexcept nogil:
     """b[pos] is '"'. Return the position after the closing quote, or -1.
 
-    Plain text is skipped sixteen bytes at a time (busd_plain16, SSE2), then eight
-    (_word_special), to the first special byte of the block that holds one, the rest byte
-    by byte:
+    Plain text is skipped sixteen bytes at a time where SSE2 is (busd_plain16), eight
+    elsewhere (_word_special), to the first special byte of the block that holds one, the
+    rest byte by byte:
     payload strings are most of a body's bytes, and this scan was its hottest loop."""
     cdef const unsigned char* b = sc.buf
     cdef Py_ssize_t n = sc.n
@@ -470,12 +470,12 @@ cdef Py_ssize_t _scan_string(Scanner* sc, Py_ssize_t pos) noexcept nogil:
     cdef uint64_t word, special
     pos += 1
     while True:
-        while pos + 16 <= n:
+        while pos + 16 <= n:  # once only, at k = 0, where there is no SSE2
             k = busd_plain16(b + pos)
             pos += k
-            if k < 16:
+            if k < 16:  # most strings end in this block
                 break
-        while BUSD_WORDS and pos + 8 <= n:
+        while not BUSD_SSE2 and pos + 8 <= n:
             memcpy(&word, b + pos, 8)  # an unaligned load, done as one
             special = _word_special(word)
             if special:
