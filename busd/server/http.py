@@ -698,10 +698,11 @@ class HttpConnection:
                 data()
                 return
             self._write_response(data, close or ticket == self._close_after)
-            if self._early is None or ticket + 1 not in self._early:
+            following = None if self._early is None else self._early.pop(ticket + 1, None)
+            if following is None:
                 break
             ticket += 1
-            data, close = self._early.pop(ticket)
+            data, close = following
         if self._tickets == self._written and not self.is_closed and self.stream is None:
             if self.state == _WAITING:
                 self._idle(monotonic())
