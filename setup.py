@@ -18,6 +18,7 @@ extensions = [
     Extension("busd.bus.fanout", ["busd/bus/fanout.py"]),
     Extension("busd.bus.broker", ["busd/bus/broker.py"]),
     Extension("busd.store.local.store", ["busd/store/local/store.py"]),
+    Extension("busd.store.local.tail", ["busd/store/local/tail.py"]),
     Extension("busd.store.local._framing", ["busd/store/local/_framing.pyx"], libraries=["z"],
               depends=[FRAME_CRC]),
     Extension("busd.store.local._crypto", ["busd/store/local/_crypto.pyx"], libraries=["z"],

@@ -1,10 +1,12 @@
 """The uncompiled source of a module busd compiles from Python (setup.py: http.py,
-body_budget.py, coalesce.py, api.py, broker.py, publication.py, fanout.py and store.py, with
-their .pxd), loaded beside the compiled one as the oracle of its differential test."""
+body_budget.py, coalesce.py, api.py, broker.py, publication.py, fanout.py, store.py and
+tail.py, with their .pxd), loaded beside the compiled one as the oracle of its differential
+test."""
 
 from __future__ import annotations
 
 import importlib.util
+import sys
 from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from types import ModuleType
@@ -16,5 +18,6 @@ def load_source(compiled: ModuleType) -> ModuleType:
     loader = SourceFileLoader(compiled.__name__.replace(".", "_") + "_oracle", str(path))
     spec = importlib.util.spec_from_loader(loader.name, loader)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[loader.name] = module  # as an import would: dataclasses look it up there
     loader.exec_module(module)
     return module

@@ -63,11 +63,9 @@ from busd.store.local._framing import (
     MAX_BODY,
     TRUNCATED,
     SegmentIndex,
-    append_ends,
     find_in_records,
     find_record,
     frame_ok,
-    frame_records,
     scan_frames,
     sse_from_frames,
     xid_seconds,
@@ -83,19 +81,24 @@ from busd.store.local.crypto import (
     seal_keycheck,
 )
 from busd.store.local.id_index import IdIndex
+from busd.store.local.tail import (
+    INDEX_SUFFIX,
+    LogTail,
+    _Segment,
+    _write_all,
+    _WriteFile,
+)
 from busd.wire import ID_AT, ID_LEN, RECORD_PREFIX, is_xid_id
 
 log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".seg"
-INDEX_SUFFIX = ".idx"
 INDEX_EVERY_RECORDS = 64
 INDEX_EVERY_BYTES = 64 << 10
 MAX_RETIRED_FDS = 8  # rolled-but-unsynced fds kept for sync(); beyond, a roll syncs inline
 READ_FDS = 16  # read fds kept open per namespace
 READ_MAX_RECORDS = 65536  # records one read returns at most
 HINTS = 1024  # remembered (next index -> file position) of recent reads
-MAX_BATCH_BYTES = 1 << 31  # index offsets are u32
 FIND_RUN_BYTES = 1 << 20  # adjacent candidate blocks are read together up to this size
 
 _HEADER = struct.Struct("<8sII")
@@ -157,64 +160,12 @@ class RecoveryReport:
                 f"reinitialized={int(self.reinitialized)} seconds={self.seconds:.3f}")
 
 
-class _Segment:
-    """One segment file: where it starts, its size, and (once loaded) its sparse index."""
-
-    __slots__ = ("block_size", "cached", "corrupt", "count", "first", "index", "path", "size",
-                 "summary")
-
-    def __init__(self, first: int, path: Path, size: int, block_size: int = 0) -> None:
-        self.block_size = block_size  # encrypted: the block size its records are sealed in
-        self.first = first
-        self.path = path
-        self.size = size  # bytes of whole records (the open segment: the write position)
-        self.count = 0  # trusted record count (the open one: its index's count)
-        self.index: SegmentIndex | None = None
-        self.corrupt: dict[int, int] = {}  # relative index -> offset of known corrupt records
-        self.summary: tuple[int, int] | None = None  # (min, max) xid seconds, -1 if none
-        # all of it written by this process and none found missing from the page cache:
-        # the loop may read it (nowait). A segment from before, or one the page cache has
-        # lost part of, is read by the workers: those reads start the kernel's readahead,
-        # which (8 MiB a window on some machines) takes milliseconds to set off.
-        self.cached = False
-
-    @property
-    def idx_path(self) -> Path:
-        return self.path.with_suffix(INDEX_SUFFIX)
-
-
-class _WriteFile:
-    """A segment fd opened for appending, with its write/sync generations."""
-
-    __slots__ = ("fd", "path", "retired", "synced_seq", "write_seq")
-
-    def __init__(self, fd: int, path: Path) -> None:
-        self.fd = fd
-        self.path = path
-        self.write_seq = 0
-        self.synced_seq = 0
-        self.retired = False
-
-
 def _segment_name(first: int) -> str:
     return f"{first:020d}{SEGMENT_SUFFIX}"
 
 
 def _header(flags: int, block_size: int = 0) -> bytes:
     return _HEADER.pack(MAGIC, flags, block_size if flags & FLAG_ENCRYPTED else 0)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """One os.write, looping only on short writes."""
-    size = len(data)
-    written = os.write(fd, data)
-    if written < size:
-        view = memoryview(data)
-        while written < size:
-            n = os.write(fd, view[written:])
-            if n <= 0:
-                raise OSError(errno_mod.EIO, "write made no progress")
-            written += n
 
 
 class WouldBlock(Exception):  # noqa: N818 - a signal, not an error
@@ -259,7 +210,7 @@ def _pread_cached(fd: int, size: int, offset: int) -> bytearray:
     return buf
 
 
-class NamespaceLog:
+class NamespaceLog(LogTail):
     """The append-only log of one namespace; all methods but sync() run on the loop thread."""
 
     def __init__(self, root: Path, name: str, *, segment_bytes: int = 64 << 20,
@@ -306,7 +257,7 @@ class NamespaceLog:
         self._first_id: bytes | None = None
         self._opened = False
         self._closed = False
-        # recent records: _cache[i] is index _cache_first + i; _cache_ends[i] its cumulative end
+        # the recent-records cache (LogTail keeps it)
         self._cache: list[bytes] = []
         self._cache_first = 0
         self._cache_ends = array("q")
@@ -649,53 +600,7 @@ class NamespaceLog:
         seg.cached = True
         return seg
 
-    # -- appending --------------------------------------------------------------------------
-    def append(self, records: list[bytes], free_ids: bool = True) -> int:
-        """Append a batch with one write(2); returns the index of its first record.
-        free_ids=False: the caller knows no record has a free-form id (the server's
-        publishes without supplied ids), so the id index need not look."""
-        n = len(records)
-        if not n:
-            return self._next
-        if self._wfile is None:
-            raise LogWriteError(f"namespace log {self.name} is not open for writing")
-        if self._pending_truncate is not None:  # before any roll: it belongs to its own file
-            self._settle_truncate()
-        seg = self._segments[-1]
-        data = self._frame(seg, records)
-        size = len(data)
-        if size > MAX_BATCH_BYTES:
-            raise LogWriteError(f"batch of {size} bytes is larger than {MAX_BATCH_BYTES}")
-        if seg.index.n_records and seg.size + size > self.segment_bytes:
-            block_size = seg.block_size
-            self._roll()
-            seg = self._segments[-1]
-            if seg.block_size != block_size:  # --block-size changed: new segments use it
-                data = self._frame(seg, records)
-                size = len(data)
-        if free_ids:
-            self.ids.add(self._next, records)  # before the records: none goes unindexed
-        wf = self._wfile
-        before = seg.size
-        try:
-            _write_all(wf.fd, data)
-        except OSError as exc:
-            self._undo_write(wf, before, exc)
-        seg.index.add_records(records, seg.block_size)
-        seg.size = before + size
-        seg.count += n
-        wf.write_seq += 1
-        first = self._next
-        self._next = first + n
-        self._bytes += size
-        if self.cache_bytes > 0:
-            self._cache_add(first, records)
-        return first
-
-    def _frame(self, seg: _Segment, records: list[bytes]) -> bytes:
-        """The batch as written to seg: framed, and sealed first if the log is encrypted."""
-        return frame_records(records, self.codec, seg.block_size)
-
+    # -- appending: LogTail.append (tail.py, compiled) -------------------------------------
     def _scan(self, seg: _Segment, buf, offset: int, max_records: int):
         """scan_frames, opening sealed records if the log is encrypted."""
         return scan_frames(buf, offset, max_records, codec=self.codec, block_size=seg.block_size)
@@ -755,39 +660,6 @@ class NamespaceLog:
             finally:
                 self._sync_mutex.release()
         self._write_index_file(old)
-
-    # -- recent-records cache -----------------------------------------------------------------
-    def _cache_add(self, first: int, records: list[bytes]) -> None:
-        if not self._cache:
-            self._cache_first = first
-            self._cache_base = self._cache_total
-        elif self._cache_first + len(self._cache) != first:  # not contiguous: start again
-            self._cache_clear()
-            self._cache_first = first
-        self._cache.extend(records)
-        self._cache_total = append_ends(self._cache_ends, records, self._cache_total)
-        if self._cache_total - self._cache_base > self.cache_bytes + (self.cache_bytes >> 2):
-            k = bisect.bisect_right(self._cache_ends, self._cache_total - self.cache_bytes)
-            if k:
-                self._cache_base = self._cache_ends[k - 1]
-                del self._cache[:k]
-                del self._cache_ends[:k]
-                self._cache_first += k
-
-    def _cache_clear(self) -> None:
-        self._cache = []
-        self._cache_ends = array("q")
-        self._cache_base = self._cache_total
-        self._cache_first = self._next
-
-    def _cache_read(self, start: int, max_bytes: int, max_records: int) -> list[bytes]:
-        j = start - self._cache_first
-        base = self._cache_ends[j - 1] if j else self._cache_base
-        k = bisect.bisect_right(self._cache_ends, base + max_bytes, j)
-        k = max(k, j + 1)
-        if k - j > max_records:
-            k = j + max_records
-        return self._cache[j:k]
 
     # -- reading ------------------------------------------------------------------------------
     def read(self, start_index: int, max_bytes: int = 1 << 20,
