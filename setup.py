@@ -13,6 +13,7 @@ extensions = [
     Extension("busd.server.coalesce", ["busd/server/coalesce.py"]),
     Extension("busd.server.http", ["busd/server/http.py"]),
     Extension("busd.server.api", ["busd/server/api.py"]),
+    Extension("busd.server.metrics", ["busd/server/metrics.py"]),
     Extension("busd.store.stored", ["busd/store/stored.py"]),
     Extension("busd.bus.publication", ["busd/bus/publication.py"]),
     Extension("busd.bus.fanout", ["busd/bus/fanout.py"]),

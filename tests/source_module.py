@@ -1,7 +1,6 @@
-"""The uncompiled source of a module busd compiles from Python (setup.py: http.py,
-body_budget.py, coalesce.py, api.py, broker.py, publication.py, fanout.py, store.py and
-tail.py, with their .pxd), loaded beside the compiled one as the oracle of its differential
-test."""
+"""The uncompiled source of a module busd compiles from Python (the .py files setup.py
+lists, each with its .pxd), loaded beside the compiled one as the oracle of its
+differential test."""
 
 from __future__ import annotations
 

@@ -5,10 +5,12 @@
 
 from busd._core cimport records_size, stamp_events, supplied_ids
 from busd.bus.publication cimport Publication
+from busd.server.metrics cimport Metrics
 
 
 cdef class Broker:
-    cdef public object config, store, namespaces, dedup, metrics, fanout, groups
+    cdef public object config, store, namespaces, dedup, fanout, groups
+    cdef public Metrics metrics
     cdef public object dedup_path, _saved
     cdef public dict faults, _declared
     cdef bytes _last_namespace

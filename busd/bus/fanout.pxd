@@ -4,12 +4,15 @@
 
 cimport cython
 
+from busd.server.metrics cimport Metrics
+
 cdef class LiveGroup:
     cdef public list readers, writes
 
 
 cdef class FanOut:
-    cdef public object metrics, inbox_owners
+    cdef public object inbox_owners
+    cdef public Metrics metrics
     cdef public dict consumers, live, live_groups, pushed, waiting, inboxes
 
     @cython.locals(group=LiveGroup, delivered=Py_ssize_t, pushed=Py_ssize_t,

@@ -1,3 +1,5 @@
+# cython: annotation_typing=False, nonecheck=True
+# cython: wraparound=True, boundscheck=True, cdivision=False
 """Counters the server keeps about itself, and their Prometheus rendering for /metrics.
 
 The counters are plain attributes bumped on the loop thread (one integer add on the hot
@@ -29,10 +31,6 @@ class Metrics:
     `connections` is the server's live connection set, `body_budget` its BodyBudget (both
     set by the server, may be None).
     """
-
-    __slots__ = ("events_in", "bytes_in", "events_out", "delivered", "redelivered", "dropped",
-                 "acks", "fsyncs", "fsync_total_seconds", "fsync_max_seconds", "fsync_buckets",
-                 "connections", "body_budget", "started_at")
 
     def __init__(self, namespaces: tuple[str, ...]) -> None:
         self.events_in = dict.fromkeys(namespaces, 0)

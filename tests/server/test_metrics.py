@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import pytest
 from busclient import SSE, ack, publish, request, wait_until
+from hypothesis import given
+from hypothesis import strategies as st
+from source_module import load_source
 
+import busd.server.metrics as metrics_compiled
 from busd import __version__
 from busd.server.metrics import FSYNC_BUCKETS, Metrics
+
+metrics_source = load_source(metrics_compiled)  # the oracle of the compiled Metrics
 
 parser = pytest.importorskip("prometheus_client.parser")
 
@@ -88,3 +94,34 @@ def test_fsync_histogram_buckets():
     assert metrics.fsync_buckets[FSYNC_BUCKETS.index(0.005)] == 1
     assert metrics.fsync_buckets[-1] == 1  # +Inf only
     assert metrics.fsyncs == 5 and metrics.fsync_max_seconds == 7.0
+
+
+COUNTERS = ("events_in", "bytes_in", "events_out", "delivered", "redelivered", "dropped",
+            "acks", "fsyncs", "fsync_total_seconds", "fsync_max_seconds", "fsync_buckets")
+
+
+def test_the_counters_run_compiled():
+    assert metrics_compiled.__file__.endswith(".so"), "metrics.py is not compiled"
+    assert hasattr(metrics_compiled.Metrics, "__pyx_vtable__")
+
+
+@given(st.lists(st.one_of(
+    st.tuples(st.just("published"), st.sampled_from(("app", "orders")),
+              st.integers(0, 1000), st.integers(0, 1 << 40)),
+    st.tuples(st.just("fsync"), st.floats(0, 30, allow_nan=False)),
+    st.tuples(st.just("bump"), st.sampled_from(("delivered", "redelivered", "dropped", "acks")),
+              st.integers(-5, 5)),
+), max_size=40))
+def test_compiled_counters_match_the_source(calls):
+    """What the broker, the fan-out and the consumers do to the counters, on both."""
+    both = [module.Metrics(("app", "orders")) for module in (metrics_compiled, metrics_source)]
+    for metrics in both:
+        for call in calls:
+            if call[0] == "published":
+                metrics.published(*call[1:])
+            elif call[0] == "fsync":
+                metrics.fsync_seconds(call[1])
+            else:
+                setattr(metrics, call[1], getattr(metrics, call[1]) + call[2])
+    compiled, source = ({name: getattr(m, name) for name in COUNTERS} for m in both)
+    assert compiled == source
