@@ -12,6 +12,7 @@ cdef class WriteCoalescer:
     cdef Py_ssize_t _seen
     cdef double _since
     cdef bint _scheduled
+    cdef object _loop
 
     cpdef bint should_hold(self)
     cpdef hold(self, conn)

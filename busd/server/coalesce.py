@@ -46,6 +46,8 @@ class WriteCoalescer:
         self._seen = 0  # self.writes when the watch started or last ticked
         self._since = 0.0
         self._scheduled = False
+        self._loop = None  # the loop it serves, looked up once: CPython 3.11 answers
+        # asyncio.get_running_loop() with a getpid(2), once per lone event on an idle server
 
     def should_hold(self) -> bool:
         """Whether a stream write is to be held. The first while no watch runs is not: it
@@ -58,7 +60,9 @@ class WriteCoalescer:
         self._scheduled = True
         self._seen = self.writes
         self._since = monotonic()
-        asyncio.get_running_loop().call_soon(self._tick)
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        self._loop.call_soon(self._tick)
         return False
 
     def hold(self, conn: Holder) -> None:
@@ -70,7 +74,7 @@ class WriteCoalescer:
         then write everything held."""
         if self._seen != self.writes and monotonic() - self._since < self.max_delay:
             self._seen = self.writes
-            asyncio.get_running_loop().call_soon(self._tick)
+            self._loop.call_soon(self._tick)
             return
         self._scheduled = False
         held, self.held = self.held, {}
