@@ -2,9 +2,11 @@
 # cython: wraparound=True, boundscheck=True, cdivision=False
 """Counters the server keeps about itself, and their Prometheus rendering for /metrics.
 
-The counters are plain attributes bumped on the loop thread (one integer add on the hot
-path); everything else — gauges read from the store, process figures from /proc — is
-computed only when /metrics is scraped.
+The counters are attributes bumped on the loop thread (one integer add on the hot path;
+compiled with metrics.pxd they are struct fields the compiled broker and fan-out bump
+directly); everything else — gauges read from the store, process figures from /proc — is
+computed only when /metrics is scraped. Uncompiled, this file is the oracle of
+tests/server/test_metrics.py.
 """
 
 from __future__ import annotations

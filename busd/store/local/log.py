@@ -257,7 +257,7 @@ class NamespaceLog(LogTail):
         self._first_id: bytes | None = None
         self._opened = False
         self._closed = False
-        # the recent-records cache (LogTail keeps it)
+        # the recent-records cache, laid out as LogTail's docstring says
         self._cache: list[bytes] = []
         self._cache_first = 0
         self._cache_ends = array("q")
