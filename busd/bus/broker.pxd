@@ -4,12 +4,14 @@
 # gives the server a subclass: a compiled class takes no patched methods.)
 
 from busd._core cimport records_size, stamp_events, supplied_ids
+from busd.bus.fanout cimport FanOut
 from busd.bus.publication cimport Publication
 from busd.server.metrics cimport Metrics
 
 
 cdef class Broker:
-    cdef public object config, store, namespaces, dedup, fanout, groups
+    cdef public object config, store, namespaces, dedup, groups
+    cdef public FanOut fanout
     cdef public Metrics metrics
     cdef public object dedup_path, _saved
     cdef public dict faults, _declared
