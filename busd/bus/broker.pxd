@@ -7,9 +7,10 @@ from busd._core cimport records_size, stamp_events, supplied_ids
 from busd.bus.fanout cimport FanOut
 from busd.bus.publication cimport Publication
 from busd.server.metrics cimport Metrics
+from busd.store.listener cimport StoreListener
 
 
-cdef class Broker:
+cdef class Broker(StoreListener):
     cdef public object config, store, namespaces, dedup, groups
     cdef public FanOut fanout
     cdef public Metrics metrics
@@ -20,4 +21,6 @@ cdef class Broker:
     cdef public Py_ssize_t max_record
 
     cpdef publish(self, list events, bint is_batch, Publication done)
+    cpdef appended(self, str namespace, list records, next_index)
+    cpdef published(self, str namespace, long long events, long long size)
 

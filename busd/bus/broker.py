@@ -33,6 +33,7 @@ from busd.server.config import Config
 from busd.server.metrics import Metrics
 from busd.store.errors import CorruptRecordError, PublishRefused, records_between
 from busd.store.interface import Store
+from busd.store.listener import StoreListener
 from busd.wire import INBOX_NAMESPACE
 
 log = logging.getLogger("busd.bus.broker")
@@ -44,7 +45,7 @@ DEDUP_FILE = "dedup.snapshot"  # the saved dedup cache, in the data directory
 DEDUP_READ_BYTES = 4 << 20  # one log read while rebuilding the dedup cache
 
 
-class Broker:
+class Broker(StoreListener):
     """Owns the namespaces (through the store), the subscriptions (through the fan-out)
     and the dedup state."""
 

@@ -4,6 +4,9 @@ Two stores implement it: LocalStore (segment logs in a data directory, group com
 the loop) and JetStreamStore (NATS JetStream streams, this process one of many
 front-ends). The bus layer sees only `Store`, so it never asks which one it has.
 
+What storage tells the bus is a StoreListener (listener.py), what it answers a publish
+with a Stored (stored.py): classes, so that a compiled store calls them in C.
+
 Indexes are per namespace and dense: a namespace holds [first_index, next_index).
 Everything here runs on the event loop; `done` callbacks are called there too, possibly
 before the call that was given them returns.
@@ -15,41 +18,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from busd._core import ParsedEvent, Pattern
+from busd.store.listener import StoreListener
 from busd.store.stored import Stored
 
 Synced = Callable[[BaseException | None], None]
-
-
-class StoreListener(Protocol):
-    """What a store tells the bus (the broker registers itself at `start`)."""
-
-    def appended(self, namespace: str, records: list[bytes], next_index: int) -> None:
-        """Records are in the store, ending just before `next_index`; called in index order
-        in the same step that moves `next_index`, so live readers see no gap."""
-        ...
-
-    def inbox_event(self, subject: bytes, record: bytes) -> None:
-        """An inbox event published through another front-end."""
-        ...
-
-    def ack_forwarded(self, consumer_id: bytes, event_id: bytes, action: str = "ack",
-                      delay: float = 0.0) -> None:
-        """An ack (or a group's nak, term, progress) another front-end received for a
-        consumer that may be here."""
-        ...
-
-    def published(self, namespace: str, events: int, size: int) -> None:
-        """This process stored `events` records of `size` bytes (for the metrics)."""
-        ...
-
-    def synced(self, seconds: float) -> None:
-        """An fsync finished after `seconds` (for the metrics)."""
-        ...
-
-    def storage_failed(self, namespace: str, reason: str) -> None:
-        """The store took `namespace` out of service until restart (it now refuses its
-        publishes with 503); `reason` says why, for /healthz and the metrics."""
-        ...
 
 
 class Store(Protocol):

@@ -394,10 +394,11 @@ def test_batches_without_atomic_publish_are_pipelined_in_order(nats_cluster):
     from busd.server.config import Config
     from busd.store.errors import PublishRefused
     from busd.store.jetstream.store import JetStreamStore
+    from busd.store.listener import StoreListener
 
     nats_cluster.delete_streams(["app"])
 
-    class Listener:
+    class Listener(StoreListener):
         def __init__(self) -> None:
             self.seen: list[bytes] = []
 

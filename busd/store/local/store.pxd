@@ -6,11 +6,13 @@
 cimport cython
 
 from busd._core cimport records_size
+from busd.store.listener cimport StoreListener
 from busd.store.stored cimport Stored
 
 
 cdef class LocalStore:
-    cdef public object root, _lock_fd, _listener, _loop, _sync_executor, _read_executor
+    cdef public object root, _lock_fd, _loop, _sync_executor, _read_executor
+    cdef public StoreListener _listener
     cdef public list namespaces, _sync_waiting
     cdef public dict _logs, _group, _group_ids, _unannounced, failed
     cdef public bint fsync_always, _commit_scheduled, _sync_running

@@ -30,7 +30,8 @@ from pathlib import Path
 
 from busd._core import ParsedEvent, Pattern, records_size
 from busd.store.errors import LogOpenError, LogWriteError, PublishRefused
-from busd.store.interface import StoreListener, Synced
+from busd.store.interface import Synced
+from busd.store.listener import StoreListener
 from busd.store.local.log import NamespaceLog, RecoveryReport, WouldBlock
 from busd.store.stored import Stored
 from busd.wire import ID_AT, ID_END
