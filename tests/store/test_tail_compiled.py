@@ -84,7 +84,8 @@ OPS = st.lists(st.one_of(
 # every path at least once, whatever hypothesis draws: the cache trimmed, a roll, a failed
 # write, free-form ids, a reopening
 EVERY_PATH = [("append", [(300, False)] * 3, False)] * 6 + [
-    ("read", 2, 900, 5), ("fail", 0), ("append", [(500, True)] * 4, True),
+    ("read", 2, 900, 5), ("fail", 0), ("append", [(500, False)] * 4, False),
+    ("append", [(500, True)] * 4, True),
     ("append", [(700, True)] * 6, True), ("reopen", 0), ("read", 0, 5000, 40),
     ("append", [(40, False)] * 12, False), ("read", 20, 100, 3)]
 
