@@ -12,6 +12,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from logtools import read_all
 from source_module import load_source
 
 import busd.store.local.log as log_compiled
@@ -169,3 +170,28 @@ def test_append_takes_a_list_of_records(tmp_path, module):
         nslog.append((_record(0, 80, False),))
     assert nslog.next_index == 0
     nslog.close()
+
+
+@pytest.mark.parametrize("module", [log_compiled, log_source], ids=["compiled", "source"])
+def test_a_roll_after_the_block_size_changed_seals_in_the_new_size(tmp_path, module):
+    """An encrypted log reopened with another --block-size keeps its open segment's size
+    until the append that rolls: that batch is sealed again for the new segment."""
+    def open_log(block_size):
+        nslog = module.NamespaceLog(tmp_path, "orders", segment_bytes=4096, cache_bytes=0,
+                                    secret_key="k" * 32, block_size=block_size)
+        nslog.open()
+        return nslog
+
+    records = [_record(i, 300, False) for i in range(24)]
+    nslog = open_log(64)
+    for i in range(0, 12, 3):
+        nslog.append(records[i:i + 3], False)
+    nslog.close()
+    nslog = open_log(128)
+    for i in range(12, 24, 3):
+        nslog.append(records[i:i + 3], False)
+    sizes = [s.block_size for s in nslog._segments]
+    assert sizes[0] == 64 and sizes[-1] == 128, sizes
+    assert read_all(nslog) == records
+    nslog.close()
+    assert read_all(open_log(128)) == records
