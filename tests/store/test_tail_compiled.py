@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import sys
+import time
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -195,3 +196,22 @@ def test_a_roll_after_the_block_size_changed_seals_in_the_new_size(tmp_path, mod
     assert read_all(nslog) == records
     nslog.close()
     assert read_all(open_log(128)) == records
+
+
+def test_retention_drops_what_it_deleted_from_the_cache_as_the_source_does(tmp_path):
+    """The cache spans several segments; retention deletes the oldest: the cache keeps only
+    what is still retained, in both."""
+    states = {}
+    for module in (log_compiled, log_source):
+        nslog = module.NamespaceLog(tmp_path / module.__name__, "orders", segment_bytes=4096,
+                                    cache_bytes=8 << 20, retention_bytes=10_000)
+        nslog.open()
+        records = [_record(i, 300, False) for i in range(120)]
+        for i in range(0, 120, 3):
+            nslog.append(records[i:i + 3], False)
+        assert nslog.apply_retention(time.time()) > 0
+        assert nslog._cache_first == nslog.first_index > 0
+        assert read_all(nslog) == records[nslog.first_index:]
+        states[module] = _state(nslog)
+        nslog.close()
+    assert states[log_compiled] == states[log_source]

@@ -45,7 +45,7 @@ import time
 import zlib
 from array import array
 from dataclasses import dataclass, field
-from itertools import accumulate, pairwise
+from itertools import pairwise
 from pathlib import Path
 
 from busd.store.errors import (
@@ -566,11 +566,7 @@ class NamespaceLog(LogTail):
         records, end, _n, status = self._scan(seg, buf, offset, -1)
         if status or end != index.end_offset:
             return
-        self._cache = records
-        self._cache_first = seg.first + rel
-        self._cache_base = 0
-        self._cache_ends = array("q", accumulate(map(len, records)))
-        self._cache_total = self._cache_ends[-1] if records else 0
+        self._cache_fill(seg.first + rel, records)
 
     def _set_dir_dirty(self) -> None:
         with self._lock:
@@ -1082,11 +1078,7 @@ class NamespaceLog(LogTail):
             self.ids.forget_before(self.first_index)
             self._hints = {k: v for k, v in self._hints.items() if k >= self.first_index}
             if self._cache and self._cache_first < self.first_index:
-                k = self.first_index - self._cache_first
-                self._cache_base = self._cache_ends[k - 1]
-                del self._cache[:k]
-                del self._cache_ends[:k]
-                self._cache_first += k
+                self._cache_drop(self.first_index - self._cache_first)
         return deleted
 
     # -- durability --------------------------------------------------------------------------------

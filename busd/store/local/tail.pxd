@@ -34,4 +34,6 @@ cdef class LogTail:
     @cython.locals(k=Py_ssize_t)
     cdef _cache_add(self, long long first, list records)
 
+    cpdef _cache_drop(self, Py_ssize_t k)
+
     cdef _cache_clear(self)

@@ -19,6 +19,7 @@ import bisect
 import errno
 import os
 from array import array
+from itertools import accumulate
 from pathlib import Path
 
 from busd.store.errors import LogWriteError
@@ -137,10 +138,24 @@ class LogTail:
         if self._cache_total - self._cache_base > self.cache_bytes + (self.cache_bytes >> 2):
             k = bisect.bisect_right(self._cache_ends, self._cache_total - self.cache_bytes)
             if k:
-                self._cache_base = self._cache_ends[k - 1]
-                del self._cache[:k]
-                del self._cache_ends[:k]
-                self._cache_first += k
+                self._cache_drop(k)
+
+    def _cache_drop(self, k: int) -> None:
+        """Forget the cache's first k records (0 < k <= len(_cache)): trimmed to
+        cache_bytes, or deleted by retention."""
+        self._cache_base = self._cache_ends[k - 1]
+        del self._cache[:k]
+        del self._cache_ends[:k]
+        self._cache_first += k
+
+    def _cache_fill(self, first: int, records: list[bytes]) -> None:
+        """The cache holds `records` and nothing else, the first at index `first` (what
+        recovery finds at the open segment's end)."""
+        self._cache = records
+        self._cache_first = first
+        self._cache_base = 0
+        self._cache_ends = array("q", accumulate(map(len, records)))
+        self._cache_total = self._cache_ends[-1] if records else 0
 
     def _cache_clear(self) -> None:
         self._cache = []
