@@ -28,6 +28,7 @@ def crcs_written(bodies: list[bytes]) -> list[int]:
         assert length == len(body)
         crcs.append(crc)
         off += 8 + length
+    crcs[-1] ^= 0xFFFFFFFF  # the last frame ends the write: its crc is stored complemented
     return crcs
 
 

@@ -81,7 +81,10 @@ def ref_tag(key: bytes, record: bytes) -> bytes:
 
 
 def ref_frames(bodies: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<II", len(b), zlib.crc32(b)) + b for b in bodies)
+    """One write's frames: the last one's crc complemented (its write-end mark)."""
+    return b"".join(struct.pack("<II", len(b), zlib.crc32(b) ^ (0xFFFFFFFF if i == len(bodies) - 1
+                                                               else 0)) + b
+                    for i, b in enumerate(bodies))
 
 
 KEY = derive_key(SECRET)
@@ -286,7 +289,7 @@ def test_block_size_change_applies_to_new_segments(tmp_path):
         nslog.append(second[i:i + 20])
     heads = [struct.unpack("<8sII", p.read_bytes()[:16])
              for p in sorted((tmp_path / "orders").glob("*.seg"))]
-    assert heads[0][1:] == (1, 64) and heads[-1][1:] == (1, 4096)
+    assert heads[0][1:] == (3, 64) and heads[-1][1:] == (3, 4096)  # encrypted, ends marked
     assert read_all(nslog) == first + second
     assert nslog.find_id(eid(first[5])) == 5 and nslog.find_id(eid(second[-1])) == 199
 
@@ -294,12 +297,14 @@ def test_block_size_change_applies_to_new_segments(tmp_path):
 # -- damage and tampering -----------------------------------------------------------------------
 def tamper(path, offset, fix_crc, block="last"):
     """Flip one ciphertext byte of the frame at offset, in its first or last block (and
-    recompute the frame's crc if asked, as a deliberate tamperer would)."""
+    recompute the frame's crc if asked, as a deliberate tamperer would, write-end mark kept)."""
     data = bytearray(path.read_bytes())
-    n = struct.unpack_from("<I", data, offset)[0]
+    n, crc = struct.unpack_from("<II", data, offset)
+    mark = crc ^ zlib.crc32(data[offset + 8:offset + 8 + n])  # 0, or all ones at a write end
     data[offset + 8 + (8 + 40 + 5 if block == "first" else n - 3)] ^= 0x20
     if fix_crc:
-        struct.pack_into("<I", data, offset + 4, zlib.crc32(data[offset + 8:offset + 8 + n]))
+        struct.pack_into("<I", data, offset + 4,
+                         zlib.crc32(data[offset + 8:offset + 8 + n]) ^ mark)
     path.write_bytes(bytes(data))
 
 
@@ -363,7 +368,8 @@ def read_all_from(nslog, start):
 def test_torn_tail_of_an_encrypted_log_is_truncated(tmp_path):
     nslog, _ = open_log(tmp_path)
     records = [rec(T0, i, 5000) for i in range(4)]
-    nslog.append(records)
+    nslog.append(records[:3])
+    nslog.append(records[3:])
     nslog.close()
     seg = next((tmp_path / "orders").glob("*.seg"))
     last = frames(seg)[-1][0]

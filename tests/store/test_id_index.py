@@ -80,7 +80,8 @@ def test_the_index_file_holds_no_id_and_grows_only_with_free_form_ids(tmp_path):
 
 def test_a_torn_or_stale_index_names_no_wrong_event(tmp_path):
     nslog = open_log(tmp_path)
-    nslog.append([free_record(b"a-1"), free_record(b"a-2")])
+    nslog.append([free_record(b"a-1")])
+    nslog.append([free_record(b"a-2")])
     nslog.close()
     path = tmp_path / "orders" / FILE_NAME
     with open(path, "ab") as fh:

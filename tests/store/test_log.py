@@ -168,6 +168,98 @@ def test_torn_tail_at_every_offset_of_the_last_frame(tmp_path, caplog):
         path.write_bytes(data)
 
 
+PAGE = 4096
+
+
+@pytest.mark.parametrize("secret_key", [None, "s3cret"], ids=["plain", "encrypted"])
+def test_a_write_cut_short_by_a_crash_is_cut_back_whole(tmp_path, caplog, secret_key):
+    """A kill can stop a write(2) at any page boundary, and a cut at a frame boundary
+    leaves only whole records: at every such cut of the last write, recovery keeps exactly
+    the writes before it (a batch lands whole or not at all) and appends go on after them."""
+    nslog, _ = open_log(tmp_path, secret_key=secret_key)
+    writes = [[rec(T0, i, 150)] for i in range(3)] + [[rec(T0, 3 + i, 900) for i in range(30)]]
+    for batch in writes:
+        nslog.append(batch)
+    nslog.close()
+    path = segment_files(tmp_path)[0]
+    data = path.read_bytes()
+    before = [16]  # the end of each write, from the frames
+    offset = 16
+    for batch in writes:
+        for _ in batch:
+            offset += 8 + struct.unpack_from("<I", data, offset)[0]
+        before.append(offset)
+    start, end = before[-2], before[-1]
+    assert end == len(data)
+    frame_ends, offset = [], start
+    while offset < end:
+        offset += 8 + struct.unpack_from("<I", data, offset)[0]
+        frame_ends.append(offset)
+    pages = range((start // PAGE + 1) * PAGE, end, PAGE)
+    assert len(pages) >= 5
+    for cut in sorted({*pages, *frame_ends[:-1]}):
+        path.write_bytes(data[:cut])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="busd.store.local.log"):
+            nslog, report = open_log(tmp_path, secret_key=secret_key)
+        assert nslog.next_index == 3, cut
+        assert read_all(nslog) == [r for batch in writes[:3] for r in batch]
+        assert path.stat().st_size == start
+        assert report.truncated_bytes == cut - start
+        assert report.unfinished_records == sum(e <= cut for e in frame_ends)
+        assert any("torn tail" in r.getMessage() and "unfinished_records=" in r.getMessage()
+                   for r in caplog.records)
+        assert nslog.append(writes[3]) == 3
+        nslog.close()
+        if secret_key is None:  # (sealing draws new nonces)
+            assert path.read_bytes() == data
+        nslog, report = open_log(tmp_path, secret_key=secret_key)
+        assert (report.truncated_bytes, nslog.next_index) == (0, 33)
+        nslog.close()
+
+
+def test_a_cut_write_is_read_back_without_it_by_a_readonly_open(tmp_path):
+    nslog, _ = open_log(tmp_path)
+    nslog.append([rec(T0, 0)])
+    nslog.append([rec(T0, i, 900) for i in range(1, 20)])
+    nslog.close()
+    path = segment_files(tmp_path)[0]
+    whole_first = 16 + 8 + len(rec(T0, 0))
+    path.write_bytes(path.read_bytes()[:2 * PAGE])
+    ro, report = open_log(tmp_path, readonly=True)
+    assert (ro.next_index, read_all(ro)) == (1, [rec(T0, 0)])
+    assert report.truncated_bytes == 2 * PAGE - whole_first
+    assert path.stat().st_size == 2 * PAGE  # a read-only open changes nothing
+    ro.close()
+
+
+def test_a_segment_from_before_the_marks_recovers_as_before_and_is_rolled(tmp_path):
+    """Flag bit 1 clear: its frames carry no write ends, so a cut keeps whole records (all
+    it can do), and open() starts a new segment so that what is appended next has them."""
+    nslog, _ = open_log(tmp_path)
+    records = [rec(T0, i, 900) for i in range(20)]
+    nslog.append(records)
+    nslog.close()
+    path = segment_files(tmp_path)[0]
+    data = bytearray(path.read_bytes()[:3 * PAGE])
+    assert data[8] == 2
+    data[8] = 0  # the header of a segment written before flag bit 1
+    path.write_bytes(data)
+    nslog, report = open_log(tmp_path)
+    kept = len(F.scan_frames(bytes(data), 16, -1)[0])
+    assert kept == 3 * PAGE // (8 + 900) and report.unfinished_records == 0
+    assert read_all(nslog) == records[:kept]
+    assert len(segment_files(tmp_path)) == 2 and segment_files(tmp_path)[1].stem == f"{kept:020d}"
+    assert nslog.append([records[kept]]) == kept
+    nslog.close()
+    heads = [p.read_bytes()[8] for p in segment_files(tmp_path)]
+    assert heads == [0, 2]
+    nslog, report = open_log(tmp_path)
+    assert read_all(nslog) == records[:kept + 1]
+    assert len(segment_files(tmp_path)) == 2  # a marked open segment is not rolled again
+    nslog.close()
+
+
 def test_garbage_tail_is_truncated(tmp_path):
     nslog, _ = open_log(tmp_path)
     records = fill(nslog, 20)
@@ -318,7 +410,8 @@ def test_only_segment_blank_is_reinitialised(tmp_path):
     path = tmp_path / "orders" / f"{0:020d}.seg"
     path.write_bytes(b"BUSDS")
     nslog, report = open_log(tmp_path)
-    assert report.reinitialized and path.read_bytes() == b"BUSDSEG1" + b"\0" * 8
+    # flag bit 1: the segment's write ends are marked
+    assert report.reinitialized and path.read_bytes() == b"BUSDSEG1\x02" + b"\0" * 7
     nslog.append([rec(T0, 1)])
     nslog.close()
 

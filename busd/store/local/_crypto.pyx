@@ -31,7 +31,13 @@ from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint32_t, uintptr_t
 
 from busd._core cimport ID_AT, ID_END, ID_LEN
-from busd.store.local._frame cimport FRAME_HEAD, FRAME_MAX_BODY, _rd32, frame_crc32
+from busd.store.local._frame cimport (
+    FRAME_HEAD,
+    FRAME_MAX_BODY,
+    _crc_fits,
+    _rd32,
+    frame_crc32,
+)
 
 import hashlib
 
@@ -327,7 +333,7 @@ cdef class Codec:
                     if (length > C_TAG + C_OVER and length <= FRAME_MAX_BODY
                             and <Py_ssize_t>length <= size - q - FRAME_HEAD
                             and self.open_head(body, length, block_size, scratch) >= 0
-                            and frame_crc32(0, body, length) == _rd32(buf + q + 4)):
+                            and _crc_fits(frame_crc32(0, body, length), _rd32(buf + q + 4))):
                         found = q
                         break
                     q += 1

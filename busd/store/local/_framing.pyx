@@ -7,7 +7,8 @@ per stored or served event. Everything that is not a per-record loop stays in lo
 
 Frame layout (after the 16-byte segment header): u32 LE body length, u32 LE zlib crc32
 of the body, body. A length of 0 or above MAX_BODY is impossible (a zero-filled tail
-would otherwise parse as valid empty records, since crc32(b"") == 0).
+would otherwise parse as valid empty records, since crc32(b"") == 0). The last frame of
+each batch framed (one write) stores its crc32's complement: a write end (_frame.pxd).
 """
 
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_Check
@@ -50,6 +51,7 @@ from busd.store.local._frame cimport (
     FRAME_MAX_BODY,
     FRAME_OK,
     FRAME_TRUNCATED,
+    _crc_fits,
     _frame_at,
     _rd32,
     _wr32,
@@ -106,7 +108,8 @@ def crc32_folds() -> bool:
 
 def frame_records(list records, Codec codec=None, Py_ssize_t block_size=0,
                   nonces=None) -> bytes:
-    """All records framed (length, crc32, body) into one new bytes object. With a codec
+    """All records framed (length, crc32, body) into one new bytes object, written with one
+    write(2): the last frame's crc is complemented, marking the write's end. With a codec
     each body is the record sealed in blocks of block_size (id tag + blob), with random
     nonces or, for tests, the 24 bytes a block of `nonces`."""
     cdef Py_ssize_t n = PyList_GET_SIZE(records), i, total = 0, blocks = 0, size, body
@@ -133,10 +136,12 @@ def frame_records(list records, Codec codec=None, Py_ssize_t block_size=0,
     cdef bytes out = PyBytes_FromStringAndSize(NULL, total)
     cdef unsigned char* dst = <unsigned char*>PyBytes_AS_STRING(out)
     cdef const unsigned char* src
+    cdef unsigned char* last = NULL
     for i in range(n):
         r = <object>PyList_GET_ITEM(records, i)
         size = PyBytes_GET_SIZE(r)
         src = <const unsigned char*>PyBytes_AS_STRING(r)
+        last = dst
         if codec is None:
             _wr32(dst, <uint32_t>size)
             _wr32(dst + 4, frame_crc32(0, src, size))
@@ -148,6 +153,8 @@ def frame_records(list records, Codec codec=None, Py_ssize_t block_size=0,
             _wr32(dst, <uint32_t>body)
             _wr32(dst + 4, frame_crc32(0, dst + FRAME_HEAD, body))
             dst += FRAME_HEAD + body
+    if last != NULL:
+        _wr32(last + 4, ~_rd32(last + 4))
     return out
 
 
@@ -177,7 +184,7 @@ def scan_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, bint want_rec
         while max_records < 0 or n < max_records:
             if off == size:
                 break
-            status = _frame_at(buf, size, off, check_crc, &blen)
+            status = _frame_at(buf, size, off, check_crc, &blen, NULL)
             if status:
                 break
             if codec is not None:
@@ -241,7 +248,7 @@ def sse_from_frames(buffer, Py_ssize_t offset, Py_ssize_t max_records, Pattern p
             raise MemoryError()
         with nogil:  # the frames: lengths and crcs
             while n < cap and off < size:
-                status = _frame_at(buf, size, off, True, &blen)
+                status = _frame_at(buf, size, off, True, &blen, NULL)
                 if status:
                     break
                 if codec is not None:
@@ -336,10 +343,10 @@ def find_record(buffer, Py_ssize_t offset, Py_ssize_t max_records, bytes needle,
                 if (blen > C_TAG and memcmp(body, PyBytes_AS_STRING(tag), C_TAG) == 0
                         and codec.open_head(body, blen, block_size, scratch) >= at + nlen
                         and memcmp(scratch + at, nd, nlen) == 0
-                        and frame_crc32(0, body, length) == _rd32(buf + off + 4)):
+                        and _crc_fits(frame_crc32(0, body, length), _rd32(buf + off + 4))):
                     return n
             elif blen >= at + nlen and memcmp(body + at, nd, nlen) == 0:
-                if frame_crc32(0, body, length) == _rd32(buf + off + 4):
+                if _crc_fits(frame_crc32(0, body, length), _rd32(buf + off + 4)):
                     return n
             off += FRAME_HEAD + blen
             n += 1
@@ -374,7 +381,7 @@ def frame_ok(buffer, Py_ssize_t offset) -> int:
     try:
         if offset < 0 or offset > view.len:
             return 0
-        st = _frame_at(<const unsigned char*>view.buf, view.len, offset, True, &blen)
+        st = _frame_at(<const unsigned char*>view.buf, view.len, offset, True, &blen, NULL)
     finally:
         PyBuffer_Release(&view)
     return blen if st == 0 else 0
@@ -420,6 +427,8 @@ cdef class SegmentIndex:
 
     cdef public array.array rel, off, lo, hi, run_max
     cdef public Py_ssize_t n_records, end_offset, every_records, every_bytes
+    # where the last write end found by scan() or appended ends: (records, offset) up to it
+    cdef public Py_ssize_t write_end_records, write_end_offset
     cdef public long long seg_min, seg_max
     cdef public bint monotonic
     cdef Py_ssize_t cur_n, cur_bytes
@@ -434,6 +443,8 @@ cdef class SegmentIndex:
         self.run_max = array.clone(_UINT_TEMPLATE, 0, False)
         self.n_records = 0
         self.end_offset = start_offset
+        self.write_end_records = 0
+        self.write_end_offset = start_offset
         self.every_records = every_records
         self.every_bytes = every_bytes
         self.seg_min = -1
@@ -496,6 +507,9 @@ cdef class SegmentIndex:
             self._add(_record_sec(<const unsigned char*>PyBytes_AS_STRING(r), size),
                       (sealed_record_size(size, block_size) if block_size > 0 else size)
                       + FRAME_HEAD)
+        if n:  # the batch was one write
+            self.write_end_records = self.n_records
+            self.write_end_offset = self.end_offset
 
     def add_corrupt(self, Py_ssize_t span):
         """Count a corrupt record of `span` bytes at end_offset: it gets a block of its own, so
@@ -508,20 +522,22 @@ cdef class SegmentIndex:
              Py_ssize_t block_size=0):
         """Index crc-valid frames from end_offset: (n_indexed, status) as in scan_frames.
         With a codec, frames are sealed records: each one's first block is opened for its
-        id's second, and one that does not open is status 2 (corrupt)."""
+        id's second, and one that does not open is status 2 (corrupt). A frame that ends
+        a write moves write_end_records / write_end_offset to its end."""
         cdef unsigned char* scratch = _scratch(codec, block_size)
         cdef Py_buffer view
         PyObject_GetBuffer(buffer, &view, PyBUF_SIMPLE)
         cdef const unsigned char* buf = <const unsigned char*>view.buf
         cdef Py_ssize_t size = view.len, n = 0, blen = 0
         cdef int status = 0, head
+        cdef bint write_end = False
         try:
             if self.end_offset > size:
                 raise ValueError(f"index end {self.end_offset} beyond buffer of {size} bytes")
             while max_records < 0 or n < max_records:
                 if self.end_offset == size:
                     break
-                status = _frame_at(buf, size, self.end_offset, True, &blen)
+                status = _frame_at(buf, size, self.end_offset, True, &blen, &write_end)
                 if status:
                     break
                 if scratch != NULL:
@@ -534,6 +550,9 @@ cdef class SegmentIndex:
                 else:
                     self._add(_record_sec(buf + self.end_offset + FRAME_HEAD, blen),
                               FRAME_HEAD + blen)
+                if write_end:
+                    self.write_end_records = self.n_records
+                    self.write_end_offset = self.end_offset
                 n += 1
         finally:
             PyBuffer_Release(&view)
@@ -594,6 +613,8 @@ cdef class SegmentIndex:
         ix.rel, ix.off, ix.lo, ix.hi, ix.run_max = rel, off, lo, hi, run_max
         ix.n_records = n_records
         ix.end_offset = end_offset
+        ix.write_end_records = n_records  # a closed segment's records are all whole writes
+        ix.write_end_offset = end_offset
         ix.seg_min = seg_min
         ix.seg_max = seg_max
         ix.monotonic = monotonic

@@ -9,7 +9,11 @@ Why it is shaped like this:
 
 - Restart is fast and honest: closed segments are trusted by size (their record count is
   the next segment's first index minus their own) and indexed lazily; only the open
-  segment is scanned at open(), and a torn tail is truncated to the last whole record.
+  segment is scanned at open(), and a torn tail is truncated to the last whole write:
+  the last frame of each write(2) is marked (_frame.pxd says how, and why a kill can leave
+  whole frames of a write that did not finish), and flag bit 1 of the header says the
+  segment's writes are marked. A segment from before the marks (no bit 1) is cut back to
+  its last whole record, as it always was, and an open one is rolled at open().
   A bad frame that valid frames follow is mid-file corruption: it keeps its index (so
   later indexes stay stable) and reads of it raise CorruptRecordError.
 - A closed segment's sparse index is saved beside it (`<first>.idx`, rebuildable, never
@@ -106,6 +110,7 @@ _U32 = struct.Struct("<I")
 _IDX_MAGIC = b"BUSDIDX1"
 _IDX_SEALED_MAGIC = b"BUSDIDXS"  # an encrypted log's .idx: this, then the whole file sealed
 FLAG_ENCRYPTED = 1  # segment header flag bit 0
+FLAG_WRITE_ENDS = 2  # bit 1: the last frame of each write is marked (a segment header flag)
 MIN_BLOCK_SIZE = 64  # a record's event id must lie within its first block
 MAX_BLOCK_SIZE = 1 << 24
 _IDX_VERSION = 1
@@ -150,13 +155,16 @@ class RecoveryReport:
     segments: int = 0
     records: int = 0
     truncated_bytes: int = 0
+    # whole records cut with the rest of a write a crash left unfinished (never answered)
+    unfinished_records: int = 0
     corrupt_records: list[int] = field(default_factory=list)
     reinitialized: bool = False
     seconds: float = 0.0
 
     def __str__(self) -> str:
         return (f"segments={self.segments} records={self.records} "
-                f"truncated_bytes={self.truncated_bytes} corrupt={len(self.corrupt_records)} "
+                f"truncated_bytes={self.truncated_bytes} "
+                f"unfinished_records={self.unfinished_records} corrupt={len(self.corrupt_records)} "
                 f"reinitialized={int(self.reinitialized)} seconds={self.seconds:.3f}")
 
 
@@ -226,6 +234,7 @@ class NamespaceLog(LogTail):
             raise ValueError("flag bit 0 (encrypted) needs a secret_key")
         if self.codec is not None:
             flags |= FLAG_ENCRYPTED
+        flags |= FLAG_WRITE_ENDS
         self.block_size = block_size  # for new segments; each segment keeps its own
         self.root = Path(root)
         self.name = name
@@ -351,6 +360,8 @@ class NamespaceLog(LogTail):
         self._bytes = sum(s.size for s in entries)
         if not self.readonly:
             self._open_writer(last)
+            if last.count and not self._segment_flags(last) & FLAG_WRITE_ENDS:
+                self._roll()  # written before the marks: what is appended now gets its own
         self.ids.open()
         report.segments = len(entries)
         report.records = self.count
@@ -453,11 +464,18 @@ class NamespaceLog(LogTail):
         return None
 
     def _check_header(self, seg: _Segment) -> None:
-        with open(seg.path, "rb") as fh:
-            head = fh.read(HEADER_SIZE)
-        problem = self._header_problem(head)
+        problem = self._header_problem(self._read_header(seg))
         if problem:
             raise LogOpenError(f"segment {seg.path}: {problem}")
+
+    @staticmethod
+    def _read_header(seg: _Segment) -> bytes:
+        with open(seg.path, "rb") as fh:
+            return fh.read(HEADER_SIZE)
+
+    def _segment_flags(self, seg: _Segment) -> int:
+        """The flags of a segment whose header _check_header or recovery has accepted."""
+        return _HEADER.unpack(self._read_header(seg))[1]
 
     def _header_problem(self, head: bytes) -> str | None:
         if len(head) < HEADER_SIZE:
@@ -465,7 +483,7 @@ class NamespaceLog(LogTail):
         magic, flags, reserved = _HEADER.unpack(head)
         if magic != MAGIC:
             return f"bad segment header: magic {magic!r}, expected {MAGIC!r}"
-        if flags != self.flags:
+        if flags | FLAG_WRITE_ENDS != self.flags:  # a segment from before the marks is fine
             if flags & 1 and not self.flags & 1:
                 return "the segment is encrypted and no key was given"
             if self.flags & 1 and not flags & 1:
@@ -476,7 +494,8 @@ class NamespaceLog(LogTail):
         return None
 
     def _recover_last(self, seg: _Segment, report: RecoveryReport) -> bool:
-        """Scan the open segment fully; truncate a torn tail, note mid-file corruption.
+        """Scan the open segment fully; truncate a torn tail (to its last whole write in a
+        segment whose write ends are marked), note mid-file corruption.
         True if the segment is blank (its header must be rewritten)."""
         with open(seg.path, "rb") as fh:
             head = fh.read(HEADER_SIZE)
@@ -499,9 +518,19 @@ class NamespaceLog(LogTail):
                 return True
             size = os.fstat(fh.fileno()).st_size
             index = self._new_index()
+            unfinished = 0
             if size > HEADER_SIZE:
                 with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
                     end, corrupt, torn = self._index_segment(seg, mm, index, -1)
+                    kept = index.write_end_records
+                    if _HEADER.unpack(head)[1] & FLAG_WRITE_ENDS and kept < index.n_records:
+                        # whole frames of a write a crash cut short: none of it was
+                        # answered, and a batch lands whole or not at all
+                        unfinished = index.n_records - kept
+                        seg.corrupt.clear()
+                        index = self._new_index()
+                        end, corrupt, _ = self._index_segment(seg, mm, index, kept)
+                        torn = True
                     self._prefill_cache(seg, mm, index)
             else:
                 end, corrupt, torn = HEADER_SIZE, [], False
@@ -513,8 +542,10 @@ class NamespaceLog(LogTail):
                       self.name, seg.path.name, seg.first + rel, offset, span)
         if torn:
             report.truncated_bytes += size - end
-            log.warning("recovered torn tail ns=%s segment=%s truncated_bytes=%d",
-                        self.name, seg.path.name, size - end)
+            report.unfinished_records += unfinished
+            log.warning("recovered torn tail ns=%s segment=%s truncated_bytes=%d "
+                        "unfinished_records=%d", self.name, seg.path.name, size - end,
+                        unfinished)
             if not self.readonly:
                 fd = os.open(seg.path, os.O_WRONLY | os.O_CLOEXEC)
                 try:
