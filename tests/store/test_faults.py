@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -188,6 +189,34 @@ def test_kill_9_under_load_keeps_every_202_and_no_half_batch(make_server, fsync)
 
 
 # -- crash points ----------------------------------------------------------------------------
+
+DISK_HOOK = str(Path(__file__).parent / "diskhook")
+
+
+def test_a_batch_whose_write_a_kill_cut_short_is_not_there_at_all(make_server):
+    """A kill -9 during a write(2) stops it at a page boundary (the disk hook does what
+    Linux does), leaving whole frames of a batch that got no answer: after the restart
+    none of the batch is there, everything answered before it is, and indexes go on."""
+    server = make_server("app", env={"PYTHONPATH": DISK_HOOK, "BUSD_TEST_TEAR_WRITE": "16384"})
+    ids = [publish(server.port, "app.single", n).headers["x-bus-event-id"] for n in range(10)]
+    segment = sorted((server.path / "app").glob("*.seg"))[-1]
+    answered_size = segment.stat().st_size
+    batch = [{"subject": "app.batch", "payload": [n, "x" * 300]} for n in range(100)]
+    with pytest.raises((OSError, ConnectionError)):
+        request(server.port, "POST", "/", json.dumps(batch).encode())
+    assert server.proc.wait(timeout=10) == -9
+    torn_size = segment.stat().st_size
+    assert torn_size % 4096 == 0 and torn_size - answered_size > 8 * 300, \
+        "the hook was to leave whole records of the batch"
+    server.env = {}
+    server.start()
+    events = all_events(server.port, "app.>", 10)
+    assert [e["id"] for e in events] == ids
+    assert segment.stat().st_size == answered_size
+    warned = re.search(r"torn tail\".*unfinished_records=(\d+)", server.log())
+    assert warned and int(warned[1]) > 8, server.log()
+    assert publish(server.port, "app.after", 1).headers["x-bus-event-index"] == "10"
+
 
 @pytest.mark.parametrize("new_segment", ["empty", "partial-header", "header-only",
                                          "header-and-torn-frame"])

@@ -1,5 +1,5 @@
 """What `--fsync` promises, with the disk's fsync held, failed or recorded by a hook
-(tests/store/fsynchook/sitecustomize.py) in the real server process:
+(tests/store/diskhook/sitecustomize.py) in the real server process:
 
 - under `always`, neither the 202 nor any subscriber sees an event before its fsync, so a
   power loss (simulated: each segment cut back to what was last fsynced) takes back
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from busclient import SSE, Http, build_request, publish, request, wait_until
 
-HOOK = str(Path(__file__).parent / "fsynchook")
+HOOK = str(Path(__file__).parent / "diskhook")
 
 
 class Stream:

@@ -1,28 +1,39 @@
-"""Test-only fsync hook: a busd started with PYTHONPATH=<this folder> loads it (Python
-imports `sitecustomize` at start-up) and its os.fsync of segment files then obeys:
+"""Test-only disk hooks: a busd started with PYTHONPATH=<this folder> loads them (Python
+imports `sitecustomize` at start-up) and its os.fsync and os.write of segment files then
+obey:
 
 - BUSD_TEST_FSYNC_HOLD=<file>: while <file> exists, the fsync waits (a slow disk);
 - BUSD_TEST_FSYNC_FAIL=<file>: while <file> exists, the fsync of a segment whose path
   contains the file's text fails with EIO (a dying disk);
 - BUSD_TEST_FSYNC_LOG=<file>: each successful fsync appends "<path> <size>" to <file>,
-  the size the segment had when fsync was called: a power loss would keep that much.
+  the size the segment had when fsync was called: a power loss would keep that much;
+- BUSD_TEST_TEAR_WRITE=<n>: the first write of n bytes or more is cut at the last page
+  boundary of the file it crosses, and the process killed (SIGKILL): what Linux does to a
+  write that a kill -9 arrives during.
 """
 
 import errno
 import os
+import signal
 import time
 
 _fsync = os.fsync
+_write = os.write
+_TEAR = int(os.environ.get("BUSD_TEST_TEAR_WRITE") or 0)
 _HOLD = os.environ.get("BUSD_TEST_FSYNC_HOLD")
 _FAIL = os.environ.get("BUSD_TEST_FSYNC_FAIL")
 _LOG = os.environ.get("BUSD_TEST_FSYNC_LOG")
 
 
-def _hooked_fsync(fd):
+def _path(fd):
     try:
-        path = os.readlink(f"/proc/self/fd/{fd}")
+        return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
-        path = ""
+        return ""
+
+
+def _hooked_fsync(fd):
+    path = _path(fd)
     if not path.endswith(".seg"):
         return _fsync(fd)
     while _HOLD and os.path.exists(_HOLD):
@@ -41,4 +52,16 @@ def _hooked_fsync(fd):
             fh.write(f"{path} {size}\n")
 
 
+def _tearing_write(fd, data):
+    if len(data) >= _TEAR and _path(fd).endswith(".seg"):
+        size = os.fstat(fd).st_size
+        page = (size + len(data)) // 4096 * 4096
+        if page > size:
+            _write(fd, memoryview(data)[:page - size])
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _write(fd, data)
+
+
 os.fsync = _hooked_fsync
+if _TEAR:
+    os.write = _tearing_write
