@@ -12,7 +12,9 @@ are written with group commit (one write(2) per group per loop iteration, howeve
 acks it carries) and fsynced by the --fsync policy. When the file has grown well past
 what the state needs, it is rewritten as one frame (a snapshot) and renamed over the old
 one. A torn last frame (power loss) is dropped at load: what it held was never promised
-under --fsync interval, and under --fsync always its acks were not answered yet.
+under --fsync interval, and under --fsync always its acks were not answered yet. A
+commit that fails (a full disk) keeps its operations for the next one: the deliveries
+it recorded went out already, and a later frame's cursor must not pass them unrecorded.
 """
 
 from __future__ import annotations
@@ -103,20 +105,20 @@ class Journal:
         events (`snapshot()`: their (index, deliveries)); not while a `sync` runs, which
         holds the fd. fsync: the policy syncs every change (a compaction is then synced
         before its rename)."""
-        ops, self._ops = self._ops, bytearray()
         snapshot_size = OP.size * pending + COUNTERS.size + FRAME.size
         if may_compact and self.size > COMPACT_AT_BYTES and \
                 self.size > COMPACT_RATIO * snapshot_size:
             self._compact(counters, snapshot(), fsync)
-            return
-        frame = _frame(counters.pack() + ops)
-        written = os.write(self._fd, frame)
-        if written != len(frame):  # a short write is the disk filling up: undo it
-            os.ftruncate(self._fd, self.size)
-            os.lseek(self._fd, self.size, os.SEEK_SET)
-            raise OSError(errno.ENOSPC, "short write of group state")
-        self.size += len(frame)
-        self.dirty = True
+        else:
+            frame = _frame(counters.pack() + self._ops)
+            written = os.write(self._fd, frame)  # an error: nothing written, the ops kept
+            if written != len(frame):  # a short write is the disk filling up: undo it
+                os.ftruncate(self._fd, self.size)
+                os.lseek(self._fd, self.size, os.SEEK_SET)
+                raise OSError(errno.ENOSPC, "short write of group state")
+            self.size += len(frame)
+            self.dirty = True
+        self._ops = bytearray()
 
     def _compact(self, counters: Counters, pending: Iterable[tuple[int, int]],
                  fsync: bool) -> None:
@@ -127,11 +129,13 @@ class Journal:
         temp = self.path.with_suffix(".compact")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, frame)
+            if os.write(fd, frame) != len(frame):  # the disk filled up
+                raise OSError(errno.ENOSPC, "short write of group state")
             if fsync:
                 os.fsync(fd)
         except BaseException:
             os.close(fd)
+            temp.unlink(missing_ok=True)
             raise
         os.replace(temp, self.path)
         os.close(self._fd)
