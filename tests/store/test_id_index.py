@@ -4,12 +4,13 @@ the record, so a torn, stale or lost entry can only make an id not found."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 
 from busd.store.errors import LogWriteError
-from busd.store.local.id_index import FILE_NAME, HEADER_BYTES
+from busd.store.local.id_index import FILE_NAME, HEADER_BYTES, IdIndex
 from busd.store.local.log import NamespaceLog
 
 T0 = 1_750_000_000
@@ -137,4 +138,81 @@ def test_an_index_that_cannot_be_written_refuses_the_append(tmp_path, monkeypatc
     assert err.value.errno == 28
     monkeypatch.setattr(os, "write", real_write)
     assert nslog.next_index == 1 and nslog.find_id(b"a-2") is None
+    nslog.close()
+
+
+def test_an_index_write_the_disk_cuts_short_leaves_no_part_entry(tmp_path, monkeypatch):
+    """A full disk takes half of a write: the part entry is cut off (else every later entry
+    would sit 8 bytes off and be read as garbage after a restart) and the append refused."""
+    nslog = open_log(tmp_path)
+    nslog.append([free_record(b"a-1")])
+    size = os.path.getsize(tmp_path / "orders" / FILE_NAME)
+    real_write = os.write
+
+    def half(fd, data):
+        if fd == nslog.ids.fd:
+            return real_write(fd, bytes(data)[:len(data) // 2 + 1])
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", half)
+    with pytest.raises(LogWriteError) as err:
+        nslog.append([free_record(b"a-2"), free_record(b"a-3")])
+    assert err.value.errno == 28
+    monkeypatch.setattr(os, "write", real_write)
+    assert os.path.getsize(tmp_path / "orders" / FILE_NAME) == size
+    nslog.append([free_record(b"b-%d" % n) for n in range(5)])
+    nslog.close()
+    nslog = open_log(tmp_path)
+    assert [nslog.find_id(b"b-%d" % n) for n in range(5)] == [1, 2, 3, 4, 5]
+    assert nslog.find_id(b"a-1") == 0 and nslog.find_id(b"a-2") is None
+    nslog.close()
+
+
+def test_a_rewrite_the_disk_cuts_short_keeps_the_old_file(tmp_path, monkeypatch):
+    nslog = open_log(tmp_path)
+    nslog.append([free_record(b"a-1")])
+    path = tmp_path / "orders" / FILE_NAME
+    before = path.read_bytes()
+    real_write = os.write
+
+    calls = []
+
+    def full(fd, data):  # the temporary file gets 7 bytes, then the disk is full
+        if not os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            return real_write(fd, data)
+        calls.append(len(data))
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, bytes(data)[:7])
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError):
+        nslog.ids._rewrite(before + b"\0" * 16)
+    monkeypatch.setattr(os, "write", real_write)
+    assert path.read_bytes() == before and not path.with_name(FILE_NAME + ".tmp").exists()
+    nslog.close()
+
+
+def test_retention_goes_on_when_the_index_cannot_be_compacted(tmp_path, monkeypatch, caplog):
+    """A full disk fails the index file's rewrite: retention still deletes, the old file
+    stays (its extra entries are only stale), and every retained id is still found."""
+    nslog = NamespaceLog(tmp_path, "orders", segment_bytes=4096, retention_bytes=8000,
+                         cache_bytes=0)
+    nslog.open()
+    for i in range(300):
+        nslog.append([free_record(b"r-%d" % i)])
+    path = tmp_path / "orders" / FILE_NAME
+    before = path.read_bytes()
+
+    def disk_full(self, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(IdIndex, "_rewrite", disk_full)
+    with caplog.at_level(logging.WARNING, logger="busd.store.local.id_index"):
+        assert nslog.apply_retention(0) > 0
+    assert any("not compacted" in r.getMessage() for r in caplog.records)
+    first = nslog.first_index
+    assert path.read_bytes() == before
+    assert nslog.find_id(b"r-0") is None and nslog.find_id(b"r-%d" % first) == first
+    assert nslog.read(first)[0] == free_record(b"r-%d" % first)
     nslog.close()

@@ -12,13 +12,15 @@ or a hash collision can only make an id not found, never name the wrong event. E
 written before the records they point to, so a crash cannot leave a record unindexed.
 
 File: b"BUSDIDS1" + a random 16-byte salt, then 16-byte entries (u64 index, u64 hash),
-little-endian; a torn last entry is cut off at open. Hashes are BLAKE2b keyed with the
-salt, so ids chosen to collide cannot be computed without reading the file; with a
---secret-key the key also mixes in the secret, so the file reveals no id.
+little-endian; a torn last entry is cut off at open, and a write the disk cut short is
+cut back at once (a part entry would shift every later one). Hashes are BLAKE2b keyed
+with the salt, so ids chosen to collide cannot be computed without reading the file; with
+a --secret-key the key also mixes in the secret, so the file reveals no id.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from busd._core import record_id
 from busd.store.errors import LogWriteError
+from busd.store.local.tail import _write_all
 from busd.wire import ID_AT
 
 log = logging.getLogger("busd.store.local.id_index")
@@ -119,7 +122,11 @@ class IdIndex:
             if self.fd < 0:
                 self._rewrite(self._header)
                 self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-            os.write(self.fd, b"".join(entries))
+            data = b"".join(entries)
+            written = os.write(self.fd, data)
+            if written != len(data):  # the disk filled up: a part entry would shift the rest
+                os.ftruncate(self.fd, os.fstat(self.fd).st_size - written)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as exc:  # refused like the append it precedes (507 when full)
             raise LogWriteError(f"cannot write the id index {self.path}: {exc.strerror}",
                                 exc.errno) from exc
@@ -146,7 +153,11 @@ class IdIndex:
             if self.fd >= 0 else 0
         if self.fd >= 0 and written > 2 * len(self._where) and before != len(self._where):
             entries = b"".join(_ENTRY.pack(i, h) for h, i in self._where.items())
-            self._rewrite(self._header + entries)
+            try:
+                self._rewrite(self._header + entries)
+            except OSError as exc:  # the old file stays: its extra entries are only stale
+                log.warning("id index not compacted path=%s error=%r", self.path, exc)
+                return
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             os.dup2(fd, self.fd)  # the same fd number: a sync() in its thread may hold it
             os.close(fd)
@@ -156,10 +167,13 @@ class IdIndex:
         tmp = self.path.with_name(FILE_NAME + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, data)
+            _write_all(fd, data)
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
         os.replace(tmp, self.path)
 
     def sync(self) -> None:
