@@ -274,7 +274,7 @@ class Consumer:
 
     def _send(self, chunk: bytes, matched: int) -> None:
         if chunk:
-            self.fanout.metrics.events_out[self.namespace] += matched
+            self.fanout.metrics.events_delivered(self.namespace, matched)
             self.sink.write(chunk)
 
     def _fetch(self, max_bytes: int) -> None:
@@ -362,7 +362,7 @@ class Consumer:
         self.inflight[record_id(record)] = [index, 1, time.monotonic() + self.ack_policy.redelivery,
                                             size]
         self.inflight_bytes += size
-        self.fanout.metrics.events_out[self.namespace] += 1
+        self.fanout.metrics.events_delivered(self.namespace, 1)
         self.sink.write(sse_frame([record]))
 
     def ack(self, event_id: bytes) -> None:
@@ -453,7 +453,7 @@ class Consumer:
         del self.inflight[event_id]  # to the back: in-flight order is delivery order
         self.inflight[event_id] = entry
         self.fanout.metrics.redelivered += 1
-        self.fanout.metrics.events_out[self.namespace] += 1  # a redelivery is a delivery too
+        self.fanout.metrics.events_delivered(self.namespace, 1)  # a redelivery is one too
         self.sink.write(sse_frame([record]))
 
 

@@ -179,7 +179,7 @@ class FanOut:
                         _deliver(reader, writes[i], chunk, next_index)
                         pushed += 1
                 delivered += pushed * matched
-            self.metrics.events_out[namespace] += delivered
+            self.metrics.events_delivered(namespace, delivered)
         self.pushed[namespace] = next_index
         waiting = self.waiting[namespace]
         if waiting:
@@ -192,7 +192,7 @@ class FanOut:
         metrics = self.metrics
         for inbox in tuple(self.inboxes.get(subject, ())):
             if inbox.deliver(record):
-                metrics.events_out[INBOX_NAMESPACE] += 1
+                metrics.events_delivered(INBOX_NAMESPACE, 1)
             else:
                 metrics.dropped += 1
 

@@ -668,6 +668,7 @@ class Api:
                                 "next_index": store.next_index(ns),
                                 "bytes": sizes[ns]["bytes"],
                                 # this process's count, unlike `events` (the log's)
-                                "published_since_start": metrics.events_in[ns]}
+                                "published_since_start":
+                                    metrics.per_namespace[ns].events_in}
                            for ns in self.config.namespaces},
         }

@@ -19,15 +19,15 @@ def snapshot(broker, started: float) -> bytes:
     metrics, sizes = broker.metrics, broker.store.stats()
     namespaces = {}
     for ns in broker.config.namespaces:
-        size = sizes[ns]
+        size, counted = sizes[ns], metrics.per_namespace[ns]
         namespaces[ns] = {"events": size["next_index"] - size["first_index"],
                           "first_index": size["first_index"],
                           "next_index": size["next_index"],
                           "bytes": size["bytes"],
                           "segments": size.get("segments", 0),
-                          "published": metrics.events_in[ns],
-                          "published_bytes": metrics.bytes_in[ns],
-                          "delivered": metrics.events_out[ns]}
+                          "published": counted.events_in,
+                          "published_bytes": counted.bytes_in,
+                          "delivered": counted.events_out}
     connections = metrics.connections
     return orjson.dumps({
         "t": round(time.monotonic() - started, 3),
@@ -36,6 +36,6 @@ def snapshot(broker, started: float) -> bytes:
         "acks": metrics.acks,
         "redeliveries": metrics.redelivered,
         "dropped": metrics.dropped,
-        "inbox_delivered": metrics.events_out[INBOX_NAMESPACE],
+        "inbox_delivered": metrics.per_namespace[INBOX_NAMESPACE].events_out,
         "namespaces": namespaces,
     })

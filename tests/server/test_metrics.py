@@ -109,6 +109,8 @@ def test_the_counters_run_compiled():
     st.tuples(st.just("published"), st.sampled_from(("app", "orders")),
               st.integers(0, 1000), st.integers(0, 1 << 40)),
     st.tuples(st.just("fsync"), st.floats(0, 30, allow_nan=False)),
+    st.tuples(st.just("events_delivered"), st.sampled_from(("app", "orders", "_bus_")),
+              st.integers(0, 1000)),
     st.tuples(st.just("bump"), st.sampled_from(("delivered", "redelivered", "dropped", "acks")),
               st.integers(-5, 5)),
 ), max_size=40))
@@ -119,6 +121,8 @@ def test_compiled_counters_match_the_source(calls):
         for call in calls:
             if call[0] == "published":
                 metrics.published(*call[1:])
+            elif call[0] == "events_delivered":
+                metrics.events_delivered(*call[1:])
             elif call[0] == "fsync":
                 metrics.fsync_seconds(call[1])
             else:

@@ -106,8 +106,8 @@ def crc32_folds() -> bool:
     return crc32_folds_c() != 0
 
 
-def frame_records(list records, Codec codec=None, Py_ssize_t block_size=0,
-                  nonces=None) -> bytes:
+cpdef bytes frame_records(list records, Codec codec=None, Py_ssize_t block_size=0,
+                          nonces=None):
     """All records framed (length, crc32, body) into one new bytes object, written with one
     write(2): the last frame's crc is complemented, marking the write's end. With a codec
     each body is the record sealed in blocks of block_size (id tag + blob), with random
@@ -425,15 +425,6 @@ cdef class SegmentIndex:
     lets the search also stop at the first block that starts after that second.
     """
 
-    cdef public array.array rel, off, lo, hi, run_max
-    cdef public Py_ssize_t n_records, end_offset, every_records, every_bytes
-    # where the last write end found by scan() or appended ends: (records, offset) up to it
-    cdef public Py_ssize_t write_end_records, write_end_offset
-    cdef public long long seg_min, seg_max
-    cdef public bint monotonic
-    cdef Py_ssize_t cur_n, cur_bytes
-    cdef bint force_new
-
     def __init__(self, Py_ssize_t start_offset=HEADER_SIZE, Py_ssize_t every_records=64,
                  Py_ssize_t every_bytes=65536):
         self.rel = array.clone(_UINT_TEMPLATE, 0, False)
@@ -462,7 +453,7 @@ cdef class SegmentIndex:
     def nbytes(self) -> int:
         return 5 * 4 * len(self.rel)
 
-    cdef inline void _add(self, long long sec, Py_ssize_t frame_len):
+    cdef void _add(self, long long sec, Py_ssize_t frame_len):
         cdef Py_ssize_t nb = len(self.rel), b
         cdef uint32_t prev_max
         if self.force_new or self.cur_n >= self.every_records or self.cur_bytes >= self.every_bytes:
@@ -495,7 +486,7 @@ cdef class SegmentIndex:
         self.n_records += 1
         self.end_offset += frame_len
 
-    def add_records(self, list records, Py_ssize_t block_size=0):
+    cpdef add_records(self, list records, Py_ssize_t block_size=0):
         """Index a batch just appended at end_offset (records already framed and written).
         block_size > 0: the records are plaintexts that were written sealed in blocks of
         that size (busd/store/local/_crypto.pyx), so their frames are larger than they are."""

@@ -8,6 +8,7 @@ cimport cython
 from busd._core cimport records_size
 from busd.store.listener cimport StoreListener
 from busd.store.stored cimport Stored
+from busd.store.local.tail cimport LogTail
 
 
 cdef class LocalStore:
@@ -16,6 +17,9 @@ cdef class LocalStore:
     cdef public list namespaces, _sync_waiting
     cdef public dict _logs, _group, _group_ids, _unannounced, failed
     cdef public bint fsync_always, _commit_scheduled, _sync_running
+
+    @cython.locals(nslog=LogTail, first=cython.longlong)
+    cpdef _commit(self)
 
     @cython.locals(done=Stored, index=Py_ssize_t)
     cdef _settle(self, list written)

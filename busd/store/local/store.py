@@ -267,8 +267,9 @@ class LocalStore:
                 continue
             records = pendings[0][0] if len(pendings) == 1 else \
                 [record for batch, _ in pendings for record in batch]
+            nslog = self._logs[namespace]  # typed in store.pxd: append is a C call
             try:
-                first = self._logs[namespace].append(records, namespace in supplied)
+                first = nslog.append(records, namespace in supplied)
             except LogWriteError as exc:
                 _refuse(pendings, exc)
                 continue

@@ -5,11 +5,14 @@
 
 cimport cython
 
+from busd.store.local._framing cimport SegmentIndex, frame_records
+
 
 cdef class _Segment:
     cdef public long long first, size, count
     cdef public Py_ssize_t block_size
-    cdef public object path, index, corrupt, summary
+    cdef public object path, corrupt, summary
+    cdef public SegmentIndex index
     cdef public bint cached
 
 
@@ -18,6 +21,10 @@ cdef class _WriteFile:
     cdef public object path
     cdef public long long write_seq, synced_seq
     cdef public bint retired
+
+
+@cython.locals(size=Py_ssize_t, written=Py_ssize_t, n=Py_ssize_t)
+cpdef _write_all(int fd, data)
 
 
 cdef class LogTail:
