@@ -364,6 +364,45 @@ def test_retention_deleting_unacked_events_skips_and_counts_them(make_server):
     worker.close()
 
 
+def test_a_log_that_lost_its_tail_does_not_make_the_group_skip_new_events(make_server):
+    """Local only. Under --fsync interval the log and the group's state are fsynced apart,
+    so a power loss can take back events the group was delivered: it then resumes at the
+    log's head, not past it, and every event published after the restart reaches it."""
+    server = make_server("orders")
+    for n in range(20):  # one write each: the cut below falls between writes
+        publish(server.port, "orders.created", n)
+    worker = Worker(server.port, "subject=orders.>&group=g&start=oldest&max_inflight=100")
+    events = worker.take(20)
+    assert worker.settle_ids([e["id"] for e in events[:10]]).status == 202
+    settled_state(server.port, "g", lambda s: s["ack_floor"] == 10)
+    worker.close()
+    assert server.stop() == 0
+    segment = sorted((server.path / "orders").glob("*.seg"))[-1]
+    data, end = segment.read_bytes(), 16
+    for _ in range(5):
+        end += 8 + int.from_bytes(data[end:end + 4], "little")
+    segment.write_bytes(data[:end])  # what a power loss kept: the first 5 events
+    server.start()
+    assert "group state is ahead of its log" in server.log()
+    state = groups(server.port)["orders"]["g"]
+    assert (state["pending"], state["ack_floor"]) == (0, 5)
+    batch(server.port, "orders.created", 10, start=100)
+    worker = Worker(server.port, "subject=orders.>&group=g&max_inflight=100")
+    events = worker.take(10)
+    assert sorted(e["payload"] for e in events) == list(range(100, 110))
+    assert worker.no_event(0.3)
+    assert worker.settle_ids([e["id"] for e in events]).status == 202
+    settled_state(server.port, "g", lambda s: s["ack_floor"] == 15)
+    worker.close()
+    for n in range(200, 210):  # at indexes 15..24, where the lost deliveries were
+        publish(server.port, "orders.created", n)
+    server.restart()  # the journal on disk holds the corrected state, not the lost one
+    worker = Worker(server.port, "subject=orders.>&group=g&max_inflight=100")
+    assert sorted(e["payload"] for e in worker.take(10)) == list(range(200, 210))
+    assert worker.no_event(0.3)
+    worker.close()
+
+
 def test_metrics_per_group(store_server):
     server = store_server
     worker = Worker(server.port, "subject=orders.>&group=billing&ack_wait=100ms&max_deliver=2")

@@ -108,7 +108,7 @@ class Journal:
         snapshot_size = OP.size * pending + COUNTERS.size + FRAME.size
         if may_compact and self.size > COMPACT_AT_BYTES and \
                 self.size > COMPACT_RATIO * snapshot_size:
-            self._compact(counters, snapshot(), fsync)
+            self.rewrite(counters, snapshot(), fsync)
         else:
             frame = _frame(counters.pack() + self._ops)
             written = os.write(self._fd, frame)  # an error: nothing written, the ops kept
@@ -120,8 +120,9 @@ class Journal:
             self.dirty = True
         self._ops = bytearray()
 
-    def _compact(self, counters: Counters, pending: Iterable[tuple[int, int]],
-                 fsync: bool) -> None:
+    def rewrite(self, counters: Counters, pending: Iterable[tuple[int, int]],
+                fsync: bool) -> None:
+        """Replace the file by one frame of this state (a compaction; start-up's correction)."""
         body = bytearray(counters.pack())
         for index, deliveries in pending:
             body += OP.pack(DELIVER, index, deliveries)

@@ -21,7 +21,7 @@ import orjson
 
 from busd._core import now_rfc3339, scan_body
 from busd.bus.group.dispatcher import Group
-from busd.bus.group.journal import Journal
+from busd.bus.group.journal import Counters, Journal
 from busd.bus.group.member import Member
 from busd.bus.group.settings import GroupSettings, parse_settings
 from busd.bus.publication import Publication
@@ -87,11 +87,32 @@ class Groups:
     def _load(self, settings: GroupSettings) -> Group:
         journal = Journal(self._folder(settings.namespace) / f"{settings.name}.state")
         counters, pending = journal.load()
+        head = self.store.next_index(settings.namespace)
+        if counters.cursor > head:
+            counters, pending = self._back_to_head(settings, journal, counters, pending, head)
         group = Group(settings, journal, self.store, self, counters, pending)
         self.groups[settings.namespace, settings.name] = group
         log.info("group loaded ns=%s group=%s cursor=%d pending=%d", settings.namespace,
                  settings.name, counters.cursor, len(pending))
         return group
+
+    def _back_to_head(self, settings: GroupSettings, journal: Journal, counters: Counters,
+                      pending: dict[int, int], head: int) -> tuple[Counters, dict[int, int]]:
+        """The log lost events the group was delivered (the log and the journal are fsynced
+        apart: a power loss under --fsync interval or never): resume at the log's head, or
+        the next events published, at the lost ones' indexes, would be skipped or taken for
+        redeliveries. The journal is rewritten so that its lost deliveries stay lost."""
+        kept = {index: n for index, n in pending.items() if index < head}
+        log.warning("group state is ahead of its log ns=%s group=%s cursor=%d head=%d "
+                    "lost_pending=%d: the group resumes at the head", settings.namespace,
+                    settings.name, counters.cursor, head, len(pending) - len(kept))
+        counters.cursor = head
+        try:
+            journal.rewrite(counters, kept.items(), not self.fsync_never)
+        except OSError as exc:
+            log.error("group state not rewritten ns=%s group=%s error=%r", settings.namespace,
+                      settings.name, exc)
+        return counters, kept
 
     def close(self) -> None:
         """Shutdown: commit and sync what is left, close the files."""
