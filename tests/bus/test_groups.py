@@ -403,6 +403,22 @@ def test_a_log_that_lost_its_tail_does_not_make_the_group_skip_new_events(make_s
     worker.close()
 
 
+def test_damaged_group_settings_stop_the_start_naming_the_file(make_server):
+    """Local only: a settings file that does not read back (a power loss under --fsync
+    never) stops the start with what to do, and nothing of the group is removed."""
+    server = make_server("orders")
+    Worker(server.port, "subject=orders.>&group=g").close()
+    assert server.stop() == 0
+    folder = server.path / ".groups" / "orders"
+    (folder / "g.json").write_bytes((folder / "g.json").read_bytes()[:5])
+    state = (folder / "g.state").read_bytes()
+    with pytest.raises(RuntimeError) as err:
+        server.start()
+    assert f"group settings {folder / 'g.json'} are damaged" in str(err.value)
+    assert "delete it and g.state beside it to drop the group" in str(err.value)
+    assert (folder / "g.state").read_bytes() == state
+
+
 def test_metrics_per_group(store_server):
     server = store_server
     worker = Worker(server.port, "subject=orders.>&group=billing&ack_wait=100ms&max_deliver=2")

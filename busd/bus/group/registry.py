@@ -78,8 +78,7 @@ class Groups:
             if not folder.is_dir():
                 continue
             for meta in sorted(folder.glob("*.json")):
-                settings = GroupSettings.from_json(orjson.loads(meta.read_bytes()))
-                self._load(settings)
+                self._load(_saved_settings(meta))
         if not self.fsync_never and not self.fsync_always:
             self._interval_timer = self.loop.call_later(self.fsync_interval, self._interval)
         return len(self.groups)
@@ -291,6 +290,20 @@ class Groups:
         if dirty and not self._syncing:
             self._sync(dirty, [])
         self._interval_timer = self.loop.call_later(self.fsync_interval, self._interval)
+
+
+class DamagedGroupError(Exception):
+    """A group's saved settings do not read back (a power loss under --fsync never, a
+    damaged disk): start-up stops rather than drop the group behind the operator's back."""
+
+
+def _saved_settings(meta: Path) -> GroupSettings:
+    try:
+        return GroupSettings.from_json(orjson.loads(meta.read_bytes()))
+    except (ValueError, KeyError, TypeError) as exc:  # orjson's errors are ValueErrors
+        raise DamagedGroupError(
+            f"group settings {meta} are damaged ({exc}): restore the file, or delete it and "
+            f"{meta.with_suffix('.state').name} beside it to drop the group") from exc
 
 
 def _sync_dir(folder: Path, never: bool) -> None:
