@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 import pytest
@@ -38,7 +39,7 @@ def test_replay_gives_the_cursor_counters_and_pending(tmp_path):
     assert found == pending
 
 
-def test_a_torn_last_frame_is_cut_off(tmp_path):
+def test_a_torn_last_frame_is_cut_off(tmp_path, caplog):
     path = tmp_path / "g.state"
     journal = Journal(path)
     journal.load()
@@ -50,9 +51,12 @@ def test_a_torn_last_frame_is_cut_off(tmp_path):
     journal.close()
     with open(path, "r+b") as fh:
         fh.truncate(path.stat().st_size - 3)  # a power loss mid-write
-    counters, pending = replay(path)
+    with caplog.at_level(logging.WARNING, logger="busd.bus.group.journal"):
+        counters, pending = replay(path)
     assert pending == {0: 1} and counters.acked == 0
     assert path.stat().st_size == good
+    assert any("cut at a bad frame" in r.getMessage() and f"offset={good}" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_size_does_not_grow_with_acked_events(tmp_path, monkeypatch):

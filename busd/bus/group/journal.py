@@ -20,11 +20,14 @@ it recorded went out already, and a later frame's cursor must not pass them unre
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import struct
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+log = logging.getLogger("busd.bus.group.journal")
 
 FRAME = struct.Struct("<II")
 COUNTERS = struct.Struct("<QQQQQ")  # cursor, acked, redeliveries, dead_letters, skipped
@@ -85,7 +88,9 @@ class Journal:
                     pending.pop(index, None)
             at += FRAME.size + length
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        if at != len(data):
+        if at != len(data):  # a torn last frame, or damage: what follows is not trusted
+            log.warning("group state cut at a bad frame path=%s offset=%d cut_bytes=%d",
+                        self.path, at, len(data) - at)
             os.ftruncate(self._fd, at)
         os.lseek(self._fd, at, os.SEEK_SET)
         self.size = at
