@@ -218,7 +218,7 @@ def test_a_write_cut_short_by_a_crash_is_cut_back_whole(tmp_path, caplog, secret
         nslog.close()
 
 
-def test_a_cut_write_is_read_back_without_it_by_a_readonly_open(tmp_path):
+def test_a_cut_write_is_read_back_without_it_by_a_readonly_open(tmp_path, caplog):
     nslog, _ = open_log(tmp_path)
     nslog.append([rec(T0, 0)])
     nslog.append([rec(T0, i, 900) for i in range(1, 20)])
@@ -226,7 +226,9 @@ def test_a_cut_write_is_read_back_without_it_by_a_readonly_open(tmp_path):
     path = segment_files(tmp_path)[0]
     whole_first = 16 + 8 + len(rec(T0, 0))
     path.write_bytes(path.read_bytes()[:2 * PAGE])
-    ro, report = open_log(tmp_path, readonly=True)
+    with caplog.at_level(logging.WARNING, logger="busd.store.local.log"):
+        ro, report = open_log(tmp_path, readonly=True)
+    assert any("torn tail left as is (read-only)" in r.getMessage() for r in caplog.records)
     assert (ro.next_index, read_all(ro)) == (1, [rec(T0, 0)])
     assert report.truncated_bytes == 2 * PAGE - whole_first
     assert path.stat().st_size == 2 * PAGE  # a read-only open changes nothing

@@ -543,8 +543,9 @@ class NamespaceLog(LogTail):
         if torn:
             report.truncated_bytes += size - end
             report.unfinished_records += unfinished
-            log.warning("recovered torn tail ns=%s segment=%s truncated_bytes=%d "
-                        "unfinished_records=%d", self.name, seg.path.name, size - end,
+            log.warning("%s ns=%s segment=%s truncated_bytes=%d unfinished_records=%d",
+                        "torn tail left as is (read-only)" if self.readonly else
+                        "recovered torn tail", self.name, seg.path.name, size - end,
                         unfinished)
             if not self.readonly:
                 fd = os.open(seg.path, os.O_WRONLY | os.O_CLOEXEC)
