@@ -330,7 +330,7 @@ class NamespaceLog(LogTail):
             self._check_header(seg)
         while True:
             last = entries[-1]
-            blank = self._recover_last(last, report)
+            flags = self._recover_last(last, report)
             if last.count or len(entries) == 1:
                 break
             # A crash right after a roll: the new segment holds nothing, so the previous one
@@ -341,6 +341,7 @@ class NamespaceLog(LogTail):
                 last.path.unlink()
                 self._set_dir_dirty()
             entries.pop()
+        blank = flags is None
         if blank:
             log.warning("reinitialising blank segment ns=%s segment=%s", self.name,
                         last.path.name)
@@ -360,7 +361,7 @@ class NamespaceLog(LogTail):
         self._bytes = sum(s.size for s in entries)
         if not self.readonly:
             self._open_writer(last)
-            if last.count and not self._segment_flags(last) & FLAG_WRITE_ENDS:
+            if last.count and not flags & FLAG_WRITE_ENDS:
                 self._roll()  # written before the marks: what is appended now gets its own
         self.ids.open()
         report.segments = len(entries)
@@ -464,18 +465,11 @@ class NamespaceLog(LogTail):
         return None
 
     def _check_header(self, seg: _Segment) -> None:
-        problem = self._header_problem(self._read_header(seg))
+        with open(seg.path, "rb") as fh:
+            head = fh.read(HEADER_SIZE)
+        problem = self._header_problem(head)
         if problem:
             raise LogOpenError(f"segment {seg.path}: {problem}")
-
-    @staticmethod
-    def _read_header(seg: _Segment) -> bytes:
-        with open(seg.path, "rb") as fh:
-            return fh.read(HEADER_SIZE)
-
-    def _segment_flags(self, seg: _Segment) -> int:
-        """The flags of a segment whose header _check_header or recovery has accepted."""
-        return _HEADER.unpack(self._read_header(seg))[1]
 
     def _header_problem(self, head: bytes) -> str | None:
         if len(head) < HEADER_SIZE:
@@ -493,10 +487,10 @@ class NamespaceLog(LogTail):
             return f"bad block size {reserved} in an encrypted segment's header"
         return None
 
-    def _recover_last(self, seg: _Segment, report: RecoveryReport) -> bool:
+    def _recover_last(self, seg: _Segment, report: RecoveryReport) -> int | None:
         """Scan the open segment fully; truncate a torn tail (to its last whole write in a
-        segment whose write ends are marked), note mid-file corruption.
-        True if the segment is blank (its header must be rewritten)."""
+        segment whose write ends are marked), note mid-file corruption. Its header's
+        flags, or None if the segment is blank (its header must be rewritten)."""
         with open(seg.path, "rb") as fh:
             head = fh.read(HEADER_SIZE)
             problem = self._header_problem(head)
@@ -515,7 +509,8 @@ class NamespaceLog(LogTail):
                 seg.block_size = self.block_size
                 seg.index = self._new_index()
                 seg.count = 0
-                return True
+                return None
+            flags = _HEADER.unpack(head)[1]
             size = os.fstat(fh.fileno()).st_size
             index = self._new_index()
             unfinished = 0
@@ -523,7 +518,7 @@ class NamespaceLog(LogTail):
                 with mmap.mmap(fh.fileno(), size, access=mmap.ACCESS_READ) as mm:
                     end, corrupt, torn = self._index_segment(seg, mm, index, -1)
                     kept = index.write_end_records
-                    if _HEADER.unpack(head)[1] & FLAG_WRITE_ENDS and kept < index.n_records:
+                    if flags & FLAG_WRITE_ENDS and kept < index.n_records:
                         # whole frames of a write a crash cut short: none of it was
                         # answered, and a batch lands whole or not at all
                         unfinished = index.n_records - kept
@@ -555,7 +550,7 @@ class NamespaceLog(LogTail):
                 finally:
                     os.close(fd)
         seg.size = end
-        return False
+        return flags
 
     def _new_index(self) -> SegmentIndex:
         return SegmentIndex(HEADER_SIZE, INDEX_EVERY_RECORDS, INDEX_EVERY_BYTES)
