@@ -19,7 +19,6 @@ import bisect
 import errno
 import os
 from array import array
-from itertools import accumulate
 from pathlib import Path
 
 from busd.store.errors import LogWriteError
@@ -154,8 +153,8 @@ class LogTail:
         self._cache = records
         self._cache_first = first
         self._cache_base = 0
-        self._cache_ends = array("q", accumulate(map(len, records)))
-        self._cache_total = self._cache_ends[-1] if records else 0
+        self._cache_ends = array("q")
+        self._cache_total = append_ends(self._cache_ends, records, 0)
 
     def _cache_clear(self) -> None:
         self._cache = []
