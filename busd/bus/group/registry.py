@@ -88,7 +88,7 @@ class Groups:
         counters, pending = journal.load()
         head = self.store.next_index(settings.namespace)
         if counters.cursor > head:
-            counters, pending = self._back_to_head(settings, journal, counters, pending, head)
+            pending = self._back_to_head(settings, journal, counters, pending, head)
         group = Group(settings, journal, self.store, self, counters, pending)
         self.groups[settings.namespace, settings.name] = group
         log.info("group loaded ns=%s group=%s cursor=%d pending=%d", settings.namespace,
@@ -96,11 +96,12 @@ class Groups:
         return group
 
     def _back_to_head(self, settings: GroupSettings, journal: Journal, counters: Counters,
-                      pending: dict[int, int], head: int) -> tuple[Counters, dict[int, int]]:
+                      pending: dict[int, int], head: int) -> dict[int, int]:
         """The log lost events the group was delivered (the log and the journal are fsynced
         apart: a power loss under --fsync interval or never): resume at the log's head, or
         the next events published, at the lost ones' indexes, would be skipped or taken for
-        redeliveries. The journal is rewritten so that its lost deliveries stay lost."""
+        redeliveries. Moves the cursor, rewrites the journal so that its lost deliveries
+        stay lost, and returns the pending events that remain."""
         kept = {index: n for index, n in pending.items() if index < head}
         log.warning("group state is ahead of its log ns=%s group=%s cursor=%d head=%d "
                     "lost_pending=%d: the group resumes at the head", settings.namespace,
@@ -111,7 +112,7 @@ class Groups:
         except OSError as exc:
             log.error("group state not rewritten ns=%s group=%s error=%r", settings.namespace,
                       settings.name, exc)
-        return counters, kept
+        return kept
 
     def close(self) -> None:
         """Shutdown: commit and sync what is left, close the files."""
