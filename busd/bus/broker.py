@@ -10,8 +10,6 @@ reach subscribers through the fan-out.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 from busd._core import (
@@ -34,6 +32,7 @@ from busd.server.metrics import Metrics
 from busd.store.errors import CorruptRecordError, PublishRefused, records_between
 from busd.store.interface import Store
 from busd.store.listener import StoreListener
+from busd.store.local.files import replace_file
 from busd.wire import INBOX_NAMESPACE
 
 log = logging.getLogger("busd.bus.broker")
@@ -171,18 +170,10 @@ class Broker(StoreListener):
         """Replace the saved cache by `data`, atomically (blocking: an executor's job; two
         writes may overlap, each through its own temporary file)."""
         path = Path(self.dedup_path)
-        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-            with open(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            replace_file(path, data)
         except OSError as exc:
             log.warning("cannot save the dedup cache path=%s error=%r", path, exc)
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
     # -- publishing -------------------------------------------------------------------------
     def publish(self, events: list[ParsedEvent], is_batch: bool, done: Publication) -> None:

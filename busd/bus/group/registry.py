@@ -27,6 +27,7 @@ from busd.bus.group.settings import GroupSettings, parse_settings
 from busd.bus.publication import Publication
 from busd.store.errors import PublishRefused
 from busd.store.interface import Store
+from busd.store.local.files import sync_dir
 
 log = logging.getLogger("busd.bus.group.registry")
 
@@ -152,7 +153,8 @@ class Groups:
             with open(temp, "rb+") as fh:
                 os.fsync(fh.fileno())
         os.replace(temp, meta)
-        _sync_dir(folder, self.fsync_never)
+        if not self.fsync_never:
+            sync_dir(folder)
         log.info("group created ns=%s group=%s subjects=%s cursor=%d", namespace, name,
                  ",".join(subjects), cursor)
         return group
@@ -200,7 +202,8 @@ class Groups:
         folder = self._folder(namespace)
         (folder / f"{name}.json").unlink(missing_ok=True)
         (folder / f"{name}.state").unlink(missing_ok=True)
-        _sync_dir(folder, self.fsync_never)
+        if not self.fsync_never:
+            sync_dir(folder)
         log.info("group deleted ns=%s group=%s", namespace, name)
         return shown
 
@@ -305,17 +308,6 @@ def _saved_settings(meta: Path) -> GroupSettings:
         raise DamagedGroupError(
             f"group settings {meta} are damaged ({exc}): restore the file, or delete it and "
             f"{meta.with_suffix('.state').name} beside it to drop the group") from exc
-
-
-def _sync_dir(folder: Path, never: bool) -> None:
-    """Make a create, rename or unlink in `folder` durable."""
-    if never:
-        return
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _DeadLetter(Publication):

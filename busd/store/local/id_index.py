@@ -32,7 +32,7 @@ from pathlib import Path
 
 from busd._core import record_id
 from busd.store.errors import LogWriteError
-from busd.store.local.tail import _write_all
+from busd.store.local.files import replace_file
 from busd.wire import ID_AT
 
 log = logging.getLogger("busd.store.local.id_index")
@@ -163,18 +163,8 @@ class IdIndex:
             os.close(fd)
 
     def _rewrite(self, data: bytes) -> None:
-        """Replace the file whole (write a temporary, fsync, rename)."""
-        tmp = self.path.with_name(FILE_NAME + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        except OSError:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        os.replace(tmp, self.path)
+        """Replace the file whole (a temporary, fsynced, renamed over it)."""
+        replace_file(self.path, data, self.path.with_name(FILE_NAME + ".tmp"))
 
     def sync(self) -> None:
         """fsync what add() wrote (from the log's sync thread)."""

@@ -84,6 +84,7 @@ from busd.store.local.crypto import (
     make_codec,
     seal_keycheck,
 )
+from busd.store.local.files import replace_file, sync_dir
 from busd.store.local.id_index import IdIndex
 from busd.store.local.tail import (
     INDEX_SUFFIX,
@@ -433,15 +434,8 @@ class NamespaceLog(LogTail):
         if probed is False:
             raise wrong
         if not self.readonly:
-            tmp = kc_path.with_suffix(".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-            try:
-                _write_all(fd, seal_keycheck(self.codec))
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, kc_path)
-            self._sync_dir()
+            replace_file(kc_path, seal_keycheck(self.codec), kc_path.with_suffix(".tmp"))
+            sync_dir(self.dir)
 
     def _probe_key(self, segments: list[_Segment]) -> bool | None:
         """Whether the first crc-valid record found opens with the key (None: none found)."""
@@ -1120,7 +1114,7 @@ class NamespaceLog(LogTail):
                 self._sync_files(files)
                 self.ids.sync()
                 if dir_dirty:
-                    self._sync_dir()
+                    sync_dir(self.dir)
             except OSError as exc:
                 if dir_dirty:
                     self._set_dir_dirty()
@@ -1147,13 +1141,6 @@ class NamespaceLog(LogTail):
                     os.close(f.fd)
                     f.fd = -1
 
-    def _sync_dir(self) -> None:
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
     def close(self) -> None:
         """fsync and close every fd. Idempotent."""
         if self._closed:
@@ -1172,7 +1159,7 @@ class NamespaceLog(LogTail):
                               self.name, f.path.name, exc)
                 os.close(f.fd)
             if self._dir_dirty and not self.readonly and self.dir.is_dir():
-                self._sync_dir()
+                sync_dir(self.dir)
                 self._dir_dirty = False
         self.ids.close()
         with self._read_mutex:
