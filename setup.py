@@ -16,6 +16,7 @@ extensions = [
     Extension("busd.server.metrics", ["busd/server/metrics.py"]),
     Extension("busd.store.stored", ["busd/store/stored.py"]),
     Extension("busd.store.listener", ["busd/store/listener.py"]),
+    Extension("busd.store.intake", ["busd/store/intake.py"]),
     Extension("busd.bus.publication", ["busd/bus/publication.py"]),
     Extension("busd.bus.fanout", ["busd/bus/fanout.py"]),
     Extension("busd.bus.broker", ["busd/bus/broker.py"]),

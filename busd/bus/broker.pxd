@@ -7,6 +7,7 @@ from busd._core cimport records_size, stamp_events, supplied_ids
 from busd.bus.fanout cimport FanOut
 from busd.bus.publication cimport Publication
 from busd.server.metrics cimport Metrics
+from busd.store.intake cimport Intake
 from busd.store.listener cimport StoreListener
 
 
@@ -14,6 +15,7 @@ cdef class Broker(StoreListener):
     cdef public object config, store, namespaces, dedup, groups
     cdef public FanOut fanout
     cdef public Metrics metrics
+    cdef Intake _intake
     cdef public object dedup_path, _saved
     cdef public dict faults, _declared
     cdef bytes _last_namespace

@@ -14,7 +14,7 @@ before the call that was given them returns.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from busd._core import ParsedEvent, Pattern
@@ -72,7 +72,7 @@ class Store(Protocol):
         """The publish `ids` were reserved for was refused before it got to `publish`."""
         ...
 
-    def publish(self, namespace: str, events: Sequence[ParsedEvent], records: list[bytes],
+    def publish(self, namespace: str, events: list[ParsedEvent], records: list[bytes],
                 dedup: bool, done: Stored) -> None:
         """Store one request's records (stamped from `events`) atomically; `done` gets the
         first one's index once they are as durable as the store promises (normally after

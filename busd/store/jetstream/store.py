@@ -29,7 +29,7 @@ import heapq
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -46,6 +46,7 @@ from busd._core import (
 )
 from busd.server.config import Config, ConfigError
 from busd.store.errors import HistoryTruncatedError, PublishRefused
+from busd.store.intake import Intake
 from busd.store.interface import Stored, StoreListener, Synced
 from busd.store.local._framing import xid_seconds
 from busd.wire import ID_END, INBOX_NAMESPACE, RECORD_PREFIX, XID_AT, is_xid_id
@@ -186,7 +187,7 @@ class _Tail:
         self.info: dict[str, Any] = {}
 
 
-class JetStreamStore:
+class JetStreamStore(Intake):
     """The Store the broker and consumers use, over a NATS JetStream cluster."""
 
     dirty = False  # JetStream persists (and replicates) before it acks
@@ -783,7 +784,7 @@ class JetStreamStore:
     def release_ids(self, namespace: str, ids: list[bytes]) -> None:
         self._pending_ids[namespace].difference_update(ids)
 
-    def publish(self, namespace: str, events: Sequence[ParsedEvent], records: list[bytes],
+    def publish(self, namespace: str, events: list[ParsedEvent], records: list[bytes],
                 dedup: bool, done: Stored) -> None:
         """Publish one request's events; `done` gets the first index (after the PubAck and
         once this front-end's tail has them) or a PublishRefused. With `dedup`, keyed events

@@ -24,12 +24,13 @@ import fcntl
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from busd._core import ParsedEvent, Pattern, records_size
 from busd.store.errors import LogOpenError, LogWriteError, PublishRefused
+from busd.store.intake import Intake
 from busd.store.interface import Synced
 from busd.store.listener import StoreListener
 from busd.store.local.log import NamespaceLog, RecoveryReport, WouldBlock
@@ -54,7 +55,7 @@ def lock_holder(fd: int) -> str:
     return os.pread(fd, 32, 0).decode(errors="replace").strip()
 
 
-class LocalStore:
+class LocalStore(Intake):
     """One NamespaceLog per declared namespace under root, guarded by an flock on root/.lock."""
 
     def __init__(self, root: Path, namespaces: list[str], *, segment_bytes: int = 64 << 20,
@@ -228,7 +229,7 @@ class LocalStore:
     def release_ids(self, namespace: str, ids: list[bytes]) -> None:
         self._group_ids.get(namespace, set()).difference_update(ids)
 
-    def publish(self, namespace: str, events: Sequence[ParsedEvent], records: list[bytes],
+    def publish(self, namespace: str, events: list[ParsedEvent], records: list[bytes],
                 dedup: bool, done: Stored) -> None:
         """Join this loop iteration's group (the bus's dedup cache is all the dedup here)."""
         if self.failed and namespace in self.failed:  # (an empty dict still hashes the key)
