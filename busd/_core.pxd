@@ -151,6 +151,18 @@ cdef class ParsedEvent:
 
 cpdef bytes header_name(bytes raw)
 cpdef tuple read_head(bytes data, Py_ssize_t start, bytes method)
+
+
+@cython.final
+cdef class PlainRequest:
+    cdef readonly bytes method, target
+    cdef readonly dict headers
+    cdef readonly Py_ssize_t body_at
+
+    cpdef Py_ssize_t read(self, bytes data, Py_ssize_t start, Py_ssize_t max_body,
+                          Py_ssize_t max_target, Py_ssize_t max_head) except -2
+
+
 cpdef double monotonic()
 cpdef double wall_clock()
 cpdef Py_ssize_t records_size(list records) except -1

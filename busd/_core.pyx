@@ -27,7 +27,7 @@ __all__ = [
     "validate_subject", "validate_pattern", "Pattern", "match_subject",
     "scan_body", "TooManyEvents", "ParsedEvent", "make_record", "stamp_events", "record_id",
     "record_subject", "records_size",
-    "header_name", "read_head", "HeadError", "monotonic", "wall_clock",
+    "header_name", "read_head", "HeadError", "PlainRequest", "monotonic", "wall_clock",
     "sse_chunk", "sse_frame", "sse_frame_matching", "sse_of", "first_matching",
     "new_xid", "xid_time", "is_xid", "now_rfc3339", "parse_rfc3339", "format_rfc3339",
     "MAX_DEPTH", "MAX_FIELD_BYTES",
@@ -47,6 +47,9 @@ cdef unsigned char STR_SPECIAL[256]   # bytes a JSON string scan must stop at
 cdef unsigned char ESC_LEN[256]       # output length of a byte when JSON-escaped
 cdef unsigned char HEXVAL[256]        # hex digit value, 0xFF if not hex
 cdef unsigned char TOKEN_PLAIN[256]   # ASCII a token may hold that is no '.', '*' or '>'
+cdef unsigned char HTTP_TCHAR[256]    # a header name's bytes (RFC 9110 §5.6.2 tchar)
+cdef unsigned char TARGET_PLAIN[256]  # a plain request target's (RFC 3986 pchar, '/', '?')
+cdef unsigned char VALUE_PLAIN[256]   # a plain header value's: visible ASCII, SP, HTAB
 # XID_DEC, declared in busd/_core.pxd for the other modules, is filled here too
 cdef const char* XID_ENC = b"0123456789abcdefghijklmnopqrstuv"
 cdef const char* HEXDIGITS = b"0123456789abcdef"
@@ -54,6 +57,7 @@ cdef const char* HEXDIGITS = b"0123456789abcdef"
 
 cdef void _init_tables() noexcept:
     cdef int i
+    cdef bint alnum
     for i in range(256):
         STR_SPECIAL[i] = 1 if (i < 0x20 or i >= 0x80 or i == c'"' or i == c'\\') else 0
         TOKEN_PLAIN[i] = 1 if (i < 0x80 and not _forbidden(i) and i != c'.' and i != c'*'
@@ -75,6 +79,11 @@ cdef void _init_tables() noexcept:
     ESC_LEN[c'\\'] = 2
     for i in range(32):
         XID_DEC[<unsigned char>XID_ENC[i]] = i
+    for i in range(256):
+        alnum = (c'0' <= i <= c'9') or (c'a' <= i <= c'z') or (c'A' <= i <= c'Z')
+        HTTP_TCHAR[i] = 1 if alnum or i in b"!#$%&'*+-.^_`|~" else 0
+        TARGET_PLAIN[i] = 1 if alnum or i in b"-._~!$&'()*+,;=:@/?%" else 0
+        VALUE_PLAIN[i] = 1 if 0x21 <= i <= 0x7E or i == c' ' or i == c'\t' else 0
 
 
 _init_tables()
@@ -1809,7 +1818,7 @@ cdef tuple _HEADER_NAMES = (
     b"host", b"content-length", b"content-type", b"user-agent", b"accept",
     b"accept-encoding", b"authorization", b"connection", b"origin", b"expect",
     b"transfer-encoding", b"last-event-id", b"cache-control", b"referer",
-    b"accept-language", b"if-none-match")
+    b"accept-language", b"if-none-match", b"upgrade", b"proxy-connection")
 cdef enum:
     HEADER_NAME_ROOM = 24  # longer names than any of them are lowered by bytes.lower()
 
@@ -1843,6 +1852,9 @@ class HeadError(ValueError):
 
 
 cdef bytes _HOST_NAME = _HEADER_NAMES[0]  # "host": header_name gives this object
+# the names llhttp gives a meaning beyond their value (framing, the connection's fate)
+cdef bytes _LENGTH_NAME = _HEADER_NAMES[1]
+cdef tuple _LLHTTP_NAMES = tuple(_HEADER_NAMES[i] for i in (7, 9, 10, 16, 17))
 
 
 cpdef tuple read_head(bytes data, Py_ssize_t start, bytes method):
@@ -1861,10 +1873,9 @@ cpdef tuple read_head(bytes data, Py_ssize_t start, bytes method):
     cdef const unsigned char* line
     cdef const unsigned char* colon
     cdef const unsigned char* cr
-    cdef Py_ssize_t i = start, url_at, value_at, size
+    cdef Py_ssize_t i = start, url_at, value_at
     cdef dict headers = {}
-    cdef bytes target, name, value
-    cdef object earlier
+    cdef bytes target
     if not 0 <= start <= n:
         raise HeadError(f"a head cannot start at {start} of {n} bytes")
     while i < n and (s[i] == 13 or s[i] == 10):
@@ -1893,15 +1904,112 @@ cpdef tuple read_head(bytes data, Py_ssize_t start, bytes method):
         value_at = colon - s + 1
         while value_at < cr - s and (s[value_at] == 32 or s[value_at] == 9):
             value_at += 1
-        name = _header_name(line, colon - line)
-        value = PyBytes_FromStringAndSize(<const char*>s + value_at, cr - s - value_at)
-        size = len(headers)  # a repeat adds none (`earlier is value` fails: short bytes shared)
-        earlier = headers.setdefault(name, value)
-        if len(headers) == size:
-            if name is _HOST_NAME:
-                raise HeadError("more than one Host header")
-            headers[name] = earlier + b", " + value
+        _add_header(headers, _header_name(line, colon - line),
+                    PyBytes_FromStringAndSize(<const char*>s + value_at, cr - s - value_at))
     raise HeadError("the head llhttp accepted has no end")
+
+
+cdef inline int _add_header(dict headers, bytes name, bytes value) except -1:
+    """A repeated name's values joined by ", " (RFC 9110 §5.3); HeadError for a second Host
+    (RFC 9112 §3.2)."""
+    cdef Py_ssize_t size = len(headers)  # a repeat adds none (`earlier is value` fails:
+    cdef object earlier = headers.setdefault(name, value)  # short bytes are shared)
+    if len(headers) == size:
+        if name is _HOST_NAME:
+            raise HeadError("more than one Host header")
+        headers[name] = earlier + b", " + value
+    return 0
+
+
+cdef bytes _POST = b"POST"
+cdef bytes _PUT = b"PUT"
+
+
+cdef class PlainRequest:
+    """Reads a whole request from a read's bytes when it is plain: `POST` or `PUT`, HTTP/1.1,
+    a Host, at most one Content-Length and its body all there; names, target and values of
+    the plainest bytes (no obs-text, no trailing blanks); no Connection, Proxy-Connection,
+    Transfer-Encoding, Upgrade or Expect. Those are what a publisher or an acker sends,
+    and for them llhttp's parse and httptools' callbacks were ~15 % of a publish. `read`
+    answers -1 for anything else (not a request busd refuses: one it leaves to llhttp),
+    so a plain request means exactly what llhttp makes of it (tests/server/test_plain.py)."""
+
+    cpdef Py_ssize_t read(self, bytes data, Py_ssize_t start, Py_ssize_t max_body,
+                          Py_ssize_t max_target, Py_ssize_t max_head) except -2:
+        """The end of the plain request at `data[start:]` (method, target, headers and
+        body_at set), or -1."""
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i = start, at, name_end, value_end, j, k
+        cdef Py_ssize_t length = -1, end
+        cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
+        cdef bytes method, name
+        cdef dict headers = {}
+        cdef bint host = False
+        if not 0 <= start <= n:
+            return -1
+        if n - i > 5 and memcmp(s + i, b"POST ", 5) == 0:
+            method, i = _POST, i + 5
+        elif n - i > 4 and memcmp(s + i, b"PUT ", 4) == 0:
+            method, i = _PUT, i + 4
+        else:
+            return -1
+        at = i
+        while i < n and TARGET_PLAIN[s[i]]:
+            i += 1
+        if i == at or s[at] != c'/' or i - at > max_target or n - i < 11 or \
+                memcmp(s + i, b" HTTP/1.1\r\n", 11) != 0:
+            return -1
+        target = PyBytes_FromStringAndSize(<const char*>s + at, i - at)
+        i += 11
+        while True:
+            if i - start > max_head or n - i < 2:
+                return -1
+            if s[i] == 13:
+                if s[i + 1] != 10:
+                    return -1
+                i += 2
+                break
+            at = i
+            while i < n and HTTP_TCHAR[s[i]]:
+                i += 1
+            if i == at or i >= n or s[i] != c':':
+                return -1
+            name_end = i
+            i += 1
+            while i < n and (s[i] == 32 or s[i] == 9):
+                i += 1
+            value_end = i
+            while value_end < n and VALUE_PLAIN[s[value_end]]:
+                value_end += 1
+            if n - value_end < 2 or s[value_end] != 13 or s[value_end + 1] != 10 or \
+                    (value_end > i and (s[value_end - 1] == 32 or s[value_end - 1] == 9)):
+                return -1
+            name = _header_name(s + at, name_end - at)
+            if name is _LENGTH_NAME:
+                if length >= 0 or not 0 < value_end - i <= 15:
+                    return -1
+                length = 0
+                for j in range(i, value_end):
+                    if not c'0' <= s[j] <= c'9':
+                        return -1
+                    length = length * 10 + (s[j] - c'0')
+            elif name is _HOST_NAME:
+                if host:
+                    return -1
+                host = True
+            else:
+                for k in range(PyTuple_GET_SIZE(_LLHTTP_NAMES)):  # (all of them header_name's
+                    if name is <bytes>PyTuple_GET_ITEM(_LLHTTP_NAMES, k):  # objects: `is`)
+                        return -1
+            _add_header(headers, name, PyBytes_FromStringAndSize(<const char*>s + i,
+                                                                 value_end - i))
+            i = value_end + 2
+        if i - start > max_head or not host:
+            return -1
+        end = i + (length if length > 0 else 0)
+        if end - i > max_body or end > n:
+            return -1
+        self.method, self.target, self.headers, self.body_at = method, target, headers, i
+        return end
 
 
 # --------------------------------------------------------------------------- publish answers

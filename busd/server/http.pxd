@@ -4,7 +4,7 @@
 
 cimport cython
 
-from busd._core cimport header_name, monotonic, read_head, wall_clock
+from busd._core cimport PlainRequest, header_name, monotonic, read_head, wall_clock
 from busd.server.body_budget cimport BodyBudget
 from busd.server.coalesce cimport WriteCoalescer
 
@@ -28,6 +28,7 @@ cdef bytes _HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT
 cdef dict _NO_HEADERS
 
 cdef _Heads _HEADS
+cdef PlainRequest _PLAIN
 
 cpdef bytes status_head(int status)
 
@@ -72,10 +73,11 @@ cdef class HttpConnection:
     cdef double _read_at
     cdef public object _unsent
     cdef public Py_ssize_t _unsent_bytes
-    # CorsHttpConnection, a Python subclass, reads the headers and refuses a request
+    # CorsHttpConnection, a Python subclass, reads the method and headers, refuses a request
     cdef public dict _headers
     cdef public object _reject
-    cdef bytes _url, _method_name
+    cdef readonly bytes _method_name
+    cdef bytes _url
     cdef Py_ssize_t _request_at, _body_at
     cdef bytearray _head_piece
     cdef bytes _body
@@ -84,7 +86,7 @@ cdef class HttpConnection:
     cdef object _linger
     cdef _ChunkLines _chunks
     cdef bytes _read
-    cdef bint _failed
+    cdef bint _failed, _plain_ok
 
     cpdef reply(self, data, bint close=*)
     cpdef Py_ssize_t unanswered(self)
@@ -95,9 +97,12 @@ cdef class HttpConnection:
     cpdef flush(self)
     cpdef close(self)
     cpdef _write_response(self, data, bint close)
+    @cython.locals(at=Py_ssize_t, n=Py_ssize_t, end=Py_ssize_t, limits=Limits)
+    cdef bytes _read_plain(self, bytes data)
     cdef _hold_head(self)
     @cython.locals(start=Py_ssize_t, held=Py_ssize_t, end=Py_ssize_t)
     cdef _take_head(self)
+    cdef _head_taken(self)
     cpdef check_origin(self)
     cdef _count_body(self)
     cdef _head_too_large(self)
@@ -110,6 +115,7 @@ cdef class HttpConnection:
     cdef _refuse_body(self, str reason)
     cdef _release_body(self)
     cdef bytes _body_read(self)
+    cdef _hand_on(self, bint keep_alive)
     cdef _forget_request(self)
     cdef _idle(self, double now)
     cdef _fail(self, int status, str reason)

@@ -2,6 +2,10 @@
 # cython: wraparound=True, boundscheck=True, cdivision=False
 """HTTP/1.1 on one connection: httptools parsing, keep-alive, pipelining, limits and flow control.
 
+A plain request (busd._core.PlainRequest: a `POST` or `PUT` as publishers and ackers send
+it) is read in C without llhttp, and means what llhttp would have made of it; every other
+request is llhttp's (tests/server/test_plain_request.py holds the two to the same result).
+
 The connection knows HTTP, not logs: every complete request goes to `handler(conn, request)`,
 which answers through `reply` (now) or `defer` + `fulfil` (later, e.g. after a group
 commit) or `start_stream` (SSE). Responses always leave in request order.
@@ -17,7 +21,7 @@ from email.utils import formatdate
 
 import httptools
 
-from busd._core import HeadError, header_name, monotonic, read_head, wall_clock
+from busd._core import HeadError, PlainRequest, header_name, monotonic, read_head, wall_clock
 from busd.bus.sink import Stream
 from busd.server.body_budget import BodyBudget, peer_gone
 from busd.server.coalesce import MAX_HELD, WriteCoalescer
@@ -273,6 +277,7 @@ class _ChunkLines:
 
 
 _IDLE, _HEADERS, _BODY, _WAITING, _STREAM = range(5)
+_PLAIN = PlainRequest()  # shared: each connection takes what it read before reading on
 
 
 class HttpConnection:
@@ -341,6 +346,9 @@ class HttpConnection:
         self._read = b""  # what is being parsed
         self._reject: tuple[int, str] | None = None
         self._failed = False
+        # plain requests are read without llhttp while llhttp would begin a new message with
+        # the next byte: not after one that closes the connection, or an Upgrade
+        self._plain_ok = True
 
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -364,6 +372,11 @@ class HttpConnection:
         # a streaming (or failed) connection does not take further requests
         self._read_at = monotonic()  # the callbacks' clock: these bytes came together
         while data and self.stream is None and not self._failed:
+            if self._plain_ok and (self.state == _IDLE or self.state == _WAITING) and \
+                    self._reject is None:  # between requests
+                data = self._read_plain(data)
+                if not data:
+                    break
             self._read = data
             if self._request_at >= 0:  # no request under way: the next starts in this read
                 self._request_at = 0
@@ -375,6 +388,7 @@ class HttpConnection:
                 # that request was answered in HTTP/1.1, which RFC 9110 §7.8 allows: so
                 # are the bytes after it, but a CONNECT's are a tunnel's
                 data = data[exc.args[0]:]
+                self._plain_ok = False
                 if self.parser.get_method() == b"CONNECT":
                     data = b""
                     self.hang_up()
@@ -404,6 +418,35 @@ class HttpConnection:
                 self._fail(status, reason)
         if data and (self.stream is not None or self.is_closed):
             self._ignore(len(data))
+
+    def _read_plain(self, data: bytes) -> bytes:
+        """Hand on each plain request (busd._core.PlainRequest: what publishers and ackers
+        send) at the start of `data` as llhttp's callbacks would, without llhttp. Returns
+        the rest for llhttp: from the first request that is not plain, or from where the
+        connection stopped taking requests (llhttp reads on to the end of a read as before,
+        and drops what follows)."""
+        limits, at, n = self.limits, 0, len(data)
+        while at < n:
+            end = _PLAIN.read(data, at, limits.max_event_body, MAX_URL_BYTES, MAX_HEADER_BYTES)
+            if end < 0:
+                break
+            self._method_name, self._url = _PLAIN.method, _PLAIN.target
+            self._headers = _PLAIN.headers
+            self._head_taken()
+            at = end
+            if self._reject is not None:
+                self._forget_request()
+                if at == n:  # (else once llhttp has read the rest, as data_received does)
+                    status, reason = self._reject
+                    self._fail(status, reason)
+                break
+            if end > _PLAIN.body_at:
+                self._body = data[_PLAIN.body_at:end]
+                self._body_size = end - _PLAIN.body_at
+            self._hand_on(True)
+            if self.stream is not None or self._failed or self.is_closed:
+                break
+        return data[at:] if at else data
 
     def _hold_head(self) -> None:
         """A head is still incomplete after this read (bytes other than the blank lines
@@ -471,6 +514,10 @@ class HttpConnection:
     def on_headers_complete(self) -> None:
         if self._reject is None:
             self._take_head()
+        self._head_taken()
+
+    def _head_taken(self) -> None:
+        """What a request's head says, once its method, target and headers are read."""
         if self._reject is None:
             self.check_origin()
         headers = self._headers
@@ -634,12 +681,19 @@ class HttpConnection:
             self._forget_request()
             self._release_body()
             return
-        if self._body_size > self._held:
-            self.budget.passed(self._body_size - self._held)
         if not self._body_size and self._body_skipped():
             return
+        keep_alive = self._keep_alive()
+        if not keep_alive:
+            self._plain_ok = False
+        self._hand_on(keep_alive)
+
+    def _hand_on(self, keep_alive: bool) -> None:
+        """The request read is complete: to the handler."""
+        if self._body_size > self._held:
+            self.budget.passed(self._body_size - self._held)
         request = new_request(self._method_name, self._url, self._headers, self._body_read(),
-                              self._keep_alive())
+                              keep_alive)
         self.state = _WAITING
         self._forget_request()
         try:
@@ -879,7 +933,7 @@ class CorsHttpConnection(HttpConnection):
                 self._allow_origin = b"Access-Control-Allow-Origin: " + origin + b"\r\n"
             else:
                 self._allow_origin = b""
-                if self.parser.get_method() in (b"POST", b"PUT"):
+                if self._method_name in (b"POST", b"PUT"):
                     self._reject = (403, f"origin {origin.decode(errors='replace')} may not "
                                          f"publish or ack: it is not in --cors-origins")
 
