@@ -386,8 +386,9 @@ class HttpConnection:
                 data = b""
             except httptools.HttpParserUpgrade as exc:
                 # that request was answered in HTTP/1.1, which RFC 9110 §7.8 allows: so
-                # are the bytes after it, but a CONNECT's are a tunnel's
-                data = data[exc.args[0]:]
+                # are the bytes after it, but a CONNECT's are a tunnel's. llhttp read up to
+                # its end: the rest is the next iteration's, not a head to hold now
+                self._read, data = data[:exc.args[0]], data[exc.args[0]:]
                 self._plain_ok = False
                 if self.parser.get_method() == b"CONNECT":
                     data = b""

@@ -54,6 +54,20 @@ def test_upgrade_is_ignored_one_answer_and_the_connection_goes_on(server):
         assert nothing_more(http)
 
 
+def test_pipelined_upgrades_are_each_answered_in_order(server):
+    """After an Upgrade, llhttp hands back the bytes it did not read: they are the next
+    requests', read once (they were also held as the start of a head, and the third request
+    made the connection fail with a TypeError)."""
+    with Http(server.port) as http:
+        http.send(build_request("GET", "/healthz", headers=UPGRADE) * 2
+                  + build_request("POST", "/", b'{"subject":"app.after"}')
+                  + build_request("GET", "/healthz", headers=UPGRADE))
+        answers = [read_response(http.file) for _ in range(4)]
+        assert [a.status for a in answers] == [200, 200, 202, 200], answers
+        assert nothing_more(http)
+    assert stored(server.port) == 1
+
+
 def test_upgrade_on_a_subscription_keeps_the_stream_framed(server):
     with SSE(server.port, raw_request=build_request(
             "GET", "/?subject=app.>", headers={"Accept": "text/event-stream", **UPGRADE})) as sse:

@@ -231,6 +231,8 @@ REQUESTS = st.one_of(
     st.builds(post, PATH, st.binary(min_size=1, max_size=20).map(lambda b: b"[" + b * 100)),
     st.builds(lambda p: b"PUT %s HTTP/1.1\r\nHost: t\r\n\r\n" % p, PATH),
     st.builds(lambda p: b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % p, PATH),
+    st.builds(lambda p: b"GET %s HTTP/1.1\r\nHost: t\r\nUpgrade: h2c\r\nConnection: Upgrade"
+                        b"\r\n\r\n" % p, PATH),
     st.just(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"3\r\nabc\r\n0\r\n\r\n"),
     st.just(b"CONNECT h:1 HTTP/1.1\r\nHost: h:1\r\n\r\n"),
