@@ -1821,6 +1821,9 @@ cdef tuple _HEADER_NAMES = (
     b"accept-language", b"if-none-match", b"upgrade", b"proxy-connection")
 cdef enum:
     HEADER_NAME_ROOM = 24  # longer names than any of them are lowered by bytes.lower()
+# _HEADER_NAMES by their length (0 to HEADER_NAME_ROOM): a name is compared with 1 to 4
+cdef list _NAMES_BY_LENGTH = [tuple(name for name in _HEADER_NAMES if len(name) == n)
+                              for n in range(HEADER_NAME_ROOM + 1)]
 
 
 cpdef bytes header_name(bytes raw):
@@ -1835,14 +1838,16 @@ cdef bytes _header_name(const unsigned char* s, Py_ssize_t n):
     cdef unsigned char low[HEADER_NAME_ROOM]
     cdef unsigned char c
     cdef bytes name
+    cdef tuple same_length
     if n > HEADER_NAME_ROOM:
         return PyBytes_FromStringAndSize(<const char*>s, n).lower()
     for i in range(n):
         c = s[i]
         low[i] = c + 32 if 65 <= c <= 90 else c
-    for i in range(PyTuple_GET_SIZE(_HEADER_NAMES)):
-        name = <bytes>PyTuple_GET_ITEM(_HEADER_NAMES, i)
-        if PyBytes_GET_SIZE(name) == n and memcmp(PyBytes_AS_STRING(name), low, n) == 0:
+    same_length = <tuple>PyList_GET_ITEM(_NAMES_BY_LENGTH, n)
+    for i in range(PyTuple_GET_SIZE(same_length)):
+        name = <bytes>PyTuple_GET_ITEM(same_length, i)
+        if memcmp(PyBytes_AS_STRING(name), low, n) == 0:
             return name
     return PyBytes_FromStringAndSize(<char*>low, n)
 
