@@ -155,9 +155,8 @@ cpdef tuple read_head(bytes data, Py_ssize_t start, bytes method)
 
 @cython.final
 cdef class PlainRequest:
-    cdef readonly bytes method, target
+    cdef readonly bytes method, target, body
     cdef readonly dict headers
-    cdef readonly Py_ssize_t body_at
 
     cpdef Py_ssize_t read(self, bytes data, Py_ssize_t start, Py_ssize_t max_body,
                           Py_ssize_t max_target, Py_ssize_t max_head) except -2

@@ -1941,8 +1941,8 @@ cdef class PlainRequest:
 
     cpdef Py_ssize_t read(self, bytes data, Py_ssize_t start, Py_ssize_t max_body,
                           Py_ssize_t max_target, Py_ssize_t max_head) except -2:
-        """The end of the plain request at `data[start:]` (method, target, headers and
-        body_at set), or -1."""
+        """The end of the plain request at `data[start:]` (method, target, headers and body
+        set), or -1."""
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), i = start, at, name_end, value_end, j, k
         cdef Py_ssize_t length = -1, end
         cdef const unsigned char* s = <const unsigned char*>PyBytes_AS_STRING(data)
@@ -2013,7 +2013,8 @@ cdef class PlainRequest:
         end = i + (length if length > 0 else 0)
         if end - i > max_body or end > n:
             return -1
-        self.method, self.target, self.headers, self.body_at = method, target, headers, i
+        self.method, self.target, self.headers = method, target, headers
+        self.body = PyBytes_FromStringAndSize(<const char*>s + i, end - i) if end > i else EMPTY
         return end
 
 

@@ -441,12 +441,13 @@ class HttpConnection:
                     status, reason = self._reject
                     self._fail(status, reason)
                 break
-            if end > _PLAIN.body_at:
-                self._body = data[_PLAIN.body_at:end]
-                self._body_size = end - _PLAIN.body_at
+            self._body = _PLAIN.body
+            self._body_size = len(self._body)
             self._hand_on(True)
             if self.stream is not None or self._failed or self.is_closed:
                 break
+        if at == n:
+            return b""
         return data[at:] if at else data
 
     def _hold_head(self) -> None:
