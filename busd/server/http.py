@@ -433,7 +433,10 @@ class HttpConnection:
                 break
             self._method_name, self._url = _PLAIN.method, _PLAIN.target
             self._headers = _PLAIN.headers
-            self._head_taken()
+            # of what _head_taken asks, a plain request leaves only the origin open (it has
+            # a Host, no Transfer-Encoding or Expect, a body within one event's limit)
+            self.state, self.since = _BODY, self._read_at
+            self.check_origin()
             at = end
             if self._reject is not None:
                 self._forget_request()
