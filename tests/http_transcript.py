@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from itertools import accumulate, pairwise
+
+from hypothesis import strategies as st
 
 from busd.server.body_budget import BodyBudget
 from busd.server.coalesce import WriteCoalescer
@@ -113,3 +116,21 @@ def run(module, pieces: list[bytes], limits: tuple, cls: str = "HttpConnection"
         return asyncio.run(drive())
     finally:
         module.CorsHttpConnection.allowed = frozenset()
+
+
+def cut_into_reads(requests: st.SearchStrategy[bytes]) -> st.SearchStrategy[list[bytes]]:
+    """Up to six requests drawn from `requests`, pipelined, then cut into reads: at random
+    places, the first 40 bytes a byte at a time (slowly), at each request's end (a read
+    each), or several of these at once."""
+    @st.composite
+    def reads(draw) -> list[bytes]:
+        pipelined = draw(st.lists(requests, min_size=1, max_size=6))
+        data = b"".join(pipelined)
+        cuts = set(draw(st.lists(st.integers(0, len(data)), max_size=8)))
+        if draw(st.booleans()):
+            cuts |= set(range(min(len(data), 40)))
+        if draw(st.booleans()):
+            cuts |= set(accumulate(map(len, pipelined)))
+        bounds = [0, *sorted(cuts), len(data)]
+        return [data[a:b] for a, b in pairwise(bounds) if b > a]
+    return reads()

@@ -5,9 +5,7 @@ pauses, closes and state."""
 
 from __future__ import annotations
 
-from itertools import pairwise
-
-from http_transcript import run
+from http_transcript import cut_into_reads, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from source_module import load_source
@@ -60,18 +58,9 @@ LIMITS = st.sampled_from([(1 << 20, 0, 10.0, 10.0, 10.0), (70_000, 0, 10.0, 10.0
                           (200, 0, 10.0, 10.0, 10.0)])
 
 
-@st.composite
-def cut(draw) -> list[bytes]:
-    data = b"".join(draw(st.lists(REQUESTS, min_size=1, max_size=5)))
-    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=8)))
-    if draw(st.booleans()):  # slowly: the first part a byte at a time
-        cuts = sorted(set(cuts) | set(range(min(len(data), 40))))
-    bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in pairwise(bounds) if b > a]
-
-
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cut(), LIMITS, st.sampled_from(["HttpConnection", "CorsHttpConnection"]))
+@given(cut_into_reads(REQUESTS), LIMITS,
+       st.sampled_from(["HttpConnection", "CorsHttpConnection"]))
 def test_compiled_connection_does_what_the_source_does(pieces: list[bytes], limits, cls
                                                        ) -> None:
     assert run(compiled, pieces, limits, cls) == run(oracle, pieces, limits, cls)

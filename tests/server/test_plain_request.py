@@ -5,12 +5,10 @@ leaves every request to llhttp: fed the same bytes in the same pieces, it must d
 
 from __future__ import annotations
 
-from itertools import accumulate, pairwise
-
 import httptools
 import pytest
 from busd._core import PlainRequest, read_head
-from http_transcript import run
+from http_transcript import cut_into_reads, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from source_module import load_source
@@ -244,21 +242,9 @@ LIMITS = st.sampled_from([(1 << 20, 0, 10.0, 10.0, 10.0), (2000, 1000, 10.0, 10.
                           (200, 0, 10.0, 10.0, 10.0)])
 
 
-@st.composite
-def cut(draw) -> list[bytes]:
-    requests = draw(st.lists(REQUESTS, min_size=1, max_size=6))
-    data = b"".join(requests)
-    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=6)))
-    if draw(st.booleans()):  # slowly: the first part a byte at a time
-        cuts = sorted(set(cuts) | set(range(min(len(data), 40))))
-    if draw(st.booleans()):  # a read per request: each may begin the plain way
-        cuts = sorted(set(cuts) | set(accumulate(map(len, requests))))
-    bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in pairwise(bounds) if b > a]
-
-
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cut(), LIMITS, st.sampled_from(["HttpConnection", "CorsHttpConnection"]))
+@given(cut_into_reads(REQUESTS), LIMITS,
+       st.sampled_from(["HttpConnection", "CorsHttpConnection"]))
 def test_the_connection_does_what_llhttp_alone_did(pieces: list[bytes], limits, cls) -> None:
     assert run(with_plain, pieces, limits, cls) == run(llhttp_only, pieces, limits, cls)
 
