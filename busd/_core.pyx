@@ -1858,8 +1858,9 @@ class HeadError(ValueError):
 
 cdef bytes _HOST_NAME = _HEADER_NAMES[0]  # "host": header_name gives this object
 # the names llhttp gives a meaning beyond their value (framing, the connection's fate)
-cdef bytes _LENGTH_NAME = _HEADER_NAMES[1]
-cdef tuple _LLHTTP_NAMES = tuple(_HEADER_NAMES[i] for i in (7, 9, 10, 16, 17))
+cdef bytes _LENGTH_NAME = header_name(b"content-length")
+cdef tuple _LLHTTP_NAMES = tuple(header_name(name) for name in (
+    b"connection", b"proxy-connection", b"transfer-encoding", b"upgrade", b"expect"))
 
 
 cpdef tuple read_head(bytes data, Py_ssize_t start, bytes method):
@@ -1937,7 +1938,8 @@ cdef class PlainRequest:
     Transfer-Encoding, Upgrade or Expect. Those are what a publisher or an acker sends,
     and for them llhttp's parse and httptools' callbacks were ~15 % of a publish. `read`
     answers -1 for anything else (not a request busd refuses: one it leaves to llhttp),
-    so a plain request means exactly what llhttp makes of it (tests/server/test_plain.py)."""
+    so a plain request means exactly what llhttp makes of it
+    (tests/server/test_plain_request.py)."""
 
     cpdef Py_ssize_t read(self, bytes data, Py_ssize_t start, Py_ssize_t max_body,
                           Py_ssize_t max_target, Py_ssize_t max_head) except -2:
