@@ -12,10 +12,10 @@ from busd.store.listener cimport StoreListener
 
 
 cdef class Broker(StoreListener):
-    cdef public object config, store, namespaces, dedup, groups
+    cdef public object config, namespaces, dedup, groups
+    cdef public Intake store  # typed: its publish is a vtable call
     cdef public FanOut fanout
     cdef public Metrics metrics
-    cdef Intake _intake
     cdef public object dedup_path, _saved
     cdef public dict faults, _declared
     cdef bytes _last_namespace

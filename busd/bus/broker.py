@@ -51,7 +51,6 @@ class Broker(StoreListener):
     def __init__(self, config: Config, store: Store) -> None:
         self.config = config
         self.store = store
-        self._intake = store  # the same store, typed (broker.pxd): publish is a C call
         self.namespaces = frozenset(config.namespaces)
         self._declared = {ns.encode(): ns for ns in config.namespaces}
         # the last publish's namespace, as the object stamp_events gives while it repeats,
@@ -223,7 +222,7 @@ class Broker(StoreListener):
                     self.store.release_ids(name, supplied)
                 raise
         done.bind(self.dedup, name, ids, stamps, reserved)
-        self._intake.publish(name, events, records, reserved is not None, done)
+        self.store.publish(name, events, records, reserved is not None, done)
 
     def _reserve_keys(self, keyed: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Refuse (409) a key seen before; else remember it, as the event is about to land."""
