@@ -118,6 +118,9 @@ def run(module, pieces: list[bytes], limits: tuple, cls: str = "HttpConnection"
         module.CorsHttpConnection.allowed = frozenset()
 
 
+CONNECTION_CLASSES = st.sampled_from(["HttpConnection", "CorsHttpConnection"])
+
+
 def cut_into_reads(requests: st.SearchStrategy[bytes]) -> st.SearchStrategy[list[bytes]]:
     """Up to six requests drawn from `requests`, pipelined, then cut into reads: at random
     places, the first 40 bytes a byte at a time (slowly), at each request's end (a read

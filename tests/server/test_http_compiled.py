@@ -5,7 +5,7 @@ pauses, closes and state."""
 
 from __future__ import annotations
 
-from http_transcript import cut_into_reads, run
+from http_transcript import CONNECTION_CLASSES, cut_into_reads, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from source_module import load_source
@@ -59,8 +59,7 @@ LIMITS = st.sampled_from([(1 << 20, 0, 10.0, 10.0, 10.0), (70_000, 0, 10.0, 10.0
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cut_into_reads(REQUESTS), LIMITS,
-       st.sampled_from(["HttpConnection", "CorsHttpConnection"]))
+@given(cut_into_reads(REQUESTS), LIMITS, CONNECTION_CLASSES)
 def test_compiled_connection_does_what_the_source_does(pieces: list[bytes], limits, cls
                                                        ) -> None:
     assert run(compiled, pieces, limits, cls) == run(oracle, pieces, limits, cls)

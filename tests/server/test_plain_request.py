@@ -8,7 +8,7 @@ from __future__ import annotations
 import httptools
 import pytest
 from busd._core import PlainRequest, read_head
-from http_transcript import cut_into_reads, run
+from http_transcript import CONNECTION_CLASSES, cut_into_reads, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from source_module import load_source
@@ -243,8 +243,7 @@ LIMITS = st.sampled_from([(1 << 20, 0, 10.0, 10.0, 10.0), (2000, 1000, 10.0, 10.
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cut_into_reads(REQUESTS), LIMITS,
-       st.sampled_from(["HttpConnection", "CorsHttpConnection"]))
+@given(cut_into_reads(REQUESTS), LIMITS, CONNECTION_CLASSES)
 def test_the_connection_does_what_llhttp_alone_did(pieces: list[bytes], limits, cls) -> None:
     assert run(with_plain, pieces, limits, cls) == run(llhttp_only, pieces, limits, cls)
 
