@@ -150,10 +150,13 @@ def any_request(draw) -> bytes:
                    draw(st.sampled_from([b"\r\n", b"\r\n", b"\n", b"\r\r\n"])))
 
 
+EXTRAS = st.sampled_from([[], [b"Content-Type: application/json\r\n"],
+                          [b"X-A: 1\r\n", b"x-a: 2\r\n"]])
+
+
 @st.composite
 def plain_with_one_byte_off(draw) -> bytes:
-    data = bytearray(plain(draw(st.binary(max_size=12)), draw(st.sampled_from(
-        [[], [b"Content-Type: application/json\r\n"], [b"X-A: 1\r\n", b"x-a: 2\r\n"]]))))
+    data = bytearray(plain(draw(st.binary(max_size=12)), draw(EXTRAS)))
     at = draw(st.integers(0, len(data) - 1))
     how = draw(st.sampled_from(["replace", "insert", "delete"]))
     byte = draw(st.one_of(st.sampled_from(b" \t\r\n:\x00\x7f\x80\xff0aA,;/?"),
@@ -171,6 +174,14 @@ def plain_with_one_byte_off(draw) -> bytes:
 @given(st.one_of(any_request(), plain_with_one_byte_off()), st.binary(max_size=8))
 def test_a_plain_request_is_what_llhttp_reads(data: bytes, after: bytes) -> None:
     check_as_llhttp_reads_it(data + after)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40), EXTRAS, st.binary(max_size=8))
+def test_the_comparison_is_made_on_plain_requests(body: bytes, extra, after: bytes) -> None:
+    """The property above compares something: the plain request its mutations start from
+    is taken, whatever its body, and checked against llhttp."""
+    assert check_as_llhttp_reads_it(plain(body, extra) + after)
 
 
 def test_the_llhttp_check_sees_a_difference() -> None:
